@@ -1,0 +1,167 @@
+"""The LM protocol: batched chat completion with a persistent cache and usage accounting.
+
+A backend implements one method, ``_generate(batch, config) -> list[Completion]``. The base class adds
+the cache (skip requests already answered), usage totals, per-call overrides and a safe ``deepcopy``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cotune.errors import ConfigError, UnknownChoiceError
+from cotune.lm.cache import RequestCache, request_key
+from cotune.lm.usage import Usage, UsageMeter
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Sampling parameters of a request.
+
+    Attributes:
+        temperature: 0 means greedy decoding.
+        top_p: nucleus sampling mass (used when temperature > 0).
+        max_tokens: the most tokens to generate.
+        stop: strings that end the completion (not included in it).
+        rollout_id: distinguishes otherwise identical requests, so the cache does not return the same
+            sample twice; used when collecting several rollouts per example.
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 384
+    stop: tuple[str, ...] = ()
+    rollout_id: int = 0
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if isinstance(self.stop, str) or isinstance(self.stop, list):
+            object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
+
+    def replace(self, **overrides: Any) -> GenerationConfig:
+        valid = {f.name for f in dataclasses.fields(self)}
+        for key in overrides:
+            if key not in valid:
+                raise UnknownChoiceError("generation parameter", key, valid)
+        return dataclasses.replace(self, **overrides) if overrides else self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Completion:
+    """One generated reply and what it cost."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    cached: bool = False
+    finish_reason: str = "stop"
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut ``text`` at the first stop string; returns (text, whether it was cut)."""
+    cut = min((i for s in stop if (i := text.find(s)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class LM(ABC):
+    """Base class of every backend.
+
+    Args:
+        cache: a `RequestCache`, True for the default on-disk cache, or False/None for no cache.
+        config: default generation parameters; each call may override fields.
+    """
+
+    backend: str = "base"
+
+    def __init__(self, *, cache: RequestCache | bool | None = True, config: GenerationConfig | None = None):
+        self.cache: RequestCache | None = RequestCache() if cache is True else (cache or None)
+        self.config = config or GenerationConfig()
+        self._meter = UsageMeter()
+
+    # Identity, used in cache keys and saved programs.
+    @property
+    @abstractmethod
+    def model(self) -> str: ...
+
+    @property
+    def adapter(self) -> str | None:
+        return None
+
+    @property
+    def adapter_id(self) -> str | None:
+        """Adapter identity for cache keys: path plus a content hash where the backend knows it."""
+        return self.adapter
+
+    def spec(self) -> dict[str, Any]:
+        """Enough to rebuild this LM with `cotune.lm.registry.from_spec` (saved with programs)."""
+        return {"backend": self.backend, "model": self.model, "adapter": self.adapter}
+
+    def with_adapter(self, adapter: str | None) -> LM:
+        raise ConfigError(f"the {self.backend} backend cannot load adapters")
+
+    @property
+    def usage(self) -> Usage:
+        """Totals over every call this LM answered (cache hits included, counted apart)."""
+        return self._meter.snapshot()
+
+    def __call__(self, messages: Messages, **overrides: Any) -> Completion:
+        return self.generate([messages], **overrides)[0]
+
+    def generate(self, batch: Sequence[Messages], **overrides: Any) -> list[Completion]:
+        """Complete each conversation in ``batch``; cached requests are not sent again."""
+        config = self.config.replace(**overrides)
+        results: list[Completion | None] = [None] * len(batch)
+        keys = [self.cache_key(m, config) for m in batch] if self.cache is not None else []
+        todo = []
+        for i, messages in enumerate(batch):
+            hit = self.cache.get(keys[i]) if self.cache is not None else None
+            if hit is not None:
+                results[i] = Completion(**{**hit, "seconds": 0.0, "cached": True})
+            else:
+                todo.append(i)
+        if todo:
+            t0 = time.perf_counter()
+            fresh = self._generate([batch[i] for i in todo], config)
+            if len(fresh) != len(todo):
+                raise RuntimeError(f"{type(self).__name__}._generate returned {len(fresh)} for {len(todo)} requests")
+            elapsed = time.perf_counter() - t0
+            for i, c in zip(todo, fresh):
+                if not c.seconds:
+                    c.seconds = elapsed / len(todo)
+                results[i] = c
+                if self.cache is not None:
+                    self.cache.put(keys[i], {k: v for k, v in dataclasses.asdict(c).items() if k != "cached"})
+        for c in results:
+            self._meter.add(c.prompt_tokens, c.completion_tokens, c.seconds, c.cached)
+        return results  # type: ignore[return-value]
+
+    @abstractmethod
+    def _generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:
+        """Run the model on requests that missed the cache."""
+
+    def cache_key(self, messages: Messages, config: GenerationConfig) -> str:
+        return request_key(
+            backend=self.backend, model=self.model, adapter=self.adapter_id, messages=messages, config=config.to_dict()
+        )
+
+    def __deepcopy__(self, memo: dict) -> LM:
+        return self  # models are shared, never copied
+
+    def __repr__(self) -> str:
+        adapter = f", adapter={self.adapter!r}" if self.adapter else ""
+        return f"{type(self).__name__}({self.model!r}{adapter})"

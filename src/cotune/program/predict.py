@@ -1,0 +1,113 @@
+"""`Predict`: one LM call — render instruction + demos + inputs to messages, generate, parse outputs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from cotune.data.example import Example
+from cotune.errors import ConfigError, ParseError
+from cotune.program import format as fmt
+from cotune.program import trace
+from cotune.program.prediction import Prediction
+from cotune.program.signature import Signature, ensure_signature
+
+if TYPE_CHECKING:  # the LM protocol lives in a higher layer; predictors only call it
+    from cotune.lm.base import LM
+
+
+class Predict:
+    """A named LM call with prompt parameters: an instruction and few-shot demos.
+
+    Args:
+        signature: ``"inputs -> outputs"`` or a `Signature`.
+        instruction: overrides the signature's instruction.
+        demos: examples holding the signature's fields, shown as earlier turns.
+        config: generation overrides for this predictor (e.g. ``{"max_tokens": 64}``).
+
+    Example:
+        >>> from cotune.lm.fake import FakeLM
+        >>> qa = Predict("question -> answer").bind(FakeLM(["Answer: Paris"]))
+        >>> qa(question="Capital of France?").answer
+        'Paris'
+    """
+
+    def __init__(
+        self,
+        signature: str | Signature,
+        *,
+        instruction: str | None = None,
+        demos: Sequence[Mapping[str, Any]] = (),
+        config: Mapping[str, Any] | None = None,
+    ):
+        self.signature = ensure_signature(signature)
+        self.instruction = instruction if instruction is not None else self.signature.instructions
+        self.demos: list[Example] = [d if isinstance(d, Example) else Example(d) for d in demos]
+        self.config: dict[str, Any] = dict(config or {})
+        self.lm: LM | None = None
+        # Per-input demo choice (kNN few-shot); None means the fixed ``demos``.
+        self.demo_selector: Any = None
+
+    def bind(self, lm: LM) -> Predict:
+        self.lm = lm
+        return self
+
+    def demos_for(self, inputs: Mapping[str, Any]) -> list[Example]:
+        if self.demo_selector is not None:
+            return list(self.demo_selector(inputs))
+        return self.demos
+
+    def messages(self, **inputs: Any) -> list[dict[str, str]]:
+        """The exact messages this predictor sends for ``inputs``."""
+        return fmt.render(self.signature, self.instruction, self.demos_for(inputs), inputs)
+
+    def __call__(self, **inputs: Any) -> Prediction:
+        return self.forward(**inputs)
+
+    def forward(self, **inputs: Any) -> Prediction:
+        if self.lm is None:
+            raise ConfigError("this predictor is not bound to an LM; call program.bind(lm) first")
+        messages = self.messages(**inputs)
+        t0 = time.perf_counter()
+        completion = self.lm(messages, **self.config)
+        usage = {
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "seconds": time.perf_counter() - t0,
+            "cached": completion.cached,
+        }
+        recorder = trace.current()
+        kept_inputs = {k: inputs[k] for k in self.signature.input_names}
+        try:
+            outputs = fmt.parse(self.signature, completion.text)
+        except ParseError as e:
+            if recorder is not None:
+                recorder.add(
+                    trace.TraceStep(recorder.name_of(self), kept_inputs, None, messages, completion.text, usage, str(e))
+                )
+            raise
+        if recorder is not None:
+            recorder.add(trace.TraceStep(recorder.name_of(self), kept_inputs, outputs, messages, completion.text, usage))
+        return Prediction(outputs)
+
+    # -- state ---------------------------------------------------------------------------------------
+    def dump_state(self) -> dict[str, Any]:
+        return {
+            "signature": self.signature.to_dict(),
+            "instruction": self.instruction,
+            "demos": [d.to_dict() for d in self.demos],
+            "config": self.config,
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> Predict:
+        saved = Signature.from_dict(state["signature"])
+        if saved.input_names != self.signature.input_names or saved.output_names != self.signature.output_names:
+            raise ConfigError(f"saved signature '{saved}' does not match this predictor's '{self.signature}'")
+        self.instruction = state["instruction"]
+        self.demos = [Example(d) for d in state.get("demos", [])]
+        self.config = dict(state.get("config", {}))
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}('{self.signature}', demos={len(self.demos)})"

@@ -1,0 +1,80 @@
+"""Traces: every predictor call made while a program runs, recorded per call, thread-safe.
+
+Recording uses a context variable, so each thread (each evaluated example) has its own trace and there
+is no global switch to forget to reset.
+
+Example:
+    >>> from cotune.lm.fake import FakeLM
+    >>> from cotune.program import Predict
+    >>> qa = Predict("question -> answer").bind(FakeLM(lambda messages: "Answer: 4"))
+    >>> with record() as trace:
+    ...     _ = qa(question="2+2?")
+    >>> [(s.predictor, s.outputs) for s in trace.steps]
+    [('self', {'answer': '4'})]
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+_active: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("cotune_trace", default=None)
+
+
+@dataclass
+class TraceStep:
+    """One predictor call: what went in, what came out, and what it cost."""
+
+    predictor: str
+    inputs: dict[str, Any]
+    outputs: dict[str, Any] | None
+    messages: list[dict[str, str]]
+    completion: str
+    usage: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TraceStep:
+        return cls(**d)
+
+
+class Recorder:
+    """Collects `TraceStep`s. ``names`` maps predictor ids to their names in the program being run."""
+
+    def __init__(self, names: dict[int, str] | None = None):
+        self.names = names or {}
+        self.steps: list[TraceStep] = []
+        self._lock = threading.Lock()
+
+    def name_of(self, predictor: object) -> str:
+        return self.names.get(id(predictor), "self")
+
+    def add(self, step: TraceStep) -> None:
+        with self._lock:
+            self.steps.append(step)
+
+
+@contextmanager
+def record(program: Any = None) -> Iterator[Recorder]:
+    """Record the predictor calls made in this context (this thread) into a new `Recorder`."""
+    names = {}
+    if program is not None and hasattr(program, "named_predictors"):
+        names = {id(p): n for n, p in program.named_predictors()}
+    rec = Recorder(names)
+    token = _active.set(rec)
+    try:
+        yield rec
+    finally:
+        _active.reset(token)
+
+
+def current() -> Recorder | None:
+    """The recorder of the innermost `record` block in this context, if any."""
+    return _active.get()
