@@ -1,0 +1,49 @@
+"""The optimizer contract, scikit-learn style.
+
+``__init__`` stores hyperparameters (keyword arguments, same names, nothing else happens);
+``compile(program, *, trainset, valset)`` takes data and returns a NEW program, never mutating its input;
+what the search learned lands in trailing-underscore attributes (``trials_``, ``best_score_``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from cotune.data.example import Example
+from cotune.errors import ConfigError
+from cotune.events import EventSink
+from cotune.program.program import Program
+
+
+class Optimizer(ABC):
+    """Base class of every optimizer."""
+
+    @abstractmethod
+    def compile(
+        self,
+        program: Program,
+        *,
+        trainset: Sequence[Example],
+        valset: Sequence[Example] | None = None,
+        events: EventSink | None = None,
+    ) -> Program:
+        """Return an optimized copy of ``program``."""
+
+    def get_params(self) -> dict[str, Any]:
+        """The hyperparameters given to ``__init__`` (read back from attributes of the same names)."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {n: getattr(self, n) for n in names if hasattr(self, n)}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+
+def require_valset(valset: Sequence[Example] | None, who: str) -> Sequence[Example]:
+    """Optimizers that select among candidates need a validation set; never fall back to the trainset silently."""
+    if not valset:
+        raise ConfigError(f"{who} selects among candidates and needs a non-empty valset (got {valset!r})")
+    return valset
