@@ -89,7 +89,8 @@ class LM(ABC):
     backend: str = "base"
 
     def __init__(self, *, cache: RequestCache | bool | None = True, config: GenerationConfig | None = None):
-        self.cache: RequestCache | None = RequestCache() if cache is True else (cache or None)
+        # Not `cache or None`: an empty cache has len() == 0 and would be dropped.
+        self.cache: RequestCache | None = RequestCache() if cache is True else (None if cache is False else cache)
         self.config = config or GenerationConfig()
         self._meter = UsageMeter()
 

@@ -33,6 +33,8 @@ def request_key(**parts: Any) -> str:
 class RequestCache:
     """``get(key)`` / ``put(key, value)`` over one SQLite file; values are JSON objects.
 
+    The default file is ``$COTUNE_REQUEST_CACHE``, else ``<cache dir>/requests.sqlite``.
+
     Example:
         >>> import tempfile, pathlib
         >>> cache = RequestCache(pathlib.Path(tempfile.mkdtemp()) / "c.sqlite")
@@ -41,7 +43,9 @@ class RequestCache:
     """
 
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path is not None else default_cache_dir() / "requests.sqlite"
+        if path is None:
+            path = os.environ.get("COTUNE_REQUEST_CACHE") or default_cache_dir() / "requests.sqlite"
+        self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         with self._connect() as db:

@@ -1,0 +1,399 @@
+"""An OpenAI-compatible HTTP server over any cotune LM (stdlib only).
+
+Endpoints: ``POST /v1/chat/completions`` (non-streaming, n=1), ``GET /v1/models``, ``GET /health``.
+Each request runs ``lm(messages, **overrides)`` in its own thread, so a backend that coalesces
+concurrent calls (the transformers backend does) turns concurrent HTTP requests into batched generation.
+Adapters are served by name, like vLLM's ``--lora-modules``: a request whose ``model`` is an adapter name
+runs on ``lm.with_adapter(path)``.
+
+Example:
+    >>> from cotune.lm.fake import FakeLM
+    >>> from cotune.lm.openai_compat import OpenAICompatible
+    >>> with start_server(FakeLM(["Answer: 4"]), model_name="toy") as server:
+    ...     client = OpenAICompatible("toy", base_url=server.url, cache=False)
+    ...     client([{"role": "user", "content": "2+2?"}]).text
+    'Answer: 4'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from cotune.errors import ConfigError
+from cotune.events import EventSink, emit
+from cotune.lm.base import LM
+
+logger = logging.getLogger("cotune.server")
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+ROLES = ("system", "user", "assistant")
+
+
+class RequestError(Exception):
+    """A request the server refuses; becomes an OpenAI-shaped JSON error."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+        self.status, self.message, self.param, self.code = status, message, param, code
+        super().__init__(message)
+
+    def body(self) -> dict[str, Any]:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+def parse_request(body: Any, models: Mapping[str, LM], default: str) -> tuple[str, LM, list[dict[str, str]], dict]:
+    """Check a chat-completions body; returns (model name, LM, messages, generation overrides).
+
+    Only fields the request sets are passed on, so the LM's own defaults apply to the rest. Fields that
+    cotune has no use for (``user``, ``logit_bias``, ...) are ignored, as most servers do.
+
+    Raises:
+        RequestError: 400 naming the bad field, or 404 for a model that is not served.
+    """
+    if not isinstance(body, dict):
+        raise RequestError(400, "the request body must be a JSON object")
+    name = body.get("model", default)
+    if not isinstance(name, str):
+        raise RequestError(400, f"'model' must be a string, got {name!r}", param="model")
+    if name not in models:
+        raise RequestError(
+            404,
+            f"model {name!r} is not served here; choose one of: {', '.join(models)}",
+            param="model",
+            code="model_not_found",
+        )
+    if body.get("stream"):
+        raise RequestError(400, "'stream' is not supported; send stream=false", param="stream")
+    n = body.get("n", 1)
+    if n is not None and n != 1:
+        raise RequestError(400, f"'n' must be 1, got {n!r}", param="n")
+    messages = _messages(body.get("messages"))
+    overrides: dict[str, Any] = {}
+    if (t := body.get("temperature")) is not None:
+        overrides["temperature"] = _number(t, "temperature", low=0.0, high=2.0)
+    if (p := body.get("top_p")) is not None:
+        overrides["top_p"] = _number(p, "top_p", low=0.0, high=1.0, open_low=True)
+    for field in ("max_tokens", "max_completion_tokens"):  # the newer name wins when both are sent
+        if (m := body.get(field)) is not None:
+            if not _is_int(m) or m < 1:
+                raise RequestError(400, f"'{field}' must be an integer >= 1, got {m!r}", param=field)
+            overrides["max_tokens"] = m
+    if (stop := body.get("stop")) is not None:
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+            raise RequestError(
+                400, f"'stop' must be a string or a list of non-empty strings, got {stop!r}", param="stop"
+            )
+        if stop:
+            overrides["stop"] = tuple(stop)
+    if (seed := body.get("seed")) is not None:
+        if not _is_int(seed):
+            raise RequestError(400, f"'seed' must be an integer, got {seed!r}", param="seed")
+        lm = models[name]
+        # cotune's sampling identity is the rollout id (part of the cache key); a greedy request has one
+        # answer whatever the seed, so the seed only counts when sampling.
+        if overrides.get("temperature", lm.config.temperature) > 0:
+            overrides["rollout_id"] = seed
+    return name, models[name], messages, overrides
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise RequestError(400, "'messages' must be a non-empty list of {role, content} objects", param="messages")
+    out = []
+    for i, m in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise RequestError(400, f"'{where}' must be an object, got {m!r}", param=where)
+        role = m.get("role")
+        if role not in ROLES:
+            raise RequestError(
+                400, f"'{where}.role' must be one of: {', '.join(ROLES)}; got {role!r}", param=f"{where}.role"
+            )
+        content = m.get("content")
+        if isinstance(content, list):  # OpenAI's content parts; only text parts mean anything here
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+            ):
+                raise RequestError(400, f"'{where}.content' parts must all be text parts", param=f"{where}.content")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise RequestError(400, f"'{where}.content' must be a string, got {content!r}", param=f"{where}.content")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _number(x: Any, field: str, *, low: float, high: float, open_low: bool = False) -> float:
+    ok = isinstance(x, int | float) and not isinstance(x, bool) and (x > low if open_low else x >= low) and x <= high
+    if not ok:
+        bounds = f"{'(' if open_low else '['}{low:g}, {high:g}]"
+        raise RequestError(400, f"'{field}' must be a number in {bounds}, got {x!r}", param=field)
+    return float(x)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so pooled clients reuse connections
+    server: _Server
+    timeout = 120  # seconds an idle keep-alive connection may hold a thread
+
+    def do_GET(self) -> None:
+        t0 = time.perf_counter()
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path == "/health":
+            status, body = 200, {"status": "ok", "models": list(self.server.models)}
+        elif path == "/v1/models":
+            created = int(self.server.started)
+            data = [{"id": n, "object": "model", "created": created, "owned_by": "cotune"} for n in self.server.models]
+            status, body = 200, {"object": "list", "data": data}
+        else:
+            status, body = 404, RequestError(404, self._no_endpoint(path)).body()
+        self._send(status, body)
+        self._log(status, t0)
+
+    def do_POST(self) -> None:
+        t0 = time.perf_counter()
+        path = self.path.split("?", 1)[0].rstrip("/")
+        name, completion = None, None
+        try:
+            raw = self._body()
+            if path != "/v1/chat/completions":
+                raise RequestError(404, self._no_endpoint(path))
+            try:
+                request = json.loads(raw)
+            except ValueError as e:
+                raise RequestError(400, f"the request body is not valid JSON: {e}") from None
+            name, lm, messages, overrides = parse_request(request, self.server.models, self.server.default)
+            try:
+                completion = lm(messages, **overrides)
+            except ConfigError as e:  # a value the backend refuses (e.g. max_tokens over its limit)
+                raise RequestError(400, str(e)) from None
+            status, body = 200, _completion_body(name, completion)
+        except RequestError as e:
+            status, body = e.status, e.body()
+        except Exception as e:  # the model failed: answer 500 so clients retry, and keep serving
+            logger.exception("request to %s failed", path)
+            status, body = 500, RequestError(500, f"{type(e).__name__}: {e}").body()
+        self._send(status, body)
+        self._log(status, t0, model=name, completion=completion)
+
+    def _body(self) -> bytes:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            self.close_connection = True  # the body's end is unknown, so the connection cannot be reused
+            raise RequestError(411, "send the request body with a Content-Length header")
+        if int(length) > MAX_BODY_BYTES:
+            self.close_connection = True
+            raise RequestError(413, f"request body of {length} bytes is over the limit of {MAX_BODY_BYTES}")
+        return self.rfile.read(int(length))
+
+    def _no_endpoint(self, path: str) -> str:
+        return (
+            f"no endpoint {self.command} {path}; this server has POST /v1/chat/completions, GET /v1/models, GET /health"
+        )
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        blob = json.dumps(body, ensure_ascii=False).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(blob)))
+            self.end_headers()
+            self.wfile.write(blob)
+        except OSError:  # the client went away (or the server is closing); nothing left to tell it
+            self.close_connection = True
+
+    def _log(self, status: int, t0: float, *, model: str | None = None, completion: Any = None) -> None:
+        fields: dict[str, Any] = {"method": self.command, "path": self.path, "status": status, "model": model}
+        fields["seconds"] = round(time.perf_counter() - t0, 4)
+        if completion is not None:
+            fields.update(prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens)
+        emit(self.server.events, "server.request", **fields)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # http.server writes to stderr by default; library code reports through logging instead.
+        logger.debug("%s " + format, self.address_string(), *args)
+
+
+def _completion_body(name: str, completion: Any) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": name,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.text},
+                "finish_reason": completion.finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+        },
+    }
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a request stuck in the model must not keep the process alive
+
+    def __init__(self, address: tuple[str, int], models: dict[str, LM], default: str, events: EventSink | None):
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.models, self.default, self.events = models, default, events
+        self.started = time.time()
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """End idle keep-alive connections, whose threads would otherwise wait for a next request."""
+        with self._open_lock:
+            open_now = list(self._open)
+        for sock in open_now:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def build_server(
+    lm: LM,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    model_name: str | None = None,
+    adapters: Mapping[str, str] | None = None,
+    events: EventSink | None = None,
+) -> _Server:
+    """Bind a server (not yet serving). See `serve` for the arguments.
+
+    Raises:
+        ConfigError: an adapter name that clashes with the model name, or a backend that cannot load adapters.
+        OSError: the port is taken.
+    """
+    name = model_name or lm.model
+    models: dict[str, LM] = {name: lm}
+    for adapter_name, path in (adapters or {}).items():
+        if adapter_name in models:
+            raise ConfigError(f"adapter name {adapter_name!r} is already the served model's name; pick another")
+        # Built up front so a backend without adapter support (or a bad path) fails at start, not per request.
+        models[adapter_name] = lm.with_adapter(path)
+    return _Server((host, port), models, name, events)
+
+
+def _url(server: _Server) -> str:
+    host, port = server.server_address[:2]
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1" if host != "::" else "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/v1"
+
+
+def serve(
+    lm: LM,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    model_name: str | None = None,
+    adapters: Mapping[str, str] | None = None,
+    events: EventSink | None = None,
+) -> None:
+    """Serve ``lm`` over OpenAI's chat-completions API until interrupted (Ctrl-C).
+
+    Args:
+        lm: any cotune LM; it keeps its own cache setting (pass one built with ``cache=False`` to always
+            run the model).
+        host: the address to bind; the default answers only this machine.
+        port: the port to bind; 0 picks a free one.
+        model_name: the name clients send as ``model``; defaults to ``lm.model``.
+        adapters: adapter name -> adapter path; requests naming an adapter run on ``lm.with_adapter(path)``.
+        events: sink for ``server.start``, ``server.request`` (one per request) and ``server.stop`` events.
+    """
+    server = build_server(lm, host, port, model_name=model_name, adapters=adapters, events=events)
+    emit(events, "server.start", url=_url(server), models=list(server.models))
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        server.close_connections()
+        emit(events, "server.stop", url=_url(server))
+
+
+class ServerHandle:
+    """A server running in a background thread. ``url`` is the base URL for OpenAI clients (ends in /v1)."""
+
+    def __init__(self, server: _Server):
+        self._server = server
+        self.host, self.port = server.server_address[:2]
+        self.url = _url(server)
+        self.models = list(server.models)
+        self._closed = False
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.name = f"cotune-server-{self.port}"
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving, close the socket and idle connections; requests in progress are abandoned."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join()
+        self._server.server_close()
+        self._server.close_connections()
+        emit(self._server.events, "server.stop", url=self.url)
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ServerHandle(url={self.url!r}, models={self.models!r})"
+
+
+def start_server(
+    lm: LM,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    model_name: str | None = None,
+    adapters: Mapping[str, str] | None = None,
+    events: EventSink | None = None,
+) -> ServerHandle:
+    """Like `serve`, but in a background thread; returns a handle with ``url``, ``port`` and ``close()``."""
+    server = build_server(lm, host, port, model_name=model_name, adapters=adapters, events=events)
+    handle = ServerHandle(server)
+    emit(events, "server.start", url=handle.url, models=handle.models)
+    return handle

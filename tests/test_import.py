@@ -1,0 +1,28 @@
+import subprocess
+import sys
+
+
+def test_import_cotune_does_not_import_heavy_libraries():
+    code = (
+        "import sys, cotune, cotune.lm, cotune.program, cotune.evaluate, cotune.optimize;"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'bm25s', 'sklearn') if m in sys.modules];"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_errors_all_is_pinned():
+    import cotune.errors as errors
+
+    assert errors.__all__ == [
+        "CotuneError",
+        "ConfigError",
+        "UnknownChoiceError",
+        "DataError",
+        "ParseError",
+        "LMError",
+        "LMConnectionError",
+        "TrainingError",
+        "EvaluationError",
+    ]
