@@ -1,0 +1,102 @@
+"""`cotune` commands. Each is a typed function; library errors become one red line and exit code 2."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cotune.errors import CotuneError
+
+app = typer.Typer(
+    name="cotune",
+    help="Optimize the prompts and the weights of LM programs, together.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registry name (see `cotune models`), local folder, .gguf file or hub id.")]
+TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Built-in task (see `cotune tasks`).")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Folder with the task's data files (gsm8k, hotpotqa).")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the request cache.")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Parallel examples; a local model batches them.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for data splits and optimizers.")]
+
+
+@app.callback()
+def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug events.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command("eval")
+def eval_cmd(
+    task: TaskOpt = "iris",
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Registry name (see `cotune models`), local folder, .gguf file or hub id. Default: the saved program's model, else smollm2-135m.")] = None,
+    split: Annotated[str, typer.Option(help="Which split to evaluate.")] = "test",
+    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N examples.")] = None,
+    program: Annotated[Path | None, typer.Option("--program", "-p", help="A saved program JSON to evaluate (its model and adapter are used unless --model is given).")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="Write the result (summary + rows + traces) as JSON.")] = None,
+    data_dir: DataDirOpt = None,
+    threads: ThreadsOpt = 8,
+    seed: SeedOpt = 0,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Evaluate a task's program (or a saved one) on a split and print its accuracy and cost."""
+    from cotune.cli.commands import run_eval
+
+    run_eval(
+        task=task, model=model, split=split, limit=limit, program_path=program, out_path=out_path,
+        data_dir=data_dir, threads=threads, seed=seed, cache=not no_cache,
+        console=console, out=out,
+    )
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the models cotune knows by name and whether they are installed."""
+    from cotune.lm.registry import list_models
+
+    table = Table(title="models")
+    for col in ("name", "installed", "converted", "source", "description"):
+        table.add_column(col, overflow="fold")
+    for row in list_models():
+        table.add_row(
+            row["name"], _yes(row.get("installed")), _yes(row.get("converted")), str(row.get("source", "")), row.get("description", "")
+        )
+    out.print(table)
+    out.print("Also accepted: a local Hugging Face folder, a .gguf file, or a hub id (online only).")
+
+
+@app.command("tasks")
+def tasks_cmd() -> None:
+    """List the built-in tasks, their splits and the data they need."""
+    from cotune.tasks import list_tasks
+
+    table = Table(title="tasks")
+    for col in ("name", "description", "splits", "data"):
+        table.add_column(col, overflow="fold")
+    for row in list_tasks():
+        table.add_row(row["name"], row.get("description", ""), str(row.get("splits", "")), row.get("data", ""))
+    out.print(table)
+
+
+def _yes(flag: object) -> str:
+    return "[green]yes[/]" if flag else "[dim]no[/]"
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except CotuneError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        raise SystemExit(130) from None

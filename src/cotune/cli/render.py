@@ -1,0 +1,100 @@
+"""Terminal rendering for the CLI: progress bars from library events, result tables."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cotune.events import Event
+
+
+class RichEvents:
+    """An event sink that turns ``progress.*`` events into rich progress bars and ``log`` events into lines."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[postfix]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._tasks: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self._open = 0
+
+    def __call__(self, event: Event) -> None:
+        f = event.fields
+        with self._lock:
+            if event.name == "progress.start":
+                if self._open == 0:
+                    self._progress.start()
+                self._open += 1
+                self._tasks[f["id"]] = self._progress.add_task(f["description"], total=f.get("total"), postfix="")
+            elif event.name == "progress.advance" and f["id"] in self._tasks:
+                postfix = "  ".join(_fmt(k, v) for k, v in f.items() if k not in {"id", "done", "total", "advance"})
+                self._progress.update(self._tasks[f["id"]], advance=f.get("advance", 1), postfix=postfix)
+            elif event.name == "progress.end" and f["id"] in self._tasks:
+                self._progress.stop_task(self._tasks.pop(f["id"]))
+                self._open -= 1
+                if self._open == 0:
+                    self._progress.stop()
+                    self._progress = _fresh(self._progress, self.console)
+            elif event.name == "log":
+                self.console.log(f.get("message", ""))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._open:
+                self._progress.stop()
+
+
+def _fresh(old: Progress, console: Console) -> Progress:
+    return Progress(*old.columns, console=console, transient=False)
+
+
+def _fmt(key: str, value: Any) -> str:
+    if isinstance(value, float):
+        return f"{key}={value:.3f}"
+    return f"{key}={value}"
+
+
+def evaluation_table(title: str, summary: dict[str, Any], context: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in context.items():
+        table.add_row(k, str(v))
+    per_call = summary["usage_per_call"]
+    table.add_row("accuracy", f"{summary['score']:.1%}  ({summary['n']} examples, metric {summary['metric']})")
+    table.add_row("parse failures", str(summary["parse_failures"]))
+    table.add_row("errors", str(summary["errors"]))
+    table.add_row("format adherence", f"{summary['format_adherence']:.1%}")
+    table.add_row("LM calls", f"{summary['usage']['calls']} ({summary['usage']['cache_hits']} from cache)")
+    table.add_row("tokens per call", f"{per_call['prompt_tokens']:.0f} prompt, {per_call['completion_tokens']:.0f} completion")
+    table.add_row("latency per call", f"{per_call['seconds']:.2f} s")
+    table.add_row("wall time", f"{summary['seconds']:.1f} s")
+    return table
+
+
+def rows_table(rows: list[Any], limit: int = 8) -> Table:
+    table = Table(title=f"first {min(limit, len(rows))} predictions", title_justify="left")
+    for col in ("#", "gold", "prediction", "score"):
+        table.add_column(col, overflow="fold")
+    for r in rows[:limit]:
+        gold = "; ".join(str(v) for v in r.labels.values() if isinstance(v, (str, int, float)))[:60]
+        if r.prediction is not None:
+            pred = "; ".join(f"{v}" for k, v in r.prediction.items() if k != "reasoning")[:60]
+        else:
+            pred = f"[red]{r.error_kind}[/]: {(r.raw or r.error or '')[:50]!r}"
+        table.add_row(str(r.index), gold, pred, f"{r.score:.2f}")
+    return table
