@@ -19,7 +19,13 @@ from cotune.program.program import Program
 
 
 class Optimizer(ABC):
-    """Base class of every optimizer."""
+    """Base class of every optimizer.
+
+    ``selects_on_valset`` says whether ``compile`` chooses among candidates by validation score (prompt
+    optimizers do; fine-tuning does not). Composite optimizers use it to hand each step the right data.
+    """
+
+    selects_on_valset: bool = True
 
     @abstractmethod
     def compile(
@@ -36,6 +42,17 @@ class Optimizer(ABC):
         """The hyperparameters given to ``__init__`` (read back from attributes of the same names)."""
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
         return {n: getattr(self, n) for n in names if hasattr(self, n)}
+
+    def clone(self, **overrides: Any) -> Optimizer:
+        """A new optimizer with the same hyperparameters, some replaced (unknown names are refused)."""
+        params = self.get_params()
+        unknown = set(overrides) - set(params)
+        if unknown:
+            raise ConfigError(
+                f"{type(self).__name__} has no hyperparameter(s) {', '.join(sorted(unknown))}; "
+                f"choose from: {', '.join(params)}"
+            )
+        return type(self)(**(params | overrides))
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())

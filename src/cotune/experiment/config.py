@@ -1,0 +1,216 @@
+# Run with: cotune run --config exp.yaml   (YAML fields map one to one onto these dataclasses)
+"""Typed experiment configuration. Invalid configs report all their errors at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cotune.errors import ConfigError
+
+DEFAULT_STRATEGIES = ["zero-shot", "p", "w", "p-w", "w-p", "p-w-p"]
+PROMPT_OPTIMIZERS = ("bfrs", "bootstrap", "gpo")
+
+
+@dataclass
+class PromptStep:
+    """The Π step."""
+
+    optimizer: str = field(default="bfrs", metadata={"help": f"one of {', '.join(PROMPT_OPTIMIZERS)}"})
+    num_candidates: int = field(default=6, metadata={"help": "candidate programs tried by random search"})
+    max_bootstrapped_demos: int = field(default=3, metadata={"help": "demos from successful traces, per predictor"})
+    max_labeled_demos: int = field(default=3, metadata={"help": "demos from labeled examples, per predictor"})
+    gpo_steps: int = field(default=4, metadata={"help": "GPO optimization steps (optimizer=gpo)"})
+
+    def check(self) -> list[str]:
+        errors = []
+        if self.optimizer not in PROMPT_OPTIMIZERS:
+            errors.append(f"prompt.optimizer: {self.optimizer!r} is not one of {', '.join(PROMPT_OPTIMIZERS)}")
+        for name in ("num_candidates", "gpo_steps"):
+            if getattr(self, name) < 1:
+                errors.append(f"prompt.{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("max_bootstrapped_demos", "max_labeled_demos"):
+            if getattr(self, name) < 0:
+                errors.append(f"prompt.{name}: must be >= 0, got {getattr(self, name)}")
+        return errors
+
+
+@dataclass
+class WeightStep:
+    """The Θ step. ``lora`` holds `cotune.training.LoRAConfig` fields (validated by it)."""
+
+    lora: dict[str, Any] = field(default_factory=dict, metadata={"help": "LoRAConfig fields, e.g. {r: 32, epochs: 5}"})
+    metric_threshold: float | None = field(default=None, metadata={"help": "keep traces scoring at least this"})
+    num_rollouts: int = field(default=1, metadata={"help": "rollouts per training example"})
+    init: str = field(default="base", metadata={"help": "'base' (train from the base model) or 'continue'"})
+
+    def check(self) -> list[str]:
+        errors = []
+        if self.num_rollouts < 1:
+            errors.append(f"weights.num_rollouts: must be >= 1, got {self.num_rollouts}")
+        if self.init not in ("base", "continue"):
+            errors.append(f"weights.init: {self.init!r} is not one of base, continue")
+        try:
+            from cotune.training.config import LoRAConfig
+
+            LoRAConfig(**self.lora)
+        except (TypeError, ConfigError) as e:
+            errors.append(f"weights.lora: {e}")
+        return errors
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: strategies × seeds on a task and model."""
+
+    task: str = field(default="iris", metadata={"help": "built-in task name"})
+    model: str = field(default="smollm2-135m", metadata={"help": "registry name, folder, .gguf or hub id"})
+    strategies: list[str] = field(default_factory=lambda: list(DEFAULT_STRATEGIES), metadata={"help": "e.g. [zero-shot, p, w, p-w-p]"})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "optimizer seeds; the mean over them is reported"})
+    data_dir: str | None = field(default=None, metadata={"help": "task data folder (gsm8k, hotpotqa)"})
+    out_dir: str = field(default="runs", metadata={"help": "parent folder of run directories"})
+    name: str | None = field(default=None, metadata={"help": "run directory name (default: date-task-model)"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the train/dev/test split (fixed across seeds)"})
+    train_size: int | None = field(default=None, metadata={"help": "override the task's train size"})
+    dev_size: int | None = field(default=None, metadata={"help": "override the task's dev size"})
+    test_size: int | None = field(default=None, metadata={"help": "override the task's test size"})
+    inner_val_ratio: float = field(default=0.7, metadata={"help": "share of train that Π steps validate on"})
+    threads: int = field(default=8, metadata={"help": "parallel examples (a local model batches them)"})
+    max_tokens: int | None = field(default=None, metadata={"help": "cap on generated tokens per call"})
+    cache: bool = field(default=True, metadata={"help": "use the persistent request cache"})
+    prompt: PromptStep = field(default_factory=PromptStep)
+    weights: WeightStep = field(default_factory=WeightStep)
+
+    def check(self) -> list[str]:
+        from cotune.optimize.strategy import parse_strategy
+
+        errors = []
+        for s in self.strategies:
+            try:
+                parse_strategy(s)
+            except ConfigError as e:
+                errors.append(f"strategies: {e}")
+        if not self.strategies:
+            errors.append("strategies: at least one is needed")
+        if not self.seeds:
+            errors.append("seeds: at least one is needed")
+        if not 0 < self.inner_val_ratio < 1:
+            errors.append(f"inner_val_ratio: must be in (0, 1), got {self.inner_val_ratio}")
+        if self.threads < 1:
+            errors.append(f"threads: must be >= 1, got {self.threads}")
+        for name in ("train_size", "dev_size", "test_size", "max_tokens"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                errors.append(f"{name}: must be >= 1, got {v}")
+        return errors + self.prompt.check() + self.weights.check()
+
+    def validate(self) -> ExperimentConfig:
+        errors = self.check()
+        if errors:
+            raise ConfigError("invalid experiment config:\n  - " + "\n  - ".join(errors))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        errors: list[str] = []
+        cfg = _build(cls, data, "", errors)
+        if cfg is not None:
+            errors += cfg.check()
+        if errors:
+            raise ConfigError("invalid experiment config:\n  - " + "\n  - ".join(errors))
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ExperimentConfig:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"no config file at {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of fields at the top level")
+        return cls.from_dict(data)
+
+
+def _build(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
+    if not isinstance(data, dict):
+        errors.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
+        return None
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            errors.append(f"{prefix}{key}: unknown field; valid fields: {', '.join(fields)}")
+            continue
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            built = _build(hint, value, f"{prefix}{key}.", errors)
+            if built is not None:
+                kwargs[key] = built
+            continue
+        coerced, ok = _coerce(value, hint)
+        if not ok:
+            errors.append(f"{prefix}{key}: expected {_type_name(hint)}, got {value!r}")
+            continue
+        kwargs[key] = coerced
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        errors.append(f"{prefix or 'config'}: {e}")
+        return None
+
+
+def _coerce(value: Any, hint: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            v, ok = _coerce(value, arg)
+            if ok:
+                return v, True
+        return value, False
+    if hint is type(None):
+        return value, value is None
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            value = value.split(",") if isinstance(value, str) else [value]
+        if not isinstance(value, list):
+            return value, False
+        out = []
+        for v in value:
+            c, ok = _coerce(v.strip() if isinstance(v, str) else v, item)
+            if not ok:
+                return value, False
+            out.append(c)
+        return out, True
+    if origin is dict:
+        return value, isinstance(value, dict)
+    if hint is bool:
+        return value, isinstance(value, bool)
+    if hint is int:
+        if isinstance(value, bool):
+            return value, False
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value), True
+        return value, isinstance(value, int)
+    if hint is float:
+        return (float(value), True) if isinstance(value, (int, float)) and not isinstance(value, bool) else (value, False)
+    if hint is str:
+        return value, isinstance(value, str)
+    return value, True
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "")

@@ -1,0 +1,47 @@
+"""Aggregate finished nodes into the Table-1 rows: mean ± std over seeds per strategy."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(nodes: list[dict[str, Any]], strategies: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per requested strategy (in order), averaged over the seeds that finished it."""
+    rows = []
+    for strategy in strategies:
+        mine = [n for n in nodes if n["strategy"] == strategy]
+        if not mine:
+            continue
+        test_mean, test_std = _mean_std([n["test"]["score"] for n in mine])
+        dev_mean, dev_std = _mean_std([n["dev"]["score"] for n in mine])
+        per_call = [n["test"]["usage_per_call"] for n in mine]
+        rows.append(
+            {
+                "strategy": strategy,
+                "seeds": sorted(n["seed"] for n in mine),
+                "test_mean": test_mean,
+                "test_std": test_std,
+                "dev_mean": dev_mean,
+                "dev_std": dev_std,
+                "format_adherence": statistics.fmean(n["test"]["format_adherence"] for n in mine),
+                "prompt_tokens_per_call": statistics.fmean(p["prompt_tokens"] for p in per_call),
+                "completion_tokens_per_call": statistics.fmean(p["completion_tokens"] for p in per_call),
+                # Latency over calls that reached the model: cache hits would make a re-run look instant.
+                "seconds_per_call": statistics.fmean(
+                    n["test"]["usage"]["seconds"] / max(n["test"]["usage"]["calls"] - n["test"]["usage"]["cache_hits"], 1)
+                    for n in mine
+                ),
+                "calls_per_example": statistics.fmean(n["test"]["usage"]["calls"] / max(n["test"]["n"], 1) for n in mine),
+                "optimize_seconds": statistics.fmean(n["cumulative_optimize_seconds"] for n in mine),
+                "train_seconds": statistics.fmean(n["cumulative_train_seconds"] for n in mine),
+            }
+        )
+    return rows

@@ -1,0 +1,119 @@
+"""Run directories: config, event log, and one folder per finished step. Every write is atomic, and a
+step counts as finished only once its ``node.json`` exists, so a run killed at any moment (even
+``kill -9``) resumes without losing or redoing a finished step.
+
+    runs/2026-11-21-iris-smollm2-135m/
+      config.json          the ExperimentConfig
+      events.jsonl         what happened, one JSON event per line
+      results.json         every finished node, for reports
+      seed-0/p/            program.json, eval-dev.json, eval-test.json, node.json
+      seed-0/p-w/          ... plus adapter/ and traces.jsonl
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from cotune.errors import ConfigError
+from cotune.events import Event
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """Write JSON atomically: a reader (or a resumed run) sees the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    return path
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+class RunDir:
+    """One experiment's folder."""
+
+    CONFIG, EVENTS, RESULTS, NODE = "config.json", "events.jsonl", "results.json", "node.json"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._log_lock = threading.Lock()
+
+    @classmethod
+    def create(cls, parent: str | Path, name: str, config: dict[str, Any]) -> RunDir:
+        """A new run directory ``parent/name`` (``-2``, ``-3``… appended if taken)."""
+        parent = Path(parent)
+        base = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+        path, n = parent / base, 1
+        while path.exists():
+            n += 1
+            path = parent / f"{base}-{n}"
+        path.mkdir(parents=True)
+        run = cls(path)
+        write_json(path / cls.CONFIG, config)
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        run = cls(path)
+        if not (run.path / cls.CONFIG).is_file():
+            raise ConfigError(f"{run.path} is not a run directory (no {cls.CONFIG}); pass the folder `cotune run` created")
+        return run
+
+    @staticmethod
+    def default_name(task: str, model: str) -> str:
+        return f"{dt.date.today().isoformat()}-{task}-{Path(model).name}"
+
+    def config(self) -> dict[str, Any]:
+        return read_json(self.path / self.CONFIG)
+
+    # -- events --------------------------------------------------------------------------------------
+    def log(self, event: Event) -> None:
+        line = json.dumps({"time": event.time, "event": event.name, **event.fields}, default=str)
+        with self._log_lock, (self.path / self.EVENTS).open("a") as f:
+            f.write(line + "\n")
+
+    def events(self) -> list[dict[str, Any]]:
+        path = self.path / self.EVENTS
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+        return out
+
+    # -- nodes ---------------------------------------------------------------------------------------
+    def node_dir(self, seed: int, strategy: str) -> Path:
+        return self.path / f"seed-{seed}" / strategy
+
+    def finished(self, seed: int, strategy: str) -> dict[str, Any] | None:
+        path = self.node_dir(seed, strategy) / self.NODE
+        return read_json(path) if path.is_file() else None
+
+    def finish(self, seed: int, strategy: str, record: dict[str, Any]) -> None:
+        write_json(self.node_dir(seed, strategy) / self.NODE, record)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [read_json(p) for p in sorted(self.path.glob(f"seed-*/*/{self.NODE}"))]
+
+    def write_results(self, results: dict[str, Any]) -> Path:
+        return write_json(self.path / self.RESULTS, results)
+
+    def results(self) -> dict[str, Any]:
+        path = self.path / self.RESULTS
+        if not path.is_file():
+            raise ConfigError(f"{self.path} has no {self.RESULTS} yet; run `cotune run --resume {self.path}` to finish it")
+        return read_json(path)

@@ -1,0 +1,130 @@
+from collections import Counter
+
+import pytest
+
+from cotune.errors import ConfigError
+from cotune.experiment.config import ExperimentConfig
+from cotune.experiment.rundir import RunDir
+from cotune.experiment.runner import Runner, node_prefixes
+from cotune.optimize.strategy import parse_strategies, parse_strategy, strategy_name
+
+from .fakes import FakeTask, factory, fake_lm
+
+ALL = ["zero-shot", "p", "w", "p-w", "w-p", "p-w-p"]
+
+
+def config(tmp_path, **kw):
+    return ExperimentConfig(task="fake", strategies=kw.pop("strategies", ALL), out_dir=str(tmp_path), name="run", threads=2, **kw)
+
+
+def runner(cfg, log, **kw):
+    return Runner(cfg, lm=fake_lm(), task=FakeTask(), optimizer_factory=factory(log, **kw))
+
+
+@pytest.mark.parametrize(
+    "text, steps",
+    [("p", ("p",)), ("p-w-p", ("p", "w", "p")), ("p,w,p", ("p", "w", "p")), ("zero-shot", ()),
+     ("P → W", ("p", "w")), (["prompt", "weights"], ("p", "w"))],
+)
+def test_parse_strategy(text, steps):
+    assert parse_strategy(text) == steps
+
+
+def test_bad_strategy_lists_valid_letters():
+    with pytest.raises(ConfigError, match=r"unknown step 'x'.*p \(prompt\), w \(weights\)"):
+        parse_strategy("p-x")
+
+
+def test_prefixes_are_shared():
+    prefixes = node_prefixes(parse_strategies(ALL))
+    assert [strategy_name(p) for p in prefixes] == ALL
+
+
+def test_shared_prefixes_are_computed_once_per_seed(tmp_path):
+    log = Counter()
+    run = runner(config(tmp_path, seeds=[0, 1]), log).start()
+    # per seed: p, w-p and p-w-p each run one Π; w and p-w one Θ
+    assert log == Counter({"p": 3 * 2, "w": 2 * 2})
+    results = run.results()
+    assert [r["strategy"] for r in results["table"]] == ALL
+    assert len(results["nodes"]) == 12
+    by = {r["strategy"]: r for r in results["table"]}
+    assert by["zero-shot"]["test_mean"] == 0.0
+    assert by["p-w"]["test_mean"] > by["p"]["test_mean"] > 0
+    assert by["p-w"]["train_seconds"] == 1.5 and by["p-w-p"]["train_seconds"] == 1.5
+
+
+def test_run_directory_contents(tmp_path):
+    run = runner(config(tmp_path, strategies=["p-w"]), Counter()).start()
+    node = run.node_dir(0, "p-w")
+    for name in ("program.json", "eval-dev.json", "eval-test.json", "node.json", "adapter/adapter_model.safetensors"):
+        assert (node / name).exists(), name
+    events = [e["event"] for e in run.events()]
+    assert events[0] == "run.start" and events[-1] == "run.done"
+    assert events.count("node.done") == 3
+
+
+def _interrupt_at(event_name: str, k: int):
+    count = Counter()
+
+    def sink(e):
+        if e.name == event_name:
+            count[event_name] += 1
+            if count[event_name] == k:
+                raise KeyboardInterrupt(f"killed at {event_name} #{k}")
+
+    return sink
+
+
+@pytest.mark.parametrize("where", ["node.start", "node.done", "progress.start"])
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 6])
+def test_resume_loses_nothing_and_repeats_nothing(tmp_path, where, k):
+    cfg = config(tmp_path)
+    reference = runner(config(tmp_path / "ref"), Counter()).start().results()
+
+    log = Counter()
+    first = Runner(cfg, lm=fake_lm(), task=FakeTask(), optimizer_factory=factory(log), events=_interrupt_at(where, k))
+    with pytest.raises(KeyboardInterrupt):
+        first.start()
+    run_dir = tmp_path / "run"
+    finished_before = {n["strategy"] for n in RunDir.open(run_dir).nodes()}
+
+    _, run = Runner.resume(run_dir, lm=fake_lm(), task=FakeTask(), optimizer_factory=factory(log))
+    results = run.results()
+    assert {n["strategy"] for n in results["nodes"]} == set(ALL)
+    # finished nodes were not redone: a node's optimizer ran at most once more than in a clean run,
+    # and only for the node that was cut off (not finished)
+    extra = log - Counter({"p": 3, "w": 2})
+    assert sum(extra.values()) <= 1
+    skipped = [e for e in run.events() if e["event"] == "node.skipped"]
+    assert {e["strategy"] for e in skipped} == finished_before
+    assert [r["test_mean"] for r in results["table"]] == [r["test_mean"] for r in reference["table"]]
+
+
+def test_resume_inside_a_prompt_step(tmp_path):
+    log = Counter()
+    with pytest.raises(KeyboardInterrupt):
+        runner(config(tmp_path), log, fail_on_prompt=2).start()
+    assert log["p"] == 2
+    Runner.resume(tmp_path / "run", lm=fake_lm(), task=FakeTask(), optimizer_factory=factory(log))
+    assert log["p"] == 2 + 2  # the cut-off Π step and the one after it; the first Π is not redone
+
+
+def test_resume_needs_a_run_directory(tmp_path):
+    with pytest.raises(ConfigError, match="not a run directory"):
+        Runner.resume(tmp_path)
+
+
+def test_config_errors_are_reported_together():
+    with pytest.raises(ConfigError) as info:
+        ExperimentConfig.from_dict({"threads": 0, "bogus": 1, "strategies": ["p-q"], "prompt": {"optimizer": "zz"}})
+    message = str(info.value)
+    for part in ("threads", "bogus: unknown field", "unknown step 'q'", "prompt.optimizer"):
+        assert part in message
+
+
+def test_config_yaml(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("task: iris\nseeds: [0, 1, 2]\nstrategies: [p, p-w-p]\nprompt:\n  num_candidates: 4\n")
+    cfg = ExperimentConfig.from_yaml(path)
+    assert cfg.seeds == [0, 1, 2] and cfg.prompt.num_candidates == 4 and cfg.strategies == ["p", "p-w-p"]
