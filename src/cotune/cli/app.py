@@ -58,6 +58,33 @@ def eval_cmd(
     )
 
 
+@app.command("run")
+def run_cmd(
+    task: Annotated[str | None, typer.Option("--task", "-t", help="Built-in task (see `cotune tasks`). Default: iris.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model (see `cotune models`). Default: smollm2-135m.")] = None,
+    strategies: Annotated[str | None, typer.Option(help="Comma-separated strategies of p (prompt) and w (weights) steps, e.g. zero-shot,p,w,p-w,w-p,p-w-p.")] = None,
+    seeds: Annotated[int | None, typer.Option(min=1, help="Number of seeds (0..N-1); the paper's protocol is 3.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="A YAML experiment config; options given here override it.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Finish an interrupted run directory; finished steps are not redone.")] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="Parent folder of run directories. Default: runs.")] = None,
+    name: Annotated[str | None, typer.Option(help="Run directory name. Default: DATE-TASK-MODEL.")] = None,
+    data_dir: DataDirOpt = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Parallel examples. Default: 8.")] = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Run strategies × seeds (zero-shot, Π, Θ, Π→Θ→Π, ...) and print the Table-1-style comparison."""
+    from cotune.cli.commands import run_experiment
+
+    overrides = {
+        "task": task, "model": model, "out_dir": str(out_dir) if out_dir else None, "name": name,
+        "data_dir": str(data_dir) if data_dir else None, "threads": threads,
+        "strategies": strategies.split(",") if strategies else None,
+        "seeds": list(range(seeds)) if seeds else None, "cache": False if no_cache else None,
+    }
+    run_experiment(config_path=config, resume=resume, overrides={k: v for k, v in overrides.items() if v is not None},
+                   console=console, out=out)
+
+
 @app.command("models")
 def models_cmd() -> None:
     """List the models cotune knows by name and whether they are installed."""

@@ -78,3 +78,46 @@ def run_eval(
     if out_path is not None:
         result.save(out_path)
         out.print(f"wrote {out_path}")
+
+
+def run_experiment(*, config_path: Path | None, resume: Path | None, overrides: dict, console: Console, out: Console) -> None:
+    from cotune.cli.render import results_table
+    from cotune.errors import ConfigError
+    from cotune.experiment.config import ExperimentConfig
+    from cotune.experiment.rundir import RunDir
+    from cotune.experiment.runner import Runner
+
+    if resume is not None:
+        if config_path is not None or overrides:
+            raise ConfigError("`--resume` continues a run with its saved config; don't combine it with --config or other options")
+        cfg = ExperimentConfig.from_dict(RunDir.open(resume).config())
+    else:
+        base = ExperimentConfig.from_yaml(config_path).to_dict() if config_path else {}
+        cfg = ExperimentConfig.from_dict(base | overrides)
+
+    events = RichEvents(console)
+    console.print(f"[bold]cotune run[/] {cfg.task} · {cfg.model} · strategies {', '.join(cfg.strategies)} · seeds {cfg.seeds}")
+    lm = load_model(cfg.model, cache=cfg.cache, console=console)
+    try:
+        if resume is not None:
+            run = RunDir.open(resume)
+            results = Runner(cfg, lm=lm, events=events).run(run)
+        else:
+            runner = Runner(cfg, lm=lm, events=events)
+            run = RunDir.create(cfg.out_dir, cfg.name or RunDir.default_name(cfg.task, cfg.model), cfg.to_dict())
+            console.print(f"run directory: {run.path}  (resume with: cotune run --resume {run.path})")
+            results = runner.run(run)
+    finally:
+        events.close()
+    out.print(results_table(results))
+    try:
+        from cotune.experiment.report import write_report
+
+        md, html = write_report([run.path])
+        out.print(f"report: {md}  {html}")
+    except ImportError:
+        pass
+    best = results["best"]
+    path = run.path / best["program"]
+    out.print(f"best program on dev: {best['strategy']} (seed {best['seed']}, dev {best['dev']:.1%}, test {best['test']:.1%}) → {path}")
+    out.print(f"use it: cotune eval --program {path}")

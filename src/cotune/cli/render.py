@@ -98,3 +98,29 @@ def rows_table(rows: list[Any], limit: int = 8) -> Table:
             pred = f"[red]{r.error_kind}[/]: {(r.raw or r.error or '')[:50]!r}"
         table.add_row(str(r.index), gold, pred, f"{r.score:.2f}")
     return table
+
+
+def results_table(results: dict[str, Any]) -> Table:
+    """The Table-1-style summary of a run: one row per strategy, mean ± std over seeds."""
+    cfg = results["config"]
+    seeds = len(cfg.get("seeds", []))
+    table = Table(title=f"{cfg['task']} · {cfg['model']} · test accuracy over {seeds} seed(s)", title_justify="left")
+    for col in ("strategy", "test", "dev", "prompt tok/call", "latency/call", "format ok", "optimize s", "train s"):
+        table.add_column(col, justify="right" if col != "strategy" else "left")
+    rows = results["table"]
+    best = max((r["test_mean"] for r in rows), default=None)
+    for r in rows:
+        test = f"{r['test_mean']:.1%} ± {r['test_std']:.1%}"
+        if r["test_mean"] == best:
+            test = f"[bold green]{test}[/]"
+        table.add_row(
+            r["strategy"],
+            test,
+            f"{r['dev_mean']:.1%} ± {r['dev_std']:.1%}",
+            f"{r['prompt_tokens_per_call']:.0f}",
+            f"{r['seconds_per_call']:.2f} s",
+            f"{r['format_adherence']:.0%}",
+            f"{r['optimize_seconds']:.0f}",
+            f"{r['train_seconds']:.0f}",
+        )
+    return table

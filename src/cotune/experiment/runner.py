@@ -127,6 +127,7 @@ class Runner:
             "nodes": run.nodes(),
         }
         results["table"] = summarize(results["nodes"], results["strategies"])
+        results["best"] = self._save_best(run, results)
         run.write_results(results)
         emit(events, "run.done", run_dir=str(run.path))
         return results
@@ -177,6 +178,16 @@ class Runner:
         }
         emit(events, "node.done", seed=seed, strategy=name, dev=evals["dev"]["score"], test=evals["test"]["score"])
         return program, record
+
+    @staticmethod
+    def _save_best(run: RunDir, results: dict[str, Any]) -> dict[str, Any]:
+        """Copy the best program to ``best-program.json``, chosen on dev (choosing on test would overfit it)."""
+        finals = [n for n in results["nodes"] if n["strategy"] in results["strategies"]]
+        best = max(finals, key=lambda n: (n["dev"]["score"], -len(n["steps"])))
+        path = run.path / "best-program.json"
+        path.write_text((run.path / best["program"]).read_text())
+        return {"strategy": best["strategy"], "seed": best["seed"], "dev": best["dev"]["score"],
+                "test": best["test"]["score"], "program": path.name}
 
     def _reload(self, run: RunDir, seed: int, name: str, task: Any, lm: Any) -> Program:
         state = read_state(run.node_dir(seed, name) / "program.json")
