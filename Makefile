@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check --constraint constraints.txt
 
-.PHONY: run test test-unit lint clean-venv
+.PHONY: run test test-unit lint chromium
 
 $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,8 +18,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 run: $(VENV)/.installed
 	$(VENV)/bin/cotune eval --task iris --model smollm2-135m --limit 20
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed chromium
 	$(VENV)/bin/pytest -q
+
+# The HTML report is checked in a real browser; its test is skipped (with the reason) where Chromium can't be had.
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "chromium is not installed: the browser test will be skipped"
 
 test-unit: $(VENV)/.installed
 	$(VENV)/bin/pytest -q -m "not integration"

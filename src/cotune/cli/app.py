@@ -10,7 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cotune.cli import report_cmds as rc
 from cotune.errors import CotuneError
+from cotune.experiment import advisor as adv
 
 app = typer.Typer(
     name="cotune",
@@ -83,6 +85,46 @@ def run_cmd(
     }
     run_experiment(config_path=config, resume=resume, overrides={k: v for k, v in overrides.items() if v is not None},
                    console=console, out=out)
+
+
+@app.command("report")
+def report_cmd(
+    run_dirs: rc.RunDirsArg,
+    out_dir: rc.OutDirOpt = None,
+    calls_per_day: rc.CallsPerDayOpt = adv.DEFAULT_CALLS_PER_DAY,
+    price_prompt: rc.PromptPriceOpt = adv.DEFAULT_PRICE_PER_1M_PROMPT_TOKENS,
+    price_completion: rc.CompletionPriceOpt = adv.DEFAULT_PRICE_PER_1M_COMPLETION_TOKENS,
+    price_training_hour: rc.TrainingPriceOpt = adv.DEFAULT_PRICE_PER_TRAINING_HOUR,
+    horizon_days: rc.HorizonOpt = adv.DEFAULT_HORIZON_DAYS,
+    finetuned_price_factor: rc.FinetunedFactorOpt = 1.0,
+) -> None:
+    """Write a Markdown + HTML report (Table 1, score by step, accuracy vs tokens, prompts, costs) for run directories."""
+    rc.run_report(
+        run_dirs, out_dir=out_dir, calls_per_day=calls_per_day, price_per_1m_prompt_tokens=price_prompt,
+        price_per_1m_completion_tokens=price_completion, price_per_training_hour=price_training_hour,
+        horizon_days=horizon_days, finetuned_price_factor=finetuned_price_factor, console=console, out=out,
+    )
+
+
+@app.command("advise")
+def advise_cmd(
+    run_dirs: rc.RunDirsArg,
+    calls_per_day: rc.CallsPerDayOpt = adv.DEFAULT_CALLS_PER_DAY,
+    price_prompt: rc.PromptPriceOpt = adv.DEFAULT_PRICE_PER_1M_PROMPT_TOKENS,
+    price_completion: rc.CompletionPriceOpt = adv.DEFAULT_PRICE_PER_1M_COMPLETION_TOKENS,
+    price_training_hour: rc.TrainingPriceOpt = adv.DEFAULT_PRICE_PER_TRAINING_HOUR,
+    horizon_days: rc.HorizonOpt = adv.DEFAULT_HORIZON_DAYS,
+    finetuned_price_factor: rc.FinetunedFactorOpt = 1.0,
+    as_json: rc.JsonOpt = False,
+    as_markdown: rc.MarkdownOpt = False,
+) -> None:
+    """Prompt or fine-tune? Accuracy, tokens, latency, training time, cost per day and break-even volume."""
+    rc.run_advise(
+        run_dirs, calls_per_day=calls_per_day, price_per_1m_prompt_tokens=price_prompt,
+        price_per_1m_completion_tokens=price_completion, price_per_training_hour=price_training_hour,
+        horizon_days=horizon_days, finetuned_price_factor=finetuned_price_factor, as_json=as_json,
+        as_markdown=as_markdown, out=out,
+    )
 
 
 @app.command("models")

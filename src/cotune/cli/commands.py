@@ -110,13 +110,10 @@ def run_experiment(*, config_path: Path | None, resume: Path | None, overrides: 
     finally:
         events.close()
     out.print(results_table(results))
-    try:
-        from cotune.experiment.report import write_report
+    from cotune.experiment.report import write_report
 
-        md, html = write_report([run.path])
-        out.print(f"report: {md}  {html}")
-    except ImportError:
-        pass
+    md, html = write_report([run.path])
+    out.print(f"report: {md}\n        {html}")
     best = results["best"]
     path = run.path / best["program"]
     out.print(f"best program on dev: {best['strategy']} (seed {best['seed']}, dev {best['dev']:.1%}, test {best['test']:.1%}) → {path}")

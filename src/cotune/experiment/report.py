@@ -1,0 +1,413 @@
+"""The experiment report: one Markdown file and one self-contained HTML page with the same content.
+
+Built from one or more run directories (tasks × models combine into one table): a Table-1-style matrix of
+test accuracy, the last step against the best step picked on dev, a plot of score by step per strategy, a
+plot of accuracy against prompt tokens per call, the advisor's cost table and recommendation, and the
+learned instructions and demos per predictor.
+
+The content is built once as a list of blocks and rendered twice, so the two files cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from cotune.experiment import advisor as adv
+from cotune.experiment import plots
+from cotune.experiment.rundir import RunDir
+from cotune.optimize.strategy import parse_strategy, strategy_name
+
+MAX_DEMOS, MAX_VALUE_CHARS, MAX_INSTRUCTION_CHARS = 6, 240, 2000
+
+
+# -- blocks ----------------------------------------------------------------------------------------------
+@dataclass
+class Heading:
+    level: int
+    text: str
+    anchor: str = ""
+
+
+@dataclass
+class Para:
+    text: str
+    lead: str = ""  # shown in bold before the text
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    bold: set[tuple[int, int]] = field(default_factory=set)
+    css: str = ""
+
+
+@dataclass
+class Figure:
+    name: str  # file stem of the SVG written beside the Markdown
+    svg: str
+    caption: str
+
+
+@dataclass
+class Code:
+    text: str
+
+
+Block = Heading | Para | Table | Figure | Code
+
+
+def write_report(
+    run_dirs: str | Path | RunDir | Iterable[str | Path | RunDir],
+    out_dir: str | Path | None = None,
+    *,
+    prices: adv.Prices | None = None,
+) -> tuple[Path, Path]:
+    """Write ``report.md`` (with its SVG plots in ``report-plots/``) and ``report.html`` (one file).
+
+    Args:
+        run_dirs: one or more finished run directories.
+        out_dir: where to write; by default the first run directory.
+        prices: volume and prices for the cost section (`Prices` defaults are placeholders).
+
+    Returns:
+        The paths of the Markdown and HTML files.
+
+    Raises:
+        ConfigError: a path is not a finished run directory.
+    """
+    runs = adv.load_runs(run_dirs)
+    out = Path(out_dir) if out_dir is not None else runs[0].path
+    blocks = build_report(runs, prices or adv.Prices())
+    title = "cotune report: " + ", ".join(r.label for r in runs)
+    plot_dir = out / "report-plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    for b in blocks:
+        if isinstance(b, Figure):
+            (plot_dir / f"{b.name}.svg").write_text(b.svg)
+    md_path, html_path = out / "report.md", out / "report.html"
+    md_path.write_text(to_markdown(blocks, title, plot_dir.name))
+    html_path.write_text(to_html(blocks, title))
+    return md_path, html_path
+
+
+def build_report(runs: list[adv.RunData], prices: adv.Prices) -> list[Block]:
+    strategies = list(dict.fromkeys(s for r in runs for s in r.strategies))
+    colors = {s: plots.color_for(i) for i, s in enumerate(strategies)}
+    tables = {r.label: {row["strategy"]: row for row in adv.run_table(r)} for r in runs}
+    advice = adv.advise_runs(runs, prices)
+    today = dt.date.today().isoformat()
+    blocks: list[Block] = [Para(f"Generated {today} from " + "; ".join(f"{r.label}: {r.path}" for r in runs) + ".")]
+
+    blocks += [Heading(2, "Test accuracy by strategy", "accuracy"), Para(_seeds_note(runs, tables))]
+    blocks.append(accuracy_matrix(runs, strategies, tables))
+    blocks += [Heading(2, "Last step against the best step picked on dev", "best-step"),
+               Para("Each multi-step strategy ends with its last step; picking instead the step with the best dev "
+                    "score (per seed, ties to the later step) gives this test accuracy, with the steps picked.")]
+    blocks.append(best_step_table(runs, strategies))
+
+    blocks += [Heading(2, "Score by step", "steps"),
+               Para("Each line follows a strategy's chain of steps from zero-shot (step 0); points are the mean "
+                    "test accuracy over seeds, bars the std. Strategies sharing a prefix share its points.")]
+    step_tables = []
+    for i, r in enumerate(runs):  # figures side by side first, then their numbers
+        series, table = score_by_step(r, colors)
+        steps = max((len(s.points) for s in series), default=1)
+        labels = ["0 zero-shot", *(str(k) for k in range(1, steps))]
+        blocks.append(Figure(f"score-by-step-{i + 1}", plots.line_chart(series, title=f"Score by step: {r.label}", x_labels=labels),
+                             f"Test accuracy after each step, {r.label}."))
+        step_tables += [Para(f"{r.label}: dev / test accuracy (%) after each step, mean over seeds."), table]
+    blocks += step_tables
+
+    blocks += [Heading(2, "Accuracy against prompt tokens per call", "tokens"),
+               Para("Up and to the left is better: as accurate with a shorter prompt. Numbers are in the cost table.")]
+    for i, r in enumerate(runs):
+        points = [plots.Point(s, row["prompt_tokens_per_call"], row["test_mean"], row["test_std"] or None, colors[s],
+                              f"{row['seconds_per_call']:.2f} s/call")
+                  for s, row in tables[r.label].items()]
+        blocks.append(Figure(f"accuracy-vs-tokens-{i + 1}",
+                             plots.scatter_chart(points, title=f"Accuracy vs prompt tokens: {r.label}"),
+                             f"One point per strategy, {r.label}."))
+
+    blocks += [Heading(2, "Cost and recommendation: prompt or fine-tune?", "cost"), Para(adv.assumptions_text(prices))]
+    blocks.append(Table(adv.COST_HEADER, adv.cost_cells(advice), css="cost"))
+    if advice.break_even:
+        blocks.append(Table(adv.BREAK_EVEN_HEADER, adv.break_even_cells(advice), css="break-even"))
+    for rec in advice.recommendations:
+        blocks.append(Para(rec.text, lead=f"Recommendation ({rec.label}): " if len(runs) > 1 else "Recommendation: "))
+
+    blocks += [Heading(2, "Learned prompts", "prompts")]
+    for r in runs:
+        blocks += learned_prompts(r)
+    return blocks
+
+
+# -- sections --------------------------------------------------------------------------------------------
+def accuracy_matrix(runs: list[adv.RunData], strategies: list[str], tables: dict[str, dict[str, dict]]) -> Table:
+    """Rows strategies, columns runs (task, and model when several); the best mean per column in bold."""
+    t = Table(["strategy", *(r.label for r in runs)], [], css="matrix")
+    for s in strategies:
+        t.rows.append([s, *(_mean_std(tables[r.label][s]) if s in tables[r.label] else "–" for r in runs)])
+    for c, r in enumerate(runs, start=1):
+        means = {s: row["test_mean"] for s, row in tables[r.label].items()}
+        if means:
+            top = max(means.values())
+            t.bold |= {(i, c) for i, s in enumerate(strategies) if s in means and means[s] >= top - 1e-12}
+    return t
+
+
+def best_step_table(runs: list[adv.RunData], strategies: list[str]) -> Table:
+    multi = [s for s in strategies if len(parse_strategy(s)) > 1]
+    t = Table(["strategy", *(f"{r.label}: last" for r in runs), *(f"{r.label}: best on dev" for r in runs)], [], css="best-step")
+    for s in multi:
+        last, best = [], []
+        for r in runs:
+            by_key = {(n["seed"], n["strategy"]): n for n in r.nodes}
+            picks = []
+            for seed in sorted({n["seed"] for n in r.nodes if n["strategy"] == s}):
+                chain = [by_key[(seed, p)] for p in _chain(s) if (seed, p) in by_key]
+                picks.append(max(reversed(chain), key=lambda n: n["dev"]["score"]))  # ties: the later step
+            last.append(_fmt_scores([n["test"]["score"] for _, n in _seeds_of(r, s)]))
+            counts = ", ".join(f"{p} ×{n}" for p, n in _count(n["strategy"] for n in picks).items())
+            best.append(f"{_fmt_scores([n['test']['score'] for n in picks])} ({counts})" if picks else "–")
+        t.rows.append([s, *last, *best])
+    return t
+
+
+def score_by_step(run: adv.RunData, colors: dict[str, str]) -> tuple[list[plots.Series], Table]:
+    """One series per strategy along its chain of prefixes, and the same numbers as a table (dev / test)."""
+    by_key = {(n["seed"], n["strategy"]): n for n in run.nodes}
+    series, rows, width = [], [], 1
+    for s in run.strategies:
+        seeds = [seed for seed, _ in _seeds_of(run, s)]
+        if not seeds:
+            continue
+        points, cells = [], []
+        for k, prefix in enumerate(_chain(s)):
+            nodes = [by_key[(seed, prefix)] for seed in seeds if (seed, prefix) in by_key]
+            if not nodes:
+                continue
+            test = [n["test"]["score"] for n in nodes]
+            dev = [n["dev"]["score"] for n in nodes]
+            points.append((k, statistics.fmean(test), statistics.stdev(test) if len(test) > 1 else None))
+            cells.append(f"{prefix}: {100 * statistics.fmean(dev):.1f} / {100 * statistics.fmean(test):.1f}")
+        width = max(width, len(cells))
+        series.append(plots.Series(s, points, colors.get(s, plots.PALETTE[0])))
+        rows.append([s, *cells])
+    header = ["strategy", *(f"step {k} (dev / test)" for k in range(width))]
+    return series, Table(header, [r + [""] * (width + 1 - len(r)) for r in rows], css="steps")
+
+
+def learned_prompts(run: adv.RunData) -> list[Block]:
+    """Per strategy, the program of the seed with the best dev score: instruction and demos per predictor."""
+    blocks: list[Block] = [Heading(3, f"{run.label}")]
+    seen: dict[str, str] = {}
+    for s in run.strategies:
+        nodes = [n for n in run.nodes if n["strategy"] == s]
+        if not nodes:
+            continue
+        node = max(sorted(nodes, key=lambda n: n["seed"]), key=lambda n: n["dev"]["score"])
+        adapter = f", adapter {_relative(node['adapter'], run.path)}" if node.get("adapter") else ""
+        blocks.append(Heading(4, f"{s}: seed {node['seed']} (best dev {100 * node['dev']['score']:.1f}%){adapter}"))
+        path = run.path / str(node.get("program", ""))
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            blocks.append(Para(f"No readable program.json at {path}."))
+            continue
+        predictors = state.get("predictors", {})
+        key = json.dumps(predictors, sort_keys=True, default=str)
+        if key in seen:
+            blocks.append(Para(f"Same instructions and demos as {seen[key]} (the weights may differ)."))
+            continue
+        seen[key] = s
+        for name, p in predictors.items():
+            demos = p.get("demos", [])
+            blocks.append(Para(f"{name} ({_signature(p.get('signature', {}))}), {len(demos)} demo{'' if len(demos) == 1 else 's'}.", lead="Predictor "))
+            blocks.append(Code(_truncate(p.get("instruction", ""), MAX_INSTRUCTION_CHARS) or "(no instruction)"))
+            if demos:
+                blocks.append(Code(_demos_text(demos)))
+    return blocks
+
+
+# -- rendering -------------------------------------------------------------------------------------------
+def to_markdown(blocks: list[Block], title: str, plot_dir: str = "report-plots") -> str:
+    out = [f"# {_md(title)}", ""]
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append(f"{'#' * b.level} {_md(b.text)}")
+        elif isinstance(b, Para):
+            out.append((f"**{_md(b.lead.strip())}** " if b.lead else "") + _md(b.text))
+        elif isinstance(b, Table):
+            out.append(markdown_table(b.header, b.rows, b.bold))
+        elif isinstance(b, Figure):
+            out.append(f"![{_md(b.caption)}]({plot_dir}/{b.name}.svg)\n\n*{_md(b.caption)}*")
+        elif isinstance(b, Code):
+            fence = "`" * max(3, _longest_run(b.text, "`") + 1)
+            out.append(f"{fence}text\n{b.text}\n{fence}")
+        out.append("")
+    return "\n".join(out)
+
+
+def markdown_table(header: list[str], rows: list[list[str]], bold: set[tuple[int, int]] | None = None) -> str:
+    """A GitHub-flavoured Markdown table; cells escaped, ``bold`` holds (row, column) indices."""
+    bold = bold or set()
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    for i, row in enumerate(rows):
+        lines.append("| " + " | ".join(f"**{_cell(c)}**" if (i, j) in bold else _cell(c) for j, c in enumerate(row)) + " |")
+    return "\n".join(lines)
+
+
+def advice_markdown(advice: adv.Advice) -> str:
+    """The advisor's cost and break-even tables and recommendation as Markdown (for `cotune advise`)."""
+    parts = [_md(adv.assumptions_text(advice.prices)), "", markdown_table(adv.COST_HEADER, adv.cost_cells(advice))]
+    if advice.break_even:
+        parts += ["", markdown_table(adv.BREAK_EVEN_HEADER, adv.break_even_cells(advice))]
+    for rec in advice.recommendations:
+        lead = f"Recommendation ({rec.label}):" if len(advice.recommendations) > 1 else "Recommendation:"
+        parts += ["", f"**{_md(lead)}** {_md(rec.text)}"]
+    return "\n".join(parts)
+
+
+def to_html(blocks: list[Block], title: str) -> str:
+    body, toc = [], []
+    for b in blocks:
+        if isinstance(b, Heading):
+            anchor = f' id="{escape(b.anchor)}"' if b.anchor else ""
+            body.append(f"<h{b.level}{anchor}>{escape(b.text)}</h{b.level}>")
+            if b.anchor:
+                toc.append(f'<a href="#{escape(b.anchor)}">{escape(b.text)}</a>')
+        elif isinstance(b, Para):
+            lead = f"<strong>{escape(b.lead)}</strong>" if b.lead else ""
+            body.append(f"<p>{lead}{escape(b.text)}</p>")
+        elif isinstance(b, Table):
+            body.append(_html_table(b))
+        elif isinstance(b, Figure):
+            body.append(f'<figure class="plot" id="{escape(b.name)}">{b.svg}<figcaption>{escape(b.caption)}</figcaption></figure>')
+        elif isinstance(b, Code):
+            body.append(f"<pre>{escape(b.text)}</pre>")
+    nav = f"<nav>{' · '.join(toc)}</nav>" if toc else ""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'
+            f"<style>{_CSS}</style></head><body><h1>{escape(title)}</h1>{nav}\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _html_table(t: Table) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in t.header)
+    rows = []
+    for i, row in enumerate(t.rows):
+        cells = []
+        for j, c in enumerate(row):
+            text = f"<strong>{escape(c)}</strong>" if (i, j) in t.bold else escape(c)
+            cells.append(f"<th>{text}</th>" if j == 0 else f"<td>{text}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f'<table class="{escape(t.css)}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1180px;margin:2rem auto;padding:0 1rem;
+color:#1b1b1b;line-height:1.45}
+h1{font-size:1.6rem;margin-bottom:.3rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
+nav{font-size:.9rem;margin-bottom:1rem}nav a{color:#0a58ca;text-decoration:none}
+table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}
+th,td{border:1px solid #d6d6d6;padding:.3rem .55rem;text-align:left;vertical-align:top}
+thead th{background:#f3f5f7}tbody th{font-weight:600;background:#fafafa}
+td{font-variant-numeric:tabular-nums}table.matrix td,table.cost td{text-align:right;white-space:nowrap}
+table.cost td:nth-child(2){text-align:left}
+table.break-even td:last-child{font-size:.85rem}
+figure.plot{display:inline-block;vertical-align:top;width:min(100%,560px);margin:.5rem 1rem .5rem 0}
+figure.plot svg{width:100%;height:auto}figcaption{font-size:.85rem;color:#555}
+pre{background:#f6f8fa;border:1px solid #e1e4e8;padding:.6rem;white-space:pre-wrap;word-break:break-word;font-size:.82rem}
+"""
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+def _chain(strategy: str) -> list[str]:
+    steps = parse_strategy(strategy)
+    return [strategy_name(steps[:k]) for k in range(len(steps) + 1)]
+
+
+def _seeds_of(run: adv.RunData, strategy: str) -> list[tuple[int, dict]]:
+    return sorted(((n["seed"], n) for n in run.nodes if n["strategy"] == strategy), key=lambda x: x[0])
+
+
+def _count(items: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for x in items:
+        out[x] = out.get(x, 0) + 1
+    return out
+
+
+def _mean_std(row: dict[str, Any]) -> str:
+    if len(row["seeds"]) > 1:
+        return f"{100 * row['test_mean']:.1f} ± {100 * row['test_std']:.1f}"
+    return f"{100 * row['test_mean']:.1f}"
+
+
+def _fmt_scores(scores: list[float]) -> str:
+    if not scores:
+        return "–"
+    if len(scores) == 1:
+        return f"{100 * scores[0]:.1f}"
+    return f"{100 * statistics.fmean(scores):.1f} ± {100 * statistics.stdev(scores):.1f}"
+
+
+def _seeds_note(runs: list[adv.RunData], tables: dict[str, dict[str, dict]]) -> str:
+    counts = sorted({len(row["seeds"]) for t in tables.values() for row in t.values()})
+    seeds = " or ".join(str(c) for c in counts) or "0"
+    spread = "mean ± std over seeds" if counts and max(counts) > 1 else "one seed, so no spread is shown"
+    return f"Test accuracy in %, {spread} ({seeds} seeds per cell); the best mean in each column is in bold."
+
+
+def _signature(sig: dict[str, Any]) -> str:
+    names = [[f.get("name", "?") for f in sig.get(k, [])] for k in ("inputs", "outputs")]
+    return f"{', '.join(names[0])} -> {', '.join(names[1])}"
+
+
+def _demos_text(demos: list[dict[str, Any]]) -> str:
+    parts = []
+    for i, d in enumerate(demos[:MAX_DEMOS], start=1):
+        fields = [f"  {k}: {_truncate(str(v), MAX_VALUE_CHARS)}".replace("\n", "\n    ")
+                  for k, v in d.items() if not str(k).startswith("_")]
+        parts.append(f"demo {i}\n" + "\n".join(fields))
+    if len(demos) > MAX_DEMOS:
+        parts.append(f"… and {len(demos) - MAX_DEMOS} more demos")
+    return "\n".join(parts)
+
+
+def _relative(path: str, base: Path) -> str:
+    """A path inside the run directory, written relative to it (shorter, and still true if the folder moves)."""
+    try:
+        return str(Path(path).resolve().relative_to(base.resolve()))
+    except ValueError:
+        return path
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit].rstrip() + f" … ({len(text) - limit} more characters)"
+
+
+def _longest_run(text: str, ch: str) -> int:
+    best = cur = 0
+    for c in text:
+        cur = cur + 1 if c == ch else 0
+        best = max(best, cur)
+    return best
+
+
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>$|#"})
+
+
+def _md(text: str) -> str:
+    return text.translate(_MD_SPECIAL)
+
+
+def _cell(text: str) -> str:
+    return _md(text).replace("\n", " ")
