@@ -127,6 +127,37 @@ def advise_cmd(
     )
 
 
+@app.command("serve")
+def serve_cmd(
+    model: ModelOpt = "smollm2-135m",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes it to the network (no API key check).")] = "127.0.0.1",
+    name: Annotated[str | None, typer.Option("--name", help="Model name clients send. Default: --model.")] = None,
+    adapter: Annotated[list[str] | None, typer.Option("--adapter", help="NAME=PATH, repeatable: serve a LoRA adapter as model NAME.")] = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Serve a model over an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models, GET /health)."""
+    from cotune.cli.commands import load_model
+    from cotune.errors import ConfigError
+    from cotune.lm.server import serve
+
+    adapters = {}
+    for item in adapter or []:
+        key, sep, path = item.partition("=")
+        if not sep or not key or not path:
+            raise ConfigError(f"`--adapter` wants NAME=PATH, got {item!r}")
+        adapters[key] = path
+    lm = load_model(model, cache=not no_cache, console=console)
+
+    def events(e) -> None:
+        if e.name == "server.start":
+            console.print(f"serving {', '.join(e.fields.get('models', [name or model]))} at {e.fields.get('url')}  (Ctrl-C stops)")
+        elif e.name == "server.request" and logging.getLogger("cotune").isEnabledFor(logging.DEBUG):
+            console.print(f"{e.fields}")
+
+    serve(lm, host, port, model_name=name or model, adapters=adapters, events=events)
+
+
 @app.command("models")
 def models_cmd() -> None:
     """List the models cotune knows by name and whether they are installed."""

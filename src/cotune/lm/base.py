@@ -129,7 +129,7 @@ class LM(ABC):
         results: list[Completion | None] = [None] * len(batch)
         keys = [self.cache_key(m, config) for m in batch] if self.cache is not None else []
         todo = []
-        for i, messages in enumerate(batch):
+        for i in range(len(batch)):
             hit = self.cache.get(keys[i]) if self.cache is not None else None
             if hit is not None:
                 results[i] = Completion(**{**hit, "seconds": 0.0, "cached": True})
@@ -141,7 +141,7 @@ class LM(ABC):
             if len(fresh) != len(todo):
                 raise RuntimeError(f"{type(self).__name__}._generate returned {len(fresh)} for {len(todo)} requests")
             elapsed = time.perf_counter() - t0
-            for i, c in zip(todo, fresh):
+            for i, c in zip(todo, fresh, strict=True):
                 if not c.seconds:
                     c.seconds = elapsed / len(todo)
                 results[i] = c

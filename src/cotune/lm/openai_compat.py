@@ -66,6 +66,12 @@ class _Pool:
                 self._client.close()
                 self._client = None
 
+    def __del__(self) -> None:
+        # An LM dropped without close() must not leak its sockets.
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()
+
 
 class OpenAICompatible(LM):
     """A model behind an OpenAI-compatible chat-completions endpoint.
@@ -189,34 +195,43 @@ class OpenAICompatible(LM):
     def _generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:
         if len(batch) == 1:
             return [self._complete(batch[0], config)]
-        workers = min(self.max_concurrency, len(batch))
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cotune-openai")
-        try:
-            futures = [pool.submit(self._complete, m, config) for m in batch]
-            return [f.result() for f in futures]
-        finally:
-            # On the first failure, drop requests not yet sent instead of waiting for each to fail too.
-            pool.shutdown(wait=True, cancel_futures=True)
+        failed = threading.Event()
+
+        def complete(messages: Messages) -> Completion | None:
+            # After one request fails for good the batch fails, so requests not yet sent are skipped
+            # instead of each waiting out its own retries. Workers start requests in batch order, so the
+            # first exception in order is a real one, never a skip.
+            if failed.is_set():
+                return None
+            try:
+                return self._complete(messages, config)
+            except BaseException:
+                failed.set()
+                raise
+
+        with ThreadPoolExecutor(min(self.max_concurrency, len(batch)), thread_name_prefix="cotune-openai") as pool:
+            futures = [pool.submit(complete, m) for m in batch]
+            return [f.result() for f in futures]  # type: ignore[misc]
 
     def _complete(self, messages: Messages, config: GenerationConfig) -> Completion:
         body = self.payload(messages, config)
         attempts = self.max_retries + 1
-        last, retry_after = "", None
+        last, retry_after, answered = "", None, False
         for attempt in range(attempts):
             if attempt:
                 time.sleep(self._delay(attempt, retry_after))
             retry_after = None
-            t0 = time.perf_counter()
             try:
                 with self._pool.slots:
+                    t0 = time.perf_counter()
                     response = self._pool.client().post(self.url, json=body)
+                    seconds = time.perf_counter() - t0
             except httpx.TransportError as e:  # connect/read errors and every kind of timeout
-                last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                answered, last = False, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 continue
-            seconds = time.perf_counter() - t0
             if response.status_code == 429 or response.status_code >= 500:
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
-                last = f"HTTP {response.status_code}: {_error_message(response)}"
+                answered, last = True, f"HTTP {response.status_code}: {_error_message(response)}"
                 continue
             if response.status_code >= 400:
                 raise LMError(
@@ -224,9 +239,10 @@ class OpenAICompatible(LM):
                     f"(HTTP {response.status_code}): {_error_message(response)}"
                 )
             return self._parse(response, config, seconds)
-        raise LMConnectionError(
-            f"server at {self.base_url} is not reachable after {attempts} attempt{'s' * (attempts > 1)}: {last}"
-        )
+        tries = f"{attempts} attempt{'s' * (attempts > 1)}"
+        if answered:
+            raise LMConnectionError(f"server at {self.base_url} kept failing after {tries}; last answer {last}")
+        raise LMConnectionError(f"server at {self.base_url} is not reachable after {tries}: {last}")
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
