@@ -1,7 +1,11 @@
 """cotune: optimize the prompts and the weights of LM programs, together.
 
-Importing cotune is cheap: torch and transformers load only when a local model is used.
+Importing cotune is cheap: torch and transformers load only when a local model or training is used, and
+optimizers load on first access (``cotune.BetterTogether``).
 """
+
+from importlib import import_module
+from typing import Any
 
 from cotune import data, errors, lm, program
 from cotune.data import Dataset, Example
@@ -10,6 +14,34 @@ from cotune.lm import FakeLM, GenerationConfig
 from cotune.program import ChainOfThought, Predict, Prediction, Program, Signature, record
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it, imported on first use
+_LAZY = {
+    "tasks": "cotune.tasks",
+    "optimize": "cotune.optimize",
+    "experiment": "cotune.experiment",
+    "Optimizer": "cotune.optimize.base",
+    "LabeledFewShot": "cotune.optimize.labeled",
+    "BootstrapFewShot": "cotune.optimize.bootstrap",
+    "BootstrapFewShotWithRandomSearch": "cotune.optimize.random_search",
+    "GPO": "cotune.optimize.gpo",
+    "BootstrapFinetune": "cotune.optimize.finetune",
+    "BetterTogether": "cotune.optimize.better_together",
+    "KNNFewShot": "cotune.optimize.knn",
+    "ChoiceShuffleEnsemble": "cotune.optimize.ensemble",
+    "MedPrompt": "cotune.optimize.medprompt",
+    "LoRAConfig": "cotune.training.config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = import_module(_LAZY[name])
+        value = module if module.__name__.endswith(name) and name.islower() else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cotune' has no attribute {name!r}")
+
 
 __all__ = [
     "ChainOfThought",
@@ -29,4 +61,5 @@ __all__ = [
     "lm",
     "program",
     "record",
+    *_LAZY,
 ]
