@@ -4,7 +4,7 @@ import sys
 
 def test_import_cotune_does_not_import_heavy_libraries():
     code = (
-        "import sys, cotune, cotune.lm, cotune.program, cotune.evaluate, cotune.optimize;"
+        "import sys, cotune, cotune.lm, cotune.program, cotune.evaluate, cotune.optimize, cotune.tasks, cotune.retrieve;"
         "heavy = [m for m in ('torch', 'transformers', 'peft', 'bm25s', 'sklearn') if m in sys.modules];"
         "print(','.join(heavy))"
     )

@@ -7,7 +7,7 @@ optimizers load on first access (``cotune.BetterTogether``).
 from importlib import import_module
 from typing import Any
 
-from cotune import data, errors, lm, program
+from cotune import data, errors, lm, program, retrieve, tasks
 from cotune.data import Dataset, Example
 from cotune.evaluate import EvaluationResult, evaluate
 from cotune.lm import FakeLM, GenerationConfig
@@ -17,7 +17,6 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it, imported on first use
 _LAZY = {
-    "tasks": "cotune.tasks",
     "optimize": "cotune.optimize",
     "experiment": "cotune.experiment",
     "Optimizer": "cotune.optimize.base",
@@ -61,5 +60,7 @@ __all__ = [
     "lm",
     "program",
     "record",
+    "retrieve",
+    "tasks",
     *_LAZY,
 ]

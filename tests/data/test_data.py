@@ -83,3 +83,9 @@ def test_load_csv_and_ragged_row(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load_jsonl(tmp_path / "none.jsonl")
+
+
+def test_stratified_split_keeps_proportions_of_imbalanced_classes():
+    ds = Dataset([Example(y="a") for _ in range(80)] + [Example(y="b") for _ in range(20)])
+    first, _ = ds.split([10, 90], seed=0, stratify="y")
+    assert sorted(ex.y for ex in first) == ["a"] * 8 + ["b"] * 2

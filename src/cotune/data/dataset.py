@@ -77,14 +77,10 @@ class Dataset(Sequence[Example]):
 
 
 def _interleave_by(items: list[Example], key: str) -> list[Example]:
-    """Reorder so that every prefix has near-equal class proportions."""
+    """Reorder so that every prefix keeps the classes' proportions: the j-th of a class's n examples sits
+    at relative position (j + 0.5) / n, and positions are merged across classes."""
     groups: dict[object, list[Example]] = {}
     for ex in items:
         groups.setdefault(ex[key], []).append(ex)
-    out: list[Example] = []
-    queues = list(groups.values())
-    while any(queues):
-        for q in queues:
-            if q:
-                out.append(q.pop(0))
-    return out
+    keyed = [((j + 0.5) / len(g), c, ex) for c, g in enumerate(groups.values()) for j, ex in enumerate(g)]
+    return [ex for _, _, ex in sorted(keyed, key=lambda t: (t[0], t[1]))]

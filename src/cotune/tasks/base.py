@@ -36,9 +36,9 @@ class TaskInfo:
         description: one line for listings.
         inputs / outputs: the example fields the program reads / the metric scores.
         sizes: default split sizes (``train``, ``dev``, ``test``).
-        metric: the name of the main metric; ``metrics`` lists every metric `Task.metrics` holds.
+        metric: the key of the main metric in `Task.metrics`; ``metrics`` lists all their keys.
         needs_data_dir: whether files must be given (``--data-dir`` or ``$COTUNE_DATA_DIR/<name>``).
-        source: where the data comes from, for humans.
+        source: where the data comes from (files to provide, or the package holding it), for humans.
         hf_name: a Hugging Face hub name usable as ``data_dir="hf:<name>"`` by users who are online.
         family: a family of tasks addressed as ``"name:subtask"``.
     """
@@ -56,8 +56,16 @@ class TaskInfo:
     family: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """Fields plus two display strings for listings: ``splits`` ("50 train / 50 dev / 50 test") and
+        ``data`` (what the user must provide)."""
+        if not self.needs_data_dir:
+            data = f"built in ({self.source})"
+        else:
+            data = f"--data-dir: {self.source}" + (f"; or {HF_PREFIX}{self.hf_name}" if self.hf_name else "")
         return {
             "name": self.name,
+            "splits": " / ".join(f"{self.sizes[s]} {s}" for s in SPLITS if s in self.sizes),
+            "data": data,
             "description": self.description,
             "inputs": list(self.inputs),
             "outputs": list(self.outputs),
@@ -128,10 +136,12 @@ class Task:
         """A row for ``cotune tasks`` / reports: the static facts plus the actual split sizes."""
         base = self.about.to_dict() if self.about is not None else {"name": self.name, "description": self.description}
         first = next((ex for ex in self.train or self.test), None)
+        sizes = {s: len(self.split(s)) for s in SPLITS}
         return base | {
             "name": self.name,
             "description": self.description,
-            "sizes": {s: len(self.split(s)) for s in SPLITS},
+            "sizes": sizes,
+            "splits": " / ".join(f"{n} {s}" for s, n in sizes.items()),
             "metrics": list(self.metrics) or [getattr(self.metric, "__name__", "metric")],
             "data_dir": None if self.data_dir is None else str(self.data_dir),
             "seed": self.seed,
@@ -185,8 +195,8 @@ def resolve_data_dir(
 ) -> Path | str:
     """Find a task's data folder: ``data_dir`` → ``$COTUNE_DATA_DIR/<task>`` → error.
 
-    ``data_dir`` may be the task's own folder or its parent (``../shared/data``): the folder holding
-    ``marker`` (a file the task needs) wins. A string ``"hf:<hub name>"`` is returned as is, for tasks
+    ``data_dir`` may be the task's own folder or its parent (``../shared/data``): a folder holding
+    ``marker`` (a file the task needs) is used as is, else its ``<task>`` subfolder if there is one. A string ``"hf:<hub name>"`` is returned as is, for tasks
     that can read the Hugging Face hub.
 
     Raises:
@@ -194,7 +204,9 @@ def resolve_data_dir(
         DataError: the folder does not exist.
     """
     env = os.environ if env is None else env
-    if isinstance(data_dir, str) and data_dir.startswith(HF_PREFIX):
+    # os.fspath: the CLI hands over a Path, and Path("hf:openai/gsm8k") keeps the prefix.
+    if data_dir is not None and os.fspath(data_dir).startswith(HF_PREFIX):
+        data_dir = os.fspath(data_dir)
         if hf_name is None:
             raise ConfigError(f"task {task!r} reads local files only; pass --data-dir PATH, not {data_dir!r}")
         return data_dir
@@ -209,7 +221,7 @@ def resolve_data_dir(
         path = Path(root) / task
     else:
         path = Path(data_dir)
-        if not (path / marker).exists() and (path / task / marker).exists():
+        if not (path / marker).exists() and (path / task).is_dir():
             path = path / task
     if not path.is_dir():
         raise DataError(f"data folder for task {task!r} does not exist", path=path)
