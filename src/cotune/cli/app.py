@@ -87,6 +87,73 @@ def run_cmd(
                    console=console, out=out)
 
 
+@app.command("optimize")
+def optimize_cmd(
+    task: TaskOpt = "iris",
+    optimizer: Annotated[str, typer.Option("--optimizer", "-O", help="bfrs, bootstrap, gpo, knn or medprompt (see docs).")] = "bfrs",
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model (see `cotune models`). Default: smollm2-135m.")] = None,
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to save the optimized program (JSON).")] = Path("program.json"),
+    param: Annotated[list[str] | None, typer.Option("--param", "-P", help="Optimizer hyperparameter NAME=VALUE (repeatable), e.g. -P num_candidates=6.")] = None,
+    eval_split: Annotated[str | None, typer.Option("--eval-split", help="Evaluate the result on this split afterwards ('' to skip).")] = "test",
+    data_dir: DataDirOpt = None,
+    threads: ThreadsOpt = 8,
+    seed: SeedOpt = 0,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Optimize a task program's prompts (demos or instructions); trains on train, selects on dev."""
+    from cotune.cli.optimize_cmds import run_optimize
+
+    run_optimize(task=task, optimizer=optimizer, model=model, out_path=out_path, params=_params(param, "--param"),
+                 data_dir=data_dir, threads=threads, seed=seed, cache=not no_cache, evaluate_on=eval_split or None,
+                 console=console, out=out)
+
+
+@app.command("finetune")
+def finetune_cmd(
+    task: TaskOpt = "iris",
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (see `cotune models`). Default: smollm2-135m.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the adapter and the fine-tuned program.")] = Path("adapters/finetuned"),
+    lora_r: Annotated[int | None, typer.Option("--lora-r", help="LoRA rank.")] = None,
+    lora_alpha: Annotated[float | None, typer.Option("--lora-alpha", help="LoRA alpha.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Sequences per step.")] = None,
+    traces: Annotated[Path | None, typer.Option(help="Reuse traces saved as JSONL instead of running the teacher.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Keep traces scoring at least this (default: metric is truthy).")] = None,
+    eval_split: Annotated[str | None, typer.Option("--eval-split", help="Evaluate the result on this split afterwards ('' to skip).")] = "test",
+    data_dir: DataDirOpt = None,
+    threads: ThreadsOpt = 8,
+    seed: SeedOpt = 0,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Fine-tune a LoRA adapter on the program's own successful traces (bootstrap fine-tune)."""
+    from cotune.cli.optimize_cmds import run_finetune
+
+    lora = {k: v for k, v in {"r": lora_r, "alpha": lora_alpha, "epochs": epochs, "learning_rate": lr,
+                              "batch_size": batch_size}.items() if v is not None}
+    run_finetune(task=task, model=model, out_dir=out_dir, lora=lora, traces=traces, threshold=threshold,
+                 data_dir=data_dir, threads=threads, seed=seed, cache=not no_cache, evaluate_on=eval_split or None,
+                 console=console, out=out)
+
+
+def _params(items: list[str] | None, flag: str) -> dict:
+    """NAME=VALUE pairs; values are read as JSON where they parse (numbers, true/false), else kept as text."""
+    import json
+
+    from cotune.errors import ConfigError
+
+    params = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"`{flag}` wants NAME=VALUE, got {item!r}")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
 @app.command("report")
 def report_cmd(
     run_dirs: rc.RunDirsArg,

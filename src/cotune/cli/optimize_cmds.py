@@ -1,0 +1,107 @@
+"""The work behind `cotune optimize` and `cotune finetune`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from cotune.cli.commands import DEFAULT_MODEL, load_model
+from cotune.cli.render import RichEvents, evaluation_table
+from cotune.evaluate import evaluate
+
+
+def _setup(task: str, model: str | None, data_dir: Path | None, seed: int, cache: bool, console: Console):
+    from cotune.tasks import load_task
+
+    the_task = load_task(task, data_dir=data_dir, seed=seed)
+    lm = load_model(model or DEFAULT_MODEL, cache=cache, console=console)
+    return the_task, the_task.program().bind(lm)
+
+
+def run_optimize(
+    *, task: str, optimizer: str, model: str | None, out_path: Path, params: dict[str, Any], data_dir: Path | None,
+    threads: int, seed: int, cache: bool, evaluate_on: str | None, console: Console, out: Console,
+) -> None:
+    from cotune.errors import UnknownChoiceError
+    from cotune.optimize.registry import OPTIMIZERS, build_optimizer
+
+    if optimizer not in OPTIMIZERS:  # before the model loads
+        raise UnknownChoiceError("optimizer", optimizer, OPTIMIZERS)
+    the_task, program = _setup(task, model, data_dir, seed, cache, console)
+    opt = build_optimizer(optimizer, the_task.metric, num_threads=threads, seed=seed, **params)
+    events = RichEvents(console)
+    try:
+        console.print(f"[bold]{optimizer}[/] on {task}: train {len(the_task.train)}, valset dev {len(the_task.dev)}")
+        best = opt.compile(program, trainset=the_task.train, valset=the_task.dev, events=events)
+        summary = None
+        if evaluate_on:
+            result = evaluate(best, the_task.split(evaluate_on), the_task.metric, num_threads=threads, events=events,
+                              description=f"{task}/{evaluate_on}")
+            summary = result.summary()
+    finally:
+        events.close()
+    table = candidates_table(opt)
+    if table is not None:
+        out.print(table)
+    best.save(out_path, task=task, optimizer=optimizer, params={k: str(v) for k, v in params.items()}, seed=seed)
+    if summary is not None:
+        out.print(evaluation_table(f"{optimizer} program on {evaluate_on}", summary, {"task": task, "model": best.lm.model}))
+    out.print(f"saved {out_path}  (evaluate it: cotune eval --program {out_path})")
+
+
+def candidates_table(opt: Any) -> Table | None:
+    """Random-search candidates or GPO trajectories, whichever the optimizer learned."""
+    if getattr(opt, "trials_", None):
+        table = Table(title="candidates (scored on the valset)", title_justify="left")
+        for col in ("#", "kind", "demos", "score"):
+            table.add_column(col)
+        best = getattr(opt, "best_index_", None)
+        for i, t in enumerate(opt.trials_):
+            demos = t.get("demos") or t.get("demo_counts") or ""
+            mark = " ← best" if i == best else ""
+            table.add_row(str(i), str(t.get("kind", "")), str(demos), f"{t.get('score', float('nan')):.1%}{mark}")
+        return table
+    if getattr(opt, "trajectory_", None):
+        table = Table(title="GPO trajectory (validation mini-batch)", title_justify="left")
+        for col in ("predictor", "step", "budget", "edits", "score", "instruction"):
+            table.add_column(col, overflow="fold")
+        for name, steps in opt.trajectory_.items():
+            for s in steps:
+                table.add_row(name, str(s.get("step")), str(s.get("budget", "")), str(s.get("edit_distance", "")),
+                              f"{s.get('score', float('nan')):.1%}", str(s.get("instruction", ""))[:120])
+        return table
+    return None
+
+
+def run_finetune(
+    *, task: str, model: str | None, out_dir: Path, lora: dict[str, Any], traces: Path | None, threshold: float | None,
+    data_dir: Path | None, threads: int, seed: int, cache: bool, evaluate_on: str | None, console: Console, out: Console,
+) -> None:
+    from cotune.optimize.finetune import BootstrapFinetune
+    from cotune.training.config import LoRAConfig
+
+    config = LoRAConfig(**{"seed": seed, **lora})  # validates before the model loads
+    the_task, program = _setup(task, model, data_dir, seed, cache, console)
+    opt = BootstrapFinetune(the_task.metric, lora=config, metric_threshold=threshold, output_dir=str(out_dir),
+                            traces=str(traces) if traces else None, num_threads=threads, seed=seed)
+    events = RichEvents(console)
+    try:
+        tuned = opt.compile(program, trainset=the_task.train, events=events)
+        summary = None
+        if evaluate_on:
+            summary = evaluate(tuned, the_task.split(evaluate_on), the_task.metric, num_threads=threads, events=events,
+                               description=f"{task}/{evaluate_on}").summary()
+    finally:
+        events.close()
+    result = opt.train_result_
+    out.print(f"adapter: {opt.adapter_path_}  ({opt.n_traces_} traces passed: {opt.passed_by_predictor_})")
+    out.print(f"training: {getattr(result, 'steps', '?')} steps, final loss {getattr(result, 'final_loss', float('nan')):.4f}, "
+              f"{getattr(result, 'seconds', 0.0):.0f} s")
+    program_path = out_dir / "program.json"
+    tuned.save(program_path, task=task, optimizer="finetune", seed=seed)
+    if summary is not None:
+        out.print(evaluation_table(f"fine-tuned program on {evaluate_on}", summary, {"task": task, "adapter": str(opt.adapter_path_)}))
+    out.print(f"saved {program_path}  (evaluate it: cotune eval --program {program_path})")
