@@ -49,6 +49,9 @@ def run_eval(
     program = the_task.program()
     adapter = None
     if saved is not None:
+        from cotune.optimize.ensemble import program_for_state
+
+        program = program_for_state(program, saved)  # a saved MedPrompt program is an ensemble
         program.load_state(saved)
         saved_lm = saved.get("lm") or {}
         if model is None and saved_lm.get("backend") == "hf":

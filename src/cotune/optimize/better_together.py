@@ -27,8 +27,8 @@ class StepResult:
     index: int
     kind: str  # "p" or "w"
     strategy: str  # the prefix up to and including this step, e.g. "p-w"
-    program: Program
-    val_score: float
+    program: Program = field(compare=False)
+    val_score: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
 
 

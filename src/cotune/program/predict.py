@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cotune.data.example import Example
-from cotune.errors import ConfigError, ParseError
+from cotune.errors import ConfigError, ParseError, UnknownChoiceError
 from cotune.program import format as fmt
 from cotune.program import trace
 from cotune.program.prediction import Prediction
@@ -15,6 +15,26 @@ from cotune.program.signature import Signature, ensure_signature
 
 if TYPE_CHECKING:  # the LM protocol lives in a higher layer; predictors only call it
     from cotune.lm.base import LM
+
+
+# Demo selectors saved with a predictor, by the "kind" in their state -> "module:Class". Imported only when
+# a saved selector is loaded, so the program layer does not depend on the optimizers that build them.
+SELECTORS = {"knn": "cotune.optimize.knn:KNNSelector"}
+
+
+def load_selector(state: Mapping[str, Any], demos: list[Example]) -> Any:
+    """Rebuild a saved demo selector (``Class.from_state(state, demos)``).
+
+    Raises:
+        UnknownChoiceError: a selector kind this version does not know.
+    """
+    import importlib
+
+    kind = state.get("kind")
+    if kind not in SELECTORS:
+        raise UnknownChoiceError("demo selector", kind, SELECTORS)
+    module, name = SELECTORS[kind].split(":")
+    return getattr(importlib.import_module(module), name).from_state(state, demos)
 
 
 class Predict:
@@ -93,12 +113,15 @@ class Predict:
 
     # -- state ---------------------------------------------------------------------------------------
     def dump_state(self) -> dict[str, Any]:
-        return {
+        state = {
             "signature": self.signature.to_dict(),
             "instruction": self.instruction,
             "demos": [d.to_dict() for d in self.demos],
             "config": self.config,
         }
+        if hasattr(self.demo_selector, "dump_state"):  # a saveable selector, e.g. a kNN index over the demos
+            state["selector"] = self.demo_selector.dump_state()
+        return state
 
     def load_state(self, state: Mapping[str, Any]) -> Predict:
         saved = Signature.from_dict(state["signature"])
@@ -107,6 +130,7 @@ class Predict:
         self.instruction = state["instruction"]
         self.demos = [Example(d) for d in state.get("demos", [])]
         self.config = dict(state.get("config", {}))
+        self.demo_selector = load_selector(state["selector"], self.demos) if state.get("selector") else None
         return self
 
     def __repr__(self) -> str:

@@ -104,6 +104,7 @@ class Program:
         new = self.deepcopy()
         for p in new.predictors():
             p.demos = []
+            p.demo_selector = None  # a per-input selector would bring the demos back
             p.instruction = p.signature.instructions
         return new
 
