@@ -1,0 +1,334 @@
+"""`HFLM`: a local Hugging Face transformers chat model, with coalesced batching and LoRA adapters.
+
+An `HFEngine` owns the model, the tokenizer and one worker thread (a `BatchWorker`). Every `HFLM` on
+the same engine submits its requests there, so calls from many threads become one batched
+``model.generate``, and LMs that differ only in their adapter share one copy of the base weights.
+
+torch and transformers are imported when an engine is built, never when this module is imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import weakref
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cotune.errors import ConfigError, CotuneError, LMError, UnknownChoiceError
+from cotune.lm.adapters import adapter_id as _adapter_id
+from cotune.lm.adapters import check_base_model
+from cotune.lm.base import LM, Completion, GenerationConfig, Messages, truncate_at_stop
+from cotune.lm.batching import BatchWorker
+from cotune.lm.cache import RequestCache, request_key
+
+DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float32": "float32", "fp32": "float32",
+          "float16": "float16", "fp16": "float16"}  # fmt: skip
+# On this class of CPU (2 cores, no GPU) bf16 generation measured faster than fp32 at every batch size
+# that matters (see benchmarks/lm_throughput.py); on CUDA bf16 is the usual choice where supported.
+CPU_AUTO_DTYPE = "bfloat16"
+
+
+def resolve_device(device: str | None) -> str:
+    """``None`` → "cuda" when available, else "cpu"."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU; use device='cpu'")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """Canonical torch dtype name for ``dtype`` ("auto", "bf16", "float32", ...) on ``device``."""
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return CPU_AUTO_DTYPE
+    if dtype not in DTYPES:
+        raise UnknownChoiceError("dtype", dtype, [*DTYPES, "auto"])
+    return DTYPES[dtype]
+
+
+class HFEngine:
+    """A loaded model + tokenizer and the worker thread that runs every generation on them.
+
+    Args:
+        path: a local transformers folder (or a hub id, for users who are online).
+        device: "cpu", "cuda", "cuda:1"...; None picks CUDA when available.
+        dtype: "auto" (bf16 where it is faster), "bfloat16", "float32" or "float16".
+        max_batch_size: the most requests per ``generate``.
+        batch_wait_ms: how long the worker waits for more requests after the first one arrives.
+
+    Raises:
+        ConfigError: the folder cannot be loaded, or its tokenizer has no chat template.
+    """
+
+    def __init__(self, path: str | Path, *, device: str | None = None, dtype: str = "auto",
+                 max_batch_size: int = 16, batch_wait_ms: float = 5.0):  # fmt: skip
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.path = str(path)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=getattr(torch, self.dtype))
+        except OSError as e:
+            raise ConfigError(f"cannot load a transformers model from {self.path!r}: {e}") from e
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(f"the tokenizer of {self.path!r} has no chat template; cotune needs a chat model")
+        self.tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = model.to(self.device).eval()
+        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self.generate_calls = 0
+        self._adapters: dict[str, str] = {}  # adapter id -> PEFT adapter name
+        self._adapter_paths: dict[str, str] = {}  # adapter path -> adapter id loaded for it
+        # The worker thread holds the engine only weakly: once no LM uses it, the model is freed and the
+        # thread stops, even if nobody called close() (experiments load many models in one process).
+        run = weakref.WeakMethod(self._run)
+        self._worker = BatchWorker(lambda key, payloads: run()(key, payloads), max_batch_size=max_batch_size,
+                                   wait_ms=batch_wait_ms, name=f"cotune-hf-{Path(self.path).name}")  # fmt: skip
+        weakref.finalize(self, self._worker.close, wait=False)
+
+    @property
+    def stats(self):
+        """`cotune.lm.batching.BatchStats`: batches run and requests served."""
+        return self._worker.stats
+
+    def submit(self, key: Hashable, payloads: Sequence[Any]):
+        return self._worker.submit(key, payloads)
+
+    def close(self) -> None:
+        """Finish queued requests and stop the worker; later calls raise `LMError`."""
+        self._worker.close()
+
+    # -- everything below runs on the worker thread, the only one that touches the model --------------
+
+    def _run(self, key: tuple, payloads: list[tuple[Messages, int]]) -> list[Completion]:
+        import torch
+
+        config, adapter_key, adapter_path = key
+        self._activate(adapter_key, adapter_path)
+        texts = [self._render(messages) for messages, _ in payloads]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        kwargs: dict[str, Any] = {}
+        if config.stop:
+            kwargs["tokenizer"] = self.tokenizer  # generate needs it to match stop strings
+        if config.temperature > 0:
+            seeds = [seed for _, seed in payloads]
+            kwargs["logits_processor"] = _seeded_sampler(seeds, config.temperature, config.top_p, self.device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            self.generate_calls += 1
+            out = self.model.generate(**enc, generation_config=self._generation_config(config), **kwargs)
+        seconds = (time.perf_counter() - t0) / len(payloads)
+        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+        new = out[:, enc["input_ids"].shape[1] :].tolist()
+        return [
+            self._completion(ids, n_prompt, config, seconds) for ids, n_prompt in zip(new, prompt_lens, strict=True)
+        ]
+
+    def _render(self, messages: Messages) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _generation_config(self, config: GenerationConfig):
+        from transformers import GenerationConfig as HFGenerationConfig
+
+        # Sampling is done by our seeded logits processor, so generate itself always runs greedy.
+        return HFGenerationConfig(
+            max_new_tokens=config.max_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=sorted(self.eos_ids),
+            stop_strings=list(config.stop) or None,
+        )
+
+    def _completion(self, ids: list[int], n_prompt: int, config: GenerationConfig, seconds: float) -> Completion:
+        ends = self.eos_ids | {self.tokenizer.pad_token_id}
+        n = next((i for i, t in enumerate(ids) if t in ends), len(ids))
+        text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
+        text, cut = truncate_at_stop(text, config.stop)
+        reason = "length" if n >= config.max_tokens and not cut else "stop"
+        return Completion(text, prompt_tokens=int(n_prompt), completion_tokens=n, seconds=seconds, finish_reason=reason)
+
+    def _activate(self, key: str | None, path: str | None) -> None:
+        """Switch to adapter ``key`` (loading it the first time) or, for None, to the bare base model."""
+        if key is None:
+            if self._adapters:
+                self.model.disable_adapters()
+            return
+        name = self._adapters.get(key)
+        if name is None:
+            stale = self._adapter_paths.get(path)
+            if stale is not None:  # the adapter was retrained in place: drop the old weights
+                self.model.delete_adapter(self._adapters.pop(stale))
+            name = f"adapter_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+            try:
+                self.model.load_adapter(path, adapter_name=name)
+            except Exception as e:
+                raise ConfigError(f"cannot load LoRA adapter {path}: {type(e).__name__}: {e}") from e
+            self._adapters[key], self._adapter_paths[path] = name, key
+        self.model.set_adapter(name)
+        self.model.enable_adapters()
+
+
+class HFLM(LM):
+    """A local transformers chat model; concurrent calls are coalesced into batched generation.
+
+    Args:
+        path: a local Hugging Face model folder (see `cotune.lm.registry.load` for names and GGUF files).
+        name: the name used in cache keys and specs (a registry name); defaults to ``path``.
+        adapter: a LoRA adapter folder to apply (see `with_adapter`).
+        device, dtype, max_batch_size, batch_wait_ms: see `HFEngine`.
+        cache: a `RequestCache`, True for the default one, False for none.
+        config: default generation parameters.
+
+    Raises:
+        ConfigError: the model or adapter cannot be loaded, or the adapter was trained on another base.
+    """
+
+    backend = "hf"
+
+    def __init__(self, path: str | Path, *, name: str | None = None, adapter: str | Path | None = None,
+                 device: str | None = None, dtype: str = "auto", max_batch_size: int = 16,
+                 batch_wait_ms: float = 5.0, cache: RequestCache | bool | None = True,
+                 config: GenerationConfig | None = None):  # fmt: skip
+        engine = HFEngine(path, device=device, dtype=dtype, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
+        self._setup(engine, name or str(path), adapter, cache=cache, config=config)
+
+    @classmethod
+    def from_engine(cls, engine: HFEngine, *, name: str | None = None, adapter: str | Path | None = None,
+                    cache: RequestCache | bool | None = True, config: GenerationConfig | None = None) -> HFLM:  # fmt: skip
+        """An HFLM on an existing engine (shares its weights and worker thread)."""
+        lm = cls.__new__(cls)
+        lm._setup(engine, name or engine.path, adapter, cache=cache, config=config)
+        return lm
+
+    def _setup(self, engine, name, adapter, *, cache, config) -> None:
+        LM.__init__(self, cache=cache, config=config)
+        self._engine, self._name = engine, name
+        self._adapter: str | None = None
+        self._adapter_id: str | None = None
+        if adapter is not None:
+            adapter = str(adapter)
+            check_base_model(adapter, name=name, model_path=engine.path)
+            self._adapter, self._adapter_id = adapter, _adapter_id(adapter)
+
+    @property
+    def model(self) -> str:
+        return self._name
+
+    @property
+    def model_path(self) -> str:
+        """The transformers folder the base model was loaded from (for the trainer to load the same base)."""
+        return self._engine.path
+
+    @property
+    def device(self) -> str:
+        return self._engine.device
+
+    @property
+    def dtype(self) -> str:
+        return self._engine.dtype
+
+    @property
+    def engine(self) -> HFEngine:
+        return self._engine
+
+    @property
+    def adapter(self) -> str | None:
+        return self._adapter
+
+    @property
+    def adapter_id(self) -> str | None:
+        return self._adapter_id
+
+    def with_adapter(self, adapter: str | Path | None) -> HFLM:
+        """The same base model (same engine, weights loaded once) with ``adapter`` applied, or none.
+
+        Raises:
+            ConfigError: not an adapter folder, or its ``cotune_adapter.json`` names another base model.
+        """
+        return HFLM.from_engine(self._engine, name=self._name, adapter=adapter, cache=self.cache, config=self.config)
+
+    def cache_key(self, messages: Messages, config: GenerationConfig) -> str:
+        # dtype changes greedy outputs (bf16 vs fp32 logits), so it is part of what answers a request.
+        return request_key(backend=self.backend, model=self.model, adapter=self.adapter_id, dtype=self.dtype,
+                           messages=messages, config=config.to_dict())  # fmt: skip
+
+    def _generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:
+        # Length-sorted, so a large batch splits into chunks of similar length (less padding).
+        order = sorted(range(len(batch)), key=lambda i: sum(len(m.get("content", "")) for m in batch[i]))
+        group = config.replace(rollout_id=0, **({"top_p": 1.0} if config.temperature == 0 else {}))
+        key = (group, self._adapter_id, self._adapter)
+        futures = self._engine.submit(key, [(batch[i], _seed(batch[i], config)) for i in order])
+        results: list[Completion] = [None] * len(batch)  # type: ignore[list-item]
+        for i, future in zip(order, futures, strict=True):
+            try:
+                results[i] = future.result()
+            except CotuneError:
+                raise
+            except Exception as e:
+                raise LMError(f"{self!r} failed to generate: {type(e).__name__}: {e}") from e
+        return results
+
+    def close(self) -> None:
+        """Stop the shared engine (every LM made by `with_adapter` from this one stops with it)."""
+        self._engine.close()
+
+    def __enter__(self) -> HFLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _seed(messages: Messages, config: GenerationConfig) -> int:
+    """A sampling seed derived from the request, so a rerun draws the same sample whatever the batch."""
+    blob = json.dumps([messages, config.to_dict()], sort_keys=True, ensure_ascii=False)
+    return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "big") & ((1 << 63) - 1)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    found = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        found.add(tokenizer.eos_token_id)
+    return found
+
+
+def _seeded_sampler(seeds: list[int], temperature: float, top_p: float, device: str):
+    """A logits processor that samples each row with its own seeded generator and forces that token.
+
+    torch's global RNG would make a row's sample depend on which other requests shared its batch;
+    one generator per request keeps reruns reproducible however requests were coalesced.
+    """
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class SeededSampling(LogitsProcessor):
+        def __init__(self):
+            self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+        def __call__(self, input_ids, scores):
+            probs = torch.softmax(scores.float() / temperature, dim=-1)
+            if top_p < 1.0:
+                sorted_probs, idx = probs.sort(dim=-1, descending=True)
+                # Drop tokens once the mass before them already reaches top_p (the first always stays).
+                drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+                probs = probs.scatter(-1, idx, sorted_probs.masked_fill(drop, 0.0))
+            picks = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)]
+            forced = torch.full_like(scores, float("-inf"))
+            forced[torch.arange(len(picks)), torch.cat(picks)] = 0.0
+            return forced
+
+    return LogitsProcessorList([SeededSampling()])

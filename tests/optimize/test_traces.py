@@ -1,0 +1,89 @@
+import json
+
+import pytest
+from fake_tasks import Parity, metric, parity_data, parity_lm
+
+from cotune.errors import ConfigError, DataError
+from cotune.optimize.traces import Trace, collect_traces, count_by_predictor, load_traces, passing, save_traces
+from cotune.program.trace import TraceStep
+
+
+def test_every_run_is_kept_with_score_steps_and_provenance():
+    program = Parity().bind(parity_lm("01234"))
+    data = parity_data(range(100, 110))
+    traces = collect_traces(program, data, metric, num_threads=4, seed=3)
+    assert [t.example_index for t in traces] == list(range(10))
+    assert [t.score for t in traces] == [1.0] * 5 + [0.0] * 5
+    t = traces[0]
+    assert t.inputs == {"number": "100"} and t.labels == {"label": "even"} and t.prediction == {"label": "even"}
+    assert [s.predictor for s in t.steps] == ["digit", "label"]
+    assert t.steps[1].messages == program.label.messages(number="100", last_digit="0")
+    assert t.steps[1].completion == "Label: even"
+    assert (t.program, t.model, t.seed, t.rollout_id) == (program.fingerprint(), program.lm.spec(), 3, 0)
+
+
+def test_rollouts_sample_with_distinct_ids_and_leave_the_teacher_alone():
+    lm = parity_lm("01234")
+    program = Parity().bind(lm)
+    program.label.config = {"max_tokens": 20}
+    traces = collect_traces(program, parity_data(range(100, 104)), metric, num_rollouts=3, temperature=0.9,
+                            num_threads=2, seed=2)  # fmt: skip
+    assert len(traces) == 12
+    assert sorted({(t.rollout_id, t.temperature) for t in traces}) == [(0, None), (2001, 0.9), (2002, 0.9)]
+    configs = {(c.temperature, c.rollout_id) for _, c in lm.calls}
+    assert configs == {(0.0, 0), (0.9, 2001), (0.9, 2002)}
+    assert program.label.config == {"max_tokens": 20} and program.digit.config == {}
+    # all 12 runs pass, but the fake model answers the same at every temperature: one copy per example
+    assert sum(t.passed() for t in traces) == 12
+    assert [t.example_index for t in passing(traces)] == [0, 1, 2, 3]
+
+
+def test_threshold_and_deduplication():
+    def step(n):
+        return TraceStep("label", {"n": n}, {"label": "x"}, [{"role": "user", "content": n}], "Label: x")
+
+    a = Trace(0, {"n": "1"}, {}, {"label": "odd"}, 1.0, [step("1")])
+    partial = Trace(1, {"n": "2"}, {}, {"label": "x"}, 0.5, [step("2")])
+    errored = Trace(2, {"n": "3"}, {}, None, 1.0, [step("3")], error="boom")
+    same_calls = Trace(3, {"n": "1"}, {}, {"label": "odd"}, 1.0, [step("1")], rollout_id=5)
+    assert passing([a, partial, errored]) == [a]  # default: full marks only
+    assert passing([a, partial], threshold=0.5) == [a, partial]
+    assert passing([a, same_calls]) == [a]  # identical calls teach the same thing once
+
+
+def test_count_by_predictor_names_predictors_without_passing_calls():
+    program = Parity().bind(parity_lm("01234"))
+    traces = passing(collect_traces(program, parity_data(range(100, 110)), metric, num_threads=1))
+    assert count_by_predictor(traces, ["digit", "label", "unused"]) == {"digit": 5, "label": 5, "unused": 0}
+
+
+def test_traces_round_trip_through_jsonl(tmp_path):
+    program = Parity().bind(parity_lm("01234"))
+    traces = collect_traces(program, parity_data(range(100, 106)), metric, num_rollouts=2, num_threads=1)
+    path = save_traces(tmp_path / "run" / "traces.jsonl", traces)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 12 and json.loads(lines[0])["score"] == 1.0
+    loaded = load_traces(path)
+    assert loaded == traces
+    assert [s.messages for s in loaded[3].steps] == [s.messages for s in traces[3].steps]
+
+
+def test_bad_traces_files_name_the_file_and_line(tmp_path):
+    with pytest.raises(DataError, match="no traces file"):
+        load_traces(tmp_path / "missing.jsonl")
+    good = Trace(0, {"n": "1"}, {}, None, 0.0, []).to_dict()
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(good) + "\n\n{not json\n")
+    with pytest.raises(DataError, match=r"t\.jsonl:3: not a trace"):
+        load_traces(path)
+    path.write_text(json.dumps(good | {"format_version": 99}) + "\n")
+    with pytest.raises(DataError, match=r":1: traces format_version 99"):
+        load_traces(path)
+
+
+def test_bad_arguments():
+    program = Parity().bind(parity_lm())
+    with pytest.raises(ConfigError, match="num_rollouts must be >= 1, got 0"):
+        collect_traces(program, parity_data([1]), metric, num_rollouts=0)
+    with pytest.raises(ConfigError, match="temperature must be >= 0"):
+        collect_traces(program, parity_data([1]), metric, num_rollouts=2, temperature=-1)

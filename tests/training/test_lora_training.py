@@ -1,0 +1,93 @@
+"""LoRA training on the real SmolLM2-135M (integration: a few steps on CPU, well under a minute each)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cotune.errors import ConfigError, TrainingError
+from cotune.training import ChatExample, LoRAConfig, data_hash, read_adapter_metadata, train_lora
+
+SYSTEM = "Given the petal length of an iris flower in cm, name its species.\n\nReply in exactly this format:\nSpecies: <name>"
+
+
+def iris_example(length: float) -> ChatExample:
+    species = "setosa" if length < 2.5 else ("versicolor" if length < 4.9 else "virginica")
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Petal Length: {length}"}]
+    return ChatExample.create(messages, f"Reasoning: a petal of {length} cm.\nSpecies: {species}", "classify")
+
+
+EXAMPLES = [iris_example(x) for x in (1.4, 1.5, 4.0, 4.5, 5.6, 6.1, 1.3, 5.1)]
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from cotune.lm import registry
+
+    lm = registry.load("smollm2-135m", dtype="float32", cache=False)
+    yield lm
+    lm.close()
+
+
+@pytest.mark.integration
+def test_loss_goes_down_the_adapter_saves_with_metadata_and_changes_the_model(smol, tmp_path):
+    events = []
+    config = LoRAConfig(r=8, alpha=16, epochs=3, batch_size=4, learning_rate=2e-3, warmup_ratio=0.0)
+    result = train_lora(EXAMPLES, base_model_path=smol.model_path, output_dir=tmp_path / "ad", config=config,
+                        base_model=smol.model, events=events.append)  # fmt: skip
+
+    assert result.steps == 6 and len(result.losses) == 6
+    assert result.final_loss < result.losses[0] / 2, result.losses
+    assert result.n_examples == 8 and result.peak_memory_bytes > 0 and result.device == "cpu"
+    losses = [e.fields["loss"] for e in events if e.name == "progress.advance"]
+    assert len(losses) == 6  # the progress bar carries the loss of every step
+
+    folder = tmp_path / "ad"
+    assert {"adapter_config.json", "adapter_model.safetensors", "cotune_adapter.json"} <= {
+        p.name for p in folder.iterdir()
+    }
+    meta = read_adapter_metadata(folder)
+    assert meta["base_model"] == "smollm2-135m" and meta["base_model_path"] == smol.model_path
+    assert meta["data_hash"] == data_hash(EXAMPLES) and meta["hyperparameters"] == config.to_dict()
+    assert meta["final_loss"] == pytest.approx(result.final_loss) and meta["steps"] == 6
+    assert json.loads((folder / "adapter_config.json").read_text())["r"] == 8  # unmerged PEFT adapter
+
+    prompt = iris_example(4.7).chat
+    base = smol(prompt, max_tokens=24).text
+    tuned_lm = smol.with_adapter(str(folder))
+    tuned = tuned_lm(prompt, max_tokens=24).text
+    assert tuned != base and "Species:" in tuned, (base, tuned)
+    assert smol(prompt, max_tokens=24).text == base  # the base model itself is untouched
+
+    # continuing from the adapter starts where the first run ended, not from the base model's loss
+    more = train_lora(EXAMPLES, base_model_path=smol.model_path, output_dir=tmp_path / "more",
+                      config=config.replace(epochs=1, batch_size=8), init_adapter=folder)  # fmt: skip
+    assert more.losses[0] < result.losses[0] / 2
+    assert read_adapter_metadata(tmp_path / "more")["init_adapter"] == str(folder)
+
+
+@pytest.mark.integration
+def test_training_failures_name_their_cause(smol, tmp_path):
+    with pytest.raises(TrainingError, match="PEFT refused the LoRA setup"):
+        train_lora(EXAMPLES[:1], base_model_path=smol.model_path, output_dir=tmp_path / "x",
+                   config=LoRAConfig(target_modules=["no_such_layer"], epochs=1))  # fmt: skip
+    with pytest.raises(TrainingError, match="longer than max_length=16"):
+        train_lora(EXAMPLES[:1], base_model_path=smol.model_path, output_dir=tmp_path / "y",
+                   config=LoRAConfig(max_length=16, epochs=1))  # fmt: skip
+
+
+def test_refusals_that_need_no_model(tmp_path):
+    with pytest.raises(TrainingError, match="no training examples"):
+        train_lora([], base_model_path=tmp_path, output_dir=tmp_path / "out")
+    with pytest.raises(TrainingError, match="has no config.json"):
+        train_lora(EXAMPLES, base_model_path=tmp_path, output_dir=tmp_path / "out", config=LoRAConfig(device="cpu"))
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="device='cuda' but torch sees no CUDA device"):
+            train_lora(EXAMPLES, base_model_path=tmp_path, output_dir=tmp_path / "out", config=LoRAConfig(device="cuda"))
+    with pytest.raises(ConfigError, match="device='gpu'"):
+        LoRAConfig(device="gpu")
+    with pytest.raises(TrainingError, match="no cotune_adapter.json"):
+        read_adapter_metadata(tmp_path)
