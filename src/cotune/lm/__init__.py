@@ -9,7 +9,7 @@ from cotune.lm.fake import FakeLM
 from cotune.lm.usage import Usage
 
 
-def load(name: str, **kwargs):
+def load(name: str = "smollm2-135m", **kwargs):
     """Load a model by registry name, local folder, GGUF file or hub id. See `cotune.lm.registry.load`."""
     from cotune.lm.registry import load as _load
 
@@ -21,6 +21,10 @@ def __getattr__(name: str):
         from cotune.lm.hf import HFLM
 
         return HFLM
+    if name in ("from_spec", "list_models"):
+        from cotune.lm import registry
+
+        return getattr(registry, name)
     if name == "OpenAICompatible":
         from cotune.lm.openai_compat import OpenAICompatible
 
@@ -28,4 +32,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'cotune.lm' has no attribute {name!r}")
 
 
-__all__ = ["LM", "Completion", "FakeLM", "GenerationConfig", "HFLM", "OpenAICompatible", "RequestCache", "Usage", "load"]
+__all__ = ["LM", "Completion", "FakeLM", "GenerationConfig", "HFLM", "OpenAICompatible", "RequestCache", "Usage", "from_spec", "list_models", "load"]
