@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	touch $@
 
 run: $(VENV)/.installed
-	$(VENV)/bin/cotune eval --task iris --model smollm2-135m --limit 20
+	$(VENV)/bin/cotune run --task iris --model smollm2-135m
 
 test: $(VENV)/.installed chromium
 	$(VENV)/bin/pytest -q
