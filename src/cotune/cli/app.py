@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -259,6 +260,9 @@ def _yes(flag: object) -> str:
 
 
 def main() -> None:
+    # The CLI shows its own progress; silence the libraries' download/loading bars and advisories.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         app(standalone_mode=True)
     except CotuneError as e:
