@@ -200,7 +200,7 @@ class Runner:
         from cotune.tasks import load_task
 
         cfg = self.config
-        sizes = {k: v for k, v in (("train_size", cfg.train_size), ("dev_size", cfg.dev_size), ("test_size", cfg.test_size)) if v}
+        sizes = {k: v for k, v in (("train", cfg.train_size), ("dev", cfg.dev_size), ("test", cfg.test_size)) if v}
         return load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.split_seed, **sizes)
 
     def _load_lm(self):
