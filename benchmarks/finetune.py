@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-threads", type=int, default=16)
     p.add_argument("--overhead-reps", type=int, default=3, help="alternating cotune / bare PEFT runs")
     p.add_argument("--overhead-steps", type=int, default=6, help="optimizer steps per overhead run")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's); 1 is far faster on a CPU shared with other jobs")
     p.add_argument("--quick", action="store_true", help="30 train / 30 test, 3 rollouts, 3 epochs, 2 overhead reps")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -214,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     from cotune.optimize.traces import load_traces, passing
     from cotune.training import chat_examples
 
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="cotune-ft-bench-") as tmp:
         workdir = Path(tmp)

@@ -7,8 +7,9 @@ Per seed the task is re-split (``load_task("iris", seed=...)``); the optimizers 
 training examples as trainset and the next ``--val`` as valset (the paper: 15 / 35 of its 50), and every
 program is scored on ``--test`` test examples. Each (optimizer, seed) run starts from an empty request
 cache, so wall times include every model call it needs (and no call it did not). Writes JSON to
-``benchmarks/results/prompt_opt.json``: per run accuracy, compile and test wall time, LM usage, and the
-BFRS trials; per optimizer mean ± sample std over seeds.
+``benchmarks/results/prompt_opt.json`` (``--quick``: ``prompt_opt_quick.json``): per run accuracy, compile
+and test wall time, LM usage and the BFRS trials; per optimizer mean ± sample std over seeds. Wall times
+on a shared machine vary with its load: compare runs made side by side.
 """
 
 from __future__ import annotations
@@ -46,11 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-threads", type=int, default=8)
     p.add_argument("--max-batch-size", type=int, default=None, help="the local model's batch limit (default: backend's)")
     p.add_argument("--quick", action="store_true", help="small sizes: 6 train / 10 val / 20 test, 3 candidates, 2 GPO steps")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--out", type=Path, default=None, help=f"default {RESULTS.name} ({RESULTS.stem}_quick.json with --quick)")
     args = p.parse_args(argv)
     if args.quick:
         args.train, args.val, args.test = 6, 10, 20
         args.num_candidates, args.gpo_steps, args.gpo_candidates, args.gpo_minibatch = 3, 2, 2, 10
+    if args.out is None:
+        args.out = RESULTS.with_name(f"{RESULTS.stem}_quick.json") if args.quick else RESULTS
     args.optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
     unknown = [o for o in args.optimizers if o not in OPTIMIZERS]
     if unknown:

@@ -35,6 +35,7 @@ def test_defaults_are_valid_and_documented():
         ("weight_decay", -1.0, ">= 0"),
         ("max_grad_norm", 0.0, "> 0 or None"),
         ("seed", -1, "integer >= 0"),
+        ("num_threads", 0, "integer >= 1"),
         ("bf16", "yes", "True or False"),
         ("device", "tpu", "auto, cpu, cuda"),
     ],

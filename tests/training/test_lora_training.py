@@ -80,6 +80,11 @@ def test_training_failures_name_their_cause(smol, tmp_path):
 def test_refusals_that_need_no_model(tmp_path):
     with pytest.raises(TrainingError, match="no training examples"):
         train_lora([], base_model_path=tmp_path, output_dir=tmp_path / "out")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(TrainingError, match="mine exists and is not an adapter folder"):
+        train_lora(EXAMPLES, base_model_path=tmp_path, output_dir=tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     with pytest.raises(TrainingError, match="has no config.json"):
         train_lora(EXAMPLES, base_model_path=tmp_path, output_dir=tmp_path / "out", config=LoRAConfig(device="cpu"))
     import torch

@@ -107,7 +107,9 @@ class RunDir:
         write_json(self.node_dir(seed, strategy) / self.NODE, record)
 
     def nodes(self) -> list[dict[str, Any]]:
-        return [read_json(p) for p in sorted(self.path.glob(f"seed-*/*/{self.NODE}"))]
+        """Finished nodes ordered by seed, then depth (zero-shot, p, w, p-w, ...)."""
+        nodes = [read_json(p) for p in self.path.glob(f"seed-*/*/{self.NODE}")]
+        return sorted(nodes, key=lambda n: (n["seed"], len(n["steps"]), n["strategy"]))
 
     def write_results(self, results: dict[str, Any]) -> Path:
         return write_json(self.path / self.RESULTS, results)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import resource
+import shutil
 import sys
 import time
 import warnings
@@ -92,8 +94,20 @@ def train_lora(
     config = config or LoRAConfig()
     if not examples:
         raise TrainingError("no training examples: nothing to fine-tune on")
-    output_dir = Path(output_dir)
+    threads = torch.get_num_threads()
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    try:
+        return _train(examples, Path(base_model_path), Path(output_dir), config, base_model, init_adapter, events)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(examples, base_model_path, output_dir, config, base_model, init_adapter, events) -> TrainResult:
+    import torch
+
     device = _device(config, torch)
+    _check_output_dir(output_dir)
     t_start = time.perf_counter()
 
     # -- setup ----------------------------------------------------------------------------------------
@@ -165,8 +179,6 @@ def train_lora(
         n_dropped=n_dropped,
         step_seconds=step_seconds,
     )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(output_dir))
     metadata = {
         "base_model": base_model or str(base_model_path),
         "base_model_path": str(base_model_path),
@@ -182,11 +194,31 @@ def train_lora(
         "versions": _versions(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    (output_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    _save(model, metadata, output_dir)
     emit(events, "finetune.done", adapter=str(output_dir), final_loss=final_loss, steps=result.steps)
     # ---- cleanup: drop the training copy of the model now rather than whenever the caller lets go.
     del model, optimizer
     return result
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    """Refuse, before training, to overwrite a folder that holds anything but an adapter."""
+    if output_dir.exists() and (
+        not output_dir.is_dir() or (any(output_dir.iterdir()) and not (output_dir / "adapter_config.json").is_file())
+    ):
+        raise TrainingError(f"{output_dir} exists and is not an adapter folder; choose another output_dir")
+
+
+def _save(model: Any, metadata: dict[str, Any], output_dir: Path) -> None:
+    """Write the adapter into a scratch folder and swap it in, so a killed run never leaves half an adapter."""
+    scratch = output_dir.with_name(f".{output_dir.name}.saving-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    model.save_pretrained(str(scratch))
+    (scratch / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch.rename(output_dir)
 
 
 def read_adapter_metadata(path: str | Path) -> dict[str, Any]:
@@ -217,22 +249,25 @@ def _load(base_model_path: str | Path, init_adapter: str | Path | None, config: 
     tokenizer = AutoTokenizer.from_pretrained(str(base_model_path))
     # CUDA keeps frozen base weights in bf16 to halve memory; CPU keeps float32 weights and autocasts.
     dtype = torch.bfloat16 if device == "cuda" and config.bf16 and torch.cuda.is_bf16_supported() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(base_model_path), dtype=dtype).to(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(base_model_path), dtype=dtype).to(device)
+    except OSError as e:
+        raise TrainingError(f"cannot load the base model from {base_model_path}: {e}") from e
     model.config.use_cache = False
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     try:
-        if init_adapter is not None:
-            model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
-        else:
-            target = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
-            lora = LoraConfig(
-                r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=target,
-                task_type="CAUSAL_LM", bias="none",
-            )
-            with warnings.catch_warnings():  # peft 0.21 reads a property transformers 5 deprecates
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with warnings.catch_warnings():  # peft 0.21 reads a property transformers 5 deprecates
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            if init_adapter is not None:
+                model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+            else:
+                target = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
+                lora = LoraConfig(
+                    r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=target,
+                    task_type="CAUSAL_LM", bias="none",
+                )
                 model = get_peft_model(model, lora)
     except (ValueError, KeyError, OSError) as e:
         raise TrainingError(f"PEFT refused the LoRA setup for {base_model_path}: {e}") from e
