@@ -19,19 +19,18 @@ from dataclasses import dataclass
 import pytest
 from fake_tasks import Parity, metric, parity_data, parity_lm
 
-from cotune.optimize.better_together import BetterTogether
-from cotune.optimize.knn import KNNFewShot
-from cotune.retrieve.embed import TfidfEmbedder
-
 from cotune.data import Dataset
 from cotune.evaluate.metrics import Metric
 from cotune.lm import FakeLM
 from cotune.optimize.base import Optimizer
+from cotune.optimize.better_together import BetterTogether
 from cotune.optimize.bootstrap import BootstrapFewShot
 from cotune.optimize.gpo import GPO
+from cotune.optimize.knn import KNNFewShot
 from cotune.optimize.labeled import LabeledFewShot
 from cotune.optimize.random_search import BootstrapFewShotWithRandomSearch
 from cotune.program import Program
+from cotune.retrieve.embed import TfidfEmbedder
 
 
 @dataclass

@@ -218,3 +218,18 @@ def test_fine_tunes_smollm2_on_iris_traces_and_changes_its_predictions(tmp_path)
         tuned_texts = [r.trace[0].completion for r in after.rows]
         assert base_texts != tuned_texts
         assert sum("Species:" in t for t in tuned_texts) >= 4, tuned_texts  # it learned the teacher's format
+
+
+def test_traces_without_the_students_predictors_are_refused(trained, tmp_path):
+    class Other(ct.Program):
+        def __init__(self):
+            self.guess = ct.Predict("number -> label")
+
+        def forward(self, number):
+            return self.guess(number=number)
+
+    teacher = Other().bind(ct.FakeLM(lambda m: "Label: even"))
+    tuner = BootstrapFinetune(metric, teacher=teacher, multitask=False, output_dir=tmp_path)
+    with pytest.raises(TrainingError, match=r"none holds a call of the student's predictors \['digit', 'label'\]"):
+        tuner.compile(Parity().bind(student_lm()), trainset=parity_data([100, 102]))
+    assert not trained

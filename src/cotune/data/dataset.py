@@ -6,8 +6,8 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from typing import overload
 
-from cotune.errors import ConfigError
 from cotune.data.example import Example
+from cotune.errors import ConfigError
 
 
 class Dataset(Sequence[Example]):

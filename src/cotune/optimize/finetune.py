@@ -155,6 +155,12 @@ class BootstrapFinetune(Optimizer):
                 named[name].bind(tuned)
                 if not self.keep_demos:
                     named[name].demos, named[name].demo_selector = [], None
+        if not results:
+            seen = sorted({s.predictor for t in kept for s in t.steps})
+            raise TrainingError(
+                f"{len(kept)} traces passed, but none holds a call of the student's predictors {sorted(named)} "
+                f"(the traces have: {', '.join(seen) or 'no calls'}); the teacher must name its predictors alike"
+            )
         self.adapter_path_ = paths[MULTITASK_ADAPTER] if self.multitask else paths
         self.train_result_ = results[MULTITASK_ADAPTER] if self.multitask else results
         return student
