@@ -153,6 +153,20 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def write_report(args: argparse.Namespace, runs: list[dict[str, Any]], load_s: float) -> None:
+    report = {
+        "benchmark": "prompt_opt",
+        "task": "iris",
+        "model": args.model,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "model_load_seconds": load_s},
+        "summary": summarize(runs),
+        "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import cotune.lm
@@ -160,28 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     lm = cotune.lm.load(args.model, **({"max_batch_size": args.max_batch_size} if args.max_batch_size else {}))
     load_s = time.perf_counter() - t0
-    runs = []
-    for seed in args.seeds:
-        for name in args.optimizers:
+    runs: list[dict[str, Any]] = []
+    for name in args.optimizers:  # optimizer-major: a slow optimizer does not hold up the others' seeds
+        for seed in args.seeds:
             run = run_one(name, seed, lm, args)
             runs.append(run)
+            write_report(args, runs, load_s)  # after every run, so a killed benchmark keeps what it measured
             print(
                 f"seed {seed} {name:9s} test acc {run['test_accuracy']:.3f}  compile {run['compile_seconds']:.1f}s"
                 f"  ({run['compile_calls']} calls)",
                 file=sys.stderr,
             )
     summary = summarize(runs)
-    report = {
-        "benchmark": "prompt_opt",
-        "task": "iris",
-        "model": args.model,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "model_load_seconds": load_s},
-        "summary": summary,
-        "runs": runs,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
     for name, s in summary.items():
         print(
             f"{name:9s} test accuracy {s['test_accuracy_mean']:.3f} ± {s['test_accuracy_std']:.3f}   "

@@ -96,3 +96,50 @@ def test_refusals_that_need_no_model(tmp_path):
         LoRAConfig(device="gpu")
     with pytest.raises(TrainingError, match="no cotune_adapter.json"):
         read_adapter_metadata(tmp_path)
+
+
+def test_batches_cover_every_example_once_and_group_similar_lengths():
+    import random
+
+    from cotune.training.lora import _length_grouped_batches
+
+    draw = random.Random(1)
+    lengths = [draw.randint(10, 500) for _ in range(37)]
+    batches = _length_grouped_batches(lengths, 4, random.Random(0))
+    assert sorted(i for b in batches for i in b) == list(range(37))
+    assert [len(b) for b in batches].count(4) == 9
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    shuffled = list(range(37))
+    random.Random(2).shuffle(shuffled)
+    naive = sum(max(lengths[i] for i in shuffled[k : k + 4]) * len(shuffled[k : k + 4]) for k in range(0, 37, 4))
+    assert padded < naive  # less padding than batches in random order
+    assert batches != _length_grouped_batches(lengths, 4, random.Random(1))  # the order changes with the seed
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    from cotune.training.lora import _linear_schedule
+
+    factor = _linear_schedule(10, 0.2)
+    values = [factor(step) for step in range(10)]
+    assert values[0] < values[1] < values[2] == 1.0 > values[3] and values[-1] > 0
+    assert values == sorted(values[:3]) + sorted(values[3:], reverse=True)
+
+
+def test_completion_logits_with_and_without_logits_to_keep():
+    torch = pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from cotune.training.lora import _completion_logits
+
+    table = torch.arange(2 * 3 * 5, dtype=torch.float32).reshape(2, 3, 5)
+    keep = torch.tensor([[False, True, True], [True, False, False]])
+
+    def with_keep(input_ids, attention_mask, logits_to_keep):
+        return SimpleNamespace(logits=table[logits_to_keep])
+
+    def without_keep(input_ids, attention_mask):
+        return SimpleNamespace(logits=table)
+
+    for model in (with_keep, without_keep):
+        out = _completion_logits(model, None, None, keep)
+        assert out.shape == (3, 5) and torch.equal(out, table[keep])

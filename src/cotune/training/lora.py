@@ -333,8 +333,8 @@ def _optimizer_step(model, optimizer, scheduler, group, pad_id, config: LoRAConf
             keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
             targets = labels[:, 1:][keep[:, :-1]]
             with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=config.bf16):
-                logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
-            logits = logits.reshape(-1, logits.shape[-1]).float()
+                logits = _completion_logits(model, ids, mask, keep)
+            logits = logits.float()
             loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / n_tokens
             loss.backward()
             total += loss.item()
@@ -352,6 +352,21 @@ def _optimizer_step(model, optimizer, scheduler, group, pad_id, config: LoRAConf
     except MemoryError as e:
         raise TrainingError(_oom_message(config, e)) from e
     return total
+
+
+def _completion_logits(model: Any, ids: Any, mask: Any, keep: Any) -> Any:
+    """Logits at the ``keep`` positions only, shape (n_kept, vocab).
+
+    transformers >= 5 projects only those hidden states onto the vocabulary (``logits_to_keep`` as a
+    boolean mask); models that do not take it get full logits, and the positions are picked afterwards.
+    """
+    try:
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    except TypeError:  # a model class without logits_to_keep
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    if logits.dim() == 3 and logits.shape[:2] == keep.shape:
+        logits = logits[keep]
+    return logits.reshape(-1, logits.shape[-1])
 
 
 def _oom_message(config: LoRAConfig, e: BaseException) -> str:
