@@ -128,3 +128,32 @@ def test_config_yaml(tmp_path):
     path.write_text("task: iris\nseeds: [0, 1, 2]\nstrategies: [p, p-w-p]\nprompt:\n  num_candidates: 4\n")
     cfg = ExperimentConfig.from_yaml(path)
     assert cfg.seeds == [0, 1, 2] and cfg.prompt.num_candidates == 4 and cfg.strategies == ["p", "p-w-p"]
+
+
+def test_a_failed_weight_step_skips_its_descendants_and_keeps_the_rest(tmp_path):
+    from cotune.errors import TrainingError
+
+    from .fakes import CountingPrompt
+
+    class NoTraces(CountingPrompt):
+        selects_on_valset = False
+
+        def compile(self, program, *, trainset, valset=None, events=None):
+            raise TrainingError("0 of 10 traces passed the metric; try a prompt step first or lower the threshold")
+
+    def make(kind, seed, node):
+        return CountingPrompt(Counter()) if kind == "p" else NoTraces()
+
+    run = Runner(config(tmp_path), lm=fake_lm(), task=FakeTask(), optimizer_factory=make).start()
+    results = run.results()
+    assert [r["strategy"] for r in results["table"]] == ["zero-shot", "p"]
+    failed = {f["strategy"]: f["error"] for f in results["failures"]}
+    assert set(failed) == {"w", "p-w", "w-p", "p-w-p"}
+    assert "0 of 10 traces" in failed["w"] and failed["w-p"] == "skipped: w failed"
+    assert [e["strategy"] for e in run.events() if e["event"] == "node.failed"] == ["w", "p-w"]
+
+    # a resumed run tries the failed steps again (here with a working Θ)
+    log = Counter()
+    _, again = Runner.resume(run.path, lm=fake_lm(), task=FakeTask(), optimizer_factory=factory(log))
+    assert [r["strategy"] for r in again.results()["table"]] == ALL
+    assert log == Counter({"p": 2, "w": 2})  # p itself was finished; w-p and p-w-p are new

@@ -113,6 +113,8 @@ def run_experiment(*, config_path: Path | None, resume: Path | None, overrides: 
     finally:
         events.close()
     out.print(results_table(results))
+    for f in results.get("failures", []):
+        console.print(f"[yellow]seed {f['seed']} {f['strategy']}: {f['error']}[/]", highlight=False)
     from cotune.experiment.report import write_report
 
     md, html = write_report([run.path])

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cotune.errors import ConfigError
+from cotune.errors import ConfigError, TrainingError
 from cotune.evaluate.evaluate import evaluate
 from cotune.events import Event, EventSink, Progress, emit
 from cotune.experiment.config import ExperimentConfig
@@ -102,21 +102,34 @@ class Runner:
         prefixes = node_prefixes(strategies)
 
         emit(events, "run.start", run_dir=str(run.path), task=cfg.task, model=cfg.model, nodes=len(prefixes) * len(cfg.seeds))
+        failures: list[dict[str, Any]] = []
         with Progress(events, "experiment", total=len(prefixes) * len(cfg.seeds)) as bar:
             for seed in cfg.seeds:
                 programs: dict[tuple[str, ...], Program] = {}
                 records: dict[tuple[str, ...], dict[str, Any]] = {}
                 for prefix in prefixes:
                     name = strategy_name(prefix)
+                    if prefix and prefix[:-1] not in records:  # its parent failed: nothing to build on
+                        failures.append({"seed": seed, "strategy": name, "error": f"skipped: {strategy_name(prefix[:-1])} failed"})
+                        bar.advance(seed=seed, strategy=name, failed=True)
+                        continue
                     record = run.finished(seed, name)
                     if record is not None:
                         programs[prefix] = self._reload(run, seed, name, task, lm)
                         emit(events, "node.skipped", seed=seed, strategy=name, reason="finished earlier")
                     else:
                         parent = programs.get(prefix[:-1], base) if prefix else base
-                        programs[prefix], record = self._run_node(
-                            run, task, parent, records.get(prefix[:-1]), prefix, seed, factory, events
-                        )
+                        try:
+                            programs[prefix], record = self._run_node(
+                                run, task, parent, records.get(prefix[:-1]), prefix, seed, factory, events
+                            )
+                        except TrainingError as e:
+                            # e.g. no trace passed the metric: this strategy has no result for this seed, the
+                            # others go on; a resumed run tries the step again
+                            failures.append({"seed": seed, "strategy": name, "error": str(e)})
+                            emit(events, "node.failed", seed=seed, strategy=name, error=str(e))
+                            bar.advance(seed=seed, strategy=name, failed=True)
+                            continue
                         run.finish(seed, name, record)
                     records[prefix] = record
                     bar.advance(seed=seed, strategy=name, test=record["test"]["score"])
@@ -125,6 +138,7 @@ class Runner:
             "run_dir": str(run.path),
             "strategies": [strategy_name(s) for s in strategies],
             "nodes": run.nodes(),
+            "failures": failures,
         }
         results["table"] = summarize(results["nodes"], results["strategies"])
         results["best"] = self._save_best(run, results)
@@ -182,7 +196,7 @@ class Runner:
     @staticmethod
     def _save_best(run: RunDir, results: dict[str, Any]) -> dict[str, Any]:
         """Copy the best program to ``best-program.json``, chosen on dev (choosing on test would overfit it)."""
-        finals = [n for n in results["nodes"] if n["strategy"] in results["strategies"]]
+        finals = [n for n in results["nodes"] if n["strategy"] in results["strategies"]] or results["nodes"]
         best = max(finals, key=lambda n: (n["dev"]["score"], -len(n["steps"])))
         path = run.path / "best-program.json"
         path.write_text((run.path / best["program"]).read_text())
