@@ -3,9 +3,15 @@
     .venv/bin/python benchmarks/finetune.py --quick        # 3 seeds, smaller splits and fewer rollouts
     .venv/bin/python benchmarks/finetune.py                # 3 seeds, 50 train / 50 test, 4 rollouts
     .venv/bin/python benchmarks/finetune.py --learning-rates 1e-4,3e-4,1e-3   # the learning-rate sweep
+    .venv/bin/python benchmarks/finetune.py --labeled-demos 2     # Π(labeled demos)→Θ instead of Θ only
+    .venv/bin/python benchmarks/finetune.py --overhead-only       # just the cotune / bare PEFT step ratio
+
+On a CPU shared with other jobs add ``--torch-threads 1``: oversubscribed torch threads were up to 10x
+slower there.
 
 Per seed the task is re-split (``load_task("iris", seed=...)``). The zero-shot program is scored on the
-test examples; then BootstrapFinetune collects the program's own traces on the training examples (greedy
+test examples (with ``--labeled-demos``, the program first gets that many labeled demos per species,
+and "zero_shot" in the results means that prompt); then BootstrapFinetune collects the program's own traces on the training examples (greedy
 plus sampled rollouts: the zero-shot SmolLM2 rarely answers Iris right, so sampling finds the passing
 runs), trains one LoRA adapter per learning rate on the same traces (collected once, reused through
 ``traces=FILE``), and the fine-tuned program is scored on the same test examples.
@@ -43,10 +49,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the extra rollouts")
     p.add_argument("--learning-rates", default=None, help="comma-separated; default: LoRAConfig's default")
     p.add_argument("--epochs", type=int, default=None, help="default: LoRAConfig's default")
+    p.add_argument("--labeled-demos", type=int, default=0,
+                   help="labeled demos per species in the program before Θ (a stand-in for a Π step); 0: Θ only")
     p.add_argument("--max-tokens", type=int, default=96, help="generation limit per call")
     p.add_argument("--num-threads", type=int, default=16)
     p.add_argument("--overhead-reps", type=int, default=3, help="alternating cotune / bare PEFT runs")
     p.add_argument("--overhead-steps", type=int, default=6, help="optimizer steps per overhead run")
+    p.add_argument("--overhead-only", action="store_true",
+                   help="only the cotune / bare PEFT step-time ratio, on labeled Iris completions")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch CPU threads (default: torch's); 1 is far faster on a CPU shared with other jobs")
     p.add_argument("--quick", action="store_true", help="30 train / 30 test, 3 rollouts, 3 epochs, 2 overhead reps")
@@ -81,9 +91,11 @@ def run_seed(lm, seed: int, args: argparse.Namespace, workdir: Path) -> dict[str
     task = load_task("iris", seed=seed)
     train, test = list(task.train)[: args.train], list(task.test)[: args.test]
     program = with_tokens(task.program().bind(lm), args.max_tokens)
+    if args.labeled_demos:
+        program.classify.demos = labeled_demos(train, args.labeled_demos, seed)
     t0 = time.perf_counter()
     zero = evaluate(program, test, task.metric, num_threads=args.num_threads)
-    out: dict[str, Any] = {"seed": seed, "zero_shot": {"accuracy": zero.score, "seconds": time.perf_counter() - t0,
+    out: dict[str, Any] = {"seed": seed, "labeled_demos": len(program.classify.demos), "zero_shot": {"accuracy": zero.score, "seconds": time.perf_counter() - t0,
                                                         "parse_failures": zero.parse_failures}}  # fmt: skip
     traces = None
     out["finetune"] = []
@@ -174,6 +186,28 @@ def bare_peft_steps(examples, model_path: str, config, n_steps: int) -> list[flo
     return times
 
 
+def labeled_demos(train, per_species: int, seed: int):
+    """The first ``per_species`` training flowers of each species, shuffled."""
+    import random
+
+    demos = [ex for sp in ("setosa", "versicolor", "virginica") for ex in [e for e in train if e["species"] == sp][:per_species]]
+    random.Random(seed).shuffle(demos)
+    return demos
+
+
+def labeled_examples(seed: int):
+    """Chat examples from the labeled Iris training flowers (when no traces passed, or --overhead-only)."""
+    from cotune.tasks import load_task
+    from cotune.training import ChatExample
+
+    task = load_task("iris", seed=seed)
+    predictor = task.program().classify
+    return [
+        ChatExample.create(predictor.messages(**ex.inputs()), f"Reasoning: measured.\nSpecies: {ex['species']}", "classify")
+        for ex in task.train
+    ]
+
+
 def overhead(examples, model_path: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from cotune.training import LoRAConfig, train_lora
 
@@ -196,6 +230,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                 "n": len(values)}  # fmt: skip
 
+    if not runs:
+        return {}
     out = {"zero_shot": stats([r["zero_shot"]["accuracy"] for r in runs])}
     lrs = sorted({f["learning_rate"] for r in runs for f in r["finetune"]})
     for lr in lrs:
@@ -225,11 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         lm = cotune.lm.load(args.model, cache=RequestCache(workdir / "requests.sqlite"),
                             config=GenerationConfig(max_tokens=args.max_tokens))  # fmt: skip
-        runs = [run_seed(lm, seed, args, workdir) for seed in args.seeds]
+        runs = [] if args.overhead_only else [run_seed(lm, seed, args, workdir) for seed in args.seeds]
         traces_file = next(workdir.glob("seed*/traces.jsonl"), None)
         kept = passing(load_traces(traces_file)) if traces_file else []
-        examples = chat_examples([t.steps for t in kept])
-        over = overhead(examples, lm.model_path, args, workdir) if examples else {"error": "no passing traces"}
+        examples = chat_examples([t.steps for t in kept]) or labeled_examples(args.seeds[0])
+        over = overhead(examples, lm.model_path, args, workdir) | {"data": "passing traces" if kept else "labeled"}
         lm.close()
     report = {
         "benchmark": "finetune",

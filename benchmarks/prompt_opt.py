@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-threads", type=int, default=8)
     p.add_argument("--max-batch-size", type=int, default=None, help="the local model's batch limit (default: backend's)")
     p.add_argument("--quick", action="store_true", help="small sizes: 6 train / 10 val / 20 test, 3 candidates, 2 GPO steps")
+    p.add_argument("--resume", action="store_true", help="keep the runs already in --out (same settings) and do the rest")
     p.add_argument("--out", type=Path, default=None, help=f"default {RESULTS.name} ({RESULTS.stem}_quick.json with --quick)")
     args = p.parse_args(argv)
     if args.quick:
@@ -153,6 +154,23 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+# Settings that do not change what a run measures, so --resume may differ in them.
+_FREE_SETTINGS = {"seeds", "optimizers", "resume", "out"}
+
+
+def previous_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The runs saved in ``args.out`` by a run with the same settings (for ``--resume``)."""
+    if not args.out.is_file():
+        return []
+    saved = json.loads(args.out.read_text())
+    mine = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in _FREE_SETTINGS}
+    theirs = {k: v for k, v in saved.get("settings", {}).items() if k not in _FREE_SETTINGS}
+    if mine != theirs:
+        changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        raise SystemExit(f"--resume: {args.out} was written with other settings ({', '.join(changed)}); drop --resume")
+    return list(saved.get("runs", []))
+
+
 def write_report(args: argparse.Namespace, runs: list[dict[str, Any]], load_s: float) -> None:
     report = {
         "benchmark": "prompt_opt",
@@ -174,9 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     lm = cotune.lm.load(args.model, **({"max_batch_size": args.max_batch_size} if args.max_batch_size else {}))
     load_s = time.perf_counter() - t0
-    runs: list[dict[str, Any]] = []
+    runs = previous_runs(args) if args.resume else []
+    done = {(r["optimizer"], r["seed"]) for r in runs}
     for name in args.optimizers:  # optimizer-major: a slow optimizer does not hold up the others' seeds
         for seed in args.seeds:
+            if (name, seed) in done:
+                continue
             run = run_one(name, seed, lm, args)
             runs.append(run)
             write_report(args, runs, load_s)  # after every run, so a killed benchmark keeps what it measured

@@ -233,3 +233,15 @@ def test_traces_without_the_students_predictors_are_refused(trained, tmp_path):
     with pytest.raises(TrainingError, match=r"none holds a call of the student's predictors \['digit', 'label'\]"):
         tuner.compile(Parity().bind(student_lm()), trainset=parity_data([100, 102]))
     assert not trained
+
+
+def test_a_bare_predictor_is_fine_tuned_and_copied(trained, tmp_path):
+    lm = ct.FakeLM(lambda m: "Answer: 4")
+    lm.model_path = "/models/fake"
+    qa = ct.Predict("question -> answer").bind(lm)
+    data = [ct.Example(question="2+2?", answer="4").with_inputs("question")]
+    tuned = BootstrapFinetune(lambda ex, p: float(p["answer"] == ex["answer"]), output_dir=tmp_path).compile(
+        qa, trainset=data
+    )
+    assert isinstance(tuned, ct.Predict) and tuned is not qa and qa.lm is lm
+    assert tuned.lm.adapter == str(tmp_path / "adapter") and [e.predictor for e in trained[0]["examples"]] == ["self"]

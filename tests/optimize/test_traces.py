@@ -87,3 +87,15 @@ def test_bad_arguments():
         collect_traces(program, parity_data([1]), metric, num_rollouts=0)
     with pytest.raises(ConfigError, match="temperature must be >= 0"):
         collect_traces(program, parity_data([1]), metric, num_rollouts=2, temperature=-1)
+
+
+def test_a_bare_predictor_can_be_the_teacher():
+    import cotune as ct
+
+    lm = ct.FakeLM(lambda m: "Answer: 4")
+    qa = ct.Predict("question -> answer").bind(lm)
+    data = [ct.Example(question="2+2?", answer="4").with_inputs("question")]
+    traces = collect_traces(qa, data, lambda ex, p: float(p["answer"] == ex["answer"]), num_rollouts=2, num_threads=1)
+    assert [(t.steps[0].predictor, t.rollout_id, t.score) for t in traces] == [("self", 0, 1.0), ("self", 1, 1.0)]
+    assert [c.rollout_id for _, c in lm.calls] == [0, 1] and qa.config == {}
+    assert traces[0].program is None and traces[0].model == lm.spec()

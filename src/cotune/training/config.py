@@ -22,10 +22,14 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    """How to train a LoRA adapter. Defaults are measured for SmolLM2-135M on CPU (see `learning_rate`).
+    """How to train a LoRA adapter. Defaults are measured for SmolLM2-135M on CPU (see below).
 
     The paper (BetterTogether, 7–8B models on GPUs) used r=32, alpha=64, dropout 0, 5 epochs, lr 1e-5 and an
-    effective batch of 8; only the learning rate differs here, because a 135M model barely moves at 1e-5.
+    effective batch of 8; only the learning rate differs here. Measured on Iris (50 test flowers, 5 epochs,
+    ~20 passing traces): Θ on the zero-shot program's own traces lifts accuracy from 0.08 to 0.34 at lr
+    1e-4, 3e-4 and 1e-3 alike (every passing trace says "setosa", so the model learns that); after six
+    labeled demos (0.33 on two splits), Θ reached 0.41 (1e-4), 0.45 (3e-4) and 0.47 (1e-3) on average.
+    3e-4 is the default: 1e-3 collapsed the Θ-only outputs to one memorized sentence.
     """
 
     r: int = field(default=32, metadata={"help": "LoRA rank: the inner dimension of each low-rank update (>= 1)."})
@@ -44,8 +48,8 @@ class LoRAConfig:
     learning_rate: float = field(
         default=3e-4,
         metadata={
-            "help": "Peak AdamW learning rate, in (0, 1]. 3e-4 is measured on Iris with SmolLM2-135M "
-            "(1e-5, the paper's value for 7-8B models, leaves a 135M model unchanged); use ~1e-5..1e-4 for 7-8B."
+            "help": "Peak AdamW learning rate, in (0, 1]. 3e-4 is measured for SmolLM2-135M on Iris (see the class "
+            "docstring); the paper used 1e-5 for 7-8B models."
         },
     )
     batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass (>= 1)."})

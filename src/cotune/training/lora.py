@@ -15,9 +15,7 @@ import json
 import math
 import os
 import random
-import resource
 import shutil
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -30,6 +28,7 @@ from cotune.errors import TrainingError
 from cotune.events import EventSink, Progress, emit
 from cotune.lm.adapters import METADATA_FILE
 from cotune.training.config import LoRAConfig
+from cotune.training.memory import MemoryWatch
 from cotune.training.sft_data import IGNORE_INDEX, ChatExample, TokenizedExample, data_hash, tokenize
 
 
@@ -39,7 +38,8 @@ class TrainResult:
 
     ``losses`` holds the mean completion-token loss of every optimizer step; ``final_loss`` is the mean
     over the last epoch's steps (one step's loss is noisy). ``peak_memory_bytes`` is the peak CUDA
-    allocation on GPU, and the process's peak resident memory on CPU.
+    allocation on GPU; on CPU, the process's peak resident memory during the training loop (so it
+    includes whatever else the process holds, e.g. an inference copy of the model).
     """
 
     adapter_path: str
@@ -133,8 +133,6 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
     total_steps = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(total_steps, config.warmup_ratio))
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     emit(
         events, "finetune.start", examples=len(tokenized), dropped=n_dropped, steps=total_steps, device=device,
         trainable_params=sum(p.numel() for p in trainable),
@@ -145,7 +143,7 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
     rng = random.Random(config.seed)
     losses: list[float] = []
     step_seconds: list[float] = []
-    with Progress(events, "finetune", total=total_steps) as bar:
+    with Progress(events, "finetune", total=total_steps) as bar, MemoryWatch(device, torch) as memory:
         for _epoch in range(config.epochs):
             batches = _length_grouped_batches([len(t) for t in tokenized], config.batch_size, rng)
             for start in range(0, len(batches), config.gradient_accumulation_steps):
@@ -172,7 +170,7 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
         steps=len(losses),
         n_examples=len(tokenized),
         n_tokens=sum(len(t) for t in tokenized),
-        peak_memory_bytes=_peak_memory(device, torch),
+        peak_memory_bytes=memory.peak,
         device=device,
         data_hash=hashed,
         n_truncated=sum(t.truncated for t in tokenized),
@@ -375,13 +373,6 @@ def _oom_message(config: LoRAConfig, e: BaseException) -> str:
         f"(raise gradient_accumulation_steps to keep the effective batch), lower max_length, or set "
         f"gradient_checkpointing=True ({type(e).__name__}: {e})"
     )
-
-
-def _peak_memory(device: str, torch: Any) -> int:
-    if device == "cuda":
-        return int(torch.cuda.max_memory_allocated())
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb if sys.platform == "darwin" else kb * 1024  # macOS reports bytes, Linux kilobytes
 
 
 def _versions() -> dict[str, str]:

@@ -8,6 +8,8 @@ what inference sends, so the fine-tuned program runs on the prompts it was train
 the second prompt step re-bootstraps demos for a model that has learned to read demo turns. Stripping
 them (``keep_demos=False``) trains on zero-shot prompts: shorter sequences and a cheaper program to
 serve, and `BootstrapFinetune` then returns a program without demos so inference still matches training.
+Measured once on Iris with SmolLM2-135M (six labeled demos, 21 passing traces, lr 3e-4): 0.38 test
+accuracy keeping the demos, 0.36 stripping them: equal within noise, at ~3.5x fewer tokens per example.
 
 Example:
     >>> from cotune.program.trace import TraceStep
