@@ -300,3 +300,27 @@ def test_adapters_share_the_base_weights_and_change_outputs(smol, random_lora, t
     (other / "cotune_adapter.json").write_text(json.dumps({"base_model": "qwen2.5-coder-0.5b"}))
     with pytest.raises(ConfigError, match="qwen2.5-coder-0.5b.*'smollm2-135m'"):
         smol.with_adapter(other)
+
+
+@pytest.mark.integration
+def test_a_second_adapter_loads_quietly_and_leaves_the_first_intact(smol, random_lora, tmp_path, caplog):
+    question = user("Name a color.")
+    first = smol.with_adapter(random_lora(tmp_path / "first", seed=2))
+    first_text = first(question, max_tokens=8).text
+    with caplog.at_level("WARNING"):
+        second_text = smol.with_adapter(random_lora(tmp_path / "second", seed=3))(question, max_tokens=8).text
+    assert second_text != first_text
+    assert first(question, max_tokens=8, rollout_id=1).text == first_text  # uncached, still the first adapter
+    assert "LOAD REPORT" not in caplog.text and "MISSING" not in caplog.text
+
+
+@pytest.mark.integration
+def test_an_adapter_missing_some_of_its_weights_is_refused(smol, random_lora, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = random_lora(tmp_path / "partial", seed=4)
+    weights = load_file(path / "adapter_model.safetensors")
+    dropped = sorted(weights)[0]
+    save_file({k: v for k, v in weights.items() if k != dropped}, path / "adapter_model.safetensors")
+    with pytest.raises(ConfigError, match="lacks 1 of its weights"):
+        smol.with_adapter(path)(user("Hi."), max_tokens=2)

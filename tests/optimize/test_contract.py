@@ -145,3 +145,31 @@ class TestOptimizerContract:
         assert fresh.dump_state() == result.dump_state()
         ask = setup.valset[0].inputs()
         assert fresh(**ask) == result(**ask)
+
+
+@pytest.mark.parametrize(
+    "optimizer, selects",
+    [
+        (LabeledFewShot(k=2), False),
+        (BootstrapFewShot(metric), False),
+        (KNNFewShot(k=2, metric=metric), False),
+        (BootstrapFewShotWithRandomSearch(metric), True),
+        (GPO(metric), True),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, Optimizer) else str(v),
+)
+def test_only_optimizers_that_choose_by_validation_score_give_up_part_of_the_trainset(optimizer, selects):
+    from cotune.optimize.better_together import split_for_step
+
+    data = parity_data(range(100, 150))
+    train, val = split_for_step(optimizer, data, 0.7)
+    assert optimizer.selects_on_valset is selects
+    assert (len(train), len(val) if val is not None else None) == ((15, 35) if selects else (50, None))
+
+
+def test_the_weight_step_trains_on_the_whole_trainset():
+    from cotune.optimize.better_together import split_for_step
+    from cotune.optimize.finetune import BootstrapFinetune
+
+    data = parity_data(range(100, 150))
+    assert split_for_step(BootstrapFinetune(metric), data, 0.7) == (data, None)

@@ -9,9 +9,12 @@ torch and transformers are imported when an engine is built, never when this mod
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import time
+import warnings
 import weakref
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -173,9 +176,16 @@ class HFEngine:
                 self.model.delete_adapter(self._adapters.pop(stale))
             name = f"adapter_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
             try:
-                self.model.load_adapter(path, adapter_name=name)
+                with _quiet_adapter_report():
+                    info = self.model.load_adapter(path, adapter_name=name)
             except Exception as e:
                 raise ConfigError(f"cannot load LoRA adapter {path}: {type(e).__name__}: {e}") from e
+            # transformers lists the *other* adapters' weights as missing from this checkpoint (harmless);
+            # a missing weight of this adapter means it would run with freshly initialized LoRA weights
+            missing = sorted(k for k in getattr(info, "missing_keys", None) or () if f".{name}." in k)
+            if missing:
+                self.model.delete_adapter(name)
+                raise ConfigError(f"LoRA adapter {path} lacks {len(missing)} of its weights, e.g. {missing[0]}")
             self._adapters[key], self._adapter_paths[path] = name, key
         self.model.set_adapter(name)
         self.model.enable_adapters()
@@ -290,6 +300,21 @@ class HFLM(LM):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _quiet_adapter_report():
+    """Hide transformers' load report and PEFT's "multiple adapters" warning while an adapter loads
+    (`_activate` checks the keys itself; several adapters on one base model is the design)."""
+    logger = logging.getLogger("transformers.integrations.peft")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _seed(messages: Messages, config: GenerationConfig) -> int:

@@ -255,6 +255,8 @@ class BootstrapFewShot(Optimizer):
         ([('2+2?', '4'), ('0+0?', '0')], 1)
     """
 
+    selects_on_valset = False  # nothing is chosen by validation score: it gets the whole trainset
+
     def __init__(
         self,
         metric: Metric,

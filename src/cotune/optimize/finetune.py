@@ -71,6 +71,8 @@ class BootstrapFinetune(Optimizer):
         ('runs/iris-ft/adapter', {'classify': 31})
     """
 
+    selects_on_valset = False  # nothing is chosen by validation score: it gets the whole trainset
+
     def __init__(
         self,
         metric: Metric,

@@ -242,6 +242,8 @@ class KNNFewShot(Optimizer):
     ``embedder_`` (the embedder's spec).
     """
 
+    selects_on_valset = False  # nothing is chosen by validation score: it gets the whole trainset
+
     def __init__(
         self,
         k: int = 5,

@@ -65,6 +65,8 @@ class LabeledFewShot(Optimizer):
         ['0', '2']
     """
 
+    selects_on_valset = False  # nothing is chosen by validation score: it gets the whole trainset
+
     def __init__(self, k: int = 16, *, sample: bool = True, seed: int = 0):
         self.k = k
         self.sample = sample

@@ -60,6 +60,8 @@ class MedPrompt(Optimizer):
         ConfigError: training examples without the options list (the ensemble needs it), or bad settings.
     """
 
+    selects_on_valset = False  # nothing is chosen by validation score: it gets the whole trainset
+
     def __init__(
         self,
         metric: Metric,
