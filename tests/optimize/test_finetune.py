@@ -245,3 +245,59 @@ def test_a_bare_predictor_is_fine_tuned_and_copied(trained, tmp_path):
     )
     assert isinstance(tuned, ct.Predict) and tuned is not qa and qa.lm is lm
     assert tuned.lm.adapter == str(tmp_path / "adapter") and [e.predictor for e in trained[0]["examples"]] == ["self"]
+
+
+class Classify(ct.Program):
+    """One chain-of-thought predictor whose inputs and output are the example's fields."""
+
+    def __init__(self):
+        self.label = ct.ChainOfThought("number -> label")
+
+    def forward(self, number):
+        return self.label(number=number)
+
+
+def test_fill_with_labels_trains_on_the_labels_of_the_examples_no_run_got_right(trained, tmp_path):
+    lm = ct.FakeLM(lambda m: "Reasoning: it ends in 0.\nLabel: even")  # right for even numbers only
+    lm.model_path = "/models/fake"
+    program = Classify().bind(lm)
+    program.label.demos = [ct.Example(number="7", label="odd")]
+    data = parity_data(range(100, 106))
+    tuner = BootstrapFinetune(metric, fill_with_labels=True, output_dir=tmp_path)
+    tuner.compile(program, trainset=data)
+
+    assert (tuner.n_traces_, tuner.n_passed_, tuner.n_labeled_) == (6, 3, 3)
+    examples = trained[0]["examples"]
+    by_number = {e.chat[-1]["content"]: e.completion for e in examples}
+    assert by_number == {
+        "Number: 100": "Reasoning: it ends in 0.\nLabel: even", "Number: 101": "Label: odd",
+        "Number: 102": "Reasoning: it ends in 0.\nLabel: even", "Number: 103": "Label: odd",
+        "Number: 104": "Reasoning: it ends in 0.\nLabel: even", "Number: 105": "Label: odd",
+    }  # fmt: skip
+    # a label example's prompt is what the predictor sends: the demo turns are there
+    assert all(e.chat == program.label.messages(number=e.chat[-1]["content"][8:]) for e in examples)
+    saved = load_traces(tuner.traces_path_)
+    assert [t.source for t in saved] == ["run"] * 6 + ["labels"] * 3
+    assert [t.example_index for t in saved if t.source == "labels"] == [1, 3, 5]
+
+
+def test_fill_with_labels_leaves_out_predictors_that_take_intermediate_values(trained, tmp_path):
+    seen = []
+    tuner = BootstrapFinetune(metric, fill_with_labels=True, output_dir=tmp_path)
+    tuner.compile(Parity().bind(student_lm("01234")), trainset=parity_data(range(100, 110)), events=seen.append)
+    assert tuner.n_labeled_ == 0 and len(trained[0]["examples"]) == 10  # only the passing runs' calls
+    unused = [e for e in seen if e.name == "finetune.labels_unused"]
+    assert len(unused) == 1 and "no predictor takes only the examples' inputs" in unused[0].fields["reason"]
+
+
+def test_label_traces_in_a_file_are_used_only_with_fill_with_labels(trained, tmp_path):
+    from cotune.optimize.traces import collect_traces, labeled_traces
+
+    lm = ct.FakeLM(lambda m: "Label: even")
+    lm.model_path = "/models/fake"
+    program, data = Classify().bind(lm), parity_data(range(100, 104))
+    path = save_traces(tmp_path / "t.jsonl", collect_traces(program, data, metric) + labeled_traces(program, data, skip=[0, 2]))
+    BootstrapFinetune(metric, traces=path, output_dir=tmp_path / "a").compile(program, trainset=data)
+    BootstrapFinetune(metric, traces=path, fill_with_labels=True, output_dir=tmp_path / "b").compile(program, trainset=data)
+    assert [len(call["examples"]) for call in trained] == [2, 4]
+    assert len(load_traces(tmp_path / "b" / "traces.jsonl")) == 6  # the file's traces, not doubled

@@ -79,6 +79,7 @@ def candidates_table(opt: Any) -> Table | None:
 def run_finetune(
     *, task: str, model: str | None, out_dir: Path, lora: dict[str, Any], traces: Path | None, threshold: float | None,
     data_dir: Path | None, threads: int, seed: int, cache: bool, evaluate_on: str | None, console: Console, out: Console,
+    rollouts: int = 1, fill_with_labels: bool = False, keep_demos: bool = True,
 ) -> None:
     from cotune.optimize.finetune import BootstrapFinetune
     from cotune.training.config import LoRAConfig
@@ -86,7 +87,8 @@ def run_finetune(
     config = LoRAConfig(**{"seed": seed, **lora})  # validates before the model loads
     the_task, program = _setup(task, model, data_dir, seed, cache, console)
     opt = BootstrapFinetune(the_task.metric, lora=config, metric_threshold=threshold, output_dir=str(out_dir),
-                            traces=str(traces) if traces else None, num_threads=threads, seed=seed)
+                            traces=str(traces) if traces else None, num_rollouts=rollouts,
+                            fill_with_labels=fill_with_labels, keep_demos=keep_demos, num_threads=threads, seed=seed)
     events = RichEvents(console)
     try:
         tuned = opt.compile(program, trainset=the_task.train, events=events)
@@ -97,7 +99,9 @@ def run_finetune(
     finally:
         events.close()
     result = opt.train_result_
-    out.print(f"adapter: {opt.adapter_path_}  ({opt.n_traces_} traces passed: {opt.passed_by_predictor_})")
+    labeled = f", {opt.n_labeled_} examples from labels" if fill_with_labels else ""
+    out.print(f"adapter: {opt.adapter_path_}  ({opt.n_passed_} of {opt.n_traces_} runs passed{labeled}; "
+              f"calls per predictor: {opt.passed_by_predictor_})")
     out.print(f"training: {getattr(result, 'steps', '?')} steps, final loss {getattr(result, 'final_loss', float('nan')):.4f}, "
               f"{getattr(result, 'seconds', 0.0):.0f} s")
     program_path = out_dir / "program.json"

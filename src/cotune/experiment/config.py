@@ -46,12 +46,20 @@ class WeightStep:
     lora: dict[str, Any] = field(default_factory=dict, metadata={"help": "LoRAConfig fields, e.g. {r: 32, epochs: 5}"})
     metric_threshold: float | None = field(default=None, metadata={"help": "keep traces scoring at least this"})
     num_rollouts: int = field(default=1, metadata={"help": "rollouts per training example"})
+    rollout_temperature: float = field(default=0.7, metadata={"help": "sampling temperature of rollouts after the first"})
     init: str = field(default="base", metadata={"help": "'base' (train from the base model) or 'continue'"})
+    fill_with_labels: bool = field(
+        default=False,
+        metadata={"help": "also train on the gold labels of training examples no run got right (not in the paper)"},
+    )
+    keep_demos: bool = field(default=True, metadata={"help": "train on prompts with the few-shot demos (False: without)"})
 
     def check(self) -> list[str]:
         errors = []
         if self.num_rollouts < 1:
             errors.append(f"weights.num_rollouts: must be >= 1, got {self.num_rollouts}")
+        if self.rollout_temperature < 0:
+            errors.append(f"weights.rollout_temperature: must be >= 0, got {self.rollout_temperature}")
         if self.init not in ("base", "continue"):
             errors.append(f"weights.init: {self.init!r} is not one of base, continue")
         try:

@@ -20,7 +20,15 @@ from cotune.evaluate.metrics import Metric
 from cotune.events import EventSink, emit
 from cotune.lm.cache import default_cache_dir
 from cotune.optimize.base import Optimizer
-from cotune.optimize.traces import Trace, collect_traces, count_by_predictor, load_traces, passing, save_traces
+from cotune.optimize.traces import (
+    Trace,
+    collect_traces,
+    count_by_predictor,
+    labeled_traces,
+    load_traces,
+    passing,
+    save_traces,
+)
 from cotune.program.predict import Predict
 from cotune.program.program import Program
 from cotune.training.config import LoRAConfig
@@ -48,6 +56,11 @@ class BootstrapFinetune(Optimizer):
             the traces and hyperparameters.
         traces: a traces JSONL file (from an earlier run's ``traces.jsonl``) to train on instead of
             running the teacher.
+        fill_with_labels: also train on the gold labels of the training examples that no kept trace covers
+            (like `BootstrapFewShot`'s labeled demos; see `labeled_traces` for which predictors can use
+            them). Off by default: the paper's Θ learns from the program's own successful traces only,
+            which a small model may produce for only some answers (SmolLM2-135M on Iris names one or
+            two species), so the adapter learns only those.
         keep_demos: keep few-shot demos in the training prompts (default: the model learns on exactly
             what inference sends). False trains on zero-shot prompts and returns a program without demos,
             so inference still matches training. See `cotune.training.sft_data`.
@@ -58,6 +71,7 @@ class BootstrapFinetune(Optimizer):
         adapter_path_: the adapter folder (multitask), or a dict predictor name → folder.
         train_result_: the `TrainResult` (multitask), or a dict predictor name → `TrainResult`.
         traces_path_: the traces file used. n_traces_: runs collected (or loaded); n_passed_: runs kept.
+        n_labeled_: traces written from labels (``fill_with_labels``; also in the traces file).
         passed_by_predictor_: kept calls per predictor name.
 
     Example (needs the real model, so not run as a doctest):
@@ -86,6 +100,7 @@ class BootstrapFinetune(Optimizer):
         init: str = "base",
         output_dir: str | Path | None = None,
         traces: str | Path | None = None,
+        fill_with_labels: bool = False,
         keep_demos: bool = True,
         num_threads: int = 8,
         seed: int = 0,
@@ -100,6 +115,7 @@ class BootstrapFinetune(Optimizer):
         self.init = init
         self.output_dir = output_dir
         self.traces = traces
+        self.fill_with_labels = fill_with_labels
         self.keep_demos = keep_demos
         self.num_threads = num_threads
         self.seed = seed
@@ -128,8 +144,13 @@ class BootstrapFinetune(Optimizer):
         bases = {g: self._student_lm(names, named) for g, names in groups.items()}
 
         traces = self._traces(program, trainset, events)
-        kept = passing(traces, self.metric_threshold)
-        self.n_traces_, self.n_passed_ = len(traces), len(kept)
+        kept = [t for t in passing(traces, self.metric_threshold) if t.source == "run"]
+        self.n_traces_, self.n_passed_, self.n_labeled_ = len(traces), len(kept), 0
+        if self.fill_with_labels:
+            filled = self._fill(program, trainset, traces, kept, events)
+            self.n_labeled_, kept = len(filled), kept + filled
+            if self.traces is None:  # new ones: saved with the runs
+                traces = traces + filled
         self.passed_by_predictor_ = count_by_predictor(kept, named)
         emit(events, "finetune.traces", total=len(traces), passed=len(kept), by_predictor=self.passed_by_predictor_)
         if not kept:
@@ -215,6 +236,18 @@ class BootstrapFinetune(Optimizer):
             num_rollouts=self.num_rollouts, temperature=self.rollout_temperature,
             num_threads=self.num_threads, seed=self.seed, events=events,
         )  # fmt: skip
+
+    def _fill(self, program, trainset, traces, kept, events) -> list[Trace]:
+        """Label traces for the training examples no kept run covers (none when traces came from a file)."""
+        if self.traces is not None:  # the file's own label traces are used as they are
+            return passing([t for t in traces if t.source == "labels"])
+        covered = {t.example_index for t in kept if t.source == "run"}
+        filled = labeled_traces(program, trainset, skip=covered)
+        if not filled and len(covered) < len(trainset):
+            emit(events, "finetune.labels_unused",
+                 reason="no predictor takes only the examples' inputs and outputs only their labels")  # fmt: skip
+        emit(events, "finetune.labels", covered_by_runs=len(covered), filled=len(filled))
+        return filled
 
     def _root(self, traces: list[Trace], config: LoRAConfig, bases: dict[str, Any]) -> Path:
         if self.output_dir is not None:

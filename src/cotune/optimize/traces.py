@@ -46,6 +46,8 @@ class Trace:
         rollout_id: 0 for the teacher's own decoding; 1.. for sampled rollouts.
         temperature: the sampling temperature of a rollout (None: the teacher's own setting).
         program: the teacher's `Program.fingerprint()` (its prompts); model: its ``lm.spec()``.
+        source: "run" (the teacher ran) or "labels" (written from the example's gold labels, see
+            `labeled_traces`).
     """
 
     example_index: int
@@ -60,6 +62,7 @@ class Trace:
     model: dict[str, Any] | None = None
     seed: int = 0
     error: str | None = None
+    source: str = "run"
 
     def passed(self, threshold: float | None = None) -> bool:
         """Whether the run counts as a success: score >= ``threshold`` (None: full marks, score >= 1)."""
@@ -83,6 +86,7 @@ class Trace:
             "model": self.model,
             "seed": self.seed,
             "error": self.error,
+            "source": self.source,
             "steps": [s.to_dict() for s in self.steps],
         }
 
@@ -137,6 +141,50 @@ def collect_traces(
             )
     emit(events, "traces.collected", n=len(traces), passed=sum(t.passed() for t in traces))
     return traces
+
+
+def labeled_traces(program: Program | Any, examples: Sequence[Example], *, skip: Iterable[int] = ()) -> list[Trace]:
+    """Traces written from gold labels instead of runs: one per example whose index is not in ``skip``.
+
+    A predictor call can be written this way when every input the predictor takes is an input of the
+    example and every required output is one of its labels: the prompt is exactly what the predictor
+    would send (its instruction and demos), the completion is the labels in the predictor's output
+    format, with optional outputs (a chain of thought's reasoning) left out. In a multi-step program the
+    later predictors take intermediate values (retrieved passages, earlier answers) and are left out.
+    Returns [] when no predictor qualifies.
+
+    Example:
+        >>> from cotune.data import Example
+        >>> from cotune.program import ChainOfThought
+        >>> cot = ChainOfThought("question -> answer")
+        >>> data = [Example(question="2+2?", answer="4").with_inputs("question")]
+        >>> [(t.source, t.steps[0].completion) for t in labeled_traces(cot, data)]
+        [('labels', 'Answer: 4')]
+    """
+    from cotune.program import format as fmt
+    from cotune.program.predict import Predict
+
+    named = {"self": program} if isinstance(program, Predict) else dict(program.named_predictors())
+    skipped = set(skip)
+    fingerprint = program.fingerprint() if isinstance(program, Program) else None
+    out = []
+    for i, ex in enumerate(examples):
+        if i in skipped:
+            continue
+        inputs, labels = ex.inputs(), ex.labels()
+        steps = []
+        for name, p in named.items():
+            sig = p.signature
+            if not set(sig.input_names) <= set(inputs) or any(f.required and f.name not in labels for f in sig.outputs):
+                continue
+            kept = {k: inputs[k] for k in sig.input_names}
+            outputs = {f.name: labels[f.name] for f in sig.outputs if f.name in labels}
+            completion = fmt.render_fields(sig.outputs, outputs)
+            steps.append(TraceStep(name, kept, outputs, p.messages(**kept), completion))
+        if steps:
+            out.append(Trace(i, dict(inputs), dict(labels), dict(labels), 1.0, steps, rollout_id=-1,
+                             program=fingerprint, source="labels"))
+    return out
 
 
 def passing(traces: Iterable[Trace], threshold: float | None = None) -> list[Trace]:
@@ -232,6 +280,7 @@ __all__ = [
     "Trace",
     "collect_traces",
     "count_by_predictor",
+    "labeled_traces",
     "load_traces",
     "passing",
     "save_traces",
