@@ -9,7 +9,7 @@ from cotune.training import LoRAConfig
 def test_defaults_are_valid_and_documented():
     config = LoRAConfig()
     assert (config.r, config.alpha, config.dropout, config.target_modules) == (32, 64.0, 0.0, "all-linear")
-    assert config.effective_batch_size == 8
+    assert (config.epochs, config.learning_rate, config.effective_batch_size) == (6, 1e-3, 4)
     helps = LoRAConfig.help()
     assert set(helps) == {f.name for f in dataclasses.fields(LoRAConfig)}
     assert all(len(text) > 10 for text in helps.values())

@@ -25,11 +25,15 @@ class LoRAConfig:
     """How to train a LoRA adapter. Defaults are measured for SmolLM2-135M on CPU (see below).
 
     The paper (BetterTogether, 7–8B models on GPUs) used r=32, alpha=64, dropout 0, 5 epochs, lr 1e-5 and an
-    effective batch of 8; only the learning rate differs here. Measured on Iris (50 test flowers, 5 epochs,
-    ~20 passing traces): Θ on the zero-shot program's own traces lifts accuracy from 0.08 to 0.34 at lr
-    1e-4, 3e-4 and 1e-3 alike (every passing trace says "setosa", so the model learns that); after six
-    labeled demos (0.33 on two splits), Θ reached 0.41 (1e-4), 0.45 (3e-4) and 0.47 (1e-3) on average.
-    3e-4 is the default: 1e-3 collapsed the Θ-only outputs to one memorized sentence.
+    effective batch of 8. Here r, alpha and dropout are the paper's; lr 1e-3, batch 4 and 6 epochs are
+    measured on Iris (SmolLM2-135M, 50 training flowers with a gold completion that restates the petal
+    sizes, then "Species: ..."; test accuracy on 50 flowers): 6 epochs at batch 4 (78 steps) → 0.92 and
+    10 epochs at batch 8 (70 steps) → 0.92, but 5 epochs at batch 8 (35 steps) → 0.34 (one species for
+    every flower): the model needs ~70 steps at 1e-3 to learn the task. With the same settings, a
+    completion of the species alone reached 0.34-0.52: a reasoning that names the deciding inputs matters.
+    On the program's own traces the data, not the settings, is the limit: SmolLM2-135M's passing runs
+    on Iris name one or two species (see `cotune.optimize.finetune`), so the adapter learns those.
+    Use ~1e-5..1e-4 for 7-8B models.
     """
 
     r: int = field(default=32, metadata={"help": "LoRA rank: the inner dimension of each low-rank update (>= 1)."})
@@ -44,15 +48,15 @@ class LoRAConfig:
             "or module names such as ('q_proj', 'v_proj')."
         },
     )
-    epochs: int = field(default=5, metadata={"help": "Passes over the training examples (>= 1)."})
+    epochs: int = field(default=6, metadata={"help": "Passes over the training examples (>= 1)."})
     learning_rate: float = field(
-        default=3e-4,
+        default=1e-3,
         metadata={
-            "help": "Peak AdamW learning rate, in (0, 1]. 3e-4 is measured for SmolLM2-135M on Iris (see the class "
+            "help": "Peak AdamW learning rate, in (0, 1]. 1e-3 is measured for SmolLM2-135M on Iris (see the class "
             "docstring); the paper used 1e-5 for 7-8B models."
         },
     )
-    batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass (>= 1)."})
+    batch_size: int = field(default=4, metadata={"help": "Sequences per forward pass (>= 1)."})
     gradient_accumulation_steps: int = field(
         default=1,
         metadata={"help": "Forward passes per optimizer step (>= 1); effective batch = batch_size × this."},
