@@ -1,7 +1,7 @@
 """`LoRAConfig`: the hyperparameters of one LoRA fine-tune, with a help text and a range check per field.
 
 Example:
-    >>> LoRAConfig(r=16, alpha=32).effective_batch_size
+    >>> LoRAConfig(r=16, alpha=32, gradient_accumulation_steps=2).effective_batch_size
     8
     >>> LoRAConfig(r=0, learning_rate=2.0)
     Traceback (most recent call last):
