@@ -238,7 +238,7 @@ class BootstrapFinetune(Optimizer):
         )  # fmt: skip
 
     def _fill(self, program, trainset, traces, kept, events) -> list[Trace]:
-        """Label traces for the training examples no kept run covers (none when traces came from a file)."""
+        """Label traces for the training examples no kept run covers; with a traces file, the file's own."""
         if self.traces is not None:  # the file's own label traces are used as they are
             return passing([t for t in traces if t.source == "labels"])
         covered = {t.example_index for t in kept if t.source == "run"}
