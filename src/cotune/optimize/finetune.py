@@ -144,10 +144,11 @@ class BootstrapFinetune(Optimizer):
         bases = {g: self._student_lm(names, named) for g, names in groups.items()}
 
         traces = self._traces(program, trainset, events)
-        kept = [t for t in passing(traces, self.metric_threshold) if t.source == "run"]
+        passed = passing(traces, self.metric_threshold)
+        kept = [t for t in passed if t.source == "run"]
         self.n_traces_, self.n_passed_, self.n_labeled_ = len(traces), len(kept), 0
         if self.fill_with_labels:
-            filled = self._fill(program, trainset, traces, kept, events)
+            filled = self._fill(program, trainset, passed, kept, events)
             self.n_labeled_, kept = len(filled), kept + filled
             if self.traces is None:  # new ones: saved with the runs
                 traces = traces + filled
@@ -237,11 +238,11 @@ class BootstrapFinetune(Optimizer):
             num_threads=self.num_threads, seed=self.seed, events=events,
         )  # fmt: skip
 
-    def _fill(self, program, trainset, traces, kept, events) -> list[Trace]:
+    def _fill(self, program, trainset, passed, kept, events) -> list[Trace]:
         """Label traces for the training examples no kept run covers; with a traces file, the file's own."""
         if self.traces is not None:  # the file's own label traces are used as they are
-            return passing([t for t in traces if t.source == "labels"])
-        covered = {t.example_index for t in kept if t.source == "run"}
+            return [t for t in passed if t.source == "labels"]
+        covered = {t.example_index for t in kept}
         filled = labeled_traces(program, trainset, skip=covered)
         if not filled and len(covered) < len(trainset):
             emit(events, "finetune.labels_unused",
