@@ -3,7 +3,7 @@
 Example (Linux):
     >>> before = _rss()
     >>> with MemoryWatch("cpu", None) as watch:
-    ...     data = bytearray(50_000_000)
+    ...     data = b"x" * 50_000_000  # written, so its pages are resident (a zeroed bytearray may not be)
     >>> watch.peak - before > 40_000_000
     True
 """
