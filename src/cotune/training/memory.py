@@ -1,11 +1,12 @@
 """Peak memory of a block of work, on CPU or CUDA, without extra dependencies.
 
-Example (Linux):
-    >>> before = _rss()
-    >>> with MemoryWatch("cpu", None) as watch:
-    ...     data = b"x" * 50_000_000  # written, so its pages are resident (a zeroed bytearray may not be)
-    >>> watch.peak - before > 40_000_000
-    True
+Example (Linux; tests/training/test_memory.py runs it in a fresh process, because in a busy one other
+threads free memory while it runs)::
+
+    before = _rss()
+    with MemoryWatch("cpu", None) as watch:
+        data = b"x" * 50_000_000
+    assert watch.peak - before > 40_000_000
 """
 
 from __future__ import annotations
