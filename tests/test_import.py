@@ -37,4 +37,9 @@ def test_errors_all_is_pinned():
         "LMConnectionError",
         "TrainingError",
         "EvaluationError",
+        "LMTimeoutError",
+        "InfrastructureError",
+        "RunInUseError",
+        "CacheError",
+        "is_infrastructure_error",
     ]

@@ -7,8 +7,15 @@
     ├── ParseError                          a completion that does not contain the output fields
     ├── LMError                             a model backend failed
     │   └── LMConnectionError               a server is down or kept answering 5xx after retries
+    │       └── LMTimeoutError              a generation ran past its read timeout
     ├── TrainingError                       fine-tuning could not run (no traces, OOM, bad config)
-    └── EvaluationError                     too many examples raised errors; partial rows are kept
+    ├── EvaluationError                     too many examples raised errors; partial rows are kept
+    │   └── InfrastructureError             the LM or the machine failed (not the model's answer)
+    ├── RunInUseError                       another process holds the run directory
+    └── CacheError                          the request cache is corrupt or locked
+
+Infrastructure errors (`is_infrastructure_error`) are never scores: an evaluation that meets one stops and
+raises `InfrastructureError`, so the step fails (and a resumed run redoes it) instead of keeping a 0.
 """
 
 from __future__ import annotations
@@ -70,6 +77,49 @@ class EvaluationError(CotuneError):
         super().__init__(message)
 
 
+class LMTimeoutError(LMConnectionError):
+    """A request was sent but its answer did not come within the read timeout (the server may still be
+    computing it)."""
+
+
+class InfrastructureError(EvaluationError):
+    """Evaluation stopped because the LM or the machine failed (connection, timeout, 5xx, out of memory).
+
+    Unlike a parse failure this says nothing about the program, so it is never scored; ``result`` holds
+    the rows finished before it, and the cause is chained.
+    """
+
+
+class RunInUseError(CotuneError):
+    """Another process holds the run directory's lock. ``holder`` describes it (pid, host, command)."""
+
+    def __init__(self, message: str, *, holder: str = ""):
+        self.holder = holder
+        super().__init__(message)
+
+
+class CacheError(CotuneError):
+    """The request cache cannot be used: a corrupt file, or one another process keeps locked."""
+
+
+# Exception class names (matched along the MRO, so no heavy import is needed) of failures that are the
+# machine's, not the model's: torch.OutOfMemoryError (CUDA/MPS) and friends.
+_INFRA_NAMES = frozenset({"OutOfMemoryError", "TransportError", "TimeoutException"})
+
+
+def is_infrastructure_error(error: BaseException) -> bool:
+    """Whether ``error`` is the infrastructure's fault (server down, timeout, 5xx, out of memory) rather than
+    the program's or the model's: such an error must fail the step, never become a score.
+
+    Example:
+        >>> is_infrastructure_error(LMConnectionError("down")), is_infrastructure_error(ValueError("bug"))
+        (True, False)
+    """
+    if isinstance(error, (LMError, MemoryError, ConnectionError, TimeoutError, CacheError)):
+        return True
+    return any(cls.__name__ in _INFRA_NAMES for cls in type(error).__mro__)
+
+
 __all__ = [
     "CotuneError",
     "ConfigError",
@@ -80,4 +130,9 @@ __all__ = [
     "LMConnectionError",
     "TrainingError",
     "EvaluationError",
+    "LMTimeoutError",
+    "InfrastructureError",
+    "RunInUseError",
+    "CacheError",
+    "is_infrastructure_error",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from cotune.data.example import Example
-from cotune.errors import EvaluationError, ParseError
+from cotune.errors import ConfigError, EvaluationError, InfrastructureError, ParseError, is_infrastructure_error
 from cotune.evaluate.metrics import Metric
 from cotune.events import EventSink, Progress
+from cotune.files import write_json_atomic
 from cotune.lm.usage import Usage
 from cotune.program.trace import TraceStep, record
 
@@ -21,7 +22,8 @@ from cotune.program.trace import TraceStep, record
 @dataclass
 class Row:
     """The outcome on one example. ``error_kind`` is "parse" (the model's output did not parse: a
-    failed prediction, score 0, raw text kept) or "exception" (the program or metric raised)."""
+    failed prediction, score 0, raw text kept), "exception" (the program or metric raised) or
+    "infrastructure" (the LM or machine failed; such a row stops the evaluation and is never a result)."""
 
     index: int
     inputs: dict[str, Any]
@@ -88,10 +90,8 @@ class EvaluationResult:
         return self.summary() | {"rows": [r.to_dict(with_trace) for r in self.rows]}
 
     def save(self, path: str | Path, with_trace: bool = True) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(with_trace), indent=2, ensure_ascii=False, default=str))
-        return path
+        """Write the summary and rows as JSON, atomically (a reader never sees half a file)."""
+        return write_json_atomic(Path(path), self.to_dict(with_trace))
 
     def __repr__(self) -> str:
         return (
@@ -114,7 +114,13 @@ def evaluate(
 
     Parse failures are failed predictions (score 0), not errors. Exceptions raised by the program or the
     metric are recorded in their rows; after more than ``max_errors`` of them, evaluation stops and raises
-    `EvaluationError` whose ``result`` holds the rows finished so far.
+    `EvaluationError` whose ``result`` holds the rows finished so far. An infrastructure error (server
+    down, timeout, 5xx, out of memory: see `is_infrastructure_error`) is no verdict on the program: the
+    first one stops the evaluation with `InfrastructureError` whatever ``max_errors`` is. A Ctrl-C stops
+    it promptly (queued examples are dropped); the interrupt carries the finished rows as ``.result``.
+
+    Raises:
+        ConfigError: an empty dataset, or a metric that returns NaN or a value outside [0, 1].
 
     Example:
         >>> from cotune.data import Example
@@ -126,52 +132,87 @@ def evaluate(
         >>> res.score
         0.5
     """
+    if len(dataset) == 0:
+        raise ConfigError(f"cannot evaluate {description!r} on an empty dataset; give it at least one example")
     t0 = time.perf_counter()
     rows: list[Row | None] = [None] * len(dataset)
     errors = 0
     metric_name = getattr(metric, "__name__", type(metric).__name__)
-    with Progress(events, description, total=len(dataset)) as bar, ThreadPoolExecutor(max(1, num_threads)) as pool:
-        pending = {pool.submit(_run_one, program, metric, i, ex): i for i, ex in enumerate(dataset)}
-        scored = 0.0
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                i = pending.pop(fut)
-                row = fut.result()
-                rows[i] = row
-                scored += row.score
-                errors += row.error_kind == "exception"
-                finished = sum(r is not None for r in rows)
-                bar.advance(score=scored / finished, errors=errors)
-            if max_errors is not None and errors > max_errors:
-                for fut in pending:
-                    fut.cancel()
-                partial = _result([r for r in rows if r is not None], metric_name, time.perf_counter() - t0)
-                first = next(r for r in rows if r is not None and r.error_kind == "exception")
-                raise EvaluationError(
-                    f"{errors} examples raised errors (max_errors={max_errors}); first: {first.error}",
-                    result=partial,
-                )
+
+    def partial() -> EvaluationResult:
+        return _result([r for r in rows if r is not None], metric_name, time.perf_counter() - t0)
+
+    pool = ThreadPoolExecutor(max(1, num_threads))
+    wait_on_exit = True
+    with Progress(events, description, total=len(dataset)) as bar:
+        try:
+            pending = {pool.submit(_run_one, program, metric, metric_name, i, ex): i for i, ex in enumerate(dataset)}
+            scored = 0.0
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=pending.__getitem__):
+                    i = pending.pop(fut)
+                    row = rows[i] = fut.result()
+                    if row.error_kind == "infrastructure":
+                        raise InfrastructureError(
+                            f"{description}: example {i} failed for a reason that is not the model's answer, so "
+                            f"nothing is scored: {row.error}",
+                            result=partial(),
+                        ) from row.cause
+                    scored += row.score
+                    errors += row.error_kind == "exception"
+                    finished = sum(r is not None for r in rows)
+                    bar.advance(score=scored / finished, errors=errors)
+                if max_errors is not None and errors > max_errors:
+                    first = next(r for r in rows if r is not None and r.error_kind == "exception")
+                    raise EvaluationError(
+                        f"{errors} examples raised errors (max_errors={max_errors}); first: {first.error}",
+                        result=partial(),
+                    )
+        except KeyboardInterrupt as e:
+            wait_on_exit = False  # stop now: examples in flight are abandoned, queued ones never start
+            e.result = partial()  # type: ignore[attr-defined]
+            raise
+        finally:
+            pool.shutdown(wait=wait_on_exit, cancel_futures=True)
     return _result(rows, metric_name, time.perf_counter() - t0)  # type: ignore[arg-type]
 
 
-def _run_one(program: Callable[..., Any], metric: Metric, index: int, example: Example) -> Row:
+def _run_one(program: Callable[..., Any], metric: Metric, metric_name: str, index: int, example: Example) -> Row:
     inputs, labels = example.inputs(), example.labels()
-    prediction, error, kind, raw, score = None, None, None, None, 0.0
+    prediction, error, kind, raw, score, cause = None, None, None, None, 0.0, None
     with record(program) as rec:
         try:
             prediction = program(**inputs)
         except ParseError as e:
             error, kind, raw = str(e), "parse", e.raw
         except Exception as e:  # noqa: BLE001 - a failing example must not stop the others
-            error, kind = f"{type(e).__name__}: {e}", "exception"
+            error, kind = f"{type(e).__name__}: {e}", "infrastructure" if is_infrastructure_error(e) else "exception"
+            cause = e
     if prediction is not None:
         try:
-            score = float(metric(example, prediction))
+            value = metric(example, prediction)
+            score = float(value)
         except Exception as e:  # noqa: BLE001
             error, kind = f"metric raised {type(e).__name__}: {e}", "exception"
+        else:
+            check_score(value, score, metric_name, index)
     pred_dict = dict(prediction) if isinstance(prediction, Mapping) else (None if prediction is None else {"output": prediction})
-    return Row(index, inputs, labels, pred_dict, score, error, kind, raw, Usage.from_steps(rec.steps).to_dict(), rec.steps)
+    row = Row(index, inputs, labels, pred_dict, score, error, kind, raw, Usage.from_steps(rec.steps).to_dict(), rec.steps)
+    row.cause = cause  # type: ignore[attr-defined]  # chained by evaluate; not part of the saved row
+    return row
+
+
+def check_score(value: Any, score: float, metric_name: str, index: int) -> None:
+    """A metric's value must be a number in [0, 1]: NaN or 1.7 would silently skew every mean built on it.
+
+    Raises:
+        ConfigError: naming the metric, the value and the example.
+    """
+    if not math.isfinite(score) or not 0.0 <= score <= 1.0:
+        raise ConfigError(
+            f"metric {metric_name!r} returned {value!r} for example {index}; a metric must return a number in [0, 1]"
+        )
 
 
 def _result(rows: list[Row], metric_name: str, seconds: float) -> EvaluationResult:

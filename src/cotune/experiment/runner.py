@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cotune.errors import ConfigError, TrainingError
+from cotune.errors import ConfigError, InfrastructureError, TrainingError, is_infrastructure_error
 from cotune.evaluate.evaluate import evaluate
 from cotune.events import Event, EventSink, Progress, emit
 from cotune.experiment.config import ExperimentConfig
@@ -110,7 +110,8 @@ class Runner:
                 for prefix in prefixes:
                     name = strategy_name(prefix)
                     if prefix and prefix[:-1] not in records:  # its parent failed: nothing to build on
-                        failures.append({"seed": seed, "strategy": name, "error": f"skipped: {strategy_name(prefix[:-1])} failed"})
+                        failures.append({"seed": seed, "strategy": name, "kind": "skipped",
+                                         "error": f"skipped: {strategy_name(prefix[:-1])} failed"})
                         bar.advance(seed=seed, strategy=name, failed=True)
                         continue
                     record = run.finished(seed, name)
@@ -123,11 +124,15 @@ class Runner:
                             programs[prefix], record = self._run_node(
                                 run, task, parent, records.get(prefix[:-1]), prefix, seed, factory, events
                             )
-                        except TrainingError as e:
-                            # e.g. no trace passed the metric: this strategy has no result for this seed, the
-                            # others go on; a resumed run tries the step again
-                            failures.append({"seed": seed, "strategy": name, "error": str(e)})
-                            emit(events, "node.failed", seed=seed, strategy=name, error=str(e))
+                        except Exception as e:
+                            # No trace passed the metric (training), or the LM or machine failed
+                            # (infrastructure: never a score): this strategy has no result for this seed, the
+                            # others go on; a resumed run tries the step again.
+                            kind = failure_kind(e)
+                            if kind is None:
+                                raise
+                            failures.append({"seed": seed, "strategy": name, "kind": kind, "error": str(e)})
+                            emit(events, "node.failed", seed=seed, strategy=name, kind=kind, error=str(e))
                             bar.advance(seed=seed, strategy=name, failed=True)
                             continue
                         run.finish(seed, name, record)
@@ -221,6 +226,15 @@ class Runner:
         from cotune.lm.registry import load
 
         return load(self.config.model, cache=self.config.cache)
+
+
+def failure_kind(error: BaseException) -> str | None:
+    """"training" or "infrastructure" for a failure that ends one node and not the run; None otherwise."""
+    if isinstance(error, TrainingError):
+        return "training"
+    if isinstance(error, InfrastructureError) or is_infrastructure_error(error):
+        return "infrastructure"
+    return None
 
 
 def default_optimizer_factory(cfg: ExperimentConfig, metric: Any) -> OptimizerFactory:
