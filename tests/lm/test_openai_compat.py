@@ -295,12 +295,17 @@ def test_nothing_listening():
     assert f"server at {url} " in str(err.value)
 
 
-def test_slow_server_times_out_then_is_retried():
+def test_a_read_timeout_is_retried_once_and_said_as_such():
+    # issue 12 #17: a generation past the read timeout is sent at most twice (the second time with twice
+    # the time), whatever max_retries is, and the error says "read timeout", not "not reachable"
+    from cotune.errors import LMTimeoutError
+
     hits = []
     with scripted(["sleep"], hits) as url:
-        with pytest.raises(LMConnectionError, match="after 2 attempts: ReadTimeout"):
-            client(url, max_retries=1, timeout=0.2)(user("x"))
+        with pytest.raises(LMTimeoutError, match="no answer within 0.4 s \\(read timeout") as err:
+            client(url, max_retries=4, timeout=0.2)(user("x"))
     assert len(hits) == 2
+    assert "not reachable" not in str(err.value)
 
 
 def test_timeout_then_success():

@@ -3,7 +3,9 @@
 vLLM, llama.cpp server, Ollama, OpenAI itself and cotune's own server (`cotune.lm.server`) all answer
 the same request shape, so one backend covers them. Requests of a batch go out concurrently (at most
 ``max_concurrency`` in flight per LM, shared with its adapter copies) and come back in order. Connection
-errors, timeouts, 429 and 5xx are retried with exponential backoff and jitter; other 4xx fail at once.
+errors, 429 and 5xx are retried with exponential backoff and jitter; other 4xx fail at once. A read
+timeout (the server took the request but is slow to answer) is retried once with twice the time, then
+raises `LMTimeoutError`: re-sending a long generation would only pile up copies on the server.
 
 LoRA adapters are served by name (vLLM ``--lora-modules sql=/path/to/adapter``): ``adapter="sql"`` sends
 ``"model": "sql"`` in the request, which is how those servers pick the adapter.
@@ -27,9 +29,10 @@ from typing import Any
 
 import httpx
 
-from cotune.errors import ConfigError, LMConnectionError, LMError
+from cotune.errors import ConfigError, LMConnectionError, LMError, LMTimeoutError
 from cotune.lm.base import LM, Completion, GenerationConfig, Messages, truncate_at_stop
 from cotune.lm.cache import RequestCache, request_key
+from cotune.lm.credentials import ENV_KEY, may_send_env_key, redact_url
 
 # A server's Retry-After is honoured, but never more than this: a misconfigured proxy asking for an
 # hour would otherwise hang an evaluation silently.
@@ -79,7 +82,8 @@ class OpenAICompatible(LM):
     Args:
         model: the model name the server knows (``--served-model-name`` in vLLM, the tag in Ollama).
         base_url: the API root, ending in ``/v1`` for most servers.
-        api_key: sent as a bearer token; defaults to ``$OPENAI_API_KEY`` when set.
+        api_key: sent as a bearer token. None: ``$OPENAI_API_KEY`` when set, but only over https or to
+            this machine (see `cotune.lm.credentials`); "" sends none.
         timeout: seconds per attempt (connect, read, write and pool).
         max_retries: retries after the first attempt, for connection errors, timeouts, 429 and 5xx.
         backoff: first retry delay in seconds; doubles each retry, with +-50% jitter.
@@ -122,10 +126,13 @@ class OpenAICompatible(LM):
             raise ConfigError(f"max_concurrency must be >= 1, got {max_concurrency}")
         super().__init__(cache=cache, config=config)
         self._model, self._adapter = model, adapter
-        self.base_url = base_url.rstrip("/")
+        # Requests go to the URL as given (credentials in it included); everything written or shown
+        # (spec, cache key, errors, repr) sees it redacted.
+        self._request_base = base_url.rstrip("/")
+        self.base_url = redact_url(self._request_base)
         self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
         self.max_concurrency = max_concurrency
-        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        key, self._key_withheld = _api_key(api_key, self._request_base)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._pool = _Pool(timeout, max_concurrency, headers)
         self._rng = random.Random()  # jitter only; never affects results
@@ -140,7 +147,7 @@ class OpenAICompatible(LM):
 
     @property
     def url(self) -> str:
-        return f"{self.base_url}/chat/completions"
+        return f"{self._request_base}/chat/completions"
 
     def spec(self) -> dict[str, Any]:
         return {"backend": self.backend, "model": self.model, "base_url": self.base_url, "adapter": self.adapter}
@@ -216,7 +223,8 @@ class OpenAICompatible(LM):
     def _complete(self, messages: Messages, config: GenerationConfig) -> Completion:
         body = self.payload(messages, config)
         attempts = self.max_retries + 1
-        last, retry_after, answered = "", None, False
+        last, retry_after, answered, reached = "", None, False, False
+        timeout, read_timeouts = self.timeout, 0
         for attempt in range(attempts):
             if attempt:
                 time.sleep(self._delay(attempt, retry_after))
@@ -224,25 +232,59 @@ class OpenAICompatible(LM):
             try:
                 with self._pool.slots:
                     t0 = time.perf_counter()
-                    response = self._pool.client().post(self.url, json=body)
+                    response = self._pool.client().post(self.url, json=body, timeout=timeout)
                     seconds = time.perf_counter() - t0
-            except httpx.TransportError as e:  # connect/read errors and every kind of timeout
-                answered, last = False, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            except httpx.ReadTimeout:
+                # The server took the request and is still computing it: sending it again would pile up
+                # copies there. One more try, with twice the time, then say what happened.
+                read_timeouts += 1
+                if read_timeouts > 1:
+                    raise self._read_timeout_error(body, timeout) from None
+                timeout = 2 * self.timeout
+                continue
+            except httpx.TransportError as e:  # could not connect, connection dropped, write/pool timeouts
+                reached = reached or not isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout))
+                answered, last = False, self._scrub(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
                 continue
             if response.status_code == 429 or response.status_code >= 500:
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
-                answered, last = True, f"HTTP {response.status_code}: {_error_message(response)}"
+                answered, last = True, f"HTTP {response.status_code}: {self._scrub(_error_message(response))}"
                 continue
             if response.status_code >= 400:
-                raise LMError(
-                    f"server at {self.base_url} rejected the request for model {body['model']!r} "
-                    f"(HTTP {response.status_code}): {_error_message(response)}"
-                )
+                raise LMError(self._rejected_message(body, response))
             return self._parse(response, config, seconds)
         tries = f"{attempts} attempt{'s' * (attempts > 1)}"
         if answered:
             raise LMConnectionError(f"server at {self.base_url} kept failing after {tries}; last answer {last}")
-        raise LMConnectionError(f"server at {self.base_url} is not reachable after {tries}: {last}")
+        if read_timeouts and not last:
+            raise self._read_timeout_error(body, timeout)
+        what = "dropped the connection" if reached else "is not reachable"
+        raise LMConnectionError(f"server at {self.base_url} {what} after {tries}: {last}")
+
+    # -- errors: what they say, with credentials taken out ---------------------------------------------
+    def _scrub(self, text: str) -> str:
+        """``text`` with the request URL's credentials replaced by the redacted URL."""
+        return text.replace(self._request_base, self.base_url) if self._request_base != self.base_url else text
+
+    def _read_timeout_error(self, body: dict[str, Any], timeout: float) -> LMTimeoutError:
+        return LMTimeoutError(
+            f"server at {self.base_url} took the request for model {body['model']!r} but sent no answer within "
+            f"{timeout:g} s (read timeout; tried twice, the second time with twice the time). The server may "
+            f"still be generating: raise timeout= (now {self.timeout:g} s) or lower max_tokens "
+            f"(now {body.get('max_tokens')})"
+        )
+
+    def _rejected_message(self, body: dict[str, Any], response: httpx.Response) -> str:
+        message = (
+            f"server at {self.base_url} rejected the request for model {body['model']!r} "
+            f"(HTTP {response.status_code}): {self._scrub(_error_message(response))}"
+        )
+        if response.status_code == 401 and self._key_withheld:
+            message += (
+                f"; no API key was sent: ${ENV_KEY} goes only over https or to this machine, "
+                "pass api_key= explicitly to send it over plain http"
+            )
+        return message
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -276,6 +318,16 @@ class OpenAICompatible(LM):
     def __repr__(self) -> str:
         adapter = f", adapter={self.adapter!r}" if self.adapter else ""
         return f"OpenAICompatible({self.model!r}, base_url={self.base_url!r}{adapter})"
+
+
+def _api_key(explicit: str | None, url: str) -> tuple[str | None, bool]:
+    """(the key to send, whether ``$OPENAI_API_KEY`` was withheld because ``url`` is plain http elsewhere)."""
+    if explicit is not None:
+        return explicit or None, False
+    key = os.environ.get(ENV_KEY)
+    if key and not may_send_env_key(url):
+        return None, True
+    return key, False
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -187,13 +188,18 @@ def load(
     return HFLM(path, name=display, adapter=adapter, device=device, dtype=dtype, cache=cache, **kwargs)
 
 
-def from_spec(spec: dict[str, Any], *, like: LM | None = None, **kwargs: Any) -> LM:
+def from_spec(spec: dict[str, Any], *, like: LM | None = None, base_dir: str | Path | None = None, **kwargs: Any) -> LM:
     """Rebuild an LM from `LM.spec()` (as saved with programs).
+
+    A spec may come from a file someone else wrote, so it is not trusted with credentials: an "openai"
+    spec gets ``$OPENAI_API_KEY`` only when its ``base_url`` is the user's ``$OPENAI_BASE_URL`` (see
+    `cotune.lm.credentials`); pass ``api_key=`` to choose.
 
     Args:
         spec: the saved spec: ``backend``, ``model``, ``adapter`` (and ``base_url`` for "openai").
         like: an LM already loaded; when it is the same backend and model (and server), the result is
             ``like.with_adapter(spec["adapter"])``, so restoring several predictors loads the weights once.
+        base_dir: the folder a relative adapter path is relative to (the program file's folder).
         **kwargs: passed to the backend's constructor.
 
     Raises:
@@ -208,13 +214,36 @@ def from_spec(spec: dict[str, Any], *, like: LM | None = None, **kwargs: Any) ->
     missing = [k for k in ("model", *(("base_url",) if backend == "openai" else ())) if k not in spec]
     if missing:
         raise ConfigError(f"LM spec for backend {backend!r} lacks {', '.join(map(repr, missing))}: {spec}")
+    if backend == "hf":
+        spec = {**spec, "adapter": resolve_adapter(spec.get("adapter"), base_dir)}
     if like is not None and like.spec() | {"adapter": None} == {**spec, "adapter": None}:
         return like.with_adapter(spec.get("adapter"))
     if backend == "hf":
         return load(spec["model"], adapter=spec.get("adapter"), **kwargs)
+    from cotune.lm.credentials import key_for_saved_url
     from cotune.lm.openai_compat import OpenAICompatible
 
+    kwargs.setdefault("api_key", key_for_saved_url(spec["base_url"]))
     return OpenAICompatible(model=spec["model"], base_url=spec["base_url"], adapter=spec.get("adapter"), **kwargs)
+
+
+def resolve_adapter(adapter: str | None, base_dir: str | Path | None) -> str | None:
+    """A saved adapter path made usable from anywhere: relative paths are relative to ``base_dir``.
+
+    Example:
+        >>> resolve_adapter("adapter", "/runs/r/seed-0/w"), resolve_adapter(None, "/x")
+        ('/runs/r/seed-0/w/adapter', None)
+    """
+    if adapter is None or base_dir is None or Path(adapter).is_absolute():
+        return adapter
+    return str(Path(base_dir) / adapter)
+
+
+def relative_adapter(adapter: str | None, base_dir: str | Path) -> str | None:
+    """The adapter path to save in a file in ``base_dir``: relative to it (so the folder can move)."""
+    if adapter is None:
+        return None
+    return os.path.relpath(os.path.abspath(adapter), os.path.abspath(base_dir))
 
 
 def list_models() -> list[dict[str, Any]]:
