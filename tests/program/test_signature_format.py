@@ -67,7 +67,8 @@ def test_render_missing_input_names_it():
         ("4", {"answer": "4"}),  # no labels at all: the one required output takes the text
         ("Answer: 4\n\nI hope this helps!", {"answer": "4"}),
         ("Answer: 4\nExplanation: it is", {"answer": "4"}),
-        ("Reasoning: a\nAnswer: 4\nAnswer: 5", {"reasoning": "a", "answer": "4"}),
+        # a repeated label keeps its last complete value (models restate and correct themselves)
+        ("Reasoning: a\nAnswer: 4\nAnswer: 5", {"reasoning": "a", "answer": "5"}),
     ],
 )
 def test_parse_cases(text, expected):
