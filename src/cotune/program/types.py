@@ -25,8 +25,6 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from cotune.errors import ConfigError
-
 KINDS = ("str", "int", "float", "bool", "choice", "list", "json")
 PRIMITIVES = {"str": str, "int": int, "float": float, "bool": bool}
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
