@@ -22,6 +22,7 @@ from typing import Any
 from cotune.experiment import advisor as adv
 from cotune.experiment import plots
 from cotune.experiment.rundir import RunDir
+from cotune.files import write_text_atomic
 from cotune.optimize.strategy import parse_strategy, strategy_name
 
 MAX_DEMOS, MAX_VALUE_CHARS, MAX_INSTRUCTION_CHARS = 6, 240, 2000
@@ -91,10 +92,10 @@ def write_report(
     plot_dir.mkdir(parents=True, exist_ok=True)
     for b in blocks:
         if isinstance(b, Figure):
-            (plot_dir / f"{b.name}.svg").write_text(b.svg)
+            write_text_atomic(plot_dir / f"{b.name}.svg", b.svg)
     md_path, html_path = out / "report.md", out / "report.html"
-    md_path.write_text(to_markdown(blocks, title, plot_dir.name))
-    html_path.write_text(to_html(blocks, title))
+    write_text_atomic(md_path, to_markdown(blocks, title, plot_dir.name))
+    write_text_atomic(html_path, to_html(blocks, title))
     return md_path, html_path
 
 

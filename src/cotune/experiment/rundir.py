@@ -12,32 +12,34 @@ step counts as finished only once its ``node.json`` exists, so a run killed at a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
-import os
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cotune.errors import ConfigError
 from cotune.events import Event
+from cotune.experiment.run_lock import RunLock
+from cotune.files import write_json_atomic
 
-
-def write_json(path: Path, obj: Any) -> Path:
-    """Write JSON atomically: a reader (or a resumed run) sees the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    return path
+write_json = write_json_atomic  # a reader (or a resumed run) sees the old file or the new one, never half
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    """Read a run file; a corrupt or unreadable one is a `ConfigError` that names it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"{path} is corrupt ({type(e).__name__}: {e}); delete it to have the step redone, "
+            "or restore it from a backup"
+        ) from None
 
 
 class RunDir:
@@ -48,20 +50,34 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._log_lock = threading.Lock()
+        self._lock = RunLock(self.path)
 
     @classmethod
     def create(cls, parent: str | Path, name: str, config: dict[str, Any]) -> RunDir:
-        """A new run directory ``parent/name`` (``-2``, ``-3``… appended if taken)."""
+        """A new run directory ``parent/name`` (``-2``, ``-3``… appended if taken).
+
+        The name is claimed by ``mkdir`` itself, so two processes starting at once get two folders.
+        """
         parent = Path(parent)
+        parent.mkdir(parents=True, exist_ok=True)
         base = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
         path, n = parent / base, 1
-        while path.exists():
-            n += 1
-            path = parent / f"{base}-{n}"
-        path.mkdir(parents=True)
+        while True:
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+                path = parent / f"{base}-{n}"
         run = cls(path)
         write_json(path / cls.CONFIG, config)
         return run
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[RunDir]:
+        """Hold the run directory for this process (re-entrant); another process gets `RunInUseError`."""
+        with self._lock:
+            yield self
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
@@ -75,7 +91,10 @@ class RunDir:
         return f"{dt.date.today().isoformat()}-{task}-{Path(model).name}"
 
     def config(self) -> dict[str, Any]:
-        return read_json(self.path / self.CONFIG)
+        config = read_json(self.path / self.CONFIG)
+        if not isinstance(config, dict):
+            raise ConfigError(f"{self.path / self.CONFIG} is corrupt (not a JSON object); restore it from a backup")
+        return config
 
     # -- events --------------------------------------------------------------------------------------
     def log(self, event: Event) -> None:
@@ -102,6 +121,12 @@ class RunDir:
     def finished(self, seed: int, strategy: str) -> dict[str, Any] | None:
         path = self.node_dir(seed, strategy) / self.NODE
         return read_json(path) if path.is_file() else None
+
+    def forget(self, seed: int, strategy: str) -> None:
+        """Mark a step unfinished (its node.json moved aside), so a resumed run redoes it."""
+        path = self.node_dir(seed, strategy) / self.NODE
+        if path.is_file():
+            path.replace(path.with_name(f"{self.NODE}.corrupt"))
 
     def finish(self, seed: int, strategy: str, record: dict[str, Any]) -> None:
         write_json(self.node_dir(seed, strategy) / self.NODE, record)

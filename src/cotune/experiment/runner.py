@@ -17,12 +17,14 @@ from cotune.errors import ConfigError, InfrastructureError, TrainingError, is_in
 from cotune.evaluate.evaluate import evaluate
 from cotune.events import Event, EventSink, Progress, emit
 from cotune.experiment.config import ExperimentConfig
+from cotune.experiment.program_files import copy_program, read_program_state, save_program
 from cotune.experiment.results import summarize
 from cotune.experiment.rundir import RunDir
+from cotune.lm.registry import relative_adapter
 from cotune.optimize.base import Optimizer
 from cotune.optimize.better_together import split_for_step
 from cotune.optimize.strategy import parse_strategies, strategy_name
-from cotune.program.program import Program, read_state
+from cotune.program.program import Program
 
 # (kind "p"/"w", seed, node directory) -> a built optimizer
 OptimizerFactory = Callable[[str, int, Path], Optimizer]
@@ -83,6 +85,11 @@ class Runner:
         return runner, run
 
     def run(self, run: RunDir) -> dict[str, Any]:
+        """Run every unfinished node into ``run``, holding its lock (a second process gets `RunInUseError`)."""
+        with run.lock():
+            return self._run(run)
+
+    def _run(self, run: RunDir) -> dict[str, Any]:
         cfg = self.config
 
         def events(e: Event) -> None:
@@ -114,7 +121,7 @@ class Runner:
                                          "error": f"skipped: {strategy_name(prefix[:-1])} failed"})
                         bar.advance(seed=seed, strategy=name, failed=True)
                         continue
-                    record = run.finished(seed, name)
+                    record = self._finished(run, seed, name, events)
                     if record is not None:
                         programs[prefix] = self._reload(run, seed, name, task, lm)
                         emit(events, "node.skipped", seed=seed, strategy=name, reason="finished earlier")
@@ -169,7 +176,8 @@ class Runner:
             kind, program = "", parent.deepcopy()
         optimize_seconds = time.perf_counter() - t0
         train_seconds = float(info.get("train_result_", {}).get("seconds", 0.0) if isinstance(info.get("train_result_"), dict) else 0.0)
-        program.save(node / "program.json", task=cfg.task, strategy=name, seed=seed)
+        save_program(program, node / "program.json", task=cfg.task, strategy=name, seed=seed,
+                     split_seed=cfg.split_seed, split_sizes=split_sizes(task))
 
         evals = {}
         for split in ("dev", "test"):
@@ -191,7 +199,7 @@ class Runner:
             "train_seconds": train_seconds,
             "cumulative_optimize_seconds": prev.get("cumulative_optimize_seconds", 0.0) + optimize_seconds,
             "cumulative_train_seconds": prev.get("cumulative_train_seconds", 0.0) + train_seconds,
-            "adapter": getattr(lm, "adapter", None),
+            "adapter": relative_adapter(getattr(lm, "adapter", None), run.path) if lm.backend != "openai" else lm.adapter,
             "program": str((node / "program.json").relative_to(run.path)),
             "info": info,
         }
@@ -203,13 +211,22 @@ class Runner:
         """Copy the best program to ``best-program.json``, chosen on dev (choosing on test would overfit it)."""
         finals = [n for n in results["nodes"] if n["strategy"] in results["strategies"]] or results["nodes"]
         best = max(finals, key=lambda n: (n["dev"]["score"], -len(n["steps"])))
-        path = run.path / "best-program.json"
-        path.write_text((run.path / best["program"]).read_text())
+        path = copy_program(run.path / best["program"], run.path / "best-program.json")
         return {"strategy": best["strategy"], "seed": best["seed"], "dev": best["dev"]["score"],
                 "test": best["test"]["score"], "program": path.name}
 
+    @staticmethod
+    def _finished(run: RunDir, seed: int, name: str, events: EventSink) -> dict[str, Any] | None:
+        """The node's record, or None to (re)do it; a corrupt record is set aside and the step redone."""
+        try:
+            return run.finished(seed, name)
+        except ConfigError as e:
+            run.forget(seed, name)
+            emit(events, "node.corrupt", seed=seed, strategy=name, error=str(e))
+            return None
+
     def _reload(self, run: RunDir, seed: int, name: str, task: Any, lm: Any) -> Program:
-        state = read_state(run.node_dir(seed, name) / "program.json")
+        state = read_program_state(run.node_dir(seed, name) / "program.json")
         program = task.program()
         program.load_state(state)
         adapter = (state.get("lm") or {}).get("adapter")
@@ -226,6 +243,11 @@ class Runner:
         from cotune.lm.registry import load
 
         return load(self.config.model, cache=self.config.cache)
+
+
+def split_sizes(task: Any) -> dict[str, int]:
+    """The sizes of the task's splits, saved with programs so `cotune eval` can rebuild the same split."""
+    return {name: len(getattr(task, name)) for name in ("train", "dev", "test") if hasattr(task, name)}
 
 
 def failure_kind(error: BaseException) -> str | None:
