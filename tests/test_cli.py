@@ -21,6 +21,7 @@ def cotune(*args):
         (["run", "--strategies", "p-x"], "unknown step 'x'"),
         (["run", "--resume", "/nonexistent/run"], "not a run directory"),
         (["serve", "--adapter", "no-equals-sign"], "NAME=PATH"),
+        (["serve", "--host", "0.0.0.0"], "binding '0.0.0.0' exposes the model to the network, so it needs an API key"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message):

@@ -202,15 +202,18 @@ def advise_cmd(
 def serve_cmd(
     model: ModelOpt = "smollm2-135m",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8000,
-    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes it to the network (no API key check).")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback (e.g. 0.0.0.0) needs --api-key.")] = "127.0.0.1",
     name: Annotated[str | None, typer.Option("--name", help="Model name clients send. Default: --model.")] = None,
     adapter: Annotated[list[str] | None, typer.Option("--adapter", help="NAME=PATH, repeatable: serve a LoRA adapter as model NAME.")] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="COTUNE_SERVER_API_KEY", show_envvar=True, help="Key every request must send as 'Authorization: Bearer KEY'.")] = None,
+    allow_origin: Annotated[list[str] | None, typer.Option("--allow-origin", help="A web origin (https://app.example) whose pages may call the server; repeatable.")] = None,
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Serve a model over an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models, GET /health)."""
     from cotune.cli.commands import load_model
     from cotune.errors import ConfigError
     from cotune.lm.server import serve
+    from cotune.lm.server_policy import ServerPolicy
 
     adapters = {}
     for item in adapter or []:
@@ -218,15 +221,23 @@ def serve_cmd(
         if not sep or not key or not path:
             raise ConfigError(f"`--adapter` wants NAME=PATH, got {item!r}")
         adapters[key] = path
+    ServerPolicy.create(host, api_key=api_key or "")  # refuses a network address without a key, before the model loads
     lm = load_model(model, cache=not no_cache, console=console)
 
     def events(e) -> None:
         if e.name == "server.start":
-            console.print(f"serving {', '.join(e.fields.get('models', [name or model]))} at {e.fields.get('url')}  (Ctrl-C stops)")
+            bind, url = e.fields.get("bind", ""), e.fields.get("url")
+            if bind.startswith(("0.0.0.0:", "[::]:")):
+                where = f"every address of this machine ({bind}; from here: {url})"
+            else:
+                where = url if bind.startswith(("127.", "[::1]")) else f"http://{bind}/v1"
+            auth = "API key required" if e.fields.get("api_key") else "no API key"
+            console.print(f"serving {', '.join(e.fields.get('models', [name or model]))} at {where}, {auth}  (Ctrl-C stops)")
         elif e.name == "server.request" and logging.getLogger("cotune").isEnabledFor(logging.DEBUG):
             console.print(f"{e.fields}")
 
-    serve(lm, host, port, model_name=name or model, adapters=adapters, events=events)
+    serve(lm, host, port, model_name=name or model, adapters=adapters, events=events, api_key=api_key or None,
+          allowed_origins=allow_origin or ())
 
 
 @app.command("models")

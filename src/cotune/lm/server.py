@@ -17,31 +17,39 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import re
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from cotune.errors import ConfigError
 from cotune.events import EventSink, emit
 from cotune.lm.base import LM
+from cotune.lm.server_policy import Refusal, ServerLimits, ServerPolicy
 
 logger = logging.getLogger("cotune.server")
 
-MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_BODY_BYTES = ServerLimits.max_body_bytes
+_DIGITS = re.compile(r"[0-9]{1,12}")  # ASCII only: str.isdigit() accepts "²", which int() refuses
 ROLES = ("system", "user", "assistant")
 
 
 class RequestError(Exception):
     """A request the server refuses; becomes an OpenAI-shaped JSON error."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ):
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = dict(headers or {})
         super().__init__(message)
 
     def body(self) -> dict[str, Any]:
@@ -152,9 +160,16 @@ class _Handler(BaseHTTPRequestHandler):
     # delayed ACK (~40 ms per request on Linux).
     disable_nagle_algorithm = True
 
+    def setup(self) -> None:
+        self.timeout = self.server.policy.limits.read_timeout  # a slow or idle client cannot hold a thread
+        super().setup()
+
     def do_GET(self) -> None:
         t0 = time.perf_counter()
         path = self.path.split("?", 1)[0].rstrip("/")
+        if (refusal := self.server.policy.check(self.headers, "GET")) is not None:
+            self._refuse(refusal, t0)
+            return
         if path == "/health":
             status, body = 200, {"status": "ok", "models": list(self.server.models)}
         elif path == "/v1/models":
@@ -170,47 +185,66 @@ class _Handler(BaseHTTPRequestHandler):
         t0 = time.perf_counter()
         path = self.path.split("?", 1)[0].rstrip("/")
         name, completion = None, None
+        if (refusal := self.server.policy.check(self.headers, "POST")) is not None:
+            self.close_connection = True  # the body was not read
+            self._refuse(refusal, t0)
+            return
+        headers: dict[str, str] = {}
         try:
             raw = self._body()
             if path != "/v1/chat/completions":
                 raise RequestError(404, self._no_endpoint(path))
             try:
                 request = json.loads(raw)
-            except ValueError as e:
-                raise RequestError(400, f"the request body is not valid JSON: {e}") from None
+            except (ValueError, RecursionError) as e:  # "[" * 100000 nests past Python's recursion limit
+                raise RequestError(400, f"the request body is not valid JSON: {str(e)[:200]}") from None
             name, lm, messages, overrides = parse_request(request, self.server.models, self.server.default)
-            try:
-                completion = lm(messages, **overrides)
-            except ConfigError as e:  # a value the backend refuses (e.g. max_tokens over its limit)
-                raise RequestError(400, str(e)) from None
+            check_max_tokens(overrides, self.server.policy.token_cap(lm))
+            lm = self.server.for_request(name, overrides)
+            completion = self.server.generate(lm, messages, overrides)
             status, body = 200, _completion_body(name, completion)
         except RequestError as e:
             status, body = e.status, e.body()
+            headers = e.headers
         except Exception as e:  # the model failed: answer 500 so clients retry, and keep serving
             logger.exception("request to %s failed", path)
             status, body = 500, RequestError(500, f"{type(e).__name__}: {e}").body()
-        self._send(status, body)
+        self._send(status, body, headers)
         self._log(status, t0, model=name, completion=completion)
+
+    def _refuse(self, refusal: Refusal, t0: float) -> None:
+        self._send(refusal.status, RequestError(refusal.status, refusal.message).body(), refusal.headers)
+        self._log(refusal.status, t0)
 
     def _body(self) -> bytes:
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None:
             self.close_connection = True  # the body's end is unknown, so the connection cannot be reused
             raise RequestError(411, "send the request body with a Content-Length header")
-        if int(length) > MAX_BODY_BYTES:
+        if not _DIGITS.fullmatch(length.strip()):
             self.close_connection = True
-            raise RequestError(413, f"request body of {length} bytes is over the limit of {MAX_BODY_BYTES}")
-        return self.rfile.read(int(length))
+            raise RequestError(400, f"Content-Length must be a number of bytes, got {length[:40]!r}")
+        limit = self.server.policy.limits.max_body_bytes
+        if int(length) > limit:
+            self.close_connection = True
+            raise RequestError(413, f"request body of {int(length)} bytes is over the limit of {limit}")
+        data = self.rfile.read(int(length))
+        if len(data) < int(length):
+            self.close_connection = True
+            raise RequestError(400, f"the body ended after {len(data)} of the {int(length)} bytes announced")
+        return data
 
     def _no_endpoint(self, path: str) -> str:
         return (
             f"no endpoint {self.command} {path}; this server has POST /v1/chat/completions, GET /v1/models, GET /health"
         )
 
-    def _send(self, status: int, body: dict[str, Any]) -> None:
+    def _send(self, status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> None:
         blob = json.dumps(body, ensure_ascii=False).encode()
         try:
             self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(blob)))
             self.end_headers()
@@ -252,21 +286,88 @@ def _completion_body(name: str, completion: Any) -> dict[str, Any]:
     }
 
 
+def check_max_tokens(overrides: dict[str, Any], cap: int) -> None:
+    """Refuse a request asking for more tokens than ``cap`` (the model's context or the server's limit).
+
+    Raises:
+        RequestError: 400 naming the field and the limit.
+    """
+    asked = overrides.get("max_tokens")
+    if asked is not None and asked > cap:
+        raise RequestError(400, f"'max_tokens' must be at most {cap} on this server, got {asked}", param="max_tokens")
+
+
+def _uncached(lm: LM) -> LM:
+    """The same model (weights, batcher, adapter) with its request cache bypassed."""
+    if lm.cache is None:
+        return lm
+    new = copy.copy(lm)  # shallow: shares the loaded model; LM.__deepcopy__ keeps deep copies away too
+    new.cache = None
+    return new
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a request stuck in the model must not keep the process alive
 
-    def __init__(self, address: tuple[str, int], models: dict[str, LM], default: str, events: EventSink | None):
+    def __init__(
+        self, address: tuple[str, int], models: dict[str, LM], default: str, events: EventSink | None,
+        policy: ServerPolicy,
+    ):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        self.models, self.default, self.events = models, default, events
+        self.models, self.default, self.events, self.policy = models, default, events, policy
+        self.uncached = {name: _uncached(lm) for name, lm in models.items()}
         self.started = time.time()
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(policy.limits.max_concurrent)
         super().__init__(address, _Handler)
+
+    def for_request(self, name: str, overrides: Mapping[str, Any]) -> LM:
+        """The model for a request: cached only when its answer is determined (greedy, or a seeded sample);
+        a seedless sample must not be the same "sample" for every client."""
+        lm = self.models[name]
+        sampled = overrides.get("temperature", lm.config.temperature) > 0
+        return self.uncached[name] if sampled and "rollout_id" not in overrides else lm
+
+    def generate(self, lm: LM, messages: list[dict[str, str]], overrides: dict[str, Any]) -> Any:
+        """Run one generation within the limits: a free slot (else 503) and a deadline (else 504). A generation
+        past its deadline keeps its slot until it ends, so abandoned work still counts against the limit."""
+        limits = self.policy.limits
+        if not self._slots.acquire(blocking=False):
+            raise RequestError(503, f"the server is busy ({limits.max_concurrent} requests in progress); retry",
+                               headers={"Retry-After": "1"})
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                outcome["completion"] = lm(messages, **overrides)
+            except BaseException as e:  # noqa: BLE001 - handed to the request's thread
+                outcome["error"] = e
+            finally:
+                self._slots.release()
+                done.set()
+
+        threading.Thread(target=work, name="cotune-server-generate", daemon=True).start()
+        if not done.wait(limits.request_timeout):
+            raise RequestError(504, f"the generation took longer than the server's limit of {limits.request_timeout:g} s")
+        error = outcome.get("error")
+        if isinstance(error, ConfigError):  # a value the backend refuses (e.g. max_tokens over its limit)
+            raise RequestError(400, str(error)) from None
+        if error is not None:
+            raise error
+        return outcome["completion"]
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
-            self._open.add(request)
+            full = len(self._open) >= self.policy.limits.max_connections
+            if not full:
+                self._open.add(request)
+        if full:  # answered here, without a thread: a flood of connections cannot start a thread each
+            _refuse_connection(request, self.policy.limits.max_connections)
+            self.shutdown_request(request)
+            return
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
@@ -285,6 +386,18 @@ class _Server(ThreadingHTTPServer):
                 pass
 
 
+def _refuse_connection(sock: socket.socket, limit: int) -> None:
+    message = f"too many open connections (limit {limit}); retry"
+    blob = json.dumps(RequestError(503, message).body()).encode()
+    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(blob)}\r\n"
+            "Retry-After: 1\r\nConnection: close\r\n\r\n").encode()
+    try:
+        sock.settimeout(1.0)
+        sock.sendall(head + blob)
+    except OSError:
+        pass
+
+
 def build_server(
     lm: LM,
     host: str = "127.0.0.1",
@@ -293,13 +406,18 @@ def build_server(
     model_name: str | None = None,
     adapters: Mapping[str, str] | None = None,
     events: EventSink | None = None,
+    api_key: str | None = None,
+    allowed_origins: Iterable[str] = (),
+    limits: ServerLimits | None = None,
 ) -> _Server:
     """Bind a server (not yet serving). See `serve` for the arguments.
 
     Raises:
-        ConfigError: an adapter name that clashes with the model name, or a backend that cannot load adapters.
+        ConfigError: an adapter name that clashes with the model name, a backend that cannot load adapters,
+            or a non-loopback ``host`` without an API key.
         OSError: the port is taken.
     """
+    policy = ServerPolicy.create(host, api_key=api_key, allowed_origins=allowed_origins, limits=limits)
     name = model_name or lm.model
     models: dict[str, LM] = {name: lm}
     for adapter_name, path in (adapters or {}).items():
@@ -307,7 +425,13 @@ def build_server(
             raise ConfigError(f"adapter name {adapter_name!r} is already the served model's name; pick another")
         # Built up front so a backend without adapter support (or a bad path) fails at start, not per request.
         models[adapter_name] = lm.with_adapter(path)
-    return _Server((host, port), models, name, events)
+    return _Server((host, port), models, name, events, policy)
+
+
+def _bind(server: _Server) -> str:
+    """What the socket is bound to, as given: "0.0.0.0:8000" means every interface."""
+    host, port = server.server_address[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _url(server: _Server) -> str:
@@ -327,6 +451,9 @@ def serve(
     model_name: str | None = None,
     adapters: Mapping[str, str] | None = None,
     events: EventSink | None = None,
+    api_key: str | None = None,
+    allowed_origins: Iterable[str] = (),
+    limits: ServerLimits | None = None,
 ) -> None:
     """Serve ``lm`` over OpenAI's chat-completions API until interrupted (Ctrl-C).
 
@@ -338,9 +465,15 @@ def serve(
         model_name: the name clients send as ``model``; defaults to ``lm.model``.
         adapters: adapter name -> adapter path; requests naming an adapter run on ``lm.with_adapter(path)``.
         events: sink for ``server.start``, ``server.request`` (one per request) and ``server.stop`` events.
+        api_key: the key every request must send (``Authorization: Bearer KEY``); None reads
+            ``$COTUNE_SERVER_API_KEY``. Required for a host that is not loopback.
+        allowed_origins: web origins (``https://app.example``) whose pages may call the server; none by default.
+        limits: body size, tokens, concurrency and time limits (`ServerLimits`).
     """
-    server = build_server(lm, host, port, model_name=model_name, adapters=adapters, events=events)
-    emit(events, "server.start", url=_url(server), models=list(server.models))
+    server = build_server(lm, host, port, model_name=model_name, adapters=adapters, events=events,
+                          api_key=api_key, allowed_origins=allowed_origins, limits=limits)
+    emit(events, "server.start", url=_url(server), bind=_bind(server), models=list(server.models),
+         api_key=bool(server.policy.api_key))
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -394,9 +527,14 @@ def start_server(
     model_name: str | None = None,
     adapters: Mapping[str, str] | None = None,
     events: EventSink | None = None,
+    api_key: str | None = None,
+    allowed_origins: Iterable[str] = (),
+    limits: ServerLimits | None = None,
 ) -> ServerHandle:
     """Like `serve`, but in a background thread; returns a handle with ``url``, ``port`` and ``close()``."""
-    server = build_server(lm, host, port, model_name=model_name, adapters=adapters, events=events)
+    server = build_server(lm, host, port, model_name=model_name, adapters=adapters, events=events,
+                          api_key=api_key, allowed_origins=allowed_origins, limits=limits)
     handle = ServerHandle(server)
-    emit(events, "server.start", url=handle.url, models=handle.models)
+    emit(events, "server.start", url=handle.url, bind=_bind(server), models=handle.models,
+         api_key=bool(server.policy.api_key))
     return handle
