@@ -34,20 +34,19 @@ def load_jsonl(
     if not path.is_file():
         raise DataError("no such file", path=path)
     examples = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"invalid JSON ({e.msg} at column {e.colno})", path=path, line=lineno) from None
-            if not isinstance(row, dict):
-                raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, line=lineno)
-            examples.append(_make(row, path, lineno, inputs, required, transform))
-            if limit is not None and len(examples) >= limit:
-                break
-    return Dataset(examples, path.stem)
+    for lineno, line in _utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"invalid JSON ({e.msg} at column {e.colno})", path=path, line=lineno) from None
+        if not isinstance(row, dict):
+            raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, line=lineno)
+        examples.append(_make(row, path, lineno, inputs, required, transform))
+        if limit is not None and len(examples) >= limit:
+            break
+    return _non_empty(Dataset(examples, path.stem), path)
 
 
 def load_csv(
@@ -63,9 +62,10 @@ def load_csv(
     if not path.is_file():
         raise DataError("no such file", path=path)
     examples = []
-    with path.open(encoding="utf-8", newline="") as f:
+    # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name
+    with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
-        for row in reader:
+        for row in _decoded(reader, path):
             lineno = reader.line_num
             if None in row:
                 raise DataError(f"row has more cells than the header's {len(reader.fieldnames or [])}", path=path, line=lineno)
@@ -74,7 +74,39 @@ def load_csv(
             examples.append(_make(row, path, lineno, inputs, required, transform))
             if limit is not None and len(examples) >= limit:
                 break
-    return Dataset(examples, path.stem)
+    return _non_empty(Dataset(examples, path.stem), path)
+
+
+def _utf8_lines(path: Path):
+    """(line number, text) of a UTF-8 file; a byte that is not UTF-8 is a `DataError` naming the line."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"not UTF-8 text (byte {raw[e.start:e.start + 1]!r} at column {e.start + 1}); "
+                    "save the file as UTF-8", path=path, line=lineno,
+                ) from None
+
+
+def _decoded(reader: csv.DictReader, path: Path):
+    """The reader's rows, with a decoding failure reported as a `DataError` naming the file and line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as e:
+            raise DataError(f"not UTF-8 text ({e.reason}); save the file as UTF-8", path=path,
+                            line=reader.line_num + 1) from None
+        yield row
+
+
+def _non_empty(dataset: Dataset, path: Path) -> Dataset:
+    if len(dataset) == 0:
+        raise DataError("no examples in the file (it is empty or holds only a header or blank lines)", path=path)
+    return dataset
 
 
 def load_hf(
