@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cotune.cli import report_cmds as rc
+from cotune.cli.cache_cmds import cache_app
 from cotune.errors import CotuneError
 from cotune.experiment import advisor as adv
 
@@ -22,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(cache_app, name="cache")
 console = Console(stderr=True)
 out = Console()
 
@@ -281,6 +283,9 @@ def main() -> None:
         app(standalone_mode=True)
     except CotuneError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise SystemExit(2) from None
+    except OSError as e:  # a file that cannot be read or written: say which, without a traceback
+        console.print(f"[bold red]error:[/] {e.strerror or e}: {e.filename or ''}", highlight=False)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -143,7 +143,10 @@ class ExperimentConfig:
         if not path.is_file():
             raise ConfigError(f"no config file at {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset "
+                              f"{e.start}); save it as UTF-8") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from None
         if not isinstance(data, dict):

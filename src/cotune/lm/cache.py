@@ -7,14 +7,25 @@ model again (for sampling several rollouts of the same prompt).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from cotune.errors import CacheError
+
+LOCK_TIMEOUT_S = 30.0
+
+
+def default_cache_path() -> Path:
+    """The request cache file: ``$COTUNE_REQUEST_CACHE``, else ``<cache dir>/requests.sqlite``."""
+    return Path(os.environ.get("COTUNE_REQUEST_CACHE") or default_cache_dir() / "requests.sqlite")
 
 
 def default_cache_dir() -> Path:
@@ -44,37 +55,100 @@ class RequestCache:
 
     def __init__(self, path: str | Path | None = None):
         if path is None:
-            path = os.environ.get("COTUNE_REQUEST_CACHE") or default_cache_dir() / "requests.sqlite"
+            path = default_cache_path()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._connect() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, value TEXT, created REAL)")
+        with self._errors():
+            self._connect().execute(
+                "CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, value TEXT, created REAL)"
+            )
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """SQLite's errors as `CacheError`s that say which file and what to do."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise CacheError(
+                    f"request cache {self.path} stayed locked by another process for {LOCK_TIMEOUT_S:g} s; "
+                    "wait for it, run with --no-cache, or point $COTUNE_REQUEST_CACHE at another file"
+                ) from None
+            raise self._corrupt(e) from None
+        except sqlite3.DatabaseError as e:
+            raise self._corrupt(e) from None
+
+    def _corrupt(self, error: Exception) -> CacheError:
+        return CacheError(
+            f"request cache {self.path} cannot be read ({type(error).__name__}: {error}); it is a cache, so "
+            "`cotune cache clear` (or deleting the file) loses nothing but speed; --no-cache runs without it"
+        )
 
     def _connect(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_S, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error:
+                db.close()
+                raise
             self._local.db = db
         return db
 
     def get(self, key: str) -> dict[str, Any] | None:
-        row = self._connect().execute("SELECT value FROM requests WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        with self._errors():
+            row = self._connect().execute("SELECT value FROM requests WHERE key = ?", (key,)).fetchone()
+        if not row:
+            return None
+        try:
+            value = json.loads(row[0])
+        except ValueError:
+            return None  # a damaged entry is a miss: the request runs again and overwrites it
+        return value if isinstance(value, dict) else None
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        self._connect().execute(
-            "INSERT OR REPLACE INTO requests (key, value, created) VALUES (?, ?, ?)",
-            (key, json.dumps(value, ensure_ascii=False), time.time()),
-        )
+        with self._errors():
+            self._connect().execute(
+                "INSERT OR REPLACE INTO requests (key, value, created) VALUES (?, ?, ?)",
+                (key, json.dumps(value, ensure_ascii=False), time.time()),
+            )
 
     def __len__(self) -> int:
-        return self._connect().execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+        with self._errors():
+            return self._connect().execute("SELECT COUNT(*) FROM requests").fetchone()[0]
 
     def clear(self) -> None:
-        self._connect().execute("DELETE FROM requests")
+        with self._errors():
+            self._connect().execute("DELETE FROM requests")
+
+    def verify(self) -> list[str]:
+        """SQLite's integrity check: [] when the file is sound, else its complaints."""
+        with self._errors():
+            rows = self._connect().execute("PRAGMA integrity_check").fetchall()
+        problems = [r[0] for r in rows if r[0] != "ok"]
+        return problems
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    @staticmethod
+    def remove(path: str | Path) -> list[Path]:
+        """Delete a cache file and its WAL/SHM companions, even when it is too damaged to open; returns what
+        was deleted."""
+        path = Path(path)
+        removed = []
+        for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if f.exists():
+                f.unlink()
+                removed.append(f)
+        return removed
 
     def __repr__(self) -> str:
         return f"RequestCache({str(self.path)!r})"
