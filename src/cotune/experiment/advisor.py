@@ -63,7 +63,8 @@ class Prices:
 
 @dataclass
 class CostRow:
-    """One strategy of one run, measured (test split, mean over seeds) and projected."""
+    """One strategy of one run, measured (mean over seeds) and projected. Strategies are compared on dev
+    (``dev_mean``), as the runner picks its best program; accuracy is reported on test."""
 
     label: str
     task: str
@@ -85,6 +86,9 @@ class CostRow:
     cost_per_day: float = 0.0
     one_off_cost: float = 0.0
     horizon_cost: float = 0.0
+    dev_mean: float = float("nan")
+    dev_std: float = 0.0
+    dev_n: float = 0.0
 
 
 @dataclass
@@ -172,7 +176,9 @@ def run_table(run: RunData) -> list[dict[str, Any]]:
     out = []
     for row in table:
         ns = [n["test"].get("n", 0) for n in nodes if n["strategy"] == row["strategy"]]
-        out.append(row | {"test_n": sum(ns) / len(ns) if ns else 0.0})
+        dev_ns = [n["dev"].get("n", 0) for n in nodes if n["strategy"] == row["strategy"] and "dev" in n]
+        out.append(row | {"test_n": sum(ns) / len(ns) if ns else 0.0,
+                          "dev_n": sum(dev_ns) / len(dev_ns) if dev_ns else 0.0})
     return out
 
 
@@ -190,6 +196,7 @@ def cost_row(run: RunData, row: dict[str, Any], prices: Prices) -> CostRow:
         completion_tokens_per_call=row["completion_tokens_per_call"], calls_per_example=row["calls_per_example"],
         seconds_per_call=row["seconds_per_call"], train_seconds=row["train_seconds"],
         optimize_seconds=row["optimize_seconds"], finetuned=finetuned,
+        dev_mean=row.get("dev_mean", float("nan")), dev_std=row.get("dev_std", 0.0), dev_n=row.get("dev_n", 0.0),
     )
     c.cost_per_request = per_lm_call * row["calls_per_example"]
     c.cost_per_day = c.cost_per_request * prices.calls_per_day
@@ -303,29 +310,43 @@ def load_runs(run_dirs: str | Path | RunDir | Iterable[str | Path | RunDir]) -> 
 
 
 # -- the recommendation ----------------------------------------------------------------------------------
+def _selection(r: CostRow) -> tuple[float, float, float]:
+    """(mean, std, n) that strategies are compared on: dev, so the test set stays a fair report (runs
+    written before dev was kept fall back to test)."""
+    if math.isnan(r.dev_mean):
+        return r.test_mean, r.test_std, r.test_n
+    return r.dev_mean, r.dev_std, r.dev_n or r.test_n
+
+
+def score(r: CostRow) -> float:
+    """The accuracy strategies are chosen by (dev)."""
+    return _selection(r)[0]
+
+
 def noise(a: CostRow, b: CostRow) -> float:
-    """How far apart two accuracies may be by chance: the larger of the spread over seeds and the
-    sampling error of the test set (a rough one-sigma rule, not a significance test)."""
-    seeds = math.sqrt(a.test_std**2 + b.test_std**2)
-    sampling = math.sqrt(_binomial_var(a) + _binomial_var(b))
+    """How far apart two selection (dev) accuracies may be by chance: the larger of the spread over seeds
+    and the sampling error of the split (a rough one-sigma rule, not a significance test)."""
+    (ma, sa, na), (mb, sb, nb) = _selection(a), _selection(b)
+    seeds = math.sqrt(sa**2 + sb**2)
+    sampling = math.sqrt(_binomial_var(ma, na) + _binomial_var(mb, nb))
     return max(seeds, sampling)
 
 
-def _binomial_var(r: CostRow) -> float:
-    p = min(max(r.test_mean, 0.0), 1.0)
-    return p * (1 - p) / r.test_n if r.test_n > 0 else 0.0
+def _binomial_var(mean: float, n: float) -> float:
+    p = min(max(mean, 0.0), 1.0)
+    return p * (1 - p) / n if n > 0 else 0.0
 
 
 def _best(rows: Sequence[CostRow]) -> CostRow:
-    """Most accurate; among equals the cheapest over the horizon."""
-    return max(rows, key=lambda r: (r.test_mean, -r.horizon_cost))
+    """Most accurate on dev; among equals the cheapest over the horizon."""
+    return max(rows, key=lambda r: (score(r), -r.horizon_cost))
 
 
 def dominated_by(choice: CostRow, rows: Sequence[CostRow]) -> CostRow | None:
-    """A strategy at least as accurate and at most as costly, better in one of the two; None if none is."""
+    """A strategy at least as accurate (dev) and at most as costly, better in one of the two; None if none is."""
     for r in rows:
-        if r is not choice and r.test_mean >= choice.test_mean and r.horizon_cost <= choice.horizon_cost and (
-            r.test_mean > choice.test_mean or r.horizon_cost < choice.horizon_cost
+        if r is not choice and score(r) >= score(choice) and r.horizon_cost <= choice.horizon_cost and (
+            score(r) > score(choice) or r.horizon_cost < choice.horizon_cost
         ):
             return r
     return None
@@ -348,15 +369,15 @@ def recommend(rows: Sequence[CostRow], pairs: Sequence[BreakEven], prices: Price
             text += " Add a weight step (e.g. --strategies p,p-w,p-w-p) to measure what fine-tuning adds."
     else:
         p, f = _best(prompt_rows), _best(ft_rows)
-        gap, nz = f.test_mean - p.test_mean, noise(f, p)
+        gap, nz = score(f) - score(p), noise(f, p)  # decided on dev; the text reports test
         be = next((b for b in pairs if b.finetuned == f.strategy and b.prompted == p.strategy), None)
         if zero is not None and p is not zero:
             notes.append(f"Prompt optimization first: {p.strategy} lifts zero-shot from {_pct(zero.test_mean)} to "
                          f"{_pct(p.test_mean)} with no training.")
         if gap > nz:
             choice = f
-            text = (f"Fine-tune: {_acc(f)} beats the best prompt-only strategy {_acc(p)} by {_pts(gap)}, more than "
-                    f"the noise (±{_pts(nz)}).")
+            text = (f"Fine-tune: {_acc(f)} beats the best prompt-only strategy {_acc(p)} by {_pts(gap)} on dev, more "
+                    f"than the noise (±{_pts(nz)}).")
             if f.horizon_cost <= p.horizon_cost:
                 text += f" It is also cheaper at {fmt_volume(prices.calls_per_day)} {_costs(f, p, prices)}."
             else:
@@ -369,13 +390,13 @@ def recommend(rows: Sequence[CostRow], pairs: Sequence[BreakEven], prices: Price
         elif gap < -nz:
             choice = p
             text = (f"Stay with prompt optimization: {_acc(p)}. The best fine-tuned strategy, {_acc(f)}, is "
-                    f"{_pts(-gap)} less accurate (beyond the noise of ±{_pts(nz)}).")
+                    f"{_pts(-gap)} less accurate on dev (beyond the noise of ±{_pts(nz)}).")
             if f.horizon_cost < p.horizon_cost:
                 text += (f" {f.strategy} is cheaper {_costs(f, p, prices)}; switch only if that accuracy loss is "
                          f"acceptable.")
         else:
-            text = (f"Accuracy is the same within the noise: {_acc(f)} vs {_acc(p)} (difference {_pts(gap)}, noise "
-                    f"±{_pts(nz)}), so cost decides.")
+            text = (f"Accuracy is the same within the noise: {_acc(f)} vs {_acc(p)} (difference on dev {_pts(gap)}, "
+                    f"noise ±{_pts(nz)}), so cost decides.")
             if f.horizon_cost < p.horizon_cost:
                 choice = f
                 text += f" Fine-tune: at {fmt_volume(prices.calls_per_day)} {f.strategy} is cheaper {_costs(f, p, prices)}."
@@ -392,7 +413,7 @@ def recommend(rows: Sequence[CostRow], pairs: Sequence[BreakEven], prices: Price
         text += f" However {better.strategy} is at least as accurate and no more expensive, so prefer it."
         choice = better
     for r in rows:
-        if r is not choice and abs(r.test_mean - choice.test_mean) <= noise(r, choice) and r.horizon_cost < 0.8 * choice.horizon_cost:
+        if r is not choice and abs(score(r) - score(choice)) <= noise(r, choice) and r.horizon_cost < 0.8 * choice.horizon_cost:
             notes.append(f"{r.strategy} ({_pct(r.test_mean)}) is within the noise of {choice.strategy} and cheaper "
                          f"({fmt_money(r.horizon_cost)} vs {fmt_money(choice.horizon_cost)} over {prices.horizon_days:g} days).")
             break
@@ -401,6 +422,7 @@ def recommend(rows: Sequence[CostRow], pairs: Sequence[BreakEven], prices: Price
     if any(r.seeds < 2 for r in rows):
         notes.append("Some strategies ran with one seed, so the noise is estimated from the test-set size alone; "
                      "run --seeds 3 to measure the spread over seeds.")
+    notes.append("Strategies are compared on dev (as the run picks its best program); accuracies shown are on test.")
     return Recommendation(label, choice.strategy, " ".join([text, *notes]))
 
 
@@ -485,4 +507,4 @@ def assumptions_text(prices: Prices) -> str:
         defaults.price_per_1m_prompt_tokens, defaults.price_per_1m_completion_tokens, defaults.price_per_training_hour
     ):
         text += " (placeholder prices: pass your own)"
-    return text + ". Accuracy is on the test split, mean ± std over seeds; optimization time includes training."
+    return text + ". Accuracy is on the test split, mean ± std over seeds (strategies are chosen on dev); optimization time includes training."
