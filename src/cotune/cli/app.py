@@ -32,7 +32,9 @@ TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Built-in task (see `
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Folder with the task's data files (gsm8k, hotpotqa).")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the request cache.")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Parallel examples; a local model batches them.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for data splits and optimizers.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the optimizer (demos, rollouts, training); the split is --split-seed.")]
+SplitSeedOpt = Annotated[int, typer.Option("--split-seed", help="Seed of the train/dev/test split (saved with the program).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite earlier outputs at --out.")]
 
 
 @app.callback()
@@ -50,7 +52,7 @@ def eval_cmd(
     out_path: Annotated[Path | None, typer.Option("--out", "-o", help="Write the result (summary + rows + traces) as JSON.")] = None,
     data_dir: DataDirOpt = None,
     threads: ThreadsOpt = 8,
-    seed: SeedOpt = 0,
+    split_seed: Annotated[int | None, typer.Option("--split-seed", help="Seed of the train/dev/test split. Default: the one the saved program was optimized on, else 0.")] = None,
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Evaluate a task's program (or a saved one) on a split and print its accuracy and cost."""
@@ -58,7 +60,7 @@ def eval_cmd(
 
     run_eval(
         task=task, model=model, split=split, limit=limit, program_path=program, out_path=out_path,
-        data_dir=data_dir, threads=threads, seed=seed, cache=not no_cache,
+        data_dir=data_dir, threads=threads, split_seed=split_seed, cache=not no_cache,
         console=console, out=out,
     )
 
@@ -101,6 +103,8 @@ def optimize_cmd(
     data_dir: DataDirOpt = None,
     threads: ThreadsOpt = 8,
     seed: SeedOpt = 0,
+    split_seed: SplitSeedOpt = 0,
+    force: ForceOpt = False,
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Optimize a task program's prompts (demos or instructions); trains on train, selects on dev."""
@@ -108,7 +112,7 @@ def optimize_cmd(
 
     run_optimize(task=task, optimizer=optimizer, model=model, out_path=out_path, params=_params(param, "--param"),
                  data_dir=data_dir, threads=threads, seed=seed, cache=not no_cache, evaluate_on=eval_split or None,
-                 console=console, out=out)
+                 console=console, out=out, split_seed=split_seed, force=force)
 
 
 @app.command("finetune")
@@ -130,6 +134,8 @@ def finetune_cmd(
     data_dir: DataDirOpt = None,
     threads: ThreadsOpt = 8,
     seed: SeedOpt = 0,
+    split_seed: SplitSeedOpt = 0,
+    force: ForceOpt = False,
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Fine-tune a LoRA adapter on the program's own successful traces (bootstrap fine-tune)."""
@@ -139,7 +145,8 @@ def finetune_cmd(
                               "batch_size": batch_size}.items() if v is not None}
     run_finetune(task=task, model=model, out_dir=out_dir, lora=lora, traces=traces, threshold=threshold,
                  data_dir=data_dir, threads=threads, seed=seed, cache=not no_cache, evaluate_on=eval_split or None,
-                 console=console, out=out, rollouts=rollouts, fill_with_labels=fill_with_labels, keep_demos=not strip_demos)
+                 console=console, out=out, rollouts=rollouts, fill_with_labels=fill_with_labels, keep_demos=not strip_demos,
+                 split_seed=split_seed, force=force)
 
 
 def _params(items: list[str] | None, flag: str) -> dict:

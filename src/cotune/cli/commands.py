@@ -8,7 +8,6 @@ from rich.console import Console
 
 from cotune.cli.render import RichEvents, evaluation_table, rows_table
 from cotune.evaluate import evaluate
-from cotune.program.program import read_state
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -30,21 +29,31 @@ def run_eval(
     out_path: Path | None,
     data_dir: Path | None,
     threads: int,
-    seed: int,
+    split_seed: int | None = None,
     cache: bool,
     console: Console,
     out: Console,
 ) -> None:
+    from cotune.cli.provenance import seen_in_optimization, split_for_eval
+    from cotune.experiment.program_files import read_program_state
     from cotune.tasks import load_task
 
-    saved = read_state(program_path) if program_path else None
+    # adapter paths in the file are relative to it: read so, they work from any directory
+    saved = read_program_state(program_path) if program_path else None
     if saved is not None:
         meta = saved.get("metadata", {})
         task = meta.get("task", task)
-    the_task = load_task(task, data_dir=data_dir, seed=seed)
+    seed, sizes = split_for_eval(saved, split_seed)
+    the_task = load_task(task, data_dir=data_dir, seed=seed, **sizes)
     dataset = the_task.split(split)
     if limit is not None:
         dataset = dataset[:limit]
+    seen = seen_in_optimization(saved, dataset, task=task, data_dir=data_dir, split_seed=seed)
+    if seen:
+        first = (saved or {}).get("metadata", {}).get("split_seed")
+        console.print(f"[yellow]warning: {seen} of {len(dataset)} {split} examples (split seed {seed}) were in the "
+                      f"train/dev split this program was optimized on (split seed {first}); its score here is not a "
+                      f"held-out score. Use --split-seed {first} to test on examples it has not seen.[/]", highlight=False)
 
     program = the_task.program()
     adapter = None
@@ -59,7 +68,11 @@ def run_eval(
         elif model is None and saved_lm:
             from cotune.lm.registry import from_spec
 
-            program.bind(from_spec(saved_lm))
+            lm = from_spec(saved_lm)
+            # the file chose this server: say so (prompts go there; the API key only if it is the user's)
+            console.print(f"model {lm.model!r} at {saved_lm.get('base_url')} (named in {program_path}; --model overrides)",
+                          highlight=False)
+            program.bind(lm)
     if program.lm is None:
         program.bind(load_model(model or DEFAULT_MODEL, cache=cache, console=console, adapter=adapter))
     lm = program.lm
@@ -68,11 +81,17 @@ def run_eval(
     try:
         result = evaluate(program, dataset, the_task.metric, num_threads=threads, events=events,
                           description=f"{task}/{split}")
+    except KeyboardInterrupt as e:
+        partial = getattr(e, "result", None)
+        if out_path is not None and partial is not None and partial.n:
+            partial.save(out_path)
+            console.print(f"interrupted: wrote the {partial.n} finished rows to {out_path}")
+        raise
     finally:
         events.close()
 
     out.print(rows_table(result.rows))
-    context = {"task": task, "split": f"{split} ({len(dataset)} examples)", "model": lm.model}
+    context = {"task": task, "split": f"{split} ({len(dataset)} examples, split seed {seed})", "model": lm.model}
     if lm.adapter:
         context["adapter"] = lm.adapter
     if program_path:
@@ -113,13 +132,25 @@ def run_experiment(*, config_path: Path | None, resume: Path | None, overrides: 
     finally:
         events.close()
     out.print(results_table(results))
-    for f in results.get("failures", []):
+    failures = results.get("failures", [])
+    for f in failures:
         console.print(f"[yellow]seed {f['seed']} {f['strategy']}: {f['error']}[/]", highlight=False)
     from cotune.experiment.report import write_report
 
     md, html = write_report([run.path])
     out.print(f"report: {md}\n        {html}")
     best = results["best"]
-    path = run.path / best["program"]
-    out.print(f"best program on dev: {best['strategy']} (seed {best['seed']}, dev {best['dev']:.1%}, test {best['test']:.1%}) → {path}")
-    out.print(f"use it: cotune eval --program {path}")
+    if best is not None:
+        path = run.path / best["program"]
+        out.print(f"best program on dev: {best['strategy']} (seed {best['seed']}, dev {best['dev']:.1%}, "
+                  f"test {best['test']:.1%}) → {path}")
+        out.print(f"use it: cotune eval --program {path}")
+    broken = [f for f in failures if f.get("kind") == "infrastructure"]
+    if broken:
+        from cotune.errors import InfrastructureError
+
+        raise InfrastructureError(
+            f"{len(broken)} step(s) failed because the model or machine failed, not the program (first: "
+            f"{broken[0]['error']}); nothing was scored for them. Resume when it works again: "
+            f"cotune run --resume {run.path}"
+        )

@@ -9,14 +9,17 @@ from rich.console import Console
 from rich.table import Table
 
 from cotune.cli.commands import DEFAULT_MODEL, load_model
+from cotune.cli.provenance import refuse_overwrite, split_metadata
 from cotune.cli.render import RichEvents, evaluation_table
 from cotune.evaluate import evaluate
+from cotune.experiment.program_files import save_program
 
 
-def _setup(task: str, model: str | None, data_dir: Path | None, seed: int, cache: bool, console: Console):
+def _setup(task: str, model: str | None, data_dir: Path | None, split_seed: int, cache: bool, console: Console):
+    """The task split by ``split_seed`` (never by the optimizer's seed) and its program on the model."""
     from cotune.tasks import load_task
 
-    the_task = load_task(task, data_dir=data_dir, seed=seed)
+    the_task = load_task(task, data_dir=data_dir, seed=split_seed)
     lm = load_model(model or DEFAULT_MODEL, cache=cache, console=console)
     return the_task, the_task.program().bind(lm)
 
@@ -24,13 +27,15 @@ def _setup(task: str, model: str | None, data_dir: Path | None, seed: int, cache
 def run_optimize(
     *, task: str, optimizer: str, model: str | None, out_path: Path, params: dict[str, Any], data_dir: Path | None,
     threads: int, seed: int, cache: bool, evaluate_on: str | None, console: Console, out: Console,
+    split_seed: int = 0, force: bool = False,
 ) -> None:
     from cotune.errors import UnknownChoiceError
     from cotune.optimize.registry import OPTIMIZERS, build_optimizer
 
     if optimizer not in OPTIMIZERS:  # before the model loads
         raise UnknownChoiceError("optimizer", optimizer, OPTIMIZERS)
-    the_task, program = _setup(task, model, data_dir, seed, cache, console)
+    refuse_overwrite([out_path], force)
+    the_task, program = _setup(task, model, data_dir, split_seed, cache, console)
     opt = build_optimizer(optimizer, the_task.metric, num_threads=threads, seed=seed, **params)
     events = RichEvents(console)
     try:
@@ -46,7 +51,8 @@ def run_optimize(
     table = candidates_table(opt)
     if table is not None:
         out.print(table)
-    best.save(out_path, task=task, optimizer=optimizer, params={k: str(v) for k, v in params.items()}, seed=seed)
+    save_program(best, out_path, task=task, optimizer=optimizer, params={k: str(v) for k, v in params.items()}, seed=seed,
+                 **split_metadata(the_task, split_seed))
     if summary is not None:
         out.print(evaluation_table(f"{optimizer} program on {evaluate_on}", summary, {"task": task, "model": best.lm.model}))
     out.print(f"saved {out_path}  (evaluate it: cotune eval --program {out_path})")
@@ -79,13 +85,14 @@ def candidates_table(opt: Any) -> Table | None:
 def run_finetune(
     *, task: str, model: str | None, out_dir: Path, lora: dict[str, Any], traces: Path | None, threshold: float | None,
     data_dir: Path | None, threads: int, seed: int, cache: bool, evaluate_on: str | None, console: Console, out: Console,
-    rollouts: int = 1, fill_with_labels: bool = False, keep_demos: bool = True,
+    rollouts: int = 1, fill_with_labels: bool = False, keep_demos: bool = True, split_seed: int = 0, force: bool = False,
 ) -> None:
     from cotune.optimize.finetune import BootstrapFinetune
     from cotune.training.config import LoRAConfig
 
     config = LoRAConfig(**{"seed": seed, **lora})  # validates before the model loads
-    the_task, program = _setup(task, model, data_dir, seed, cache, console)
+    refuse_overwrite([out_dir / "program.json", out_dir / "adapter"], force)
+    the_task, program = _setup(task, model, data_dir, split_seed, cache, console)
     opt = BootstrapFinetune(the_task.metric, lora=config, metric_threshold=threshold, output_dir=str(out_dir),
                             traces=str(traces) if traces else None, num_rollouts=rollouts,
                             fill_with_labels=fill_with_labels, keep_demos=keep_demos, num_threads=threads, seed=seed)
@@ -105,7 +112,7 @@ def run_finetune(
     out.print(f"training: {getattr(result, 'steps', '?')} steps, final loss {getattr(result, 'final_loss', float('nan')):.4f}, "
               f"{getattr(result, 'seconds', 0.0):.0f} s")
     program_path = out_dir / "program.json"
-    tuned.save(program_path, task=task, optimizer="finetune", seed=seed)
+    save_program(tuned, program_path, task=task, optimizer="finetune", seed=seed, **split_metadata(the_task, split_seed))
     if summary is not None:
         out.print(evaluation_table(f"fine-tuned program on {evaluate_on}", summary, {"task": task, "adapter": str(opt.adapter_path_)}))
     out.print(f"saved {program_path}  (evaluate it: cotune eval --program {program_path})")

@@ -207,9 +207,11 @@ class Runner:
         return program, record
 
     @staticmethod
-    def _save_best(run: RunDir, results: dict[str, Any]) -> dict[str, Any]:
+    def _save_best(run: RunDir, results: dict[str, Any]) -> dict[str, Any] | None:
         """Copy the best program to ``best-program.json``, chosen on dev (choosing on test would overfit it)."""
         finals = [n for n in results["nodes"] if n["strategy"] in results["strategies"]] or results["nodes"]
+        if not finals:  # every step failed: no program to recommend
+            return None
         best = max(finals, key=lambda n: (n["dev"]["score"], -len(n["steps"])))
         path = copy_program(run.path / best["program"], run.path / "best-program.json")
         return {"strategy": best["strategy"], "seed": best["seed"], "dev": best["dev"]["score"],
