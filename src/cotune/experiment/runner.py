@@ -143,6 +143,9 @@ class Runner:
                             bar.advance(seed=seed, strategy=name, failed=True)
                             continue
                         run.finish(seed, name, record)
+                        # logged only once node.json is on disk: a node.done in the log is a finished node
+                        emit(events, "node.done", seed=seed, strategy=name, dev=record["dev"]["score"],
+                             test=record["test"]["score"])
                     records[prefix] = record
                     bar.advance(seed=seed, strategy=name, test=record["test"]["score"])
         results = {
@@ -203,7 +206,6 @@ class Runner:
             "program": str((node / "program.json").relative_to(run.path)),
             "info": info,
         }
-        emit(events, "node.done", seed=seed, strategy=name, dev=evals["dev"]["score"], test=evals["test"]["score"])
         return program, record
 
     @staticmethod
