@@ -42,7 +42,7 @@ def test_program_runs_on_fake_lm_and_scores(task):
     lm = FakeLM(["Reasoning: the petals are tiny.\nSpecies: Iris setosa"])
     result = evaluate(task.program().bind(lm), [example], task.metric, num_threads=1)
     assert result.score == 1.0
-    assert result.rows[0].prediction["species"] == "Iris setosa"
+    assert result.rows[0].prediction["species"] == "setosa"  # the choice field reads "Iris setosa" as its choice
     [step] = result.rows[0].trace
     assert step.predictor == "classify" and "Petal Length: " + example.petal_length in step.messages[-1]["content"]
 

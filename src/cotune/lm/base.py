@@ -16,6 +16,7 @@ from typing import Any
 from cotune.errors import ConfigError, UnknownChoiceError
 from cotune.lm.cache import RequestCache, request_key
 from cotune.lm.usage import Usage, UsageMeter
+from cotune.program.grammar import Constraint
 
 Messages = list[dict[str, str]]
 
@@ -31,6 +32,8 @@ class GenerationConfig:
         stop: strings that end the completion (not included in it).
         rollout_id: distinguishes otherwise identical requests, so the cache does not return the same
             sample twice; used when collecting several rollouts per example.
+        constraint: what the completion must look like (a `cotune.program.grammar.Constraint`), for
+            backends that constrain decoding; others ignore it. Part of the cache key.
     """
 
     temperature: float = 0.0
@@ -38,6 +41,7 @@ class GenerationConfig:
     max_tokens: int = 384
     stop: tuple[str, ...] = ()
     rollout_id: int = 0
+    constraint: Constraint | None = None
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -84,14 +88,21 @@ class LM(ABC):
     Args:
         cache: a `RequestCache`, True for the default on-disk cache, or False/None for no cache.
         config: default generation parameters; each call may override fields.
+        constrained: whether predictors constrain their completions on this LM where it can (see
+            ``structured_output``); a predictor's own ``constrained`` setting wins.
     """
 
     backend: str = "base"
+    # How this backend can constrain a completion: "grammar" (EBNF and JSON schemas, decoded locally),
+    # "json_schema" (a server's structured outputs), or None (free text, parsed leniently).
+    structured_output: str | None = None
 
-    def __init__(self, *, cache: RequestCache | bool | None = True, config: GenerationConfig | None = None):
+    def __init__(self, *, cache: RequestCache | bool | None = True, config: GenerationConfig | None = None,
+                 constrained: bool = True):  # fmt: skip
         # Not `cache or None`: an empty cache has len() == 0 and would be dropped.
         self.cache: RequestCache | None = RequestCache() if cache is True else (None if cache is False else cache)
         self.config = config or GenerationConfig()
+        self.constrained = constrained
         self._meter = UsageMeter()
 
     # Identity, used in cache keys and saved programs.

@@ -34,8 +34,10 @@ class FakeLM(LM):
         adapter: str | None = None,
         cache: RequestCache | bool | None = None,
         config: GenerationConfig | None = None,
+        structured_output: str | None = None,
     ):
         super().__init__(cache=cache, config=config)
+        self.structured_output = structured_output  # pretend to constrain ("grammar"/"json_schema"): tests
         if callable(answers):
             self._fn = answers
         else:
@@ -63,7 +65,8 @@ class FakeLM(LM):
 
     def with_adapter(self, adapter: str | None) -> FakeLM:
         """A FakeLM that answers the same way but reports another adapter (handy in optimizer tests)."""
-        new = FakeLM(self._fn, name=self._name, adapter=adapter, cache=self.cache, config=self.config)
+        new = FakeLM(self._fn, name=self._name, adapter=adapter, cache=self.cache, config=self.config,
+                     structured_output=self.structured_output)
         new.calls = self.calls
         return new
 

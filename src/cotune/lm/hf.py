@@ -93,6 +93,7 @@ class HFEngine:
         self.model = model.to(self.device).eval()
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self.generate_calls = 0
+        self._grammar = None
         self._adapters: dict[str, str] = {}  # adapter id -> PEFT adapter name
         self._adapter_paths: dict[str, str] = {}  # adapter path -> adapter id loaded for it
         # The worker thread holds the engine only weakly: once no LM uses it, the model is freed and the
@@ -126,9 +127,16 @@ class HFEngine:
         kwargs: dict[str, Any] = {}
         if config.stop:
             kwargs["tokenizer"] = self.tokenizer  # generate needs it to match stop strings
+        processors = []
+        if config.constraint is not None:  # the mask comes first: the sampler then draws a valid token
+            processors.append(self.grammar.processor(config.constraint, len(payloads), config.max_tokens))
         if config.temperature > 0:
             seeds = [seed for _, seed in payloads]
-            kwargs["logits_processor"] = _seeded_sampler(seeds, config.temperature, config.top_p, self.device)
+            processors.append(_seeded_sampler(seeds, config.temperature, config.top_p, self.device))
+        if processors:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         t0 = time.perf_counter()
         with torch.inference_mode():
             self.generate_calls += 1
@@ -139,6 +147,16 @@ class HFEngine:
         return [
             self._completion(ids, n_prompt, config, seconds) for ids, n_prompt in zip(new, prompt_lens, strict=True)
         ]
+
+    @property
+    def grammar(self):
+        """The `cotune.lm.constrain.GrammarEngine` of this model's tokenizer (built on first use)."""
+        if self._grammar is None:
+            from cotune.lm.constrain import GrammarEngine
+
+            vocab = max(self.model.config.vocab_size, len(self.tokenizer))
+            self._grammar = GrammarEngine(self.tokenizer, vocab, sorted(self.eos_ids))
+        return self._grammar
 
     def _render(self, messages: Messages) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -207,24 +225,26 @@ class HFLM(LM):
     """
 
     backend = "hf"
+    structured_output = "grammar"
 
     def __init__(self, path: str | Path, *, name: str | None = None, adapter: str | Path | None = None,
                  device: str | None = None, dtype: str = "auto", max_batch_size: int = 16,
                  batch_wait_ms: float = 5.0, cache: RequestCache | bool | None = True,
-                 config: GenerationConfig | None = None):  # fmt: skip
+                 config: GenerationConfig | None = None, constrained: bool = True):  # fmt: skip
         engine = HFEngine(path, device=device, dtype=dtype, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
-        self._setup(engine, name or str(path), adapter, cache=cache, config=config)
+        self._setup(engine, name or str(path), adapter, cache=cache, config=config, constrained=constrained)
 
     @classmethod
     def from_engine(cls, engine: HFEngine, *, name: str | None = None, adapter: str | Path | None = None,
-                    cache: RequestCache | bool | None = True, config: GenerationConfig | None = None) -> HFLM:  # fmt: skip
+                    cache: RequestCache | bool | None = True, config: GenerationConfig | None = None,
+                    constrained: bool = True) -> HFLM:  # fmt: skip
         """An HFLM on an existing engine (shares its weights and worker thread)."""
         lm = cls.__new__(cls)
-        lm._setup(engine, name or engine.path, adapter, cache=cache, config=config)
+        lm._setup(engine, name or engine.path, adapter, cache=cache, config=config, constrained=constrained)
         return lm
 
-    def _setup(self, engine, name, adapter, *, cache, config) -> None:
-        LM.__init__(self, cache=cache, config=config)
+    def _setup(self, engine, name, adapter, *, cache, config, constrained=True) -> None:
+        LM.__init__(self, cache=cache, config=config, constrained=constrained)
         self._engine, self._name = engine, name
         self._adapter: str | None = None
         self._adapter_id: str | None = None
@@ -268,7 +288,8 @@ class HFLM(LM):
         Raises:
             ConfigError: not an adapter folder, or its ``cotune_adapter.json`` names another base model.
         """
-        return HFLM.from_engine(self._engine, name=self._name, adapter=adapter, cache=self.cache, config=self.config)
+        return HFLM.from_engine(self._engine, name=self._name, adapter=adapter, cache=self.cache, config=self.config,
+                                constrained=self.constrained)  # fmt: skip
 
     def cache_key(self, messages: Messages, config: GenerationConfig) -> str:
         # dtype changes greedy outputs (bf16 vs fp32 logits), so it is part of what answers a request.
@@ -338,7 +359,7 @@ def _seeded_sampler(seeds: list[int], temperature: float, top_p: float, device: 
     one generator per request keeps reruns reproducible however requests were coalesced.
     """
     import torch
-    from transformers import LogitsProcessor, LogitsProcessorList
+    from transformers import LogitsProcessor
 
     class SeededSampling(LogitsProcessor):
         def __init__(self):
@@ -356,4 +377,4 @@ def _seeded_sampler(seeds: list[int], temperature: float, top_p: float, device: 
             forced[torch.arange(len(picks)), torch.cat(picks)] = 0.0
             return forced
 
-    return LogitsProcessorList([SeededSampling()])
+    return SeededSampling()

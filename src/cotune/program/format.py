@@ -183,14 +183,15 @@ def _label_candidates(signature: Signature, text: str) -> dict[str, list[str]]:
 
 
 def _cut_invented_turn(signature: Signature, text: str, output_labels: Mapping[str, str]) -> str:
-    """Drop text from the first line that starts with an input label *after* an output label: the model
-    has started to invent the next example."""
+    """Drop text from the first line that starts with an input label *after* the last output field's
+    label: the model has answered and started to invent the next example."""
     inputs = {f.label.lower() for f in signature.inputs} | {f.name.lower() for f in signature.inputs}
     inputs -= set(output_labels)
     if not inputs:
         return text
     alternatives = "|".join(sorted((re.escape(k) for k in inputs), key=len, reverse=True))
-    outs = "|".join(sorted((re.escape(k) for k in output_labels), key=len, reverse=True))
+    last = signature.outputs[-1]
+    outs = "|".join(re.escape(k) for k in sorted({last.label.lower(), last.name.lower()}, key=len, reverse=True))
     first_output = re.search(rf"^[ \t>#*_-]*({outs})[ \t*_]*:", text, re.IGNORECASE | re.MULTILINE)
     if first_output is None:
         return text

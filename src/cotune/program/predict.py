@@ -10,6 +10,7 @@ from cotune.data.example import Example
 from cotune.errors import ConfigError, ParseError, UnknownChoiceError
 from cotune.program import format as fmt
 from cotune.program import trace
+from cotune.program.grammar import Constraint, constraint
 from cotune.program.prediction import Prediction
 from cotune.program.signature import Signature, ensure_signature
 
@@ -45,6 +46,11 @@ class Predict:
         instruction: overrides the signature's instruction.
         demos: examples holding the signature's fields, shown as earlier turns.
         config: generation overrides for this predictor (e.g. ``{"max_tokens": 64}``).
+        constrained: constrain the completion to the signature's format and types where the LM can
+            (a grammar on local models, structured outputs on servers); None follows the LM's setting
+            (on by default). False lets the model write freely; the lenient parser reads it.
+        reasoning_budget: caps the tokens of the first output field when it is free text followed by
+            other fields (`ChainOfThought` sets it), so a constrained run always reaches its answer.
 
     Example:
         >>> from cotune.lm.fake import FakeLM
@@ -60,8 +66,14 @@ class Predict:
         instruction: str | None = None,
         demos: Sequence[Mapping[str, Any]] = (),
         config: Mapping[str, Any] | None = None,
+        constrained: bool | None = None,
+        reasoning_budget: int | None = None,
     ):
+        if reasoning_budget is not None and (not isinstance(reasoning_budget, int) or reasoning_budget < 1):
+            raise ConfigError(f"reasoning_budget must be a positive number of tokens or None, got {reasoning_budget!r}")
         self.signature = ensure_signature(signature)
+        self.constrained = constrained
+        self.reasoning_budget = reasoning_budget
         self.instruction = instruction if instruction is not None else self.signature.instructions
         self.demos: list[Example] = [d if isinstance(d, Example) else Example(d) for d in demos]
         self.config: dict[str, Any] = dict(config or {})
@@ -78,9 +90,21 @@ class Predict:
             return list(self.demo_selector(inputs))
         return self.demos
 
+    def structured_output(self) -> str | None:
+        """How this predictor's calls are constrained on its LM: "grammar", "json_schema" or None."""
+        on = self.constrained if self.constrained is not None else getattr(self.lm, "constrained", False)
+        return getattr(self.lm, "structured_output", None) if on else None
+
+    def constraint(self) -> Constraint | None:
+        """The `Constraint` sent with each call, or None when the completion is free."""
+        if self.structured_output() is None:
+            return None
+        return constraint(self.signature, budget_tokens=self.reasoning_budget)
+
     def messages(self, **inputs: Any) -> list[dict[str, str]]:
         """The exact messages this predictor sends for ``inputs``."""
-        return fmt.render(self.signature, self.instruction, self.demos_for(inputs), inputs)
+        style = "json" if self.structured_output() == "json_schema" else "labels"
+        return fmt.render(self.signature, self.instruction, self.demos_for(inputs), inputs, style)
 
     def __call__(self, **inputs: Any) -> Prediction:
         return self.forward(**inputs)
@@ -89,8 +113,12 @@ class Predict:
         if self.lm is None:
             raise ConfigError("this predictor is not bound to an LM; call program.bind(lm) first")
         messages = self.messages(**inputs)
+        overrides = dict(self.config)
+        rule = self.constraint()
+        if rule is not None:
+            overrides["constraint"] = rule
         t0 = time.perf_counter()
-        completion = self.lm(messages, **self.config)
+        completion = self.lm(messages, **overrides)
         usage = {
             "prompt_tokens": completion.prompt_tokens,
             "completion_tokens": completion.completion_tokens,
@@ -118,6 +146,8 @@ class Predict:
             "instruction": self.instruction,
             "demos": [d.to_dict() for d in self.demos],
             "config": self.config,
+            "constrained": self.constrained,
+            "reasoning_budget": self.reasoning_budget,
         }
         if hasattr(self.demo_selector, "dump_state"):  # a saveable selector, e.g. a kNN index over the demos
             state["selector"] = self.demo_selector.dump_state()
@@ -127,9 +157,13 @@ class Predict:
         saved = Signature.from_dict(state["signature"])
         if saved.input_names != self.signature.input_names or saved.output_names != self.signature.output_names:
             raise ConfigError(f"saved signature '{saved}' does not match this predictor's '{self.signature}'")
+        # The saved types win: a program saved with typed fields parses and constrains as it was optimized.
+        self.signature = Signature(saved.inputs, saved.outputs, self.signature.instructions)
         self.instruction = state["instruction"]
         self.demos = [Example(d) for d in state.get("demos", [])]
         self.config = dict(state.get("config", {}))
+        self.constrained = state.get("constrained", self.constrained)
+        self.reasoning_budget = state.get("reasoning_budget", self.reasoning_budget)
         self.demo_selector = load_selector(state["selector"], self.demos) if state.get("selector") else None
         return self
 

@@ -40,14 +40,15 @@ INSTRUCTION = (
 
 
 def signature() -> Signature:
+    """Measurements → species, a choice of the three (so constrained decoding names exactly one)."""
+    choices = ", ".join(repr(s) for s in SPECIES)
     return Signature.parse(
-        "petal_length, petal_width, sepal_length, sepal_width -> species",
+        f"petal_length, petal_width, sepal_length, sepal_width -> species: Literal[{choices}]",
         INSTRUCTION,
         petal_length="in cm",
         petal_width="in cm",
         sepal_length="in cm",
         sepal_width="in cm",
-        species="setosa, versicolor or virginica",
     )
 
 

@@ -1,0 +1,165 @@
+"""Constrained decoding for local models: a `Constraint` compiled for a tokenizer, applied per step.
+
+The grammar engine is xgrammar, chosen by measured per-token cost on this class of CPU (see
+benchmarks/grammar_engines.py; it is also what vLLM and SGLang use on GPUs). `GrammarEngine` compiles a
+constraint once per tokenizer (cached) and builds a logits processor for one batch: each step it
+advances every row's matcher with the token just chosen, fills the rows' allowed-token bitmask and masks
+the logits. It also ends the reasoning field (``Constraint.budget_exit``): a row is made to write the
+next field's label once it has generated its budget of free text, or as soon as it would have ended
+the completion there (its most likely token is end-of-text, which the grammar does not allow before
+the answer) — then the grammar forces the answer.
+
+xgrammar and torch are imported when an engine is built, never when this module is imported.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from cotune.errors import ConfigError
+from cotune.program.grammar import Constraint
+
+INSTALL_HINT = "pip install 'cotune[hf]' (it brings xgrammar)"
+
+
+class GrammarEngine:
+    """Compiles `Constraint`s for one tokenizer and makes batch logits processors.
+
+    Args:
+        tokenizer: the Hugging Face tokenizer of the model.
+        vocab_size: the model's logits width (may exceed the tokenizer's length).
+        stop_token_ids: the tokens that end generation (the model's EOS ids).
+        cache_size: compiled grammars kept (least recently used dropped first).
+
+    Raises:
+        ConfigError: xgrammar is not installed.
+    """
+
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int], cache_size: int = 64):
+        try:
+            import xgrammar as xgr
+        except ImportError as e:
+            raise ConfigError(f"constrained decoding needs xgrammar: {INSTALL_HINT}") from e
+        self._xgr = xgr
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids)
+        self.compiler = xgr.GrammarCompiler(self.info, max_threads=1)
+        self._decoded: list[bytes] = list(self.info.decoded_vocab)
+        self._compiled: OrderedDict[Constraint, Any] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def compile(self, constraint: Constraint) -> Any:
+        """The compiled grammar of ``constraint`` (its ``grammar`` segments, else its ``json_schema``).
+
+        Raises:
+            ConfigError: the grammar engine rejects the constraint (names the engine's reason).
+        """
+        with self._lock:
+            hit = self._compiled.get(constraint)
+            if hit is not None:
+                self._compiled.move_to_end(constraint)
+                return hit
+        xgr = self._xgr
+        try:
+            if constraint.grammar:
+                parts = [
+                    xgr.Grammar.from_ebnf(text) if kind == "ebnf" else xgr.Grammar.from_json_schema(text)
+                    for kind, text in constraint.grammar
+                ]
+                grammar = parts[0] if len(parts) == 1 else xgr.Grammar.concat(*parts)
+            else:
+                grammar = xgr.Grammar.from_json_schema(constraint.json_schema)
+            compiled = self.compiler.compile_grammar(grammar)
+        except Exception as e:  # xgrammar raises RuntimeError/ValueError with the grammar error
+            raise ConfigError(f"the grammar engine cannot compile this output format: {e}") from e
+        with self._lock:
+            self._compiled[constraint] = compiled
+            while len(self._compiled) > self._cache_size:
+                self._compiled.popitem(last=False)
+        return compiled
+
+    def processor(self, constraint: Constraint, rows: int, max_tokens: int) -> Any:
+        """A transformers ``LogitsProcessor`` for one batch of ``rows`` requests under ``constraint``."""
+        compiled = self.compile(constraint)
+        exit_ids: list[int] = []
+        limit = None
+        if constraint.budget_tokens is not None and constraint.budget_exit:
+            exit_ids = self.tokenizer.encode(constraint.budget_exit, add_special_tokens=False)
+            room = max_tokens - constraint.reserve_tokens - len(exit_ids)
+            limit = max(1, min(constraint.budget_tokens, room))
+        return _masker(self, compiled, rows, exit_ids, constraint.budget_exit or "", limit)
+
+
+def _masker(engine: GrammarEngine, compiled: Any, rows: int, exit_ids: list[int], exit_text: str,
+            limit: int | None) -> Any:  # fmt: skip
+    import torch
+    from transformers import LogitsProcessor
+
+    xgr = engine._xgr
+    decoded = engine._decoded
+    exit_bytes = exit_text.encode()
+    stop_ids = torch.tensor(sorted(engine.info.stop_token_ids), dtype=torch.long)
+
+    class GrammarMask(LogitsProcessor):
+        def __init__(self):
+            self.matchers = [xgr.GrammarMatcher(compiled) for _ in range(rows)]
+            self.bitmask = xgr.allocate_token_bitmask(rows, engine.vocab_size)
+            self.done = [False] * rows
+            self.generated = [0] * rows
+            self.text = [bytearray() for _ in range(rows)] if limit is not None else None
+            self.exited = [limit is None] * rows
+            self.forcing: list[list[int]] = [[] for _ in range(rows)]
+            self.first = True
+
+        def __call__(self, input_ids, scores):
+            if not self.first:
+                for i, token in enumerate(input_ids[:, -1].tolist()):
+                    self._advance(i, token)
+            self.first = False
+            wants_stop = None
+            if limit is not None:  # which rows would end here if they could: their reasoning is done
+                wants_stop = torch.isin(scores.argmax(dim=-1), stop_ids).tolist()
+            for i, matcher in enumerate(self.matchers):
+                if self.done[i]:
+                    self.bitmask[i] = -1  # finished rows are padded by generate; any token will do
+                    continue
+                matcher.fill_next_token_bitmask(self.bitmask, i)
+                if not self.exited[i] and not self.forcing[i] and (self.generated[i] >= limit or wants_stop[i]):
+                    self.forcing[i] = list(exit_ids)
+                if self.forcing[i]:
+                    self._force(i, self.forcing[i][0])
+            xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device), vocab_size=engine.vocab_size)
+            return scores
+
+        def _advance(self, i: int, token: int) -> None:
+            if self.done[i]:
+                return
+            matcher = self.matchers[i]
+            if matcher.is_terminated() or not matcher.accept_token(token):
+                self.done[i] = True
+                return
+            self.generated[i] += 1
+            if self.forcing[i] and self.forcing[i][0] == token:
+                self.forcing[i].pop(0)
+                if not self.forcing[i]:
+                    self.exited[i] = True
+            if self.text is not None and not self.exited[i]:
+                self.text[i] += decoded[token]
+                if exit_bytes in self.text[i][-(len(exit_bytes) + 64) :]:
+                    self.exited[i], self.forcing[i] = True, []
+            if matcher.is_terminated():
+                self.done[i] = True
+
+        def _force(self, i: int, token: int) -> None:
+            """Allow only ``token`` in row ``i`` if the grammar allows it now (else try again next step)."""
+            word, bit = divmod(token, 32)
+            if not (int(self.bitmask[i, word]) >> bit) & 1:
+                return
+            self.bitmask[i] = 0
+            self.bitmask[i, word] = torch.tensor(1 << bit, dtype=torch.int64).to(torch.int32)
+
+    return GrammarMask()
