@@ -30,7 +30,7 @@ def _load(folder, **kw):
 
 
 @pytest.mark.parametrize(
-    "answer,gold,rationale",
+    "answer,gold,reasoning",
     [
         ("She sold 48/2 = <<48/2=24>>24 clips.\n#### 72", "72", "She sold 48/2 = 24 clips."),
         ("Total is $1,000.\n#### 1,000", "1000", "Total is $1,000."),
@@ -38,9 +38,9 @@ def _load(folder, **kw):
         ("a #### b #### 5", "5", "a #### b"),
     ],
 )
-def test_parse_row_keeps_gold_number_and_solution(answer, gold, rationale):
+def test_parse_row_keeps_gold_number_and_solution(answer, gold, reasoning):
     row = parse_row({"question": " Q? ", "answer": answer})
-    assert row == {"question": "Q?", "answer": gold, "rationale": rationale}
+    assert row == {"question": "Q?", "answer": gold, "reasoning": reasoning}
 
 
 @pytest.mark.parametrize("answer", ["no marker 72", "#### ", "#### seventy"])
@@ -77,7 +77,7 @@ def test_program_shape(folder):
     program = _load(folder).program()
     [(name, predictor)] = program.named_predictors()
     assert name == "solve" and isinstance(predictor, ChainOfThought) and predictor.lm is None
-    assert str(predictor.signature) == "question -> reasoning, answer"
+    assert str(predictor.signature) == "question -> reasoning, answer: float"  # the answer is typed: a number
     assert "final number" in predictor.instruction
 
 
@@ -103,7 +103,7 @@ def test_splits_sizes_and_test_in_file_order(folder):
     task = _load(folder)
     assert (len(task.train), len(task.dev), len(task.test)) == (10, 20, 5)
     assert [ex.answer for ex in task.test] == ["101", "102", "103", "104", "105"]
-    assert set(task.train[0].inputs()) == {"question"} and set(task.train[0].labels()) == {"answer", "rationale"}
+    assert set(task.train[0].inputs()) == {"question"} and set(task.train[0].labels()) == {"answer", "reasoning"}
 
 
 def test_train_and_dev_are_disjoint_and_seeded(folder):

@@ -24,6 +24,7 @@ from cotune.optimize.traces import (
     Trace,
     collect_traces,
     count_by_predictor,
+    coverage,
     labeled_traces,
     load_traces,
     passing,
@@ -48,8 +49,12 @@ class BootstrapFinetune(Optimizer):
         metric_threshold: a run is kept when its score >= this; None keeps only full marks (score >= 1),
             because a half-right trace teaches half-wrong outputs.
         teacher: the program whose traces are learned (same predictor names); None uses the student.
-        num_rollouts: runs per example; rollouts after the first sample at ``rollout_temperature``.
+        num_rollouts: runs per example; rollouts after the first sample at ``rollout_temperature``. With
+            constrained decoding every sample is a valid answer, so more rollouts cover more of the
+            answers the model can get right (the classes a Θ step can learn).
         rollout_temperature: sampling temperature of the extra rollouts.
+        stop_at_first_pass: stop sampling an example once one of its runs passed (the hard examples get
+            the remaining rollouts; the easy ones are not learned many times over).
         multitask: one adapter shared by all predictors (the paper's choice); False trains one per predictor.
         init: "base" trains from the base model; "continue" continues from the adapter the student is on.
         output_dir: where traces and adapters go; None: a folder in the cotune cache named by a hash of
@@ -73,6 +78,8 @@ class BootstrapFinetune(Optimizer):
         traces_path_: the traces file used. n_traces_: runs collected (or loaded); n_passed_: runs kept.
         n_labeled_: traces written from labels (``fill_with_labels``; also in the traces file).
         passed_by_predictor_: kept calls per predictor name.
+        coverage_: training examples covered by kept runs, overall and per class of each choice-typed
+            output that the examples label (see `cotune.optimize.traces.coverage`).
 
     Example (needs the real model, so not run as a doctest):
         >>> import cotune
@@ -96,6 +103,7 @@ class BootstrapFinetune(Optimizer):
         teacher: Program | None = None,
         num_rollouts: int = 1,
         rollout_temperature: float = 0.7,
+        stop_at_first_pass: bool = False,
         multitask: bool = True,
         init: str = "base",
         output_dir: str | Path | None = None,
@@ -111,6 +119,7 @@ class BootstrapFinetune(Optimizer):
         self.teacher = teacher
         self.num_rollouts = num_rollouts
         self.rollout_temperature = rollout_temperature
+        self.stop_at_first_pass = stop_at_first_pass
         self.multitask = multitask
         self.init = init
         self.output_dir = output_dir
@@ -153,7 +162,10 @@ class BootstrapFinetune(Optimizer):
             if self.traces is None:  # new ones: saved with the runs
                 traces = traces + filled
         self.passed_by_predictor_ = count_by_predictor(kept, named)
-        emit(events, "finetune.traces", total=len(traces), passed=len(kept), by_predictor=self.passed_by_predictor_)
+        runs = [t for t in kept if t.source == "run"]
+        self.coverage_ = coverage(runs, trainset, _class_fields(named.values())) if self.traces is None else None
+        emit(events, "finetune.traces", total=len(traces), passed=len(kept), by_predictor=self.passed_by_predictor_,
+             coverage=self.coverage_)  # fmt: skip
         if not kept:
             raise TrainingError(
                 f"0 of {len(traces)} traces passed the metric; try a prompt step first or lower the threshold"
@@ -235,7 +247,8 @@ class BootstrapFinetune(Optimizer):
         return collect_traces(
             self.teacher if self.teacher is not None else program, trainset, self.metric,
             num_rollouts=self.num_rollouts, temperature=self.rollout_temperature,
-            num_threads=self.num_threads, seed=self.seed, events=events,
+            num_threads=self.num_threads, seed=self.seed, stop_at_first_pass=self.stop_at_first_pass,
+            threshold=self.metric_threshold, events=events,
         )  # fmt: skip
 
     def _fill(self, program, trainset, passed, kept, events) -> list[Trace]:
@@ -274,6 +287,11 @@ class BootstrapFinetune(Optimizer):
             examples, base_model_path=lm.model_path, output_dir=out, config=config, base_model=lm.model,
             init_adapter=init_adapter, events=events,
         )  # fmt: skip
+
+
+def _class_fields(predictors: Any) -> list[str]:
+    """Output fields with a fixed set of choices: the classes whose coverage is worth reporting."""
+    return sorted({f.name for p in predictors for f in p.signature.outputs if f.type.kind in ("choice", "bool")})
 
 
 def _named(student: Program | Predict) -> dict[str, Predict]:

@@ -107,13 +107,17 @@ def collect_traces(
     temperature: float = 0.7,
     num_threads: int = 8,
     seed: int = 0,
+    stop_at_first_pass: bool = False,
+    threshold: float | None = None,
     events: EventSink | None = None,
 ) -> list[Trace]:
     """Run ``teacher`` on every example ``num_rollouts`` times and return every run as a `Trace`.
 
     Rollout 0 decodes as the teacher is configured (usually greedy); rollouts 1..k-1 sample at
     ``temperature`` with distinct rollout ids (``seed * 1000 + r``), so the request cache returns the
-    same samples for the same seed and new ones for another seed. The teacher is never mutated.
+    same samples for the same seed and new ones for another seed. The teacher is never mutated. With
+    ``stop_at_first_pass``, an example gets no more rollouts once one of its runs passed (`Trace.passed`
+    with ``threshold``): many samples for the hard examples, one for the easy ones.
 
     Raises:
         ConfigError: ``num_rollouts`` < 1 or a negative temperature.
@@ -127,18 +131,27 @@ def collect_traces(
     lm = _lm_of(teacher)
     model = lm.spec() if lm is not None and hasattr(lm, "spec") else None
     traces: list[Trace] = []
+    todo = list(range(len(examples)))
     for r in range(num_rollouts):
+        if not todo:
+            break
         runner, temp = teacher, None
         if r > 0:
             temp, runner = temperature, _sampling_copy(teacher, temperature, seed * 1000 + r)
         desc = "collect traces" if num_rollouts == 1 else f"collect traces (rollout {r + 1}/{num_rollouts})"
-        result = evaluate(runner, examples, metric, num_threads=num_threads, events=events, description=desc)
+        subset = [examples[i] for i in todo]
+        result = evaluate(runner, subset, metric, num_threads=num_threads, events=events, description=desc)
+        passed = set()
         for row in result.rows:
-            traces.append(
-                Trace(row.index, row.inputs, row.labels, row.prediction, row.score, list(row.trace),
-                      rollout_id=0 if r == 0 else seed * 1000 + r, temperature=temp, program=fingerprint,
-                      model=model, seed=seed, error=row.error)
-            )
+            index = todo[row.index]
+            trace = Trace(index, row.inputs, row.labels, row.prediction, row.score, list(row.trace),
+                          rollout_id=0 if r == 0 else seed * 1000 + r, temperature=temp, program=fingerprint,
+                          model=model, seed=seed, error=row.error)  # fmt: skip
+            traces.append(trace)
+            if trace.passed(threshold):
+                passed.add(index)
+        if stop_at_first_pass:
+            todo = [i for i in todo if i not in passed]
     emit(events, "traces.collected", n=len(traces), passed=sum(t.passed() for t in traces))
     return traces
 
@@ -198,6 +211,37 @@ def passing(traces: Iterable[Trace], threshold: float | None = None) -> list[Tra
         if key not in seen:
             seen.add(key)
             out.append(t)
+    return out
+
+
+def coverage(traces: Iterable[Trace], examples: Sequence[Example], fields: Iterable[str] = ()) -> dict[str, Any]:
+    """Which training examples the kept ``traces`` cover: overall, and per class of each label in ``fields``
+    (e.g. the species of Iris) — what a Θ step can learn is what its kept traces cover.
+
+    Returns:
+        ``{"examples": {"covered": n, "total": N}, "by_class": {field: {class: {"covered": n, "total": N}}}}``
+
+    Example:
+        >>> from cotune.data import Example
+        >>> data = [Example(q="a", y="x"), Example(q="b", y="y"), Example(q="c", y="y")]
+        >>> kept = [Trace(1, {"q": "b"}, {"y": "y"}, {"y": "y"}, 1.0, [])]
+        >>> coverage(kept, data, ["y"])["by_class"]["y"]
+        {'x': {'covered': 0, 'total': 1}, 'y': {'covered': 1, 'total': 2}}
+    """
+    covered = {t.example_index for t in traces}
+    out: dict[str, Any] = {"examples": {"covered": len(covered & set(range(len(examples)))), "total": len(examples)}}
+    by_class: dict[str, dict[str, dict[str, int]]] = {}
+    for name in fields:
+        counts: dict[str, dict[str, int]] = {}
+        for i, ex in enumerate(examples):
+            if name not in ex:
+                continue
+            cell = counts.setdefault(str(ex[name]), {"covered": 0, "total": 0})
+            cell["total"] += 1
+            cell["covered"] += i in covered
+        if counts:
+            by_class[name] = dict(sorted(counts.items()))
+    out["by_class"] = by_class
     return out
 
 
@@ -280,6 +324,7 @@ __all__ = [
     "Trace",
     "collect_traces",
     "count_by_predictor",
+    "coverage",
     "labeled_traces",
     "load_traces",
     "passing",

@@ -46,7 +46,8 @@ INSTRUCTION = (
 
 
 def signature() -> Signature:
-    return Signature.parse("question -> answer", INSTRUCTION, answer="the final number only")
+    """question → answer, a number (so constrained decoding writes only the number)."""
+    return Signature.parse("question -> answer: float", INSTRUCTION, answer="the final number only")
 
 
 class GSM8KSolver(Program):
@@ -60,7 +61,7 @@ class GSM8KSolver(Program):
 
 
 def answer_match(example: Mapping[str, Any], prediction: Mapping[str, Any]) -> float:
-    """1.0 when the last number in the predicted ``answer`` equals the gold number ("1,000" = "1000.0")."""
+    """1.0 when the predicted ``answer`` (a number, or the last number in text) equals the gold number."""
     predicted = field_of(prediction, "answer")
     return numeric_match(predicted, str(example["answer"])) if predicted else 0.0
 
@@ -69,10 +70,11 @@ _CALCULATOR = re.compile(r"<<[^>]*>>")
 
 
 def parse_row(row: dict[str, Any]) -> dict[str, Any]:
-    """``{"question", "answer": "solution #### 72"}`` → question, answer "72", rationale (the solution).
+    """``{"question", "answer": "solution #### 72"}`` → question, answer "72", reasoning (the solution).
 
-    The rationale drops the ``<<48/2=24>>`` calculator notes, which a model should not learn to write.
-    It is deliberately not named ``reasoning``: labeled demos must not show gold reasoning (as in the paper).
+    The solution is the ``reasoning`` of the chain of thought, so labeled demos show the worked solution
+    and not a bare number (a model shown bare numbers answers in a few tokens, without reasoning). It
+    drops the ``<<48/2=24>>`` calculator notes, which a model should not learn to write.
 
     Raises:
         ValueError: no ``####`` or no number after it (the loader reports file and line).
@@ -81,7 +83,7 @@ def parse_row(row: dict[str, Any]) -> dict[str, Any]:
     gold = gold.strip().replace(",", "")
     if not sep or parse_number(gold) is None:
         raise ValueError(f"answer has no '#### <number>' ending: {row['answer']!r:.80}")
-    return {"question": str(row["question"]).strip(), "answer": gold, "rationale": _CALCULATOR.sub("", solution).strip()}
+    return {"question": str(row["question"]).strip(), "answer": gold, "reasoning": _CALCULATOR.sub("", solution).strip()}
 
 
 def read_split(source: Path | str, split: str, limit: int | None = None) -> Dataset:

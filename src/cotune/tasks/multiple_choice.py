@@ -172,9 +172,16 @@ def mc_example(question: Any, options: Sequence[Any], answer: Any, **extra: Any)
 # -- program ------------------------------------------------------------------------------------------
 
 
-def signature(instruction: str | None = None) -> Signature:
+def signature(instruction: str | None = None, letters: int | None = None) -> Signature:
+    """question, choices → answer; with ``letters``, the answer is a typed choice of the first that many
+    option letters (so constrained decoding writes exactly one letter)."""
+    answer = "answer"
+    if letters is not None:
+        if not 1 <= letters <= len(LETTERS):
+            raise ConfigError(f"letters must be in 1..{len(LETTERS)}, got {letters}")
+        answer += ": Literal[" + ", ".join(repr(option_letter(i)) for i in range(letters)) + "]"
     return Signature.parse(
-        "question, choices -> answer",
+        f"question, choices -> {answer}",
         instruction or INSTRUCTION,
         choices="the options, one per line",
         answer="the letter of the correct option",
@@ -187,10 +194,11 @@ class MultipleChoiceQA(Program):
     Args:
         instruction: the task instruction (default: a generic multiple-choice one).
         cot: chain of thought (True) or a direct answer (False).
+        letters: the most options an example has; the answer is then a choice of that many letters.
     """
 
-    def __init__(self, instruction: str | None = None, *, cot: bool = True):
-        sig = signature(instruction)
+    def __init__(self, instruction: str | None = None, *, cot: bool = True, letters: int | None = None):
+        sig = signature(instruction, letters)
         self.choose = ChainOfThought(sig) if cot else Predict(sig)
 
     def forward(self, question: str, options: Sequence[str]) -> Prediction:
@@ -308,8 +316,10 @@ def make_task(
     check_fits(name, {"train": train, "dev": dev, "test": test}, len(data), f"the data ({name})")
     test_set, dev_set, train_set = data.split([test, dev, train], seed=seed)
 
+    letters = max((len(ex["options"]) for ex in data if "options" in ex), default=None)
+
     def make_program() -> Program:
-        return program() if program is not None else MultipleChoiceQA(instruction)
+        return program() if program is not None else MultipleChoiceQA(instruction, letters=letters)
 
     return Task(
         name=name,
