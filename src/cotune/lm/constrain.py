@@ -45,7 +45,7 @@ class GrammarEngine:
         self._xgr = xgr
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
-        self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids)
+        self.info = _tokenizer_info(xgr, tokenizer, vocab_size, stop_token_ids)
         self.compiler = xgr.GrammarCompiler(self.info, max_threads=1)
         self._decoded: list[bytes] = list(self.info.decoded_vocab)
         self._compiled: OrderedDict[Constraint, Any] = OrderedDict()
@@ -92,6 +92,27 @@ class GrammarEngine:
             room = max_tokens - constraint.reserve_tokens - len(exit_ids)
             limit = max(1, min(constraint.budget_tokens, room))
         return _masker(self, compiled, rows, exit_ids, constraint.budget_exit or "", limit)
+
+
+def _tokenizer_info(xgr: Any, tokenizer: Any, vocab_size: int, stop_token_ids: list[int]) -> Any:
+    """xgrammar's view of the vocabulary, with special tokens (``<|im_start|>``...) as non-text.
+
+    ``TokenizerInfo.from_huggingface`` keeps special tokens as ordinary text, so a free-text field
+    would let the model write ``<|im_start|>``; xgrammar treats a token as special only when its string
+    is empty, so the vocabulary is rebuilt with those strings emptied.
+    """
+    detected = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids)
+    encoded = [""] * vocab_size
+    for text, i in tokenizer.get_vocab().items():
+        if i < vocab_size:
+            encoded[i] = text
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special |= {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
+    for i in special:
+        if i < vocab_size:
+            encoded[i] = ""
+    return xgr.TokenizerInfo(encoded, detected.vocab_type, vocab_size=vocab_size, stop_token_ids=stop_token_ids,
+                             add_prefix_space=detected.add_prefix_space)  # fmt: skip
 
 
 def _masker(engine: GrammarEngine, compiled: Any, rows: int, exit_ids: list[int], exit_text: str,
