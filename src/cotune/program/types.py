@@ -22,7 +22,7 @@ import json
 import math
 import re
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 KINDS = ("str", "int", "float", "bool", "choice", "list", "json")
@@ -52,6 +52,7 @@ class FieldType:
     item: FieldType | None = None
     schema: str | None = None
     model: str | None = None
+    model_class: Any = field(default=None, compare=False, hash=False, repr=False)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -89,7 +90,7 @@ class FieldType:
         if m:
             return cls("list", item=cls.parse(m.group(1)))
         raise TypeSpecError(
-            f"unknown type {text!r}; use str, int, float, bool, list[<type>], json or Literal['a', 'b']"
+            f"unknown type {s!r}; use str, int, float, bool, list[<type>], json or Literal['a', 'b']"
         )
 
     @classmethod
@@ -117,7 +118,8 @@ class FieldType:
             return cls("json", schema=_canonical({"type": "object"}))
         if hasattr(annotation, "model_json_schema"):  # a pydantic model
             schema = annotation.model_json_schema()
-            return cls("json", schema=_canonical(schema), model=f"{annotation.__module__}:{annotation.__qualname__}")
+            name = f"{annotation.__module__}:{annotation.__qualname__}"
+            return cls("json", schema=_canonical(schema), model=name, model_class=annotation)
         raise TypeSpecError(
             f"cannot use {getattr(annotation, '__name__', annotation)!r} as a field type; use str, int, float, "
             "bool, Literal[...], an Enum, list[...], dict or a pydantic model"
@@ -184,11 +186,9 @@ class FieldType:
                 value = json.loads(text)
             except json.JSONDecodeError as e:
                 raise ValueError(f"expected JSON ({e.msg})") from None
-        if self.model is not None:
-            module, name = self.model.split(":")
-            model = importlib.import_module(module)
-            for part in name.split("."):
-                model = getattr(model, part)
+        model = self.model_class or _import(self.model)
+        if model is not None:
+            name = model.__name__
             try:
                 return model.model_validate(value)
             except Exception as e:  # pydantic.ValidationError, without importing pydantic here
@@ -276,6 +276,20 @@ class FieldType:
 
 
 STR = FieldType("str")
+
+
+def _import(path: str | None) -> Any:
+    """The class at "module:Qualified.Name", or None (no path, or a class defined inside a function)."""
+    if path is None or "<locals>" in path:
+        return None
+    module, name = path.split(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        return None
+    return obj
 
 
 def _canonical(schema: dict[str, Any]) -> str:
