@@ -57,8 +57,10 @@ def cotune(*args: str, env: dict[str, str]) -> subprocess.Popen:
 
 
 def table(run: Path) -> dict[str, tuple[float, float]]:
+    """(dev, test) score of every node, intermediate steps (p, p-w) included, not only the table's rows."""
     results = json.loads((run / "results.json").read_text())
-    return {r["strategy"]: (round(r["dev_mean"], 6), round(r["test_mean"], 6)) for r in results["table"]}
+    return {f"seed-{n['seed']}/{n['strategy']}": (round(n["dev"]["score"], 6), round(n["test"]["score"], 6))
+            for n in results["nodes"]}
 
 
 def node_counts(run: Path) -> tuple[Counter, set[str]]:

@@ -29,17 +29,14 @@ from cotune.files import write_json_atomic
 write_json = write_json_atomic  # a reader (or a resumed run) sees the old file or the new one, never half
 
 
-def read_json(path: Path) -> Any:
-    """Read a run file; a corrupt or unreadable one is a `ConfigError` that names it."""
+def read_json(path: Path, fix: str = "delete it to have the step redone, or restore it from a backup") -> Any:
+    """Read a run file; a corrupt or unreadable one is a `ConfigError` that names it and says ``fix``."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise
     except (ValueError, UnicodeDecodeError) as e:
-        raise ConfigError(
-            f"{path} is corrupt ({type(e).__name__}: {e}); delete it to have the step redone, "
-            "or restore it from a backup"
-        ) from None
+        raise ConfigError(f"{path} is corrupt ({type(e).__name__}: {e}); {fix}") from None
 
 
 class RunDir:
@@ -91,7 +88,7 @@ class RunDir:
         return f"{dt.date.today().isoformat()}-{task}-{Path(model).name}"
 
     def config(self) -> dict[str, Any]:
-        config = read_json(self.path / self.CONFIG)
+        config = read_json(self.path / self.CONFIG, "it holds the run's settings: restore it from a backup, or start a new run")
         if not isinstance(config, dict):
             raise ConfigError(f"{self.path / self.CONFIG} is corrupt (not a JSON object); restore it from a backup")
         return config
