@@ -74,6 +74,7 @@ class Completion:
     seconds: float = 0.0
     cached: bool = False
     finish_reason: str = "stop"
+    unconstrained: bool = False  # asked for with a constraint the backend could not apply (sent free)
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -159,7 +160,7 @@ class LM(ABC):
                 if self.cache is not None:
                     self.cache.put(keys[i], {k: v for k, v in dataclasses.asdict(c).items() if k != "cached"})
         for c in results:
-            self._meter.add(c.prompt_tokens, c.completion_tokens, c.seconds, c.cached)
+            self._meter.add(c.prompt_tokens, c.completion_tokens, c.seconds, c.cached, c.unconstrained)
         return results  # type: ignore[return-value]
 
     @abstractmethod

@@ -15,6 +15,7 @@ xgrammar and torch are imported when an engine is built, never when this module 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -51,6 +52,10 @@ class GrammarEngine:
         self._compiled: OrderedDict[Constraint, Any] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        # Time spent in the grammar's per-step work (advance, mask, apply) and the steps it ran, so its
+        # cost can be stated as a share of generation (benchmarks/format_adherence.py).
+        self.mask_seconds = 0.0
+        self.mask_steps = 0
 
     def compile(self, constraint: Constraint) -> Any:
         """The compiled grammar of ``constraint`` (its ``grammar`` segments, else its ``json_schema``).
@@ -137,6 +142,13 @@ def _masker(engine: GrammarEngine, compiled: Any, rows: int, exit_ids: list[int]
             self.first = True
 
         def __call__(self, input_ids, scores):
+            t0 = time.perf_counter()
+            scores = self._mask(input_ids, scores)
+            engine.mask_seconds += time.perf_counter() - t0
+            engine.mask_steps += 1
+            return scores
+
+        def _mask(self, input_ids, scores):
             if not self.first:
                 for i, token in enumerate(input_ids[:, -1].tolist()):
                     self._advance(i, token)

@@ -93,6 +93,7 @@ class HFEngine:
         self.model = model.to(self.device).eval()
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self.generate_calls = 0
+        self.generate_seconds = 0.0
         self._grammar = None
         self._adapters: dict[str, str] = {}  # adapter id -> PEFT adapter name
         self._adapter_paths: dict[str, str] = {}  # adapter path -> adapter id loaded for it
@@ -141,7 +142,9 @@ class HFEngine:
         with torch.inference_mode():
             self.generate_calls += 1
             out = self.model.generate(**enc, generation_config=self._generation_config(config), **kwargs)
-        seconds = (time.perf_counter() - t0) / len(payloads)
+        elapsed = time.perf_counter() - t0
+        self.generate_seconds += elapsed
+        seconds = elapsed / len(payloads)
         prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
         new = out[:, enc["input_ids"].shape[1] :].tolist()
         return [

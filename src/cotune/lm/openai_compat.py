@@ -19,10 +19,12 @@ Example:
 from __future__ import annotations
 
 import email.utils
+import json
 import os
 import random
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -97,6 +99,7 @@ class OpenAICompatible(LM):
     """
 
     backend = "openai"
+    structured_output = "json_schema"  # sent as response_format; dropped (once, with a warning) if refused
 
     def __init__(
         self,
@@ -111,6 +114,7 @@ class OpenAICompatible(LM):
         adapter: str | None = None,
         cache: RequestCache | bool | None = True,
         config: GenerationConfig | None = None,
+        constrained: bool = True,
     ):
         if not model or not isinstance(model, str):
             raise ConfigError(f"model must be a non-empty string, got {model!r}")
@@ -124,8 +128,10 @@ class OpenAICompatible(LM):
             raise ConfigError(f"backoff must be >= 0 seconds, got {backoff}")
         if max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        super().__init__(cache=cache, config=config)
+        super().__init__(cache=cache, config=config, constrained=constrained)
         self._model, self._adapter = model, adapter
+        # Whether the server takes response_format: None until a request tells (shared by adapter copies).
+        self._structured = _Flag()
         # Requests go to the URL as given (credentials in it included); everything written or shown
         # (spec, cache key, errors, repr) sees it redacted.
         self._request_base = base_url.rstrip("/")
@@ -197,6 +203,9 @@ class OpenAICompatible(LM):
             # Distinct rollouts must sample differently, and the same rollout the same way where the
             # server supports seeds.
             body["seed"] = config.rollout_id
+        if config.constraint is not None and self._structured.value is not False:
+            schema = json.loads(config.constraint.json_schema)
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "outputs", "schema": schema}}
         return body
 
     def _generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:
@@ -225,7 +234,8 @@ class OpenAICompatible(LM):
         attempts = self.max_retries + 1
         last, retry_after, answered, reached = "", None, False, False
         timeout, read_timeouts = self.timeout, 0
-        for attempt in range(attempts):
+        attempt = -1
+        while (attempt := attempt + 1) < attempts:
             if attempt:
                 time.sleep(self._delay(attempt, retry_after))
             retry_after = None
@@ -251,8 +261,16 @@ class OpenAICompatible(LM):
                 answered, last = True, f"HTTP {response.status_code}: {self._scrub(_error_message(response))}"
                 continue
             if response.status_code >= 400:
+                if "response_format" in body and response.status_code in (400, 422) and self._structured.value is None:
+                    body = self._without_structured_outputs(body, response)
+                    attempt -= 1  # not a failed attempt: the same request again, without response_format
+                    continue
                 raise LMError(self._rejected_message(body, response))
-            return self._parse(response, config, seconds)
+            if "response_format" in body:
+                self._structured.value = True
+            completion = self._parse(response, config, seconds)
+            completion.unconstrained = config.constraint is not None and "response_format" not in body
+            return completion
         tries = f"{attempts} attempt{'s' * (attempts > 1)}"
         if answered:
             raise LMConnectionError(f"server at {self.base_url} kept failing after {tries}; last answer {last}")
@@ -260,6 +278,19 @@ class OpenAICompatible(LM):
             raise self._read_timeout_error(body, timeout)
         what = "dropped the connection" if reached else "is not reachable"
         raise LMConnectionError(f"server at {self.base_url} {what} after {tries}: {last}")
+
+    def _without_structured_outputs(self, body: dict[str, Any], response: httpx.Response) -> dict[str, Any]:
+        """The server refused ``response_format``: warn once, and from now on generate freely (the lenient
+        parser reads the text; each such call counts in ``usage.unconstrained``)."""
+        with self._structured.lock:
+            if self._structured.value is None:
+                self._structured.value = False
+                warnings.warn(
+                    f"server at {self.base_url} rejected structured outputs (response_format json_schema): "
+                    f"{self._scrub(_error_message(response))}; generating without them",
+                    stacklevel=2,
+                )
+        return {k: v for k, v in body.items() if k != "response_format"}
 
     # -- errors: what they say, with credentials taken out ---------------------------------------------
     def _scrub(self, text: str) -> str:
@@ -318,6 +349,14 @@ class OpenAICompatible(LM):
     def __repr__(self) -> str:
         adapter = f", adapter={self.adapter!r}" if self.adapter else ""
         return f"OpenAICompatible({self.model!r}, base_url={self.base_url!r}{adapter})"
+
+
+class _Flag:
+    """A tri-state shared by an LM and its adapter copies: None (unknown), True, False."""
+
+    def __init__(self) -> None:
+        self.value: bool | None = None
+        self.lock = threading.Lock()
 
 
 def _api_key(explicit: str | None, url: str) -> tuple[str | None, bool]:

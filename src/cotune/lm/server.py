@@ -33,6 +33,7 @@ from cotune.errors import ConfigError
 from cotune.events import EventSink, emit
 from cotune.lm.base import LM
 from cotune.lm.server_policy import Refusal, ServerLimits, ServerPolicy
+from cotune.program.grammar import Constraint
 
 logger = logging.getLogger("cotune.server")
 
@@ -111,7 +112,38 @@ def parse_request(body: Any, models: Mapping[str, LM], default: str) -> tuple[st
         # answer whatever the seed, so the seed only counts when sampling.
         if overrides.get("temperature", lm.config.temperature) > 0:
             overrides["rollout_id"] = seed
+    if (fmt := body.get("response_format")) is not None:
+        rule = response_constraint(fmt, models[name])
+        if rule is not None:
+            overrides["constraint"] = rule
     return name, models[name], messages, overrides
+
+
+def response_constraint(fmt: Any, lm: LM) -> Constraint | None:
+    """The `Constraint` of an OpenAI ``response_format``: a JSON schema (``{"type": "json_schema",
+    "json_schema": {"schema": {...}}}``) or any JSON object (``{"type": "json_object"}``); None for text.
+
+    Raises:
+        RequestError: 400 for a malformed format, or one this model cannot constrain to.
+    """
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+        raise RequestError(
+            400, "'response_format' must be {\"type\": \"text\" | \"json_object\" | \"json_schema\", ...}",
+            param="response_format",
+        )  # fmt: skip
+    if fmt["type"] == "text":
+        return None
+    if getattr(lm, "structured_output", None) != "grammar":
+        raise RequestError(400, f"model {lm.model!r} cannot constrain its output here", param="response_format")
+    schema: Any = {"type": "object"}
+    if fmt["type"] == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise RequestError(
+                400, "'response_format.json_schema.schema' must be a JSON schema object", param="response_format"
+            )
+    return Constraint(grammar=(), json_schema=json.dumps(schema, sort_keys=True))
 
 
 def _messages(value: Any) -> list[dict[str, str]]:

@@ -9,20 +9,24 @@ from typing import Any
 
 @dataclass
 class Usage:
-    """Totals over some calls. ``seconds`` is time spent waiting for the model (0 for cache hits)."""
+    """Totals over some calls. ``seconds`` is time spent waiting for the model (0 for cache hits);
+    ``unconstrained`` counts calls sent without their output constraint (a server that refused it)."""
 
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
     cache_hits: int = 0
+    unconstrained: int = 0
 
-    def add_call(self, prompt_tokens: int, completion_tokens: int, seconds: float, cached: bool) -> None:
+    def add_call(self, prompt_tokens: int, completion_tokens: int, seconds: float, cached: bool,
+                 unconstrained: bool = False) -> None:  # fmt: skip
         self.calls += 1
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
         self.seconds += seconds
         self.cache_hits += int(cached)
+        self.unconstrained += int(unconstrained)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(**{k: getattr(self, k) + getattr(other, k) for k in asdict(self)})
@@ -55,9 +59,10 @@ class UsageMeter:
         self._usage = Usage()
         self._lock = threading.Lock()
 
-    def add(self, prompt_tokens: int, completion_tokens: int, seconds: float, cached: bool) -> None:
+    def add(self, prompt_tokens: int, completion_tokens: int, seconds: float, cached: bool,
+            unconstrained: bool = False) -> None:  # fmt: skip
         with self._lock:
-            self._usage.add_call(prompt_tokens, completion_tokens, seconds, cached)
+            self._usage.add_call(prompt_tokens, completion_tokens, seconds, cached, unconstrained)
 
     def snapshot(self) -> Usage:
         with self._lock:
