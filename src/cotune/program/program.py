@@ -152,7 +152,7 @@ class Program:
             # `import cotune.program` free of backends.
             from cotune.lm.registry import from_spec
 
-            lm = from_spec(state["lm"])
+            lm = from_spec(state["lm"], base_dir=Path(path).parent)  # adapter paths are relative to the file
         if lm is not None:
             self.bind(lm)
         return self

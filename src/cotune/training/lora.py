@@ -26,6 +26,7 @@ from typing import Any
 
 from cotune.errors import TrainingError
 from cotune.events import EventSink, Progress, emit
+from cotune.files import replace_dir_atomic
 from cotune.lm.adapters import METADATA_FILE
 from cotune.training.config import LoRAConfig
 from cotune.training.memory import MemoryWatch
@@ -213,10 +214,8 @@ def _save(model: Any, metadata: dict[str, Any], output_dir: Path) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
     model.save_pretrained(str(scratch))
     (scratch / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch.rename(output_dir)
+    replace_dir_atomic(scratch, output_dir)  # the old adapter stays whole until the new one is in place
 
 
 def read_adapter_metadata(path: str | Path) -> dict[str, Any]:
