@@ -33,26 +33,21 @@ def iris():
 
 def test_choice_field_only_ever_yields_its_choices(lm, iris):
     """100 sampled runs at temperature 2 (where free text is noise): every one parses to a species."""
-    program = iris.program().bind(lm)
-    classify = program.classify
-    classify.reasoning_budget = 24  # keep the test short; the answer is what is checked
-    species = []
-    for i, ex in enumerate(list(iris.train)[:25]):
-        for r in range(4):
-            classify.config = {"temperature": 2.0, "rollout_id": 100 * i + r, "max_tokens": 48}
-            species.append(program(**ex.inputs()).species)
+    classify = iris.program().bind(lm).classify
+    classify.reasoning_budget = 8  # keep the test short; the answer is what is checked
+    flowers = list(iris.train) + list(iris.dev)
+    batch = [classify.messages(**ex.inputs()) for ex in flowers]
+    out = lm.generate(batch, constraint=classify.constraint(), temperature=2.0, rollout_id=7, max_tokens=24)
+    species = [parse(classify.signature, c.text)["species"] for c in out]
     assert len(species) == 100 and set(species) <= {"setosa", "versicolor", "virginica"}
     assert len(set(species)) >= 2  # samples, not one answer
 
 
 def test_constrained_completions_parse_and_stop_after_the_last_field(lm, iris):
-    program = iris.program().bind(lm)
-    examples = list(iris.dev)[:8]
-    sig = program.classify.signature
-    for ex in examples:
-        messages = program.classify.messages(**ex.inputs())
-        out = lm(messages, constraint=program.classify.constraint(), max_tokens=200)
-        fields = parse(sig, out.text)
+    classify = iris.program().bind(lm).classify
+    batch = [classify.messages(**ex.inputs()) for ex in list(iris.dev)[:8]]
+    for out in lm.generate(batch, constraint=classify.constraint(), max_tokens=200):
+        fields = parse(classify.signature, out.text)
         assert fields["species"] in {"setosa", "versicolor", "virginica"}
         assert out.text.startswith("Reasoning: ")
         assert out.text.endswith("Species: " + fields["species"])  # nothing after the answer
