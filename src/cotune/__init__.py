@@ -11,7 +11,7 @@ from cotune import data, errors, lm, program, retrieve, tasks
 from cotune.data import Dataset, Example
 from cotune.evaluate import EvaluationResult, evaluate
 from cotune.lm import FakeLM, GenerationConfig
-from cotune.program import ChainOfThought, Predict, Prediction, Program, Signature, record
+from cotune.program import ChainOfThought, InputField, OutputField, Predict, Prediction, Program, Signature, record
 
 __version__ = "0.1.0"
 
@@ -49,6 +49,8 @@ __all__ = [
     "Example",
     "FakeLM",
     "GenerationConfig",
+    "InputField",
+    "OutputField",
     "Predict",
     "Prediction",
     "Program",
