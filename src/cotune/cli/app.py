@@ -127,7 +127,9 @@ def finetune_cmd(
     batch_size: Annotated[int | None, typer.Option(help="Sequences per step.")] = None,
     traces: Annotated[Path | None, typer.Option(help="Reuse traces saved as JSONL instead of running the teacher.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Keep traces scoring at least this (default: metric is truthy).")] = None,
-    rollouts: Annotated[int, typer.Option(min=1, help="Runs per training example; runs after the first sample at temperature 0.7.")] = 1,
+    rollouts: Annotated[int, typer.Option(min=1, help="Runs per training example; runs after the first sample at --rollout-temperature.")] = 1,
+    rollout_temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature of the rollouts after the first.")] = 0.7,
+    stop_at_first_pass: Annotated[bool, typer.Option("--stop-at-first-pass", help="No more rollouts for an example once one passed.")] = False,
     fill_with_labels: Annotated[bool, typer.Option("--fill-with-labels", help="Also train on the gold labels of examples no run got right.")] = False,
     strip_demos: Annotated[bool, typer.Option("--strip-demos", help="Train on (and serve) prompts without the few-shot demos.")] = False,
     eval_split: Annotated[str | None, typer.Option("--eval-split", help="Evaluate the result on this split afterwards ('' to skip).")] = "test",
@@ -145,7 +147,8 @@ def finetune_cmd(
                               "batch_size": batch_size}.items() if v is not None}
     run_finetune(task=task, model=model, out_dir=out_dir, lora=lora, traces=traces, threshold=threshold,
                  data_dir=data_dir, threads=threads, seed=seed, cache=not no_cache, evaluate_on=eval_split or None,
-                 console=console, out=out, rollouts=rollouts, fill_with_labels=fill_with_labels, keep_demos=not strip_demos,
+                 console=console, out=out, rollouts=rollouts, rollout_temperature=rollout_temperature,
+                 stop_at_first_pass=stop_at_first_pass, fill_with_labels=fill_with_labels, keep_demos=not strip_demos,
                  split_seed=split_seed, force=force)
 
 

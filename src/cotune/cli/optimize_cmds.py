@@ -86,6 +86,7 @@ def run_finetune(
     *, task: str, model: str | None, out_dir: Path, lora: dict[str, Any], traces: Path | None, threshold: float | None,
     data_dir: Path | None, threads: int, seed: int, cache: bool, evaluate_on: str | None, console: Console, out: Console,
     rollouts: int = 1, fill_with_labels: bool = False, keep_demos: bool = True, split_seed: int = 0, force: bool = False,
+    rollout_temperature: float = 0.7, stop_at_first_pass: bool = False,
 ) -> None:
     from cotune.optimize.finetune import BootstrapFinetune
     from cotune.training.config import LoRAConfig
@@ -95,6 +96,7 @@ def run_finetune(
     the_task, program = _setup(task, model, data_dir, split_seed, cache, console)
     opt = BootstrapFinetune(the_task.metric, lora=config, metric_threshold=threshold, output_dir=str(out_dir),
                             traces=str(traces) if traces else None, num_rollouts=rollouts,
+                            rollout_temperature=rollout_temperature, stop_at_first_pass=stop_at_first_pass,
                             fill_with_labels=fill_with_labels, keep_demos=keep_demos, num_threads=threads, seed=seed)
     events = RichEvents(console)
     try:
@@ -109,6 +111,8 @@ def run_finetune(
     labeled = f", {opt.n_labeled_} examples from labels" if fill_with_labels else ""
     out.print(f"adapter: {opt.adapter_path_}  ({opt.n_passed_} of {opt.n_traces_} runs passed{labeled}; "
               f"calls per predictor: {opt.passed_by_predictor_})")
+    if opt.coverage_:
+        out.print(f"kept traces cover {coverage_line(opt.coverage_)}")
     out.print(f"training: {getattr(result, 'steps', '?')} steps, final loss {getattr(result, 'final_loss', float('nan')):.4f}, "
               f"{getattr(result, 'seconds', 0.0):.0f} s")
     program_path = out_dir / "program.json"
@@ -116,3 +120,13 @@ def run_finetune(
     if summary is not None:
         out.print(evaluation_table(f"fine-tuned program on {evaluate_on}", summary, {"task": task, "adapter": str(opt.adapter_path_)}))
     out.print(f"saved {program_path}  (evaluate it: cotune eval --program {program_path})")
+
+
+def coverage_line(coverage: dict[str, Any]) -> str:
+    """``38/50 training examples; species: setosa 16/16, versicolor 14/17, virginica 8/17``."""
+    ex = coverage["examples"]
+    parts = [f"{ex['covered']}/{ex['total']} training examples"]
+    for name, classes in coverage.get("by_class", {}).items():
+        cells = ", ".join(f"{c} {v['covered']}/{v['total']}" for c, v in classes.items())
+        parts.append(f"{name}: {cells}")
+    return "; ".join(parts)

@@ -47,6 +47,9 @@ class WeightStep:
     metric_threshold: float | None = field(default=None, metadata={"help": "keep traces scoring at least this"})
     num_rollouts: int = field(default=1, metadata={"help": "rollouts per training example"})
     rollout_temperature: float = field(default=0.7, metadata={"help": "sampling temperature of rollouts after the first"})
+    stop_at_first_pass: bool = field(
+        default=False, metadata={"help": "no more rollouts for an example once one of its runs passed"}
+    )
     init: str = field(default="base", metadata={"help": "'base' (train from the base model) or 'continue'"})
     fill_with_labels: bool = field(
         default=False,
