@@ -37,7 +37,8 @@ def make_run(root: Path, name: str, scores: dict[str, list], *, task="iris", mod
              tokens: dict[str, float] | None = None, completion: dict[str, float] | None = None,
              optimize: dict[str, float] | None = None, train: dict[str, float] | None = None,
              demos: dict[str, list[dict]] | None = None, instruction: dict[str, str] | None = None,
-             n: int = 50, calls_per_example: float = 1.0, fmt: dict[str, float] | None = None) -> Path:
+             n: int = 50, calls_per_example: float = 1.0, fmt: dict[str, float] | None = None,
+             info: dict[str, dict] | None = None) -> Path:
     """A finished run directory. ``scores[strategy]`` is one (dev, test) pair per seed, seeds 0, 1, ...;
     every prefix of every strategy must be given (the runner computes them too)."""
     tokens, completion = tokens or {}, completion or {}
@@ -67,7 +68,8 @@ def make_run(root: Path, name: str, scores: dict[str, list], *, task="iris", mod
                 "dev": summary(dev, **kw), "test": summary(test, **kw),
                 "optimize_seconds": 0.0, "train_seconds": 0.0,
                 "cumulative_optimize_seconds": optimize.get(s, 0.0), "cumulative_train_seconds": train.get(s, 0.0),
-                "adapter": adapter, "program": str((node / "program.json").relative_to(run.path)), "info": {},
+                "adapter": adapter, "program": str((node / "program.json").relative_to(run.path)),
+                "info": (info or {}).get(s, {}),
             }
             run.finish(seed, s, record)
             nodes.append(record)
@@ -96,6 +98,18 @@ def series_points(svg: ET.Element) -> dict[str, int]:
 
 
 # -- tests -------------------------------------------------------------------------------------------------
+def test_theta_steps_show_the_coverage_of_their_kept_traces(tmp_path):
+    cov = {"examples": {"covered": 38, "total": 50},
+           "by_class": {"species": {"setosa": {"covered": 16, "total": 16}, "versicolor": {"covered": 14, "total": 17},
+                                    "virginica": {"covered": 8, "total": 17}}}}
+    info = {"w": {"coverage_": cov, "n_passed_": 41}, "p-w": {"coverage_": cov, "n_passed_": 40}}
+    md, _ = write_report(make_run(tmp_path, "a", THREE_SEEDS, info=info))
+    text = md.read_text()
+    assert "## What the Θ steps learned from" in text
+    assert "| w | 0 | 41 | 38/50 | species: setosa 16/16, versicolor 14/17, virginica 8/17 |" in text
+    assert "| p-w-p |" not in text.split("## What the Θ steps learned from")[1].split("## ")[0]  # ends in p
+
+
 def test_table_cells_are_mean_pm_std_over_seeds_with_best_in_bold(tmp_path):
     md_path, html_path = write_report(make_run(tmp_path, "a", THREE_SEEDS))
     md = md_path.read_text()

@@ -144,6 +144,13 @@ def build_report(runs: list[adv.RunData], prices: adv.Prices) -> list[Block]:
     for rec in advice.recommendations:
         blocks.append(Para(rec.text, lead=f"Recommendation ({rec.label}): " if len(runs) > 1 else "Recommendation: "))
 
+    coverage = [t for r in runs if (t := theta_coverage(r)) is not None]
+    if coverage:
+        blocks += [Heading(2, "What the Θ steps learned from", "coverage"),
+                   Para("A Θ step trains on the runs that passed; these are the training examples they cover, "
+                        "overall and per class of the answer. A class with no kept run cannot be learned.")]
+        blocks += coverage
+
     blocks += [Heading(2, "Learned prompts", "prompts")]
     for r in runs:
         blocks += learned_prompts(r)
@@ -151,6 +158,25 @@ def build_report(runs: list[adv.RunData], prices: adv.Prices) -> list[Block]:
 
 
 # -- sections --------------------------------------------------------------------------------------------
+def theta_coverage(run: adv.RunData) -> Table | None:
+    """One row per Θ node (strategy ending in w, per seed): kept runs, examples covered, per-class coverage."""
+    rows = []
+    for n in run.nodes:
+        cov = (n.get("info") or {}).get("coverage_")
+        if not cov or parse_strategy(n["strategy"])[-1] != "w":
+            continue
+        classes = "; ".join(
+            f"{field}: " + ", ".join(f"{c} {v['covered']}/{v['total']}" for c, v in by.items())
+            for field, by in cov.get("by_class", {}).items()
+        )
+        ex = cov["examples"]
+        kept = n["info"].get("n_passed_", "?")
+        rows.append([n["strategy"], str(n["seed"]), str(kept), f"{ex['covered']}/{ex['total']}", classes or "–"])
+    if not rows:
+        return None
+    return Table([f"{run.label}: strategy", "seed", "kept runs", "examples covered", "per class"], rows, css="coverage")
+
+
 def accuracy_matrix(runs: list[adv.RunData], strategies: list[str], tables: dict[str, dict[str, dict]]) -> Table:
     """Rows strategies, columns runs (task, and model when several); the best mean per column in bold."""
     t = Table(["strategy", *(r.label for r in runs)], [], css="matrix")
