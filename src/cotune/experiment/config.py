@@ -47,6 +47,7 @@ class WeightStep:
     metric_threshold: float | None = field(default=None, metadata={"help": "keep traces scoring at least this"})
     num_rollouts: int = field(default=1, metadata={"help": "rollouts per training example"})
     rollout_temperature: float = field(default=0.7, metadata={"help": "sampling temperature of rollouts after the first"})
+    rollout_min_p: float = field(default=0.0, metadata={"help": "min-p of the sampled rollouts (0: off)"})
     stop_at_first_pass: bool = field(
         default=False, metadata={"help": "no more rollouts for an example once one of its runs passed"}
     )
@@ -63,6 +64,8 @@ class WeightStep:
             errors.append(f"weights.num_rollouts: must be >= 1, got {self.num_rollouts}")
         if self.rollout_temperature < 0:
             errors.append(f"weights.rollout_temperature: must be >= 0, got {self.rollout_temperature}")
+        if not 0 <= self.rollout_min_p < 1:
+            errors.append(f"weights.rollout_min_p: must be in [0, 1), got {self.rollout_min_p}")
         if self.init not in ("base", "continue"):
             errors.append(f"weights.init: {self.init!r} is not one of base, continue")
         try:

@@ -292,7 +292,7 @@ def default_optimizer_factory(cfg: ExperimentConfig, metric: Any) -> OptimizerFa
             return BootstrapFinetune(
                 metric, lora=LoRAConfig(**{"seed": seed, **w.lora}), metric_threshold=w.metric_threshold,
                 num_rollouts=w.num_rollouts, rollout_temperature=w.rollout_temperature,
-                stop_at_first_pass=w.stop_at_first_pass, init=w.init,
+                rollout_min_p=w.rollout_min_p, stop_at_first_pass=w.stop_at_first_pass, init=w.init,
                 fill_with_labels=w.fill_with_labels, keep_demos=w.keep_demos, output_dir=str(node),
                 num_threads=cfg.threads, seed=seed,
             )

@@ -28,6 +28,9 @@ class GenerationConfig:
     Attributes:
         temperature: 0 means greedy decoding.
         top_p: nucleus sampling mass (used when temperature > 0).
+        min_p: drop tokens less likely than ``min_p`` times the most likely one, after temperature (used
+            when temperature > 0; 0 keeps all). Keeps high-temperature samples readable: the tail of
+            unlikely tokens goes, while alternatives the model finds plausible stay.
         max_tokens: the most tokens to generate.
         stop: strings that end the completion (not included in it).
         rollout_id: distinguishes otherwise identical requests, so the cache does not return the same
@@ -38,6 +41,7 @@ class GenerationConfig:
 
     temperature: float = 0.0
     top_p: float = 1.0
+    min_p: float = 0.0
     max_tokens: int = 384
     stop: tuple[str, ...] = ()
     rollout_id: int = 0
@@ -48,6 +52,8 @@ class GenerationConfig:
             raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            raise ConfigError(f"min_p must be in [0, 1), got {self.min_p}")
         if self.max_tokens < 1:
             raise ConfigError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if isinstance(self.stop, str) or isinstance(self.stop, list):

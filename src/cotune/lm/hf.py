@@ -133,7 +133,7 @@ class HFEngine:
             processors.append(self.grammar.processor(config.constraint, len(payloads), config.max_tokens))
         if config.temperature > 0:
             seeds = [seed for _, seed in payloads]
-            processors.append(_seeded_sampler(seeds, config.temperature, config.top_p, self.device))
+            processors.append(_seeded_sampler(seeds, config.temperature, config.top_p, self.device, config.min_p))
         if processors:
             from transformers import LogitsProcessorList
 
@@ -302,7 +302,7 @@ class HFLM(LM):
     def _generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:
         # Length-sorted, so a large batch splits into chunks of similar length (less padding).
         order = sorted(range(len(batch)), key=lambda i: sum(len(m.get("content", "")) for m in batch[i]))
-        group = config.replace(rollout_id=0, **({"top_p": 1.0} if config.temperature == 0 else {}))
+        group = config.replace(rollout_id=0, **({"top_p": 1.0, "min_p": 0.0} if config.temperature == 0 else {}))
         key = (group, self._adapter_id, self._adapter)
         futures = self._engine.submit(key, [(batch[i], _seed(batch[i], config)) for i in order])
         results: list[Completion] = [None] * len(batch)  # type: ignore[list-item]
@@ -355,7 +355,7 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return found
 
 
-def _seeded_sampler(seeds: list[int], temperature: float, top_p: float, device: str):
+def _seeded_sampler(seeds: list[int], temperature: float, top_p: float, device: str, min_p: float = 0.0):
     """A logits processor that samples each row with its own seeded generator and forces that token.
 
     torch's global RNG would make a row's sample depend on which other requests shared its batch;
@@ -370,6 +370,8 @@ def _seeded_sampler(seeds: list[int], temperature: float, top_p: float, device: 
 
         def __call__(self, input_ids, scores):
             probs = torch.softmax(scores.float() / temperature, dim=-1)
+            if min_p > 0:
+                probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
             if top_p < 1.0:
                 sorted_probs, idx = probs.sort(dim=-1, descending=True)
                 # Drop tokens once the mass before them already reaches top_p (the first always stays).

@@ -199,6 +199,8 @@ class OpenAICompatible(LM):
         }
         if config.stop:
             body["stop"] = list(config.stop)
+        if config.min_p > 0 and config.temperature > 0:
+            body["min_p"] = config.min_p  # vLLM, llama.cpp and SGLang read it; others ignore it
         if config.temperature > 0:
             # Distinct rollouts must sample differently, and the same rollout the same way where the
             # server supports seeds.

@@ -90,6 +90,8 @@ def parse_request(body: Any, models: Mapping[str, LM], default: str) -> tuple[st
         overrides["temperature"] = _number(t, "temperature", low=0.0, high=2.0)
     if (p := body.get("top_p")) is not None:
         overrides["top_p"] = _number(p, "top_p", low=0.0, high=1.0, open_low=True)
+    if (p := body.get("min_p")) is not None:
+        overrides["min_p"] = _number(p, "min_p", low=0.0, high=0.999)
     for field in ("max_tokens", "max_completion_tokens"):  # the newer name wins when both are sent
         if (m := body.get(field)) is not None:
             if not _is_int(m) or m < 1:

@@ -53,6 +53,8 @@ class BootstrapFinetune(Optimizer):
             constrained decoding every sample is a valid answer, so more rollouts cover more of the
             answers the model can get right (the classes a Θ step can learn).
         rollout_temperature: sampling temperature of the extra rollouts.
+        rollout_min_p: min-p of the extra rollouts (0: off): at a high temperature it keeps the free text
+            readable while the constrained answer still varies.
         stop_at_first_pass: stop sampling an example once one of its runs passed (the hard examples get
             the remaining rollouts; the easy ones are not learned many times over).
         multitask: one adapter shared by all predictors (the paper's choice); False trains one per predictor.
@@ -103,6 +105,7 @@ class BootstrapFinetune(Optimizer):
         teacher: Program | None = None,
         num_rollouts: int = 1,
         rollout_temperature: float = 0.7,
+        rollout_min_p: float = 0.0,
         stop_at_first_pass: bool = False,
         multitask: bool = True,
         init: str = "base",
@@ -119,6 +122,7 @@ class BootstrapFinetune(Optimizer):
         self.teacher = teacher
         self.num_rollouts = num_rollouts
         self.rollout_temperature = rollout_temperature
+        self.rollout_min_p = rollout_min_p
         self.stop_at_first_pass = stop_at_first_pass
         self.multitask = multitask
         self.init = init
@@ -209,6 +213,8 @@ class BootstrapFinetune(Optimizer):
             raise ConfigError(f"lora must be a LoRAConfig, got {type(self.lora).__name__}")
         if self.metric_threshold is not None and not 0 <= self.metric_threshold <= 1:
             raise ConfigError(f"metric_threshold must be in [0, 1] or None, got {self.metric_threshold}")
+        if not 0 <= self.rollout_min_p < 1:
+            raise ConfigError(f"rollout_min_p must be in [0, 1), got {self.rollout_min_p}")
         if not isinstance(self.num_threads, int) or self.num_threads < 1:
             raise ConfigError(f"num_threads must be an integer >= 1, got {self.num_threads!r}")
 
@@ -248,7 +254,7 @@ class BootstrapFinetune(Optimizer):
             self.teacher if self.teacher is not None else program, trainset, self.metric,
             num_rollouts=self.num_rollouts, temperature=self.rollout_temperature,
             num_threads=self.num_threads, seed=self.seed, stop_at_first_pass=self.stop_at_first_pass,
-            threshold=self.metric_threshold, events=events,
+            threshold=self.metric_threshold, min_p=self.rollout_min_p, events=events,
         )  # fmt: skip
 
     def _fill(self, program, trainset, passed, kept, events) -> list[Trace]:

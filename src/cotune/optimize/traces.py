@@ -109,13 +109,15 @@ def collect_traces(
     seed: int = 0,
     stop_at_first_pass: bool = False,
     threshold: float | None = None,
+    min_p: float = 0.0,
     events: EventSink | None = None,
 ) -> list[Trace]:
     """Run ``teacher`` on every example ``num_rollouts`` times and return every run as a `Trace`.
 
     Rollout 0 decodes as the teacher is configured (usually greedy); rollouts 1..k-1 sample at
     ``temperature`` with distinct rollout ids (``seed * 1000 + r``), so the request cache returns the
-    same samples for the same seed and new ones for another seed. The teacher is never mutated. With
+    same samples for the same seed and new ones for another seed (with ``min_p`` when > 0, see
+    `cotune.lm.GenerationConfig`). The teacher is never mutated. With
     ``stop_at_first_pass``, an example gets no more rollouts once one of its runs passed (`Trace.passed`
     with ``threshold``): many samples for the hard examples, one for the easy ones.
 
@@ -137,7 +139,7 @@ def collect_traces(
             break
         runner, temp = teacher, None
         if r > 0:
-            temp, runner = temperature, _sampling_copy(teacher, temperature, seed * 1000 + r)
+            temp, runner = temperature, _sampling_copy(teacher, temperature, seed * 1000 + r, min_p)
         desc = "collect traces" if num_rollouts == 1 else f"collect traces (rollout {r + 1}/{num_rollouts})"
         subset = [examples[i] for i in todo]
         result = evaluate(runner, subset, metric, num_threads=num_threads, events=events, description=desc)
@@ -304,7 +306,7 @@ def _lm_of(program: Any) -> Any:
     return getattr(program, "lm", None)
 
 
-def _sampling_copy(teacher: Any, temperature: float, rollout_id: int) -> Any:
+def _sampling_copy(teacher: Any, temperature: float, rollout_id: int, min_p: float = 0.0) -> Any:
     """A copy of the teacher whose predictors sample at ``temperature`` under ``rollout_id``."""
     if isinstance(teacher, Program):
         copy = teacher.deepcopy()
@@ -317,6 +319,8 @@ def _sampling_copy(teacher: Any, temperature: float, rollout_id: int) -> Any:
         predictors = [copy]
     for p in predictors:
         p.config = {**p.config, "temperature": temperature, "rollout_id": rollout_id}
+        if min_p > 0:
+            p.config["min_p"] = min_p
     return copy
 
 
