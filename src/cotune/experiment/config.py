@@ -93,7 +93,7 @@ class ExperimentConfig:
     dev_size: int | None = field(default=None, metadata={"help": "override the task's dev size"})
     test_size: int | None = field(default=None, metadata={"help": "override the task's test size"})
     inner_val_ratio: float = field(default=0.7, metadata={"help": "share of train that Π steps validate on"})
-    threads: int = field(default=8, metadata={"help": "parallel examples (a local model batches them)"})
+    threads: int = field(default=64, metadata={"help": "parallel examples (a local model batches them)"})
     max_tokens: int | None = field(default=None, metadata={"help": "cap on generated tokens per call"})
     cache: bool = field(default=True, metadata={"help": "use the persistent request cache"})
     prompt: PromptStep = field(default_factory=PromptStep)
