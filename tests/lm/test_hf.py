@@ -324,3 +324,15 @@ def test_an_adapter_missing_some_of_its_weights_is_refused(smol, random_lora, tm
     save_file({k: v for k, v in weights.items() if k != dropped}, path / "adapter_model.safetensors")
     with pytest.raises(ConfigError, match="lacks 1 of its weights"):
         smol.with_adapter(path)(user("Hi."), max_tokens=2)
+
+
+@pytest.mark.parametrize("min_p, allowed", [(0.0, {0, 1, 2, 3}), (0.2, {0, 1}), (0.5, {0})])
+def test_min_p_drops_the_unlikely_tail(min_p, allowed):
+    torch = pytest.importorskip("torch")
+    from cotune.lm.hf import _seeded_sampler
+
+    # probabilities 0.6, 0.25, 0.1, 0.05 (at temperature 1): min_p 0.2 keeps those >= 0.12
+    scores = torch.log(torch.tensor([[0.6, 0.25, 0.1, 0.05]])).repeat(200, 1)
+    sampler = _seeded_sampler(list(range(200)), 1.0, 1.0, "cpu", min_p)
+    picked = set(sampler(None, scores).argmax(dim=-1).tolist())
+    assert picked == allowed
