@@ -76,7 +76,7 @@ def run_cmd(
     out_dir: Annotated[Path | None, typer.Option(help="Parent folder of run directories. Default: runs.")] = None,
     name: Annotated[str | None, typer.Option(help="Run directory name. Default: DATE-TASK-MODEL.")] = None,
     data_dir: DataDirOpt = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="Parallel examples. Default: 8.")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Parallel examples. Default: 64.")] = None,
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Run strategies × seeds (zero-shot, Π, Θ, Π→Θ→Π, ...) and print the Table-1-style comparison."""
