@@ -82,9 +82,10 @@ def main() -> None:
     from cotune.tasks import load_task
 
     out = {"n": args.n, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "runs": []}
-    if args.out.exists():  # keep other models' rows when rerunning one
+    if args.out.exists():  # keep the rows of other models and tasks when rerunning some
         old = json.loads(args.out.read_text())
-        out["runs"] = [r for r in old.get("runs", []) if r["model"] not in args.models.split(",")]
+        rerun = {(m, t) for m in args.models.split(",") for t in args.tasks.split(",")}
+        out["runs"] = [r for r in old.get("runs", []) if (r["model"], r["task"]) not in rerun]
     for model in args.models.split(","):
         lm = ct.lm.load(model, cache=False)
         for name in args.tasks.split(","):

@@ -105,8 +105,8 @@ def _ebnf(seq: list[str], rules: list[str]) -> str:
 
 def _value_rules(name: str, t: FieldType, next_label: str | None) -> list[str]:
     if t.kind == "str":
-        if next_label is None:  # the last field: one line, not starting with a space
-            return [f"{name} ::= [^\\n ] [^\\n]*"]
+        if next_label is None:  # the last field: one line, not starting with a space; its newline ends it
+            return [f'{name} ::= [^\\n ] [^\\n]* "\\n"?']
         # Several lines; a line that starts with the next field's label ends this field.
         return [f'{name} ::= [^\\n]* ("\\n" {name}_line)*', f"{name}_line ::= {_not_prefix(next_label)}"]
     return [f"{name} ::= {_scalar(t)}"]
