@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -50,6 +51,7 @@ class Constraint:
     reserve_tokens: int = 0
 
 
+@functools.lru_cache(maxsize=256)  # built once per signature and budget, not on every call
 def constraint(signature: Signature, *, budget_tokens: int | None = None) -> Constraint:
     """The `Constraint` of ``signature``'s completion; ``budget_tokens`` caps the first field when it is
     free text followed by other fields (a chain of thought's reasoning)."""
