@@ -43,3 +43,21 @@ def test_tasks_lists_builtin_tasks():
     assert result.returncode == 0
     for name in ("iris", "gsm8k", "hotpotqa"):
         assert name in result.stdout
+
+
+def test_plain_progress_lines_without_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from cotune.cli.render import RichEvents
+    from cotune.events import Event
+
+    buf = io.StringIO()
+    sink = RichEvents(Console(file=buf, force_terminal=False, width=200))
+    sink(Event("run.start", {"nodes": 2}))
+    sink(Event("node.done", {"seed": 0, "strategy": "p", "dev": 0.5, "test": 0.25}))
+    sink(Event("node.failed", {"seed": 0, "strategy": "w", "kind": "infrastructure", "error": "server down"}))
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("seed 0 p: dev 50.0%  test 25.0%") and "[1/2 nodes, about" in lines[0]
+    assert lines[1].startswith("seed 0 w: FAILED (infrastructure): server down") and "[2/2 nodes]" in lines[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from rich.console import Console
@@ -13,10 +14,19 @@ from cotune.events import Event
 
 
 class RichEvents:
-    """An event sink that turns ``progress.*`` events into rich progress bars and ``log`` events into lines."""
+    """An event sink that turns ``progress.*`` events into rich progress bars and ``log`` events into lines.
+
+    Without a terminal (a log file, CI, nohup) bars show nothing until the end, so each finished or failed
+    run node is also printed as one plain line: seed, strategy, scores, elapsed time and an estimate of
+    the time left.
+    """
 
     def __init__(self, console: Console):
         self.console = console
+        self._plain = not console.is_terminal
+        self._started = time.monotonic()
+        self._nodes_total: int | None = None
+        self._nodes_seen = 0
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -34,6 +44,8 @@ class RichEvents:
 
     def __call__(self, event: Event) -> None:
         f = event.fields
+        if self._plain and event.name in ("run.start", "node.done", "node.failed", "node.skipped"):
+            self._plain_line(event.name, f)
         with self._lock:
             if event.name == "progress.start":
                 if self._open == 0:
@@ -56,6 +68,32 @@ class RichEvents:
         with self._lock:
             if self._open:
                 self._progress.stop()
+
+    def _plain_line(self, name: str, f: dict[str, Any]) -> None:
+        if name == "run.start":
+            self._nodes_total, self._started = f.get("nodes"), time.monotonic()
+            return
+        self._nodes_seen += 1
+        elapsed = time.monotonic() - self._started
+        where = f"seed {f.get('seed')} {f.get('strategy')}"
+        if name == "node.done":
+            what = f"dev {100 * f['dev']:.1f}%  test {100 * f['test']:.1f}%"
+        elif name == "node.failed":
+            what = f"FAILED ({f.get('kind')}): {str(f.get('error', ''))[:200]}"
+        else:
+            what = "finished earlier"
+        left = ""
+        if self._nodes_total:
+            done = f"{self._nodes_seen}/{self._nodes_total}"
+            rest = self._nodes_total - self._nodes_seen
+            eta = f", about {_clock(elapsed / self._nodes_seen * rest)} left" if rest > 0 else ""
+            left = f"  [{done} nodes{eta}]"
+        self.console.print(f"{where}: {what}  ({_clock(elapsed)} elapsed){left}", highlight=False, markup=False)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def _fresh(old: Progress, console: Console) -> Progress:
