@@ -45,8 +45,9 @@ def test_choice_field_only_ever_yields_its_choices(lm, iris):
 
 def test_constrained_completions_parse_and_stop_after_the_last_field(lm, iris):
     classify = iris.program().bind(lm).classify
+    classify.reasoning_budget = 48  # keeps the test short; the budget's own test is below
     batch = [classify.messages(**ex.inputs()) for ex in list(iris.dev)[:8]]
-    for out in lm.generate(batch, constraint=classify.constraint(), max_tokens=200):
+    for out in lm.generate(batch, constraint=classify.constraint(), max_tokens=100):
         fields = parse(classify.signature, out.text)
         assert fields["species"] in {"setosa", "versicolor", "virginica"}
         assert out.text.startswith("Reasoning: ")
