@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cotune.errors import ConfigError, CotuneError, LMError, UnknownChoiceError
+from cotune.hardware import bf16_is_fast
 from cotune.lm.adapters import adapter_id as _adapter_id
 from cotune.lm.adapters import check_base_model
 from cotune.lm.base import LM, Completion, GenerationConfig, Messages, truncate_at_stop
@@ -29,9 +30,6 @@ from cotune.lm.cache import RequestCache, request_key
 
 DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float32": "float32", "fp32": "float32",
           "float16": "float16", "fp16": "float16"}  # fmt: skip
-# On this class of CPU (2 cores, no GPU) bf16 generation measured faster than fp32 at every batch size
-# that matters (see benchmarks/lm_throughput.py); on CUDA bf16 is the usual choice where supported.
-CPU_AUTO_DTYPE = "bfloat16"
 
 
 def resolve_device(device: str | None) -> str:
@@ -52,7 +50,8 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if dtype == "auto":
         if device.startswith("cuda"):
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        return CPU_AUTO_DTYPE
+        # bf16 where the CPU computes it natively; emulated bf16 is ~5x slower than float32 (cotune.hardware).
+        return "bfloat16" if bf16_is_fast("cpu") else "float32"
     if dtype not in DTYPES:
         raise UnknownChoiceError("dtype", dtype, [*DTYPES, "auto"])
     return DTYPES[dtype]
