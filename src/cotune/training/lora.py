@@ -7,6 +7,11 @@ and has no dependency beyond torch + peft. Tested with torch 2.13, transformers 
 
 The adapter is saved unmerged (PEFT ``save_pretrained``: adapter_config.json + adapter_model.safetensors)
 with ``cotune_adapter.json`` beside it: base model, training data hash, hyperparameters, final loss.
+
+No process-wide state is changed: the seed drives a local ``torch.Generator`` (adapter initialization) and a
+local ``random.Random`` (batch order); torch's default generators are never seeded (LoRA dropout > 0 draws its
+masks from them), and the CPU thread count (``LoRAConfig.num_threads``) is set only while training and
+restored afterwards.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import math
 import os
 import random
 import shutil
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,18 +97,35 @@ def train_lora(
         TrainingError: no examples, every example too long, a config the model refuses (e.g. unknown
             target modules), out of memory, or a non-finite loss; the cause is chained.
     """
-    import torch
-
     config = config or LoRAConfig()
     if not examples:
         raise TrainingError("no training examples: nothing to fine-tune on")
-    threads = torch.get_num_threads()
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
-    try:
+    with torch_threads(config.num_threads):
         return _train(examples, Path(base_model_path), Path(output_dir), config, base_model, init_adapter, events)
-    finally:
-        torch.set_num_threads(threads)
+
+
+_THREADS_LOCK = threading.Lock()
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with torch's CPU thread count at ``n`` (None: leave it), restoring the old count after.
+
+    torch's count is process-wide, so concurrent blocks take turns: a second trainer waits rather than
+    restoring a count the first one set.
+    """
+    if n is None:
+        yield
+        return
+    import torch
+
+    with _THREADS_LOCK:
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 def _train(examples, base_model_path, output_dir, config, base_model, init_adapter, events) -> TrainResult:
@@ -112,8 +136,6 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
     t_start = time.perf_counter()
 
     # -- setup ----------------------------------------------------------------------------------------
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
     tokenizer, model = _load(base_model_path, init_adapter, config, device)
     tokenized, n_dropped = [], 0
     for ex in examples:
@@ -265,13 +287,35 @@ def _load(base_model_path: str | Path, init_adapter: str | Path | None, config: 
                     r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=target,
                     task_type="CAUSAL_LM", bias="none",
                 )
-                model = get_peft_model(model, lora)
+                # peft draws its initial weights from torch's default generator: keep that generator's state
+                # as it was, then draw the adapter's A matrices again from a generator of our own.
+                with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device == "cuda" else []):
+                    model = get_peft_model(model, lora)
+                init_lora_weights(model, config.seed)
     except (ValueError, KeyError, OSError) as e:
         raise TrainingError(f"PEFT refused the LoRA setup for {base_model_path}: {e}") from e
     for p in model.parameters():  # adapter weights train in float32 even over a bf16 base
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
     return tokenizer, model
+
+
+def init_lora_weights(model: Any, seed: int) -> None:
+    """PEFT's default LoRA initialization (A Kaiming-uniform, B zero), drawn from a generator seeded with ``seed``."""
+    import torch
+
+    generators: dict[Any, Any] = {}
+    for module in model.modules():
+        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if not isinstance(lora_a, torch.nn.ModuleDict) or not isinstance(lora_b, torch.nn.ModuleDict):
+            continue
+        for name, layer in lora_a.items():
+            weight = layer.weight
+            if weight.device not in generators:
+                generators[weight.device] = torch.Generator(device=weight.device).manual_seed(seed)
+            with torch.no_grad():
+                torch.nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generators[weight.device])
+                torch.nn.init.zeros_(lora_b[name].weight)
 
 
 def _length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
