@@ -15,6 +15,7 @@ from cotune.cli import report_cmds as rc
 from cotune.cli.cache_cmds import cache_app
 from cotune.errors import CotuneError
 from cotune.experiment import advisor as adv
+from cotune.optimize.registry import optimizer_names
 
 app = typer.Typer(
     name="cotune",
@@ -95,7 +96,7 @@ def run_cmd(
 @app.command("optimize")
 def optimize_cmd(
     task: TaskOpt = "iris",
-    optimizer: Annotated[str, typer.Option("--optimizer", "-O", help="bfrs, bootstrap, gpo, knn or medprompt (see docs).")] = "bfrs",
+    optimizer: Annotated[str, typer.Option("--optimizer", "-O", help=f"One of {', '.join(optimizer_names())}.")] = "bfrs",
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model (see `cotune models`). Default: smollm2-135m.")] = None,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to save the optimized program (JSON).")] = Path("program.json"),
     param: Annotated[list[str] | None, typer.Option("--param", "-P", help="Optimizer hyperparameter NAME=VALUE (repeatable), e.g. -P num_candidates=6.")] = None,

@@ -264,39 +264,17 @@ def failure_kind(error: BaseException) -> str | None:
 
 
 def default_optimizer_factory(cfg: ExperimentConfig, metric: Any) -> OptimizerFactory:
-    """Π and Θ optimizers from the config, seeded per run seed; Θ writes its adapter in the node folder."""
+    """The config's Π and Θ optimizers from the registry, seeded per run seed; Θ writes its adapter in the node."""
+    from cotune.optimize.registry import build_optimizer
 
     def factory(kind: str, seed: int, node: Path) -> Optimizer:
-        if kind == "p":
-            p = cfg.prompt
-            if p.optimizer == "gpo":
-                from cotune.optimize.gpo import GPO
-
-                return GPO(metric, num_steps=p.gpo_steps, num_threads=cfg.threads, seed=seed)
-            if p.optimizer == "bootstrap":
-                from cotune.optimize.bootstrap import BootstrapFewShot
-
-                return BootstrapFewShot(metric, max_bootstrapped_demos=p.max_bootstrapped_demos,
-                                        max_labeled_demos=p.max_labeled_demos, num_threads=cfg.threads, seed=seed)
-            from cotune.optimize.random_search import BootstrapFewShotWithRandomSearch
-
-            return BootstrapFewShotWithRandomSearch(
-                metric, num_candidates=p.num_candidates, max_bootstrapped_demos=p.max_bootstrapped_demos,
-                max_labeled_demos=p.max_labeled_demos, num_threads=cfg.threads, seed=seed,
-            )
+        if kind not in ("p", "w"):
+            raise ConfigError(f"unknown step kind {kind!r}; valid: p, w")
+        step = cfg.prompt if kind == "p" else cfg.weights
+        params = step.optimizer_params() | {"num_threads": cfg.threads, "seed": seed}
         if kind == "w":
-            from cotune.optimize.finetune import BootstrapFinetune
-            from cotune.training.config import LoRAConfig
-
-            w = cfg.weights
-            return BootstrapFinetune(
-                metric, lora=LoRAConfig(**{"seed": seed, **w.lora}), metric_threshold=w.metric_threshold,
-                num_rollouts=w.num_rollouts, rollout_temperature=w.rollout_temperature,
-                rollout_min_p=w.rollout_min_p, stop_at_first_pass=w.stop_at_first_pass, init=w.init,
-                fill_with_labels=w.fill_with_labels, keep_demos=w.keep_demos, output_dir=str(node),
-                num_threads=cfg.threads, seed=seed,
-            )
-        raise ConfigError(f"unknown step kind {kind!r}; valid: p, w")
+            params |= {"lora": {"seed": seed, **params.get("lora", {})}, "output_dir": str(node)}
+        return build_optimizer(step.optimizer, metric, **params)
 
     return factory
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from cotune.data.example import Example
 from cotune.errors import ConfigError
@@ -16,6 +18,7 @@ from cotune.evaluate.evaluate import evaluate
 from cotune.evaluate.metrics import Metric
 from cotune.events import EventSink, emit
 from cotune.optimize.base import Optimizer, require_valset
+from cotune.optimize.params import Positive
 from cotune.optimize.strategy import STEP_LETTERS, parse_strategy, strategy_name
 from cotune.program.program import Program
 
@@ -53,7 +56,8 @@ class BetterTogether(Optimizer):
         prompt: the Π optimizer (e.g. `BootstrapFewShotWithRandomSearch`).
         weights: the Θ optimizer (e.g. `BootstrapFinetune`).
         strategy: steps as a string ("p,w,p", "p-w-p") or sequence ("prompt", "weights", "prompt").
-        return_best: return the best-scoring step's program instead of the last one.
+        return_best: return the best-scoring step's program instead of the last one (ties go to the earlier
+            step, as they go to the earlier candidate in every cotune optimizer: fewer steps, same score).
         inner_val_ratio: share of the trainset that prompt steps use as their own valset.
         num_threads: threads for scoring steps.
 
@@ -85,8 +89,8 @@ class BetterTogether(Optimizer):
         weights: Optimizer | None = None,
         strategy: str | Sequence[str] = "p,w,p",
         return_best: bool = False,
-        inner_val_ratio: float = 0.7,
-        num_threads: int = 8,
+        inner_val_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.7,
+        num_threads: Positive = 8,
     ):
         self.metric = metric
         self.prompt = prompt
@@ -128,7 +132,7 @@ class BetterTogether(Optimizer):
             self.steps_.append(StepResult(i, kind, name, current, score))
             emit(events, "step.done", strategy=name, kind=kind, index=i, val_score=score)
 
-        self.best_index_ = max(range(len(self.steps_)), key=lambda i: (self.steps_[i].val_score, i))
+        self.best_index_ = max(range(len(self.steps_)), key=lambda i: (self.steps_[i].val_score, -i))
         self.best_score_ = self.steps_[self.best_index_].val_score
         chosen = self.steps_[self.best_index_] if self.return_best else self.steps_[-1]
         return chosen.program

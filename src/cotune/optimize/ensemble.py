@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cotune.errors import ConfigError, ParseError
-from cotune.optimize.bootstrap import check_count
+from cotune.optimize.params import check_count
 from cotune.program.prediction import Prediction
 from cotune.program.program import Program
 from cotune.tasks.multiple_choice import LETTERS, answer_index
