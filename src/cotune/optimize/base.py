@@ -22,6 +22,9 @@ from cotune.errors import ConfigError
 from cotune.events import EventSink
 from cotune.program.program import Program
 
+Examples = Sequence[Example]  # a trainset or valset
+Events = EventSink | None  # where progress and step events go
+
 
 class Optimizer(ABC):
     """Base class of every optimizer.
@@ -63,12 +66,7 @@ class Optimizer(ABC):
 
     @abstractmethod
     def compile(
-        self,
-        program: Program,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-        events: EventSink | None = None,
+        self, program: Program, *, trainset: Examples, valset: Examples | None = None, events: Events = None
     ) -> Program:
         """Return an optimized copy of ``program``."""
 

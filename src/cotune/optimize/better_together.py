@@ -17,7 +17,7 @@ from cotune.errors import ConfigError
 from cotune.evaluate.evaluate import evaluate
 from cotune.evaluate.metrics import Metric
 from cotune.events import EventSink, emit
-from cotune.optimize.base import Optimizer, require_valset
+from cotune.optimize.base import Events, Examples, Optimizer, require_valset
 from cotune.optimize.params import Positive
 from cotune.optimize.strategy import STEP_LETTERS, parse_strategy, strategy_name
 from cotune.program.program import Program
@@ -107,12 +107,7 @@ class BetterTogether(Optimizer):
         return opt
 
     def compile(
-        self,
-        program: Program,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-        events: EventSink | None = None,
+        self, program: Program, *, trainset: Examples, valset: Examples | None = None, events: Events = None
     ) -> Program:
         steps = parse_strategy(self.strategy)
         valset = require_valset(valset, "BetterTogether")

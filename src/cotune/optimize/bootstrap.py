@@ -21,7 +21,7 @@ from cotune.errors import ConfigError, EvaluationError
 from cotune.evaluate.evaluate import Row, evaluate
 from cotune.evaluate.metrics import Metric, passes
 from cotune.events import EventSink, Progress, emit
-from cotune.optimize.base import Optimizer
+from cotune.optimize.base import Events, Examples, Optimizer
 from cotune.optimize.labeled import labeled_demos
 from cotune.optimize.params import Count, Fraction, NonNegative, Positive
 from cotune.program.program import Program
@@ -275,12 +275,7 @@ class BootstrapFewShot(Optimizer):
         self.seed = seed
 
     def compile(
-        self,
-        program: Program,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-        events: EventSink | None = None,
+        self, program: Program, *, trainset: Examples, valset: Examples | None = None, events: Events = None
     ) -> Program:
         """Return a copy of ``program`` with bootstrapped (+ labeled) demos; ``program`` is unchanged.
 

@@ -38,9 +38,9 @@ from typing import Any, Literal
 from cotune.data.example import Example
 from cotune.errors import ConfigError, ParseError, UnknownChoiceError
 from cotune.evaluate.evaluate import evaluate
-from cotune.events import EventSink, Progress, emit
+from cotune.events import Progress, emit
 from cotune.optimize import gpo_prompts as prompts
-from cotune.optimize.base import Optimizer, require_valset
+from cotune.optimize.base import Events, Examples, Optimizer, require_valset
 from cotune.optimize.edit import BUDGET_KINDS, normalize_instruction, word_edit_distance, words
 from cotune.optimize.edit import edit_budget as budget_at
 from cotune.optimize.params import Count, NonNegative, Positive
@@ -206,12 +206,7 @@ class GPO(Optimizer):
         budget_at(self.edit_budget, 0, self.num_steps, self.budget_start, self.budget_end)  # budget_end <= start
 
     def compile(
-        self,
-        program: Program,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-        events: EventSink | None = None,
+        self, program: Program, *, trainset: Examples, valset: Examples | None = None, events: Events = None
     ) -> Program:
         valset = list(require_valset(valset, "GPO"))
         student = program.deepcopy()

@@ -43,7 +43,7 @@ from cotune.data.example import Example
 from cotune.errors import ConfigError, UnknownChoiceError
 from cotune.evaluate.metrics import Metric
 from cotune.events import EventSink, emit
-from cotune.optimize.base import Optimizer
+from cotune.optimize.base import Events, Examples, Optimizer
 from cotune.optimize.bootstrap import BootstrapFewShot
 from cotune.optimize.labeled import labeled_demos
 from cotune.optimize.params import Positive
@@ -269,12 +269,7 @@ class KNNFewShot(Optimizer):
             raise ConfigError("demos='bootstrap' self-generates demos and needs metric= or bootstrap=")
 
     def compile(
-        self,
-        program: Program,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-        events: EventSink | None = None,
+        self, program: Program, *, trainset: Examples, valset: Examples | None = None, events: Events = None
     ) -> Program:
         """Return a copy of ``program`` whose predictors pick their ``k`` demos per input; ``program`` is unchanged.
 

@@ -6,8 +6,7 @@ import random
 from collections.abc import Sequence
 
 from cotune.data.example import Example
-from cotune.events import EventSink
-from cotune.optimize.base import Optimizer
+from cotune.optimize.base import Events, Examples, Optimizer
 from cotune.optimize.params import Count
 from cotune.program.predict import Predict
 from cotune.program.program import Program
@@ -73,12 +72,7 @@ class LabeledFewShot(Optimizer):
         self.seed = seed
 
     def compile(
-        self,
-        program: Program,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-        events: EventSink | None = None,
+        self, program: Program, *, trainset: Examples, valset: Examples | None = None, events: Events = None
     ) -> Program:
         """Return a copy of ``program`` whose predictors hold labeled demos (``demos_`` records them)."""
         pool = list(trainset)

@@ -26,14 +26,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from cotune.data.example import Example
 from cotune.errors import ConfigError
 from cotune.evaluate.metrics import Metric
-from cotune.events import EventSink, emit
-from cotune.optimize.base import Optimizer
+from cotune.events import emit
+from cotune.optimize.base import Events, Examples, Optimizer
 from cotune.optimize.bootstrap import BootstrapFewShot
 from cotune.optimize.ensemble import ChoiceShuffleEnsemble
 from cotune.optimize.knn import KNNFewShot
@@ -85,12 +83,7 @@ class MedPrompt(Optimizer):
         self.seed = seed
 
     def compile(
-        self,
-        program: Program,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-        events: EventSink | None = None,
+        self, program: Program, *, trainset: Examples, valset: Examples | None = None, events: Events = None
     ) -> Program:
         """Return the ensemble over a kNN copy of ``program``; ``program`` is unchanged."""
         missing = [i for i, ex in enumerate(trainset) if not isinstance(ex.get(self.options_field), (list, tuple))]

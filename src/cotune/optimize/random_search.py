@@ -19,7 +19,7 @@ from cotune.errors import ConfigError
 from cotune.evaluate.evaluate import EvaluationResult, evaluate
 from cotune.evaluate.metrics import Metric
 from cotune.events import EventSink, Progress, emit
-from cotune.optimize.base import Optimizer, require_valset
+from cotune.optimize.base import Events, Examples, Optimizer, require_valset
 from cotune.optimize.bootstrap import BootstrapFewShot, TeacherRuns, build_teacher, collect_demos, with_demos
 from cotune.optimize.labeled import labeled_demos
 from cotune.optimize.params import Positive
@@ -141,12 +141,7 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
         return BootstrapFewShot(self.metric, **self.DEFAULT_BOOTSTRAP, num_threads=self.num_threads, seed=self.seed)
 
     def compile(
-        self,
-        program: Program,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-        events: EventSink | None = None,
+        self, program: Program, *, trainset: Examples, valset: Examples | None = None, events: Events = None
     ) -> Program:
         """Return the best candidate (a new program; ``program`` is unchanged). Ties go to the earlier one.
 
