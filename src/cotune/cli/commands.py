@@ -58,7 +58,7 @@ def run_eval(
     program = the_task.program()
     adapter = None
     if saved is not None:
-        from cotune.optimize.ensemble import program_for_state
+        from cotune.program.ensemble import program_for_state
 
         program = program_for_state(program, saved)  # a saved MedPrompt program is an ensemble
         program.load_state(saved)

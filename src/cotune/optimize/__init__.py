@@ -13,7 +13,7 @@ from cotune.optimize.strategy import parse_strategies, parse_strategy
 _LAZY = {e.cls: e.module for e in OPTIMIZERS.values()} | {
     "LabeledFewShot": "cotune.optimize.labeled",
     "BetterTogether": "cotune.optimize.better_together",
-    "ChoiceShuffleEnsemble": "cotune.optimize.ensemble",
+    "ChoiceShuffleEnsemble": "cotune.program.ensemble",
 }
 
 

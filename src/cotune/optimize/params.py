@@ -91,12 +91,6 @@ def check_hyperparameters(optimizer: Any) -> None:
         raise ConfigError(f"{cls.__name__}: " + "; ".join(problems))
 
 
-def check_count(name: str, value: Any, minimum: int = 0) -> None:
-    """One integer argument outside a schema (e.g. a program wrapper's): ``value >= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 # -- annotations → validators and words --------------------------------------------------------------
 def _checkable(hint: Any) -> Any:
     """The annotation as pydantic should check it: scalars and literals as they are, classes by isinstance."""
