@@ -35,7 +35,8 @@ def run_eval(
     out: Console,
 ) -> None:
     from cotune.cli.provenance import seen_in_optimization, split_for_eval
-    from cotune.experiment.program_files import read_program_state
+    from cotune.experiment.program_files import bind_saved, read_program_state
+    from cotune.program.program import program_for_state
     from cotune.tasks import load_task
 
     # adapter paths in the file are relative to it: read so, they work from any directory
@@ -56,26 +57,30 @@ def run_eval(
                       f"held-out score. Use --split-seed {first} to test on examples it has not seen.[/]", highlight=False)
 
     program = the_task.program()
-    adapter = None
     if saved is not None:
-        from cotune.program.ensemble import program_for_state
-
-        program = program_for_state(program, saved)  # a saved MedPrompt program is an ensemble
+        program = program_for_state(program, saved)  # the saved class decides: MedPrompt's ensemble is rebuilt
         program.load_state(saved)
-        saved_lm = saved.get("lm") or {}
-        if model is None and saved_lm.get("backend") == "hf":
-            model, adapter = saved_lm.get("model"), saved_lm.get("adapter")
-        elif model is None and saved_lm:
+        specs = [s for s in (saved.get("lm"), *(saved.get("lms") or {}).values()) if s]
+        first = specs[0] if specs else {}
+        if model is None and first.get("backend") == "hf" and not saved.get("lms"):
+            program.bind(load_model(first["model"], cache=cache, console=console, adapter=first.get("adapter")))
+        elif model is None and first.get("backend") == "hf":  # one load of the base; each predictor its adapter
+            bind_saved(program, saved, load_model(first["model"], cache=cache, console=console))
+        elif model is None and first:
             from cotune.lm.registry import from_spec
 
-            lm = from_spec(saved_lm)
+            lm = from_spec(first)
             # the file chose this server: say so (prompts go there; the API key only if it is the user's)
-            console.print(f"model {lm.model!r} at {saved_lm.get('base_url')} (named in {program_path}; --model overrides)",
+            console.print(f"model {lm.model!r} at {first.get('base_url')} (named in {program_path}; --model overrides)",
                           highlight=False)
-            program.bind(lm)
-    if program.lm is None:
-        program.bind(load_model(model or DEFAULT_MODEL, cache=cache, console=console, adapter=adapter))
-    lm = program.lm
+            if saved.get("lms"):
+                bind_saved(program, saved, lm)
+            else:
+                program.bind(lm)
+    if all(p.lm is None for p in program.predictors()):
+        program.bind(load_model(model or DEFAULT_MODEL, cache=cache, console=console))
+    lm = program.predictors()[0].lm
+    adapters = sorted({str(p.lm.adapter) for p in program.predictors() if p.lm.adapter})
 
     events = RichEvents(console)
     try:
@@ -92,8 +97,8 @@ def run_eval(
 
     out.print(rows_table(result.rows))
     context = {"task": task, "split": f"{split} ({len(dataset)} examples, split seed {seed})", "model": lm.model}
-    if lm.adapter:
-        context["adapter"] = lm.adapter
+    if adapters:
+        context["adapter"] = ", ".join(adapters)
     if program_path:
         context["program"] = str(program_path)
     out.print(evaluation_table("evaluation", result.summary(), context))

@@ -17,14 +17,14 @@ from cotune.errors import ConfigError, InfrastructureError, TrainingError, is_in
 from cotune.evaluate.evaluate import evaluate
 from cotune.events import Event, EventSink, Progress, emit
 from cotune.experiment.config import ExperimentConfig
-from cotune.experiment.program_files import copy_program, read_program_state, save_program
+from cotune.experiment.program_files import bind_saved, copy_program, read_program_state, save_program
 from cotune.experiment.results import summarize
 from cotune.experiment.rundir import RunDir
 from cotune.lm.registry import relative_adapter
 from cotune.optimize.base import Optimizer
 from cotune.optimize.better_together import split_for_step
 from cotune.optimize.strategy import parse_strategies, strategy_name
-from cotune.program.program import Program
+from cotune.program.program import Program, program_for_state
 
 # (kind "p"/"w", seed, node directory) -> a built optimizer
 OptimizerFactory = Callable[[str, int, Path], Optimizer]
@@ -231,10 +231,7 @@ class Runner:
 
     def _reload(self, run: RunDir, seed: int, name: str, task: Any, lm: Any) -> Program:
         state = read_program_state(run.node_dir(seed, name) / "program.json")
-        program = task.program()
-        program.load_state(state)
-        adapter = (state.get("lm") or {}).get("adapter")
-        return program.bind(lm.with_adapter(adapter) if adapter else lm)
+        return bind_saved(program_for_state(task.program(), state).load_state(state), state, lm)
 
     def _load_task(self):
         from cotune.tasks import load_task

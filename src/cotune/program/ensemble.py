@@ -36,7 +36,7 @@ from typing import Any
 from cotune.errors import ConfigError, ParseError
 from cotune.program.choices import LETTERS, answer_index
 from cotune.program.prediction import Prediction
-from cotune.program.program import Program
+from cotune.program.program import Program, program_for_state
 
 # Up to this many options all orders are listed and shuffled; beyond, random orders are drawn.
 _ENUMERATE_UP_TO = 7
@@ -149,6 +149,11 @@ class ChoiceShuffleEnsemble(Program):
                 setattr(self, key, saved[key])
         return self
 
+    @classmethod
+    def wrap_state(cls, inner: Program, state: dict[str, Any]) -> ChoiceShuffleEnsemble:
+        """The ensemble a saved state came from, around ``inner`` (see `cotune.program.program.program_for_state`)."""
+        return cls(inner, **(state.get("ensemble") or {}))
+
     def settings(self) -> dict[str, Any]:
         return {"m": self.m, "options_field": self.options_field, "answer_field": self.answer_field, "seed": self.seed}
 
@@ -163,17 +168,6 @@ def _winner(cast: list[int]) -> int | None:
     counts = {v: cast.count(v) for v in cast}
     best = max(counts.values())
     return next(v for v in cast if counts[v] == best)
-
-
-def program_for_state(program: Program, state: dict[str, Any]) -> Program:
-    """``program`` wrapped in a `ChoiceShuffleEnsemble` when ``state`` was saved from one, else ``program``.
-
-    For code that restores saved programs into a task's fresh program (``cotune eval --program``):
-    ``program_for_state(task.program(), state).load_state(state)``.
-    """
-    if "ensemble" in state:
-        return ChoiceShuffleEnsemble(program, **state["ensemble"])
-    return program
 
 
 __all__ = ["ChoiceShuffleEnsemble", "choice_permutations", "program_for_state"]
