@@ -79,6 +79,7 @@ def run_cmd(
     data_dir: DataDirOpt = None,
     threads: Annotated[int | None, typer.Option(min=1, help="Parallel examples. Default: 64.")] = None,
     no_cache: NoCacheOpt = False,
+    settings: Annotated[list[str] | None, typer.Option("--set", help="Any config field as KEY=VALUE, dotted for nested ones (repeatable), e.g. --set prompt.optimizer=knn --set prompt.params.k=5 --set weights.lora.epochs=3.")] = None,
 ) -> None:
     """Run strategies × seeds (zero-shot, Π, Θ, Π→Θ→Π, ...) and print the Table-1-style comparison."""
     from cotune.cli.commands import run_experiment
@@ -89,7 +90,8 @@ def run_cmd(
         "strategies": strategies.split(",") if strategies else None,
         "seeds": list(range(seeds)) if seeds else None, "cache": False if no_cache else None,
     }
-    run_experiment(config_path=config, resume=resume, overrides={k: v for k, v in overrides.items() if v is not None},
+    overrides = {k: v for k, v in overrides.items() if v is not None} | _params(settings, "--set")
+    run_experiment(config_path=config, resume=resume, overrides=overrides,
                    console=console, out=out)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -107,6 +108,16 @@ def run_eval(
         out.print(f"wrote {out_path}")
 
 
+def experiment_config(config_path: Path | None, overrides: dict[str, Any]) -> Any:
+    """The YAML config (if any) with ``overrides`` on top; dotted keys (``--set prompt.params.k=5``) reach
+    nested fields and are merged into them, not replacing their siblings."""
+    from cotune.experiment.config import ExperimentConfig
+    from cotune.optimize.registry import merge, nest
+
+    base = ExperimentConfig.from_yaml(config_path).to_dict() if config_path else {}
+    return ExperimentConfig.from_dict(merge(base, nest(overrides)))
+
+
 def run_experiment(*, config_path: Path | None, resume: Path | None, overrides: dict, console: Console, out: Console) -> None:
     from cotune.cli.render import results_table
     from cotune.errors import ConfigError
@@ -119,8 +130,7 @@ def run_experiment(*, config_path: Path | None, resume: Path | None, overrides: 
             raise ConfigError("`--resume` continues a run with its saved config; don't combine it with --config or other options")
         cfg = ExperimentConfig.from_dict(RunDir.open(resume).config())
     else:
-        base = ExperimentConfig.from_yaml(config_path).to_dict() if config_path else {}
-        cfg = ExperimentConfig.from_dict(base | overrides)
+        cfg = experiment_config(config_path, overrides)
 
     events = RichEvents(console)
     console.print(f"[bold]cotune run[/] {cfg.task} · {cfg.model} · strategies {', '.join(cfg.strategies)} · seeds {cfg.seeds}")
