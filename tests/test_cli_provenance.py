@@ -139,3 +139,18 @@ def test_run_set_reaches_any_config_field_and_merges_into_the_yaml(tmp_path):
         commands.experiment_config(None, _params(["prompt.optimizer=knn", "prompt.params.kk=5"], "--set"))
     with pytest.raises(ConfigError, match="prompt.bogus: unknown field"):
         commands.experiment_config(None, _params(["prompt.bogus=1"], "--set"))
+
+
+def test_finetune_param_reaches_any_hyperparameter_and_is_checked_before_the_model_loads(tmp_path, fake_model):
+    console, out, _ = consoles()
+
+    def finetune(**params):
+        optimize_cmds.run_finetune(task="iris", model="fake", out_dir=tmp_path / "ft", lora={"r": 8}, traces=None,
+                                   threshold=None, data_dir=None, threads=1, seed=0, cache=False, evaluate_on=None,
+                                   console=console, out=out, params=params)  # fmt: skip
+
+    with pytest.raises(ConfigError, match="multitask must be true or false, got 'maybe'"):
+        finetune(multitask="maybe")
+    with pytest.raises(ConfigError, match="invalid LoRAConfig: r=0"):
+        finetune(**{"lora.r": 0})  # -P lora.r=0 wins over --lora-r 8
+    assert fake_model == []  # no model was loaded for a bad setting

@@ -88,16 +88,18 @@ def run_finetune(
     *, task: str, model: str | None, out_dir: Path, lora: dict[str, Any], traces: Path | None, threshold: float | None,
     data_dir: Path | None, threads: int, seed: int, cache: bool, evaluate_on: str | None, console: Console, out: Console,
     rollouts: int = 1, fill_with_labels: bool = False, keep_demos: bool = True, split_seed: int = 0, force: bool = False,
-    rollout_temperature: float = 0.7, stop_at_first_pass: bool = False,
+    rollout_temperature: float = 0.7, stop_at_first_pass: bool = False, params: dict[str, Any] | None = None,
 ) -> None:
-    from cotune.optimize.registry import build_optimizer
+    """``params`` (``-P``) reach any `BootstrapFinetune` hyperparameter and win over the named options."""
+    from cotune.optimize.registry import build_optimizer, merge, nest
 
     refuse_overwrite([out_dir / "program.json", out_dir / "adapter"], force)
     the_task = _task(task, data_dir, split_seed)
-    opt = build_optimizer("finetune", the_task.metric, lora={"seed": seed, **lora}, metric_threshold=threshold,
-                          output_dir=str(out_dir), traces=str(traces) if traces else None, num_rollouts=rollouts,
-                          rollout_temperature=rollout_temperature, stop_at_first_pass=stop_at_first_pass,
-                          fill_with_labels=fill_with_labels, keep_demos=keep_demos, num_threads=threads, seed=seed)
+    named = dict(lora={"seed": seed, **lora}, metric_threshold=threshold, output_dir=str(out_dir),
+                 traces=str(traces) if traces else None, num_rollouts=rollouts, rollout_temperature=rollout_temperature,
+                 stop_at_first_pass=stop_at_first_pass, fill_with_labels=fill_with_labels, keep_demos=keep_demos,
+                 num_threads=threads, seed=seed)  # fmt: skip
+    opt = build_optimizer("finetune", the_task.metric, **merge(named, nest(params or {})))
     program = _bind(the_task, model, cache, console)  # the hyperparameters were checked before the model loads
     events = RichEvents(console)
     try:
