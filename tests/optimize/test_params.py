@@ -21,7 +21,11 @@ from cotune.program import Predict, Program
 @pytest.mark.parametrize(
     "name, params, message",
     [
-        ("bootstrap", {"max_rounds": 0}, "BootstrapFewShot: max_rounds must be >= 1, got 0 (max_rounds must be an integer >= 1)"),
+        (
+            "bootstrap",
+            {"max_rounds": 0},
+            "BootstrapFewShot: max_rounds must be >= 1, got 0 (max_rounds must be an integer >= 1)",
+        ),
         ("bootstrap", {"max_labeled_demos": 1.5}, "max_labeled_demos must be an integer >= 0, got 1.5"),
         ("bootstrap", {"metric_threshold": 1.5}, "metric_threshold must be in [0, 1], got 1.5"),
         ("bfrs", {"num_candidates": True}, "num_candidates must be an integer >= 1, got True"),
@@ -41,7 +45,9 @@ def test_bad_choices_list_the_valid_ones_and_several_problems_come_together():
         build_optimizer("gpo", metric, update="rewrite")
     with pytest.raises(ConfigError) as info:
         build_optimizer("gpo", metric, num_steps=0, minibatch_size=-2)
-    assert "num_steps must be >= 1, got 0" in str(info.value) and "minibatch_size must be >= 1, got -2" in str(info.value)
+    assert "num_steps must be >= 1, got 0" in str(info.value) and "minibatch_size must be >= 1, got -2" in str(
+        info.value
+    )
 
 
 def test_every_registered_optimizer_checks_before_any_model_call():

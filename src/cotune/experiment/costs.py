@@ -43,7 +43,9 @@ class Prices:
     finetuned_price_factor: float = 1.0
 
     def __post_init__(self) -> None:
-        bad = [f"{k}={v!r} (must be >= 0)" for k, v in asdict(self).items() if not (isinstance(v, int | float) and v >= 0)]
+        bad = [
+            f"{k}={v!r} (must be >= 0)" for k, v in asdict(self).items() if not (isinstance(v, int | float) and v >= 0)
+        ]
         if self.horizon_days <= 0:
             bad.append(f"horizon_days={self.horizon_days!r} (must be > 0)")
         if bad:
@@ -134,26 +136,45 @@ def run_table(run: RunData) -> list[dict[str, Any]]:
     for row in table:
         ns = [n["test"].get("n", 0) for n in nodes if n["strategy"] == row["strategy"]]
         dev_ns = [n["dev"].get("n", 0) for n in nodes if n["strategy"] == row["strategy"] and "dev" in n]
-        out.append(row | {"test_n": sum(ns) / len(ns) if ns else 0.0,
-                          "dev_n": sum(dev_ns) / len(dev_ns) if dev_ns else 0.0})
+        out.append(
+            row | {"test_n": sum(ns) / len(ns) if ns else 0.0, "dev_n": sum(dev_ns) / len(dev_ns) if dev_ns else 0.0}
+        )
     return out
 
 
 def cost_row(run: RunData, row: dict[str, Any], prices: Prices) -> CostRow:
     finetuned = "w" in row["strategy"].split("-")
     factor = prices.finetuned_price_factor if finetuned else 1.0
-    per_lm_call = (row["prompt_tokens_per_call"] * prices.price_per_1m_prompt_tokens
-                   + row["completion_tokens_per_call"] * prices.price_per_1m_completion_tokens) / 1e6 * factor
+    per_lm_call = (
+        (
+            row["prompt_tokens_per_call"] * prices.price_per_1m_prompt_tokens
+            + row["completion_tokens_per_call"] * prices.price_per_1m_completion_tokens
+        )
+        / 1e6
+        * factor
+    )
     # Optimization time includes the training inside it; never count less than the training alone.
     hours = max(row["optimize_seconds"], row["train_seconds"]) / 3600
     c = CostRow(
-        label=run.label, task=run.task, model=run.model, strategy=row["strategy"], seeds=len(row["seeds"]),
-        test_mean=row["test_mean"], test_std=row["test_std"], test_n=row["test_n"],
-        format_adherence=row["format_adherence"], prompt_tokens_per_call=row["prompt_tokens_per_call"],
-        completion_tokens_per_call=row["completion_tokens_per_call"], calls_per_example=row["calls_per_example"],
-        seconds_per_call=row["seconds_per_call"], train_seconds=row["train_seconds"],
-        optimize_seconds=row["optimize_seconds"], finetuned=finetuned,
-        dev_mean=row.get("dev_mean", float("nan")), dev_std=row.get("dev_std", 0.0), dev_n=row.get("dev_n", 0.0),
+        label=run.label,
+        task=run.task,
+        model=run.model,
+        strategy=row["strategy"],
+        seeds=len(row["seeds"]),
+        test_mean=row["test_mean"],
+        test_std=row["test_std"],
+        test_n=row["test_n"],
+        format_adherence=row["format_adherence"],
+        prompt_tokens_per_call=row["prompt_tokens_per_call"],
+        completion_tokens_per_call=row["completion_tokens_per_call"],
+        calls_per_example=row["calls_per_example"],
+        seconds_per_call=row["seconds_per_call"],
+        train_seconds=row["train_seconds"],
+        optimize_seconds=row["optimize_seconds"],
+        finetuned=finetuned,
+        dev_mean=row.get("dev_mean", float("nan")),
+        dev_std=row.get("dev_std", 0.0),
+        dev_n=row.get("dev_n", 0.0),
     )
     c.cost_per_request = per_lm_call * row["calls_per_example"]
     c.cost_per_day = c.cost_per_request * prices.calls_per_day
@@ -190,23 +211,29 @@ def break_even_pairs(rows: Sequence[CostRow], prices: Prices) -> list[BreakEven]
     for f in (r for r in rows if r.finetuned):
         for p in prompted:
             v = break_even_calls_per_day(
-                cost_per_call_finetuned=f.cost_per_request, one_off_finetuned=f.one_off_cost,
-                cost_per_call_prompted=p.cost_per_request, one_off_prompted=p.one_off_cost,
+                cost_per_call_finetuned=f.cost_per_request,
+                one_off_finetuned=f.one_off_cost,
+                cost_per_call_prompted=p.cost_per_request,
+                one_off_prompted=p.one_off_cost,
                 horizon_days=prices.horizon_days,
             )
             tokens_f = f.prompt_tokens_per_call * f.calls_per_example
             tokens_p = p.prompt_tokens_per_call * p.calls_per_example
             if v is None:
-                reason = (f"{f.strategy} does not cost less per request than {p.strategy} "
-                          f"({tokens_f:,.0f} vs {tokens_p:,.0f} prompt tokens per request)")
+                reason = (
+                    f"{f.strategy} does not cost less per request than {p.strategy} "
+                    f"({tokens_f:,.0f} vs {tokens_p:,.0f} prompt tokens per request)"
+                )
             elif v == 0:
                 per_request = "less" if f.cost_per_request < p.cost_per_request else "the same"
                 setup = "less" if f.one_off_cost < p.one_off_cost else "no more"
                 reason = f"{f.strategy} costs {per_request} per request and {setup} to set up"
             else:
-                reason = (f"{f.strategy} uses {tokens_f:,.0f} instead of {tokens_p:,.0f} prompt tokens per request, "
-                          f"paying back {fmt_money(f.one_off_cost - p.one_off_cost)} of extra one-off cost over "
-                          f"{prices.horizon_days:g} days")
+                reason = (
+                    f"{f.strategy} uses {tokens_f:,.0f} instead of {tokens_p:,.0f} prompt tokens per request, "
+                    f"paying back {fmt_money(f.one_off_cost - p.one_off_cost)} of extra one-off cost over "
+                    f"{prices.horizon_days:g} days"
+                )
             out.append(BreakEven(f.label, f.strategy, p.strategy, v, reason, f.test_mean, p.test_mean))
     return out
 

@@ -44,8 +44,11 @@ def _best(rows: Sequence[CostRow]) -> CostRow:
 def dominated_by(choice: CostRow, rows: Sequence[CostRow]) -> CostRow | None:
     """A strategy at least as accurate (dev) and at most as costly, better in one of the two; None if none is."""
     for r in rows:
-        if r is not choice and score(r) >= score(choice) and r.horizon_cost <= choice.horizon_cost and (
-            score(r) > score(choice) or r.horizon_cost < choice.horizon_cost
+        if (
+            r is not choice
+            and score(r) >= score(choice)
+            and r.horizon_cost <= choice.horizon_cost
+            and (score(r) > score(choice) or r.horizon_cost < choice.horizon_cost)
         ):
             return r
     return None
@@ -71,37 +74,52 @@ def recommend(rows: Sequence[CostRow], pairs: Sequence[BreakEven], prices: Price
         gap, nz = score(f) - score(p), noise(f, p)  # decided on dev; the text reports test
         be = next((b for b in pairs if b.finetuned == f.strategy and b.prompted == p.strategy), None)
         if zero is not None and p is not zero:
-            notes.append(f"Prompt optimization first: {p.strategy} lifts zero-shot from {_pct(zero.test_mean)} to "
-                         f"{_pct(p.test_mean)} with no training.")
+            notes.append(
+                f"Prompt optimization first: {p.strategy} lifts zero-shot from {_pct(zero.test_mean)} to "
+                f"{_pct(p.test_mean)} with no training."
+            )
         if gap > nz:
             choice = f
-            text = (f"Fine-tune: {_acc(f)} beats the best prompt-only strategy {_acc(p)} by {_pts(gap)} on dev, more "
-                    f"than the noise (±{_pts(nz)}).")
+            text = (
+                f"Fine-tune: {_acc(f)} beats the best prompt-only strategy {_acc(p)} by {_pts(gap)} on dev, more "
+                f"than the noise (±{_pts(nz)})."
+            )
             if f.horizon_cost <= p.horizon_cost:
                 text += f" It is also cheaper at {fmt_volume(prices.calls_per_day)} {_costs(f, p, prices)}."
             else:
                 answers = prices.calls_per_day * prices.horizon_days * gap  # extra correct answers over the horizon
                 per_extra = (f.horizon_cost - p.horizon_cost) / answers if answers else 0.0
-                text += (f" It costs more {_costs(f, p, prices)}: worth it if one more correct answer is worth more "
-                         f"than {fmt_money(max(per_extra, 0.0), small=True)}.")
+                text += (
+                    f" It costs more {_costs(f, p, prices)}: worth it if one more correct answer is worth more "
+                    f"than {fmt_money(max(per_extra, 0.0), small=True)}."
+                )
                 if be is not None:
                     text += f" {_break_even_sentence(be)}"
         elif gap < -nz:
             choice = p
-            text = (f"Stay with prompt optimization: {_acc(p)}. The best fine-tuned strategy, {_acc(f)}, is "
-                    f"{_pts(-gap)} less accurate on dev (beyond the noise of ±{_pts(nz)}).")
+            text = (
+                f"Stay with prompt optimization: {_acc(p)}. The best fine-tuned strategy, {_acc(f)}, is "
+                f"{_pts(-gap)} less accurate on dev (beyond the noise of ±{_pts(nz)})."
+            )
             if f.horizon_cost < p.horizon_cost:
-                text += (f" {f.strategy} is cheaper {_costs(f, p, prices)}; switch only if that accuracy loss is "
-                         f"acceptable.")
+                text += (
+                    f" {f.strategy} is cheaper {_costs(f, p, prices)}; switch only if that accuracy loss is acceptable."
+                )
         else:
-            text = (f"Accuracy is the same within the noise: {_acc(f)} vs {_acc(p)} (difference on dev {_pts(gap)}, "
-                    f"noise ±{_pts(nz)}), so cost decides.")
+            text = (
+                f"Accuracy is the same within the noise: {_acc(f)} vs {_acc(p)} (difference on dev {_pts(gap)}, "
+                f"noise ±{_pts(nz)}), so cost decides."
+            )
             if f.horizon_cost < p.horizon_cost:
                 choice = f
-                text += f" Fine-tune: at {fmt_volume(prices.calls_per_day)} {f.strategy} is cheaper {_costs(f, p, prices)}."
+                text += (
+                    f" Fine-tune: at {fmt_volume(prices.calls_per_day)} {f.strategy} is cheaper {_costs(f, p, prices)}."
+                )
             elif p.horizon_cost < f.horizon_cost:
                 choice = p
-                text += f" Keep {p.strategy}: it is cheaper at {fmt_volume(prices.calls_per_day)} {_costs(p, f, prices)}."
+                text += (
+                    f" Keep {p.strategy}: it is cheaper at {fmt_volume(prices.calls_per_day)} {_costs(p, f, prices)}."
+                )
             else:
                 choice = f if gap > 0 else p
                 text += f" Both cost the same; {choice.strategy} is nominally more accurate."
@@ -112,15 +130,25 @@ def recommend(rows: Sequence[CostRow], pairs: Sequence[BreakEven], prices: Price
         text += f" However {better.strategy} is at least as accurate and no more expensive, so prefer it."
         choice = better
     for r in rows:
-        if r is not choice and abs(score(r) - score(choice)) <= noise(r, choice) and r.horizon_cost < 0.8 * choice.horizon_cost:
-            notes.append(f"{r.strategy} ({_pct(r.test_mean)}) is within the noise of {choice.strategy} and cheaper "
-                         f"({fmt_money(r.horizon_cost)} vs {fmt_money(choice.horizon_cost)} over {prices.horizon_days:g} days).")
+        if (
+            r is not choice
+            and abs(score(r) - score(choice)) <= noise(r, choice)
+            and r.horizon_cost < 0.8 * choice.horizon_cost
+        ):
+            notes.append(
+                f"{r.strategy} ({_pct(r.test_mean)}) is within the noise of {choice.strategy} and cheaper "
+                f"({fmt_money(r.horizon_cost)} vs {fmt_money(choice.horizon_cost)} over {prices.horizon_days:g} days)."
+            )
             break
     if choice.format_adherence < 0.9:
-        notes.append(f"Only {_pct(choice.format_adherence)} of {choice.strategy}'s outputs parse; check the output format.")
+        notes.append(
+            f"Only {_pct(choice.format_adherence)} of {choice.strategy}'s outputs parse; check the output format."
+        )
     if any(r.seeds < 2 for r in rows):
-        notes.append("Some strategies ran with one seed, so the noise is estimated from the test-set size alone; "
-                     "run --seeds 3 to measure the spread over seeds.")
+        notes.append(
+            "Some strategies ran with one seed, so the noise is estimated from the test-set size alone; "
+            "run --seeds 3 to measure the spread over seeds."
+        )
     notes.append("Strategies are compared on dev (as the run picks its best program); accuracies shown are on test.")
     return Recommendation(label, choice.strategy, " ".join([text, *notes]))
 
@@ -134,9 +162,11 @@ def _break_even_sentence(b: BreakEven) -> str:
 
 
 def _costs(a: CostRow, b: CostRow, prices: Prices) -> str:
-    return (f"({fmt_money(a.cost_per_day)} vs {fmt_money(b.cost_per_day)} per day, one-off {fmt_money(a.one_off_cost)} vs "
-            f"{fmt_money(b.one_off_cost)}; {fmt_money(a.horizon_cost)} vs {fmt_money(b.horizon_cost)} over "
-            f"{prices.horizon_days:g} days)")
+    return (
+        f"({fmt_money(a.cost_per_day)} vs {fmt_money(b.cost_per_day)} per day, one-off {fmt_money(a.one_off_cost)} vs "
+        f"{fmt_money(b.one_off_cost)}; {fmt_money(a.horizon_cost)} vs {fmt_money(b.horizon_cost)} over "
+        f"{prices.horizon_days:g} days)"
+    )
 
 
 def _acc(r: CostRow) -> str:

@@ -68,7 +68,9 @@ def markdown_table(header: list[str], rows: list[list[str]], bold: set[tuple[int
     bold = bold or set()
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     for i, row in enumerate(rows):
-        lines.append("| " + " | ".join(f"**{_cell(c)}**" if (i, j) in bold else _cell(c) for j, c in enumerate(row)) + " |")
+        lines.append(
+            "| " + " | ".join(f"**{_cell(c)}**" if (i, j) in bold else _cell(c) for j, c in enumerate(row)) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -86,13 +88,17 @@ def to_html(blocks: list[Block], title: str) -> str:
         elif isinstance(b, Table):
             body.append(_html_table(b))
         elif isinstance(b, Figure):
-            body.append(f'<figure class="plot" id="{escape(b.name)}">{b.svg}<figcaption>{escape(b.caption)}</figcaption></figure>')
+            body.append(
+                f'<figure class="plot" id="{escape(b.name)}">{b.svg}<figcaption>{escape(b.caption)}</figcaption></figure>'
+            )
         elif isinstance(b, Code):
             body.append(f"<pre>{escape(b.text)}</pre>")
     nav = f"<nav>{' · '.join(toc)}</nav>" if toc else ""
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'
-            f"<style>{_CSS}</style></head><body><h1>{escape(title)}</h1>{nav}\n" + "\n".join(body) + "\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'
+        f"<style>{_CSS}</style></head><body><h1>{escape(title)}</h1>{nav}\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
 def _html_table(t: Table) -> str:

@@ -83,7 +83,9 @@ def check_hyperparameters(optimizer: Any) -> None:
             if choices and isinstance(value, str):
                 raise UnknownChoiceError(name, value, choices) from None
             short = _short(e, words)
-            problems.append(f"{name} must be {short}, got {value!r}" + (f" ({name} must be {words})" if short != words else ""))
+            problems.append(
+                f"{name} must be {short}, got {value!r}" + (f" ({name} must be {words})" if short != words else "")
+            )
             continue
         if isinstance(value, Optimizer):
             check_hyperparameters(value)

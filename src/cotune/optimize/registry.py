@@ -81,7 +81,9 @@ def nest(params: dict[str, Any]) -> dict[str, Any]:
     for key, value in sorted(params.items(), key=lambda kv: kv[0].count(".")):
         head, _, rest = key.partition(".")
         if not rest:
-            out[head] = merge(out[head], value) if isinstance(out.get(head), dict) and isinstance(value, dict) else value
+            out[head] = (
+                merge(out[head], value) if isinstance(out.get(head), dict) and isinstance(value, dict) else value
+            )
             continue
         if head in out and not isinstance(out[head], dict):
             raise ConfigError(f"parameter {head!r} is given both as a value and as {key!r}")
@@ -112,7 +114,9 @@ def _build(cls: type[Optimizer], name: str, metric: Metric, params: dict[str, An
     for key, value in list(params.items()):
         target = _class_in(hints.get(key))
         if isinstance(value, dict) and target is not None:
-            params[key] = _nested(target, f"{name}.{key}", metric, params, getattr(cls, f"DEFAULT_{key.upper()}", {}), value)
+            params[key] = _nested(
+                target, f"{name}.{key}", metric, params, getattr(cls, f"DEFAULT_{key.upper()}", {}), value
+            )
     try:
         optimizer = cls(metric=metric, **params)
     except TypeError as e:
@@ -139,6 +143,10 @@ def _class_in(hint: Any) -> type | None:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         classes = [c for c in map(_class_in, typing.get_args(hint)) if c is not None]
         return classes[0] if len(classes) == 1 else None
-    if isinstance(hint, type) and hint is not type(None) and (issubclass(hint, Optimizer) or dataclasses.is_dataclass(hint)):
+    if (
+        isinstance(hint, type)
+        and hint is not type(None)
+        and (issubclass(hint, Optimizer) or dataclasses.is_dataclass(hint))
+    ):
         return hint
     return None

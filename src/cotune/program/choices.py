@@ -81,7 +81,11 @@ def answer_index(text: Any, options: Sequence[Any] | None = None) -> int | None:
     if len(named) == 1:
         return ok(named.pop())
     if options is not None:
-        inside = [i for i, o in enumerate(options) if _norm(o) and re.search(rf"(?<!\w){re.escape(_norm(o))}(?!\w)", _norm(raw))]
+        inside = [
+            i
+            for i, o in enumerate(options)
+            if _norm(o) and re.search(rf"(?<!\w){re.escape(_norm(o))}(?!\w)", _norm(raw))
+        ]
         if len(inside) == 1:
             return inside[0]
     return None
