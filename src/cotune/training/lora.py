@@ -21,11 +21,9 @@ import math
 import os
 import random
 import shutil
-import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +35,7 @@ from cotune.files import replace_dir_atomic
 from cotune.lm.adapters import METADATA_FILE
 from cotune.training.config import LoRAConfig
 from cotune.training.memory import MemoryWatch
+from cotune.training.scoped import init_lora_weights, torch_threads
 from cotune.training.sft_data import IGNORE_INDEX, ChatExample, TokenizedExample, data_hash, tokenize
 
 
@@ -102,30 +101,6 @@ def train_lora(
         raise TrainingError("no training examples: nothing to fine-tune on")
     with torch_threads(config.num_threads):
         return _train(examples, Path(base_model_path), Path(output_dir), config, base_model, init_adapter, events)
-
-
-_THREADS_LOCK = threading.Lock()
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run the block with torch's CPU thread count at ``n`` (None: leave it), restoring the old count after.
-
-    torch's count is process-wide, so concurrent blocks take turns: a second trainer waits rather than
-    restoring a count the first one set.
-    """
-    if n is None:
-        yield
-        return
-    import torch
-
-    with _THREADS_LOCK:
-        before = torch.get_num_threads()
-        torch.set_num_threads(n)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
 
 
 def _train(examples, base_model_path, output_dir, config, base_model, init_adapter, events) -> TrainResult:
@@ -298,24 +273,6 @@ def _load(base_model_path: str | Path, init_adapter: str | Path | None, config: 
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
     return tokenizer, model
-
-
-def init_lora_weights(model: Any, seed: int) -> None:
-    """PEFT's default LoRA initialization (A Kaiming-uniform, B zero), drawn from a generator seeded with ``seed``."""
-    import torch
-
-    generators: dict[Any, Any] = {}
-    for module in model.modules():
-        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
-        if not isinstance(lora_a, torch.nn.ModuleDict) or not isinstance(lora_b, torch.nn.ModuleDict):
-            continue
-        for name, layer in lora_a.items():
-            weight = layer.weight
-            if weight.device not in generators:
-                generators[weight.device] = torch.Generator(device=weight.device).manual_seed(seed)
-            with torch.no_grad():
-                torch.nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generators[weight.device])
-                torch.nn.init.zeros_(lora_b[name].weight)
 
 
 def _length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
