@@ -115,3 +115,23 @@ def test_better_together_ties_go_to_the_earlier_step_as_in_random_search():
     assert bt.best_index_ == 0 and best.qa.instruction != "w"
     with pytest.raises(ConfigError, match=r"inner_val_ratio must be in \(0, 1\), got 1.0"):
         BetterTogether(metric, inner_val_ratio=1.0).check_params()
+
+
+def test_an_annotation_that_does_not_resolve_goes_unchecked_instead_of_breaking_compile():
+    namespace: dict = {}
+    exec(  # a user's optimizer whose annotation names a type imported for type checking only
+        "from __future__ import annotations\n"
+        "from cotune.optimize.base import Optimizer\n"
+        "from cotune.optimize.params import Positive\n"
+        "class Mine(Optimizer):\n"
+        "    def __init__(self, helper: NotImportedHere = None, k: Positive = 1):\n"
+        "        self.helper, self.k = helper, k\n"
+        "    def compile(self, program, *, trainset, valset=None, events=None):\n"
+        "        return program.deepcopy()\n",
+        namespace,
+    )
+    mine = namespace["Mine"]
+    assert set(describe(mine)) == {"k"}
+    mine(helper=object()).compile(QA(), trainset=[])
+    with pytest.raises(ConfigError, match="k must be >= 1, got 0"):
+        mine(k=0).compile(QA(), trainset=[])

@@ -47,13 +47,38 @@ _SCALARS = {int: "an integer", float: "a number", bool: "true or false", str: "t
 @cache
 def schema(cls: type) -> dict[str, tuple[TypeAdapter, str]]:
     """Parameter name → (strict validator, the rule in words) from ``cls.__init__``'s annotations."""
-    hints = typing.get_type_hints(cls.__init__, include_extras=True)
+    hints = annotations(cls)
     out: dict[str, tuple[TypeAdapter, str]] = {}
     for name in inspect.signature(cls.__init__).parameters:
         if name == "self" or name not in hints:
             continue
         out[name] = (TypeAdapter(_checkable(hints[name])), rule(hints[name]))
     return out
+
+
+@cache
+def annotations(cls: type) -> dict[str, Any]:
+    """``cls.__init__``'s parameter annotations, resolved; one that does not resolve (a name imported for type
+    checking only) is left out, and so goes unchecked."""
+    init = cls.__init__
+    try:
+        return typing.get_type_hints(init, include_extras=True)
+    except Exception:  # resolve them one by one, keeping those that can be
+        namespace = getattr(init, "__globals__", {})
+        out = {}
+        for name, annotation in getattr(init, "__annotations__", {}).items():
+            try:
+                out[name] = typing.get_type_hints(_Holder(annotation), namespace, include_extras=True)["x"]
+            except Exception:
+                continue
+        return out
+
+
+class _Holder:
+    """An object whose one annotation ``x`` is the given one, for `typing.get_type_hints`."""
+
+    def __init__(self, annotation: Any) -> None:
+        self.__annotations__ = {"x": annotation}
 
 
 def describe(cls: type) -> dict[str, str]:
@@ -79,7 +104,7 @@ def check_hyperparameters(optimizer: Any) -> None:
         try:
             adapter.validate_python(value, strict=True)
         except ValidationError as e:
-            choices = _choices(typing.get_type_hints(cls.__init__, include_extras=True)[name])
+            choices = _choices(annotations(cls)[name])
             if choices and isinstance(value, str):
                 raise UnknownChoiceError(name, value, choices) from None
             short = _short(e, words)

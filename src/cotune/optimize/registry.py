@@ -23,6 +23,7 @@ from typing import Any
 from cotune.errors import ConfigError, UnknownChoiceError
 from cotune.evaluate.metrics import Metric
 from cotune.optimize.base import Optimizer
+from cotune.optimize.params import annotations
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def _build(cls: type[Optimizer], name: str, metric: Metric, params: dict[str, An
             f"optimizer {name!r} has no hyperparameter {', '.join(unknown)}; choose from: "
             f"{', '.join(p for p in accepted if p != 'metric')}"
         )
-    hints = typing.get_type_hints(cls.__init__)
+    hints = annotations(cls)
     for key, value in list(params.items()):
         target = _class_in(hints.get(key))
         if isinstance(value, dict) and target is not None:
