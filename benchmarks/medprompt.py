@@ -102,10 +102,10 @@ def score(name: str, program, testset, metric, args: argparse.Namespace, **extra
 def ladder(task, lm, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from cotune.data import Example
     from cotune.optimize.bootstrap import BootstrapFewShot
-    from cotune.optimize.ensemble import ChoiceShuffleEnsemble
     from cotune.optimize.knn import KNNFewShot
     from cotune.optimize.labeled import LabeledFewShot
     from cotune.optimize.self_cot import self_generated_demos
+    from cotune.program.ensemble import ChoiceShuffleEnsemble
     from cotune.tasks.multiple_choice import MultipleChoiceQA
 
     instruction = task.program().choose.instruction

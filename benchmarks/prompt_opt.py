@@ -24,8 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cotune.optimize.registry import build_optimizer, optimizer_names
+
 RESULTS = Path(__file__).resolve().parent / "results" / "prompt_opt.json"
-OPTIMIZERS = ("zero-shot", "bfrs", "gpo")
+OPTIMIZERS = ("zero-shot", *optimizer_names("prompt"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,30 +67,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_optimizer(name: str, metric, seed: int, args: argparse.Namespace):
-    if name == "bfrs":
-        from cotune.optimize.random_search import BootstrapFewShotWithRandomSearch
-
-        return BootstrapFewShotWithRandomSearch(
-            metric,
-            num_candidates=args.num_candidates,
-            max_bootstrapped_demos=args.max_bootstrapped,
-            max_labeled_demos=args.max_labeled,
-            concurrent_candidates=args.concurrent_candidates,
-            num_threads=args.num_threads,
-            seed=seed,
-        )
-    if name == "gpo":
-        from cotune.optimize.gpo import GPO
-
-        return GPO(
-            metric,
-            num_steps=args.gpo_steps,
-            candidates_per_step=args.gpo_candidates,
-            minibatch_size=args.gpo_minibatch,
-            num_threads=args.num_threads,
-            seed=seed,
-        )
-    return None
+    """The optimizer from cotune's registry, with this script's settings for BFRS and GPO; None for zero-shot."""
+    if name == "zero-shot":
+        return None
+    params = {
+        "bfrs": {
+            "num_candidates": args.num_candidates,
+            "bootstrap.max_bootstrapped_demos": args.max_bootstrapped,
+            "bootstrap.max_labeled_demos": args.max_labeled,
+            "concurrent_candidates": args.concurrent_candidates,
+        },
+        "gpo": {
+            "num_steps": args.gpo_steps,
+            "candidates_per_step": args.gpo_candidates,
+            "minibatch_size": args.gpo_minibatch,
+        },
+    }.get(name, {})
+    return build_optimizer(name, metric, num_threads=args.num_threads, seed=seed, **params)
 
 
 def run_one(name: str, seed: int, lm, args: argparse.Namespace) -> dict[str, Any]:

@@ -100,7 +100,7 @@ def run_cotune(task, trainset, valset, testset, url: str, args: argparse.Namespa
     from cotune.evaluate import evaluate
     from cotune.lm.cache import RequestCache
     from cotune.lm.openai_compat import OpenAICompatible
-    from cotune.optimize.random_search import BootstrapFewShotWithRandomSearch
+    from cotune.optimize.registry import build_optimizer
 
     with tempfile.TemporaryDirectory() as tmp:
         lm = OpenAICompatible(
@@ -114,11 +114,11 @@ def run_cotune(task, trainset, valset, testset, url: str, args: argparse.Namespa
         program = task.program().bind(lm)
         for pred in program.predictors():
             pred.config = {**pred.config, "temperature": 0.0, "max_tokens": args.max_tokens}
-        optimizer = BootstrapFewShotWithRandomSearch(
+        optimizer = build_optimizer(
+            "bfrs",
             task.metric,
             num_candidates=args.num_candidates,
-            max_bootstrapped_demos=args.max_bootstrapped,
-            max_labeled_demos=args.max_labeled,
+            bootstrap={"max_bootstrapped_demos": args.max_bootstrapped, "max_labeled_demos": args.max_labeled},
             num_threads=args.num_threads,
             seed=args.seed,
         )

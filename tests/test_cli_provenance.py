@@ -124,3 +124,33 @@ def test_ctrl_c_in_eval_keeps_the_finished_rows(tmp_path, fake_model, monkeypatc
                           out_path=tmp_path / "rows.json", data_dir=None, threads=1, cache=False, console=console, out=out)
     saved = json.loads((tmp_path / "rows.json").read_text())
     assert 4 <= saved["n"] < 50 and len(saved["rows"]) == saved["n"]
+
+
+def test_run_set_reaches_any_config_field_and_merges_into_the_yaml(tmp_path):
+    from cotune.cli.app import _params
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("task: iris\nprompt:\n  num_candidates: 4\nweights:\n  lora: {r: 8}\n")
+    settings = _params(["prompt.optimizer=knn", "prompt.params.k=5", "weights.lora.epochs=3", "seeds=[0, 1]"], "--set")
+    cfg = commands.experiment_config(path, {"threads": 2} | settings)
+    assert (cfg.prompt.optimizer, cfg.prompt.params, cfg.prompt.num_candidates) == ("knn", {"k": 5}, 4)
+    assert cfg.weights.lora == {"r": 8, "epochs": 3} and cfg.seeds == [0, 1] and cfg.threads == 2
+    with pytest.raises(ConfigError, match=r"prompt: optimizer 'knn' has no hyperparameter kk"):
+        commands.experiment_config(None, _params(["prompt.optimizer=knn", "prompt.params.kk=5"], "--set"))
+    with pytest.raises(ConfigError, match="prompt.bogus: unknown field"):
+        commands.experiment_config(None, _params(["prompt.bogus=1"], "--set"))
+
+
+def test_finetune_param_reaches_any_hyperparameter_and_is_checked_before_the_model_loads(tmp_path, fake_model):
+    console, out, _ = consoles()
+
+    def finetune(**params):
+        optimize_cmds.run_finetune(task="iris", model="fake", out_dir=tmp_path / "ft", lora={"r": 8}, traces=None,
+                                   threshold=None, data_dir=None, threads=1, seed=0, cache=False, evaluate_on=None,
+                                   console=console, out=out, params=params)  # fmt: skip
+
+    with pytest.raises(ConfigError, match="multitask must be true or false, got 'maybe'"):
+        finetune(multitask="maybe")
+    with pytest.raises(ConfigError, match="invalid LoRAConfig: r=0"):
+        finetune(**{"lora.r": 0})  # -P lora.r=0 wins over --lora-r 8
+    assert fake_model == []  # no model was loaded for a bad setting

@@ -27,7 +27,7 @@ _LAZY = {
     "BootstrapFinetune": "cotune.optimize.finetune",
     "BetterTogether": "cotune.optimize.better_together",
     "KNNFewShot": "cotune.optimize.knn",
-    "ChoiceShuffleEnsemble": "cotune.optimize.ensemble",
+    "ChoiceShuffleEnsemble": "cotune.program.ensemble",
     "MedPrompt": "cotune.optimize.medprompt",
     "LoRAConfig": "cotune.training.config",
 }

@@ -157,3 +157,23 @@ def test_a_failed_weight_step_skips_its_descendants_and_keeps_the_rest(tmp_path)
     _, again = Runner.resume(run.path, lm=fake_lm(), task=FakeTask(), optimizer_factory=factory(log))
     assert [r["strategy"] for r in again.results()["table"]] == ALL
     assert log == Counter({"p": 2, "w": 2})  # p itself was finished; w-p and p-w-p are new
+
+
+def test_every_run_goes_through_better_together(tmp_path, monkeypatch):
+    import cotune as ct
+
+    calls = Counter()
+    real_tree, real_step = ct.BetterTogether.run_tree, ct.BetterTogether._step
+
+    def run_tree(self, *args, **kwargs):
+        calls["run_tree"] += 1
+        return real_tree(self, *args, **kwargs)
+
+    def step(self, *args, **kwargs):
+        calls["step"] += 1
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ct.BetterTogether, "run_tree", run_tree)
+    monkeypatch.setattr(ct.BetterTogether, "_step", step)
+    runner(config(tmp_path, seeds=[0, 1]), Counter()).start()
+    assert calls == Counter({"run_tree": 2, "step": 12})  # one tree per seed; each of its 6 nodes a step

@@ -301,3 +301,33 @@ def test_label_traces_in_a_file_are_used_only_with_fill_with_labels(trained, tmp
     BootstrapFinetune(metric, traces=path, fill_with_labels=True, output_dir=tmp_path / "b").compile(program, trainset=data)
     assert [len(call["examples"]) for call in trained] == [2, 4]
     assert len(load_traces(tmp_path / "b" / "traces.jsonl")) == 6  # the file's traces, not doubled
+
+
+def test_one_adapter_per_predictor_saves_and_loads_each_predictor_on_its_own(trained, tmp_path, monkeypatch):
+    from cotune.experiment.program_files import bind_saved, read_program_state, save_program
+    from cotune.lm import registry
+
+    lm = student_lm("01234")
+    tuner = BootstrapFinetune(metric, multitask=False, output_dir=tmp_path / "run")
+    tuned = tuner.compile(Parity().bind(lm), trainset=parity_data(range(100, 110)))
+    path = save_program(tuned, tmp_path / "run" / "program.json")  # Program.lm would raise: the LMs differ
+    state = json.loads(path.read_text())
+    assert state["lm"] is None and state["program"].endswith("Parity")
+    assert {n: s["adapter"] for n, s in state["lms"].items()} == {"digit": "digit", "label": "label"}  # file-relative
+
+    def adapters(program):
+        return {n: Path(p.lm.adapter).resolve() for n, p in program.named_predictors()}
+
+    expected = {n: Path(a).resolve() for n, a in tuner.adapter_path_.items()}
+    assert adapters(bind_saved(Parity().load_state(state), read_program_state(path), lm)) == expected  # the runner
+
+    likes = []
+
+    def from_spec(spec, *, like=None, base_dir=None):  # a real backend would load weights here
+        likes.append(like)
+        return (like or lm).with_adapter(str(Path(base_dir) / spec["adapter"]))
+
+    monkeypatch.setattr(registry, "from_spec", from_spec)
+    loaded = Parity().load(path)
+    assert adapters(loaded) == expected
+    assert likes[0] is None and likes[1] is not None  # the second predictor shares the first one's weights

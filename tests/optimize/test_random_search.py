@@ -5,6 +5,7 @@ import pytest
 from fake_tasks import Parity, metric, parity_data, parity_lm, seen_numbers
 
 from cotune.errors import ConfigError
+from cotune.optimize.bootstrap import BootstrapFewShot
 from cotune.optimize.random_search import (
     BootstrapFewShotWithRandomSearch,
     Candidate,
@@ -16,7 +17,16 @@ TRAIN = list(range(100, 130))  # 30 numbers: the model is right on the even ones
 VAL = list(range(500, 512))
 
 
+BOOTSTRAP_PARAMS = {"max_bootstrapped_demos", "max_labeled_demos", "metric_threshold", "teacher",
+                    "teacher_labeled_demos", "max_rounds", "round_temperature"}  # fmt: skip
+
+
 def bfrs(lm, *, train=TRAIN, val=VAL, **params):
+    """BFRS with the demo budget and teacher settings handed to the `BootstrapFewShot` it holds."""
+    boot = {k: params.pop(k) for k in list(params) if k in BOOTSTRAP_PARAMS}
+    if boot:
+        boot = BootstrapFewShotWithRandomSearch.DEFAULT_BOOTSTRAP | boot
+        params["bootstrap"] = BootstrapFewShot(metric, **boot, num_threads=params.get("num_threads", 8))
     opt = BootstrapFewShotWithRandomSearch(metric, **params)
     best = opt.compile(Parity().bind(lm), trainset=parity_data(train), valset=parity_data(val))
     return opt, best
@@ -171,7 +181,8 @@ def test_bfrs_on_iris_with_smollm2_end_to_end(tmp_path):
     program = task.program().bind(lm)
     for p in program.predictors():
         p.config = {"max_tokens": 48}
-    opt = BootstrapFewShotWithRandomSearch(task.metric, num_candidates=3, max_bootstrapped_demos=2, max_labeled_demos=2)
+    boot = BootstrapFewShot(task.metric, max_bootstrapped_demos=2, max_labeled_demos=2)
+    opt = BootstrapFewShotWithRandomSearch(task.metric, num_candidates=3, bootstrap=boot)
     best = opt.compile(program, trainset=task.train[:6], valset=task.dev[:6])
 
     assert [t["kind"] for t in opt.trials_] == ["zero_shot", "labeled", "bootstrap"]

@@ -136,3 +136,21 @@ def test_fake_lm_cannot_be_restored_from_a_saved_program(tmp_path):
 class _Wrap(ct.Program):
     def __init__(self, p):
         self.p = p
+
+
+def test_the_saved_class_path_picks_the_wrapper_but_never_imports_unknown_modules():
+    import sys
+
+    from cotune.program.ensemble import ChoiceShuffleEnsemble
+    from cotune.program.program import program_for_state
+    from cotune.tasks.multiple_choice import MultipleChoiceQA
+
+    state = ChoiceShuffleEnsemble(MultipleChoiceQA(), m=2).dump_state()
+    assert state["program"] == "cotune.program.ensemble.ChoiceShuffleEnsemble"
+    rebuilt = program_for_state(MultipleChoiceQA(), state)
+    assert isinstance(rebuilt, ChoiceShuffleEnsemble) and rebuilt.m == 2
+    old = dict(state, program="cotune.optimize.ensemble.ChoiceShuffleEnsemble")  # files saved before the move
+    assert isinstance(program_for_state(MultipleChoiceQA(), old), ChoiceShuffleEnsemble)
+    plain = MultipleChoiceQA()
+    assert program_for_state(plain, dict(state, program="not_a_cotune_module_xyz.Evil")) is plain
+    assert "not_a_cotune_module_xyz" not in sys.modules

@@ -143,3 +143,79 @@ def test_completion_logits_with_and_without_logits_to_keep():
     for model in (with_keep, without_keep):
         out = _completion_logits(model, None, None, keep)
         assert out.shape == (3, 5) and torch.equal(out, table[keep])
+
+
+def test_training_leaves_process_wide_state_alone(tmp_path):
+    import random
+
+    torch = pytest.importorskip("torch")
+    random.seed(123)
+    torch.manual_seed(123)
+    python_state, torch_state, threads = random.getstate(), torch.get_rng_state(), torch.get_num_threads()
+    with pytest.raises(TrainingError, match="has no config.json"):  # fails after setup, before loading weights
+        train_lora(EXAMPLES, base_model_path=tmp_path, output_dir=tmp_path / "out",
+                   config=LoRAConfig(device="cpu", seed=7, num_threads=max(1, threads - 1) if threads > 1 else 2))  # fmt: skip
+    assert random.getstate() == python_state
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert torch.get_num_threads() == threads
+
+
+def test_thread_count_is_set_inside_the_block_and_restored_after_an_error():
+    torch = pytest.importorskip("torch")
+    from cotune.training.lora import torch_threads
+
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    with pytest.raises(RuntimeError, match="boom"), torch_threads(wanted):
+        assert torch.get_num_threads() == wanted
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+
+
+def test_adapter_initialization_draws_from_its_own_seeded_generator():
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    from cotune.training.lora import init_lora_weights
+
+    def adapter(seed):
+        base = torch.nn.Sequential()
+        base.add_module("proj", torch.nn.Linear(8, 8))
+        model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["proj"]))
+        torch.manual_seed(99)
+        state = torch.get_rng_state()
+        init_lora_weights(model, seed)
+        assert torch.equal(torch.get_rng_state(), state)  # the default generator was not drawn from
+        layer = model.base_model.model.proj
+        return layer.lora_A["default"].weight.detach().clone(), layer.lora_B["default"].weight.detach().clone()
+
+    a0, b0 = adapter(0)
+    again, _ = adapter(0)
+    other, _ = adapter(1)
+    assert torch.equal(a0, again) and not torch.equal(a0, other)
+    assert a0.abs().sum() > 0 and b0.abs().sum() == 0  # A random, B zero: the adapter starts as a no-op
+    bound = 1 / 8**0.5  # Kaiming-uniform with a=sqrt(5) over fan_in=8, as nn.Linear and PEFT draw it
+    assert a0.abs().max() <= bound
+
+
+@pytest.mark.integration
+def test_same_seed_same_adapter_and_the_callers_random_state_is_untouched(smol, tmp_path):
+    import random
+
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    config = LoRAConfig(r=4, alpha=8, epochs=1, batch_size=2, learning_rate=1e-3, warmup_ratio=0.0)
+    random.seed(5)
+    torch.manual_seed(5)
+    python_state, torch_state = random.getstate(), torch.get_rng_state()
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        result = train_lora(EXAMPLES[:4], base_model_path=smol.model_path, output_dir=tmp_path / name,
+                            config=config.replace(seed=seed))  # fmt: skip
+        runs[name] = (result.losses, load_file(str(tmp_path / name / "adapter_model.safetensors")))
+    assert random.getstate() == python_state and torch.equal(torch.get_rng_state(), torch_state)
+    assert runs["a"][0] == runs["b"][0]
+    assert all(torch.equal(runs["a"][1][k], runs["b"][1][k]) for k in runs["a"][1])
+    assert any(not torch.equal(runs["a"][1][k], runs["c"][1][k]) for k in runs["a"][1] if "lora_A" in k)

@@ -15,6 +15,7 @@ from cotune.cli import report_cmds as rc
 from cotune.cli.cache_cmds import cache_app
 from cotune.errors import CotuneError
 from cotune.experiment import advisor as adv
+from cotune.optimize.registry import optimizer_names
 
 app = typer.Typer(
     name="cotune",
@@ -35,6 +36,8 @@ ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Parallel exam
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the optimizer (demos, rollouts, training); the split is --split-seed.")]
 SplitSeedOpt = Annotated[int, typer.Option("--split-seed", help="Seed of the train/dev/test split (saved with the program).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite earlier outputs at --out.")]
+EvalSplitOpt = Annotated[str | None, typer.Option("--eval-split", help="Evaluate the result on this split afterwards ('' to skip).")]
+ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-P", help="Optimizer hyperparameter NAME=VALUE (repeatable; dotted for nested ones), e.g. -P num_candidates=6, -P bootstrap.max_labeled_demos=2, -P lora.r=8.")]
 
 
 @app.callback()
@@ -78,6 +81,7 @@ def run_cmd(
     data_dir: DataDirOpt = None,
     threads: Annotated[int | None, typer.Option(min=1, help="Parallel examples. Default: 64.")] = None,
     no_cache: NoCacheOpt = False,
+    settings: Annotated[list[str] | None, typer.Option("--set", help="Any config field as KEY=VALUE, dotted for nested ones (repeatable), e.g. --set prompt.optimizer=knn --set prompt.params.k=5 --set weights.lora.epochs=3.")] = None,
 ) -> None:
     """Run strategies × seeds (zero-shot, Π, Θ, Π→Θ→Π, ...) and print the Table-1-style comparison."""
     from cotune.cli.commands import run_experiment
@@ -88,18 +92,19 @@ def run_cmd(
         "strategies": strategies.split(",") if strategies else None,
         "seeds": list(range(seeds)) if seeds else None, "cache": False if no_cache else None,
     }
-    run_experiment(config_path=config, resume=resume, overrides={k: v for k, v in overrides.items() if v is not None},
+    overrides = {k: v for k, v in overrides.items() if v is not None} | _params(settings, "--set")
+    run_experiment(config_path=config, resume=resume, overrides=overrides,
                    console=console, out=out)
 
 
 @app.command("optimize")
 def optimize_cmd(
     task: TaskOpt = "iris",
-    optimizer: Annotated[str, typer.Option("--optimizer", "-O", help="bfrs, bootstrap, gpo, knn or medprompt (see docs).")] = "bfrs",
+    optimizer: Annotated[str, typer.Option("--optimizer", "-O", help=f"One of {', '.join(optimizer_names())}.")] = "bfrs",
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model (see `cotune models`). Default: smollm2-135m.")] = None,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to save the optimized program (JSON).")] = Path("program.json"),
-    param: Annotated[list[str] | None, typer.Option("--param", "-P", help="Optimizer hyperparameter NAME=VALUE (repeatable), e.g. -P num_candidates=6.")] = None,
-    eval_split: Annotated[str | None, typer.Option("--eval-split", help="Evaluate the result on this split afterwards ('' to skip).")] = "test",
+    param: ParamOpt = None,
+    eval_split: EvalSplitOpt = "test",
     data_dir: DataDirOpt = None,
     threads: ThreadsOpt = 8,
     seed: SeedOpt = 0,
@@ -126,13 +131,14 @@ def finetune_cmd(
     lr: Annotated[float | None, typer.Option("--lr", help="Learning rate.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Sequences per step.")] = None,
     traces: Annotated[Path | None, typer.Option(help="Reuse traces saved as JSONL instead of running the teacher.")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Keep traces scoring at least this (default: metric is truthy).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Keep traces scoring at least this (default: full marks, score >= 1).")] = None,
     rollouts: Annotated[int, typer.Option(min=1, help="Runs per training example; runs after the first sample at --rollout-temperature.")] = 1,
     rollout_temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature of the rollouts after the first.")] = 0.7,
     stop_at_first_pass: Annotated[bool, typer.Option("--stop-at-first-pass", help="No more rollouts for an example once one passed.")] = False,
     fill_with_labels: Annotated[bool, typer.Option("--fill-with-labels", help="Also train on the gold labels of examples no run got right.")] = False,
     strip_demos: Annotated[bool, typer.Option("--strip-demos", help="Train on (and serve) prompts without the few-shot demos.")] = False,
-    eval_split: Annotated[str | None, typer.Option("--eval-split", help="Evaluate the result on this split afterwards ('' to skip).")] = "test",
+    param: ParamOpt = None,
+    eval_split: EvalSplitOpt = "test",
     data_dir: DataDirOpt = None,
     threads: ThreadsOpt = 8,
     seed: SeedOpt = 0,
@@ -149,7 +155,7 @@ def finetune_cmd(
                  data_dir=data_dir, threads=threads, seed=seed, cache=not no_cache, evaluate_on=eval_split or None,
                  console=console, out=out, rollouts=rollouts, rollout_temperature=rollout_temperature,
                  stop_at_first_pass=stop_at_first_pass, fill_with_labels=fill_with_labels, keep_demos=not strip_demos,
-                 split_seed=split_seed, force=force)
+                 split_seed=split_seed, force=force, params=_params(param, "--param"))
 
 
 def _params(items: list[str] | None, flag: str) -> dict:

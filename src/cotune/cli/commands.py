@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -35,7 +36,8 @@ def run_eval(
     out: Console,
 ) -> None:
     from cotune.cli.provenance import seen_in_optimization, split_for_eval
-    from cotune.experiment.program_files import read_program_state
+    from cotune.experiment.program_files import bind_saved, read_program_state
+    from cotune.program.program import program_for_state
     from cotune.tasks import load_task
 
     # adapter paths in the file are relative to it: read so, they work from any directory
@@ -56,26 +58,30 @@ def run_eval(
                       f"held-out score. Use --split-seed {first} to test on examples it has not seen.[/]", highlight=False)
 
     program = the_task.program()
-    adapter = None
     if saved is not None:
-        from cotune.optimize.ensemble import program_for_state
-
-        program = program_for_state(program, saved)  # a saved MedPrompt program is an ensemble
+        program = program_for_state(program, saved)  # the saved class decides: MedPrompt's ensemble is rebuilt
         program.load_state(saved)
-        saved_lm = saved.get("lm") or {}
-        if model is None and saved_lm.get("backend") == "hf":
-            model, adapter = saved_lm.get("model"), saved_lm.get("adapter")
-        elif model is None and saved_lm:
+        specs = [s for s in (saved.get("lm"), *(saved.get("lms") or {}).values()) if s]
+        first = specs[0] if specs else {}
+        if model is None and first.get("backend") == "hf" and not saved.get("lms"):
+            program.bind(load_model(first["model"], cache=cache, console=console, adapter=first.get("adapter")))
+        elif model is None and first.get("backend") == "hf":  # one load of the base; each predictor its adapter
+            bind_saved(program, saved, load_model(first["model"], cache=cache, console=console))
+        elif model is None and first:
             from cotune.lm.registry import from_spec
 
-            lm = from_spec(saved_lm)
+            lm = from_spec(first)
             # the file chose this server: say so (prompts go there; the API key only if it is the user's)
-            console.print(f"model {lm.model!r} at {saved_lm.get('base_url')} (named in {program_path}; --model overrides)",
+            console.print(f"model {lm.model!r} at {first.get('base_url')} (named in {program_path}; --model overrides)",
                           highlight=False)
-            program.bind(lm)
-    if program.lm is None:
-        program.bind(load_model(model or DEFAULT_MODEL, cache=cache, console=console, adapter=adapter))
-    lm = program.lm
+            if saved.get("lms"):
+                bind_saved(program, saved, lm)
+            else:
+                program.bind(lm)
+    if all(p.lm is None for p in program.predictors()):
+        program.bind(load_model(model or DEFAULT_MODEL, cache=cache, console=console))
+    lm = program.predictors()[0].lm
+    adapters = sorted({str(p.lm.adapter) for p in program.predictors() if p.lm.adapter})
 
     events = RichEvents(console)
     try:
@@ -92,14 +98,24 @@ def run_eval(
 
     out.print(rows_table(result.rows))
     context = {"task": task, "split": f"{split} ({len(dataset)} examples, split seed {seed})", "model": lm.model}
-    if lm.adapter:
-        context["adapter"] = lm.adapter
+    if adapters:
+        context["adapter"] = ", ".join(adapters)
     if program_path:
         context["program"] = str(program_path)
     out.print(evaluation_table("evaluation", result.summary(), context))
     if out_path is not None:
         result.save(out_path)
         out.print(f"wrote {out_path}")
+
+
+def experiment_config(config_path: Path | None, overrides: dict[str, Any]) -> Any:
+    """The YAML config (if any) with ``overrides`` on top; dotted keys (``--set prompt.params.k=5``) reach
+    nested fields and are merged into them, not replacing their siblings."""
+    from cotune.experiment.config import ExperimentConfig
+    from cotune.optimize.registry import merge, nest
+
+    base = ExperimentConfig.from_yaml(config_path).to_dict() if config_path else {}
+    return ExperimentConfig.from_dict(merge(base, nest(overrides)))
 
 
 def run_experiment(*, config_path: Path | None, resume: Path | None, overrides: dict, console: Console, out: Console) -> None:
@@ -114,8 +130,7 @@ def run_experiment(*, config_path: Path | None, resume: Path | None, overrides: 
             raise ConfigError("`--resume` continues a run with its saved config; don't combine it with --config or other options")
         cfg = ExperimentConfig.from_dict(RunDir.open(resume).config())
     else:
-        base = ExperimentConfig.from_yaml(config_path).to_dict() if config_path else {}
-        cfg = ExperimentConfig.from_dict(base | overrides)
+        cfg = experiment_config(config_path, overrides)
 
     events = RichEvents(console)
     console.print(f"[bold]cotune run[/] {cfg.task} · {cfg.model} · strategies {', '.join(cfg.strategies)} · seeds {cfg.seeds}")

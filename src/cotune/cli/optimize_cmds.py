@@ -15,13 +15,16 @@ from cotune.evaluate import evaluate
 from cotune.experiment.program_files import save_program
 
 
-def _setup(task: str, model: str | None, data_dir: Path | None, split_seed: int, cache: bool, console: Console):
-    """The task split by ``split_seed`` (never by the optimizer's seed) and its program on the model."""
+def _task(task: str, data_dir: Path | None, split_seed: int):
+    """The task split by ``split_seed`` (never by the optimizer's seed)."""
     from cotune.tasks import load_task
 
-    the_task = load_task(task, data_dir=data_dir, seed=split_seed)
-    lm = load_model(model or DEFAULT_MODEL, cache=cache, console=console)
-    return the_task, the_task.program().bind(lm)
+    return load_task(task, data_dir=data_dir, seed=split_seed)
+
+
+def _bind(the_task: Any, model: str | None, cache: bool, console: Console):
+    """The task's program on the model (loaded after the optimizer is built and checked)."""
+    return the_task.program().bind(load_model(model or DEFAULT_MODEL, cache=cache, console=console))
 
 
 def run_optimize(
@@ -29,14 +32,13 @@ def run_optimize(
     threads: int, seed: int, cache: bool, evaluate_on: str | None, console: Console, out: Console,
     split_seed: int = 0, force: bool = False,
 ) -> None:
-    from cotune.errors import UnknownChoiceError
-    from cotune.optimize.registry import OPTIMIZERS, build_optimizer
+    from cotune.optimize.registry import build_optimizer, optimizer_class
 
-    if optimizer not in OPTIMIZERS:  # before the model loads
-        raise UnknownChoiceError("optimizer", optimizer, OPTIMIZERS)
+    optimizer_class(optimizer)  # an unknown name fails first
     refuse_overwrite([out_path], force)
-    the_task, program = _setup(task, model, data_dir, split_seed, cache, console)
-    opt = build_optimizer(optimizer, the_task.metric, num_threads=threads, seed=seed, **params)
+    the_task = _task(task, data_dir, split_seed)
+    opt = build_optimizer(optimizer, the_task.metric, num_threads=threads, seed=seed, **params)  # before the model
+    program = _bind(the_task, model, cache, console)
     events = RichEvents(console)
     try:
         console.print(f"[bold]{optimizer}[/] on {task}: train {len(the_task.train)}, valset dev {len(the_task.dev)}")
@@ -86,18 +88,19 @@ def run_finetune(
     *, task: str, model: str | None, out_dir: Path, lora: dict[str, Any], traces: Path | None, threshold: float | None,
     data_dir: Path | None, threads: int, seed: int, cache: bool, evaluate_on: str | None, console: Console, out: Console,
     rollouts: int = 1, fill_with_labels: bool = False, keep_demos: bool = True, split_seed: int = 0, force: bool = False,
-    rollout_temperature: float = 0.7, stop_at_first_pass: bool = False,
+    rollout_temperature: float = 0.7, stop_at_first_pass: bool = False, params: dict[str, Any] | None = None,
 ) -> None:
-    from cotune.optimize.finetune import BootstrapFinetune
-    from cotune.training.config import LoRAConfig
+    """``params`` (``-P``) reach any `BootstrapFinetune` hyperparameter and win over the named options."""
+    from cotune.optimize.registry import build_optimizer, merge, nest
 
-    config = LoRAConfig(**{"seed": seed, **lora})  # validates before the model loads
     refuse_overwrite([out_dir / "program.json", out_dir / "adapter"], force)
-    the_task, program = _setup(task, model, data_dir, split_seed, cache, console)
-    opt = BootstrapFinetune(the_task.metric, lora=config, metric_threshold=threshold, output_dir=str(out_dir),
-                            traces=str(traces) if traces else None, num_rollouts=rollouts,
-                            rollout_temperature=rollout_temperature, stop_at_first_pass=stop_at_first_pass,
-                            fill_with_labels=fill_with_labels, keep_demos=keep_demos, num_threads=threads, seed=seed)
+    the_task = _task(task, data_dir, split_seed)
+    named = dict(lora={"seed": seed, **lora}, metric_threshold=threshold, output_dir=str(out_dir),
+                 traces=str(traces) if traces else None, num_rollouts=rollouts, rollout_temperature=rollout_temperature,
+                 stop_at_first_pass=stop_at_first_pass, fill_with_labels=fill_with_labels, keep_demos=keep_demos,
+                 num_threads=threads, seed=seed)  # fmt: skip
+    opt = build_optimizer("finetune", the_task.metric, **merge(named, nest(params or {})))
+    program = _bind(the_task, model, cache, console)  # the hyperparameters were checked before the model loads
     events = RichEvents(console)
     try:
         tuned = opt.compile(program, trainset=the_task.train, events=events)

@@ -11,6 +11,16 @@ from typing import Any
 Metric = Callable[[Mapping[str, Any], Mapping[str, Any]], float]
 
 
+def passes(score: float, threshold: float | None = None) -> bool:
+    """Whether a run counts as a success: ``score >= threshold``; None means full marks (``score >= 1``).
+
+    The one meaning of ``metric_threshold`` everywhere: bootstrapped demos, fine-tuning traces, kNN pools.
+    A half-right run teaches half-wrong outputs, so by default only fully right runs are kept; pass a
+    lower threshold for graded metrics (token F1...).
+    """
+    return score >= (1.0 if threshold is None else threshold)
+
+
 def normalize_text(text: str) -> str:
     """SQuAD normalization: lower case, no punctuation, no articles, single spaces."""
     text = str(text).lower()

@@ -10,41 +10,67 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cotune.errors import ConfigError
+from cotune.errors import ConfigError, UnknownChoiceError
 
 DEFAULT_STRATEGIES = ["zero-shot", "p", "w", "p-w", "w-p", "p-w-p"]
-PROMPT_OPTIMIZERS = ("bfrs", "bootstrap", "gpo")
+
+
+def _registered(kind: str) -> list[str]:
+    from cotune.optimize.registry import optimizer_names
+
+    return optimizer_names(kind)
 
 
 @dataclass
 class PromptStep:
-    """The Π step."""
+    """The Π step: any registered prompt optimizer and its own hyperparameters.
 
-    optimizer: str = field(default="bfrs", metadata={"help": f"one of {', '.join(PROMPT_OPTIMIZERS)}"})
+    ``params`` takes the optimizer's hyperparameters by name (``{k: 5}`` for knn; nested ones with dots or
+    mappings: ``{bootstrap.max_labeled_demos: 2}``). The fields below it are shortcuts for the paper's
+    defaults, given to the optimizers that take them; ``params`` wins over them.
+    """
+
+    optimizer: str = field(default="bfrs", metadata={"help": "a prompt optimizer: bfrs, bootstrap, gpo, knn, medprompt"})
+    params: dict[str, Any] = field(default_factory=dict, metadata={"help": "the optimizer's hyperparameters, e.g. {k: 5}"})
     num_candidates: int = field(default=6, metadata={"help": "candidate programs tried by random search"})
     max_bootstrapped_demos: int = field(default=3, metadata={"help": "demos from successful traces, per predictor"})
     max_labeled_demos: int = field(default=3, metadata={"help": "demos from labeled examples, per predictor"})
     gpo_steps: int = field(default=4, metadata={"help": "GPO optimization steps (optimizer=gpo)"})
 
+    def optimizer_params(self) -> dict[str, Any]:
+        """The hyperparameters to build the optimizer with: the shortcuts that apply, then ``params``."""
+        from cotune.optimize.registry import merge, nest
+
+        demos = {"max_bootstrapped_demos": self.max_bootstrapped_demos, "max_labeled_demos": self.max_labeled_demos}
+        shortcuts = {
+            "bfrs": {"num_candidates": self.num_candidates, "bootstrap": demos},
+            "bootstrap": demos,
+            "gpo": {"num_steps": self.gpo_steps},
+        }.get(self.optimizer, {})
+        return merge(shortcuts, nest(self.params))
+
     def check(self) -> list[str]:
         errors = []
-        if self.optimizer not in PROMPT_OPTIMIZERS:
-            errors.append(f"prompt.optimizer: {self.optimizer!r} is not one of {', '.join(PROMPT_OPTIMIZERS)}")
         for name in ("num_candidates", "gpo_steps"):
             if getattr(self, name) < 1:
                 errors.append(f"prompt.{name}: must be >= 1, got {getattr(self, name)}")
         for name in ("max_bootstrapped_demos", "max_labeled_demos"):
             if getattr(self, name) < 0:
                 errors.append(f"prompt.{name}: must be >= 0, got {getattr(self, name)}")
-        return errors
+        return errors or _check_optimizer("prompt", self.optimizer, self.optimizer_params())
 
 
 @dataclass
 class WeightStep:
-    """The Θ step. ``lora`` holds `cotune.training.LoRAConfig` fields (validated by it)."""
+    """The Θ step. ``lora`` holds `cotune.training.LoRAConfig` fields (validated by it); ``params`` any other
+    hyperparameter of the weights optimizer (wins over the fields)."""
 
+    optimizer: str = field(default="finetune", metadata={"help": "a weights optimizer: finetune"})
+    params: dict[str, Any] = field(default_factory=dict, metadata={"help": "the optimizer's hyperparameters"})
     lora: dict[str, Any] = field(default_factory=dict, metadata={"help": "LoRAConfig fields, e.g. {r: 32, epochs: 5}"})
-    metric_threshold: float | None = field(default=None, metadata={"help": "keep traces scoring at least this"})
+    metric_threshold: float | None = field(
+        default=None, metadata={"help": "keep traces scoring at least this (default: full marks)"}
+    )
     num_rollouts: int = field(default=1, metadata={"help": "rollouts per training example"})
     rollout_temperature: float = field(default=0.7, metadata={"help": "sampling temperature of rollouts after the first"})
     rollout_min_p: float = field(default=0.0, metadata={"help": "min-p of the sampled rollouts (0: off)"})
@@ -58,23 +84,37 @@ class WeightStep:
     )
     keep_demos: bool = field(default=True, metadata={"help": "train on prompts with the few-shot demos (False: without)"})
 
-    def check(self) -> list[str]:
-        errors = []
-        if self.num_rollouts < 1:
-            errors.append(f"weights.num_rollouts: must be >= 1, got {self.num_rollouts}")
-        if self.rollout_temperature < 0:
-            errors.append(f"weights.rollout_temperature: must be >= 0, got {self.rollout_temperature}")
-        if not 0 <= self.rollout_min_p < 1:
-            errors.append(f"weights.rollout_min_p: must be in [0, 1), got {self.rollout_min_p}")
-        if self.init not in ("base", "continue"):
-            errors.append(f"weights.init: {self.init!r} is not one of base, continue")
-        try:
-            from cotune.training.config import LoRAConfig
+    def optimizer_params(self) -> dict[str, Any]:
+        from cotune.optimize.registry import merge, nest
 
-            LoRAConfig(**self.lora)
-        except (TypeError, ConfigError) as e:
-            errors.append(f"weights.lora: {e}")
-        return errors
+        fields = {
+            "lora": dict(self.lora), "metric_threshold": self.metric_threshold, "num_rollouts": self.num_rollouts,
+            "rollout_temperature": self.rollout_temperature, "rollout_min_p": self.rollout_min_p,
+            "stop_at_first_pass": self.stop_at_first_pass, "init": self.init,
+            "fill_with_labels": self.fill_with_labels, "keep_demos": self.keep_demos,
+        }  # fmt: skip
+        return merge(fields if self.optimizer == "finetune" else {}, nest(self.params))
+
+    def check(self) -> list[str]:
+        return _check_optimizer("weights", self.optimizer, self.optimizer_params())
+
+
+def _check_optimizer(step: str, name: str, params: dict[str, Any]) -> list[str]:
+    """Build the step's optimizer once (no model needed) so a bad name or value fails at load time."""
+    from cotune.optimize.registry import build_optimizer
+
+    kind = "prompt" if step == "prompt" else "weights"
+    if name not in _registered(kind):
+        return [f"{step}.optimizer: {UnknownChoiceError(f'{kind} optimizer', name, _registered(kind))}"]
+    try:
+        build_optimizer(name, _no_metric, **params)
+    except ConfigError as e:
+        return [f"{step}: {e}"]
+    return []
+
+
+def _no_metric(example: Any, prediction: Any) -> float:  # stands in for the task's metric while checking
+    return 0.0
 
 
 @dataclass

@@ -17,30 +17,43 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cotune.files import write_json_atomic
 from cotune.lm.registry import relative_adapter, resolve_adapter
 from cotune.program.program import Program, read_state
 
+if TYPE_CHECKING:
+    from cotune.lm.base import LM
+
 # Backends whose adapter is a folder on this machine; an "openai" adapter is a name the server knows.
 _PATH_ADAPTERS = ("hf", "fake")
 
 
-def _has_path_adapter(state: dict[str, Any]) -> bool:
-    lm = state.get("lm") or {}
-    return bool(lm.get("adapter")) and lm.get("backend") in _PATH_ADAPTERS
+def _path_specs(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The LM specs in ``state`` (the shared ``lm`` and each predictor's in ``lms``) whose adapter is a path."""
+    specs = [state.get("lm"), *(state.get("lms") or {}).values()]
+    return [s for s in specs if isinstance(s, dict) and s.get("adapter") and s.get("backend") in _PATH_ADAPTERS]
+
+
+def _map_adapters(state: dict[str, Any], change: Any) -> dict[str, Any]:
+    """A copy of ``state`` with ``change`` applied to every adapter path (``state`` itself when there is none)."""
+    if not _path_specs(state):
+        return state
+    new = copy.deepcopy(state)
+    for spec in _path_specs(new):
+        spec["adapter"] = change(spec["adapter"])
+    return new
 
 
 def relocate(state: dict[str, Any], to_dir: str | Path, from_dir: str | Path | None = None) -> dict[str, Any]:
-    """A copy of ``state`` whose adapter path is relative to ``to_dir`` (read relative to ``from_dir``,
-    or to the working directory, when it is relative now)."""
-    if not _has_path_adapter(state):
-        return state
-    new = copy.deepcopy(state)
-    absolute = resolve_adapter(new["lm"]["adapter"], from_dir) if from_dir is not None else new["lm"]["adapter"]
-    new["lm"]["adapter"] = relative_adapter(absolute, to_dir)
-    return new
+    """A copy of ``state`` whose adapter paths are relative to ``to_dir`` (read relative to ``from_dir``,
+    or to the working directory, when they are relative now)."""
+
+    def change(adapter: str) -> str:
+        return relative_adapter(resolve_adapter(adapter, from_dir) if from_dir is not None else adapter, to_dir)
+
+    return _map_adapters(state, change)
 
 
 def save_program(program: Program, path: str | Path, **metadata: Any) -> Path:
@@ -61,8 +74,18 @@ def copy_program(source: str | Path, target: str | Path) -> Path:
 def read_program_state(path: str | Path) -> dict[str, Any]:
     """A saved program's state, its adapter path made usable from the current directory."""
     path = Path(path)
-    state = read_state(path)
-    if _has_path_adapter(state):
-        state = copy.deepcopy(state)
-        state["lm"]["adapter"] = resolve_adapter(state["lm"]["adapter"], path.parent)
-    return state
+    return _map_adapters(read_state(path), lambda adapter: resolve_adapter(adapter, path.parent))
+
+
+def bind_saved(program: Program, state: dict[str, Any], lm: LM) -> Program:
+    """Bind ``program`` as ``state`` was bound, on ``lm``'s weights: each predictor gets its saved adapter
+    (``lms``), or all get the shared one (``lm``), or ``lm`` itself when none was saved."""
+    per_predictor = state.get("lms") or {}
+    shared = (state.get("lm") or {}).get("adapter")
+    lms: dict[str | None, LM] = {None: lm}  # one LM per adapter: predictors on the same adapter share it
+    for name, predictor in program.named_predictors():
+        adapter = (per_predictor.get(name) or {}).get("adapter") if per_predictor else shared
+        if adapter not in lms:
+            lms[adapter] = lm.with_adapter(adapter)
+        predictor.bind(lms[adapter])
+    return program

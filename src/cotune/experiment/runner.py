@@ -1,14 +1,14 @@
 """The experiment runner: strategies × seeds on one task and model, resumable, sharing common prefixes.
 
 Strategies that share a prefix share its work: for one seed, Π is computed once for Π, Π→Θ and Π→Θ→Π,
-and Θ once for Θ and Θ→Π. Every node (a strategy prefix) is optimized from its parent, saved, and
-evaluated on dev and test before it is marked finished.
+and Θ once for Θ and Θ→Π. The steps are run by `cotune.optimize.better_together.BetterTogether.run_tree`
+(one tree per seed); this module adds the run directory through `StepHooks`: every node (a strategy
+prefix) is optimized from its parent, saved, and evaluated on dev and test before it is marked finished,
+finished nodes are reloaded on resume, and a failed node ends its branch only.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,32 +17,17 @@ from cotune.errors import ConfigError, InfrastructureError, TrainingError, is_in
 from cotune.evaluate.evaluate import evaluate
 from cotune.events import Event, EventSink, Progress, emit
 from cotune.experiment.config import ExperimentConfig
-from cotune.experiment.program_files import copy_program, read_program_state, save_program
+from cotune.experiment.program_files import bind_saved, copy_program, read_program_state, save_program
 from cotune.experiment.results import summarize
 from cotune.experiment.rundir import RunDir
 from cotune.lm.registry import relative_adapter
 from cotune.optimize.base import Optimizer
-from cotune.optimize.better_together import split_for_step
-from cotune.optimize.strategy import parse_strategies, strategy_name
-from cotune.program.program import Program
+from cotune.optimize.better_together import BetterTogether, StepHooks, StepResult
+from cotune.optimize.strategy import node_prefixes, parse_strategies, strategy_name
+from cotune.program.program import Program, program_for_state
 
 # (kind "p"/"w", seed, node directory) -> a built optimizer
 OptimizerFactory = Callable[[str, int, Path], Optimizer]
-
-
-def node_prefixes(strategies: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
-    """Every prefix of every strategy, each once, parents before children.
-
-    Example:
-        >>> [strategy_name(p) for p in node_prefixes([(), ("p",), ("p", "w", "p"), ("w", "p")])]
-        ['zero-shot', 'p', 'w', 'p-w', 'w-p', 'p-w-p']
-    """
-    seen: list[tuple[str, ...]] = [()]
-    for s in strategies:
-        for i in range(1, len(s) + 1):
-            if s[:i] not in seen:
-                seen.append(s[:i])
-    return sorted(seen, key=len)  # stable: keeps first-appearance order within a length
 
 
 class Runner:
@@ -112,42 +97,10 @@ class Runner:
         failures: list[dict[str, Any]] = []
         with Progress(events, "experiment", total=len(prefixes) * len(cfg.seeds)) as bar:
             for seed in cfg.seeds:
-                programs: dict[tuple[str, ...], Program] = {}
-                records: dict[tuple[str, ...], dict[str, Any]] = {}
-                for prefix in prefixes:
-                    name = strategy_name(prefix)
-                    if prefix and prefix[:-1] not in records:  # its parent failed: nothing to build on
-                        failures.append({"seed": seed, "strategy": name, "kind": "skipped",
-                                         "error": f"skipped: {strategy_name(prefix[:-1])} failed"})
-                        bar.advance(seed=seed, strategy=name, failed=True)
-                        continue
-                    record = self._finished(run, seed, name, events)
-                    if record is not None:
-                        programs[prefix] = self._reload(run, seed, name, task, lm)
-                        emit(events, "node.skipped", seed=seed, strategy=name, reason="finished earlier")
-                    else:
-                        parent = programs.get(prefix[:-1], base) if prefix else base
-                        try:
-                            programs[prefix], record = self._run_node(
-                                run, task, parent, records.get(prefix[:-1]), prefix, seed, factory, events
-                            )
-                        except Exception as e:
-                            # No trace passed the metric (training), or the LM or machine failed
-                            # (infrastructure: never a score): this strategy has no result for this seed, the
-                            # others go on; a resumed run tries the step again.
-                            kind = failure_kind(e)
-                            if kind is None:
-                                raise
-                            failures.append({"seed": seed, "strategy": name, "kind": kind, "error": str(e)})
-                            emit(events, "node.failed", seed=seed, strategy=name, kind=kind, error=str(e))
-                            bar.advance(seed=seed, strategy=name, failed=True)
-                            continue
-                        run.finish(seed, name, record)
-                        # logged only once node.json is on disk: a node.done in the log is a finished node
-                        emit(events, "node.done", seed=seed, strategy=name, dev=record["dev"]["score"],
-                             test=record["test"]["score"])
-                    records[prefix] = record
-                    bar.advance(seed=seed, strategy=name, test=record["test"]["score"])
+                # ct.BetterTogether runs the steps; this runner adds the run directory around them.
+                driver = BetterTogether(task.metric, inner_val_ratio=cfg.inner_val_ratio, num_threads=cfg.threads)
+                hooks = _NodeHooks(self, run, task, lm, seed, factory, failures, bar, events)
+                driver.run_tree(base, strategies, trainset=task.train, events=events, hooks=hooks)
         results = {
             "config": cfg.to_dict(),
             "run_dir": str(run.path),
@@ -160,53 +113,6 @@ class Runner:
         run.write_results(results)
         emit(events, "run.done", run_dir=str(run.path))
         return results
-
-    # -- one node ------------------------------------------------------------------------------------
-    def _run_node(self, run, task, parent, parent_record, prefix, seed, factory, events):
-        cfg, name = self.config, strategy_name(prefix)
-        node = run.node_dir(seed, name)
-        node.mkdir(parents=True, exist_ok=True)
-        emit(events, "node.start", seed=seed, strategy=name)
-        info: dict[str, Any] = {}
-        t0 = time.perf_counter()
-        if prefix:
-            kind = prefix[-1]
-            optimizer = factory(kind, seed, node)
-            train, val = split_for_step(optimizer, task.train, cfg.inner_val_ratio)
-            program = optimizer.compile(parent, trainset=train, valset=val, events=events)
-            info = learned_attributes(optimizer)
-        else:
-            kind, program = "", parent.deepcopy()
-        optimize_seconds = time.perf_counter() - t0
-        train_seconds = float(info.get("train_result_", {}).get("seconds", 0.0) if isinstance(info.get("train_result_"), dict) else 0.0)
-        save_program(program, node / "program.json", task=cfg.task, strategy=name, seed=seed,
-                     split_seed=cfg.split_seed, split_sizes=split_sizes(task))
-
-        evals = {}
-        for split in ("dev", "test"):
-            result = evaluate(program, task.split(split), task.metric, num_threads=cfg.threads, events=events,
-                              description=f"seed {seed} {name} {split}")
-            result.save(node / f"eval-{split}.json")
-            evals[split] = result.summary()
-        lm = program.lm
-        prev = parent_record or {}
-        record = {
-            "seed": seed,
-            "strategy": name,
-            "steps": list(prefix),
-            "kind": kind,
-            "parent": strategy_name(prefix[:-1]) if prefix else None,
-            "dev": evals["dev"],
-            "test": evals["test"],
-            "optimize_seconds": optimize_seconds,
-            "train_seconds": train_seconds,
-            "cumulative_optimize_seconds": prev.get("cumulative_optimize_seconds", 0.0) + optimize_seconds,
-            "cumulative_train_seconds": prev.get("cumulative_train_seconds", 0.0) + train_seconds,
-            "adapter": relative_adapter(getattr(lm, "adapter", None), run.path) if lm.backend != "openai" else lm.adapter,
-            "program": str((node / "program.json").relative_to(run.path)),
-            "info": info,
-        }
-        return program, record
 
     @staticmethod
     def _save_best(run: RunDir, results: dict[str, Any]) -> dict[str, Any] | None:
@@ -228,13 +134,6 @@ class Runner:
             run.forget(seed, name)
             emit(events, "node.corrupt", seed=seed, strategy=name, error=str(e))
             return None
-
-    def _reload(self, run: RunDir, seed: int, name: str, task: Any, lm: Any) -> Program:
-        state = read_program_state(run.node_dir(seed, name) / "program.json")
-        program = task.program()
-        program.load_state(state)
-        adapter = (state.get("lm") or {}).get("adapter")
-        return program.bind(lm.with_adapter(adapter) if adapter else lm)
 
     def _load_task(self):
         from cotune.tasks import load_task
@@ -264,68 +163,102 @@ def failure_kind(error: BaseException) -> str | None:
 
 
 def default_optimizer_factory(cfg: ExperimentConfig, metric: Any) -> OptimizerFactory:
-    """Π and Θ optimizers from the config, seeded per run seed; Θ writes its adapter in the node folder."""
+    """The config's Π and Θ optimizers from the registry, seeded per run seed; Θ writes its adapter in the node."""
+    from cotune.optimize.registry import build_optimizer
 
     def factory(kind: str, seed: int, node: Path) -> Optimizer:
-        if kind == "p":
-            p = cfg.prompt
-            if p.optimizer == "gpo":
-                from cotune.optimize.gpo import GPO
-
-                return GPO(metric, num_steps=p.gpo_steps, num_threads=cfg.threads, seed=seed)
-            if p.optimizer == "bootstrap":
-                from cotune.optimize.bootstrap import BootstrapFewShot
-
-                return BootstrapFewShot(metric, max_bootstrapped_demos=p.max_bootstrapped_demos,
-                                        max_labeled_demos=p.max_labeled_demos, num_threads=cfg.threads, seed=seed)
-            from cotune.optimize.random_search import BootstrapFewShotWithRandomSearch
-
-            return BootstrapFewShotWithRandomSearch(
-                metric, num_candidates=p.num_candidates, max_bootstrapped_demos=p.max_bootstrapped_demos,
-                max_labeled_demos=p.max_labeled_demos, num_threads=cfg.threads, seed=seed,
-            )
+        if kind not in ("p", "w"):
+            raise ConfigError(f"unknown step kind {kind!r}; valid: p, w")
+        step = cfg.prompt if kind == "p" else cfg.weights
+        params = step.optimizer_params() | {"num_threads": cfg.threads, "seed": seed}
         if kind == "w":
-            from cotune.optimize.finetune import BootstrapFinetune
-            from cotune.training.config import LoRAConfig
-
-            w = cfg.weights
-            return BootstrapFinetune(
-                metric, lora=LoRAConfig(**{"seed": seed, **w.lora}), metric_threshold=w.metric_threshold,
-                num_rollouts=w.num_rollouts, rollout_temperature=w.rollout_temperature,
-                rollout_min_p=w.rollout_min_p, stop_at_first_pass=w.stop_at_first_pass, init=w.init,
-                fill_with_labels=w.fill_with_labels, keep_demos=w.keep_demos, output_dir=str(node),
-                num_threads=cfg.threads, seed=seed,
-            )
-        raise ConfigError(f"unknown step kind {kind!r}; valid: p, w")
+            params |= {"lora": {"seed": seed, **params.get("lora", {})}, "output_dir": str(node)}
+        return build_optimizer(step.optimizer, metric, **params)
 
     return factory
 
 
-def learned_attributes(optimizer: Optimizer, max_chars: int = 200_000) -> dict[str, Any]:
-    """The optimizer's ``name_`` attributes that serialize to JSON (programs and huge values left out)."""
-    out: dict[str, Any] = {}
-    for key, value in vars(optimizer).items():
-        if not key.endswith("_") or key.startswith("_") or isinstance(value, Program):
-            continue
-        try:
-            text = json.dumps(value, default=_jsonable)
-        except (TypeError, ValueError):
-            continue
-        if len(text) <= max_chars:
-            out[key] = json.loads(text)
-    return out
+class _NodeHooks(StepHooks):
+    """One seed's steps as run-directory nodes: finished nodes are reloaded, not redone; each new node gets
+    its folder, its optimizer from the factory, a saved program and dev/test evaluations; a training or
+    infrastructure failure ends that node's branch and the run goes on (a resumed run tries it again)."""
 
+    def __init__(self, runner: Runner, run: RunDir, task: Any, lm: Any, seed: int, factory: OptimizerFactory,
+                 failures: list[dict[str, Any]], bar: Any, events: EventSink) -> None:  # fmt: skip
+        self.runner, self.run, self.task, self.lm, self.seed = runner, run, task, lm, seed
+        self.factory, self.failures, self.bar, self.events = factory, failures, bar, events
+        self.records: dict[tuple[str, ...], dict[str, Any]] = {}
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Program):
-        return None
-    for attr in ("to_dict", "summary"):
-        if hasattr(obj, attr) and callable(getattr(obj, attr)):
-            return getattr(obj, attr)()
-    if hasattr(obj, "__dataclass_fields__"):
-        import dataclasses
+    def restore(self, steps: tuple[str, ...]) -> Program | None:
+        name = strategy_name(steps)
+        record = self.runner._finished(self.run, self.seed, name, self.events)
+        if record is None:
+            return None
+        state = read_program_state(self.run.node_dir(self.seed, name) / "program.json")
+        program = bind_saved(program_for_state(self.task.program(), state).load_state(state), state, self.lm)
+        emit(self.events, "node.skipped", seed=self.seed, strategy=name, reason="finished earlier")
+        self.records[steps] = record
+        self.bar.advance(seed=self.seed, strategy=name, test=record["test"]["score"])
+        return program
 
-        return dataclasses.asdict(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(type(obj).__name__)
+    def start(self, steps: tuple[str, ...]) -> None:
+        self.run.node_dir(self.seed, strategy_name(steps)).mkdir(parents=True, exist_ok=True)
+        emit(self.events, "node.start", seed=self.seed, strategy=strategy_name(steps))
+
+    def optimizer(self, kind: str, steps: tuple[str, ...]) -> Optimizer:
+        return self.factory(kind, self.seed, self.run.node_dir(self.seed, strategy_name(steps)))
+
+    def finished(self, step: StepResult) -> None:
+        cfg, run, seed, name, program = self.runner.config, self.run, self.seed, step.strategy, step.program
+        node = run.node_dir(seed, name)
+        train = step.info.get("train_result_")
+        train_seconds = float(train.get("seconds", 0.0)) if isinstance(train, dict) else 0.0
+        save_program(program, node / "program.json", task=cfg.task, strategy=name, seed=seed,
+                     split_seed=cfg.split_seed, split_sizes=split_sizes(self.task))  # fmt: skip
+        evals = {}
+        for split in ("dev", "test"):
+            result = evaluate(program, self.task.split(split), self.task.metric, num_threads=cfg.threads,
+                              events=self.events, description=f"seed {seed} {name} {split}")  # fmt: skip
+            result.save(node / f"eval-{split}.json")
+            evals[split] = result.summary()
+        lm = program.predictors()[0].lm
+        prev = self.records.get(step.steps[:-1], {}) if step.steps else {}
+        record = {
+            "seed": seed,
+            "strategy": name,
+            "steps": list(step.steps),
+            "kind": step.kind,
+            "parent": strategy_name(step.steps[:-1]) if step.steps else None,
+            "dev": evals["dev"],
+            "test": evals["test"],
+            "optimize_seconds": step.seconds,
+            "train_seconds": train_seconds,
+            "cumulative_optimize_seconds": prev.get("cumulative_optimize_seconds", 0.0) + step.seconds,
+            "cumulative_train_seconds": prev.get("cumulative_train_seconds", 0.0) + train_seconds,
+            "adapter": relative_adapter(getattr(lm, "adapter", None), run.path) if lm.backend != "openai" else lm.adapter,
+            "program": str((node / "program.json").relative_to(run.path)),
+            "info": step.info,
+        }
+        run.finish(seed, name, record)
+        # logged only once node.json is on disk: a node.done in the log is a finished node
+        emit(self.events, "node.done", seed=seed, strategy=name, dev=record["dev"]["score"],
+             test=record["test"]["score"])  # fmt: skip
+        self.records[step.steps] = record
+        self.bar.advance(seed=seed, strategy=name, test=record["test"]["score"])
+
+    def failed(self, steps: tuple[str, ...], error: Exception | None) -> bool:
+        name = strategy_name(steps)
+        if error is None:  # its parent failed: nothing to build on
+            self.failures.append({"seed": self.seed, "strategy": name, "kind": "skipped",
+                                  "error": f"skipped: {strategy_name(steps[:-1])} failed"})  # fmt: skip
+            self.bar.advance(seed=self.seed, strategy=name, failed=True)
+            return True
+        # No trace passed the metric (training), or the LM or machine failed (infrastructure: never a
+        # score): this strategy has no result for this seed, the others go on; a resumed run tries again.
+        kind = failure_kind(error)
+        if kind is None:
+            return False
+        self.failures.append({"seed": self.seed, "strategy": name, "kind": kind, "error": str(error)})
+        emit(self.events, "node.failed", seed=self.seed, strategy=name, kind=kind, error=str(error))
+        self.bar.advance(seed=self.seed, strategy=name, failed=True)
+        return True

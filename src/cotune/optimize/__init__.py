@@ -10,10 +10,10 @@ from cotune.optimize.base import Optimizer
 from cotune.optimize.registry import OPTIMIZERS, build_optimizer, optimizer_names
 from cotune.optimize.strategy import parse_strategies, parse_strategy
 
-_LAZY = {cls: module for module, cls, _ in OPTIMIZERS.values()} | {
+_LAZY = {e.cls: e.module for e in OPTIMIZERS.values()} | {
     "LabeledFewShot": "cotune.optimize.labeled",
     "BetterTogether": "cotune.optimize.better_together",
-    "ChoiceShuffleEnsemble": "cotune.optimize.ensemble",
+    "ChoiceShuffleEnsemble": "cotune.program.ensemble",
 }
 
 

@@ -3,10 +3,15 @@
 ``__init__`` stores hyperparameters (keyword arguments, same names, nothing else happens);
 ``compile(program, *, trainset, valset)`` takes data and returns a NEW program, never mutating its input;
 what the search learned lands in trailing-underscore attributes (``trials_``, ``best_score_``).
+
+Hyperparameters are declared once, by the annotations of ``__init__`` (see `cotune.optimize.params`), and
+checked here before every ``compile``: a subclass writes no checks of its own beyond relations between
+parameters (`Optimizer.check_relations`).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -16,6 +21,9 @@ from cotune.data.example import Example
 from cotune.errors import ConfigError
 from cotune.events import EventSink
 from cotune.program.program import Program
+
+Examples = Sequence[Example]  # a trainset or valset
+Events = EventSink | None  # where progress and step events go
 
 
 class Optimizer(ABC):
@@ -27,14 +35,38 @@ class Optimizer(ABC):
 
     selects_on_valset: bool = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        compile_ = cls.__dict__.get("compile")
+        if compile_ is None or getattr(compile_, "__isabstractmethod__", False) or hasattr(compile_, "_checked"):
+            return
+
+        @functools.wraps(compile_)
+        def compile(self: Optimizer, *args: Any, **kw: Any) -> Any:
+            self.check_params()
+            return compile_(self, *args, **kw)
+
+        compile._checked = True  # type: ignore[attr-defined]
+        cls.compile = compile  # type: ignore[method-assign]
+
+    def check_params(self) -> None:
+        """Validate the hyperparameters against their declaration, then `check_relations`.
+
+        Raises:
+            ConfigError: a bad value, named with the valid range or choices.
+        """
+        from cotune.optimize.params import check_hyperparameters
+
+        check_hyperparameters(self)
+        self.check_relations()
+
+    def check_relations(self) -> None:
+        """Constraints between hyperparameters that no single annotation states (override where needed)."""
+        return None
+
     @abstractmethod
     def compile(
-        self,
-        program: Program,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-        events: EventSink | None = None,
+        self, program: Program, *, trainset: Examples, valset: Examples | None = None, events: Events = None
     ) -> Program:
         """Return an optimized copy of ``program``."""
 

@@ -2,34 +2,74 @@
 
 Π → Θ → Π: bootstrap demos (raising the share of correct traces), fine-tune on the program's own successful
 traces, then bootstrap demos again with the fine-tuned model so the prompts fit the new weights.
+
+`BetterTogether.run_tree` runs several strategies as a tree whose shared prefixes run once (Π once for Π,
+Π→Θ and Π→Θ→Π), each step with a fresh optimizer, its learned attributes kept in `StepResult.info`. A driver
+plugs in through `StepHooks`: the experiment runner restores finished steps, names each step's optimizer
+(its Θ writes into the step's folder), evaluates and saves each finished step, and lets a failed step end
+its branch only — so every `cotune run` goes through this class.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from cotune.data.example import Example
 from cotune.errors import ConfigError
 from cotune.evaluate.evaluate import evaluate
 from cotune.evaluate.metrics import Metric
 from cotune.events import EventSink, emit
-from cotune.optimize.base import Optimizer, require_valset
-from cotune.optimize.strategy import STEP_LETTERS, parse_strategy, strategy_name
+from cotune.optimize.base import Events, Examples, Optimizer, require_valset
+from cotune.optimize.params import Positive
+from cotune.optimize.strategy import STEP_LETTERS, node_prefixes, parse_strategy, strategy_name
 from cotune.program.program import Program
 
 
 @dataclass
 class StepResult:
-    """One finished step: which, its program and its score on the selection valset."""
+    """One finished step: which, its program, its score on the selection valset (None: not scored), what
+    its optimizer learned (JSON-ready ``name_`` attributes) and how long it took."""
 
     index: int
-    kind: str  # "p" or "w"
+    kind: str  # "p" or "w"; "" for the starting program
     strategy: str  # the prefix up to and including this step, e.g. "p-w"
     program: Program = field(compare=False)
-    val_score: float = 0.0
-    info: dict[str, Any] = field(default_factory=dict)
+    val_score: float | None = 0.0
+    info: dict[str, Any] = field(default_factory=dict, compare=False)  # timings inside: a record, not identity
+    seconds: float = field(default=0.0, compare=False)
+    steps: tuple[str, ...] = ()
+    restored: bool = False  # finished earlier (`StepHooks.restore`), not recomputed
+
+
+class StepHooks:
+    """What a driver of `BetterTogether.run_tree` plugs in; these defaults change nothing."""
+
+    def restore(self, steps: tuple[str, ...]) -> Program | None:
+        """The program of a step finished earlier (it is not recomputed), or None to run it."""
+        return None
+
+    def start(self, steps: tuple[str, ...]) -> None:
+        """A step is about to run."""
+
+    def optimizer(self, kind: str, steps: tuple[str, ...]) -> Optimizer | None:
+        """The optimizer for this step; None: a clone of `BetterTogether`'s ``prompt`` / ``weights``."""
+        return None
+
+    def finished(self, step: StepResult) -> None:
+        """A step ran (its children have not); an exception here counts as the step's failure."""
+
+    def failed(self, steps: tuple[str, ...], error: Exception | None) -> bool:
+        """A step failed (``error``) or was skipped because its parent failed (None). True: go on without
+        its branch; False: re-raise."""
+        return False
 
 
 def split_for_step(
@@ -53,7 +93,8 @@ class BetterTogether(Optimizer):
         prompt: the Π optimizer (e.g. `BootstrapFewShotWithRandomSearch`).
         weights: the Θ optimizer (e.g. `BootstrapFinetune`).
         strategy: steps as a string ("p,w,p", "p-w-p") or sequence ("prompt", "weights", "prompt").
-        return_best: return the best-scoring step's program instead of the last one.
+        return_best: return the best-scoring step's program instead of the last one (ties go to the earlier
+            step, as they go to the earlier candidate in every cotune optimizer: fewer steps, same score).
         inner_val_ratio: share of the trainset that prompt steps use as their own valset.
         num_threads: threads for scoring steps.
 
@@ -85,8 +126,8 @@ class BetterTogether(Optimizer):
         weights: Optimizer | None = None,
         strategy: str | Sequence[str] = "p,w,p",
         return_best: bool = False,
-        inner_val_ratio: float = 0.7,
-        num_threads: int = 8,
+        inner_val_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.7,
+        num_threads: Positive = 8,
     ):
         self.metric = metric
         self.prompt = prompt
@@ -103,36 +144,105 @@ class BetterTogether(Optimizer):
         return opt
 
     def compile(
-        self,
-        program: Program,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-        events: EventSink | None = None,
+        self, program: Program, *, trainset: Examples, valset: Examples | None = None, events: Events = None
     ) -> Program:
         steps = parse_strategy(self.strategy)
         valset = require_valset(valset, "BetterTogether")
         for kind in steps:
             self._optimizer_for(kind)  # fail before any work
 
-        current = program.deepcopy()
-        score = self._score(current, valset, "zero-shot", events)
-        self.steps_: list[StepResult] = [StepResult(0, "", "zero-shot", current, score)]
-        for i, kind in enumerate(steps, 1):
-            name = strategy_name(steps[:i])
-            emit(events, "step.start", strategy=name, kind=kind, index=i)
-            optimizer = self._optimizer_for(kind)
-            train, val = split_for_step(optimizer, trainset, self.inner_val_ratio)
-            current = optimizer.compile(current, trainset=train, valset=val, events=events)
-            score = self._score(current, valset, name, events)
-            self.steps_.append(StepResult(i, kind, name, current, score))
-            emit(events, "step.done", strategy=name, kind=kind, index=i, val_score=score)
-
-        self.best_index_ = max(range(len(self.steps_)), key=lambda i: (self.steps_[i].val_score, i))
+        done = self.run_tree(program, [steps], trainset=trainset, valset=valset, events=events)
+        self.steps_: list[StepResult] = [done[steps[:i]] for i in range(len(steps) + 1)]
+        self.best_index_ = max(range(len(self.steps_)), key=lambda i: (self.steps_[i].val_score, -i))
         self.best_score_ = self.steps_[self.best_index_].val_score
         chosen = self.steps_[self.best_index_] if self.return_best else self.steps_[-1]
         return chosen.program
 
+    def run_tree(
+        self,
+        program: Program,
+        strategies: Sequence[tuple[str, ...]],
+        *,
+        trainset: Examples,
+        valset: Examples | None = None,
+        events: Events = None,
+        hooks: StepHooks | None = None,
+    ) -> dict[tuple[str, ...], StepResult]:
+        """Every prefix of every strategy, each once, parents before children, from ``program``.
+
+        Each step gets a fresh optimizer (a clone, or the hooks' own), the trainset split by `split_for_step`,
+        and, with a ``valset``, a score on it. Returns the finished steps by prefix (``()`` is ``program``
+        itself, copied); a step whose failure the hooks accept is missing, and so is its branch.
+        """
+        hooks = hooks or StepHooks()
+        done: dict[tuple[str, ...], StepResult] = {}
+        for steps in node_prefixes(list(strategies)):
+            name = strategy_name(steps)
+            if steps and steps[:-1] not in done:  # its parent failed: nothing to build on
+                if not hooks.failed(steps, None):
+                    raise ConfigError(f"step {name} has no parent result")
+                continue
+            restored = hooks.restore(steps)
+            if restored is not None:
+                done[steps] = StepResult(len(steps), steps[-1] if steps else "", name, restored, None, steps=steps,
+                                         restored=True)  # fmt: skip
+                continue
+            try:
+                done[steps] = self._step(program if not steps else done[steps[:-1]].program, steps, trainset, valset,
+                                         events, hooks)  # fmt: skip
+            except Exception as e:
+                if not hooks.failed(steps, e):
+                    raise
+        return done
+
+    def _step(self, parent, steps, trainset, valset, events, hooks) -> StepResult:
+        name, kind = strategy_name(steps), steps[-1] if steps else ""
+        hooks.start(steps)
+        emit(events, "step.start", strategy=name, kind=kind, index=len(steps))
+        t0 = time.perf_counter()
+        info: dict[str, Any] = {}
+        if steps:
+            optimizer = hooks.optimizer(kind, steps) or self._optimizer_for(kind).clone()
+            train, val = split_for_step(optimizer, trainset, self.inner_val_ratio)
+            current = optimizer.compile(parent, trainset=train, valset=val, events=events)
+            info = learned_attributes(optimizer)
+        else:
+            current = parent.deepcopy()
+        seconds = time.perf_counter() - t0
+        score = self._score(current, valset, name, events) if valset is not None else None
+        result = StepResult(len(steps), kind, name, current, score, info, seconds, steps)
+        hooks.finished(result)
+        emit(events, "step.done", strategy=name, kind=kind, index=len(steps), val_score=score)
+        return result
+
     def _score(self, program: Program, valset: Sequence[Example], name: str, events: EventSink | None) -> float:
         return evaluate(program, valset, self.metric, num_threads=self.num_threads, events=events,
                         description=f"score {name}").score
+
+
+def learned_attributes(optimizer: Optimizer, max_chars: int = 200_000) -> dict[str, Any]:
+    """The optimizer's ``name_`` attributes that serialize to JSON (programs and huge values left out)."""
+    out: dict[str, Any] = {}
+    for key, value in vars(optimizer).items():
+        if not key.endswith("_") or key.startswith("_") or isinstance(value, Program):
+            continue
+        try:
+            text = json.dumps(value, default=_jsonable)
+        except (TypeError, ValueError):
+            continue
+        if len(text) <= max_chars:
+            out[key] = json.loads(text)
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Program):
+        return None
+    for attr in ("to_dict", "summary"):
+        if hasattr(obj, attr) and callable(getattr(obj, attr)):
+            return getattr(obj, attr)()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(type(obj).__name__)

@@ -19,23 +19,14 @@ from cotune.data.dataset import Dataset
 from cotune.data.example import Example
 from cotune.errors import ConfigError, EvaluationError
 from cotune.evaluate.evaluate import Row, evaluate
-from cotune.evaluate.metrics import Metric
+from cotune.evaluate.metrics import Metric, passes
 from cotune.events import EventSink, Progress, emit
-from cotune.optimize.base import Optimizer
+from cotune.optimize.base import Events, Examples, Optimizer
 from cotune.optimize.labeled import labeled_demos
+from cotune.optimize.params import Count, Fraction, NonNegative, Positive
 from cotune.program.program import Program
 
 Item = tuple[int, Example]  # (index in the original trainset, example): the key of a teacher run
-
-
-def passes(score: float, threshold: float | None) -> bool:
-    """``score >= threshold``, or any non-zero score when there is no threshold."""
-    return score >= threshold if threshold is not None else bool(score)
-
-
-def check_count(name: str, value: Any, minimum: int = 0) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def build_teacher(
@@ -222,7 +213,8 @@ class BootstrapFewShot(Optimizer):
 
     Args:
         metric: ``(example, prediction) -> float``; a trace passes when its score passes the threshold.
-        metric_threshold: the least passing score; None means any non-zero score passes.
+        metric_threshold: the least passing score; None means full marks (score >= 1), as everywhere
+            in cotune (see `cotune.evaluate.metrics.passes`).
         teacher: a program with the student's structure that generates traces (default: a copy of the
             student, instructions and demos included).
         teacher_labeled_demos: give the teacher this many labeled demos per predictor (never the example
@@ -261,14 +253,14 @@ class BootstrapFewShot(Optimizer):
         self,
         metric: Metric,
         *,
-        metric_threshold: float | None = None,
+        metric_threshold: Fraction | None = None,
         teacher: Program | None = None,
-        teacher_labeled_demos: int = 0,
-        max_bootstrapped_demos: int = 4,
-        max_labeled_demos: int = 16,
-        max_rounds: int = 1,
-        round_temperature: float = 0.7,
-        num_threads: int = 8,
+        teacher_labeled_demos: Count = 0,
+        max_bootstrapped_demos: Count = 4,
+        max_labeled_demos: Count = 16,
+        max_rounds: Positive = 1,
+        round_temperature: NonNegative = 0.7,
+        num_threads: Positive = 8,
         seed: int = 0,
     ):
         self.metric = metric
@@ -282,31 +274,14 @@ class BootstrapFewShot(Optimizer):
         self.num_threads = num_threads
         self.seed = seed
 
-    def check_params(self) -> None:
-        if not callable(self.metric):
-            raise ConfigError(f"metric must be a function (example, prediction) -> float, got {self.metric!r}")
-        check_count("teacher_labeled_demos", self.teacher_labeled_demos)
-        check_count("max_bootstrapped_demos", self.max_bootstrapped_demos)
-        check_count("max_labeled_demos", self.max_labeled_demos)
-        check_count("max_rounds", self.max_rounds, 1)
-        check_count("num_threads", self.num_threads, 1)
-        if self.round_temperature < 0:
-            raise ConfigError(f"round_temperature must be >= 0, got {self.round_temperature!r}")
-
     def compile(
-        self,
-        program: Program,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-        events: EventSink | None = None,
+        self, program: Program, *, trainset: Examples, valset: Examples | None = None, events: Events = None
     ) -> Program:
         """Return a copy of ``program`` with bootstrapped (+ labeled) demos; ``program`` is unchanged.
 
         Raises:
             ConfigError: a bad hyperparameter, an empty trainset or a teacher of another structure.
         """
-        self.check_params()
         if not trainset:
             raise ConfigError("BootstrapFewShot needs a non-empty trainset")
         teacher = build_teacher(program, self.teacher, trainset, self.teacher_labeled_demos, self.seed)

@@ -12,14 +12,15 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cotune.data.example import Example
-from cotune.errors import ConfigError, TrainingError, UnknownChoiceError
+from cotune.errors import ConfigError, TrainingError
 from cotune.evaluate.metrics import Metric
 from cotune.events import EventSink, emit
 from cotune.lm.cache import default_cache_dir
 from cotune.optimize.base import Optimizer
+from cotune.optimize.params import Fraction, NonNegative, OpenFraction, Positive
 from cotune.optimize.traces import (
     Trace,
     collect_traces,
@@ -101,19 +102,19 @@ class BootstrapFinetune(Optimizer):
         metric: Metric,
         *,
         lora: LoRAConfig | None = None,
-        metric_threshold: float | None = None,
+        metric_threshold: Fraction | None = None,
         teacher: Program | None = None,
-        num_rollouts: int = 1,
-        rollout_temperature: float = 0.7,
-        rollout_min_p: float = 0.0,
+        num_rollouts: Positive = 1,
+        rollout_temperature: NonNegative = 0.7,
+        rollout_min_p: OpenFraction = 0.0,
         stop_at_first_pass: bool = False,
         multitask: bool = True,
-        init: str = "base",
+        init: Literal[INITS] = "base",
         output_dir: str | Path | None = None,
         traces: str | Path | None = None,
         fill_with_labels: bool = False,
         keep_demos: bool = True,
-        num_threads: int = 8,
+        num_threads: Positive = 8,
         seed: int = 0,
     ):
         self.metric = metric
@@ -149,7 +150,6 @@ class BootstrapFinetune(Optimizer):
             ConfigError: a bad hyperparameter, or the student is not on a local HF model.
             TrainingError: no trace passed the metric, or training failed (the cause is chained).
         """
-        self._check()
         config = (self.lora or LoRAConfig()).replace(seed=self.seed)
         student = program.deepcopy() if isinstance(program, Program) else _copy_predict(program)
         named = _named(student)
@@ -206,18 +206,6 @@ class BootstrapFinetune(Optimizer):
         return student
 
     # -- steps ----------------------------------------------------------------------------------------
-    def _check(self) -> None:
-        if self.init not in INITS:
-            raise UnknownChoiceError("init", self.init, INITS)
-        if self.lora is not None and not isinstance(self.lora, LoRAConfig):
-            raise ConfigError(f"lora must be a LoRAConfig, got {type(self.lora).__name__}")
-        if self.metric_threshold is not None and not 0 <= self.metric_threshold <= 1:
-            raise ConfigError(f"metric_threshold must be in [0, 1] or None, got {self.metric_threshold}")
-        if not 0 <= self.rollout_min_p < 1:
-            raise ConfigError(f"rollout_min_p must be in [0, 1), got {self.rollout_min_p}")
-        if not isinstance(self.num_threads, int) or self.num_threads < 1:
-            raise ConfigError(f"num_threads must be an integer >= 1, got {self.num_threads!r}")
-
     def _student_lm(self, names: list[str], named: dict[str, Predict]) -> Any:
         """The LM a group trains for: one base model (and, for init="continue", one adapter) per group."""
         lms = [named[n].lm for n in names]

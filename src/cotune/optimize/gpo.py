@@ -33,16 +33,17 @@ import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from cotune.data.example import Example
 from cotune.errors import ConfigError, ParseError, UnknownChoiceError
 from cotune.evaluate.evaluate import evaluate
-from cotune.events import EventSink, Progress, emit
+from cotune.events import Progress, emit
 from cotune.optimize import gpo_prompts as prompts
-from cotune.optimize.base import Optimizer, require_valset
+from cotune.optimize.base import Events, Examples, Optimizer, require_valset
+from cotune.optimize.edit import BUDGET_KINDS, normalize_instruction, word_edit_distance, words
 from cotune.optimize.edit import edit_budget as budget_at
-from cotune.optimize.edit import normalize_instruction, word_edit_distance, words
+from cotune.optimize.params import Count, NonNegative, Positive
 from cotune.program.program import Program
 
 RETRIEVAL_MODES = ("relevance", "recency", "topk", "none")
@@ -165,21 +166,21 @@ class GPO(Optimizer):
         metric: Callable[..., float],
         *,
         optimizer_lm: Any = None,
-        num_steps: int = 6,
-        candidates_per_step: int = 4,
-        retrieval: str = "relevance",
-        num_retrieved: int = 3,
-        update: str = "generation",
-        edit_budget: str = "cosine",
-        budget_start: int = 50,
-        budget_end: int = 10,
-        minibatch_size: int = 16,
-        num_task_examples: int = 3,
-        max_retries: int = 2,
-        temperature: float = 0.7,
-        num_confirm: int = 3,
+        num_steps: Positive = 6,
+        candidates_per_step: Positive = 4,
+        retrieval: Literal[RETRIEVAL_MODES] = "relevance",
+        num_retrieved: Count = 3,
+        update: Literal[UPDATE_MODES] = "generation",
+        edit_budget: Literal[BUDGET_KINDS] = "cosine",
+        budget_start: Positive = 50,
+        budget_end: Positive = 10,
+        minibatch_size: Positive = 16,
+        num_task_examples: Count = 3,
+        max_retries: Count = 2,
+        temperature: NonNegative = 0.7,
+        num_confirm: Positive = 3,
         embedder: Any = None,
-        num_threads: int = 8,
+        num_threads: Positive = 8,
         seed: int = 0,
     ):
         self.metric = metric
@@ -201,28 +202,12 @@ class GPO(Optimizer):
         self.num_threads = num_threads
         self.seed = seed
 
-    def _check_params(self) -> None:
-        if self.retrieval not in RETRIEVAL_MODES:
-            raise UnknownChoiceError("retrieval", self.retrieval, RETRIEVAL_MODES)
-        if self.update not in UPDATE_MODES:
-            raise UnknownChoiceError("update", self.update, UPDATE_MODES)
-        budget_at(self.edit_budget, 0, self.num_steps, self.budget_start, self.budget_end)  # validates
-        for name, low in [("num_steps", 1), ("candidates_per_step", 1), ("num_retrieved", 0), ("minibatch_size", 1),
-                          ("num_task_examples", 0), ("max_retries", 0), ("num_confirm", 1), ("num_threads", 1)]:
-            if getattr(self, name) < low:
-                raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+    def check_relations(self) -> None:
+        budget_at(self.edit_budget, 0, self.num_steps, self.budget_start, self.budget_end)  # budget_end <= start
 
     def compile(
-        self,
-        program: Program,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-        events: EventSink | None = None,
+        self, program: Program, *, trainset: Examples, valset: Examples | None = None, events: Events = None
     ) -> Program:
-        self._check_params()
         valset = list(require_valset(valset, "GPO"))
         student = program.deepcopy()
         names = [name for name, _ in student.named_predictors()]

@@ -35,7 +35,7 @@ import base64
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -43,9 +43,10 @@ from cotune.data.example import Example
 from cotune.errors import ConfigError, UnknownChoiceError
 from cotune.evaluate.metrics import Metric
 from cotune.events import EventSink, emit
-from cotune.optimize.base import Optimizer
-from cotune.optimize.bootstrap import BootstrapFewShot, check_count
+from cotune.optimize.base import Events, Examples, Optimizer
+from cotune.optimize.bootstrap import BootstrapFewShot
 from cotune.optimize.labeled import labeled_demos
+from cotune.optimize.params import Positive
 from cotune.optimize.self_cot import self_generated_demos
 from cotune.program.format import render_value
 from cotune.program.program import Program
@@ -246,10 +247,10 @@ class KNNFewShot(Optimizer):
 
     def __init__(
         self,
-        k: int = 5,
+        k: Positive = 5,
         *,
         metric: Metric | None = None,
-        demos: str = "auto",
+        demos: Literal[DEMO_SOURCES] = "auto",
         bootstrap: BootstrapFewShot | None = None,
         embedder: Embedder | None = None,
         seed: int = 0,
@@ -261,29 +262,20 @@ class KNNFewShot(Optimizer):
         self.embedder = embedder
         self.seed = seed
 
-    def check_params(self) -> None:
-        check_count("k", self.k, 1)
-        if self.demos not in DEMO_SOURCES:
-            raise UnknownChoiceError("demos", self.demos, DEMO_SOURCES)
+    def check_relations(self) -> None:
         if self.metric is not None and self.bootstrap is not None:
             raise ConfigError("give KNNFewShot metric= or bootstrap= (which carries its metric), not both")
         if self.demos == "bootstrap" and self.metric is None and self.bootstrap is None:
             raise ConfigError("demos='bootstrap' self-generates demos and needs metric= or bootstrap=")
 
     def compile(
-        self,
-        program: Program,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-        events: EventSink | None = None,
+        self, program: Program, *, trainset: Examples, valset: Examples | None = None, events: Events = None
     ) -> Program:
         """Return a copy of ``program`` whose predictors pick their ``k`` demos per input; ``program`` is unchanged.
 
         Raises:
             ConfigError: a bad hyperparameter or an empty trainset.
         """
-        self.check_params()
         if not trainset:
             raise ConfigError("KNNFewShot needs a non-empty trainset")
         pools = self._pools(program, trainset, events)

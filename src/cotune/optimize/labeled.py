@@ -6,9 +6,8 @@ import random
 from collections.abc import Sequence
 
 from cotune.data.example import Example
-from cotune.errors import ConfigError
-from cotune.events import EventSink
-from cotune.optimize.base import Optimizer
+from cotune.optimize.base import Events, Examples, Optimizer
+from cotune.optimize.params import Count
 from cotune.program.predict import Predict
 from cotune.program.program import Program
 
@@ -67,22 +66,15 @@ class LabeledFewShot(Optimizer):
 
     selects_on_valset = False  # nothing is chosen by validation score: it gets the whole trainset
 
-    def __init__(self, k: int = 16, *, sample: bool = True, seed: int = 0):
+    def __init__(self, k: Count = 16, *, sample: bool = True, seed: int = 0):
         self.k = k
         self.sample = sample
         self.seed = seed
 
     def compile(
-        self,
-        program: Program,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-        events: EventSink | None = None,
+        self, program: Program, *, trainset: Examples, valset: Examples | None = None, events: Events = None
     ) -> Program:
         """Return a copy of ``program`` whose predictors hold labeled demos (``demos_`` records them)."""
-        if not isinstance(self.k, int) or self.k < 0:
-            raise ConfigError(f"k must be an integer >= 0, got {self.k!r}")
         pool = list(trainset)
         if self.sample:
             random.Random(self.seed).shuffle(pool)

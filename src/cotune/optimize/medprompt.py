@@ -26,17 +26,16 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from cotune.data.example import Example
-from cotune.errors import ConfigError, UnknownChoiceError
+from cotune.errors import ConfigError
 from cotune.evaluate.metrics import Metric
-from cotune.events import EventSink, emit
-from cotune.optimize.base import Optimizer
+from cotune.events import emit
+from cotune.optimize.base import Events, Examples, Optimizer
 from cotune.optimize.bootstrap import BootstrapFewShot
-from cotune.optimize.ensemble import ChoiceShuffleEnsemble
 from cotune.optimize.knn import KNNFewShot
+from cotune.optimize.params import Positive
+from cotune.program.ensemble import ChoiceShuffleEnsemble
 from cotune.program.program import Program
 from cotune.retrieve.embed import Embedder
 
@@ -66,8 +65,8 @@ class MedPrompt(Optimizer):
         self,
         metric: Metric,
         *,
-        k: int = 5,
-        m: int = 5,
+        k: Positive = 5,
+        m: Positive = 5,
         bootstrap: BootstrapFewShot | None = None,
         embedder: Embedder | None = None,
         options_field: str = "options",
@@ -84,16 +83,9 @@ class MedPrompt(Optimizer):
         self.seed = seed
 
     def compile(
-        self,
-        program: Program,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-        events: EventSink | None = None,
+        self, program: Program, *, trainset: Examples, valset: Examples | None = None, events: Events = None
     ) -> Program:
         """Return the ensemble over a kNN copy of ``program``; ``program`` is unchanged."""
-        if not callable(self.metric):
-            raise ConfigError(f"metric must be a function (example, prediction) -> float, got {self.metric!r}")
         missing = [i for i, ex in enumerate(trainset) if not isinstance(ex.get(self.options_field), (list, tuple))]
         if missing:
             raise ConfigError(
@@ -112,18 +104,4 @@ class MedPrompt(Optimizer):
         )
 
 
-def build_optimizer(name: str, metric: Metric, **params: Any) -> Optimizer:
-    """The optimizers of this module by CLI name: ``"knn"`` → `KNNFewShot` (self-generated demos from
-    ``metric``), ``"medprompt"`` → `MedPrompt`. ``params`` go to the constructor (``k``, ``m``, ``seed``...).
-
-    Raises:
-        UnknownChoiceError: another name.
-    """
-    if name == "knn":
-        return KNNFewShot(metric=metric, **params)
-    if name == "medprompt":
-        return MedPrompt(metric, **params)
-    raise UnknownChoiceError("optimizer", name, ["knn", "medprompt"])
-
-
-__all__ = ["MedPrompt", "build_optimizer"]
+__all__ = ["MedPrompt"]

@@ -19,9 +19,10 @@ from cotune.errors import ConfigError
 from cotune.evaluate.evaluate import EvaluationResult, evaluate
 from cotune.evaluate.metrics import Metric
 from cotune.events import EventSink, Progress, emit
-from cotune.optimize.base import Optimizer, require_valset
-from cotune.optimize.bootstrap import TeacherRuns, build_teacher, check_count, collect_demos, with_demos
+from cotune.optimize.base import Events, Examples, Optimizer, require_valset
+from cotune.optimize.bootstrap import BootstrapFewShot, TeacherRuns, build_teacher, collect_demos, with_demos
 from cotune.optimize.labeled import labeled_demos
+from cotune.optimize.params import Positive
 from cotune.program.program import Program
 
 
@@ -81,13 +82,15 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
     """Build candidate demo sets (see `CandidateKind`), score each on the valset, return the best.
 
     Args:
-        metric: ``(example, prediction) -> float``, used to bootstrap and to score candidates.
+        metric: ``(example, prediction) -> float``, used to score candidates.
         num_candidates: how many candidates to try (paper: 6 = zero-shot, labeled, bootstrap, 3 shuffled).
-        max_bootstrapped_demos: bootstrapped demos per predictor (paper: 3).
-        max_labeled_demos: the most demos per predictor in total; labeled examples fill up (paper: 3).
-        metric_threshold: the least passing score when bootstrapping; None: any non-zero score.
-        teacher, teacher_labeled_demos, max_rounds, round_temperature: as in `BootstrapFewShot`; every
-            candidate bootstraps from the same teacher, so each training example runs once per round.
+        bootstrap: the `BootstrapFewShot` every bootstrapped candidate runs: its metric and
+            ``metric_threshold`` decide which traces pass, its ``teacher``, ``teacher_labeled_demos``,
+            ``max_rounds``, ``round_temperature`` and ``num_threads`` run the teacher (once per training
+            example and round, shared by all candidates), its ``max_bootstrapped_demos`` and
+            ``max_labeled_demos`` are each candidate's demo budget; the candidates' own seeds replace its
+            ``seed``. Default: ``BootstrapFewShot(metric, **DEFAULT_BOOTSTRAP, num_threads=num_threads)``
+            (the paper's 3 bootstrapped + 3 labeled demos).
         num_threads: parallel calls per evaluation.
         concurrent_candidates: how many candidates are scored at the same time (each with
             ``num_threads`` threads); a local model batches calls across them. None: all at once.
@@ -112,56 +115,33 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
         (['zero_shot', 'labeled', 'bootstrap', 'bootstrap_shuffled'], 0)
     """
 
+    DEFAULT_BOOTSTRAP = {"max_bootstrapped_demos": 3, "max_labeled_demos": 3}  # the paper's Π budget
+
     def __init__(
         self,
         metric: Metric,
         *,
-        num_candidates: int = 6,
-        max_bootstrapped_demos: int = 3,
-        max_labeled_demos: int = 3,
-        metric_threshold: float | None = None,
-        teacher: Program | None = None,
-        teacher_labeled_demos: int = 0,
-        max_rounds: int = 1,
-        round_temperature: float = 0.7,
-        num_threads: int = 8,
-        concurrent_candidates: int | None = None,
+        num_candidates: Positive = 6,
+        bootstrap: BootstrapFewShot | None = None,
+        num_threads: Positive = 8,
+        concurrent_candidates: Positive | None = None,
         seed: int = 0,
     ):
         self.metric = metric
         self.num_candidates = num_candidates
-        self.max_bootstrapped_demos = max_bootstrapped_demos
-        self.max_labeled_demos = max_labeled_demos
-        self.metric_threshold = metric_threshold
-        self.teacher = teacher
-        self.teacher_labeled_demos = teacher_labeled_demos
-        self.max_rounds = max_rounds
-        self.round_temperature = round_temperature
+        self.bootstrap = bootstrap
         self.num_threads = num_threads
         self.concurrent_candidates = concurrent_candidates
         self.seed = seed
 
-    def check_params(self) -> None:
-        if not callable(self.metric):
-            raise ConfigError(f"metric must be a function (example, prediction) -> float, got {self.metric!r}")
-        check_count("num_candidates", self.num_candidates, 1)
-        check_count("max_bootstrapped_demos", self.max_bootstrapped_demos)
-        check_count("max_labeled_demos", self.max_labeled_demos)
-        check_count("teacher_labeled_demos", self.teacher_labeled_demos)
-        check_count("max_rounds", self.max_rounds, 1)
-        check_count("num_threads", self.num_threads, 1)
-        if self.concurrent_candidates is not None:
-            check_count("concurrent_candidates", self.concurrent_candidates, 1)
-        if self.round_temperature < 0:
-            raise ConfigError(f"round_temperature must be >= 0, got {self.round_temperature!r}")
+    def _bootstrap(self) -> BootstrapFewShot:
+        """The bootstrap the candidates run: ``bootstrap`` or the default one."""
+        if self.bootstrap is not None:
+            return self.bootstrap
+        return BootstrapFewShot(self.metric, **self.DEFAULT_BOOTSTRAP, num_threads=self.num_threads, seed=self.seed)
 
     def compile(
-        self,
-        program: Program,
-        *,
-        trainset: Sequence[Example],
-        valset: Sequence[Example] | None = None,
-        events: EventSink | None = None,
+        self, program: Program, *, trainset: Examples, valset: Examples | None = None, events: Events = None
     ) -> Program:
         """Return the best candidate (a new program; ``program`` is unchanged). Ties go to the earlier one.
 
@@ -169,18 +149,18 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
             ConfigError: no valset (candidates are never chosen on the trainset), an empty trainset or a
                 bad hyperparameter.
         """
-        self.check_params()
         valset = require_valset(valset, type(self).__name__)
         if not trainset:
             raise ConfigError(f"{type(self).__name__} needs a non-empty trainset")
+        boot = self._bootstrap()
         self.candidates_ = plan_candidates(
-            self.num_candidates, self.max_bootstrapped_demos, self.max_labeled_demos, self.seed
+            self.num_candidates, boot.max_bootstrapped_demos, boot.max_labeled_demos, self.seed
         )
         trainset = list(trainset)
-        shared = _Shared(runs=None)
+        shared = _Shared(runs=None, bootstrap=boot)
         if any(c.kind in (CandidateKind.BOOTSTRAP, CandidateKind.BOOTSTRAP_SHUFFLED) for c in self.candidates_):
-            teacher = build_teacher(program, self.teacher, trainset, self.teacher_labeled_demos, self.seed)
-            shared.runs = TeacherRuns(teacher, self.metric, num_threads=self.num_threads, temperature=self.round_temperature)
+            teacher = build_teacher(program, boot.teacher, trainset, boot.teacher_labeled_demos, self.seed)
+            shared.runs = TeacherRuns(teacher, boot.metric, num_threads=boot.num_threads, temperature=boot.round_temperature)
 
         # Every candidate is built (bootstrapped) and scored in its own thread, all at once by default, so
         # a local model batches calls across candidates; shared teacher runs and shared scores of
@@ -233,10 +213,10 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
                 shared.runs,
                 program,
                 items,
-                threshold=self.metric_threshold,
+                threshold=shared.bootstrap.metric_threshold,
                 max_bootstrapped_demos=cand.max_bootstrapped_demos,
                 max_labeled_demos=cand.max_labeled_demos,
-                max_rounds=self.max_rounds,
+                max_rounds=shared.bootstrap.max_rounds,
                 seed=cand.seed,
                 events=events,
             )
@@ -271,5 +251,6 @@ class _Shared:
     """State the candidates of one `compile` share across threads."""
 
     runs: TeacherRuns | None
+    bootstrap: BootstrapFewShot
     scores: dict[str, Future[EvaluationResult]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)

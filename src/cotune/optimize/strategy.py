@@ -54,3 +54,18 @@ def parse_strategies(text: str | Iterable[str]) -> list[tuple[str, ...]]:
     if not out:
         raise ConfigError("no strategy given; e.g. --strategies zero-shot,p,w,p-w-p")
     return out
+
+
+def node_prefixes(strategies: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Every prefix of every strategy, each once, parents before children.
+
+    Example:
+        >>> [strategy_name(p) for p in node_prefixes([(), ("p",), ("p", "w", "p"), ("w", "p")])]
+        ['zero-shot', 'p', 'w', 'p-w', 'w-p', 'p-w-p']
+    """
+    seen: list[tuple[str, ...]] = [()]
+    for s in strategies:
+        for i in range(1, len(s) + 1):
+            if s[:i] not in seen:
+                seen.append(s[:i])
+    return sorted(seen, key=len)  # stable: keeps first-appearance order within a length

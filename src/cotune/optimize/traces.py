@@ -27,7 +27,7 @@ from typing import Any
 from cotune.data.example import Example
 from cotune.errors import ConfigError, DataError
 from cotune.evaluate.evaluate import evaluate
-from cotune.evaluate.metrics import Metric
+from cotune.evaluate.metrics import Metric, passes
 from cotune.events import EventSink, emit
 from cotune.program.program import Program
 from cotune.program.trace import TraceStep
@@ -66,7 +66,7 @@ class Trace:
 
     def passed(self, threshold: float | None = None) -> bool:
         """Whether the run counts as a success: score >= ``threshold`` (None: full marks, score >= 1)."""
-        return self.error is None and self.score >= (1.0 if threshold is None else threshold)
+        return self.error is None and passes(self.score, threshold)
 
     def key(self) -> str:
         """Identity for deduplication: the predictor calls (who, what was sent, what came back)."""

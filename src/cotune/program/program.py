@@ -109,13 +109,18 @@ class Program:
 
     # -- state ---------------------------------------------------------------------------------------
     def dump_state(self) -> dict[str, Any]:
-        lm = self.lm
-        return {
+        """Prompts per predictor, the class path, and the LM binding: ``lm`` when the predictors share one
+        LM, else ``lms`` with one spec per predictor (e.g. one adapter each after ``multitask=False``)."""
+        named = self.named_predictors()
+        specs = {name: p.lm.spec() if p.lm is not None and hasattr(p.lm, "spec") else None for name, p in named}
+        shared = len({json.dumps(s, sort_keys=True, default=str) for s in specs.values()}) <= 1
+        state = {
             "format_version": FORMAT_VERSION,
-            "program": f"{type(self).__module__}.{type(self).__qualname__}",
-            "predictors": {name: p.dump_state() for name, p in self.named_predictors()},
-            "lm": lm.spec() if lm is not None and hasattr(lm, "spec") else None,
+            "program": class_path(type(self)),
+            "predictors": {name: p.dump_state() for name, p in named},
+            "lm": next(iter(specs.values()), None) if shared else None,
         }
+        return state if shared else state | {"lms": specs}
 
     def load_state(self, state: dict[str, Any]) -> Program:
         named = dict(self.named_predictors())
@@ -147,12 +152,21 @@ class Program:
         """
         state = read_state(path)
         self.load_state(state)
-        if lm is None and bind_saved_lm and state.get("lm"):
+        if lm is None and bind_saved_lm and (state.get("lm") or state.get("lms")):
             # Turning a saved spec into a model is the LM registry's job; imported here to keep
             # `import cotune.program` free of backends.
             from cotune.lm.registry import from_spec
 
-            lm = from_spec(state["lm"], base_dir=Path(path).parent)  # adapter paths are relative to the file
+            base_dir = Path(path).parent  # adapter paths are relative to the file
+            if state.get("lms"):
+                loaded: LM | None = None
+                for name, predictor in self.named_predictors():
+                    spec = state["lms"].get(name)
+                    if spec:  # the first load brings the weights; the others share them (`like=`)
+                        predictor.bind(from_spec(spec, like=loaded, base_dir=base_dir))
+                        loaded = loaded or predictor.lm
+                return self
+            lm = from_spec(state["lm"], base_dir=base_dir)
         if lm is not None:
             self.bind(lm)
         return self
@@ -166,6 +180,37 @@ class Program:
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}={p!r}" for n, p in self.named_predictors())
         return f"{type(self).__name__}({inner})"
+
+
+def class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def program_for_state(program: Program, state: dict[str, Any]) -> Program:
+    """The program ``state`` was saved from, built around ``program`` (a fresh copy of the task's program).
+
+    The saved class path decides: a program wrapper (a class with a ``wrap_state(inner, state)``
+    classmethod, such as `ChoiceShuffleEnsemble`) is rebuilt around ``program``; otherwise ``program``
+    itself is returned. Only classes of modules already imported or of cotune itself are looked up, so a
+    program file cannot make cotune import arbitrary code.
+    """
+    import importlib
+    import sys
+
+    saved = state.get("program")
+    if not isinstance(saved, str) or saved == class_path(type(program)) or "." not in saved:
+        return program
+    module, _, name = saved.rpartition(".")
+    if module not in sys.modules and not module.startswith("cotune."):
+        return program
+    try:
+        cls = getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return program
+    wrap = getattr(cls, "wrap_state", None)
+    if isinstance(cls, type) and issubclass(cls, Program) and callable(wrap):
+        return wrap(program, state)
+    return program
 
 
 def read_state(path: str | Path) -> dict[str, Any]:

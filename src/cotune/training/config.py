@@ -75,7 +75,13 @@ class LoRAConfig:
     max_grad_norm: float | None = field(
         default=1.0, metadata={"help": "Clip the gradient norm to this value (> 0), or None for no clipping."}
     )
-    seed: int = field(default=0, metadata={"help": "Seeds the adapter initialization and the batch order."})
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seeds the adapter initialization and the batch order (local generators: torch's and "
+            "Python's global ones are left alone)."
+        },
+    )
     bf16: bool = field(
         default=True,
         metadata={

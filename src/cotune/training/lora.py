@@ -7,6 +7,11 @@ and has no dependency beyond torch + peft. Tested with torch 2.13, transformers 
 
 The adapter is saved unmerged (PEFT ``save_pretrained``: adapter_config.json + adapter_model.safetensors)
 with ``cotune_adapter.json`` beside it: base model, training data hash, hyperparameters, final loss.
+
+No process-wide state is changed: the seed drives a local ``torch.Generator`` (adapter initialization) and a
+local ``random.Random`` (batch order); torch's default generators are never seeded (LoRA dropout > 0 draws its
+masks from them), and the CPU thread count (``LoRAConfig.num_threads``) is set only while training and
+restored afterwards.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from cotune.hardware import bf16_is_fast
 from cotune.lm.adapters import METADATA_FILE
 from cotune.training.config import LoRAConfig
 from cotune.training.memory import MemoryWatch
+from cotune.training.scoped import init_lora_weights, torch_threads
 from cotune.training.sft_data import IGNORE_INDEX, ChatExample, TokenizedExample, data_hash, tokenize
 
 
@@ -91,18 +97,11 @@ def train_lora(
         TrainingError: no examples, every example too long, a config the model refuses (e.g. unknown
             target modules), out of memory, or a non-finite loss; the cause is chained.
     """
-    import torch
-
     config = config or LoRAConfig()
     if not examples:
         raise TrainingError("no training examples: nothing to fine-tune on")
-    threads = torch.get_num_threads()
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
-    try:
+    with torch_threads(config.num_threads):
         return _train(examples, Path(base_model_path), Path(output_dir), config, base_model, init_adapter, events)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(examples, base_model_path, output_dir, config, base_model, init_adapter, events) -> TrainResult:
@@ -113,8 +112,6 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
     t_start = time.perf_counter()
 
     # -- setup ----------------------------------------------------------------------------------------
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
     tokenizer, model = _load(base_model_path, init_adapter, config, device)
     tokenized, n_dropped = [], 0
     for ex in examples:
@@ -266,7 +263,11 @@ def _load(base_model_path: str | Path, init_adapter: str | Path | None, config: 
                     r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=target,
                     task_type="CAUSAL_LM", bias="none",
                 )
-                model = get_peft_model(model, lora)
+                # peft draws its initial weights from torch's default generator: keep that generator's state
+                # as it was, then draw the adapter's A matrices again from a generator of our own.
+                with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device == "cuda" else []):
+                    model = get_peft_model(model, lora)
+                init_lora_weights(model, config.seed)
     except (ValueError, KeyError, OSError) as e:
         raise TrainingError(f"PEFT refused the LoRA setup for {base_model_path}: {e}") from e
     for p in model.parameters():  # adapter weights train in float32 even over a bf16 base
