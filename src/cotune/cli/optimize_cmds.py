@@ -15,12 +15,18 @@ from cotune.evaluate import evaluate
 from cotune.experiment.program_files import save_program
 
 
-def _setup(task: str, model: str | None, data_dir: Path | None, split_seed: int, cache: bool, console: Console):
-    """The task split by ``split_seed`` (never by the optimizer's seed) and its program on the model."""
+def _setup(task: str, model: str | None, data_dir: Path | None, split_seed: int, cache: bool, console: Console,
+           base_url: str | None = None):  # fmt: skip
+    """The task split by ``split_seed`` (never by the optimizer's seed) and its program on the model (local, or
+    the model named ``model`` on the server at ``base_url``)."""
+    from cotune.lm.openai_compat import OpenAICompatible
     from cotune.tasks import load_task
 
     the_task = load_task(task, data_dir=data_dir, seed=split_seed)
-    lm = load_model(model or DEFAULT_MODEL, cache=cache, console=console)
+    if base_url:
+        lm = OpenAICompatible(model or DEFAULT_MODEL, base_url=base_url, cache=cache)
+    else:
+        lm = load_model(model or DEFAULT_MODEL, cache=cache, console=console)
     return the_task, the_task.program().bind(lm)
 
 
@@ -86,18 +92,23 @@ def run_finetune(
     *, task: str, model: str | None, out_dir: Path, lora: dict[str, Any], traces: Path | None, threshold: float | None,
     data_dir: Path | None, threads: int, seed: int, cache: bool, evaluate_on: str | None, console: Console, out: Console,
     rollouts: int = 1, fill_with_labels: bool = False, keep_demos: bool = True, split_seed: int = 0, force: bool = False,
-    rollout_temperature: float = 0.7, stop_at_first_pass: bool = False,
+    rollout_temperature: float = 0.7, stop_at_first_pass: bool = False, base_url: str | None = None,
+    base_model: str | None = None,
 ) -> None:
+    from cotune.errors import ConfigError
     from cotune.optimize.finetune import BootstrapFinetune
     from cotune.training.config import LoRAConfig
 
     config = LoRAConfig(**{"seed": seed, **lora})  # validates before the model loads
     refuse_overwrite([out_dir / "program.json", out_dir / "adapter"], force)
-    the_task, program = _setup(task, model, data_dir, split_seed, cache, console)
+    if base_model and not base_url:
+        raise ConfigError("`--base-model` is for a program on a server: give the server with `--base-url URL`")
+    the_task, program = _setup(task, model, data_dir, split_seed, cache, console, base_url=base_url)
     opt = BootstrapFinetune(the_task.metric, lora=config, metric_threshold=threshold, output_dir=str(out_dir),
                             traces=str(traces) if traces else None, num_rollouts=rollouts,
                             rollout_temperature=rollout_temperature, stop_at_first_pass=stop_at_first_pass,
-                            fill_with_labels=fill_with_labels, keep_demos=keep_demos, num_threads=threads, seed=seed)
+                            fill_with_labels=fill_with_labels, keep_demos=keep_demos, num_threads=threads, seed=seed,
+                            base_model=base_model)
     events = RichEvents(console)
     try:
         tuned = opt.compile(program, trainset=the_task.train, events=events)
