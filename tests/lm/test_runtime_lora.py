@@ -189,3 +189,21 @@ def test_concurrent_requests_all_fall_back_when_the_server_refuses_structured_ou
     with pytest.warns(UserWarning, match="rejected structured outputs"):
         replies = lm.generate([[{"role": "user", "content": str(i)}] for i in range(16)], constraint=rule)
     assert [r.text for r in replies] == ["base answers"] * 16 and all(r.unconstrained for r in replies)
+
+
+def test_a_llama_cpp_server_is_named_with_its_restart_path():
+    def handler(request):
+        if request.method == "GET":
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "smollm2", "owned_by": "llamacpp"}]})
+        return httpx.Response(
+            404, json={"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}}
+        )
+
+    lora = RuntimeLoRA(_StubPool(handler), "http://cpu-box:8080/v1", "http://cpu-box:8080/v1")
+    with pytest.raises(ConfigError) as e:
+        lora.check()
+    message = str(e.value)
+    assert (
+        "server at http://cpu-box:8080/v1 is a llama.cpp server, which cannot load LoRA adapters at runtime" in message
+    )
+    assert "restart the server with --lora ADAPTER.gguf" in message and "convert_lora_to_gguf.py" in message

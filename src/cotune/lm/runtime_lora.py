@@ -104,11 +104,27 @@ class RuntimeLoRA:
                 f"server at {self.base_url} refused POST {UNLOAD} (HTTP {response.status_code}): "
                 f"{error_message(response)}"
             )
+        if self._is_llama_cpp():
+            raise ConfigError(
+                f"server at {self.base_url} is a llama.cpp server, which cannot load LoRA adapters at runtime (it "
+                f"applies the adapters given at start with --lora; POST {self._path(LOAD)} does not exist). Train "
+                "on a local copy of the base model, convert the adapter to GGUF (llama.cpp's convert_lora_to_gguf.py) "
+                "and restart the server with --lora ADAPTER.gguf; or serve the model with vLLM (--enable-lora, "
+                "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)"
+            )
         raise ConfigError(
             f"server at {self.base_url} cannot load LoRA adapters at runtime: POST {self._path(UNLOAD)} answered "
             f"HTTP {response.status_code} ({error_message(response)[:120]}), so POST {self._path(LOAD)} is missing "
             f"too. To fine-tune a served model, {HOW_TO_ENABLE}"
         )
+
+    def _is_llama_cpp(self) -> bool:
+        """Whether the server says it is llama.cpp's (its ``/v1/models`` entries are owned by "llamacpp")."""
+        try:
+            data = self._request("GET", "/models").json().get("data") or []
+            return any(isinstance(e, dict) and e.get("owned_by") == "llamacpp" for e in data)
+        except (LMError, ValueError, AttributeError):
+            return False
 
     def load(self, name: str, path: str | Path) -> None:
         """Load the adapter folder ``path`` as model ``name``. A name already loaded counts as done, so
