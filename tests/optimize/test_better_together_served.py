@@ -34,8 +34,10 @@ def test_better_together_pwp_through_a_server_that_loads_the_adapter_at_runtime(
 
     with served, start_server(served, runtime_lora=True) as server:
         lm = OpenAICompatible("smollm2-135m", base_url=server.url, cache=False, timeout=300,
-                              config=GenerationConfig(max_tokens=48))  # fmt: skip
+                              config=GenerationConfig(max_tokens=64))  # fmt: skip
         program = task.program().bind(lm)
+        for p in program.predictors():
+            p.reasoning_budget = 16  # the JSON closes within max_tokens even when a sample rambles
         prompt = BootstrapFewShotWithRandomSearch(task.metric, num_candidates=2, max_bootstrapped_demos=1,
                                                   max_labeled_demos=1, num_threads=8)  # fmt: skip
         weights = BootstrapFinetune(

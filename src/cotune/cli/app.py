@@ -224,7 +224,8 @@ def serve_cmd(
     runtime_lora: Annotated[bool, typer.Option("--runtime-lora", help="Also answer vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter: clients may load adapter folders from this machine's disk while it serves.")] = False,
     no_cache: NoCacheOpt = False,
 ) -> None:
-    """Serve a model over an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models, GET /health)."""
+    """Serve a model over an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models, GET /health;
+    with --runtime-lora also vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter)."""
     from cotune.cli.commands import load_model
     from cotune.errors import ConfigError
     from cotune.lm.server import serve
