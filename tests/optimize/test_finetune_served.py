@@ -107,3 +107,14 @@ def test_served_student_needs_a_local_copy_of_its_base(trained, fake, tmp_path, 
         with pytest.raises(ConfigError, match=match):
             BootstrapFinetune(metric, **kwargs).compile(Parity().bind(lm), trainset=parity_data([100]))
     assert trained == [] and fake.calls == []
+
+
+def test_one_adapter_per_predictor_each_loaded_under_its_own_name(trained, fake, tmp_path):
+    with start_server(fake, runtime_lora=True) as server:
+        lm = OpenAICompatible("parity-135m", base_url=server.url, cache=False, constrained=False)
+        tuner = BootstrapFinetune(metric, base_model=local_copy(tmp_path, "parity-135m"), multitask=False,
+                                  output_dir=tmp_path / "out")  # fmt: skip
+        tuned = tuner.compile(Parity().bind(lm), trainset=parity_data(range(100, 106)))
+        names = {n: p.lm.adapter for n, p in tuned.named_predictors()}
+        assert len(set(names.values())) == 2 and set(names.values()) <= set(server.models)
+        assert set(tuner.adapter_path_) == {"digit", "label"}
