@@ -156,6 +156,11 @@ class LM(ABC):
     def with_adapter(self, adapter: str | None) -> LM:
         raise ConfigError(f"the {self.backend} backend cannot load adapters")
 
+    def runtime_lora(self) -> Any:
+        """The backend's runtime adapter loading (`cotune.lm.runtime_lora.RuntimeLoRA`), where
+        ``capabilities.runtime_adapters`` says it has one."""
+        raise ConfigError(f"the {self.backend} backend cannot load adapters at runtime")
+
     @property
     def capabilities(self) -> Capabilities:
         """What this backend can do (see `Capabilities`). A backend declares adapters by overriding

@@ -84,7 +84,7 @@ def weights_target(lm: LM, *, base_model: str | Path | None, init: str, events: 
     from cotune.lm.registry import MODELS, resolve
     from cotune.lm.runtime_lora import describe, same_base_model
 
-    runtime = lm.runtime_lora()  # type: ignore[attr-defined]
+    runtime = lm.runtime_lora()
     runtime.check()
     entry = runtime.served_model(lm.model)
     path, name = resolve(base_model, events=events)
