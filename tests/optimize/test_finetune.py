@@ -160,7 +160,7 @@ def test_bad_hyperparameters_fail_before_any_work(kwargs, error, match, trained)
 
 def test_a_student_without_local_weights_is_refused_before_collecting_traces(trained):
     lm = parity_lm()
-    with pytest.raises(ConfigError, match="has no model_path; bind the student to an HF model"):
+    with pytest.raises(ConfigError, match="bound to FakeLM\\('fake'\\) \\(backend 'fake'\\), which has neither"):
         BootstrapFinetune(metric).compile(Parity().bind(lm), trainset=parity_data([100]))
     with pytest.raises(ConfigError, match="not bound to an LM"):
         BootstrapFinetune(metric).compile(Parity(), trainset=parity_data([100]))

@@ -123,8 +123,10 @@ def optimize_cmd(
 @app.command("finetune")
 def finetune_cmd(
     task: TaskOpt = "iris",
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (see `cotune models`). Default: smollm2-135m.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (see `cotune models`), or with --base-url the served model's name. Default: smollm2-135m.")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the adapter and the fine-tuned program.")] = Path("adapters/finetuned"),
+    base_url: Annotated[str | None, typer.Option("--base-url", help="Run the program on this OpenAI-compatible server (http://host:8000/v1) and load the adapter into it at runtime (vLLM: --enable-lora, VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).")] = None,
+    base_model: Annotated[str | None, typer.Option("--base-model", help="With --base-url: a local copy of the served base model (registry name or folder) to train on.")] = None,
     lora_r: Annotated[int | None, typer.Option("--lora-r", help="LoRA rank.")] = None,
     lora_alpha: Annotated[float | None, typer.Option("--lora-alpha", help="LoRA alpha.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
@@ -155,7 +157,8 @@ def finetune_cmd(
                  data_dir=data_dir, threads=threads, seed=seed, cache=not no_cache, evaluate_on=eval_split or None,
                  console=console, out=out, rollouts=rollouts, rollout_temperature=rollout_temperature,
                  stop_at_first_pass=stop_at_first_pass, fill_with_labels=fill_with_labels, keep_demos=not strip_demos,
-                 split_seed=split_seed, force=force, params=_params(param, "--param"))
+                 split_seed=split_seed, force=force, params=_params(param, "--param"), base_url=base_url,
+                 base_model=base_model)
 
 
 def _params(items: list[str] | None, flag: str) -> dict:
@@ -225,9 +228,11 @@ def serve_cmd(
     adapter: Annotated[list[str] | None, typer.Option("--adapter", help="NAME=PATH, repeatable: serve a LoRA adapter as model NAME.")] = None,
     api_key: Annotated[str | None, typer.Option("--api-key", envvar="COTUNE_SERVER_API_KEY", show_envvar=True, help="Key every request must send as 'Authorization: Bearer KEY'.")] = None,
     allow_origin: Annotated[list[str] | None, typer.Option("--allow-origin", help="A web origin (https://app.example) whose pages may call the server; repeatable.")] = None,
+    runtime_lora: Annotated[bool, typer.Option("--runtime-lora", help="Also answer vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter: clients may load adapter folders from this machine's disk while it serves.")] = False,
     no_cache: NoCacheOpt = False,
 ) -> None:
-    """Serve a model over an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models, GET /health)."""
+    """Serve a model over an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models, GET /health;
+    with --runtime-lora also vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter)."""
     from cotune.cli.commands import load_model
     from cotune.errors import ConfigError
     from cotune.lm.server import serve
@@ -255,7 +260,7 @@ def serve_cmd(
             console.print(f"{e.fields}")
 
     serve(lm, host, port, model_name=name or model, adapters=adapters, events=events, api_key=api_key or None,
-          allowed_origins=allow_origin or ())
+          allowed_origins=allow_origin or (), runtime_lora=runtime_lora)
 
 
 @app.command("models")

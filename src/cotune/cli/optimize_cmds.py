@@ -22,8 +22,13 @@ def _task(task: str, data_dir: Path | None, split_seed: int):
     return load_task(task, data_dir=data_dir, seed=split_seed)
 
 
-def _bind(the_task: Any, model: str | None, cache: bool, console: Console):
-    """The task's program on the model (loaded after the optimizer is built and checked)."""
+def _bind(the_task: Any, model: str | None, cache: bool, console: Console, base_url: str | None = None):
+    """The task's program on the model (loaded after the optimizer is built and checked): local, or the model
+    named ``model`` on the server at ``base_url``."""
+    if base_url:
+        from cotune.lm.openai_compat import OpenAICompatible
+
+        return the_task.program().bind(OpenAICompatible(model or DEFAULT_MODEL, base_url=base_url, cache=cache))
     return the_task.program().bind(load_model(model or DEFAULT_MODEL, cache=cache, console=console))
 
 
@@ -89,18 +94,22 @@ def run_finetune(
     data_dir: Path | None, threads: int, seed: int, cache: bool, evaluate_on: str | None, console: Console, out: Console,
     rollouts: int = 1, fill_with_labels: bool = False, keep_demos: bool = True, split_seed: int = 0, force: bool = False,
     rollout_temperature: float = 0.7, stop_at_first_pass: bool = False, params: dict[str, Any] | None = None,
+    base_url: str | None = None, base_model: str | None = None,
 ) -> None:
     """``params`` (``-P``) reach any `BootstrapFinetune` hyperparameter and win over the named options."""
+    from cotune.errors import ConfigError
     from cotune.optimize.registry import build_optimizer, merge, nest
 
     refuse_overwrite([out_dir / "program.json", out_dir / "adapter"], force)
+    if base_model and not base_url:
+        raise ConfigError("`--base-model` is for a program on a server: give the server with `--base-url URL`")
     the_task = _task(task, data_dir, split_seed)
     named = dict(lora={"seed": seed, **lora}, metric_threshold=threshold, output_dir=str(out_dir),
                  traces=str(traces) if traces else None, num_rollouts=rollouts, rollout_temperature=rollout_temperature,
                  stop_at_first_pass=stop_at_first_pass, fill_with_labels=fill_with_labels, keep_demos=keep_demos,
-                 num_threads=threads, seed=seed)  # fmt: skip
+                 num_threads=threads, seed=seed, base_model=base_model)  # fmt: skip
     opt = build_optimizer("finetune", the_task.metric, **merge(named, nest(params or {})))
-    program = _bind(the_task, model, cache, console)  # the hyperparameters were checked before the model loads
+    program = _bind(the_task, model, cache, console, base_url)  # hyperparameters checked before the model loads
     events = RichEvents(console)
     try:
         tuned = opt.compile(program, trainset=the_task.train, events=events)

@@ -70,6 +70,25 @@ class GenerationConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared by its class: optimizers ask this instead of probing attributes.
+
+    Attributes:
+        local_weights: the base weights are a folder on this machine (``LM.model_path``), so the Θ step
+            can train an adapter for them here.
+        adapters: ``with_adapter`` works (a folder for a local model, an adapter name for a server).
+        runtime_adapters: adapters can be loaded into the running backend at runtime (vLLM's
+            ``/v1/load_lora_adapter``); whether a given server has it switched on is checked by asking it.
+        structured_output: how completions can be constrained: "grammar", "json_schema" or None.
+    """
+
+    local_weights: bool = False
+    adapters: bool = False
+    runtime_adapters: bool = False
+    structured_output: str | None = None
+
+
 @dataclass
 class Completion:
     """One generated reply and what it cost."""
@@ -103,6 +122,10 @@ class LM(ABC):
     # How this backend can constrain a completion: "grammar" (EBNF and JSON schemas, decoded locally),
     # "json_schema" (a server's structured outputs), or None (free text, parsed leniently).
     structured_output: str | None = None
+    # Whether adapters can be loaded into the running backend (a server with vLLM's runtime LoRA API).
+    runtime_adapters: bool = False
+    # The local folder of the base weights, for backends that have one (the trainer loads the same base).
+    model_path: str | None = None
 
     def __init__(self, *, cache: RequestCache | bool | None = True, config: GenerationConfig | None = None,
                  constrained: bool = True):  # fmt: skip
@@ -132,6 +155,22 @@ class LM(ABC):
 
     def with_adapter(self, adapter: str | None) -> LM:
         raise ConfigError(f"the {self.backend} backend cannot load adapters")
+
+    def runtime_lora(self) -> Any:
+        """The backend's runtime adapter loading (`cotune.lm.runtime_lora.RuntimeLoRA`), where
+        ``capabilities.runtime_adapters`` says it has one."""
+        raise ConfigError(f"the {self.backend} backend cannot load adapters at runtime")
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this backend can do (see `Capabilities`). A backend declares adapters by overriding
+        ``with_adapter``, local weights by having a ``model_path``, the rest by class attributes."""
+        return Capabilities(
+            local_weights=bool(self.model_path),
+            adapters=type(self).with_adapter is not LM.with_adapter,
+            runtime_adapters=self.runtime_adapters,
+            structured_output=self.structured_output,
+        )
 
     @property
     def usage(self) -> Usage:

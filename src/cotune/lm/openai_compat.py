@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import email.utils
 import json
 import os
 import random
@@ -27,7 +26,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -35,47 +34,14 @@ from cotune.errors import ConfigError, LMConnectionError, LMError, LMTimeoutErro
 from cotune.lm.base import LM, Completion, GenerationConfig, Messages, truncate_at_stop
 from cotune.lm.cache import RequestCache, request_key
 from cotune.lm.credentials import ENV_KEY, may_send_env_key, redact_url
+from cotune.lm.http_pool import HTTPPool, error_message, parse_retry_after
+
+if TYPE_CHECKING:
+    from cotune.lm.runtime_lora import RuntimeLoRA
 
 # A server's Retry-After is honoured, but never more than this: a misconfigured proxy asking for an
 # hour would otherwise hang an evaluation silently.
 MAX_RETRY_AFTER_S = 120.0
-
-
-class _Pool:
-    """The HTTP client and the in-flight limit, shared by an LM and its `with_adapter` copies.
-
-    The client is (re)opened on first use, so `close()` followed by another call still works.
-    """
-
-    def __init__(self, timeout: float, max_concurrency: int, headers: dict[str, str]):
-        self.timeout, self.headers = timeout, headers
-        self.max_concurrency = max_concurrency
-        # The semaphore keeps requests from queueing inside httpx's pool, where a wait would count
-        # against the pool timeout and surface as a spurious PoolTimeout.
-        self.slots = threading.BoundedSemaphore(max_concurrency)
-        self._client: httpx.Client | None = None
-        self._lock = threading.Lock()
-
-    def client(self) -> httpx.Client:
-        with self._lock:
-            if self._client is None or self._client.is_closed:
-                limits = httpx.Limits(
-                    max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
-                )
-                self._client = httpx.Client(timeout=self.timeout, limits=limits, headers=self.headers)
-            return self._client
-
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-
-    def __del__(self) -> None:
-        # An LM dropped without close() must not leak its sockets.
-        client = getattr(self, "_client", None)
-        if client is not None:
-            client.close()
 
 
 class OpenAICompatible(LM):
@@ -100,6 +66,7 @@ class OpenAICompatible(LM):
 
     backend = "openai"
     structured_output = "json_schema"  # sent as response_format; dropped (once, with a warning) if refused
+    runtime_adapters = True  # vLLM's runtime LoRA API, where the server has it on (see `runtime_lora`)
 
     def __init__(
         self,
@@ -140,7 +107,7 @@ class OpenAICompatible(LM):
         self.max_concurrency = max_concurrency
         key, self._key_withheld = _api_key(api_key, self._request_base)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._pool = _Pool(timeout, max_concurrency, headers)
+        self._pool = HTTPPool(timeout, max_concurrency, headers)
         self._rng = random.Random()  # jitter only; never affects results
 
     @property
@@ -166,6 +133,12 @@ class OpenAICompatible(LM):
         new._meter = type(self._meter)()
         new._rng = random.Random()
         return new
+
+    def runtime_lora(self) -> RuntimeLoRA:
+        """The server's runtime-LoRA endpoints (load an adapter folder under a name), on this LM's connections."""
+        from cotune.lm.runtime_lora import RuntimeLoRA
+
+        return RuntimeLoRA(self._pool, self._request_base, self.base_url, timeout=max(self.timeout, 120.0))
 
     def close(self) -> None:
         """Close the pooled connections (shared with adapter copies); a later call reopens them."""
@@ -260,10 +233,12 @@ class OpenAICompatible(LM):
                 continue
             if response.status_code == 429 or response.status_code >= 500:
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
-                answered, last = True, f"HTTP {response.status_code}: {self._scrub(_error_message(response))}"
+                answered, last = True, f"HTTP {response.status_code}: {self._scrub(error_message(response))}"
                 continue
             if response.status_code >= 400:
-                if "response_format" in body and response.status_code in (400, 422) and self._structured.value is None:
+                # `is not True`, not `is None`: requests refused at the same time all retry without it.
+                refused = response.status_code in (400, 422) and self._structured.value is not True
+                if "response_format" in body and refused:
                     body = self._without_structured_outputs(body, response)
                     attempt -= 1  # not a failed attempt: the same request again, without response_format
                     continue
@@ -289,7 +264,7 @@ class OpenAICompatible(LM):
                 self._structured.value = False
                 warnings.warn(
                     f"server at {self.base_url} rejected structured outputs (response_format json_schema): "
-                    f"{self._scrub(_error_message(response))}; generating without them",
+                    f"{self._scrub(error_message(response))}; generating without them",
                     stacklevel=2,
                 )
         return {k: v for k, v in body.items() if k != "response_format"}
@@ -310,7 +285,7 @@ class OpenAICompatible(LM):
     def _rejected_message(self, body: dict[str, Any], response: httpx.Response) -> str:
         message = (
             f"server at {self.base_url} rejected the request for model {body['model']!r} "
-            f"(HTTP {response.status_code}): {self._scrub(_error_message(response))}"
+            f"(HTTP {response.status_code}): {self._scrub(error_message(response))}"
         )
         if response.status_code == 401 and self._key_withheld:
             message += (
@@ -369,36 +344,3 @@ def _api_key(explicit: str | None, url: str) -> tuple[str | None, bool]:
     if key and not may_send_env_key(url):
         return None, True
     return key, False
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent or bad.
-
-    Example:
-        >>> parse_retry_after("2"), parse_retry_after(None), parse_retry_after("soon")
-        (2.0, None, None)
-    """
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _error_message(response: httpx.Response) -> str:
-    """The server's own words: OpenAI's ``{"error": {"message": ...}}``, else a short body excerpt."""
-    try:
-        error = response.json().get("error")
-    except (ValueError, AttributeError):
-        error = None
-    if isinstance(error, dict) and error.get("message"):
-        return str(error["message"])
-    if isinstance(error, str) and error:
-        return error  # llama.cpp and Ollama variants
-    return response.text.strip()[:300] or response.reason_phrase

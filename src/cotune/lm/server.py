@@ -4,7 +4,11 @@ Endpoints: ``POST /v1/chat/completions`` (non-streaming, n=1), ``GET /v1/models`
 Each request runs ``lm(messages, **overrides)`` in its own thread, so a backend that coalesces
 concurrent calls (the transformers backend does) turns concurrent HTTP requests into batched generation.
 Adapters are served by name, like vLLM's ``--lora-modules``: a request whose ``model`` is an adapter name
-runs on ``lm.with_adapter(path)``.
+runs on ``lm.with_adapter(path)``. With ``runtime_lora=True`` the server also has vLLM's runtime LoRA API
+(``POST /v1/load_lora_adapter``, ``POST /v1/unload_lora_adapter``; see `cotune.lm.server_models`).
+
+The request body checks live in `cotune.lm.server_protocol`, the served models in
+`cotune.lm.server_models`, access rules and limits in `cotune.lm.server_policy`; this module is the HTTP.
 
 Example:
     >>> from cotune.lm.fake import FakeLM
@@ -17,14 +21,12 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import re
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -32,158 +34,21 @@ from typing import Any
 from cotune.errors import ConfigError
 from cotune.events import EventSink, emit
 from cotune.lm.base import LM
+from cotune.lm.server_models import LORA_ENDPOINTS, ServedModels
 from cotune.lm.server_policy import Refusal, ServerLimits, ServerPolicy
-from cotune.program.grammar import Constraint
+from cotune.lm.server_protocol import (  # noqa: F401 - response_constraint is public here too
+    RequestError,
+    check_max_tokens,
+    completion_body,
+    parse_request,
+    refuse_connection,
+    response_constraint,
+)
 
 logger = logging.getLogger("cotune.server")
 
 MAX_BODY_BYTES = ServerLimits.max_body_bytes
 _DIGITS = re.compile(r"[0-9]{1,12}")  # ASCII only: str.isdigit() accepts "²", which int() refuses
-ROLES = ("system", "user", "assistant")
-
-
-class RequestError(Exception):
-    """A request the server refuses; becomes an OpenAI-shaped JSON error."""
-
-    def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ):
-        self.status, self.message, self.param, self.code = status, message, param, code
-        self.headers = dict(headers or {})
-        super().__init__(message)
-
-    def body(self) -> dict[str, Any]:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
-
-
-def parse_request(body: Any, models: Mapping[str, LM], default: str) -> tuple[str, LM, list[dict[str, str]], dict]:
-    """Check a chat-completions body; returns (model name, LM, messages, generation overrides).
-
-    Only fields the request sets are passed on, so the LM's own defaults apply to the rest. Fields that
-    cotune has no use for (``user``, ``logit_bias``, ...) are ignored, as most servers do.
-
-    Raises:
-        RequestError: 400 naming the bad field, or 404 for a model that is not served.
-    """
-    if not isinstance(body, dict):
-        raise RequestError(400, "the request body must be a JSON object")
-    name = body.get("model", default)
-    if not isinstance(name, str):
-        raise RequestError(400, f"'model' must be a string, got {name!r}", param="model")
-    if name not in models:
-        raise RequestError(
-            404,
-            f"model {name!r} is not served here; choose one of: {', '.join(models)}",
-            param="model",
-            code="model_not_found",
-        )
-    if body.get("stream"):
-        raise RequestError(400, "'stream' is not supported; send stream=false", param="stream")
-    n = body.get("n", 1)
-    if n is not None and n != 1:
-        raise RequestError(400, f"'n' must be 1, got {n!r}", param="n")
-    messages = _messages(body.get("messages"))
-    overrides: dict[str, Any] = {}
-    if (t := body.get("temperature")) is not None:
-        overrides["temperature"] = _number(t, "temperature", low=0.0, high=2.0)
-    if (p := body.get("top_p")) is not None:
-        overrides["top_p"] = _number(p, "top_p", low=0.0, high=1.0, open_low=True)
-    if (p := body.get("min_p")) is not None:
-        overrides["min_p"] = _number(p, "min_p", low=0.0, high=0.999)
-    for field in ("max_tokens", "max_completion_tokens"):  # the newer name wins when both are sent
-        if (m := body.get(field)) is not None:
-            if not _is_int(m) or m < 1:
-                raise RequestError(400, f"'{field}' must be an integer >= 1, got {m!r}", param=field)
-            overrides["max_tokens"] = m
-    if (stop := body.get("stop")) is not None:
-        if isinstance(stop, str):
-            stop = [stop]
-        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-            raise RequestError(
-                400, f"'stop' must be a string or a list of non-empty strings, got {stop!r}", param="stop"
-            )
-        if stop:
-            overrides["stop"] = tuple(stop)
-    if (seed := body.get("seed")) is not None:
-        if not _is_int(seed):
-            raise RequestError(400, f"'seed' must be an integer, got {seed!r}", param="seed")
-        lm = models[name]
-        # cotune's sampling identity is the rollout id (part of the cache key); a greedy request has one
-        # answer whatever the seed, so the seed only counts when sampling.
-        if overrides.get("temperature", lm.config.temperature) > 0:
-            overrides["rollout_id"] = seed
-    if (fmt := body.get("response_format")) is not None:
-        rule = response_constraint(fmt, models[name])
-        if rule is not None:
-            overrides["constraint"] = rule
-    return name, models[name], messages, overrides
-
-
-def response_constraint(fmt: Any, lm: LM) -> Constraint | None:
-    """The `Constraint` of an OpenAI ``response_format``: a JSON schema (``{"type": "json_schema",
-    "json_schema": {"schema": {...}}}``) or any JSON object (``{"type": "json_object"}``); None for text.
-
-    Raises:
-        RequestError: 400 for a malformed format, or one this model cannot constrain to.
-    """
-    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
-        raise RequestError(
-            400, "'response_format' must be {\"type\": \"text\" | \"json_object\" | \"json_schema\", ...}",
-            param="response_format",
-        )  # fmt: skip
-    if fmt["type"] == "text":
-        return None
-    if getattr(lm, "structured_output", None) != "grammar":
-        raise RequestError(400, f"model {lm.model!r} cannot constrain its output here", param="response_format")
-    schema: Any = {"type": "object"}
-    if fmt["type"] == "json_schema":
-        spec = fmt.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
-            raise RequestError(
-                400, "'response_format.json_schema.schema' must be a JSON schema object", param="response_format"
-            )
-    return Constraint(grammar=(), json_schema=json.dumps(schema, sort_keys=True))
-
-
-def _messages(value: Any) -> list[dict[str, str]]:
-    if not isinstance(value, list) or not value:
-        raise RequestError(400, "'messages' must be a non-empty list of {role, content} objects", param="messages")
-    out = []
-    for i, m in enumerate(value):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise RequestError(400, f"'{where}' must be an object, got {m!r}", param=where)
-        role = m.get("role")
-        if role not in ROLES:
-            raise RequestError(
-                400, f"'{where}.role' must be one of: {', '.join(ROLES)}; got {role!r}", param=f"{where}.role"
-            )
-        content = m.get("content")
-        if isinstance(content, list):  # OpenAI's content parts; only text parts mean anything here
-            if not all(
-                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
-            ):
-                raise RequestError(400, f"'{where}.content' parts must all be text parts", param=f"{where}.content")
-            content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise RequestError(400, f"'{where}.content' must be a string, got {content!r}", param=f"{where}.content")
-        out.append({"role": role, "content": content})
-    return out
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _number(x: Any, field: str, *, low: float, high: float, open_low: bool = False) -> float:
-    ok = isinstance(x, int | float) and not isinstance(x, bool) and (x > low if open_low else x >= low) and x <= high
-    if not ok:
-        bounds = f"{'(' if open_low else '['}{low:g}, {high:g}]"
-        raise RequestError(400, f"'{field}' must be a number in {bounds}, got {x!r}", param=field)
-    return float(x)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -207,9 +72,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/health":
             status, body = 200, {"status": "ok", "models": list(self.server.models)}
         elif path == "/v1/models":
-            created = int(self.server.started)
-            data = [{"id": n, "object": "model", "created": created, "owned_by": "cotune"} for n in self.server.models]
-            status, body = 200, {"object": "list", "data": data}
+            status, body = 200, {"object": "list", "data": self.server.models.cards(int(self.server.started))}
         else:
             status, body = 404, RequestError(404, self._no_endpoint(path)).body()
         self._send(status, body)
@@ -224,19 +87,26 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse(refusal, t0)
             return
         headers: dict[str, str] = {}
+        body: dict[str, Any] | str
         try:
             raw = self._body()
-            if path != "/v1/chat/completions":
+            lora = path in LORA_ENDPOINTS and self.server.models.runtime_lora
+            if path != "/v1/chat/completions" and not lora:
                 raise RequestError(404, self._no_endpoint(path))
             try:
                 request = json.loads(raw)
             except (ValueError, RecursionError) as e:  # "[" * 100000 nests past Python's recursion limit
                 raise RequestError(400, f"the request body is not valid JSON: {str(e)[:200]}") from None
-            name, lm, messages, overrides = parse_request(request, self.server.models, self.server.default)
-            check_max_tokens(overrides, self.server.policy.token_cap(lm))
-            lm = self.server.for_request(name, overrides)
-            completion = self.server.generate(lm, messages, overrides)
-            status, body = 200, _completion_body(name, completion)
+            if lora:  # logged below as a server.request event with the adapter's name as its model
+                status, body = 200, self.server.models.handle_lora(path, request)
+                name = request["lora_name"]
+            else:
+                name, lm, messages, overrides = parse_request(request, self.server.models.snapshot(),
+                                                              self.server.models.default)  # fmt: skip
+                check_max_tokens(overrides, self.server.policy.token_cap(lm))
+                lm = self.server.for_request(name, overrides)
+                completion = self.server.generate(lm, messages, overrides)
+                status, body = 200, completion_body(name, completion)
         except RequestError as e:
             status, body = e.status, e.body()
             headers = e.headers
@@ -269,17 +139,21 @@ class _Handler(BaseHTTPRequestHandler):
         return data
 
     def _no_endpoint(self, path: str) -> str:
+        lora = "".join(f", POST {e}" for e in LORA_ENDPOINTS) if self.server.models.runtime_lora else ""
         return (
-            f"no endpoint {self.command} {path}; this server has POST /v1/chat/completions, GET /v1/models, GET /health"
+            f"no endpoint {self.command} {path}; this server has POST /v1/chat/completions{lora}, GET /v1/models, "
+            "GET /health"
         )
 
-    def _send(self, status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> None:
-        blob = json.dumps(body, ensure_ascii=False).encode()
+    def _send(self, status: int, body: dict[str, Any] | str, headers: Mapping[str, str] | None = None) -> None:
+        # vLLM answers a runtime LoRA load or unload with a plain-text "Success: ..."; everything else is JSON.
+        text = isinstance(body, str)
+        blob = body.encode() if text else json.dumps(body, ensure_ascii=False).encode()
         try:
             self.send_response(status)
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "text/plain; charset=utf-8" if text else "application/json")
             self.send_header("Content-Length", str(len(blob)))
             self.end_headers()
             self.wfile.write(blob)
@@ -298,59 +172,13 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("%s " + format, self.address_string(), *args)
 
 
-def _completion_body(name: str, completion: Any) -> dict[str, Any]:
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": name,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": completion.text},
-                "finish_reason": completion.finish_reason,
-                "logprobs": None,
-            }
-        ],
-        "usage": {
-            "prompt_tokens": completion.prompt_tokens,
-            "completion_tokens": completion.completion_tokens,
-            "total_tokens": completion.prompt_tokens + completion.completion_tokens,
-        },
-    }
-
-
-def check_max_tokens(overrides: dict[str, Any], cap: int) -> None:
-    """Refuse a request asking for more tokens than ``cap`` (the model's context or the server's limit).
-
-    Raises:
-        RequestError: 400 naming the field and the limit.
-    """
-    asked = overrides.get("max_tokens")
-    if asked is not None and asked > cap:
-        raise RequestError(400, f"'max_tokens' must be at most {cap} on this server, got {asked}", param="max_tokens")
-
-
-def _uncached(lm: LM) -> LM:
-    """The same model (weights, batcher, adapter) with its request cache bypassed."""
-    if lm.cache is None:
-        return lm
-    new = copy.copy(lm)  # shallow: shares the loaded model; LM.__deepcopy__ keeps deep copies away too
-    new.cache = None
-    return new
-
-
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a request stuck in the model must not keep the process alive
 
-    def __init__(
-        self, address: tuple[str, int], models: dict[str, LM], default: str, events: EventSink | None,
-        policy: ServerPolicy,
-    ):
+    def __init__(self, address: tuple[str, int], models: ServedModels, events: EventSink | None, policy: ServerPolicy):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        self.models, self.default, self.events, self.policy = models, default, events, policy
-        self.uncached = {name: _uncached(lm) for name, lm in models.items()}
+        self.models, self.events, self.policy = models, events, policy
         self.started = time.time()
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
@@ -360,9 +188,8 @@ class _Server(ThreadingHTTPServer):
     def for_request(self, name: str, overrides: Mapping[str, Any]) -> LM:
         """The model for a request: cached only when its answer is determined (greedy, or a seeded sample);
         a seedless sample must not be the same "sample" for every client."""
-        lm = self.models[name]
-        sampled = overrides.get("temperature", lm.config.temperature) > 0
-        return self.uncached[name] if sampled and "rollout_id" not in overrides else lm
+        sampled = overrides.get("temperature", self.models.base.config.temperature) > 0
+        return self.models.pick(name, cached=not sampled or "rollout_id" in overrides)
 
     def generate(self, lm: LM, messages: list[dict[str, str]], overrides: dict[str, Any]) -> Any:
         """Run one generation within the limits: a free slot (else 503) and a deadline (else 504). A generation
@@ -399,7 +226,7 @@ class _Server(ThreadingHTTPServer):
             if not full:
                 self._open.add(request)
         if full:  # answered here, without a thread: a flood of connections cannot start a thread each
-            _refuse_connection(request, self.policy.limits.max_connections)
+            refuse_connection(request, self.policy.limits.max_connections)
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
@@ -420,18 +247,6 @@ class _Server(ThreadingHTTPServer):
                 pass
 
 
-def _refuse_connection(sock: socket.socket, limit: int) -> None:
-    message = f"too many open connections (limit {limit}); retry"
-    blob = json.dumps(RequestError(503, message).body()).encode()
-    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(blob)}\r\n"
-            "Retry-After: 1\r\nConnection: close\r\n\r\n").encode()
-    try:
-        sock.settimeout(1.0)
-        sock.sendall(head + blob)
-    except OSError:
-        pass
-
-
 def build_server(
     lm: LM,
     host: str = "127.0.0.1",
@@ -443,6 +258,7 @@ def build_server(
     api_key: str | None = None,
     allowed_origins: Iterable[str] = (),
     limits: ServerLimits | None = None,
+    runtime_lora: bool = False,
 ) -> _Server:
     """Bind a server (not yet serving). See `serve` for the arguments.
 
@@ -452,14 +268,8 @@ def build_server(
         OSError: the port is taken.
     """
     policy = ServerPolicy.create(host, api_key=api_key, allowed_origins=allowed_origins, limits=limits)
-    name = model_name or lm.model
-    models: dict[str, LM] = {name: lm}
-    for adapter_name, path in (adapters or {}).items():
-        if adapter_name in models:
-            raise ConfigError(f"adapter name {adapter_name!r} is already the served model's name; pick another")
-        # Built up front so a backend without adapter support (or a bad path) fails at start, not per request.
-        models[adapter_name] = lm.with_adapter(path)
-    return _Server((host, port), models, name, events, policy)
+    models = ServedModels(lm, model_name or lm.model, adapters, runtime_lora=runtime_lora)
+    return _Server((host, port), models, events, policy)
 
 
 def _bind(server: _Server) -> str:
@@ -488,6 +298,7 @@ def serve(
     api_key: str | None = None,
     allowed_origins: Iterable[str] = (),
     limits: ServerLimits | None = None,
+    runtime_lora: bool = False,
 ) -> None:
     """Serve ``lm`` over OpenAI's chat-completions API until interrupted (Ctrl-C).
 
@@ -503,9 +314,12 @@ def serve(
             ``$COTUNE_SERVER_API_KEY``. Required for a host that is not loopback.
         allowed_origins: web origins (``https://app.example``) whose pages may call the server; none by default.
         limits: body size, tokens, concurrency and time limits (`ServerLimits`).
+        runtime_lora: also answer vLLM's ``POST /v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``, so
+            clients can load adapter folders *from this machine's disk* while it serves; off by default,
+            as vLLM keeps it off without ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``.
     """
     server = build_server(lm, host, port, model_name=model_name, adapters=adapters, events=events,
-                          api_key=api_key, allowed_origins=allowed_origins, limits=limits)
+                          api_key=api_key, allowed_origins=allowed_origins, limits=limits, runtime_lora=runtime_lora)
     emit(events, "server.start", url=_url(server), bind=_bind(server), models=list(server.models),
          api_key=bool(server.policy.api_key))
     try:
@@ -525,11 +339,20 @@ class ServerHandle:
         self._server = server
         self.host, self.port = server.server_address[:2]
         self.url = _url(server)
-        self.models = list(server.models)
         self._closed = False
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.name = f"cotune-server-{self.port}"
         self._thread.start()
+
+    @property
+    def models(self) -> list[str]:
+        """The names served now (the base model first; adapters loaded at runtime included)."""
+        return list(self._server.models)
+
+    @property
+    def requests_by_model(self) -> dict[str, int]:
+        """Chat-completion requests answered or attempted so far, per model name they named."""
+        return dict(self._server.models.requests)
 
     def close(self) -> None:
         """Stop serving, close the socket and idle connections; requests in progress are abandoned."""
@@ -564,10 +387,11 @@ def start_server(
     api_key: str | None = None,
     allowed_origins: Iterable[str] = (),
     limits: ServerLimits | None = None,
+    runtime_lora: bool = False,
 ) -> ServerHandle:
     """Like `serve`, but in a background thread; returns a handle with ``url``, ``port`` and ``close()``."""
     server = build_server(lm, host, port, model_name=model_name, adapters=adapters, events=events,
-                          api_key=api_key, allowed_origins=allowed_origins, limits=limits)
+                          api_key=api_key, allowed_origins=allowed_origins, limits=limits, runtime_lora=runtime_lora)
     handle = ServerHandle(server)
     emit(events, "server.start", url=handle.url, bind=_bind(server), models=handle.models,
          api_key=bool(server.policy.api_key))

@@ -2,7 +2,8 @@
 
 Run a teacher (the student itself by default) over the training set, keep the runs that pass the metric,
 turn every predictor call in them into a chat example, train one LoRA adapter (shared by all predictors,
-or one per predictor), and return a copy of the program bound to base model + adapter.
+or one per predictor), and return a copy of the program bound to base model + adapter. A program on an
+OpenAI-compatible server gets its adapter loaded into that server (see `cotune.optimize.weights_target`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from cotune.optimize.traces import (
     passing,
     save_traces,
 )
+from cotune.optimize.weights_target import LocalWeights, ServedWeights, weights_target
 from cotune.program.predict import Predict
 from cotune.program.program import Program
 from cotune.training.config import LoRAConfig
@@ -74,9 +76,15 @@ class BootstrapFinetune(Optimizer):
             so inference still matches training. See `cotune.training.sft_data`.
         num_threads: parallel examples while collecting traces.
         seed: seeds the rollouts and the training (it replaces ``lora.seed``).
+        base_model: for a student on an OpenAI-compatible server: a local copy of the served base model
+            (registry name or folder) to train on; it must be the server's model, and the server must load
+            adapters at runtime (vLLM ``--enable-lora`` with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``,
+            ``cotune serve --runtime-lora``). The adapter folder (``output_dir``) must be readable by the
+            server. Not used for a local student, which trains on its own weights.
 
     Learned attributes (after `compile`):
-        adapter_path_: the adapter folder (multitask), or a dict predictor name → folder.
+        adapter_path_: the adapter folder (multitask), or a dict predictor name → folder (for a served
+            student too; its program then sends requests to the adapter's served name, ``tuned.lm.adapter``).
         train_result_: the `TrainResult` (multitask), or a dict predictor name → `TrainResult`.
         traces_path_: the traces file used. n_traces_: runs collected (or loaded); n_passed_: runs kept.
         n_labeled_: traces written from labels (``fill_with_labels``; also in the traces file).
@@ -116,6 +124,7 @@ class BootstrapFinetune(Optimizer):
         keep_demos: bool = True,
         num_threads: Positive = 8,
         seed: int = 0,
+        base_model: str | Path | None = None,
     ):
         self.metric = metric
         self.lora = lora
@@ -133,6 +142,7 @@ class BootstrapFinetune(Optimizer):
         self.keep_demos = keep_demos
         self.num_threads = num_threads
         self.seed = seed
+        self.base_model = base_model
 
     def compile(
         self,
@@ -147,7 +157,8 @@ class BootstrapFinetune(Optimizer):
         ``valset`` is not used: nothing is selected here (BetterTogether evaluates after the step).
 
         Raises:
-            ConfigError: a bad hyperparameter, or the student is not on a local HF model.
+            ConfigError: a bad hyperparameter; the student has no local weights and no server that loads
+                adapters at runtime; a served student without ``base_model``, or whose server runs another model.
             TrainingError: no trace passed the metric, or training failed (the cause is chained).
         """
         config = (self.lora or LoRAConfig()).replace(seed=self.seed)
@@ -155,6 +166,9 @@ class BootstrapFinetune(Optimizer):
         named = _named(student)
         groups = {MULTITASK_ADAPTER: list(named)} if self.multitask else {n: [n] for n in named}
         bases = {g: self._student_lm(names, named) for g, names in groups.items()}
+        # Before any trace or training step: a server that cannot take the adapter must fail now.
+        targets = {g: weights_target(lm, base_model=self.base_model, init=self.init, events=events)
+                   for g, lm in bases.items()}  # fmt: skip
 
         traces = self._traces(program, trainset, events)
         passed = passing(traces, self.metric_threshold)
@@ -188,9 +202,9 @@ class BootstrapFinetune(Optimizer):
             if not examples:  # one adapter per predictor, and this one has no successful call
                 emit(events, "finetune.skip", predictor=group, reason="no successful calls in the kept traces")
                 continue
-            results[group] = self._train(examples, bases[group], root / _slug(group), config, events)
+            results[group] = self._train(examples, targets[group], root / _slug(group), config, events)
             paths[group] = results[group].adapter_path
-            tuned = bases[group].with_adapter(paths[group])
+            tuned = targets[group].bind(paths[group], events)
             for name in names:
                 named[name].bind(tuned)
                 if not self.keep_demos:
@@ -222,14 +236,7 @@ class BootstrapFinetune(Optimizer):
                 "init='continue' with multitask=True needs every predictor on the same adapter, but they use "
                 f"{sorted(str(lm.adapter) for lm in lms)}; use init='base' or multitask=False"
             )
-        lm = lms[0]
-        if not getattr(lm, "model_path", None):
-            raise ConfigError(
-                f"BootstrapFinetune trains LoRA adapters on a local Hugging Face model, but the program is bound "
-                f"to {lm!r} (backend {lm.backend!r}) which has no model_path; bind the student to an HF model, "
-                "e.g. cotune.lm.load('smollm2-135m')"
-            )
-        return lm
+        return lms[0]
 
     def _traces(self, program: Any, trainset: Sequence[Example], events: EventSink | None) -> list[Trace]:
         if self.traces is not None:
@@ -273,12 +280,13 @@ class BootstrapFinetune(Optimizer):
         return default_cache_dir() / "adapters" / f"{model}-{digest}"
 
     def _train(
-        self, examples: list[ChatExample], lm: Any, out: Path, config: LoRAConfig, events: EventSink | None
+        self, examples: list[ChatExample], target: LocalWeights | ServedWeights, out: Path, config: LoRAConfig,
+        events: EventSink | None,
     ) -> TrainResult:
-        init_adapter = lm.adapter if self.init == "continue" else None
+        init_adapter = target.lm.adapter if self.init == "continue" else None
         emit(events, "finetune.group", adapter=str(out), examples=len(examples), init_adapter=init_adapter)
         return train_lora(
-            examples, base_model_path=lm.model_path, output_dir=out, config=config, base_model=lm.model,
+            examples, base_model_path=target.path, output_dir=out, config=config, base_model=target.name,
             init_adapter=init_adapter, events=events,
         )  # fmt: skip
 
