@@ -193,17 +193,15 @@ def smol():
 
 
 @pytest.fixture
-def count_generate(smol, monkeypatch):
-    """Counts real ``model.generate`` calls and the batch size of each."""
-    sizes: list[int] = []
-    real = smol.engine.model.generate
+def count_generate(smol):
+    """Counts the engine's batched generations from now on: ``calls()`` → (batches, requests)."""
+    before = (smol.engine.stats.batches, smol.engine.stats.requests)
 
-    def counted(*args, **kwargs):
-        sizes.append(kwargs["input_ids"].shape[0])
-        return real(*args, **kwargs)
+    class Count:
+        def calls(self) -> tuple[int, int]:
+            return smol.engine.stats.batches - before[0], smol.engine.stats.requests - before[1]
 
-    monkeypatch.setattr(smol.engine.model, "generate", counted)
-    return sizes
+    return Count()
 
 
 @pytest.mark.integration
@@ -220,8 +218,7 @@ def test_generates_text_with_real_token_counts(smol):
 @pytest.mark.integration
 def test_concurrent_calls_are_coalesced_and_match_sequential_greedy(smol, count_generate):
     sequential = [smol(user(q), max_tokens=6).text for q in QUESTIONS]
-    assert len(count_generate) == len(QUESTIONS)
-    count_generate.clear()
+    assert count_generate.calls() == (len(QUESTIONS), len(QUESTIONS))
     barrier, results = threading.Barrier(len(QUESTIONS)), {}
 
     def call(i: int) -> None:
@@ -233,8 +230,9 @@ def test_concurrent_calls_are_coalesced_and_match_sequential_greedy(smol, count_
         t.start()
     for t in threads:
         t.join(300)
-    assert sum(count_generate) == len(QUESTIONS)
-    assert len(count_generate) < len(QUESTIONS), f"batch sizes {count_generate}"
+    batches, requests = count_generate.calls()
+    assert requests == 2 * len(QUESTIONS)
+    assert batches - len(QUESTIONS) < len(QUESTIONS), f"{batches - len(QUESTIONS)} batches for {len(QUESTIONS)} calls"
     assert [results[i] for i in range(len(QUESTIONS))] == sequential
 
 
@@ -244,7 +242,7 @@ def test_a_repeated_request_is_a_cache_hit(smol, count_generate, tmp_path):
     first = cached(user("Say hi."), max_tokens=4)
     again = cached(user("Say hi."), max_tokens=4)
     assert not first.cached and again.cached and again.text == first.text
-    assert len(count_generate) == 1 and cached.usage.cache_hits == 1
+    assert count_generate.calls() == (1, 1) and cached.usage.cache_hits == 1
 
 
 @pytest.mark.integration

@@ -1,0 +1,91 @@
+"""A lean batched decoding loop for local models: rows leave the batch as soon as they finish.
+
+transformers' ``generate`` keeps every row of a batch in every step until the longest one ends (finished
+rows are padded, their attention still computed) and runs a general-purpose step around each forward
+pass. cotune's calls need less: greedy or seeded sampling, logits processors that know which rows are
+still live (`cotune.lm.constrain`), end-of-text tokens and a token limit. `decode` does exactly that:
+
+- one prefill of the left-padded prompts, keeping only the last position's logits;
+- each step: processors, argmax, then rows that produced an end token (or reached the limit) are dropped
+  from the token batch, the attention mask and the KV cache, and padding columns no live row needs any
+  more are cut from the left;
+- explicit position ids, so a row's positions never depend on which others share its batch.
+
+The processors see float32 logits of the live rows only and are called as
+``step(live, last, scores) -> scores``, where ``live`` lists the original batch rows of the scores' rows
+and ``last`` the token each of them chose in the previous step (None on the first).
+
+torch and transformers are imported when `decode` runs, never when this module is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def decode(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: int, stop_ids: Sequence[int],
+           processors: Sequence[Any] = ()) -> list[list[int]]:  # fmt: skip
+    """Generate up to ``max_new_tokens`` tokens for each row of a left-padded batch.
+
+    Args:
+        model: a transformers causal LM (called with ``past_key_values`` and ``position_ids``).
+        input_ids, attention_mask: the left-padded prompts, ``[batch, length]``.
+        max_new_tokens: the most tokens per row.
+        stop_ids: tokens that end a row (kept as its last token, like ``generate`` does).
+        processors: objects with ``step(live, last, scores) -> scores``, applied in order.
+
+    Returns:
+        The new tokens of each row, in batch order (a finished row's list ends with its stop token).
+    """
+    import torch
+    from transformers import DynamicCache
+
+    stops = set(stop_ids)
+    batch = input_ids.shape[0]
+    mask = attention_mask
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)  # fmt: skip
+    next_pos = positions[:, -1:] + 1
+    live = list(range(batch))
+    new: list[list[int]] = [[] for _ in range(batch)]
+    last: list[int] | None = None
+    for _ in range(max_new_tokens):
+        scores = out.logits[:, -1, :].float()
+        for p in processors:
+            scores = p.step(live, last, scores)
+        tokens = scores.argmax(dim=-1)
+        chosen = tokens.tolist()
+        keep = []
+        for j, (row, token) in enumerate(zip(live, chosen, strict=True)):
+            new[row].append(token)
+            if token not in stops and len(new[row]) < max_new_tokens:
+                keep.append(j)
+        if not keep:
+            break
+        if len(keep) < len(live):
+            index = torch.tensor(keep, device=tokens.device)
+            cache.batch_select_indices(index)
+            mask, tokens, next_pos = mask[index], tokens[index], next_pos[index]
+            live = [live[j] for j in keep]
+            mask = _trim_left_padding(mask, cache)
+        last = [chosen[j] for j in keep]
+        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache,
+                    use_cache=True)  # fmt: skip
+        next_pos = next_pos + 1
+    return new
+
+
+def _trim_left_padding(mask: Any, cache: Any) -> Any:
+    """Drop the leading columns that are padding in every live row, from the mask and the KV cache."""
+    seen = mask.any(dim=0)
+    first = int(seen.int().argmax())
+    if first == 0:
+        return mask
+    for layer in cache.layers:
+        layer.keys = layer.keys[..., first:, :]
+        layer.values = layer.values[..., first:, :]
+    return mask[:, first:]
