@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from cotune.lm.decode import decode  # noqa: E402
+from cotune.lm.decode import MIN_SHARED_PREFIX, common_prefix, decode  # noqa: E402
 from cotune.lm.hf import _seeded_sampler  # noqa: E402
 
 PAD = 0
@@ -111,3 +111,31 @@ def test_seeded_sampling_equals_generate_with_the_same_sampler(model):
     with torch.inference_mode():
         got = decode(model, ids, mask, max_new_tokens=16, stop_ids=eos, processors=[sampler])
     assert got == want
+
+
+SHARED = [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27]  # 20 shared tokens
+
+
+@pytest.mark.parametrize("own", [[[5, 6], [7], [30, 31, 32, 33]], [[5], [5, 6], [5, 6, 7]]])
+def test_a_shared_prefix_is_computed_once_with_the_same_outputs(model, own):
+    prompts = [SHARED + o for o in own]
+    ids, mask = left_padded(prompts)
+    assert common_prefix(ids, mask) >= MIN_SHARED_PREFIX
+    calls = []
+    hook = model.register_forward_pre_hook(lambda _m, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)  # fmt: skip
+    try:
+        with torch.inference_mode():
+            got = decode(model, ids, mask, max_new_tokens=10, stop_ids=[])
+    finally:
+        hook.remove()
+    assert calls[0] == (1, common_prefix(ids, mask))  # the prefix, once
+    assert got == reference(model, ids, mask, 10, [])
+    with torch.inference_mode():
+        assert decode(model, ids, mask, max_new_tokens=10, stop_ids=[], share_prefix=False) == got
+
+
+def test_common_prefix_leaves_each_row_a_token_of_its_own():
+    ids, mask = left_padded([[1, 2, 3], [1, 2, 3, 4], [1, 2, 3]])
+    assert common_prefix(ids, mask) == 2
+    ids, mask = left_padded([[1, 2, 3], [1, 5, 3]])
+    assert common_prefix(ids, mask) == 1

@@ -5,7 +5,9 @@ rows are padded, their attention still computed) and runs a general-purpose step
 pass. cotune's calls need less: greedy or seeded sampling, logits processors that know which rows are
 still live (`cotune.lm.constrain`), end-of-text tokens and a token limit. `decode` does exactly that:
 
-- one prefill of the left-padded prompts, keeping only the last position's logits;
+- one prefill of the left-padded prompts, keeping only the last position's logits; the tokens every
+  prompt of the batch starts with (a predictor's instruction and demos) are computed once and their KV
+  cache shared by all rows;
 - each step: processors, argmax, then rows that produced an end token (or reached the limit) are dropped
   from the token batch, the attention mask and the KV cache, and padding columns no live row needs any
   more are cut from the left;
@@ -23,9 +25,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+# Below this many shared tokens, a separate prefill of the prefix costs more than it saves.
+MIN_SHARED_PREFIX = 16
+
 
 def decode(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: int, stop_ids: Sequence[int],
-           processors: Sequence[Any] = ()) -> list[list[int]]:  # fmt: skip
+           processors: Sequence[Any] = (), share_prefix: bool = True) -> list[list[int]]:  # fmt: skip
     """Generate up to ``max_new_tokens`` tokens for each row of a left-padded batch.
 
     Args:
@@ -34,6 +39,7 @@ def decode(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: i
         max_new_tokens: the most tokens per row.
         stop_ids: tokens that end a row (kept as its last token, like ``generate`` does).
         processors: objects with ``step(live, last, scores) -> scores``, applied in order.
+        share_prefix: compute the tokens every prompt starts with (instruction, demos) once for the batch.
 
     Returns:
         The new tokens of each row, in batch order (a finished row's list ends with its stop token).
@@ -43,11 +49,15 @@ def decode(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: i
 
     stops = set(stop_ids)
     batch = input_ids.shape[0]
-    mask = attention_mask
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)  # fmt: skip
+    shared = common_prefix(input_ids, attention_mask) if share_prefix and batch > 1 else 0
+    if shared >= MIN_SHARED_PREFIX:
+        out, mask, positions = _prefill_shared(model, input_ids, attention_mask, shared, cache)
+    else:
+        mask = attention_mask
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)  # fmt: skip
     next_pos = positions[:, -1:] + 1
     live = list(range(batch))
     new: list[list[int]] = [[] for _ in range(batch)]
@@ -77,6 +87,47 @@ def decode(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: i
                     use_cache=True)  # fmt: skip
         next_pos = next_pos + 1
     return new
+
+
+def common_prefix(input_ids: Any, attention_mask: Any) -> int:
+    """How many leading tokens every (left-padded) row shares; each row keeps at least one of its own."""
+    starts = (attention_mask.shape[1] - attention_mask.sum(dim=1)).tolist()
+    rows = [input_ids[i, s:] for i, s in enumerate(starts)]
+    shortest = min(len(r) for r in rows)
+    first = rows[0][:shortest]
+    same = first.new_ones(shortest, dtype=bool)
+    for r in rows[1:]:
+        same &= r[:shortest] == first
+    shared = shortest if bool(same.all()) else int((~same).int().argmax())
+    return min(shared, shortest - 1)
+
+
+def _prefill_shared(model: Any, input_ids: Any, attention_mask: Any, shared: int, cache: Any):
+    """Prefill the ``shared`` leading tokens once, then every row's own tokens on top of them.
+
+    The rows are laid out as [shared prefix | padding | own tokens]: the mask hides the padding and the
+    position ids continue from the prefix, so each row sees exactly its own prompt.
+    Returns (model output, attention mask, position ids) as a plain prefill would.
+    """
+    import torch
+
+    batch = input_ids.shape[0]
+    starts = (attention_mask.shape[1] - attention_mask.sum(dim=1)).tolist()
+    prefix = input_ids[:1, starts[0] : starts[0] + shared]
+    model(input_ids=prefix, position_ids=torch.arange(shared, device=prefix.device)[None], past_key_values=cache,
+          use_cache=True, logits_to_keep=1)  # fmt: skip
+    cache.batch_repeat_interleave(batch)
+    # Own tokens, left-padded: dropping the first ``shared`` real tokens of each row keeps the layout.
+    own_mask = attention_mask.clone()
+    for i, s in enumerate(starts):
+        own_mask[i, s : s + shared] = 0
+    width = int(own_mask.sum(dim=1).max())
+    own_ids, own_mask = input_ids[:, -width:], own_mask[:, -width:]
+    mask = torch.cat([own_mask.new_ones((batch, shared)), own_mask], dim=1)
+    positions = (shared + own_mask.long().cumsum(-1) - 1).clamp(min=shared)
+    out = model(input_ids=own_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                logits_to_keep=1)  # fmt: skip
+    return out, mask, positions
 
 
 def _trim_left_padding(mask: Any, cache: Any) -> Any:
