@@ -174,7 +174,10 @@ def main() -> dict[str, Any]:
     if "llamacpp" not in skip:
         if args.model != "smollm2-135m":
             raise SystemExit("the llama.cpp comparison uses the embedded SmolLM2 GGUF; pass --skip llamacpp")
-        server = llamacpp_server(smollm2_gguf(), args.n, ctx_per_slot=2048)
+        try:
+            server = llamacpp_server(smollm2_gguf(), args.n, ctx_per_slot=2048)
+        except Exception as e:
+            print(f"llama.cpp server did not start: {type(e).__name__}: {e}", flush=True)
     load_before = os.getloadavg()
     report: dict[str, Any] = {"benchmark": "engine", "model": args.model, "dtype": lm.dtype, "device": lm.device,
                               "n": args.n, "max_tokens": args.max_tokens, "threads": args.threads, "sets": {}}  # fmt: skip
@@ -196,7 +199,10 @@ def main() -> dict[str, Any]:
         if "generate" not in skip:
             row["generate"] = run_generate(engine, messages, args.max_tokens)
         if server is not None:
-            row["llamacpp"] = run_llamacpp(server, messages, args.max_tokens)
+            try:
+                row["llamacpp"] = run_llamacpp(server, messages, args.max_tokens)
+            except Exception as e:  # recorded, so the other paths' numbers still land
+                row["llamacpp_error"] = f"{type(e).__name__}: {e}"
         base = row["cotune"]
         row["cotune_vs"] = {k: {"examples_per_s": round(base["examples_per_s"] / v["examples_per_s"], 2),
                                 "completion_tok_per_s": round(base["completion_tok_per_s"] / v["completion_tok_per_s"], 2)}

@@ -11,6 +11,8 @@ still live (`cotune.lm.constrain`), end-of-text tokens and a token limit. `decod
 - each step: processors, argmax, then rows that produced an end token (or reached the limit) are dropped
   from the token batch, the attention mask and the KV cache, and padding columns no live row needs any
   more are cut from the left;
+- the KV cache grows in place (room for more steps is allocated ahead), where transformers' dynamic
+  cache copies the whole cache at every step to append one token;
 - explicit position ids, so a row's positions never depend on which others share its batch.
 
 The processors see float32 logits of the live rows only and are called as
@@ -22,6 +24,7 @@ torch and transformers are imported when `decode` runs, never when this module i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,6 +53,7 @@ def decode(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: i
     stops = set(stop_ids)
     batch = input_ids.shape[0]
     cache = DynamicCache(config=model.config)
+    cache.layers = [_growing(layer) for layer in cache.layers]
     shared = common_prefix(input_ids, attention_mask) if share_prefix and batch > 1 else 0
     if shared >= MIN_SHARED_PREFIX:
         out, mask, positions = _prefill_shared(model, input_ids, attention_mask, shared, cache)
@@ -140,3 +144,51 @@ def _trim_left_padding(mask: Any, cache: Any) -> Any:
         layer.keys = layer.keys[..., first:, :]
         layer.values = layer.values[..., first:, :]
     return mask[:, first:]
+
+
+def _growing(layer: Any) -> Any:
+    """``layer`` (a plain `DynamicLayer`) as a `_GrowingLayer`; other layer kinds are kept as they are."""
+    from transformers.cache_utils import DynamicLayer
+
+    return _growing_class()() if type(layer) is DynamicLayer else layer
+
+
+@functools.cache
+def _growing_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A dynamic cache layer whose keys and values are views of buffers with room to append in place.
+
+        Anything that replaces ``keys``/``values`` (row selection, trimming) is noticed at the next update
+        (they are no longer views of the buffers), and the buffers are rebuilt from them then.
+        """
+
+        buffers = None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = self.keys.shape[-2] if self.keys.dim() == 4 else 0
+            add = key_states.shape[-2]
+            if not self._in_buffers(n) or n + add > self.buffers[0].shape[-2]:
+                room = n + add + max(n + add, 64)  # doubling: appends cost O(1) copies per token overall
+                shape = (*key_states.shape[:2], room, key_states.shape[-1])
+                self.buffers = (key_states.new_empty(shape), value_states.new_empty(shape))
+                if n:
+                    self.buffers[0][:, :, :n] = self.keys
+                    self.buffers[1][:, :, :n] = self.values
+            keys, values = self.buffers
+            keys[:, :, n : n + add] = key_states
+            values[:, :, n : n + add] = value_states
+            self.keys, self.values = keys[:, :, : n + add], values[:, :, : n + add]
+            return self.keys, self.values
+
+        def _in_buffers(self, n: int) -> bool:
+            if self.buffers is None or n == 0:
+                return False
+            keys, values = self.buffers
+            return (self.keys.data_ptr() == keys.data_ptr() and self.values.data_ptr() == values.data_ptr()
+                    and self.keys.shape[0] == keys.shape[0])  # fmt: skip
+
+    return GrowingLayer
