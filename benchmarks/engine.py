@@ -14,6 +14,10 @@ Prompt sets (the exact messages cotune's programs send): ``iris`` (zero-shot cha
 - ``llamacpp``: llama.cpp's server (xllamacpp, the embedded Q4_1 GGUF) with one parallel slot per prompt,
   chat completions sent from as many threads, free text.
 
+Each cotune and ``generate`` path also runs on ``--other-dtypes`` (default float32) beside the default dtype,
+since on a CPU without bf16 instructions a bf16 matrix product over many rows (a prefill) is far slower
+than a float32 one, while one row at a time (decoding) it is not.
+
 Reported: wall seconds, examples/s, completion and prompt tokens (each path's own count), completion
 tok/s and prompt tok/s, and ratios to cotune. Free-text runs write as long as the model likes (up to the
 cap); cotune stops at the end of its output format, so compare examples/s and completion tok/s both.
@@ -155,6 +159,7 @@ def main() -> dict[str, Any]:
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--max-tokens", type=int, default=192)
     ap.add_argument("--threads", type=int, default=64)
+    ap.add_argument("--other-dtypes", default="float32", help="comma-separated dtypes to compare with the default")
     ap.add_argument("--skip", default="", help=f"comma-separated paths to leave out: {', '.join(PATHS)}")
     ap.add_argument("--data-dir", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "engine.json")
@@ -168,8 +173,12 @@ def main() -> dict[str, Any]:
 
     import cotune as ct
 
-    lm = ct.lm.load(args.model, cache=False)
-    engine = lm.engine
+    # The default dtype first ("auto": what users get); other dtypes run the same paths for comparison.
+    lms = {"auto": ct.lm.load(args.model, cache=False)}
+    lm = lms["auto"]
+    for dtype in args.other_dtypes.split(","):
+        if dtype and dtype != lm.dtype:
+            lms[dtype] = ct.lm.load(args.model, dtype=dtype, cache=False)
     server = None
     if "llamacpp" not in skip:
         if args.model != "smollm2-135m":
@@ -183,21 +192,24 @@ def main() -> dict[str, Any]:
                               "n": args.n, "max_tokens": args.max_tokens, "threads": args.threads, "sets": {}}  # fmt: skip
     for name in args.sets.split(","):
         program, examples, metric = build_set(name, args.n, args.data_dir)
-        run_cotune(lm, program, examples[:2], metric, 2, 8)  # warm-up: grammar compiled, kernels touched
         (predictor,) = program.predictors()
         messages = [predictor.messages(**ex.inputs()) for ex in examples]
         row: dict[str, Any] = {}
-        row["cotune"] = run_cotune(lm, program, examples, metric, args.threads, args.max_tokens)
-        if "cotune-transformers" not in skip:
-            engine.decoder = "transformers"
-            try:
-                row["cotune-transformers"] = run_cotune(lm, program, examples, metric, args.threads, args.max_tokens)
-            finally:
-                engine.decoder = "cotune"
-            same = sum(a == b for a, b in zip(row["cotune"]["texts"], row["cotune-transformers"]["texts"], strict=True))
-            row["cotune_outputs_equal_transformers_loop"] = f"{same}/{len(examples)}"
-        if "generate" not in skip:
-            row["generate"] = run_generate(engine, messages, args.max_tokens)
+        for key, each in lms.items():
+            tag = "" if key == "auto" else f" {each.dtype}"
+            run_cotune(each, program, examples[:2], metric, 2, 8)  # warm-up: grammar compiled, kernels touched
+            row[f"cotune{tag}"] = run_cotune(each, program, examples, metric, args.threads, args.max_tokens)
+            if "cotune-transformers" not in skip:
+                each.engine.decoder = "transformers"
+                try:
+                    plain = run_cotune(each, program, examples, metric, args.threads, args.max_tokens)
+                finally:
+                    each.engine.decoder = "cotune"
+                row[f"cotune-transformers{tag}"] = plain
+                same = sum(a == b for a, b in zip(row[f"cotune{tag}"]["texts"], plain["texts"], strict=True))
+                row[f"cotune_outputs_equal_transformers_loop{tag}"] = f"{same}/{len(examples)}"
+            if "generate" not in skip:
+                row[f"generate{tag}"] = run_generate(each.engine, messages, args.max_tokens)
         if server is not None:
             try:
                 row["llamacpp"] = run_llamacpp(server, messages, args.max_tokens)
@@ -206,7 +218,7 @@ def main() -> dict[str, Any]:
         base = row["cotune"]
         row["cotune_vs"] = {k: {"examples_per_s": round(base["examples_per_s"] / v["examples_per_s"], 2),
                                 "completion_tok_per_s": round(base["completion_tok_per_s"] / v["completion_tok_per_s"], 2)}
-                            for k, v in row.items() if k in PATHS and k != "cotune"}  # fmt: skip
+                            for k, v in row.items() if k.split(" ")[0] in PATHS and k != "cotune"}  # fmt: skip
         for r in row.values():
             if isinstance(r, dict):
                 r.pop("texts", None)

@@ -50,7 +50,18 @@ def test_constrained_greedy_equals_transformers_generate(smol, iris_batch):
     assert [c.text for c in fast] == [c.text for c in plain]
     ends = [(c.completion_tokens, c.finish_reason) for c in fast]
     assert ends == [(c.completion_tokens, c.finish_reason) for c in plain]
-    assert len({c.completion_tokens for c in fast}) > 1  # rows did leave the batch at different steps
+
+
+QUESTIONS = ["Name one fruit that is red.", "What is 2 + 2?", "Say hello.", "Describe the sea in a few sentences.",
+             "What is the capital of France?", "List three colors.", "Write a haiku about snow."]  # fmt: skip
+
+
+def test_free_greedy_equals_transformers_generate_as_rows_finish_apart(smol):
+    batch = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    fast, plain = both_decoders(smol, batch, max_tokens=40)
+    assert [c.text for c in fast] == [c.text for c in plain]
+    assert [c.completion_tokens for c in fast] == [c.completion_tokens for c in plain]
+    assert len({c.completion_tokens for c in fast}) > 2  # rows did leave the batch at different steps
 
 
 def test_free_sampling_equals_transformers_generate(smol, iris_batch):
