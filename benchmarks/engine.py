@@ -14,7 +14,7 @@ Prompt sets (the exact messages cotune's programs send): ``iris`` (zero-shot cha
 - ``llamacpp``: llama.cpp's server (xllamacpp, the embedded Q4_1 GGUF) with one parallel slot per prompt,
   chat completions sent from as many threads, free text.
 
-Each cotune and ``generate`` path also runs on ``--other-dtypes`` (default float32) beside the default dtype,
+The cotune path also runs on ``--other-dtypes`` (those that are not the default dtype),
 since on a CPU without bf16 instructions a bf16 matrix product over many rows (a prefill) is far slower
 than a float32 one, while one row at a time (decoding) it is not.
 
@@ -25,7 +25,9 @@ cap); cotune stops at the end of its output format, so compare examples/s and co
 Adapters (``--skip adapter`` to leave out): the ``iris`` program on a LoRA adapter (rank 32, all linear
 layers, PEFT's default initialization, so its outputs equal the base model's and only the engine's cost
 differs) vs the base model: merged (cotune's default) and as PEFT layers (``merge_adapters=False``).
-Target: adapter ≤ 1.2× base. All ratios come from one run. Writes ``benchmarks/results/engine.json``.
+Target: adapter ≤ 1.2× base. The ratios within a set (and within the adapter part) come from one run;
+rerunning some sets (``--sets``, ``--skip adapter``) keeps the others' rows. Writes
+``benchmarks/results/engine.json``.
 """
 
 from __future__ import annotations
@@ -130,6 +132,8 @@ def run_llamacpp(server, messages, max_tokens: int) -> dict[str, Any]:
 
 
 def _row(wall: float, n: int, prompt: int, completion: int, **extra: Any) -> dict[str, Any]:
+    print(f"  {wall:7.2f} s  {n / wall:6.2f} ex/s  completion {completion:6d} tok ({completion / wall:6.1f}/s)  "
+          f"prompt {prompt:6d} tok ({prompt / wall:7.1f}/s)", flush=True)  # fmt: skip
     return {"seconds": round(wall, 2), "examples_per_s": round(n / wall, 3), "prompt_tokens": prompt,
             "completion_tokens": completion, "completion_tok_per_s": round(completion / wall, 1),
             "prompt_tok_per_s": round(prompt / wall, 1), **extra}  # fmt: skip
@@ -159,7 +163,7 @@ def main() -> dict[str, Any]:
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--max-tokens", type=int, default=192)
     ap.add_argument("--threads", type=int, default=64)
-    ap.add_argument("--other-dtypes", default="float32", help="comma-separated dtypes to compare with the default")
+    ap.add_argument("--other-dtypes", default="bfloat16,float32", help="dtypes to compare with the default")
     ap.add_argument("--skip", default="", help=f"comma-separated paths to leave out: {', '.join(PATHS)}")
     ap.add_argument("--data-dir", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "engine.json")
@@ -190,7 +194,12 @@ def main() -> dict[str, Any]:
     load_before = os.getloadavg()
     report: dict[str, Any] = {"benchmark": "engine", "model": args.model, "dtype": lm.dtype, "device": lm.device,
                               "n": args.n, "max_tokens": args.max_tokens, "threads": args.threads, "sets": {}}  # fmt: skip
-    for name in args.sets.split(","):
+    if args.out.exists():  # rerunning some sets (or only the adapter part) keeps the others' rows
+        old = json.loads(args.out.read_text())
+        report["sets"] = {k: v for k, v in old.get("sets", {}).items() if k not in args.sets.split(",")}
+        if "adapter" in skip and "adapter" in old:
+            report["adapter"] = old["adapter"]
+    for name in filter(None, args.sets.split(",")):
         program, examples, metric = build_set(name, args.n, args.data_dir)
         (predictor,) = program.predictors()
         messages = [predictor.messages(**ex.inputs()) for ex in examples]
@@ -198,9 +207,11 @@ def main() -> dict[str, Any]:
         for key, each in lms.items():
             tag = "" if key == "auto" else f" {each.dtype}"
             run_cotune(each, program, examples[:2], metric, 2, 8)  # warm-up: grammar compiled, kernels touched
+            print(f"{name}: cotune{tag}", flush=True)
             row[f"cotune{tag}"] = run_cotune(each, program, examples, metric, args.threads, args.max_tokens)
-            if "cotune-transformers" not in skip:
+            if "cotune-transformers" not in skip and key == "auto":
                 each.engine.decoder = "transformers"
+                print(f"{name}: cotune-transformers{tag}", flush=True)
                 try:
                     plain = run_cotune(each, program, examples, metric, args.threads, args.max_tokens)
                 finally:
@@ -208,10 +219,12 @@ def main() -> dict[str, Any]:
                 row[f"cotune-transformers{tag}"] = plain
                 same = sum(a == b for a, b in zip(row[f"cotune{tag}"]["texts"], plain["texts"], strict=True))
                 row[f"cotune_outputs_equal_transformers_loop{tag}"] = f"{same}/{len(examples)}"
-            if "generate" not in skip:
+            if "generate" not in skip and key == "auto":
+                print(f"{name}: generate{tag}", flush=True)
                 row[f"generate{tag}"] = run_generate(each.engine, messages, args.max_tokens)
         if server is not None:
             try:
+                print(f"{name}: llamacpp", flush=True)
                 row["llamacpp"] = run_llamacpp(server, messages, args.max_tokens)
             except Exception as e:  # recorded, so the other paths' numbers still land
                 row["llamacpp_error"] = f"{type(e).__name__}: {e}"
@@ -223,6 +236,8 @@ def main() -> dict[str, Any]:
             if isinstance(r, dict):
                 r.pop("texts", None)
         report["sets"][name] = row
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")  # so far, in case a later set fails
         print(name, json.dumps({k: v for k, v in row.items() if k != "cotune_vs"}), "\n  cotune ×", row["cotune_vs"],
               flush=True)  # fmt: skip
     if "adapter" not in skip:
@@ -255,6 +270,7 @@ def adapter_costs(lm, args) -> dict[str, Any]:
         engine.weights._merged.clear()
         run_cotune(tuned, program, examples[:1], metric, 1, 1)
         merge_seconds = time.perf_counter() - t0
+        print("adapter: base, merged, PEFT layers", flush=True)
         runs["base"] = run_cotune(lm, program, examples, metric, args.threads, args.max_tokens)
         runs["adapter_merged"] = run_cotune(tuned, program, examples, metric, args.threads, args.max_tokens)
         engine.weights.merge = False

@@ -18,9 +18,11 @@ from cotune.tasks import load_task
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module", params=["float32", "bfloat16"])
-def smol(request):
-    lm = registry.load("smollm2-135m", dtype=request.param, cache=False)
+@pytest.fixture(scope="module")
+def smol():
+    """float32: there the plain path's greedy outputs do not depend on the batch either (in bf16 they do,
+    so no two batchings of the same requests are promised equal; benchmarks/engine.py counts agreement)."""
+    lm = registry.load("smollm2-135m", dtype="float32", cache=False)
     yield lm
     lm.close()
 
@@ -91,8 +93,6 @@ def lora(tmp_path_factory):
 
 
 def test_a_merged_adapter_answers_like_peft_layers_with_the_same_cache_keys(smol, lora, iris_batch):
-    if smol.dtype != "float32":
-        pytest.skip("merged and unmerged weights round differently in bfloat16; compared in float32")
     batch, constraint = iris_batch
     config = {"max_tokens": 32, "constraint": constraint}
     base_before = [c.text for c in smol.generate(batch, **config)]

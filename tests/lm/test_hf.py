@@ -166,6 +166,21 @@ def test_unknown_dtype_lists_the_choices():
     assert resolve_dtype("bf16", "cpu") == "bfloat16" and resolve_dtype("fp32", "cpu") == "float32"
 
 
+@pytest.mark.parametrize("text, fast", [
+    ("flags\t\t: fpu sse2 avx2 fma\n", False),
+    ("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n", True),
+    ("flags\t\t: fpu avx2 amx_bf16\n", True),
+    ("Features\t: fp asimd sve bf16 i8mm\n", True),
+    ("model name\t: bf16-less chip\nflags\t\t: avx2\n", False),
+])  # fmt: skip
+def test_bf16_is_chosen_on_cpus_with_bf16_instructions_only(tmp_path, text, fast):
+    from cotune.lm.hf import cpu_has_bf16
+
+    (tmp_path / "cpuinfo").write_text(text)
+    assert cpu_has_bf16(tmp_path / "cpuinfo") is fast
+    assert cpu_has_bf16(tmp_path / "missing") is False
+
+
 def test_importing_the_backend_does_not_import_torch():
     import subprocess
     import sys

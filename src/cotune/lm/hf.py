@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import weakref
 from collections.abc import Hashable, Sequence
@@ -28,9 +29,10 @@ from cotune.lm.weights import AdapterWeights
 
 DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float32": "float32", "fp32": "float32",
           "float16": "float16", "fp16": "float16"}  # fmt: skip
-# On this class of CPU (2 cores, no GPU) bf16 generation measured faster than fp32 at every batch size
-# that matters (see benchmarks/lm_throughput.py); on CUDA bf16 is the usual choice where supported.
-CPU_AUTO_DTYPE = "bfloat16"
+# A CPU without bf16 matrix instructions (AVX2-only x86, for one) runs a bf16 matrix product over many
+# rows several times slower than a float32 one, and cotune's calls are mostly prefill (long prompts, short
+# answers): there float32 is the faster dtype (benchmarks/engine.py). With those instructions, bf16.
+_CPU_BF16_FLAGS = re.compile(r"^(flags|features)\s*:.*\b(avx512_bf16|amx_bf16|bf16)\b", re.IGNORECASE | re.MULTILINE)
 DECODERS = ("cotune", "transformers")
 
 
@@ -45,6 +47,14 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU lists bf16 matrix instructions (Linux ``/proc/cpuinfo``; elsewhere: assumed not)."""
+    try:
+        return bool(_CPU_BF16_FLAGS.search(Path(cpuinfo).read_text(errors="replace")))
+    except OSError:
+        return False
+
+
 def resolve_dtype(dtype: str, device: str) -> str:
     """Canonical torch dtype name for ``dtype`` ("auto", "bf16", "float32", ...) on ``device``."""
     import torch
@@ -52,7 +62,7 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if dtype == "auto":
         if device.startswith("cuda"):
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        return CPU_AUTO_DTYPE
+        return "bfloat16" if cpu_has_bf16() else "float32"
     if dtype not in DTYPES:
         raise UnknownChoiceError("dtype", dtype, [*DTYPES, "auto"])
     return DTYPES[dtype]
@@ -64,7 +74,8 @@ class HFEngine:
     Args:
         path: a local transformers folder (or a hub id, for users who are online).
         device: "cpu", "cuda", "cuda:1"...; None picks CUDA when available.
-        dtype: "auto" (bf16 where it is faster), "bfloat16", "float32" or "float16".
+        dtype: "auto" (CUDA: bf16 where supported; CPU: bf16 only with bf16 instructions, else float32),
+            "bfloat16", "float32" or "float16".
         max_batch_size: the most requests per ``generate``. 64 holds a whole 50-example evaluation in one
             batch: CPU decoding is overhead-bound at small batches, so fewer, larger batches finish sooner.
         batch_wait_ms: how long the worker waits for more requests after the first one arrives.
