@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from cotune import hardware
-from cotune.hardware import cpu_flags
+from cotune.hardware import cpu_flags, cpu_has_bf16
 
 AVX2_ONLY = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma\n"
 SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
@@ -24,9 +24,9 @@ def test_cpu_flags_parses_cpuinfo(text, expected):
     assert (flags if flags is None else set(flags)) == expected
 
 
-@pytest.mark.parametrize("text,fast", [(AVX2_ONLY, False), (SAPPHIRE_RAPIDS, True)])
-def test_x86_decides_by_the_bf16_flags_without_a_benchmark(monkeypatch, text, fast):
-    monkeypatch.setattr(hardware, "cpu_flags", lambda: cpu_flags(text))
+@pytest.mark.parametrize("text,fast", [(AVX2_ONLY, False), (SAPPHIRE_RAPIDS, True), (ARM, True)])
+def test_listed_flags_decide_without_a_benchmark(monkeypatch, text, fast):
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: cpu_has_bf16(text))
     monkeypatch.setattr(hardware, "_bf16_matmul_faster", lambda torch: pytest.fail("benchmarked despite flags"))
     hardware.bf16_is_fast.cache_clear()
     try:
@@ -35,8 +35,8 @@ def test_x86_decides_by_the_bf16_flags_without_a_benchmark(monkeypatch, text, fa
         hardware.bf16_is_fast.cache_clear()
 
 
-def test_without_x86_flags_it_races_a_matmul(monkeypatch):
-    monkeypatch.setattr(hardware, "cpu_flags", lambda: cpu_flags(ARM))
+def test_without_cpuinfo_it_races_a_matmul(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: None)
     calls = []
     monkeypatch.setattr(hardware, "_bf16_matmul_faster", lambda torch: calls.append(1) or True)
     hardware.bf16_is_fast.cache_clear()

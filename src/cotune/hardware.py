@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-# CPU flags (Linux /proc/cpuinfo) that mean native bf16 arithmetic.
-BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# CPU flags (Linux /proc/cpuinfo: x86 "flags", ARM "Features") that mean native bf16 arithmetic.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def cpu_flags(cpuinfo: str | None = None) -> frozenset[str] | None:
@@ -29,6 +29,12 @@ def cpu_flags(cpuinfo: str | None = None) -> frozenset[str] | None:
     return None
 
 
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool | None:
+    """Whether the CPU lists bf16 instructions in ``cpuinfo`` text (``/proc/cpuinfo`` when None); None: unknown."""
+    flags = cpu_flags(cpuinfo)
+    return None if flags is None else bool(flags & BF16_CPU_FLAGS)
+
+
 @functools.cache
 def bf16_is_fast(device: str = "cpu") -> bool:
     """True when bf16 compute is native (not emulated) on ``device`` ("cpu" or "cuda[:n]").
@@ -40,10 +46,8 @@ def bf16_is_fast(device: str = "cpu") -> bool:
 
     if device.startswith("cuda"):
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    flags = cpu_flags()
-    if flags is not None and ("avx2" in flags or "avx512f" in flags):  # x86 Linux: the flags are authoritative
-        return bool(flags & BF16_CPU_FLAGS)
-    return _bf16_matmul_faster(torch)
+    listed = cpu_has_bf16()
+    return _bf16_matmul_faster(torch) if listed is None else listed
 
 
 def _bf16_matmul_faster(torch) -> bool:

@@ -166,6 +166,20 @@ def test_unknown_dtype_lists_the_choices():
     assert resolve_dtype("bf16", "cpu") == "bfloat16" and resolve_dtype("fp32", "cpu") == "float32"
 
 
+@pytest.mark.parametrize("text, fast", [
+    ("flags\t\t: fpu sse2 avx2 fma\n", False),
+    ("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n", True),
+    ("flags\t\t: fpu avx2 amx_bf16\n", True),
+    ("Features\t: fp asimd sve bf16 i8mm\n", True),
+    ("model name\t: bf16-less chip\nflags\t\t: avx2\n", False),
+])  # fmt: skip
+def test_bf16_is_chosen_on_cpus_with_bf16_instructions_only(text, fast):
+    from cotune.hardware import cpu_has_bf16
+
+    assert cpu_has_bf16(text) is fast
+    assert cpu_has_bf16("processor\t: 0\n") is None  # nothing listed: unknown (then measured)
+
+
 def test_importing_the_backend_does_not_import_torch():
     import subprocess
     import sys
@@ -193,17 +207,15 @@ def smol():
 
 
 @pytest.fixture
-def count_generate(smol, monkeypatch):
-    """Counts real ``model.generate`` calls and the batch size of each."""
-    sizes: list[int] = []
-    real = smol.engine.model.generate
+def count_generate(smol):
+    """Counts the engine's batched generations from now on: ``calls()`` → (batches, requests)."""
+    before = (smol.engine.stats.batches, smol.engine.stats.requests)
 
-    def counted(*args, **kwargs):
-        sizes.append(kwargs["input_ids"].shape[0])
-        return real(*args, **kwargs)
+    class Count:
+        def calls(self) -> tuple[int, int]:
+            return smol.engine.stats.batches - before[0], smol.engine.stats.requests - before[1]
 
-    monkeypatch.setattr(smol.engine.model, "generate", counted)
-    return sizes
+    return Count()
 
 
 @pytest.mark.integration
@@ -220,8 +232,7 @@ def test_generates_text_with_real_token_counts(smol):
 @pytest.mark.integration
 def test_concurrent_calls_are_coalesced_and_match_sequential_greedy(smol, count_generate):
     sequential = [smol(user(q), max_tokens=6).text for q in QUESTIONS]
-    assert len(count_generate) == len(QUESTIONS)
-    count_generate.clear()
+    assert count_generate.calls() == (len(QUESTIONS), len(QUESTIONS))
     barrier, results = threading.Barrier(len(QUESTIONS)), {}
 
     def call(i: int) -> None:
@@ -233,8 +244,9 @@ def test_concurrent_calls_are_coalesced_and_match_sequential_greedy(smol, count_
         t.start()
     for t in threads:
         t.join(300)
-    assert sum(count_generate) == len(QUESTIONS)
-    assert len(count_generate) < len(QUESTIONS), f"batch sizes {count_generate}"
+    batches, requests = count_generate.calls()
+    assert requests == 2 * len(QUESTIONS)
+    assert batches - len(QUESTIONS) < len(QUESTIONS), f"{batches - len(QUESTIONS)} batches for {len(QUESTIONS)} calls"
     assert [results[i] for i in range(len(QUESTIONS))] == sequential
 
 
@@ -244,7 +256,7 @@ def test_a_repeated_request_is_a_cache_hit(smol, count_generate, tmp_path):
     first = cached(user("Say hi."), max_tokens=4)
     again = cached(user("Say hi."), max_tokens=4)
     assert not first.cached and again.cached and again.text == first.text
-    assert len(count_generate) == 1 and cached.usage.cache_hits == 1
+    assert count_generate.calls() == (1, 1) and cached.usage.cache_hits == 1
 
 
 @pytest.mark.integration

@@ -142,30 +142,39 @@ def _masker(engine: GrammarEngine, compiled: Any, rows: int, exit_ids: list[int]
             self.first = True
 
         def __call__(self, input_ids, scores):
+            """The transformers ``generate`` interface: every row is live; the last column is each row's last token."""
+            last = None if self.first else input_ids[:, -1].tolist()
+            self.first = False
+            return self.step(range(rows), last, scores)
+
+        def step(self, live, last, scores):
+            """Mask ``scores`` (one row per entry of ``live``, the batch rows still decoding) after advancing
+            each live row's matcher with ``last``, the token it just chose (None on the first step)."""
             t0 = time.perf_counter()
-            scores = self._mask(input_ids, scores)
+            scores = self._mask(list(live), last, scores)
             engine.mask_seconds += time.perf_counter() - t0
             engine.mask_steps += 1
             return scores
 
-        def _mask(self, input_ids, scores):
-            if not self.first:
-                for i, token in enumerate(input_ids[:, -1].tolist()):
+        def _mask(self, live, last, scores):
+            if last is not None:
+                for i, token in zip(live, last, strict=True):
                     self._advance(i, token)
-            self.first = False
             wants_stop = None
             if limit is not None:  # which rows would end here if they could: their reasoning is done
                 wants_stop = torch.isin(scores.argmax(dim=-1), stop_ids).tolist()
-            for i, matcher in enumerate(self.matchers):
+            # Row j of the bitmask belongs to live row live[j] (the first len(live) rows are used).
+            for j, i in enumerate(live):
                 if self.done[i]:
-                    self.bitmask[i] = -1  # finished rows are padded by generate; any token will do
+                    self.bitmask[j] = -1  # finished rows are padded by generate; any token will do
                     continue
-                matcher.fill_next_token_bitmask(self.bitmask, i)
-                if not self.exited[i] and not self.forcing[i] and (self.generated[i] >= limit or wants_stop[i]):
+                self.matchers[i].fill_next_token_bitmask(self.bitmask, j)
+                if not self.exited[i] and not self.forcing[i] and (self.generated[i] >= limit or wants_stop[j]):
                     self.forcing[i] = list(exit_ids)
                 if self.forcing[i]:
-                    self._force(i, self.forcing[i][0])
-            xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device), vocab_size=engine.vocab_size)
+                    self._force(j, self.forcing[i][0])
+            bitmask = self.bitmask[: len(live)]
+            xgr.apply_token_bitmask_inplace(scores, bitmask.to(scores.device), vocab_size=engine.vocab_size)
             return scores
 
         def _advance(self, i: int, token: int) -> None:
@@ -187,12 +196,12 @@ def _masker(engine: GrammarEngine, compiled: Any, rows: int, exit_ids: list[int]
             if matcher.is_terminated():
                 self.done[i] = True
 
-        def _force(self, i: int, token: int) -> None:
-            """Allow only ``token`` in row ``i`` if the grammar allows it now (else try again next step)."""
+        def _force(self, j: int, token: int) -> None:
+            """Allow only ``token`` in bitmask row ``j`` if the grammar allows it now (else try again next step)."""
             word, bit = divmod(token, 32)
-            if not (int(self.bitmask[i, word]) >> bit) & 1:
+            if not (int(self.bitmask[j, word]) >> bit) & 1:
                 return
-            self.bitmask[i] = 0
-            self.bitmask[i, word] = torch.tensor(1 << bit, dtype=torch.int64).to(torch.int32)
+            self.bitmask[j] = 0
+            self.bitmask[j, word] = torch.tensor(1 << bit, dtype=torch.int64).to(torch.int32)
 
     return GrammarMask()

@@ -9,12 +9,9 @@ torch and transformers are imported when an engine is built, never when this mod
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import logging
 import time
-import warnings
 import weakref
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -27,9 +24,12 @@ from cotune.lm.adapters import check_base_model
 from cotune.lm.base import LM, Completion, GenerationConfig, Messages, truncate_at_stop
 from cotune.lm.batching import BatchWorker
 from cotune.lm.cache import RequestCache, request_key
+from cotune.lm.decode import decode
+from cotune.lm.weights import AdapterWeights
 
 DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float32": "float32", "fp32": "float32",
           "float16": "float16", "fp16": "float16"}  # fmt: skip
+DECODERS = ("cotune", "transformers")
 
 
 def resolve_device(device: str | None) -> str:
@@ -50,7 +50,8 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if dtype == "auto":
         if device.startswith("cuda"):
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        # bf16 where the CPU computes it natively; emulated bf16 is ~5x slower than float32 (cotune.hardware).
+        # bf16 where the CPU computes it natively: emulated, a bf16 matrix product over many rows (prefill)
+        # is several times slower than float32 (cotune.hardware, benchmarks/engine.py).
         return "bfloat16" if bf16_is_fast("cpu") else "float32"
     if dtype not in DTYPES:
         raise UnknownChoiceError("dtype", dtype, [*DTYPES, "auto"])
@@ -63,21 +64,31 @@ class HFEngine:
     Args:
         path: a local transformers folder (or a hub id, for users who are online).
         device: "cpu", "cuda", "cuda:1"...; None picks CUDA when available.
-        dtype: "auto" (bf16 where it is faster), "bfloat16", "float32" or "float16".
+        dtype: "auto" (CUDA: bf16 where supported; CPU: bf16 only with bf16 instructions, else float32),
+            "bfloat16", "float32" or "float16".
         max_batch_size: the most requests per ``generate``. 64 holds a whole 50-example evaluation in one
             batch: CPU decoding is overhead-bound at small batches, so fewer, larger batches finish sooner.
         batch_wait_ms: how long the worker waits for more requests after the first one arrives.
+        decoder: "cotune" (`cotune.lm.decode`: finished rows leave the batch) or "transformers" (its
+            ``generate``; also used for requests with stop strings). Greedy outputs are the same.
+        merge_adapters: run an adapter as a merged copy of the weights, at the base model's speed (see
+            `cotune.lm.weights`); False applies it as PEFT layers on the shared base model.
 
     Raises:
         ConfigError: the folder cannot be loaded, or its tokenizer has no chat template.
+        UnknownChoiceError: an unknown ``decoder``.
     """
 
     def __init__(self, path: str | Path, *, device: str | None = None, dtype: str = "auto",
-                 max_batch_size: int = 64, batch_wait_ms: float = 5.0):  # fmt: skip
+                 max_batch_size: int = 64, batch_wait_ms: float = 5.0, decoder: str = "cotune",
+                 merge_adapters: bool = True):  # fmt: skip
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if decoder not in DECODERS:
+            raise UnknownChoiceError("decoder", decoder, DECODERS)
         self.path = str(path)
+        self.decoder = decoder
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         try:
@@ -95,8 +106,7 @@ class HFEngine:
         self.generate_calls = 0
         self.generate_seconds = 0.0
         self._grammar = None
-        self._adapters: dict[str, str] = {}  # adapter id -> PEFT adapter name
-        self._adapter_paths: dict[str, str] = {}  # adapter path -> adapter id loaded for it
+        self.weights = AdapterWeights(self.model, merge=merge_adapters)
         # The worker thread holds the engine only weakly: once no LM uses it, the model is freed and the
         # thread stops, even if nobody called close() (experiments load many models in one process).
         run = weakref.WeakMethod(self._run)
@@ -122,7 +132,7 @@ class HFEngine:
         import torch
 
         config, adapter_key, adapter_path = key
-        self._activate(adapter_key, adapter_path)
+        model = self.weights.model_for(adapter_key, adapter_path)
         texts = [self._render(messages) for messages, _ in payloads]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         kwargs: dict[str, Any] = {}
@@ -141,12 +151,16 @@ class HFEngine:
         t0 = time.perf_counter()
         with torch.inference_mode():
             self.generate_calls += 1
-            out = self.model.generate(**enc, generation_config=self._generation_config(config), **kwargs)
+            if self.decoder == "cotune" and not config.stop:
+                new = decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=config.max_tokens,
+                             stop_ids=sorted(self.eos_ids), processors=processors)  # fmt: skip
+            else:  # transformers' own loop (stop strings are matched there)
+                out = model.generate(**enc, generation_config=self._generation_config(config), **kwargs)
+                new = out[:, enc["input_ids"].shape[1] :].tolist()
         elapsed = time.perf_counter() - t0
         self.generate_seconds += elapsed
         seconds = elapsed / len(payloads)
         prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
-        new = out[:, enc["input_ids"].shape[1] :].tolist()
         return [
             self._completion(ids, n_prompt, config, seconds) for ids, n_prompt in zip(new, prompt_lens, strict=True)
         ]
@@ -184,33 +198,6 @@ class HFEngine:
         reason = "length" if n >= config.max_tokens and not cut else "stop"
         return Completion(text, prompt_tokens=int(n_prompt), completion_tokens=n, seconds=seconds, finish_reason=reason)
 
-    def _activate(self, key: str | None, path: str | None) -> None:
-        """Switch to adapter ``key`` (loading it the first time) or, for None, to the bare base model."""
-        if key is None:
-            if self._adapters:
-                self.model.disable_adapters()
-            return
-        name = self._adapters.get(key)
-        if name is None:
-            stale = self._adapter_paths.get(path)
-            if stale is not None:  # the adapter was retrained in place: drop the old weights
-                self.model.delete_adapter(self._adapters.pop(stale))
-            name = f"adapter_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-            try:
-                with _quiet_adapter_report():
-                    info = self.model.load_adapter(path, adapter_name=name)
-            except Exception as e:
-                raise ConfigError(f"cannot load LoRA adapter {path}: {type(e).__name__}: {e}") from e
-            # transformers lists the *other* adapters' weights as missing from this checkpoint (harmless);
-            # a missing weight of this adapter means it would run with freshly initialized LoRA weights
-            missing = sorted(k for k in getattr(info, "missing_keys", None) or () if f".{name}." in k)
-            if missing:
-                self.model.delete_adapter(name)
-                raise ConfigError(f"LoRA adapter {path} lacks {len(missing)} of its weights, e.g. {missing[0]}")
-            self._adapters[key], self._adapter_paths[path] = name, key
-        self.model.set_adapter(name)
-        self.model.enable_adapters()
-
 
 class HFLM(LM):
     """A local transformers chat model; concurrent calls are coalesced into batched generation.
@@ -219,7 +206,7 @@ class HFLM(LM):
         path: a local Hugging Face model folder (see `cotune.lm.registry.load` for names and GGUF files).
         name: the name used in cache keys and specs (a registry name); defaults to ``path``.
         adapter: a LoRA adapter folder to apply (see `with_adapter`).
-        device, dtype, max_batch_size, batch_wait_ms: see `HFEngine`.
+        device, dtype, max_batch_size, batch_wait_ms, decoder, merge_adapters: see `HFEngine`.
         cache: a `RequestCache`, True for the default one, False for none.
         config: default generation parameters.
 
@@ -233,8 +220,10 @@ class HFLM(LM):
     def __init__(self, path: str | Path, *, name: str | None = None, adapter: str | Path | None = None,
                  device: str | None = None, dtype: str = "auto", max_batch_size: int = 64,
                  batch_wait_ms: float = 5.0, cache: RequestCache | bool | None = True,
-                 config: GenerationConfig | None = None, constrained: bool = True):  # fmt: skip
-        engine = HFEngine(path, device=device, dtype=dtype, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
+                 config: GenerationConfig | None = None, constrained: bool = True, decoder: str = "cotune",
+                 merge_adapters: bool = True):  # fmt: skip
+        engine = HFEngine(path, device=device, dtype=dtype, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
+                          decoder=decoder, merge_adapters=merge_adapters)  # fmt: skip
         self._setup(engine, name or str(path), adapter, cache=cache, config=config, constrained=constrained)
 
     @classmethod
@@ -326,21 +315,6 @@ class HFLM(LM):
         self.close()
 
 
-@contextlib.contextmanager
-def _quiet_adapter_report():
-    """Hide transformers' load report and PEFT's "multiple adapters" warning while an adapter loads
-    (`_activate` checks the keys itself; several adapters on one base model is the design)."""
-    logger = logging.getLogger("transformers.integrations.peft")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def _seed(messages: Messages, config: GenerationConfig) -> int:
     """A sampling seed derived from the request, so a rerun draws the same sample whatever the batch."""
     blob = json.dumps([messages, config.to_dict()], sort_keys=True, ensure_ascii=False)
@@ -369,6 +343,10 @@ def _seeded_sampler(seeds: list[int], temperature: float, top_p: float, device: 
             self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
 
         def __call__(self, input_ids, scores):
+            return self.step(range(len(self.generators)), None, scores)
+
+        def step(self, live, last, scores):
+            """Sample each live row (``live``: the batch rows of ``scores``' rows) with its own generator."""
             probs = torch.softmax(scores.float() / temperature, dim=-1)
             if min_p > 0:
                 probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
@@ -377,7 +355,7 @@ def _seeded_sampler(seeds: list[int], temperature: float, top_p: float, device: 
                 # Drop tokens once the mass before them already reaches top_p (the first always stays).
                 drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
                 probs = probs.scatter(-1, idx, sorted_probs.masked_fill(drop, 0.0))
-            picks = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)]
+            picks = [torch.multinomial(probs[j], 1, generator=self.generators[i]) for j, i in enumerate(live)]
             forced = torch.full_like(scores, float("-inf"))
             forced[torch.arange(len(picks)), torch.cat(picks)] = 0.0
             return forced

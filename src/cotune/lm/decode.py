@@ -1,0 +1,194 @@
+"""A lean batched decoding loop for local models: rows leave the batch as soon as they finish.
+
+transformers' ``generate`` keeps every row of a batch in every step until the longest one ends (finished
+rows are padded, their attention still computed) and runs a general-purpose step around each forward
+pass. cotune's calls need less: greedy or seeded sampling, logits processors that know which rows are
+still live (`cotune.lm.constrain`), end-of-text tokens and a token limit. `decode` does exactly that:
+
+- one prefill of the left-padded prompts, keeping only the last position's logits; the tokens every
+  prompt of the batch starts with (a predictor's instruction and demos) are computed once and their KV
+  cache shared by all rows;
+- each step: processors, argmax, then rows that produced an end token (or reached the limit) are dropped
+  from the token batch, the attention mask and the KV cache, and padding columns no live row needs any
+  more are cut from the left;
+- the KV cache grows in place (room for more steps is allocated ahead), where transformers' dynamic
+  cache copies the whole cache at every step to append one token;
+- explicit position ids, so a row's positions never depend on which others share its batch.
+
+The processors see float32 logits of the live rows only and are called as
+``step(live, last, scores) -> scores``, where ``live`` lists the original batch rows of the scores' rows
+and ``last`` the token each of them chose in the previous step (None on the first).
+
+torch and transformers are imported when `decode` runs, never when this module is imported.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+# Below this many shared tokens, a separate prefill of the prefix costs more than it saves.
+MIN_SHARED_PREFIX = 16
+
+
+def decode(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: int, stop_ids: Sequence[int],
+           processors: Sequence[Any] = (), share_prefix: bool = True) -> list[list[int]]:  # fmt: skip
+    """Generate up to ``max_new_tokens`` tokens for each row of a left-padded batch.
+
+    Args:
+        model: a transformers causal LM (called with ``past_key_values`` and ``position_ids``).
+        input_ids, attention_mask: the left-padded prompts, ``[batch, length]``.
+        max_new_tokens: the most tokens per row.
+        stop_ids: tokens that end a row (kept as its last token, like ``generate`` does).
+        processors: objects with ``step(live, last, scores) -> scores``, applied in order.
+        share_prefix: compute the tokens every prompt starts with (instruction, demos) once for the batch.
+
+    Returns:
+        The new tokens of each row, in batch order (a finished row's list ends with its stop token).
+    """
+    import torch
+    from transformers import DynamicCache
+
+    stops = set(stop_ids)
+    batch = input_ids.shape[0]
+    cache = DynamicCache(config=model.config)
+    cache.layers = [_growing(layer) for layer in cache.layers]
+    shared = common_prefix(input_ids, attention_mask) if share_prefix and batch > 1 else 0
+    if shared >= MIN_SHARED_PREFIX:
+        out, mask, positions = _prefill_shared(model, input_ids, attention_mask, shared, cache)
+    else:
+        mask = attention_mask
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)  # fmt: skip
+    next_pos = positions[:, -1:] + 1
+    live = list(range(batch))
+    new: list[list[int]] = [[] for _ in range(batch)]
+    last: list[int] | None = None
+    for _ in range(max_new_tokens):
+        scores = out.logits[:, -1, :].float()
+        for p in processors:
+            scores = p.step(live, last, scores)
+        tokens = scores.argmax(dim=-1)
+        chosen = tokens.tolist()
+        keep = []
+        for j, (row, token) in enumerate(zip(live, chosen, strict=True)):
+            new[row].append(token)
+            if token not in stops and len(new[row]) < max_new_tokens:
+                keep.append(j)
+        if not keep:
+            break
+        if len(keep) < len(live):
+            index = torch.tensor(keep, device=tokens.device)
+            cache.batch_select_indices(index)
+            mask, tokens, next_pos = mask[index], tokens[index], next_pos[index]
+            live = [live[j] for j in keep]
+            mask = _trim_left_padding(mask, cache)
+        last = [chosen[j] for j in keep]
+        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache,
+                    use_cache=True)  # fmt: skip
+        next_pos = next_pos + 1
+    return new
+
+
+def common_prefix(input_ids: Any, attention_mask: Any) -> int:
+    """How many leading tokens every (left-padded) row shares; each row keeps at least one of its own."""
+    starts = (attention_mask.shape[1] - attention_mask.sum(dim=1)).tolist()
+    rows = [input_ids[i, s:] for i, s in enumerate(starts)]
+    shortest = min(len(r) for r in rows)
+    first = rows[0][:shortest]
+    same = first.new_ones(shortest, dtype=bool)
+    for r in rows[1:]:
+        same &= r[:shortest] == first
+    shared = shortest if bool(same.all()) else int((~same).int().argmax())
+    return min(shared, shortest - 1)
+
+
+def _prefill_shared(model: Any, input_ids: Any, attention_mask: Any, shared: int, cache: Any):
+    """Prefill the ``shared`` leading tokens once, then every row's own tokens on top of them.
+
+    The rows are laid out as [shared prefix | padding | own tokens]: the mask hides the padding and the
+    position ids continue from the prefix, so each row sees exactly its own prompt.
+    Returns (model output, attention mask, position ids) as a plain prefill would.
+    """
+    import torch
+
+    batch = input_ids.shape[0]
+    starts = (attention_mask.shape[1] - attention_mask.sum(dim=1)).tolist()
+    prefix = input_ids[:1, starts[0] : starts[0] + shared]
+    model(input_ids=prefix, position_ids=torch.arange(shared, device=prefix.device)[None], past_key_values=cache,
+          use_cache=True, logits_to_keep=1)  # fmt: skip
+    cache.batch_repeat_interleave(batch)
+    # Own tokens, left-padded: dropping the first ``shared`` real tokens of each row keeps the layout.
+    own_mask = attention_mask.clone()
+    for i, s in enumerate(starts):
+        own_mask[i, s : s + shared] = 0
+    width = int(own_mask.sum(dim=1).max())
+    own_ids, own_mask = input_ids[:, -width:], own_mask[:, -width:]
+    mask = torch.cat([own_mask.new_ones((batch, shared)), own_mask], dim=1)
+    positions = (shared + own_mask.long().cumsum(-1) - 1).clamp(min=shared)
+    out = model(input_ids=own_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                logits_to_keep=1)  # fmt: skip
+    return out, mask, positions
+
+
+def _trim_left_padding(mask: Any, cache: Any) -> Any:
+    """Drop the leading columns that are padding in every live row, from the mask and the KV cache."""
+    seen = mask.any(dim=0)
+    first = int(seen.int().argmax())
+    if first == 0:
+        return mask
+    for layer in cache.layers:
+        layer.keys = layer.keys[..., first:, :]
+        layer.values = layer.values[..., first:, :]
+    return mask[:, first:]
+
+
+def _growing(layer: Any) -> Any:
+    """``layer`` (a plain `DynamicLayer`) as a `_GrowingLayer`; other layer kinds are kept as they are."""
+    from transformers.cache_utils import DynamicLayer
+
+    return _growing_class()() if type(layer) is DynamicLayer else layer
+
+
+@functools.cache
+def _growing_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A dynamic cache layer whose keys and values are views of buffers with room to append in place.
+
+        Anything that replaces ``keys``/``values`` (row selection, trimming) is noticed at the next update
+        (they are no longer views of the buffers), and the buffers are rebuilt from them then.
+        """
+
+        buffers = None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = self.keys.shape[-2] if self.keys.dim() == 4 else 0
+            add = key_states.shape[-2]
+            if not self._in_buffers(n) or n + add > self.buffers[0].shape[-2]:
+                room = n + add + max(n + add, 64)  # doubling: appends cost O(1) copies per token overall
+                shape = (*key_states.shape[:2], room, key_states.shape[-1])
+                self.buffers = (key_states.new_empty(shape), value_states.new_empty(shape))
+                if n:
+                    self.buffers[0][:, :, :n] = self.keys
+                    self.buffers[1][:, :, :n] = self.values
+            keys, values = self.buffers
+            keys[:, :, n : n + add] = key_states
+            values[:, :, n : n + add] = value_states
+            self.keys, self.values = keys[:, :, : n + add], values[:, :, : n + add]
+            return self.keys, self.values
+
+        def _in_buffers(self, n: int) -> bool:
+            if self.buffers is None or n == 0:
+                return False
+            keys, values = self.buffers
+            return (self.keys.data_ptr() == keys.data_ptr() and self.values.data_ptr() == values.data_ptr()
+                    and self.keys.shape[0] == keys.shape[0])  # fmt: skip
+
+    return GrowingLayer

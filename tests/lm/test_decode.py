@@ -1,0 +1,141 @@
+"""`decode` against transformers' ``generate`` on a tiny randomly initialized Llama (no weights loaded)."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from cotune.lm.decode import MIN_SHARED_PREFIX, common_prefix, decode  # noqa: E402
+from cotune.lm.hf import _seeded_sampler  # noqa: E402
+
+PAD = 0
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                      bos_token_id=None, eos_token_id=None, pad_token_id=PAD)  # fmt: skip
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def left_padded(prompts: list[list[int]]):
+    width = max(map(len, prompts))
+    ids = torch.tensor([[PAD] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
+PROMPTS = [[5, 17, 33, 2], [9, 4], [40, 41, 42, 43, 44, 45, 46], [7], [60, 61, 3]]
+
+
+def reference(model, ids, mask, max_new, eos, processors=()):
+    """``generate``'s new tokens, each row cut after its first end token (the rest is padding)."""
+    config = transformers.GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=eos or None,
+                                            pad_token_id=PAD)  # fmt: skip
+    kwargs = {"logits_processor": transformers.LogitsProcessorList(processors)} if processors else {}
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **kwargs)
+    rows = []
+    for row in out[:, ids.shape[1] :].tolist():
+        end = next((i for i, t in enumerate(row) if t in eos), None)
+        rows.append(row if end is None else row[: end + 1])
+    return rows
+
+
+def frequent_token(rows: list[list[int]]) -> int:
+    """A token that some rows produce early and others late or never: as an end token, rows end apart."""
+    firsts = {}
+    for row in rows:
+        for i, t in enumerate(row[1:], 1):
+            firsts.setdefault(t, []).append(i)
+    return max(firsts, key=lambda t: (len(firsts[t]) < len(rows), len(firsts[t])))
+
+
+def test_greedy_equals_generate_without_an_end_token(model):
+    ids, mask = left_padded(PROMPTS)
+    with torch.inference_mode():
+        got = decode(model, ids, mask, max_new_tokens=12, stop_ids=[])
+    assert got == reference(model, ids, mask, 12, []) and all(len(r) == 12 for r in got)
+
+
+def test_greedy_equals_generate_when_rows_end_at_different_steps(model):
+    ids, mask = left_padded(PROMPTS)
+    free = reference(model, ids, mask, 16, [])
+    eos = [frequent_token(free)]
+    want = reference(model, ids, mask, 16, eos)
+    assert len({len(r) for r in want}) > 1  # rows really do finish at different steps
+    with torch.inference_mode():
+        got = decode(model, ids, mask, max_new_tokens=16, stop_ids=eos)
+    assert got == want
+
+
+class Recorder:
+    """A processor that records which rows are live and what they chose, and bans one token."""
+
+    def __init__(self, banned: int):
+        self.banned = banned
+        self.calls: list[tuple[list[int], list[int] | None]] = []
+
+    def step(self, live, last, scores):
+        self.calls.append((list(live), last))
+        scores[:, self.banned] = float("-inf")
+        return scores
+
+
+def test_processors_see_only_live_rows_and_their_last_tokens(model):
+    ids, mask = left_padded(PROMPTS)
+    free = reference(model, ids, mask, 16, [])
+    eos = [frequent_token(free)]
+    recorder = Recorder(banned=free[0][0])
+    with torch.inference_mode():
+        got = decode(model, ids, mask, max_new_tokens=16, stop_ids=eos, processors=[recorder])
+    assert all(row[0] != recorder.banned for row in got)
+    first_live, first_last = recorder.calls[0]
+    assert first_live == list(range(len(PROMPTS))) and first_last is None
+    for step, (live, last) in enumerate(recorder.calls[1:], 1):
+        assert last == [got[r][step - 1] for r in live]  # each live row's previous token
+        assert all(len(got[r]) > step for r in live)
+    assert len(recorder.calls[-1][0]) < len(PROMPTS)  # finished rows left the batch
+
+
+def test_seeded_sampling_equals_generate_with_the_same_sampler(model):
+    ids, mask = left_padded(PROMPTS)
+    seeds = [11, 22, 33, 44, 55]
+    eos = [frequent_token(reference(model, ids, mask, 16, []))]
+    want = reference(model, ids, mask, 16, eos, [_seeded_sampler(seeds, 1.5, 0.9, "cpu")])
+    sampler = _seeded_sampler(seeds, 1.5, 0.9, "cpu")
+    with torch.inference_mode():
+        got = decode(model, ids, mask, max_new_tokens=16, stop_ids=eos, processors=[sampler])
+    assert got == want
+
+
+SHARED = [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27]  # 20 shared tokens
+
+
+@pytest.mark.parametrize("own", [[[5, 6], [7], [30, 31, 32, 33]], [[5], [5, 6], [5, 6, 7]]])
+def test_a_shared_prefix_is_computed_once_with_the_same_outputs(model, own):
+    prompts = [SHARED + o for o in own]
+    ids, mask = left_padded(prompts)
+    assert common_prefix(ids, mask) >= MIN_SHARED_PREFIX
+    calls = []
+    hook = model.register_forward_pre_hook(lambda _m, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)  # fmt: skip
+    try:
+        with torch.inference_mode():
+            got = decode(model, ids, mask, max_new_tokens=10, stop_ids=[])
+    finally:
+        hook.remove()
+    assert calls[0] == (1, common_prefix(ids, mask))  # the prefix, once
+    assert got == reference(model, ids, mask, 10, [])
+    with torch.inference_mode():
+        assert decode(model, ids, mask, max_new_tokens=10, stop_ids=[], share_prefix=False) == got
+
+
+def test_common_prefix_leaves_each_row_a_token_of_its_own():
+    ids, mask = left_padded([[1, 2, 3], [1, 2, 3, 4], [1, 2, 3]])
+    assert common_prefix(ids, mask) == 2
+    ids, mask = left_padded([[1, 2, 3], [1, 5, 3]])
+    assert common_prefix(ids, mask) == 1
