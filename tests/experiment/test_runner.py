@@ -177,3 +177,12 @@ def test_every_run_goes_through_better_together(tmp_path, monkeypatch):
     monkeypatch.setattr(ct.BetterTogether, "_step", step)
     runner(config(tmp_path, seeds=[0, 1]), Counter()).start()
     assert calls == Counter({"run_tree": 2, "step": 12})  # one tree per seed; each of its 6 nodes a step
+
+
+def test_the_default_factory_runs_registered_prompt_optimizers_end_to_end(tmp_path):
+    for name, params in (("bfrs", {"num_candidates": 3}), ("bootstrap", {"max_rounds": 2})):
+        cfg = ExperimentConfig.from_dict({"task": "fake", "strategies": ["p"], "out_dir": str(tmp_path), "name": name,
+                                          "threads": 2, "prompt": {"optimizer": name, "params": params}})  # fmt: skip
+        run = Runner(cfg, lm=fake_lm(), task=FakeTask()).start()
+        node = next(n for n in run.results()["nodes"] if n["strategy"] == "p")
+        assert node["kind"] == "p" and node["info"], name  # the step's learned attributes were recorded
