@@ -8,7 +8,7 @@ import pytest
 from cotune.errors import ConfigError
 from cotune.evaluate import evaluate
 from cotune.lm import FakeLM
-from cotune.program import ChainOfThought
+from cotune.program import ChainOfThought, Predict
 from cotune.tasks import load_task
 from cotune.tasks.iris import INPUTS, SPECIES, normalize_species, species_match
 
@@ -22,12 +22,13 @@ def _key(ex):
     return tuple(ex[k] for k in (*INPUTS, "species"))
 
 
-def test_program_is_one_unbound_chain_of_thought_predictor(task):
+def test_program_is_one_unbound_direct_predictor(task):
     program = task.program()
     [(name, predictor)] = program.named_predictors()
-    assert name == "classify" and isinstance(predictor, ChainOfThought) and predictor.lm is None
+    assert name == "classify" and predictor.lm is None
+    assert isinstance(predictor, Predict) and not isinstance(predictor, ChainOfThought)  # no reasoning field
     assert predictor.signature.input_names == list(INPUTS)
-    assert predictor.signature.output_names == ["reasoning", "species"]
+    assert predictor.signature.output_names == ["species"]
     assert all(s in predictor.instruction for s in SPECIES)
 
 
@@ -39,7 +40,7 @@ def test_each_call_gives_a_fresh_program(task):
 
 def test_program_runs_on_fake_lm_and_scores(task):
     example = next(ex for ex in task.test if ex.species == "setosa")
-    lm = FakeLM(["Reasoning: the petals are tiny.\nSpecies: Iris setosa"])
+    lm = FakeLM(["Species: Iris setosa"])
     result = evaluate(task.program().bind(lm), [example], task.metric, num_threads=1)
     assert result.score == 1.0
     assert result.rows[0].prediction["species"] == "setosa"  # the choice field reads "Iris setosa" as its choice

@@ -13,7 +13,7 @@ from typing import Any
 
 from cotune.data.dataset import Dataset
 from cotune.data.example import Example
-from cotune.program.chain_of_thought import ChainOfThought
+from cotune.program.predict import Predict
 from cotune.program.prediction import Prediction
 from cotune.program.program import Program
 from cotune.program.signature import Signature
@@ -53,10 +53,16 @@ def signature() -> Signature:
 
 
 class IrisClassifier(Program):
-    """One chain-of-thought predictor, ``classify``: measurements → reasoning → species."""
+    """One predictor, ``classify``: measurements → species (a choice of three), without a reasoning field.
+
+    Constrained to the three names, the model's sampled answers cover the species it can get right, and
+    Θ learns the mapping from them. With a chain of thought, SmolLM2-135M writes one reasoning template for
+    every flower, naming a species before the answer, and the adapter learns the template (Θ 34% over 3
+    seeds); answering directly, Θ from its own samples reached 92% on seed 0 (README, Table 1).
+    """
 
     def __init__(self):
-        self.classify = ChainOfThought(signature())
+        self.classify = Predict(signature())
 
     def forward(self, petal_length: str, petal_width: str, sepal_length: str, sepal_width: str) -> Prediction:
         return self.classify(
