@@ -10,6 +10,7 @@ from cotune.lm.constrain import GrammarEngine
 from cotune.program import ChainOfThought, Predict
 from cotune.program.format import parse
 from cotune.tasks import load_task
+from cotune.tasks.iris import signature as iris_signature
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +34,7 @@ def iris():
 
 def test_choice_field_only_ever_yields_its_choices(lm, iris):
     """100 sampled runs at temperature 2 (where free text is noise): every one parses to a species."""
-    classify = iris.program().bind(lm).classify
-    classify.reasoning_budget = 8  # keep the test short; the answer is what is checked
+    classify = ChainOfThought(iris_signature(), reasoning_budget=8).bind(lm)  # short: the answer is what is checked
     flowers = list(iris.train) + list(iris.dev)
     batch = [classify.messages(**ex.inputs()) for ex in flowers]
     out = lm.generate(batch, constraint=classify.constraint(), temperature=2.0, rollout_id=7, max_tokens=24)
@@ -44,8 +44,7 @@ def test_choice_field_only_ever_yields_its_choices(lm, iris):
 
 
 def test_constrained_completions_parse_and_stop_after_the_last_field(lm, iris):
-    classify = iris.program().bind(lm).classify
-    classify.reasoning_budget = 48  # keeps the test short; the budget's own test is below
+    classify = ChainOfThought(iris_signature(), reasoning_budget=48).bind(lm)  # short; the budget's own test is below
     batch = [classify.messages(**ex.inputs()) for ex in list(iris.dev)[:8]]
     for out in lm.generate(batch, constraint=classify.constraint(), max_tokens=100):
         fields = parse(classify.signature, out.text)

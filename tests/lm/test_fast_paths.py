@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from cotune.lm import registry
+from cotune.program import ChainOfThought
 from cotune.program.grammar import constraint
 from cotune.tasks import load_task
+from cotune.tasks.iris import signature as iris_signature
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +33,7 @@ def smol():
 def iris_batch():
     """12 constrained chain-of-thought Iris calls, with a short reasoning budget (rows end at different steps)."""
     iris = load_task("iris")
-    classify = iris.program().classify
+    classify = ChainOfThought(iris_signature())
     batch = [classify.messages(**ex.inputs()) for ex in list(iris.dev)[:12]]
     return batch, constraint(classify.signature, budget_tokens=24)
 
