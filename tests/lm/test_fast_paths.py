@@ -88,7 +88,7 @@ def lora(tmp_path_factory):
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32), config)
     for name, param in model.named_parameters():  # scaled so the adapter changes answers without ruining them
         if "lora_B" in name:
-            param.data.mul_(0.05)
+            param.data.mul_(0.5)  # at 0.05 no answer of the batch changed (merged and PEFT layers alike)
     model.save_pretrained(str(folder))
     (folder / "cotune_adapter.json").write_text(json.dumps({"base_model": "smollm2-135m"}))
     return Path(folder)

@@ -14,6 +14,7 @@ from cotune.lm.base import GenerationConfig
 from cotune.lm.openai_compat import OpenAICompatible
 from cotune.lm.server import start_server
 from cotune.optimize.better_together import BetterTogether
+from cotune.optimize.bootstrap import BootstrapFewShot
 from cotune.optimize.finetune import BootstrapFinetune
 from cotune.optimize.random_search import BootstrapFewShotWithRandomSearch
 from cotune.training import LoRAConfig
@@ -38,8 +39,8 @@ def test_better_together_pwp_through_a_server_that_loads_the_adapter_at_runtime(
         program = task.program().bind(lm)
         for p in program.predictors():
             p.reasoning_budget = 8  # the JSON closes within max_tokens even when a sample rambles
-        prompt = BootstrapFewShotWithRandomSearch(task.metric, num_candidates=2, max_bootstrapped_demos=1,
-                                                  max_labeled_demos=1, num_threads=8)  # fmt: skip
+        demos = BootstrapFewShot(task.metric, max_bootstrapped_demos=1, max_labeled_demos=1, num_threads=8)
+        prompt = BootstrapFewShotWithRandomSearch(task.metric, num_candidates=2, bootstrap=demos, num_threads=8)
         weights = BootstrapFinetune(
             task.metric, base_model="smollm2-135m", lora=LoRAConfig(r=8, alpha=16, epochs=1, batch_size=4),
             num_rollouts=3, rollout_temperature=1.0, stop_at_first_pass=True, output_dir=tmp_path / "theta", num_threads=8,
@@ -50,7 +51,8 @@ def test_better_together_pwp_through_a_server_that_loads_the_adapter_at_runtime(
         adapter = tuned.lm.adapter
         assert [s.strategy for s in bt.steps_] == ["zero-shot", "p", "p-w", "p-w-p"]
         assert adapter and adapter.startswith("smollm2-135m-lora-") and adapter in server.models
-        assert weights.adapter_path_ == str(tmp_path / "theta" / "adapter") and weights.n_passed_ > 0
+        theta = bt.steps_[2].info  # each step runs a fresh clone: what it learned is kept in the step's info
+        assert theta["adapter_path_"] == str(tmp_path / "theta" / "adapter") and theta["n_passed_"] > 0
         assert tuned.lm.base_url == server.url and program.lm.adapter is None
         counts = server.requests_by_model
         # The last Π step (and its scoring) ran on the adapter only; the base model got no request then.

@@ -195,6 +195,18 @@ def rule_teacher(messages) -> str:
     return f"Reasoning: petal length {length} cm and width {width} cm.\nSpecies: {species}"
 
 
+class IrisCoT(ct.Program):
+    """Iris with a chain of thought (the built-in program answers directly), so the traces carry reasoning."""
+
+    def __init__(self):
+        from cotune.tasks.iris import signature
+
+        self.classify = ct.ChainOfThought(signature())
+
+    def forward(self, **measurements):
+        return self.classify(**measurements)
+
+
 @pytest.mark.integration
 def test_fine_tunes_smollm2_on_iris_traces_and_changes_its_predictions(tmp_path):
     from cotune.evaluate import evaluate
@@ -203,8 +215,8 @@ def test_fine_tunes_smollm2_on_iris_traces_and_changes_its_predictions(tmp_path)
 
     task = load_task("iris", train=16, dev=3, test=6)
     with registry.load("smollm2-135m", dtype="float32", cache=False) as lm:
-        student = task.program().bind(lm)
-        teacher = task.program().bind(FakeLM(rule_teacher))
+        student = IrisCoT().bind(lm)
+        teacher = IrisCoT().bind(FakeLM(rule_teacher))
         lora = LoRAConfig(r=8, alpha=16, epochs=2, batch_size=8, learning_rate=1e-3, warmup_ratio=0.0)
         tuner = BootstrapFinetune(task.metric, lora=lora, teacher=teacher, output_dir=tmp_path, num_threads=8)
         tuned = tuner.compile(student, trainset=task.train)
