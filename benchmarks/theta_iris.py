@@ -1,10 +1,10 @@
 """Θ alone on Iris: the model's own constrained samples → LoRA → test accuracy (one seed, no gold labels).
 
-    .venv/bin/python benchmarks/theta_iris.py --seed 0 --rollouts 16 --epochs 20 --lr 2e-3
+    .venv/bin/python benchmarks/theta_iris.py --seed 0 --rollouts 16 --epochs 10 --lr 3e-3 --top-layers 8
 
 Runs the built-in Iris program (a constrained choice of three species) zero-shot on the test split, then
 `BootstrapFinetune` with ``--rollouts`` runs per training flower (greedy, then sampled at temperature 2 until
-one passes), LoRA r32/α64 on the kept runs only, and the tuned program on the test split. Appends a row to
+one passes), LoRA r32/α64 on the kept runs only (on the top ``--top-layers`` layers; 0: every layer), and the tuned program on the test split. Appends a row to
 benchmarks/results/theta_iris.json: coverage of the kept runs per class, test accuracy, predicted-class counts
 and seconds per phase.
 """
@@ -25,8 +25,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rollouts", type=int, default=16)
     ap.add_argument("--temperature", type=float, default=2.0)
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--top-layers", type=int, default=8, help="LoRA on the top N layers (0: every layer)")
     ap.add_argument("--threads", type=int, default=64)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -45,7 +46,8 @@ def main() -> None:
     t0 = time.perf_counter()
     zero = ct.evaluate(program, task.test, task.metric, num_threads=args.threads)
     t1 = time.perf_counter()
-    lora = LoRAConfig(r=32, alpha=64, dropout=0.0, epochs=args.epochs, batch_size=4, learning_rate=args.lr)
+    lora = LoRAConfig(r=32, alpha=64, dropout=0.0, epochs=args.epochs, batch_size=4, learning_rate=args.lr,
+                      top_layers=args.top_layers or None)  # fmt: skip
     tuner = BootstrapFinetune(task.metric, lora=lora, num_rollouts=args.rollouts,
                               rollout_temperature=args.temperature, stop_at_first_pass=True, keep_demos=False,
                               num_threads=args.threads, seed=args.seed)  # fmt: skip
@@ -55,6 +57,7 @@ def main() -> None:
     t3 = time.perf_counter()
     row = {
         "seed": args.seed, "rollouts": args.rollouts, "temperature": args.temperature, "epochs": args.epochs,
+        "top_layers": args.top_layers or None,
         "learning_rate": args.lr, "zero_shot_test": zero.score, "zero_shot_predicted": predicted(zero),
         "coverage": tuner.coverage_, "theta_test": theta.score, "theta_predicted": predicted(theta),
         "final_loss": tuner.train_result_.final_loss, "steps": tuner.train_result_.steps,

@@ -33,7 +33,7 @@ def trained(monkeypatch):
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         return TrainResult(str(output_dir), [2.0, 1.0], 1.0, 0.1, 2, len(examples), 100, 0, "cpu", data_hash(examples))
 
-    monkeypatch.setattr("cotune.optimize.finetune.train_lora", fake_train_lora)
+    monkeypatch.setattr("cotune.training.trainer.train_lora", fake_train_lora)
     return calls
 
 
@@ -149,6 +149,8 @@ def test_default_output_dir_is_named_by_content(trained, tmp_path, monkeypatch):
         ({"metric_threshold": 2}, ConfigError, "metric_threshold must be in"),
         ({"lora": {"r": 8}}, ConfigError, "lora must be a LoRAConfig"),
         ({"num_threads": 0}, ConfigError, "num_threads must be an integer >= 1"),
+        ({"trainer": "deepspeed"}, UnknownChoiceError, "unknown trainer 'deepspeed'; choose one of: local"),
+        ({"trainer": 3}, ConfigError, "trainer must be a name \\(local\\) or an object with `name` and `train"),
     ],
 )
 def test_bad_hyperparameters_fail_before_any_work(kwargs, error, match, trained):
@@ -156,6 +158,27 @@ def test_bad_hyperparameters_fail_before_any_work(kwargs, error, match, trained)
     with pytest.raises(error, match=match):
         BootstrapFinetune(metric, **kwargs).compile(Parity().bind(lm), trainset=parity_data([100]))
     assert lm.calls == []
+
+
+def test_a_trainer_object_gets_the_examples_and_its_adapter_is_bound(tmp_path):
+    class Recorder:
+        name = "recorder"
+
+        def __init__(self):
+            self.calls = []
+
+        def train(self, examples, *, base_model_path, output_dir, config, base_model=None, init_adapter=None,
+                  events=None):  # fmt: skip
+            self.calls.append((len(examples), base_model_path, config.epochs))
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            return TrainResult(str(output_dir), [1.0], 1.0, 0.1, 1, len(examples), 10, 0, "cpu", data_hash(examples))
+
+    trainer = Recorder()
+    tuner = BootstrapFinetune(metric, lora=LoRAConfig(epochs=2), output_dir=tmp_path, trainer=trainer)
+    tuned = tuner.compile(Parity().bind(student_lm("01234")), trainset=parity_data(range(100, 110)))
+    assert trainer.calls == [(10, "/models/parity", 2)]
+    assert tuned.lm.adapter == str(tmp_path / "adapter") and tuner.train_result_.steps == 1
+    assert "trainer=" in repr(tuner)
 
 
 def test_a_student_without_local_weights_is_refused_before_collecting_traces(trained):

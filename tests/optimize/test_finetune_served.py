@@ -31,7 +31,7 @@ def trained(monkeypatch):
         (out / "adapter_model.safetensors").write_bytes(repr(examples).encode())
         return TrainResult(str(out), [2.0, 1.0], 1.0, 0.1, 2, len(examples), 100, 0, "cpu", data_hash(examples))
 
-    monkeypatch.setattr("cotune.optimize.finetune.train_lora", fake_train_lora)
+    monkeypatch.setattr("cotune.training.trainer.train_lora", fake_train_lora)
     return calls
 
 

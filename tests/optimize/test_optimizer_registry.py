@@ -81,7 +81,21 @@ def test_the_existing_yaml_form_still_builds_the_papers_steps(tmp_path):
     assert (boot.max_bootstrapped_demos, boot.max_labeled_demos, boot.num_threads, boot.seed) == (3, 2, 3, 5)
     tune = factory("w", 5, tmp_path / "node")
     assert isinstance(tune, BootstrapFinetune) and tune.metric_threshold == 0.5
-    assert tune.lora == LoRAConfig(r=8, seed=5) and tune.output_dir == str(tmp_path / "node")
+    # Iris's measured run defaults fill the LoRA fields the YAML leaves out (r is the YAML's)
+    assert tune.lora == LoRAConfig(r=8, seed=5, top_layers=8, epochs=10, learning_rate=3e-3)
+    assert tune.output_dir == str(tmp_path / "node")
+
+
+def test_a_tasks_run_defaults_fill_only_the_fields_a_config_leaves_out():
+    from cotune.tasks import task_info
+
+    iris = ExperimentConfig.from_dict({"task": "iris", "weights": {"num_rollouts": 4, "lora": {"epochs": 3}}})
+    assert iris.weights.num_rollouts == 4 and iris.weights.lora == {"top_layers": 8, "epochs": 3, "learning_rate": 3e-3}
+    assert iris.weights.rollout_temperature == task_info("iris").run_defaults["weights"]["rollout_temperature"] == 2.0
+    assert iris.weights.stop_at_first_pass and not iris.weights.keep_demos
+    gsm8k = ExperimentConfig.from_dict({"task": "gsm8k"})  # no run defaults: the library's
+    assert gsm8k.weights.num_rollouts == 1 and gsm8k.weights.lora == {} and gsm8k.weights.keep_demos
+    assert ExperimentConfig.from_dict(iris.to_dict()) == iris  # a saved config is complete: resume keeps it
 
 
 def test_yaml_refuses_bad_parameters_at_load_time_with_the_valid_ones():

@@ -177,7 +177,7 @@ def test_thread_count_is_set_inside_the_block_and_restored_after_an_error():
 def test_adapter_initialization_draws_from_its_own_seeded_generator():
     torch = pytest.importorskip("torch")
     peft = pytest.importorskip("peft")
-    from cotune.training.lora import init_lora_weights
+    from cotune.training.scoped import init_lora_weights
 
     def adapter(seed):
         base = torch.nn.Sequential()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -113,6 +114,18 @@ def _check_optimizer(step: str, name: str, params: dict[str, Any]) -> list[str]:
     return []
 
 
+def _with_task_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    from cotune.optimize.registry import merge
+    from cotune.tasks import task_info
+
+    task = data.get("task", ExperimentConfig.task)
+    try:
+        defaults = task_info(task).run_defaults if isinstance(task, str) else {}
+    except ConfigError:  # an unknown task: the field check names it
+        defaults = {}
+    return merge(copy.deepcopy(dict(defaults)), data)
+
+
 def _no_metric(example: Any, prediction: Any) -> float:  # stands in for the task's metric while checking
     return 0.0
 
@@ -173,7 +186,10 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        """A validated config from nested fields; fields ``data`` leaves out take the task's measured
+        ``run_defaults`` (`cotune.tasks.TaskInfo`), then the defaults above. The saved run config holds them all."""
         errors: list[str] = []
+        data = _with_task_defaults(data)
         cfg = _build(cls, data, "", errors)
         if cfg is not None:
             errors += cfg.check()

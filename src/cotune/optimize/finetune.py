@@ -36,8 +36,9 @@ from cotune.optimize.weights_target import LocalWeights, ServedWeights, weights_
 from cotune.program.predict import Predict
 from cotune.program.program import Program
 from cotune.training.config import LoRAConfig
-from cotune.training.lora import TrainResult, train_lora
+from cotune.training.lora import TrainResult
 from cotune.training.sft_data import ChatExample, chat_examples
+from cotune.training.trainer import Trainer, resolve_trainer
 
 INITS = ("base", "continue")
 MULTITASK_ADAPTER = "adapter"
@@ -81,6 +82,8 @@ class BootstrapFinetune(Optimizer):
             adapters at runtime (vLLM ``--enable-lora`` with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``,
             ``cotune serve --runtime-lora``). The adapter folder (``output_dir``) must be readable by the
             server. Not used for a local student, which trains on its own weights.
+        trainer: what trains the adapter: ``"local"`` (cotune's PEFT loop in this process) or any
+            `cotune.training.trainer.Trainer` object (same examples in, a PEFT adapter with metadata out).
 
     Learned attributes (after `compile`):
         adapter_path_: the adapter folder (multitask), or a dict predictor name → folder (for a served
@@ -125,6 +128,7 @@ class BootstrapFinetune(Optimizer):
         num_threads: Positive = 8,
         seed: int = 0,
         base_model: str | Path | None = None,
+        trainer: Literal["local"] | Trainer = "local",
     ):
         self.metric = metric
         self.lora = lora
@@ -143,6 +147,7 @@ class BootstrapFinetune(Optimizer):
         self.num_threads = num_threads
         self.seed = seed
         self.base_model = base_model
+        self.trainer = trainer
 
     def compile(
         self,
@@ -162,6 +167,7 @@ class BootstrapFinetune(Optimizer):
             TrainingError: no trace passed the metric, or training failed (the cause is chained).
         """
         config = (self.lora or LoRAConfig()).replace(seed=self.seed)
+        resolve_trainer(self.trainer)  # an unknown trainer fails before any trace is collected
         student = program.deepcopy() if isinstance(program, Program) else _copy_predict(program)
         named = _named(student)
         groups = {MULTITASK_ADAPTER: list(named)} if self.multitask else {n: [n] for n in named}
@@ -274,7 +280,7 @@ class BootstrapFinetune(Optimizer):
             "bases": {g: [lm.model, lm.adapter_id if self.init == "continue" else None] for g, lm in bases.items()},
             "multitask": self.multitask,
             "keep_demos": self.keep_demos,
-        }
+        } | ({"trainer": resolve_trainer(self.trainer).name} if self.trainer != "local" else {})
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
         model = _slug(next(iter(bases.values())).model)
         return default_cache_dir() / "adapters" / f"{model}-{digest}"
@@ -285,7 +291,7 @@ class BootstrapFinetune(Optimizer):
     ) -> TrainResult:
         init_adapter = target.lm.adapter if self.init == "continue" else None
         emit(events, "finetune.group", adapter=str(out), examples=len(examples), init_adapter=init_adapter)
-        return train_lora(
+        return resolve_trainer(self.trainer).train(
             examples, base_model_path=target.path, output_dir=out, config=config, base_model=target.name,
             init_adapter=init_adapter, events=events,
         )  # fmt: skip

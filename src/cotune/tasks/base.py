@@ -41,6 +41,8 @@ class TaskInfo:
         source: where the data comes from (files to provide, or the package holding it), for humans.
         hf_name: a Hugging Face hub name usable as ``data_dir="hf:<name>"`` by users who are online.
         family: a family of tasks addressed as ``"name:subtask"``.
+        run_defaults: experiment settings measured for this task (`cotune run`, `ExperimentConfig.from_dict`),
+            nested like the config; any field a config file or option sets wins over them.
     """
 
     name: str
@@ -54,6 +56,7 @@ class TaskInfo:
     source: str = ""
     hf_name: str | None = None
     family: bool = False
+    run_defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Fields plus two display strings for listings: ``splits`` ("50 train / 50 dev / 50 test") and
@@ -76,6 +79,7 @@ class TaskInfo:
             "source": self.source,
             "hf_name": self.hf_name,
             "family": self.family,
+            "run_defaults": dict(self.run_defaults),
         }
 
 

@@ -1,4 +1,5 @@
-"""Fine-tuning: traces → chat examples (`sft_data`), LoRA training with PEFT (`lora`), its config (`config`).
+"""Fine-tuning: traces → chat examples (`sft_data`), LoRA training with PEFT (`lora`), its config (`config`),
+the `Trainer` seam the Θ step trains through (`trainer`), the frozen-trunk cache for ``top_layers`` (`trunk`).
 
 torch, transformers and peft are imported only when training runs.
 """
@@ -6,14 +7,18 @@ torch, transformers and peft are imported only when training runs.
 from cotune.training.config import LoRAConfig
 from cotune.training.lora import TrainResult, read_adapter_metadata, train_lora
 from cotune.training.sft_data import ChatExample, chat_examples, data_hash, strip_demos, tokenize
+from cotune.training.trainer import LocalTrainer, Trainer, resolve_trainer
 
 __all__ = [
     "ChatExample",
     "LoRAConfig",
+    "LocalTrainer",
     "TrainResult",
+    "Trainer",
     "chat_examples",
     "data_hash",
     "read_adapter_metadata",
+    "resolve_trainer",
     "strip_demos",
     "tokenize",
     "train_lora",

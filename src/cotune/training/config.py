@@ -48,6 +48,14 @@ class LoRAConfig:
             "or module names such as ('q_proj', 'v_proj')."
         },
     )
+    top_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Adapt only the last N decoder layers (>= 1), or None for every layer. The frozen layers "
+            "below then run once per example instead of once per step (cotune.training.trunk), so training "
+            "costs about N / (number of layers) of a full pass per step."
+        },
+    )
     epochs: int = field(default=6, metadata={"help": "Passes over the training examples (>= 1)."})
     learning_rate: float = field(
         default=1e-3,
@@ -130,6 +138,8 @@ class LoRAConfig:
         tm = self.target_modules
         if not (tm == "all-linear" or (isinstance(tm, tuple) and tm and all(isinstance(m, str) and m for m in tm))):
             out.append(("target_modules", "must be 'all-linear' or a non-empty list of module names"))
+        if self.top_layers is not None:
+            integer("top_layers", 1)
         integer("epochs", 1)
         number("learning_rate", lambda v: 0 < v <= 1, "must be > 0 and <= 1")
         integer("batch_size", 1)

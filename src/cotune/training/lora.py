@@ -36,8 +36,10 @@ from cotune.hardware import bf16_is_fast
 from cotune.lm.adapters import METADATA_FILE
 from cotune.training.config import LoRAConfig
 from cotune.training.memory import MemoryWatch
-from cotune.training.scoped import init_lora_weights, torch_threads
+from cotune.training.scoped import torch_threads
+from cotune.training.setup import load_for_training, training_device
 from cotune.training.sft_data import IGNORE_INDEX, ChatExample, TokenizedExample, data_hash, tokenize
+from cotune.training.trunk import TrunkCache, first_trained_layer
 
 
 @dataclass
@@ -107,12 +109,12 @@ def train_lora(
 def _train(examples, base_model_path, output_dir, config, base_model, init_adapter, events) -> TrainResult:
     import torch
 
-    device = _device(config, torch)
+    device = training_device(config, torch)
     _check_output_dir(output_dir)
     t_start = time.perf_counter()
 
     # -- setup ----------------------------------------------------------------------------------------
-    tokenizer, model = _load(base_model_path, init_adapter, config, device)
+    tokenizer, model = load_for_training(base_model_path, init_adapter, config, device)
     tokenized, n_dropped = [], 0
     for ex in examples:
         t = tokenize(ex, tokenizer, config.max_length)
@@ -132,9 +134,10 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
     total_steps = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(total_steps, config.warmup_ratio))
+    trunk = _trunk(model, tokenized, pad_id, config, device)
     emit(
         events, "finetune.start", examples=len(tokenized), dropped=n_dropped, steps=total_steps, device=device,
-        trainable_params=sum(p.numel() for p in trainable),
+        trainable_params=sum(p.numel() for p in trainable), frozen_trunk_layers=trunk.first if trunk else 0,
     )
 
     # -- train ----------------------------------------------------------------------------------------
@@ -146,9 +149,9 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
         for _epoch in range(config.epochs):
             batches = _length_grouped_batches([len(t) for t in tokenized], config.batch_size, rng)
             for start in range(0, len(batches), config.gradient_accumulation_steps):
-                group = [[tokenized[i] for i in b] for b in batches[start : start + config.gradient_accumulation_steps]]
+                group = batches[start : start + config.gradient_accumulation_steps]
                 t0 = time.perf_counter()
-                loss = _optimizer_step(model, optimizer, scheduler, group, pad_id, config, device, torch)
+                loss = _optimizer_step(model, optimizer, scheduler, tokenized, group, trunk, pad_id, config, device)
                 step_seconds.append(time.perf_counter() - t0)
                 if not math.isfinite(loss):
                     raise TrainingError(
@@ -225,57 +228,6 @@ def read_adapter_metadata(path: str | Path) -> dict[str, Any]:
 
 
 # -- pieces of the recipe ---------------------------------------------------------------------------------
-def _device(config: LoRAConfig, torch: Any) -> str:
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("device='cuda' but torch sees no CUDA device; use device='auto' or 'cpu'")
-    if config.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return config.device
-
-
-def _load(base_model_path: str | Path, init_adapter: str | Path | None, config: LoRAConfig, device: str):
-    """A fresh training copy of the base model (the inference copy stays untouched), wrapped with LoRA."""
-    import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not Path(base_model_path, "config.json").is_file():
-        raise TrainingError(f"base model folder {base_model_path} has no config.json (need a local HF model folder)")
-    tokenizer = AutoTokenizer.from_pretrained(str(base_model_path))
-    # CUDA keeps frozen base weights in bf16 to halve memory; CPU keeps float32 weights and autocasts.
-    dtype = torch.bfloat16 if device == "cuda" and config.bf16 and bf16_is_fast(device) else torch.float32
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(base_model_path), dtype=dtype).to(device)
-    except OSError as e:
-        raise TrainingError(f"cannot load the base model from {base_model_path}: {e}") from e
-    model.config.use_cache = False
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
-    try:
-        with warnings.catch_warnings():  # peft 0.21 reads a property transformers 5 deprecates
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            if init_adapter is not None:
-                model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
-            else:
-                target = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
-                lora = LoraConfig(
-                    r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=target,
-                    task_type="CAUSAL_LM", bias="none",
-                )
-                # peft draws its initial weights from torch's default generator: keep that generator's state
-                # as it was, then draw the adapter's A matrices again from a generator of our own.
-                with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device == "cuda" else []):
-                    model = get_peft_model(model, lora)
-                init_lora_weights(model, config.seed)
-    except (ValueError, KeyError, OSError) as e:
-        raise TrainingError(f"PEFT refused the LoRA setup for {base_model_path}: {e}") from e
-    for p in model.parameters():  # adapter weights train in float32 even over a bf16 base
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
-    return tokenizer, model
-
-
 def _length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
     """Shuffle, sort by length inside windows of 16 batches, cut into batches, shuffle the batches.
 
@@ -316,25 +268,21 @@ def _collate(batch: Sequence[TokenizedExample], pad_id: int, device: str, torch:
     return ids.to(device), labels.to(device), mask.to(device)
 
 
-def _optimizer_step(model, optimizer, scheduler, group, pad_id, config: LoRAConfig, device: str, torch) -> float:
-    """Forward/backward every micro-batch of ``group``, then one optimizer step.
+def _optimizer_step(model, optimizer, scheduler, tokenized, group, trunk, pad_id, config, device) -> float:
+    """Forward/backward every micro-batch of ``group`` (lists of indices into ``tokenized``), then one
+    optimizer step; with a ``trunk`` cache the micro-batches run through the trained top layers only.
 
     The loss is the mean over all completion tokens of the group (not a mean of per-batch means), so
     gradient accumulation gives the same update as one big batch.
     """
-    autocast = config.bf16 and bf16_is_fast(device)  # emulated bf16 (a CPU without it) is ~13x slower
-    n_tokens = sum(t.n_completion_tokens for batch in group for t in batch)
+    import torch
+
+    n_tokens = sum(tokenized[i].n_completion_tokens for batch in group for i in batch)
     total = 0.0
     try:
         for batch in group:
-            ids, labels, mask = _collate(batch, pad_id, device, torch)
-            # Position t predicts token t+1: keep only positions whose next token is a completion token.
-            keep = torch.zeros_like(labels, dtype=torch.bool)
-            keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-            targets = labels[:, 1:][keep[:, :-1]]
-            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
-                logits = _completion_logits(model, ids, mask, keep)
-            logits = logits.float()
+            logits, targets = _batch_logits(model, [tokenized[i] for i in batch], batch, trunk, pad_id, config,
+                                            device)  # fmt: skip
             loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / n_tokens
             loss.backward()
             total += loss.item()
@@ -352,6 +300,54 @@ def _optimizer_step(model, optimizer, scheduler, group, pad_id, config: LoRAConf
     except MemoryError as e:
         raise TrainingError(_oom_message(config, e)) from e
     return total
+
+
+def _batch_logits(model, batch, indices, trunk, pad_id, config, device) -> tuple[Any, Any]:
+    """(float32 logits at the completion positions, their target ids) for one micro-batch."""
+    import torch
+
+    autocast = config.bf16 and bf16_is_fast(device)  # emulated bf16 (a CPU without it) is ~13x slower
+    ids, labels, mask = _collate(batch, pad_id, device, torch)
+    # Position t predicts token t+1: keep only positions whose next token is a completion token.
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    targets = labels[:, 1:][keep[:, :-1]]
+    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
+        if trunk is None:
+            logits = _completion_logits(model, ids, mask, keep)
+        else:
+            logits = trunk.logits(indices, mask, keep, model.get_input_embeddings().weight.dtype, device)
+    return logits.float(), targets
+
+
+def _trunk(model, tokenized, pad_id, config: LoRAConfig, device: str) -> TrunkCache | None:
+    """A cache of the frozen layers' output when the adapter leaves the lower layers untouched and the cached
+    path gives the full forward's logits on the first batch (checked in eval mode, so dropout is off)."""
+    import torch
+
+    first = first_trained_layer(model)
+    if not first:
+        return None
+    trunk = TrunkCache.build(model, first, tokenized, pad_id, device, config.batch_size,
+                             checkpointing=config.gradient_checkpointing)
+    if trunk is None:
+        return None
+    indices = list(range(min(config.batch_size, len(tokenized))))
+    model.eval()
+    try:
+        with torch.no_grad():
+            cached, _ = _batch_logits(model, [tokenized[i] for i in indices], indices, trunk, pad_id, config, device)
+            full, _ = _batch_logits(model, [tokenized[i] for i in indices], indices, None, pad_id, config, device)
+    finally:
+        model.train()
+    tolerance = 5e-2 if config.bf16 and bf16_is_fast(device) else 1e-3
+    if cached.shape != full.shape or (cached - full).abs().max().item() > tolerance * max(1.0, full.abs().max().item()):
+        warnings.warn(
+            "the frozen-trunk cache does not reproduce this model's forward; training through every layer",
+            RuntimeWarning, stacklevel=2,
+        )  # fmt: skip
+        return None
+    return trunk
 
 
 def _completion_logits(model: Any, ids: Any, mask: Any, keep: Any) -> Any:

@@ -1,0 +1,93 @@
+"""The training copy of a model: the device, the base weights, and the LoRA adapter on top (new or continued).
+
+``top_layers`` puts the adapter on the last N decoder layers only (PEFT's ``layers_to_transform``); with
+``target_modules="all-linear"`` the layers' linear modules are then named, as PEFT needs a list there.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from cotune.errors import TrainingError
+from cotune.hardware import bf16_is_fast
+from cotune.training.config import LoRAConfig
+from cotune.training.scoped import init_lora_weights
+from cotune.training.trunk import decoder_layers
+
+
+def training_device(config: LoRAConfig, torch: Any) -> str:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("device='cuda' but torch sees no CUDA device; use device='auto' or 'cpu'")
+    if config.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return config.device
+
+
+def load_for_training(base_model_path: str | Path, init_adapter: str | Path | None, config: LoRAConfig, device: str):
+    """A fresh training copy of the base model (the inference copy stays untouched), wrapped with LoRA."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not Path(base_model_path, "config.json").is_file():
+        raise TrainingError(f"base model folder {base_model_path} has no config.json (need a local HF model folder)")
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model_path))
+    # CUDA keeps frozen base weights in bf16 to halve memory; CPU keeps float32 weights and autocasts.
+    dtype = torch.bfloat16 if device == "cuda" and config.bf16 and bf16_is_fast(device) else torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(base_model_path), dtype=dtype).to(device)
+    except OSError as e:
+        raise TrainingError(f"cannot load the base model from {base_model_path}: {e}") from e
+    model.config.use_cache = False
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    try:
+        with warnings.catch_warnings():  # peft 0.21 reads a property transformers 5 deprecates
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            if init_adapter is not None:
+                model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+            else:
+                target = _target_modules(model, config)
+                lora = LoraConfig(
+                    r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=target,
+                    task_type="CAUSAL_LM", bias="none", layers_to_transform=_top_layers(model, config),
+                )
+                # peft draws its initial weights from torch's default generator: keep that generator's state
+                # as it was, then draw the adapter's A matrices again from a generator of our own.
+                with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device == "cuda" else []):
+                    model = get_peft_model(model, lora)
+                init_lora_weights(model, config.seed)
+    except (ValueError, KeyError, OSError) as e:
+        raise TrainingError(f"PEFT refused the LoRA setup for {base_model_path}: {e}") from e
+    for p in model.parameters():  # adapter weights train in float32 even over a bf16 base
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return tokenizer, model
+
+
+def _target_modules(model: Any, config: LoRAConfig) -> str | list[str]:
+    """PEFT's target_modules; "all-linear" with ``top_layers`` becomes the names of the decoder layers' linear
+    modules (PEFT takes a layer subset only with a list of names)."""
+    import torch
+
+    if not isinstance(config.target_modules, str):
+        return list(config.target_modules)
+    if config.top_layers is None or config.target_modules != "all-linear":
+        return config.target_modules
+    found = decoder_layers(model)
+    if found is None:
+        raise TrainingError("top_layers needs a model with a list of decoder layers; this one has none that cotune finds")
+    return sorted({n.rsplit(".", 1)[-1] for n, m in found[2].named_modules() if isinstance(m, torch.nn.Linear)})
+
+
+def _top_layers(model: Any, config: LoRAConfig) -> list[int] | None:
+    """The indices of the last ``config.top_layers`` decoder layers (None: every layer)."""
+    if config.top_layers is None:
+        return None
+    n = model.config.num_hidden_layers
+    if config.top_layers > n:
+        raise TrainingError(f"top_layers={config.top_layers}, but the model has {n} decoder layers; choose 1..{n}")
+    return list(range(n - config.top_layers, n))

@@ -1,0 +1,84 @@
+"""`Trainer`: the seam between the Θ step and whatever trains its LoRA adapter.
+
+`cotune.optimize.finetune.BootstrapFinetune` turns kept traces into chat examples and hands them to a
+trainer; the trainer returns an unmerged PEFT adapter folder with cotune's metadata beside it
+(``cotune_adapter.json``) and a `TrainResult`. Everything else in the Θ step — traces, coverage, binding the
+adapter to the program or loading it into a server — does not depend on how the adapter was trained.
+
+- ``"local"`` (`LocalTrainer`, the default): cotune's own PEFT loop in this process (`train_lora`):
+  completion-only loss, logits only where there is a loss, length-grouped batches, a cached frozen trunk
+  with ``top_layers``. Fast on a CPU and on one GPU.
+
+A trainer is any object with ``name`` and this ``train`` method; pass it as ``BootstrapFinetune(trainer=...)``.
+
+Example:
+    >>> resolve_trainer("local").name
+    'local'
+    >>> resolve_trainer("deepspeed")
+    Traceback (most recent call last):
+    ...
+    cotune.errors.UnknownChoiceError: unknown trainer 'deepspeed'; choose one of: local
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from cotune.errors import ConfigError, UnknownChoiceError
+from cotune.events import EventSink
+from cotune.training.config import LoRAConfig
+from cotune.training.lora import TrainResult, train_lora
+from cotune.training.sft_data import ChatExample
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """Trains one LoRA adapter on chat examples (loss on the completions only) and saves it to ``output_dir``."""
+
+    name: str
+
+    def train(
+        self, examples: Sequence[ChatExample], *, base_model_path: str | Path, output_dir: str | Path,
+        config: LoRAConfig, base_model: str | None = None, init_adapter: str | Path | None = None,
+        events: EventSink | None = None,
+    ) -> TrainResult: ...  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LocalTrainer:
+    """cotune's PEFT loop, in this process (`cotune.training.lora.train_lora`)."""
+
+    name: str = "local"
+
+    def train(
+        self, examples: Sequence[ChatExample], *, base_model_path: str | Path, output_dir: str | Path,
+        config: LoRAConfig, base_model: str | None = None, init_adapter: str | Path | None = None,
+        events: EventSink | None = None,
+    ) -> TrainResult:  # fmt: skip
+        return train_lora(examples, base_model_path=base_model_path, output_dir=output_dir, config=config,
+                          base_model=base_model, init_adapter=init_adapter, events=events)  # fmt: skip
+
+
+TRAINERS: dict[str, type] = {"local": LocalTrainer}
+
+
+def resolve_trainer(spec: str | Trainer) -> Trainer:
+    """A trainer from its registered name, or ``spec`` itself when it already is one.
+
+    Raises:
+        UnknownChoiceError: an unknown name (the registered ones are listed).
+        ConfigError: an object without ``name`` and ``train``.
+    """
+    if isinstance(spec, str):
+        if spec not in TRAINERS:
+            raise UnknownChoiceError("trainer", spec, sorted(TRAINERS))
+        return TRAINERS[spec]()
+    if not isinstance(spec, Trainer):
+        raise ConfigError(
+            f"trainer must be a name ({', '.join(sorted(TRAINERS))}) or an object with `name` and "
+            f"`train(examples, *, base_model_path, output_dir, config, ...)`; got {type(spec).__name__}"
+        )
+    return spec

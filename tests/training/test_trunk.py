@@ -1,0 +1,156 @@
+"""The frozen-trunk cache (``LoRAConfig.top_layers``): exact, checked, and a real speed-up on SmolLM2.
+
+Tiny randomly initialized models (SmolLM2's tokenizer, a few layers) make the exactness checks fast; the
+integration test trains the real SmolLM2-135M on its top layers and serves the adapter.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from cotune.errors import ConfigError, TrainingError
+from cotune.training import ChatExample, LoRAConfig, train_lora
+from cotune.training import lora as lora_mod
+from cotune.training.trunk import TrunkCache, decoder_layers, first_trained_layer, top_only
+
+SYSTEM = "Given the petal length of an iris flower in cm, name its species.\n\nReply in exactly this format:\nSpecies: <name>"
+
+
+def example(length: float) -> ChatExample:
+    species = "setosa" if length < 2.5 else ("versicolor" if length < 4.9 else "virginica")
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Petal Length: {length}"}]
+    return ChatExample.create(messages, f"Species: {species}", "classify")
+
+
+EXAMPLES = [example(x) for x in (1.4, 1.5, 4.0, 4.5, 5.6, 6.1, 1.3, 5.1, 12.25, 3.0)]  # lengths differ: padding
+
+
+@pytest.fixture(scope="module")
+def smol_path():
+    from cotune.lm import registry
+
+    lm = registry.load("smollm2-135m", dtype="float32", cache=False)
+    yield lm.model_path
+    lm.close()
+
+
+def tiny_model(tmp_path, smol_path, family: str = "llama"):
+    """A 4-layer random model of ``family`` with SmolLM2's tokenizer, saved as a local model folder."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smol_path)
+    sizes = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512)  # fmt: skip
+    torch.manual_seed(0)
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**sizes))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=4, n_head=4, n_positions=512,
+                                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    folder = tmp_path / family
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def run(folder, out, monkeypatch=None, no_cache=False, **lora):
+    if no_cache:
+        monkeypatch.setattr(lora_mod, "_trunk", lambda *a, **k: None)
+    config = LoRAConfig(r=4, alpha=8, epochs=2, batch_size=3, learning_rate=5e-3, warmup_ratio=0.0, **lora)
+    events = []
+    result = train_lora(EXAMPLES, base_model_path=folder, output_dir=out, config=config, events=events.append)
+    start = next(e for e in events if e.name == "finetune.start")
+    return result, start.fields["frozen_trunk_layers"]
+
+
+@pytest.mark.integration
+def test_cached_trunk_trains_exactly_like_the_full_forward(tmp_path, smol_path, monkeypatch):
+    folder = tiny_model(tmp_path, smol_path)
+    cached, frozen = run(folder, tmp_path / "cached", top_layers=2)
+    assert frozen == 2  # layers 0-1 ran once per example
+    full, frozen_full = run(folder, tmp_path / "full", monkeypatch, no_cache=True, top_layers=2)
+    assert frozen_full == 0
+    assert cached.steps == full.steps == 8
+    assert cached.losses == pytest.approx(full.losses, rel=1e-4, abs=1e-6)
+    assert cached.losses[-1] < cached.losses[0]
+
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "cached" / "adapter_model.safetensors"), load_file(tmp_path / "full" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(".layers.2." in k or ".layers.3." in k for k in a)
+    assert all((a[k] - b[k]).abs().max() < 1e-4 for k in a)
+
+
+@pytest.mark.integration
+def test_a_model_that_transforms_its_inputs_is_caught_and_trains_through_every_layer(tmp_path, smol_path, monkeypatch):
+    folder = tiny_model(tmp_path, smol_path, family="gpt2")  # GPT-2 adds position embeddings to inputs_embeds
+    with pytest.warns(RuntimeWarning, match="does not reproduce this model's forward"):
+        checked, frozen = run(folder, tmp_path / "checked", top_layers=2, target_modules=("c_attn",))
+    assert frozen == 0
+    full, _ = run(folder, tmp_path / "full", monkeypatch, no_cache=True, top_layers=2, target_modules=("c_attn",))
+    assert checked.losses == pytest.approx(full.losses, rel=1e-5)
+
+
+@pytest.mark.integration
+def test_layer_list_and_first_trained_layer(tmp_path, smol_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model(tmp_path, smol_path))
+    parent, name, layers = decoder_layers(model)
+    assert name == "layers" and len(layers) == 4
+    peft = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[3]))
+    assert first_trained_layer(peft) == 3
+    with top_only(peft, 3):
+        assert list(getattr(parent, name)) == [layers[3]]
+    assert getattr(parent, name) is layers  # restored
+    full = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert first_trained_layer(full) == 0
+    head = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "llama"),
+                          LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[3], modules_to_save=["lm_head"]))
+    assert first_trained_layer(head) is None  # a trained head outside the layers: no cache
+    from transformers import AutoTokenizer
+
+    from cotune.training.sft_data import tokenize
+
+    tokenized = [tokenize(e, AutoTokenizer.from_pretrained(tmp_path / "llama"), 256) for e in EXAMPLES]
+    assert TrunkCache.build(peft, 3, tokenized, 0, "cpu", 4, max_bytes=1000) is None  # over the memory budget
+    cache = TrunkCache.build(peft, 3, tokenized, 0, "cpu", 4)
+    assert [s.shape for s in cache.states] == [torch.Size([len(t), 32]) for t in tokenized]
+
+
+@pytest.mark.integration
+def test_too_many_top_layers_names_the_model_depth(tmp_path, smol_path):
+    with pytest.raises(TrainingError, match="top_layers=9, but the model has 4 decoder layers; choose 1..4"):
+        run(tiny_model(tmp_path, smol_path), tmp_path / "x", top_layers=9)
+
+
+def test_top_layers_must_be_a_positive_integer():
+    with pytest.raises(ConfigError, match=r"top_layers=0 \(must be an integer >= 1\)"):
+        LoRAConfig(top_layers=0)
+    assert LoRAConfig(top_layers=4).to_dict()["top_layers"] == 4
+
+
+@pytest.mark.integration
+def test_smollm2_top_layers_adapter_serves_and_changes_answers(smol_path, tmp_path):
+    from cotune.lm import registry
+
+    config = LoRAConfig(r=8, alpha=16, epochs=3, batch_size=4, learning_rate=3e-3, warmup_ratio=0.0, top_layers=6)
+    events = []
+    result = train_lora(EXAMPLES, base_model_path=smol_path, output_dir=tmp_path / "ad", config=config,
+                        events=events.append)  # fmt: skip
+    assert next(e for e in events if e.name == "finetune.start").fields["frozen_trunk_layers"] == 24
+    assert result.final_loss < result.losses[0] / 2, result.losses
+    lm = registry.load("smollm2-135m", dtype="float32", cache=False)
+    try:
+        prompt = example(4.7).chat
+        base = lm(prompt, max_tokens=8).text
+        tuned = lm.with_adapter(str(tmp_path / "ad"))(prompt, max_tokens=8).text
+        assert tuned.startswith("Species:") and tuned != base, (base, tuned)
+    finally:
+        lm.close()
+    shutil.rmtree(tmp_path / "ad")
