@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from cotune.lm.decode import MIN_SHARED_PREFIX, common_prefix, decode  # noqa: E402
+from cotune.lm.decode import MIN_SHARED_PREFIX, common_prefix, decode, prefix_groups  # noqa: E402
 from cotune.lm.hf import _seeded_sampler  # noqa: E402
 
 PAD = 0
@@ -139,3 +139,36 @@ def test_common_prefix_leaves_each_row_a_token_of_its_own():
     assert common_prefix(ids, mask) == 2
     ids, mask = left_padded([[1, 2, 3], [1, 5, 3]])
     assert common_prefix(ids, mask) == 1
+
+
+OTHER = [50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67]  # 18 tokens shared by another group
+
+
+def test_rows_of_several_prompts_share_their_own_prefixes_with_the_same_outputs(model):
+    # Two "programs" (prefixes SHARED and OTHER) interleaved in one batch, plus a row alike neither.
+    prompts = [SHARED + [5, 6], OTHER + [7], SHARED + [30, 31, 32], [3, 4, 9], OTHER + [8, 9], SHARED + [5]]
+    ids, mask = left_padded(prompts)
+    groups = prefix_groups(ids, mask)
+    assert sorted((sorted(rows), s) for rows, s in groups) == [([0, 2, 5], 20), ([1, 4], 18), ([3], 0)]
+    calls = []
+    hook = model.register_forward_pre_hook(lambda _m, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)  # fmt: skip
+    try:
+        with torch.inference_mode():
+            got = decode(model, ids, mask, max_new_tokens=10, stop_ids=[])
+    finally:
+        hook.remove()
+    assert sorted(calls[:2]) == [(1, 18), (1, 20)]  # each group's prefix, once
+    assert calls[2] == (6, 3)  # then every row's own tokens (at most 3) in one batch
+    assert got == reference(model, ids, mask, 10, [])
+    with torch.inference_mode():
+        assert decode(model, ids, mask, max_new_tokens=10, stop_ids=[], share_prefix=False) == got
+
+
+def test_groups_are_cut_where_sharing_saves_tokens():
+    # Alike only in 16 tokens: one group of 16 would save 16, two groups save more.
+    base = list(range(100, 116))
+    prompts = [base + [1] * 30 + [2], base + [1] * 30 + [3], base + [7] * 30 + [4], base + [7] * 30 + [5]]
+    ids, mask = left_padded(prompts)
+    assert sorted((sorted(rows), s) for rows, s in prefix_groups(ids, mask)) == [([0, 1], 46), ([2, 3], 46)]
+    ids, mask = left_padded([[1, 2, 3], [4, 5, 6]])  # nothing in common
+    assert prefix_groups(ids, mask) == [([0], 0), ([1], 0)]

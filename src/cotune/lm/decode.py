@@ -5,9 +5,10 @@ rows are padded, their attention still computed) and runs a general-purpose step
 pass. cotune's calls need less: greedy or seeded sampling, logits processors that know which rows are
 still live (`cotune.lm.constrain`), end-of-text tokens and a token limit. `decode` does exactly that:
 
-- one prefill of the left-padded prompts, keeping only the last position's logits; the tokens every
-  prompt of the batch starts with (a predictor's instruction and demos) are computed once and their KV
-  cache shared by all rows;
+- one prefill of the left-padded prompts, keeping only the last position's logits; rows whose prompts
+  start alike (a predictor's instruction and demos) are grouped, each group's shared tokens are computed
+  once and their KV cache shared by its rows (`prefix_groups`: a batch that mixes several programs' calls,
+  e.g. prompt candidates evaluated side by side, computes each candidate's demos once, not once per row);
 - each step: processors, argmax, then rows that produced an end token (or reached the limit) are dropped
   from the token batch, the attention mask and the KV cache, and padding columns no live row needs any
   more are cut from the left;
@@ -54,9 +55,9 @@ def decode(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: i
     batch = input_ids.shape[0]
     cache = DynamicCache(config=model.config)
     cache.layers = [_growing(layer) for layer in cache.layers]
-    shared = common_prefix(input_ids, attention_mask) if share_prefix and batch > 1 else 0
-    if shared >= MIN_SHARED_PREFIX:
-        out, mask, positions = _prefill_shared(model, input_ids, attention_mask, shared, cache)
+    groups = prefix_groups(input_ids, attention_mask) if share_prefix and batch > 1 else []
+    if any(shared for _, shared in groups):
+        out, mask, positions = _prefill_grouped(model, input_ids, attention_mask, groups, cache)
     else:
         mask = attention_mask
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -106,29 +107,102 @@ def common_prefix(input_ids: Any, attention_mask: Any) -> int:
     return min(shared, shortest - 1)
 
 
-def _prefill_shared(model: Any, input_ids: Any, attention_mask: Any, shared: int, cache: Any):
-    """Prefill the ``shared`` leading tokens once, then every row's own tokens on top of them.
+def prefix_groups(input_ids: Any, attention_mask: Any, min_shared: int = MIN_SHARED_PREFIX) -> list[tuple[list[int], int]]:
+    """Partition the rows into groups that share a leading run of tokens: ``[(rows, shared length), ...]``.
 
-    The rows are laid out as [shared prefix | padding | own tokens]: the mask hides the padding and the
-    position ids continue from the prefix, so each row sees exactly its own prompt.
+    Rows sorted by their tokens put alike prompts next to each other; the cut into runs minimizes the tokens
+    the prefill computes (a group's shared tokens once, plus every row's own), each separate prefix call
+    counting as ``min_shared`` tokens of overhead, by dynamic programming over the sorted rows (a batch is at
+    most a few dozen rows). A group shares nothing (length 0) when its rows have fewer than ``min_shared``
+    tokens in common; every row keeps at least one token of its own.
+    """
+    starts = (attention_mask.shape[1] - attention_mask.sum(dim=1)).tolist()
+    rows = [input_ids[i, s:].tolist() for i, s in enumerate(starts)]
+    order = sorted(range(len(rows)), key=lambda i: rows[i])
+    n = len(order)
+    adjacent = [_lcp(rows[order[k]], rows[order[k + 1]]) for k in range(n - 1)]
+
+    def shared(a: int, b: int) -> int:  # rows order[a..b] inclusive
+        if a == b:
+            return 0
+        common = min(min(adjacent[a:b]), min(len(rows[order[k]]) for k in range(a, b + 1)) - 1)
+        return common if common >= min_shared else 0
+
+    best = [0.0] + [float("inf")] * n  # best[k]: least cost of the first k sorted rows
+    cut = [0] * (n + 1)
+    for b in range(n):
+        for a in range(b, -1, -1):
+            s = shared(a, b)
+            size = b - a + 1
+            cost = best[a] + sum(len(rows[order[k]]) for k in range(a, b + 1)) - (size - 1) * s + (min_shared if s else 0)
+            if cost < best[b + 1]:
+                best[b + 1], cut[b + 1] = cost, a
+    groups = []
+    b = n
+    while b > 0:
+        a = cut[b]
+        groups.append(([order[k] for k in range(a, b)], shared(a, b - 1)))
+        b = a
+    return groups[::-1]
+
+
+def _lcp(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _prefill_grouped(model: Any, input_ids: Any, attention_mask: Any, groups: list[tuple[list[int], int]], cache: Any):
+    """Prefill each group's shared tokens once (one row), then every row's own tokens on top, in one batch.
+
+    The rows are laid out as [padding | their group's shared tokens | padding | own tokens]: the shared KV of
+    each group is right-aligned in a block as wide as the longest, the mask hides the padding and the
+    position ids continue from the group's prefix, so each row sees exactly its own prompt.
     Returns (model output, attention mask, position ids) as a plain prefill would.
     """
     import torch
+    from transformers import DynamicCache
 
     batch = input_ids.shape[0]
     starts = (attention_mask.shape[1] - attention_mask.sum(dim=1)).tolist()
-    prefix = input_ids[:1, starts[0] : starts[0] + shared]
-    model(input_ids=prefix, position_ids=torch.arange(shared, device=prefix.device)[None], past_key_values=cache,
-          use_cache=True, logits_to_keep=1)  # fmt: skip
-    cache.batch_repeat_interleave(batch)
-    # Own tokens, left-padded: dropping the first ``shared`` real tokens of each row keeps the layout.
+    shared_of = [0] * batch
+    width_shared = max(s for _, s in groups)
+    keys: list[Any] = []  # per layer: (batch, heads, width_shared, dim)
+    values: list[Any] = []
+    prefix_mask = attention_mask.new_zeros((batch, width_shared))
+    for rows, s in groups:
+        for r in rows:
+            shared_of[r] = s
+        if not s:
+            continue
+        prefix = input_ids[rows[0] : rows[0] + 1, starts[rows[0]] : starts[rows[0]] + s]
+        own_cache = DynamicCache(config=model.config)
+        model(input_ids=prefix, position_ids=torch.arange(s, device=prefix.device)[None], past_key_values=own_cache,
+              use_cache=True, logits_to_keep=1)  # fmt: skip
+        for i, layer in enumerate(own_cache.layers):
+            if len(keys) <= i:
+                shape = (batch, *layer.keys.shape[1:2], width_shared, layer.keys.shape[-1])
+                keys.append(layer.keys.new_zeros(shape))
+                values.append(layer.values.new_zeros((batch, *layer.values.shape[1:2], width_shared,
+                                                       layer.values.shape[-1])))  # fmt: skip
+            index = torch.tensor(rows, device=layer.keys.device)
+            keys[i][index, :, width_shared - s :] = layer.keys[0]
+            values[i][index, :, width_shared - s :] = layer.values[0]
+        prefix_mask[rows, width_shared - s :] = 1
+    for i in range(len(keys)):
+        cache.update(keys[i], values[i], i)
+    # Own tokens, left-padded: dropping each row's first ``shared`` real tokens keeps the layout.
     own_mask = attention_mask.clone()
-    for i, s in enumerate(starts):
-        own_mask[i, s : s + shared] = 0
+    for i, st in enumerate(starts):
+        own_mask[i, st : st + shared_of[i]] = 0
     width = int(own_mask.sum(dim=1).max())
     own_ids, own_mask = input_ids[:, -width:], own_mask[:, -width:]
-    mask = torch.cat([own_mask.new_ones((batch, shared)), own_mask], dim=1)
-    positions = (shared + own_mask.long().cumsum(-1) - 1).clamp(min=shared)
+    mask = torch.cat([prefix_mask, own_mask], dim=1)
+    offset = torch.tensor(shared_of, device=own_mask.device)[:, None]
+    positions = (offset + own_mask.long().cumsum(-1) - 1).clamp(min=0)
+    positions = torch.maximum(positions, offset)
     out = model(input_ids=own_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
                 logits_to_keep=1)  # fmt: skip
     return out, mask, positions
