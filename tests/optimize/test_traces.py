@@ -38,6 +38,38 @@ def test_rollouts_sample_with_distinct_ids_and_leave_the_teacher_alone():
     assert [t.example_index for t in passing(traces)] == [0, 1, 2, 3]
 
 
+def one_rollout_at_a_time(program, data, num_rollouts, seed):
+    """The plain loop: rollout r runs on the examples no earlier rollout passed."""
+    from cotune.evaluate.evaluate import evaluate
+    from cotune.optimize.traces import _sampling_copy
+
+    out, todo = [], list(range(len(data)))
+    for r in range(num_rollouts):
+        if not todo:
+            break
+        runner = program if r == 0 else _sampling_copy(program, 1.0, seed * 1000 + r)
+        result = evaluate(runner, [data[i] for i in todo], metric, num_threads=2)
+        out += [(todo[row.index], 0 if r == 0 else seed * 1000 + r, row.score) for row in result.rows]
+        todo = [todo[row.index] for row in result.rows if row.score < 1]
+    return out
+
+
+@pytest.mark.parametrize("n_examples", [3, 40, 70])
+def test_rollouts_grouped_into_full_rounds_keep_the_traces_of_one_rollout_at_a_time(n_examples):
+    # number n is right only on the rollout id whose last digit is n mod 7: later rollouts pass more examples
+    def right_when(number, config, messages):
+        return config.rollout_id % 10 == int(number) % 7
+
+    program = Parity().bind(parity_lm(right_when=right_when))
+    data = parity_data(range(100, 100 + n_examples))
+    traces = collect_traces(program, data, metric, num_rollouts=9, temperature=1.0, num_threads=4, seed=3,
+                            stop_at_first_pass=True)  # fmt: skip
+    assert [(t.example_index, t.rollout_id, t.score) for t in traces] == one_rollout_at_a_time(program, data, 9, 3)
+    assert {t.example_index for t in traces if t.score == 1} == set(range(n_examples))  # each passes at one id
+    last_needed = 3000 + max((100 + i) % 7 for i in range(n_examples))
+    assert max(t.rollout_id for t in traces) == last_needed  # nothing kept after the last first pass
+
+
 def test_threshold_and_deduplication():
     def step(n):
         return TraceStep("label", {"n": n}, {"label": "x"}, [{"role": "user", "content": n}], "Label: x")

@@ -98,6 +98,9 @@ class Trace:
         return cls(**d)
 
 
+ROUND_FILL = 64  # calls per round that sampled rollouts are grouped up to (a local engine's batch)
+
+
 def collect_traces(
     teacher: Program | Any,
     examples: Sequence[Example],
@@ -134,26 +137,33 @@ def collect_traces(
     model = lm.spec() if lm is not None and hasattr(lm, "spec") else None
     traces: list[Trace] = []
     todo = list(range(len(examples)))
-    for r in range(num_rollouts):
-        if not todo:
-            break
-        runner, temp = teacher, None
-        if r > 0:
-            temp, runner = temperature, _sampling_copy(teacher, temperature, seed * 1000 + r, min_p)
-        desc = "collect traces" if num_rollouts == 1 else f"collect traces (rollout {r + 1}/{num_rollouts})"
+    fill = min(len(examples), ROUND_FILL)
+    r = 0
+    while r < num_rollouts and todo:
+        # Rollouts after the first are sampled several at a time when few examples are left, so each round
+        # is about as large as the first (a local engine batches them); with stop_at_first_pass the runs
+        # after an example's first pass are dropped, so the traces are those of one rollout at a time.
+        width = 1 if r == 0 else min(num_rollouts - r, max(1, -(-fill // len(todo))))
+        ids = list(range(r, r + width))
         subset = [examples[i] for i in todo]
-        result = evaluate(runner, subset, metric, num_threads=num_threads, events=events, description=desc)
-        passed = set()
-        for row in result.rows:
-            index = todo[row.index]
-            trace = Trace(index, row.inputs, row.labels, row.prediction, row.score, list(row.trace),
-                          rollout_id=0 if r == 0 else seed * 1000 + r, temperature=temp, program=fingerprint,
-                          model=model, seed=seed, error=row.error)  # fmt: skip
-            traces.append(trace)
-            if trace.passed(threshold):
-                passed.add(index)
+        results = _run_rollouts(teacher, subset, metric, ids, temperature, seed, min_p, num_threads, num_rollouts,
+                                events)  # fmt: skip
+        passed: dict[int, int] = {}  # example index → the first rollout of this round that passed
+        for rollout, result in zip(ids, results, strict=True):
+            for row_index, index in enumerate(todo):
+                if stop_at_first_pass and passed.get(index, rollout) < rollout:
+                    continue  # one rollout at a time would not have run this one
+                row = result.rows[row_index]
+                temp = None if rollout == 0 else temperature
+                trace = Trace(index, row.inputs, row.labels, row.prediction, row.score, list(row.trace),
+                              rollout_id=0 if rollout == 0 else seed * 1000 + rollout, temperature=temp,
+                              program=fingerprint, model=model, seed=seed, error=row.error)  # fmt: skip
+                traces.append(trace)
+                if trace.passed(threshold):
+                    passed.setdefault(index, rollout)
         if stop_at_first_pass:
             todo = [i for i in todo if i not in passed]
+        r += width
     emit(events, "traces.collected", n=len(traces), passed=sum(t.passed() for t in traces))
     return traces
 
@@ -304,6 +314,25 @@ def _lm_of(program: Any) -> Any:
         except ConfigError:  # predictors on different LMs (one adapter per predictor)
             return program.predictors()[0].lm if program.predictors() else None
     return getattr(program, "lm", None)
+
+
+def _run_rollouts(teacher, subset, metric, ids, temperature, seed, min_p, num_threads, num_rollouts, events) -> list:
+    """Evaluate the teacher on ``subset`` once per rollout id in ``ids``, all at the same time (one result each)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(rollout: int) -> Any:
+        runner = teacher if rollout == 0 else _sampling_copy(teacher, temperature, seed * 1000 + rollout, min_p)
+        if num_rollouts == 1:
+            desc = "collect traces"
+        else:
+            desc = f"collect traces (rollout {rollout + 1}/{num_rollouts})"
+        threads = max(1, num_threads // len(ids))  # the round's calls in flight stay at num_threads
+        return evaluate(runner, subset, metric, num_threads=threads, events=events, description=desc)
+
+    if len(ids) == 1:
+        return [one(ids[0])]
+    with ThreadPoolExecutor(len(ids)) as pool:
+        return list(pool.map(one, ids))
 
 
 def _sampling_copy(teacher: Any, temperature: float, rollout_id: int, min_p: float = 0.0) -> Any:
