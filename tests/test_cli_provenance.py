@@ -134,7 +134,9 @@ def test_run_set_reaches_any_config_field_and_merges_into_the_yaml(tmp_path):
     settings = _params(["prompt.optimizer=knn", "prompt.params.k=5", "weights.lora.epochs=3", "seeds=[0, 1]"], "--set")
     cfg = commands.experiment_config(path, {"threads": 2} | settings)
     assert (cfg.prompt.optimizer, cfg.prompt.params, cfg.prompt.num_candidates) == ("knn", {"k": 5}, 4)
-    assert cfg.weights.lora == {"r": 8, "epochs": 3} and cfg.seeds == [0, 1] and cfg.threads == 2
+    # the YAML's and --set's LoRA fields over Iris's run defaults (top 8 layers, 10 epochs at 3e-3)
+    assert cfg.weights.lora == {"r": 8, "epochs": 3, "top_layers": 8, "learning_rate": 3e-3}
+    assert cfg.seeds == [0, 1] and cfg.threads == 2
     with pytest.raises(ConfigError, match=r"prompt: optimizer 'knn' has no hyperparameter kk"):
         commands.experiment_config(None, _params(["prompt.optimizer=knn", "prompt.params.kk=5"], "--set"))
     with pytest.raises(ConfigError, match="prompt.bogus: unknown field"):
@@ -154,3 +156,33 @@ def test_finetune_param_reaches_any_hyperparameter_and_is_checked_before_the_mod
     with pytest.raises(ConfigError, match="invalid LoRAConfig: r=0"):
         finetune(**{"lora.r": 0})  # -P lora.r=0 wins over --lora-r 8
     assert fake_model == []  # no model was loaded for a bad setting
+
+
+def test_finetune_takes_the_tasks_run_defaults_for_what_no_option_sets(tmp_path, monkeypatch):
+    import cotune.optimize.registry as registry
+
+    seen = {}
+
+    class Built(Exception):
+        pass
+
+    def capture(name, metric, **params):
+        seen.update(params)
+        raise Built
+
+    monkeypatch.setattr(registry, "build_optimizer", capture)
+    console, out, _ = consoles()
+
+    def finetune(**options):
+        with pytest.raises(Built):
+            optimize_cmds.run_finetune(task="iris", model="fake", out_dir=tmp_path / "ft", lora={"epochs": 4},
+                                       traces=None, threshold=None, data_dir=None, threads=1, seed=0, cache=False,
+                                       evaluate_on=None, console=console, out=out, **options)  # fmt: skip
+        return dict(seen)
+
+    iris = finetune()
+    assert (iris["num_rollouts"], iris["rollout_temperature"], iris["stop_at_first_pass"], iris["keep_demos"]) == (
+        16, 2.0, True, False)  # fmt: skip
+    assert iris["lora"] == {"top_layers": 8, "epochs": 4, "learning_rate": 3e-3, "seed": 0}  # --epochs wins
+    mine = finetune(rollouts=2, stop_at_first_pass=False, keep_demos=True)
+    assert (mine["num_rollouts"], mine["stop_at_first_pass"], mine["keep_demos"]) == (2, False, True)

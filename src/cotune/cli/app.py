@@ -134,11 +134,12 @@ def finetune_cmd(
     batch_size: Annotated[int | None, typer.Option(help="Sequences per step.")] = None,
     traces: Annotated[Path | None, typer.Option(help="Reuse traces saved as JSONL instead of running the teacher.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Keep traces scoring at least this (default: full marks, score >= 1).")] = None,
-    rollouts: Annotated[int, typer.Option(min=1, help="Runs per training example; runs after the first sample at --rollout-temperature.")] = 1,
-    rollout_temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature of the rollouts after the first.")] = 0.7,
-    stop_at_first_pass: Annotated[bool, typer.Option("--stop-at-first-pass", help="No more rollouts for an example once one passed.")] = False,
+    rollouts: Annotated[int | None, typer.Option(min=1, help="Runs per training example; runs after the first sample at --rollout-temperature. Default: the task's run defaults (`cotune tasks`), else 1.")] = None,
+    rollout_temperature: Annotated[float | None, typer.Option(min=0.0, help="Sampling temperature of the rollouts after the first. Default: the task's, else 0.7.")] = None,
+    stop_at_first_pass: Annotated[bool | None, typer.Option("--stop-at-first-pass/--all-rollouts", help="No more rollouts for an example once one passed. Default: the task's, else all rollouts.")] = None,
     fill_with_labels: Annotated[bool, typer.Option("--fill-with-labels", help="Also train on the gold labels of examples no run got right.")] = False,
-    strip_demos: Annotated[bool, typer.Option("--strip-demos", help="Train on (and serve) prompts without the few-shot demos.")] = False,
+    strip_demos: Annotated[bool | None, typer.Option("--strip-demos/--keep-demos", help="Train on (and serve) prompts without the few-shot demos. Default: the task's, else keep them.")] = None,
+    top_layers: Annotated[int | None, typer.Option("--top-layers", min=1, help="LoRA on the last N decoder layers only (the layers below run once per example). Default: the task's, else every layer.")] = None,
     param: ParamOpt = None,
     eval_split: EvalSplitOpt = "test",
     data_dir: DataDirOpt = None,
@@ -152,11 +153,12 @@ def finetune_cmd(
     from cotune.cli.optimize_cmds import run_finetune
 
     lora = {k: v for k, v in {"r": lora_r, "alpha": lora_alpha, "epochs": epochs, "learning_rate": lr,
-                              "batch_size": batch_size}.items() if v is not None}
+                              "batch_size": batch_size, "top_layers": top_layers}.items() if v is not None}
     run_finetune(task=task, model=model, out_dir=out_dir, lora=lora, traces=traces, threshold=threshold,
                  data_dir=data_dir, threads=threads, seed=seed, cache=not no_cache, evaluate_on=eval_split or None,
                  console=console, out=out, rollouts=rollouts, rollout_temperature=rollout_temperature,
-                 stop_at_first_pass=stop_at_first_pass, fill_with_labels=fill_with_labels, keep_demos=not strip_demos,
+                 stop_at_first_pass=stop_at_first_pass, fill_with_labels=fill_with_labels,
+                 keep_demos=None if strip_demos is None else not strip_demos,
                  split_seed=split_seed, force=force, params=_params(param, "--param"), base_url=base_url,
                  base_model=base_model)
 

@@ -92,11 +92,13 @@ def candidates_table(opt: Any) -> Table | None:
 def run_finetune(
     *, task: str, model: str | None, out_dir: Path, lora: dict[str, Any], traces: Path | None, threshold: float | None,
     data_dir: Path | None, threads: int, seed: int, cache: bool, evaluate_on: str | None, console: Console, out: Console,
-    rollouts: int = 1, fill_with_labels: bool = False, keep_demos: bool = True, split_seed: int = 0, force: bool = False,
-    rollout_temperature: float = 0.7, stop_at_first_pass: bool = False, params: dict[str, Any] | None = None,
+    rollouts: int | None = None, fill_with_labels: bool = False, keep_demos: bool | None = None, split_seed: int = 0,
+    force: bool = False, rollout_temperature: float | None = None, stop_at_first_pass: bool | None = None,
+    params: dict[str, Any] | None = None,
     base_url: str | None = None, base_model: str | None = None,
 ) -> None:
-    """``params`` (``-P``) reach any `BootstrapFinetune` hyperparameter and win over the named options."""
+    """``params`` (``-P``) reach any `BootstrapFinetune` hyperparameter and win over the named options; what
+    neither sets (None) comes from the task's measured run defaults (``weights``), then the optimizer's own."""
     from cotune.errors import ConfigError
     from cotune.optimize.registry import build_optimizer, merge, nest
 
@@ -104,10 +106,16 @@ def run_finetune(
     if base_model and not base_url:
         raise ConfigError("`--base-model` is for a program on a server: give the server with `--base-url URL`")
     the_task = _task(task, data_dir, split_seed)
-    named = dict(lora={"seed": seed, **lora}, metric_threshold=threshold, output_dir=str(out_dir),
-                 traces=str(traces) if traces else None, num_rollouts=rollouts, rollout_temperature=rollout_temperature,
-                 stop_at_first_pass=stop_at_first_pass, fill_with_labels=fill_with_labels, keep_demos=keep_demos,
-                 num_threads=threads, seed=seed, base_model=base_model)  # fmt: skip
+    from cotune.tasks import task_info
+
+    given = {"num_rollouts": rollouts, "rollout_temperature": rollout_temperature,
+             "stop_at_first_pass": stop_at_first_pass, "keep_demos": keep_demos}  # fmt: skip
+    task_defaults = dict(task_info(task).run_defaults.get("weights", {}))
+    named = {k: v for k, v in task_defaults.items() if k in given or k == "lora"}
+    named = merge(named, {k: v for k, v in given.items() if v is not None})
+    named = merge(named, dict(lora={"seed": seed, **lora}, metric_threshold=threshold, output_dir=str(out_dir),
+                              traces=str(traces) if traces else None, fill_with_labels=fill_with_labels,
+                              num_threads=threads, seed=seed, base_model=base_model))  # fmt: skip
     opt = build_optimizer("finetune", the_task.metric, **merge(named, nest(params or {})))
     program = _bind(the_task, model, cache, console, base_url)  # hyperparameters checked before the model loads
     events = RichEvents(console)
