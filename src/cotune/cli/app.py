@@ -25,8 +25,18 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(cache_app, name="cache")
-console = Console(stderr=True)
-out = Console()
+
+
+def _wide(console: Console) -> Console:
+    """Without a terminal (a log file, CI, nohup) rich assumes 80 columns and cuts table headings; use 160
+    unless $COLUMNS says otherwise."""
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 160
+    return console
+
+
+console = _wide(Console(stderr=True))
+out = _wide(Console())
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registry name (see `cotune models`), local folder, .gguf file or hub id.")]
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Built-in task (see `cotune tasks`).")]
