@@ -61,3 +61,29 @@ def test_plain_progress_lines_without_a_terminal():
     lines = buf.getvalue().splitlines()
     assert lines[0].startswith("seed 0 p: dev 50.0%  test 25.0%") and "[1/2 nodes, about" in lines[0]
     assert lines[1].startswith("seed 0 w: FAILED (infrastructure): server down") and "[2/2 nodes]" in lines[1]
+
+
+def test_plain_progress_time_left_weighs_each_node_by_its_kind(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from cotune.cli import render
+    from cotune.events import Event
+
+    clock = [0.0]
+    monkeypatch.setattr(render.time, "monotonic", lambda: clock[0])
+    buf = io.StringIO()
+    sink = render.RichEvents(Console(file=buf, force_terminal=False, width=200))
+    sink(Event("run.start", {"nodes": 5, "node_kinds": ["eval", "p", "w", "eval", "w"]}))
+
+    def node(strategy, seconds, seed=0):
+        sink(Event("node.start", {"seed": seed, "strategy": strategy}))
+        clock[0] += seconds
+        sink(Event("node.done", {"seed": seed, "strategy": strategy, "dev": 0.5, "test": 0.5}))
+        return buf.getvalue().splitlines()[-1]
+
+    assert "time left known after the first Π (p), Θ (w) step" in node("zero-shot", 10)
+    assert "time left known after the first Θ (w) step" in node("p", 40)
+    assert "[3/5 nodes, about 1m50s left]" in node("w", 100)  # one zero-shot (10 s) and one Θ node (100 s) left
+    assert "[4/5 nodes, about 1m40s left]" in node("zero-shot", 10, seed=1)

@@ -62,6 +62,7 @@ def test_run_directory_contents(tmp_path):
     events = [e["event"] for e in run.events()]
     assert events[0] == "run.start" and events[-1] == "run.done"
     assert events.count("node.done") == 3
+    assert list(run.events())[0]["node_kinds"] == ["eval", "p", "w"]  # what each node's last step is, for the ETA
 
 
 def _interrupt_at(event_name: str, k: int):

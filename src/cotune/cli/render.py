@@ -27,6 +27,9 @@ class RichEvents:
         self._started = time.monotonic()
         self._nodes_total: int | None = None
         self._nodes_seen = 0
+        self._kinds_left: list[str] | None = None  # the last step kind of every node not yet finished
+        self._node_started: dict[tuple[Any, Any], float] = {}
+        self._seconds_by_kind: dict[str, list[float]] = {}
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -44,7 +47,7 @@ class RichEvents:
 
     def __call__(self, event: Event) -> None:
         f = event.fields
-        if self._plain and event.name in ("run.start", "node.done", "node.failed", "node.skipped"):
+        if self._plain and event.name in ("run.start", "node.start", "node.done", "node.failed", "node.skipped"):
             self._plain_line(event.name, f)
         with self._lock:
             if event.name == "progress.start":
@@ -72,7 +75,17 @@ class RichEvents:
     def _plain_line(self, name: str, f: dict[str, Any]) -> None:
         if name == "run.start":
             self._nodes_total, self._started = f.get("nodes"), time.monotonic()
+            self._kinds_left = list(f["node_kinds"]) if f.get("node_kinds") else None
             return
+        key = (f.get("seed"), f.get("strategy"))
+        if name == "node.start":
+            self._node_started[key] = time.monotonic()
+            return
+        kind = _node_kind(str(f.get("strategy", "")))
+        if self._kinds_left is not None and kind in self._kinds_left:
+            self._kinds_left.remove(kind)
+        if name == "node.done" and key in self._node_started:
+            self._seconds_by_kind.setdefault(kind, []).append(time.monotonic() - self._node_started.pop(key))
         self._nodes_seen += 1
         elapsed = time.monotonic() - self._started
         where = f"seed {f.get('seed')} {f.get('strategy')}"
@@ -86,9 +99,28 @@ class RichEvents:
         if self._nodes_total:
             done = f"{self._nodes_seen}/{self._nodes_total}"
             rest = self._nodes_total - self._nodes_seen
-            eta = f", about {_clock(elapsed / self._nodes_seen * rest)} left" if rest > 0 else ""
+            eta = f", {self._eta(elapsed, rest)}" if rest > 0 else ""
             left = f"  [{done} nodes{eta}]"
         self.console.print(f"{where}: {what}  ({_clock(elapsed)} elapsed){left}", highlight=False, markup=False)
+
+
+    def _eta(self, elapsed: float, rest: int) -> str:
+        """The time left: each node left at the mean time of finished nodes of its kind (a Θ node costs several
+        times a zero-shot one); until a kind has finished once, say so rather than guess."""
+        if self._kinds_left is None:
+            return f"about {_clock(elapsed / self._nodes_seen * rest)} left"
+        unseen = [k for k in dict.fromkeys(self._kinds_left) if k not in self._seconds_by_kind]
+        if unseen:
+            return f"time left known after the first {', '.join(_KIND_NAMES.get(k, k) for k in unseen)} step"
+        left = sum(sum(self._seconds_by_kind[k]) / len(self._seconds_by_kind[k]) for k in self._kinds_left)
+        return f"about {_clock(left)} left"
+
+
+_KIND_NAMES = {"p": "Π (p)", "w": "Θ (w)", "eval": "zero-shot"}
+
+
+def _node_kind(strategy: str) -> str:
+    return strategy.split("-")[-1] if strategy and strategy != "zero-shot" else "eval"
 
 
 def _clock(seconds: float) -> str:

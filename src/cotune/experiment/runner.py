@@ -93,7 +93,8 @@ class Runner:
         strategies = parse_strategies(cfg.strategies)
         prefixes = node_prefixes(strategies)
 
-        emit(events, "run.start", run_dir=str(run.path), task=cfg.task, model=cfg.model, nodes=len(prefixes) * len(cfg.seeds))
+        emit(events, "run.start", run_dir=str(run.path), task=cfg.task, model=cfg.model, nodes=len(prefixes) * len(cfg.seeds),
+             node_kinds=[_kind(p) for p in prefixes] * len(cfg.seeds))  # fmt: skip
         failures: list[dict[str, Any]] = []
         with Progress(events, "experiment", total=len(prefixes) * len(cfg.seeds)) as bar:
             for seed in cfg.seeds:
@@ -262,3 +263,8 @@ class _NodeHooks(StepHooks):
         emit(self.events, "node.failed", seed=self.seed, strategy=name, kind=kind, error=str(error))
         self.bar.advance(seed=self.seed, strategy=name, failed=True)
         return True
+
+
+def _kind(steps: tuple[str, ...]) -> str:
+    """What a node costs like: its last step ("p" or "w"), or "eval" for zero-shot (evaluations only)."""
+    return steps[-1] if steps else "eval"
