@@ -113,6 +113,18 @@ def test_seeded_sampling_equals_generate_with_the_same_sampler(model):
     assert got == want
 
 
+def decode_recording_calls(model, ids, mask):
+    """Greedy `decode` of 10 tokens, and the input shape of every forward call it made."""
+    calls = []
+    hook = model.register_forward_pre_hook(lambda _m, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)  # fmt: skip
+    try:
+        with torch.inference_mode():
+            got = decode(model, ids, mask, max_new_tokens=10, stop_ids=[])
+    finally:
+        hook.remove()
+    return got, calls
+
+
 SHARED = [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27]  # 20 shared tokens
 
 
@@ -121,13 +133,7 @@ def test_a_shared_prefix_is_computed_once_with_the_same_outputs(model, own):
     prompts = [SHARED + o for o in own]
     ids, mask = left_padded(prompts)
     assert common_prefix(ids, mask) >= MIN_SHARED_PREFIX
-    calls = []
-    hook = model.register_forward_pre_hook(lambda _m, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)  # fmt: skip
-    try:
-        with torch.inference_mode():
-            got = decode(model, ids, mask, max_new_tokens=10, stop_ids=[])
-    finally:
-        hook.remove()
+    got, calls = decode_recording_calls(model, ids, mask)
     assert calls[0] == (1, common_prefix(ids, mask))  # the prefix, once
     assert got == reference(model, ids, mask, 10, [])
     with torch.inference_mode():
@@ -150,13 +156,7 @@ def test_rows_of_several_prompts_share_their_own_prefixes_with_the_same_outputs(
     ids, mask = left_padded(prompts)
     groups = prefix_groups(ids, mask)
     assert sorted((sorted(rows), s) for rows, s in groups) == [([0, 2, 5], 20), ([1, 4], 18), ([3], 0)]
-    calls = []
-    hook = model.register_forward_pre_hook(lambda _m, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)  # fmt: skip
-    try:
-        with torch.inference_mode():
-            got = decode(model, ids, mask, max_new_tokens=10, stop_ids=[])
-    finally:
-        hook.remove()
+    got, calls = decode_recording_calls(model, ids, mask)
     assert sorted(calls[:2]) == [(1, 18), (1, 20)]  # each group's prefix, once
     assert calls[2] == (6, 3)  # then every row's own tokens (at most 3) in one batch
     assert got == reference(model, ids, mask, 10, [])

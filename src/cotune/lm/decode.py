@@ -122,26 +122,29 @@ def prefix_groups(input_ids: Any, attention_mask: Any, min_shared: int = MIN_SHA
     n = len(order)
     adjacent = [_lcp(rows[order[k]], rows[order[k + 1]]) for k in range(n - 1)]
 
-    def shared(a: int, b: int) -> int:  # rows order[a..b] inclusive
-        if a == b:
-            return 0
-        common = min(min(adjacent[a:b]), min(len(rows[order[k]]) for k in range(a, b + 1)) - 1)
-        return common if common >= min_shared else 0
+    lengths = [len(rows[i]) for i in order]
+
+    def shared(common: int, shortest: int) -> int:  # what a run with these common tokens and shortest row shares
+        s = min(common, shortest - 1)
+        return s if s >= min_shared else 0
 
     best = [0.0] + [float("inf")] * n  # best[k]: least cost of the first k sorted rows
-    cut = [0] * (n + 1)
+    cut = [(0, 0)] * (n + 1)  # (start of the last run, its shared length)
     for b in range(n):
-        for a in range(b, -1, -1):
-            s = shared(a, b)
-            size = b - a + 1
-            cost = best[a] + sum(len(rows[order[k]]) for k in range(a, b + 1)) - (size - 1) * s + (min_shared if s else 0)
+        common, shortest, total = 1 << 60, lengths[b], 0
+        for a in range(b, -1, -1):  # the run order[a..b], grown to the left
+            if a < b:
+                common = min(common, adjacent[a])
+            shortest, total = min(shortest, lengths[a]), total + lengths[a]
+            s = shared(common, shortest) if a < b else 0
+            cost = best[a] + total - (b - a) * s + (min_shared if s else 0)
             if cost < best[b + 1]:
-                best[b + 1], cut[b + 1] = cost, a
+                best[b + 1], cut[b + 1] = cost, (a, s)
     groups = []
     b = n
     while b > 0:
-        a = cut[b]
-        groups.append(([order[k] for k in range(a, b)], shared(a, b - 1)))
+        a, s = cut[b]
+        groups.append(([order[k] for k in range(a, b)], s))
         b = a
     return groups[::-1]
 

@@ -39,7 +39,7 @@ from cotune.training.memory import MemoryWatch
 from cotune.training.scoped import torch_threads
 from cotune.training.setup import load_for_training, training_device
 from cotune.training.sft_data import IGNORE_INDEX, ChatExample, TokenizedExample, data_hash, tokenize
-from cotune.training.trunk import TrunkCache, first_trained_layer
+from cotune.training.trunk import TrunkCache, collate_ids, first_trained_layer, kept_logits
 
 
 @dataclass
@@ -256,16 +256,11 @@ def _linear_schedule(total_steps: int, warmup_ratio: float):
 
 
 def _collate(batch: Sequence[TokenizedExample], pad_id: int, device: str, torch: Any):
-    width = max(len(t) for t in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    ids, mask = collate_ids(batch, pad_id, device, torch)
+    labels = torch.full(ids.shape, IGNORE_INDEX, dtype=torch.long)
     for row, t in enumerate(batch):
-        n = len(t)
-        ids[row, :n] = torch.tensor(t.input_ids)
-        labels[row, :n] = torch.tensor(t.labels)
-        mask[row, :n] = 1
-    return ids.to(device), labels.to(device), mask.to(device)
+        labels[row, : len(t)] = torch.tensor(t.labels)
+    return ids, labels.to(device), mask
 
 
 def _optimizer_step(model, optimizer, scheduler, tokenized, group, trunk, pad_id, config, device) -> float:
@@ -360,9 +355,7 @@ def _completion_logits(model: Any, ids: Any, mask: Any, keep: Any) -> Any:
         logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
     except TypeError:  # a model class without logits_to_keep
         logits = model(input_ids=ids, attention_mask=mask).logits
-    if logits.dim() == 3 and logits.shape[:2] == keep.shape:
-        logits = logits[keep]
-    return logits.reshape(-1, logits.shape[-1])
+    return kept_logits(logits, keep)
 
 
 def _oom_message(config: LoRAConfig, e: BaseException) -> str:

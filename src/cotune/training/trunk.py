@@ -137,9 +137,15 @@ class TrunkCache:
             states.requires_grad_(True)
         with top_only(self.model, self.first):
             logits = self.model(inputs_embeds=states, attention_mask=mask, logits_to_keep=keep).logits
-        if logits.dim() == 3 and logits.shape[:2] == keep.shape:
-            logits = logits[keep]
-        return logits.reshape(-1, logits.shape[-1])
+        return kept_logits(logits, keep)
+
+
+def kept_logits(logits: Any, keep: Any) -> Any:
+    """The ``keep`` positions' logits as (n_kept, vocab): a model that took ``logits_to_keep`` returned only
+    those; one that did not returned every position, picked here."""
+    if logits.dim() == 3 and logits.shape[:2] == keep.shape:
+        logits = logits[keep]
+    return logits.reshape(-1, logits.shape[-1])
 
 
 def collate_ids(batch: Sequence[TokenizedExample], pad_id: int, device: str, torch: Any) -> tuple[Any, Any]:
