@@ -1,21 +1,43 @@
+"""The request cache, run both ways it is offered: a backend's ``cache=`` argument and `CachedLM`
+wrapped around an uncached backend (one implementation, `cotune.lm.cached.through_cache`)."""
+
+import copy
 import threading
 
+import httpx
 import pytest
 
 from cotune.errors import ConfigError, UnknownChoiceError
-from cotune.lm import FakeLM, GenerationConfig, RequestCache
+from cotune.lm import CachedLM, FakeLM, GenerationConfig, RequestCache
 from cotune.lm.base import truncate_at_stop
+from cotune.lm.openai_compat import OpenAICompatible
+from cotune.lm.registry import from_spec
+from cotune.lm.server_models import ServedModels
 
 MSG = [{"role": "user", "content": "hello there"}]
 
 
-def counting_lm(cache):
-    return FakeLM(lambda messages, config: f"answer t={config.temperature} r={config.rollout_id}", cache=cache)
+def built_in(answers, cache, **kwargs):
+    return FakeLM(answers, cache=cache, **kwargs)
 
 
-def test_cache_hit_skips_the_model(tmp_path):
+def wrapped(answers, cache, **kwargs):
+    return CachedLM(FakeLM(answers, **kwargs), cache)
+
+
+@pytest.fixture(params=[built_in, wrapped], ids=["cache=", "CachedLM"])
+def make(request):
+    """Builds a FakeLM answering with ``answers`` behind ``cache``, one way or the other."""
+    return request.param
+
+
+def counting_lm(make, cache):
+    return make(lambda messages, config: f"answer t={config.temperature} r={config.rollout_id}", cache)
+
+
+def test_cache_hit_skips_the_model(make, tmp_path):
     cache = RequestCache(tmp_path / "c.sqlite")
-    lm = counting_lm(cache)
+    lm = counting_lm(make, cache)
     first, second = lm(MSG), lm(MSG)
     assert len(lm.calls) == 1
     assert second.text == first.text and second.cached and not first.cached
@@ -23,10 +45,10 @@ def test_cache_hit_skips_the_model(tmp_path):
     assert usage.calls == 2 and usage.cache_hits == 1 and usage.prompt_tokens == 2 * first.prompt_tokens
 
 
-def test_cache_persists_across_instances(tmp_path):
+def test_cache_persists_across_instances(make, tmp_path):
     path = tmp_path / "c.sqlite"
-    counting_lm(RequestCache(path))(MSG)
-    again = counting_lm(RequestCache(path))
+    counting_lm(make, RequestCache(path))(MSG)
+    again = counting_lm(make, RequestCache(path))
     assert again(MSG).cached and again.calls == []
 
 
@@ -34,31 +56,31 @@ def test_cache_persists_across_instances(tmp_path):
     "change",
     [{"temperature": 0.7}, {"rollout_id": 1}, {"max_tokens": 5}, {"top_p": 0.5}],
 )
-def test_cache_key_covers_sampling_parameters(tmp_path, change):
-    lm = counting_lm(RequestCache(tmp_path / "c.sqlite"))
+def test_cache_key_covers_sampling_parameters(make, tmp_path, change):
+    lm = counting_lm(make, RequestCache(tmp_path / "c.sqlite"))
     lm(MSG)
     assert not lm(MSG, **change).cached
 
 
-def test_cache_key_covers_model_adapter_and_messages(tmp_path):
+def test_cache_key_covers_model_adapter_and_messages(make, tmp_path):
     cache = RequestCache(tmp_path / "c.sqlite")
-    lm = counting_lm(cache)
+    lm = counting_lm(make, cache)
     lm(MSG)
     assert not lm.with_adapter("adapters/a")(MSG).cached
-    assert not FakeLM(lambda m: "x", name="other", cache=cache)(MSG).cached
+    assert not make(lambda m: "x", cache, name="other")(MSG).cached
     assert not lm([{"role": "user", "content": "different"}]).cached
 
 
-def test_cache_can_be_switched_off():
-    lm = counting_lm(cache=None)
+def test_cache_can_be_switched_off(make):
+    lm = counting_lm(make, cache=None)
     lm(MSG)
     lm(MSG)
     assert len(lm.calls) == 2 and lm.usage.cache_hits == 0
 
 
-def test_cache_is_thread_safe(tmp_path):
+def test_cache_is_thread_safe(make, tmp_path):
     cache = RequestCache(tmp_path / "c.sqlite")
-    lm = FakeLM(lambda m: m[0]["content"].upper(), cache=cache)
+    lm = make(lambda m: m[0]["content"].upper(), cache)
     out = {}
 
     def work(i):
@@ -72,12 +94,78 @@ def test_cache_is_thread_safe(tmp_path):
     assert len(cache) == 30
 
 
-def test_batched_generate_keeps_order_and_mixes_hits(tmp_path):
-    lm = FakeLM(lambda m: m[0]["content"][::-1], cache=RequestCache(tmp_path / "c.sqlite"))
+def test_batched_generate_keeps_order_and_mixes_hits(make, tmp_path):
+    lm = make(lambda m: m[0]["content"][::-1], RequestCache(tmp_path / "c.sqlite"))
     lm([{"role": "user", "content": "bc"}])
     out = lm.generate([[{"role": "user", "content": s}] for s in ["ab", "bc", "cd"]])
     assert [c.text for c in out] == ["ba", "cb", "dc"]
     assert [c.cached for c in out] == [False, True, False]
+
+
+# --- CachedLM: the same cache, around any LM -----------------------------------------------------------
+
+
+def test_one_cache_file_answers_both_ways(tmp_path):
+    # Same keys: a cache written by a backend's cache= answers the wrapper, and the other way round.
+    cache = RequestCache(tmp_path / "c.sqlite")
+    FakeLM(["first"], cache=cache)(MSG)
+    inner = FakeLM(["second"])
+    lm = CachedLM(inner, cache)
+    assert lm(MSG).text == "first" and lm(MSG).cached and inner.calls == []
+    assert lm.cache_key(MSG, lm.config) == FakeLM(["x"], cache=cache).cache_key(MSG, lm.config)
+    other = [{"role": "user", "content": "other"}]
+    assert lm(other).text == "second"
+    assert FakeLM(["third"], cache=cache)(other).text == "second"
+
+
+def test_usage_counts_hits_apart_and_the_inner_lm_only_what_was_sent(tmp_path):
+    inner = FakeLM(["a"])
+    lm = CachedLM(inner, RequestCache(tmp_path / "c.sqlite"))
+    lm.generate([MSG, [{"role": "user", "content": "x"}]])
+    lm(MSG)
+    lm(MSG)
+    assert (lm.usage.calls, lm.usage.cache_hits) == (4, 2)
+    assert (inner.usage.calls, inner.usage.cache_hits) == (2, 0)
+
+
+def test_the_wrapper_is_the_wrapped_lm_but_for_the_cache(tmp_path):
+    cache = RequestCache(tmp_path / "c.sqlite")
+    inner = FakeLM(["a"], name="m", adapter="ad", structured_output="grammar", config=GenerationConfig(max_tokens=9))
+    lm = CachedLM(inner, cache)
+    assert (lm.backend, lm.model, lm.adapter, lm.adapter_id) == ("fake", "m", "ad", "ad")
+    assert lm.spec() == inner.spec() and lm.capabilities == inner.capabilities
+    assert lm.config.max_tokens == 9 and lm.constrained and lm.structured_output == "grammar"
+    assert lm.calls is inner.calls  # the backend's own attributes come through
+    assert copy.deepcopy(lm) is lm  # programs are copied, models shared
+    assert repr(lm) == f"CachedLM(FakeLM('m', adapter='ad'), {cache!r})"
+    tuned = lm.with_adapter("other")
+    assert isinstance(tuned, CachedLM) and tuned.cache is cache and tuned.adapter == "other"
+    assert CachedLM(inner, cache=False).cache is None
+
+
+def test_a_wrapped_server_lm_keeps_its_cache_key_and_spec(tmp_path):
+    sent = []
+
+    def handler(request):
+        sent.append(request)
+        return httpx.Response(200, json={"choices": [{"message": {"role": "assistant", "content": "hi"}}]})
+
+    url, cache = "http://127.0.0.1:8000/v1", RequestCache(tmp_path / "c.sqlite")
+    server_lm = OpenAICompatible("m", base_url=url, cache=False, transport=httpx.MockTransport(handler))
+    lm = CachedLM(server_lm, cache)
+    assert lm(MSG).text == "hi" and lm(MSG).cached and len(sent) == 1
+    built_in_lm = OpenAICompatible("m", base_url=url, cache=cache)
+    assert lm.cache_key(MSG, lm.config) == built_in_lm.cache_key(MSG, lm.config)  # base_url is in both
+    restored = from_spec({**lm.spec(), "adapter": "sql"}, like=lm)
+    assert isinstance(restored, CachedLM) and restored.cache is cache and restored.adapter == "sql"
+
+
+def test_a_server_bypasses_the_wrappers_cache_for_samples(tmp_path):
+    inner = FakeLM(["a", "b"])
+    models = ServedModels(CachedLM(inner, RequestCache(tmp_path / "c.sqlite")), "m")
+    uncached = models.pick("m", cached=False)
+    assert [uncached(MSG).text, uncached(MSG).text] == ["a", "b"]
+    assert not any(c.cached for c in uncached.generate([MSG]))
 
 
 def test_generation_config_validation():

@@ -1,5 +1,6 @@
-"""OpenAICompatible against real HTTP servers on 127.0.0.1: cotune's own server over a FakeLM, and tiny
-stdlib servers that misbehave on purpose (5xx, 429, hangs, nothing listening)."""
+"""OpenAICompatible against cotune's own server over a FakeLM on 127.0.0.1, against scripted replies
+through ``httpx.MockTransport`` (5xx, 429, 4xx: no socket needed to check what is sent and retried), and
+against real sockets where the socket is the point (a server too slow to answer, nothing listening)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 from cotune.errors import ConfigError, LMConnectionError, LMError
@@ -187,14 +189,13 @@ def test_bad_arguments(kwargs, bad):
 
 
 def test_api_key_from_environment(monkeypatch):
-    seen = []
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    with scripted([200], seen) as url:
-        client(url)(user("x"))
-    assert seen[0]["authorization"] == "Bearer sk-test"
+    script = Scripted([200])
+    script.client()(user("x"))
+    assert script.requests[0].headers["authorization"] == "Bearer sk-test"
 
 
-# --- retries, against tiny stdlib servers -------------------------------------------------------------
+# --- retries, against scripted replies ----------------------------------------------------------------
 
 OK_BODY = {
     "choices": [{"message": {"role": "assistant", "content": "fine"}, "finish_reason": "length"}],
@@ -202,14 +203,81 @@ OK_BODY = {
 }
 
 
-class scripted:
-    """A stdlib server answering each POST with the next status of ``statuses`` (the last one repeats).
+def scripted_reply(status: int, retry_after: str | None = "0") -> tuple[dict[str, str], dict]:
+    """The headers and JSON body a scripted server answers ``status`` with."""
+    body = OK_BODY if status == 200 else {"error": {"message": f"scripted failure {status}"}}
+    headers = {"Retry-After": retry_after} if status in (429, 503) and retry_after is not None else {}
+    return headers, body
 
-    A status of "sleep" waits 1 s before answering 200, to trip the client's timeout. Each request's headers
-    are appended to ``hits``.
-    """
 
-    def __init__(self, statuses, hits, retry_after: str | None = "0"):
+class Scripted:
+    """Answers each request with the next status of ``statuses`` (the last one repeats), in-process through
+    ``httpx.MockTransport``; every request is kept in ``requests``."""
+
+    url = "http://127.0.0.1:8000/v1"  # never dialled: the transport answers
+
+    def __init__(self, statuses, retry_after: str | None = "0"):
+        self.statuses, self.retry_after = statuses, retry_after
+        self.requests: list[httpx.Request] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            self.requests.append(request)
+            status = self.statuses[min(len(self.requests), len(self.statuses)) - 1]
+        headers, body = scripted_reply(status, self.retry_after)
+        return httpx.Response(status, headers=headers, json=body)
+
+    def client(self, **kwargs) -> OpenAICompatible:
+        return client(self.url, transport=httpx.MockTransport(self), **kwargs)
+
+
+def test_503_twice_then_success():
+    script = Scripted([503, 503, 200])
+    c = script.client(max_retries=4)(user("x"))
+    assert c.text == "fine" and len(script.requests) == 3
+    assert (c.prompt_tokens, c.completion_tokens, c.finish_reason) == (11, 5, "length")
+
+
+def test_429_is_retried():
+    script = Scripted([429, 200])
+    assert script.client(max_retries=1)(user("x")).text == "fine"
+    assert len(script.requests) == 2
+
+
+def test_always_500_gives_up_after_max_retries():
+    script = Scripted([500], retry_after=None)
+    with pytest.raises(
+        LMConnectionError, match=r"kept failing after 4 attempts; last answer HTTP 500: scripted failure 500"
+    ) as err:
+        script.client(max_retries=3)(user("x"))
+    assert len(script.requests) == 4
+    assert script.url in str(err.value)
+
+
+def test_404_is_not_retried():
+    script = Scripted([404, 200])
+    with pytest.raises(LMError, match="scripted failure 404"):
+        script.client(max_retries=3)(user("x"))
+    assert len(script.requests) == 1
+
+
+def test_a_failure_in_a_batch_raises():
+    script = Scripted([200, 200, 400])
+    with pytest.raises(LMError, match="scripted failure 400"):
+        script.client(max_concurrency=1).generate([user(str(i)) for i in range(5)])
+    assert len(script.requests) == 3  # requests after the failed one are not sent
+
+
+# --- real sockets: nothing listening, a server too slow to answer -----------------------------------------
+
+
+class slow_server:
+    """A stdlib server on 127.0.0.1 answering each POST with the next of ``statuses`` (the last one repeats):
+    "sleep" waits 1 s before answering 200, to trip the client's read timeout. Each request's headers are
+    appended to ``hits``."""
+
+    def __init__(self, statuses, hits):
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -221,12 +289,12 @@ class scripted:
                 if status == "sleep":
                     time.sleep(1.0)
                     status = 200
-                body = OK_BODY if status == 200 else {"error": {"message": f"scripted failure {status}"}}
+                headers, body = scripted_reply(status)
                 blob = json.dumps(body).encode()
                 try:
                     self.send_response(status)
-                    if status in (429, 503) and retry_after is not None:
-                        self.send_header("Retry-After", retry_after)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(blob)))
                     self.end_headers()
@@ -251,40 +319,6 @@ class scripted:
         self.server.server_close()
 
 
-def test_503_twice_then_success():
-    hits = []
-    with scripted([503, 503, 200], hits) as url:
-        c = client(url, max_retries=4)(user("x"))
-    assert c.text == "fine" and len(hits) == 3
-    assert (c.prompt_tokens, c.completion_tokens, c.finish_reason) == (11, 5, "length")
-
-
-def test_429_is_retried():
-    hits = []
-    with scripted([429, 200], hits) as url:
-        assert client(url, max_retries=1)(user("x")).text == "fine"
-    assert len(hits) == 2
-
-
-def test_always_500_gives_up_after_max_retries():
-    hits = []
-    with scripted([500], hits, retry_after=None) as url:
-        with pytest.raises(
-            LMConnectionError, match=r"kept failing after 4 attempts; last answer HTTP 500: scripted failure 500"
-        ) as err:
-            client(url, max_retries=3)(user("x"))
-    assert len(hits) == 4
-    assert url in str(err.value)
-
-
-def test_404_is_not_retried():
-    hits = []
-    with scripted([404, 200], hits) as url:
-        with pytest.raises(LMError, match="scripted failure 404"):
-            client(url, max_retries=3)(user("x"))
-    assert len(hits) == 1
-
-
 def test_nothing_listening():
     with socket.socket() as s:  # a port that was free a moment ago, and nobody listens on now
         s.bind(("127.0.0.1", 0))
@@ -301,7 +335,7 @@ def test_a_read_timeout_is_retried_once_and_said_as_such():
     from cotune.errors import LMTimeoutError
 
     hits = []
-    with scripted(["sleep"], hits) as url:
+    with slow_server(["sleep"], hits) as url:
         with pytest.raises(LMTimeoutError, match="no answer within 0.4 s \\(read timeout") as err:
             client(url, max_retries=4, timeout=0.2)(user("x"))
     assert len(hits) == 2
@@ -310,17 +344,9 @@ def test_a_read_timeout_is_retried_once_and_said_as_such():
 
 def test_timeout_then_success():
     hits = []
-    with scripted(["sleep", 200], hits) as url:
+    with slow_server(["sleep", 200], hits) as url:
         assert client(url, max_retries=2, timeout=0.3)(user("x")).text == "fine"
     assert len(hits) == 2
-
-
-def test_a_failure_in_a_batch_raises():
-    hits = []
-    with scripted([200, 200, 400], hits) as url:
-        with pytest.raises(LMError, match="scripted failure 400"):
-            client(url, max_concurrency=1).generate([user(str(i)) for i in range(5)])
-    assert len(hits) == 3  # requests after the failed one are not sent
 
 
 @pytest.mark.parametrize(

@@ -120,12 +120,9 @@ def test_client_loads_checks_and_unloads(server, tmp_path, fake):
         lora.load("x", "/no/such")
 
 
-class _StubPool:
-    def __init__(self, handler):
-        self._client = httpx.Client(transport=httpx.MockTransport(handler))
-
-    def client(self):
-        return self._client
+def scripted_lora(base_url, handler) -> RuntimeLoRA:
+    """The runtime-LoRA client of an LM whose requests ``handler`` answers in-process."""
+    return OpenAICompatible("m", base_url=base_url, cache=False, transport=httpx.MockTransport(handler)).runtime_lora()
 
 
 @pytest.mark.parametrize(
@@ -145,7 +142,7 @@ def test_check_tells_a_missing_endpoint_from_an_unknown_adapter(status, reply, h
         probe = __import__("json").loads(request.content)["lora_name"]
         return httpx.Response(status, json=reply(probe))
 
-    lora = RuntimeLoRA(_StubPool(handler), "http://gpu-box:8000/v1", "http://gpu-box:8000/v1")
+    lora = scripted_lora("http://gpu-box:8000/v1", handler)
     if has_endpoint:
         lora.check()
     else:
@@ -199,7 +196,7 @@ def test_a_llama_cpp_server_is_named_with_its_restart_path():
             404, json={"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}}
         )
 
-    lora = RuntimeLoRA(_StubPool(handler), "http://cpu-box:8080/v1", "http://cpu-box:8080/v1")
+    lora = scripted_lora("http://cpu-box:8080/v1", handler)
     with pytest.raises(ConfigError) as e:
         lora.check()
     message = str(e.value)

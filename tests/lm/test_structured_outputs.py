@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import threading
 import warnings
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 from cotune.lm import FakeLM
@@ -17,61 +17,49 @@ from cotune.lm.server import RequestError, response_constraint, start_server
 from cotune.program import ChainOfThought
 
 
-class _Stub(BaseHTTPRequestHandler):
-    """Answers JSON; refuses any request that carries response_format when ``refuse`` is set."""
+class Stub:
+    """Answers chat completions in-process (an ``httpx.MockTransport`` handler); refuses any request that
+    carries response_format when ``refuse`` is set. Every request body is kept in ``bodies``."""
 
-    refuse = False
-    bodies: list[dict] = []
+    def __init__(self, refuse: bool):
+        self.refuse = refuse
+        self.bodies: list[dict] = []
+        self.lock = threading.Lock()
 
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).bodies.append(body)
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        with self.lock:
+            self.bodies.append(body)
         if self.refuse and "response_format" in body:
-            self._send(400, {"error": {"message": "Unrecognized request argument supplied: response_format"}})
-            return
+            return httpx.Response(
+                400, json={"error": {"message": "Unrecognized request argument supplied: response_format"}}
+            )
         text = '{"reasoning": "2 + 2 = 4", "answer": 4}' if "response_format" in body else "Reasoning: r\nAnswer: 4"
         message = {"role": "assistant", "content": text}
-        self._send(200, {"choices": [{"message": message, "finish_reason": "stop"}],
-                         "usage": {"prompt_tokens": 3, "completion_tokens": 5}})  # fmt: skip
-
-    def _send(self, status, body):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        return httpx.Response(200, json={"choices": [{"message": message, "finish_reason": "stop"}],
+                                         "usage": {"prompt_tokens": 3, "completion_tokens": 5}})  # fmt: skip
 
 
 @pytest.fixture(params=[False, True], ids=["accepts", "refuses"])
 def stub(request):
-    handler = type("Handler", (_Stub,), {"refuse": request.param, "bodies": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", handler
-    server.shutdown()
-    server.server_close()
+    return Stub(refuse=request.param)
 
 
 def test_client_sends_the_schema_or_falls_back_once(stub):
-    url, handler = stub
-    lm = OpenAICompatible("m", base_url=url, cache=False, max_retries=0)
+    lm = OpenAICompatible("m", cache=False, max_retries=0, transport=httpx.MockTransport(stub))
     cot = ChainOfThought("question -> answer: float").bind(lm)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         answers = [cot(question=f"{i} + 2?").answer for i in range(3)]
     assert answers == [4.0, 4.0, 4.0]
-    first = handler.bodies[0]
+    first = stub.bodies[0]
     assert first["response_format"]["json_schema"]["schema"]["required"] == ["reasoning", "answer"]
-    if handler.refuse:
+    if stub.refuse:
         assert len(caught) == 1 and "rejected structured outputs" in str(caught[0].message)
-        assert all("response_format" not in b for b in handler.bodies[1:])  # asked once, then free text
+        assert all("response_format" not in b for b in stub.bodies[1:])  # asked once, then free text
         assert lm.usage.unconstrained == 3 and lm.usage.calls == 3
     else:
-        assert not caught and all("response_format" in b for b in handler.bodies)
+        assert not caught and all("response_format" in b for b in stub.bodies)
         assert lm.usage.unconstrained == 0
 
 

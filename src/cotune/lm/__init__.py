@@ -5,6 +5,7 @@ Backends that need torch or transformers are imported only when used.
 
 from cotune.lm.base import LM, Completion, GenerationConfig
 from cotune.lm.cache import RequestCache
+from cotune.lm.cached import CachedLM
 from cotune.lm.fake import FakeLM
 from cotune.lm.usage import Usage
 
@@ -32,4 +33,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'cotune.lm' has no attribute {name!r}")
 
 
-__all__ = ["LM", "Completion", "FakeLM", "GenerationConfig", "HFLM", "OpenAICompatible", "RequestCache", "Usage", "from_spec", "list_models", "load"]
+__all__ = ["LM", "CachedLM", "Completion", "FakeLM", "GenerationConfig", "HFLM", "OpenAICompatible", "RequestCache", "Usage", "from_spec", "list_models", "load"]

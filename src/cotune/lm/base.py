@@ -1,7 +1,8 @@
 """The LM protocol: batched chat completion with a persistent cache and usage accounting.
 
 A backend implements one method, ``_generate(batch, config) -> list[Completion]``. The base class adds
-the cache (skip requests already answered), usage totals, per-call overrides and a safe ``deepcopy``.
+usage totals, per-call overrides, a safe ``deepcopy`` and the ``cache=`` argument, which puts the request
+cache of `cotune.lm.cached` (the one `CachedLM` wraps any LM in) in front of ``_generate``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cotune.errors import ConfigError, UnknownChoiceError
-from cotune.lm.cache import RequestCache, request_key
+from cotune.lm.cache import RequestCache, open_cache, request_key
 from cotune.lm.usage import Usage, UsageMeter
 from cotune.program.grammar import Constraint
 
@@ -129,8 +130,7 @@ class LM(ABC):
 
     def __init__(self, *, cache: RequestCache | bool | None = True, config: GenerationConfig | None = None,
                  constrained: bool = True):  # fmt: skip
-        # Not `cache or None`: an empty cache has len() == 0 and would be dropped.
-        self.cache: RequestCache | None = RequestCache() if cache is True else (None if cache is False else cache)
+        self.cache: RequestCache | None = open_cache(cache)
         self.config = config or GenerationConfig()
         self.constrained = constrained
         self._meter = UsageMeter()
@@ -183,30 +183,32 @@ class LM(ABC):
     def generate(self, batch: Sequence[Messages], **overrides: Any) -> list[Completion]:
         """Complete each conversation in ``batch``; cached requests are not sent again."""
         config = self.config.replace(**overrides)
-        results: list[Completion | None] = [None] * len(batch)
-        keys = [self.cache_key(m, config) for m in batch] if self.cache is not None else []
-        todo = []
-        for i in range(len(batch)):
-            hit = self.cache.get(keys[i]) if self.cache is not None else None
-            if hit is not None:
-                results[i] = Completion(**{**hit, "seconds": 0.0, "cached": True})
-            else:
-                todo.append(i)
-        if todo:
-            t0 = time.perf_counter()
-            fresh = self._generate([batch[i] for i in todo], config)
-            if len(fresh) != len(todo):
-                raise RuntimeError(f"{type(self).__name__}._generate returned {len(fresh)} for {len(todo)} requests")
-            elapsed = time.perf_counter() - t0
-            for i, c in zip(todo, fresh, strict=True):
-                if not c.seconds:
-                    c.seconds = elapsed / len(todo)
-                results[i] = c
-                if self.cache is not None:
-                    self.cache.put(keys[i], {k: v for k, v in dataclasses.asdict(c).items() if k != "cached"})
+        if self.cache is None:
+            results = self._send(batch, config)
+        else:
+            from cotune.lm.cached import through_cache  # cached.py builds on this module
+
+            results = through_cache(
+                self.cache, batch, lambda m: self.cache_key(m, config), lambda todo: self._send(todo, config)
+            )
         for c in results:
             self._meter.add(c.prompt_tokens, c.completion_tokens, c.seconds, c.cached, c.unconstrained)
-        return results  # type: ignore[return-value]
+        return results
+
+    def _send(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:
+        """``_generate`` on ``batch``, checked for one completion per request; those that did not time
+        themselves get an equal share of the call's time."""
+        if not batch:
+            return []
+        t0 = time.perf_counter()
+        fresh = self._generate(batch, config)
+        if len(fresh) != len(batch):
+            raise RuntimeError(f"{type(self).__name__}._generate returned {len(fresh)} for {len(batch)} requests")
+        elapsed = time.perf_counter() - t0
+        for c in fresh:
+            if not c.seconds:
+                c.seconds = elapsed / len(batch)
+        return fresh
 
     @abstractmethod
     def _generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:

@@ -41,6 +41,13 @@ def request_key(**parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def open_cache(cache: RequestCache | bool | None) -> RequestCache | None:
+    """What a ``cache=`` argument means: a `RequestCache` as given, True for the default file, False or
+    None for no cache."""
+    # Not `cache or None`: an empty cache has len() == 0 and would be dropped.
+    return RequestCache() if cache is True else (None if cache is False else cache)
+
+
 class RequestCache:
     """``get(key)`` / ``put(key, value)`` over one SQLite file; values are JSON objects.
 

@@ -14,10 +14,20 @@ class HTTPPool:
     """The HTTP client and the in-flight limit, shared by an LM and its `with_adapter` copies.
 
     The client is (re)opened on first use, so `close()` followed by another call still works.
+
+    Args:
+        transport: what sends the requests (`httpx.Client`'s ``transport=``); None for httpx's own
+            network transport. Tests pass ``httpx.MockTransport(handler)`` to answer without a server.
     """
 
-    def __init__(self, timeout: float, max_concurrency: int, headers: dict[str, str]):
-        self.timeout, self.headers = timeout, headers
+    def __init__(
+        self,
+        timeout: float,
+        max_concurrency: int,
+        headers: dict[str, str],
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.timeout, self.headers, self.transport = timeout, headers, transport
         self.max_concurrency = max_concurrency
         # The semaphore keeps requests from queueing inside httpx's pool, where a wait would count
         # against the pool timeout and surface as a spurious PoolTimeout.
@@ -31,7 +41,9 @@ class HTTPPool:
                 limits = httpx.Limits(
                     max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
                 )
-                self._client = httpx.Client(timeout=self.timeout, limits=limits, headers=self.headers)
+                self._client = httpx.Client(
+                    timeout=self.timeout, limits=limits, headers=self.headers, transport=self.transport
+                )
             return self._client
 
     def close(self) -> None:

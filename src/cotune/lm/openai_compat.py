@@ -59,6 +59,16 @@ class OpenAICompatible(LM):
         adapter: a LoRA adapter *name* registered on the server; requests then use it as ``model``.
         cache: a `RequestCache`, True for the default on-disk cache, or False/None for none.
         config: default generation parameters.
+        constrained: whether predictors constrain completions on this LM (see `LM`).
+        transport: what sends the requests, passed to `httpx.Client` (shared with adapter copies and
+            `runtime_lora`); None for the network. ``httpx.MockTransport(handler)`` answers in-process:
+
+            >>> def handler(request):
+            ...     reply = {"role": "assistant", "content": "hi"}
+            ...     return httpx.Response(200, json={"choices": [{"message": reply}]})
+            >>> lm = OpenAICompatible("m", cache=False, transport=httpx.MockTransport(handler))
+            >>> lm([{"role": "user", "content": "hello"}]).text
+            'hi'
 
     Raises:
         ConfigError: for a bad argument (empty model, negative timeout, ...).
@@ -82,6 +92,7 @@ class OpenAICompatible(LM):
         cache: RequestCache | bool | None = True,
         config: GenerationConfig | None = None,
         constrained: bool = True,
+        transport: httpx.BaseTransport | None = None,
     ):
         if not model or not isinstance(model, str):
             raise ConfigError(f"model must be a non-empty string, got {model!r}")
@@ -107,7 +118,7 @@ class OpenAICompatible(LM):
         self.max_concurrency = max_concurrency
         key, self._key_withheld = _api_key(api_key, self._request_base)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._pool = HTTPPool(timeout, max_concurrency, headers)
+        self._pool = HTTPPool(timeout, max_concurrency, headers, transport)
         self._rng = random.Random()  # jitter only; never affects results
 
     @property

@@ -1,4 +1,7 @@
-"""`Predict`: one LM call — render instruction + demos + inputs to messages, generate, parse outputs."""
+"""`Predict`: one LM call — render instruction + demos + inputs to messages, generate, parse outputs.
+
+The rendering, the constraint and the parsing are the format adapter's (`cotune.program.adapter`);
+by default cotune's ``Label: value`` text format."""
 
 from __future__ import annotations
 
@@ -8,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from cotune.data.example import Example
 from cotune.errors import ConfigError, ParseError, UnknownChoiceError
-from cotune.program import format as fmt
 from cotune.program import trace
-from cotune.program.grammar import Constraint, constraint
+from cotune.program.adapter import FormatAdapter, TextAdapter
+from cotune.program.grammar import Constraint
 from cotune.program.prediction import Prediction
 from cotune.program.signature import Signature, ensure_signature
 
@@ -51,6 +54,8 @@ class Predict:
             (on by default). False lets the model write freely; the lenient parser reads it.
         reasoning_budget: caps the tokens of the first output field when it is free text followed by
             other fields (`ChainOfThought` sets it), so a constrained run always reaches its answer.
+        adapter: the format of the call (messages, constraint, parsing; see `cotune.program.adapter`);
+            None for `TextAdapter`. Not saved with the program: it is code, kept by `load_state`.
 
     Example:
         >>> from cotune.lm.fake import FakeLM
@@ -68,12 +73,14 @@ class Predict:
         config: Mapping[str, Any] | None = None,
         constrained: bool | None = None,
         reasoning_budget: int | None = None,
+        adapter: FormatAdapter | None = None,
     ):
         if reasoning_budget is not None and (not isinstance(reasoning_budget, int) or reasoning_budget < 1):
             raise ConfigError(f"reasoning_budget must be a positive number of tokens or None, got {reasoning_budget!r}")
         self.signature = ensure_signature(signature)
         self.constrained = constrained
         self.reasoning_budget = reasoning_budget
+        self.adapter: FormatAdapter = adapter if adapter is not None else TextAdapter()
         self.instruction = instruction if instruction is not None else self.signature.instructions
         self.demos: list[Example] = [d if isinstance(d, Example) else Example(d) for d in demos]
         self.config: dict[str, Any] = dict(config or {})
@@ -99,12 +106,17 @@ class Predict:
         """The `Constraint` sent with each call, or None when the completion is free."""
         if self.structured_output() is None:
             return None
-        return constraint(self.signature, budget_tokens=self.reasoning_budget)
+        return self.adapter.constraint(self.signature, budget_tokens=self.reasoning_budget)
 
     def messages(self, **inputs: Any) -> list[dict[str, str]]:
         """The exact messages this predictor sends for ``inputs``."""
-        style = "json" if self.structured_output() == "json_schema" else "labels"
-        return fmt.render(self.signature, self.instruction, self.demos_for(inputs), inputs, style)
+        return self.adapter.messages(
+            self.signature,
+            self.instruction,
+            self.demos_for(inputs),
+            inputs,
+            structured_output=self.structured_output(),
+        )
 
     def __call__(self, **inputs: Any) -> Prediction:
         return self.forward(**inputs)
@@ -128,7 +140,7 @@ class Predict:
         recorder = trace.current()
         kept_inputs = {k: inputs[k] for k in self.signature.input_names}
         try:
-            outputs = fmt.parse(self.signature, completion.text)
+            outputs = self.adapter.parse(self.signature, completion.text)
         except ParseError as e:
             if recorder is not None:
                 recorder.add(

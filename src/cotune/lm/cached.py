@@ -1,0 +1,154 @@
+"""`CachedLM`: any LM behind a `RequestCache`, so a request answered before is not sent again.
+
+`through_cache` is the one place requests are looked up and stored. `CachedLM` puts it in front of any
+LM; backends built with ``cache=`` (``load(name, cache=True)``, ``OpenAICompatible(..., cache=...)``) use
+it too, with the same keys (the LM's ``cache_key``), so a cache file written one way answers the other.
+
+Example:
+    >>> import pathlib, tempfile
+    >>> from cotune.lm import FakeLM, RequestCache
+    >>> fake = FakeLM(lambda messages: "hi " + messages[-1]["content"])
+    >>> lm = CachedLM(fake, RequestCache(pathlib.Path(tempfile.mkdtemp()) / "c.sqlite"))
+    >>> [lm([{"role": "user", "content": "you"}]).cached for _ in range(2)]
+    [False, True]
+    >>> len(fake.calls), lm.usage.calls, lm.usage.cache_hits, fake.usage.calls
+    (1, 2, 1, 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cotune.lm.base import LM, Capabilities, Completion, GenerationConfig, Messages
+from cotune.lm.cache import RequestCache, open_cache
+from cotune.lm.usage import UsageMeter
+
+
+def through_cache(
+    cache: RequestCache,
+    batch: Sequence[Messages],
+    key: Callable[[Messages], str],
+    send: Callable[[list[Messages]], list[Completion]],
+) -> list[Completion]:
+    """Answer ``batch`` in order: from ``cache`` where ``key(messages)`` is stored (``cached=True``, 0 s),
+    the rest with one call of ``send``, whose completions are stored under their keys."""
+    keys = [key(m) for m in batch]
+    results: list[Completion | None] = [None] * len(batch)
+    todo = []
+    for i, k in enumerate(keys):
+        hit = cache.get(k)
+        if hit is not None:
+            results[i] = Completion(**{**hit, "seconds": 0.0, "cached": True})
+        else:
+            todo.append(i)
+    if todo:
+        for i, c in zip(todo, send([batch[i] for i in todo]), strict=True):
+            results[i] = c
+            cache.put(keys[i], {k: v for k, v in dataclasses.asdict(c).items() if k != "cached"})
+    return results  # type: ignore[return-value]
+
+
+class CachedLM(LM):
+    """``lm`` with a request cache in front.
+
+    Everything but the cache is ``lm``'s: its identity (``model``, ``adapter``, ``cache_key``, ``spec()``,
+    so saved programs do not change), ``capabilities``, ``config``, ``constrained``, and its own methods
+    and attributes (``close()``, ``engine``, ...). ``usage`` counts every call, cache hits apart, while
+    ``lm.usage`` counts only the requests sent to it.
+
+    Args:
+        lm: the model that answers what the cache does not.
+        cache: a `RequestCache`, True for the default on-disk one, or False/None for none (every request
+            then goes to ``lm``).
+    """
+
+    def __init__(self, lm: LM, cache: RequestCache | bool | None = True):
+        # LM.__init__ is not called: config and constrained are read from lm.
+        self.lm = lm
+        self.cache = open_cache(cache)
+        self._meter = UsageMeter()
+
+    def generate(self, batch: Sequence[Messages], **overrides: Any) -> list[Completion]:
+        """Complete each conversation in ``batch``; requests answered before come from the cache."""
+        if self.cache is None:
+            results = self.lm.generate(batch, **overrides)
+        else:
+            config = self.lm.config.replace(**overrides)
+            results = through_cache(
+                self.cache,
+                batch,
+                lambda m: self.lm.cache_key(m, config),
+                lambda todo: self.lm.generate(todo, **overrides),
+            )
+        for c in results:
+            self._meter.add(c.prompt_tokens, c.completion_tokens, c.seconds, c.cached, c.unconstrained)
+        return results
+
+    def _generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:
+        return self.lm._generate(batch, config)  # unused: generate sends misses through lm.generate
+
+    def with_adapter(self, adapter: str | None) -> CachedLM:
+        """``lm.with_adapter(adapter)`` behind the same cache (the adapter is part of the key)."""
+        return CachedLM(self.lm.with_adapter(adapter), self.cache)
+
+    # -- the wrapped LM's identity and settings ---------------------------------------------------------
+    @property
+    def backend(self) -> str:  # type: ignore[override]
+        return self.lm.backend
+
+    @property
+    def model(self) -> str:
+        return self.lm.model
+
+    @property
+    def adapter(self) -> str | None:
+        return self.lm.adapter
+
+    @property
+    def adapter_id(self) -> str | None:
+        return self.lm.adapter_id
+
+    @property
+    def config(self) -> GenerationConfig:  # type: ignore[override]
+        return self.lm.config
+
+    @property
+    def constrained(self) -> bool:  # type: ignore[override]
+        return self.lm.constrained
+
+    @property
+    def structured_output(self) -> str | None:  # type: ignore[override]
+        return self.lm.structured_output
+
+    @property
+    def runtime_adapters(self) -> bool:  # type: ignore[override]
+        return self.lm.runtime_adapters
+
+    @property
+    def model_path(self) -> str | None:  # type: ignore[override]
+        return self.lm.model_path
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.lm.capabilities
+
+    def spec(self) -> dict[str, Any]:
+        return self.lm.spec()
+
+    def runtime_lora(self) -> Any:
+        return self.lm.runtime_lora()
+
+    def cache_key(self, messages: Messages, config: GenerationConfig) -> str:
+        return self.lm.cache_key(messages, config)
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for names CachedLM lacks: the wrapped backend's own (close, engine, url, calls...).
+        # Private names stay unforwarded, so copy and pickle see a plain object while it is half built.
+        if name.startswith("_") or name == "lm":
+            raise AttributeError(name)
+        return getattr(self.lm, name)
+
+    def __repr__(self) -> str:
+        return f"CachedLM({self.lm!r}, {self.cache!r})"

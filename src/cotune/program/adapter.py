@@ -1,0 +1,86 @@
+"""Format adapters: how a `Predict` turns its signature, instruction, demos and inputs into messages, what
+its completion must look like, and how the completion is read back into fields.
+
+`TextAdapter`, the default, is cotune's ``Label: value`` format (`cotune.program.format`) with its grammar
+(`cotune.program.grammar`), and the JSON variant of that format for servers that constrain completions
+to a JSON schema. A predictor takes another with ``Predict(..., adapter=...)``: any object with the three
+methods of `FormatAdapter`. The adapter is code, like the LM a program is bound to, so it is not saved
+with the program; a program built with one keeps it when it loads a saved state.
+
+Example:
+    >>> from cotune.lm.fake import FakeLM
+    >>> from cotune.program.predict import Predict
+    >>> class Shouting(TextAdapter):
+    ...     def parse(self, signature, text):
+    ...         return {name: value.upper() for name, value in super().parse(signature, text).items()}
+    >>> qa = Predict("question -> answer", adapter=Shouting()).bind(FakeLM(["Answer: yes"]))
+    >>> qa(question="Is it?").answer
+    'YES'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from cotune.program import format as fmt
+from cotune.program.grammar import Constraint, constraint
+from cotune.program.signature import Signature
+
+Messages = list[dict[str, str]]
+
+
+class FormatAdapter(Protocol):
+    """What a `Predict` asks of a format."""
+
+    def messages(
+        self,
+        signature: Signature,
+        instruction: str,
+        demos: Sequence[Mapping[str, Any]],
+        inputs: Mapping[str, Any],
+        *,
+        structured_output: str | None = None,
+    ) -> Messages:
+        """The messages of one call. ``structured_output`` says how the LM will constrain the completion
+        ("grammar", "json_schema", or None for free text), so the prompt can ask for that shape."""
+        ...
+
+    def constraint(self, signature: Signature, *, budget_tokens: int | None = None) -> Constraint | None:
+        """What the completion must look like where the LM can constrain it (None: free text).
+        ``budget_tokens`` caps the first output field's free text (see `cotune.program.grammar`)."""
+        ...
+
+    def parse(self, signature: Signature, text: str) -> dict[str, Any]:
+        """The output fields read from a completion, each coerced to its type.
+
+        Raises:
+            ParseError: a required field is missing or does not fit its type.
+        """
+        ...
+
+
+class TextAdapter:
+    """cotune's ``Label: value`` format: `cotune.program.format` renders and parses it, and
+    `cotune.program.grammar` constrains completions to it (or to its JSON variant on servers)."""
+
+    def messages(
+        self,
+        signature: Signature,
+        instruction: str,
+        demos: Sequence[Mapping[str, Any]],
+        inputs: Mapping[str, Any],
+        *,
+        structured_output: str | None = None,
+    ) -> Messages:
+        style = "json" if structured_output == "json_schema" else "labels"
+        return fmt.render(signature, instruction, demos, inputs, style)
+
+    def constraint(self, signature: Signature, *, budget_tokens: int | None = None) -> Constraint | None:
+        return constraint(signature, budget_tokens=budget_tokens)
+
+    def parse(self, signature: Signature, text: str) -> dict[str, Any]:
+        return fmt.parse(signature, text)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
