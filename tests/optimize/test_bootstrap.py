@@ -1,11 +1,8 @@
-from collections import Counter
-
 import pytest
 from fake_tasks import Parity, fields_of, metric, parity_data, parity_lm, seen_numbers, truth
 
 import cotune as ct
 from cotune.errors import ConfigError, EvaluationError
-from cotune.lm import FakeLM
 from cotune.optimize.bootstrap import BootstrapFewShot
 from cotune.optimize.labeled import LabeledFewShot, fits
 
@@ -232,32 +229,3 @@ def test_a_students_demo_selector_does_not_hide_the_new_demos():
     labeled = LabeledFewShot(k=1).compile(program, trainset=parity_data([2]))
     assert labeled.label.demo_selector is None
 
-
-def test_teacher_runs_shared_by_threads_run_each_example_once():
-    import threading
-    import time
-
-    from cotune.optimize.bootstrap import TeacherRuns
-
-    base = parity_lm("02468")
-
-    def slow(messages, config):
-        time.sleep(0.02)  # long enough that both threads ask while the first run is in flight
-        return base._fn(messages, config)
-
-    lm = FakeLM(slow)
-    runs = TeacherRuns(Parity().bind(lm), metric, num_threads=4)
-    data = list(enumerate(parity_data(range(10))))
-    results = {}
-
-    def ask(name, items):
-        results[name] = runs.run(items, 0)
-
-    threads = [threading.Thread(target=ask, args=("a", data[:8])), threading.Thread(target=ask, args=("b", data[4:]))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert Counter(seen_numbers(lm)) == Counter(str(n) for n in range(10))  # each once
-    assert [r.score for r in results["a"][4:]] == [r.score for r in results["b"][:4]]
-    assert results["a"][4] is results["b"][0]

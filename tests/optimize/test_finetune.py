@@ -149,8 +149,8 @@ def test_default_output_dir_is_named_by_content(trained, tmp_path, monkeypatch):
         ({"metric_threshold": 2}, ConfigError, "metric_threshold must be in"),
         ({"lora": {"r": 8}}, ConfigError, "lora must be a LoRAConfig"),
         ({"num_threads": 0}, ConfigError, "num_threads must be an integer >= 1"),
-        ({"trainer": "deepspeed"}, UnknownChoiceError, "unknown trainer 'deepspeed'; choose one of: local"),
-        ({"trainer": 3}, ConfigError, "trainer must be a name \\(local\\) or an object with `name` and `train"),
+        ({"trainer": "deepspeed"}, UnknownChoiceError, "unknown trainer 'deepspeed'; choose one of: local, trl"),
+        ({"trainer": 3}, ConfigError, "trainer must be a name \\(local, trl\\) or an object with `name` and `train"),
     ],
 )
 def test_bad_hyperparameters_fail_before_any_work(kwargs, error, match, trained):

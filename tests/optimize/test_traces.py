@@ -41,13 +41,13 @@ def test_rollouts_sample_with_distinct_ids_and_leave_the_teacher_alone():
 def one_rollout_at_a_time(program, data, num_rollouts, seed):
     """The plain loop: rollout r runs on the examples no earlier rollout passed."""
     from cotune.evaluate.evaluate import evaluate
-    from cotune.optimize.traces import _sampling_copy
+    from cotune.optimize.rollouts import sampling_copy
 
     out, todo = [], list(range(len(data)))
     for r in range(num_rollouts):
         if not todo:
             break
-        runner = program if r == 0 else _sampling_copy(program, 1.0, seed * 1000 + r)
+        runner = program if r == 0 else sampling_copy(program, 1.0, seed * 1000 + r)
         result = evaluate(runner, [data[i] for i in todo], metric, num_threads=2)
         out += [(todo[row.index], 0 if r == 0 else seed * 1000 + r, row.score) for row in result.rows]
         todo = [todo[row.index] for row in result.rows if row.score < 1]

@@ -9,7 +9,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperCommand
 
 from cotune.cli import report_cmds as rc
 from cotune.cli.cache_cmds import cache_app
@@ -78,7 +80,19 @@ def eval_cmd(
     )
 
 
-@app.command("run")
+class _RunCommand(TyperCommand):
+    """`cotune run`: ``--ray`` takes an optional ADDRESS; alone (last, or before another option) it means a
+    local Ray cluster."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        args = list(args)
+        for i in reversed(range(len(args))):
+            if args[i] == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                args.insert(i + 1, "local")
+        return super().parse_args(ctx, args)
+
+
+@app.command("run", cls=_RunCommand)
 def run_cmd(
     task: Annotated[str | None, typer.Option("--task", "-t", help="Built-in task (see `cotune tasks`). Default: iris.")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model (see `cotune models`). Default: smollm2-135m.")] = None,
@@ -92,6 +106,7 @@ def run_cmd(
     threads: Annotated[int | None, typer.Option(min=1, help="Parallel examples. Default: 64.")] = None,
     no_cache: NoCacheOpt = False,
     settings: Annotated[list[str] | None, typer.Option("--set", help="Any config field as KEY=VALUE, dotted for nested ones (repeatable), e.g. --set prompt.optimizer=knn --set prompt.params.k=5 --set weights.lora.epochs=3.")] = None,
+    ray: Annotated[str | None, typer.Option("--ray", metavar="[ADDRESS]", help="Run the nodes as Ray tasks (seeds and branches in parallel; pip install 'cotune[ray]'): alone, on a local Ray cluster sized to this machine; 'auto' or ray://HOST:10001 to use a running cluster (its nodes must share this filesystem). Also with --resume.")] = None,
 ) -> None:
     """Run strategies × seeds (zero-shot, Π, Θ, Π→Θ→Π, ...) and print the Table-1-style comparison."""
     from cotune.cli.commands import run_experiment
@@ -103,7 +118,7 @@ def run_cmd(
         "seeds": list(range(seeds)) if seeds else None, "cache": False if no_cache else None,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None} | _params(settings, "--set")
-    run_experiment(config_path=config, resume=resume, overrides=overrides,
+    run_experiment(config_path=config, resume=resume, overrides=overrides, ray=ray,
                    console=console, out=out)
 
 
@@ -150,6 +165,8 @@ def finetune_cmd(
     fill_with_labels: Annotated[bool, typer.Option("--fill-with-labels", help="Also train on the gold labels of examples no run got right.")] = False,
     strip_demos: Annotated[bool | None, typer.Option("--strip-demos/--keep-demos", help="Train on (and serve) prompts without the few-shot demos. Default: the task's, else keep them.")] = None,
     top_layers: Annotated[int | None, typer.Option("--top-layers", min=1, help="LoRA on the last N decoder layers only (the layers below run once per example). Default: the task's, else every layer.")] = None,
+    trainer: Annotated[str, typer.Option("--trainer", help="What trains the adapter: local (cotune's loop, in this process) or trl (TRL's SFTTrainer through accelerate; pip install 'cotune[trl]').")] = "local",
+    processes: Annotated[int, typer.Option("--processes", help="With --trainer trl: data-parallel training processes (one per GPU; CPU processes without CUDA); --batch-size is per process.")] = 1,
     param: ParamOpt = None,
     eval_split: EvalSplitOpt = "test",
     data_dir: DataDirOpt = None,
@@ -170,7 +187,7 @@ def finetune_cmd(
                  stop_at_first_pass=stop_at_first_pass, fill_with_labels=fill_with_labels,
                  keep_demos=None if strip_demos is None else not strip_demos,
                  split_seed=split_seed, force=force, params=_params(param, "--param"), base_url=base_url,
-                 base_model=base_model)
+                 base_model=base_model, trainer=trainer, processes=processes)
 
 
 def _params(items: list[str] | None, flag: str) -> dict:
@@ -315,10 +332,10 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except CotuneError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         raise SystemExit(2) from None
     except OSError as e:  # a file that cannot be read or written: say which, without a traceback
-        console.print(f"[bold red]error:[/] {e.strerror or e}: {e.filename or ''}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(e.strerror or e))}: {escape(str(e.filename or ''))}", highlight=False)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -118,7 +118,10 @@ def experiment_config(config_path: Path | None, overrides: dict[str, Any]) -> An
     return ExperimentConfig.from_dict(merge(base, nest(overrides)))
 
 
-def run_experiment(*, config_path: Path | None, resume: Path | None, overrides: dict, console: Console, out: Console) -> None:
+def run_experiment(*, config_path: Path | None, resume: Path | None, overrides: dict, console: Console, out: Console,
+                   ray: str | None = None) -> None:  # fmt: skip
+    """Run (or resume) an experiment and print its table; ``ray``: run the nodes as Ray tasks on that cluster
+    ("local", "auto", an address), also when resuming (it overrides the saved config's)."""
     from cotune.cli.render import results_table
     from cotune.errors import ConfigError
     from cotune.experiment.config import ExperimentConfig
@@ -128,13 +131,21 @@ def run_experiment(*, config_path: Path | None, resume: Path | None, overrides: 
     if resume is not None:
         if config_path is not None or overrides:
             raise ConfigError("`--resume` continues a run with its saved config; don't combine it with --config or other options")
-        cfg = ExperimentConfig.from_dict(RunDir.open(resume).config())
+        saved = RunDir.open(resume).config()
+        cfg = ExperimentConfig.from_dict(saved | {"ray": ray} if ray else saved)
     else:
-        cfg = experiment_config(config_path, overrides)
+        cfg = experiment_config(config_path, overrides | ({"ray": ray} if ray else {}))
 
     events = RichEvents(console)
     console.print(f"[bold]cotune run[/] {cfg.task} · {cfg.model} · strategies {', '.join(cfg.strategies)} · seeds {cfg.seeds}")
-    lm = load_model(cfg.model, cache=cfg.cache, console=console)
+    if cfg.ray:  # the Ray workers load the model, not this process
+        from cotune.experiment.ray_grid import require_ray
+
+        require_ray()
+        console.print(f"nodes run as Ray tasks ({'a local Ray cluster' if cfg.ray == 'local' else cfg.ray})", highlight=False)
+        lm = None
+    else:
+        lm = load_model(cfg.model, cache=cfg.cache, console=console)
     try:
         if resume is not None:
             run = RunDir.open(resume)

@@ -95,13 +95,16 @@ def run_finetune(
     rollouts: int | None = None, fill_with_labels: bool = False, keep_demos: bool | None = None, split_seed: int = 0,
     force: bool = False, rollout_temperature: float | None = None, stop_at_first_pass: bool | None = None,
     params: dict[str, Any] | None = None,
-    base_url: str | None = None, base_model: str | None = None,
+    base_url: str | None = None, base_model: str | None = None, trainer: str = "local", processes: int = 1,
 ) -> None:
     """``params`` (``-P``) reach any `BootstrapFinetune` hyperparameter and win over the named options; what
-    neither sets (None) comes from the task's measured run defaults (``weights``), then the optimizer's own."""
+    neither sets (None) comes from the task's measured run defaults (``weights``), then the optimizer's own.
+    ``trainer`` and ``processes`` choose what trains the adapter (`cotune.training.trainer.build_trainer`)."""
     from cotune.errors import ConfigError
     from cotune.optimize.registry import build_optimizer, merge, nest
+    from cotune.training.trainer import build_trainer
 
+    built = build_trainer(trainer, processes=processes)  # an unknown name, a bad count or a missing trl: now
     refuse_overwrite([out_dir / "program.json", out_dir / "adapter"], force)
     if base_model and not base_url:
         raise ConfigError("`--base-model` is for a program on a server: give the server with `--base-url URL`")
@@ -116,6 +119,8 @@ def run_finetune(
     named = merge(named, dict(lora={"seed": seed, **lora}, metric_threshold=threshold, output_dir=str(out_dir),
                               traces=str(traces) if traces else None, fill_with_labels=fill_with_labels,
                               num_threads=threads, seed=seed, base_model=base_model))  # fmt: skip
+    if (trainer, processes) != ("local", 1):
+        named["trainer"] = built
     opt = build_optimizer("finetune", the_task.metric, **merge(named, nest(params or {})))
     program = _bind(the_task, model, cache, console, base_url)  # hyperparameters checked before the model loads
     events = RichEvents(console)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from typing import Any
 from cotune.errors import ConfigError, UnknownChoiceError
 
 DEFAULT_STRATEGIES = ["zero-shot", "p", "w", "p-w", "w-p", "p-w-p"]
+# `ray`: a local cluster, the one `ray start` made on this machine, or a cluster's client or GCS address
+_RAY_ADDRESS = re.compile(r"local|auto|ray://[\w.-]+(:\d+)?|[\w.-]+:\d+")
 
 
 def _registered(kind: str) -> list[str]:
@@ -84,9 +87,17 @@ class WeightStep:
         metadata={"help": "also train on the gold labels of training examples no run got right (not in the paper)"},
     )
     keep_demos: bool = field(default=True, metadata={"help": "train on prompts with the few-shot demos (False: without)"})
+    trainer: str = field(
+        default="local",
+        metadata={"help": "what trains the adapter: local (cotune's loop) or trl (TRL through accelerate; cotune[trl])"},
+    )
+    processes: int = field(
+        default=1, metadata={"help": "data-parallel training processes (trainer trl; lora.batch_size is per process)"}
+    )
 
     def optimizer_params(self) -> dict[str, Any]:
         from cotune.optimize.registry import merge, nest
+        from cotune.training.trainer import build_trainer
 
         fields = {
             "lora": dict(self.lora), "metric_threshold": self.metric_threshold, "num_rollouts": self.num_rollouts,
@@ -94,9 +105,19 @@ class WeightStep:
             "stop_at_first_pass": self.stop_at_first_pass, "init": self.init,
             "fill_with_labels": self.fill_with_labels, "keep_demos": self.keep_demos,
         }  # fmt: skip
+        if (self.trainer, self.processes) != ("local", 1):
+            fields["trainer"] = build_trainer(self.trainer, processes=self.processes)
         return merge(fields if self.optimizer == "finetune" else {}, nest(self.params))
 
     def check(self) -> list[str]:
+        from cotune.training.trainer import build_trainer
+
+        if self.processes < 1:
+            return [f"weights.processes: must be >= 1, got {self.processes}"]
+        try:
+            build_trainer(self.trainer, processes=self.processes)
+        except ConfigError as e:
+            return [f"weights.trainer: {e}"]
         return _check_optimizer("weights", self.optimizer, self.optimizer_params())
 
 
@@ -149,6 +170,7 @@ class ExperimentConfig:
     threads: int = field(default=64, metadata={"help": "parallel examples (a local model batches them)"})
     max_tokens: int | None = field(default=None, metadata={"help": "cap on generated tokens per call"})
     cache: bool = field(default=True, metadata={"help": "use the persistent request cache"})
+    ray: str | None = field(default=None, metadata={"help": "run the nodes as Ray tasks: local (a Ray cluster on this machine), auto or a cluster address (ray://HOST:10001, HOST:6379); needs cotune[ray]"})
     prompt: PromptStep = field(default_factory=PromptStep)
     weights: WeightStep = field(default_factory=WeightStep)
 
@@ -169,6 +191,8 @@ class ExperimentConfig:
             errors.append(f"inner_val_ratio: must be in (0, 1), got {self.inner_val_ratio}")
         if self.threads < 1:
             errors.append(f"threads: must be >= 1, got {self.threads}")
+        if self.ray is not None and not _RAY_ADDRESS.fullmatch(self.ray):
+            errors.append(f"ray: {self.ray!r} is not a Ray cluster; valid: local, auto, ray://HOST:PORT, HOST:PORT (or null: no Ray)")
         for name in ("train_size", "dev_size", "test_size", "max_tokens"):
             v = getattr(self, name)
             if v is not None and v < 1:

@@ -4,7 +4,8 @@ Strategies that share a prefix share its work: for one seed, Π is computed once
 and Θ once for Θ and Θ→Π. The steps are run by `cotune.optimize.better_together.BetterTogether.run_tree`
 (one tree per seed); this module adds the run directory through `StepHooks`: every node (a strategy
 prefix) is optimized from its parent, saved, and evaluated on dev and test before it is marked finished,
-finished nodes are reloaded on resume, and a failed node ends its branch only.
+finished nodes are reloaded on resume, and a failed node ends its branch only. With ``config.ray`` each node
+runs as a Ray task through the same `Runner.run_seed` (`cotune.experiment.ray_grid`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class Runner:
         self.task = task
         self.optimizer_factory = optimizer_factory
         self.user_events = events
+        if self.config.ray:  # the nodes run as Ray tasks that build their own task and LM (ray_grid.py)
+            from cotune.experiment.ray_grid import check_ray_runner
+
+            check_ray_runner(self)
 
     # -- entry points --------------------------------------------------------------------------------
     def start(self) -> RunDir:
@@ -83,13 +88,6 @@ class Runner:
             if self.user_events is not None:
                 self.user_events(e)
 
-        task = self.task or self._load_task()
-        lm = self.lm or self._load_lm()
-        base = task.program().bind(lm)
-        if cfg.max_tokens:
-            for p in base.predictors():
-                p.config["max_tokens"] = cfg.max_tokens
-        factory = self.optimizer_factory or default_optimizer_factory(cfg, task.metric)
         strategies = parse_strategies(cfg.strategies)
         prefixes = node_prefixes(strategies)
 
@@ -97,11 +95,13 @@ class Runner:
              node_kinds=[_kind(p) for p in prefixes] * len(cfg.seeds))  # fmt: skip
         failures: list[dict[str, Any]] = []
         with Progress(events, "experiment", total=len(prefixes) * len(cfg.seeds)) as bar:
-            for seed in cfg.seeds:
-                # ct.BetterTogether runs the steps; this runner adds the run directory around them.
-                driver = BetterTogether(task.metric, inner_val_ratio=cfg.inner_val_ratio, num_threads=cfg.threads)
-                hooks = _NodeHooks(self, run, task, lm, seed, factory, failures, bar, events)
-                driver.run_tree(base, strategies, trainset=task.train, events=events, hooks=hooks)
+            if cfg.ray:  # every node a Ray task, seeds and branches in parallel; the same run_seed inside
+                from cotune.experiment.ray_grid import run_on_ray
+
+                run_on_ray(self, run, strategies, failures, bar, events)
+            else:
+                for seed in cfg.seeds:
+                    self.run_seed(run, seed, strategies, failures, bar, events)
         results = {
             "config": cfg.to_dict(),
             "run_dir": str(run.path),
@@ -135,6 +135,24 @@ class Runner:
             run.forget(seed, name)
             emit(events, "node.corrupt", seed=seed, strategy=name, error=str(e))
             return None
+
+    def run_seed(self, run: RunDir, seed: int, strategies: list[tuple[str, ...]], failures: list[dict[str, Any]],
+                 bar: Any, events: EventSink, only: tuple[str, ...] | None = None) -> dict[tuple[str, ...], StepResult]:  # fmt: skip
+        """One seed's strategy tree into ``run``; ``only``: just that node, its ancestors (finished by
+        then) read back from ``run`` — how a Ray task runs one node. Returns `BetterTogether.run_tree`'s steps."""
+        cfg = self.config
+        self.task = task = self.task or self._load_task()
+        self.lm = lm = self.lm or self._load_lm()
+        base = task.program().bind(lm)
+        if cfg.max_tokens:
+            for p in base.predictors():
+                p.config["max_tokens"] = cfg.max_tokens
+        factory = self.optimizer_factory or default_optimizer_factory(cfg, task.metric)
+        # ct.BetterTogether runs the steps; this runner adds the run directory around them.
+        driver = BetterTogether(task.metric, inner_val_ratio=cfg.inner_val_ratio, num_threads=cfg.threads)
+        hooks = _NodeHooks(self, run, task, lm, seed, factory, failures, bar, events, only=only)
+        return driver.run_tree(base, strategies if only is None else [only], trainset=task.train, events=events,
+                               hooks=hooks)  # fmt: skip
 
     def _load_task(self):
         from cotune.tasks import load_task
@@ -184,23 +202,34 @@ class _NodeHooks(StepHooks):
     its folder, its optimizer from the factory, a saved program and dev/test evaluations; a training or
     infrastructure failure ends that node's branch and the run goes on (a resumed run tries it again)."""
 
-    def __init__(self, runner: Runner, run: RunDir, task: Any, lm: Any, seed: int, factory: OptimizerFactory,
-                 failures: list[dict[str, Any]], bar: Any, events: EventSink) -> None:  # fmt: skip
+    def __init__(self, runner: Runner, run: RunDir, task: Any, lm: Any, seed: int, factory: OptimizerFactory | None,
+                 failures: list[dict[str, Any]], bar: Any, events: EventSink,
+                 only: tuple[str, ...] | None = None) -> None:  # fmt: skip
         self.runner, self.run, self.task, self.lm, self.seed = runner, run, task, lm, seed
         self.factory, self.failures, self.bar, self.events = factory, failures, bar, events
+        self.only = only
         self.records: dict[tuple[str, ...], dict[str, Any]] = {}
 
     def restore(self, steps: tuple[str, ...]) -> Program | None:
         name = strategy_name(steps)
+        if self.only is not None and steps != self.only:  # an ancestor of the one node to run: done already
+            record = self.run.finished(self.seed, name)
+            if record is None:
+                raise ConfigError(f"seed {self.seed} {name} is not finished; {strategy_name(self.only)} builds on it")
+            return self._load(steps, record)
         record = self.runner._finished(self.run, self.seed, name, self.events)
         if record is None:
             return None
-        state = read_program_state(self.run.node_dir(self.seed, name) / "program.json")
-        program = bind_saved(program_for_state(self.task.program(), state).load_state(state), state, self.lm)
+        program = self._load(steps, record)
         emit(self.events, "node.skipped", seed=self.seed, strategy=name, reason="finished earlier")
-        self.records[steps] = record
         self.bar.advance(seed=self.seed, strategy=name, test=record["test"]["score"])
         return program
+
+    def _load(self, steps: tuple[str, ...], record: dict[str, Any]) -> Program:
+        """A finished node's saved program, bound to this process's LM (and its adapter)."""
+        state = read_program_state(self.run.node_dir(self.seed, strategy_name(steps)) / "program.json")
+        self.records[steps] = record
+        return bind_saved(program_for_state(self.task.program(), state).load_state(state), state, self.lm)
 
     def start(self, steps: tuple[str, ...]) -> None:
         self.run.node_dir(self.seed, strategy_name(steps)).mkdir(parents=True, exist_ok=True)

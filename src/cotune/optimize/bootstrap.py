@@ -9,24 +9,19 @@ the remaining slots where the data has a predictor's fields.
 from __future__ import annotations
 
 import random
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from cotune.data.dataset import Dataset
 from cotune.data.example import Example
-from cotune.errors import ConfigError, EvaluationError
-from cotune.evaluate.evaluate import Row, evaluate
+from cotune.errors import ConfigError
 from cotune.evaluate.metrics import Metric, passes
 from cotune.events import EventSink, Progress, emit
 from cotune.optimize.base import Events, Examples, Optimizer
 from cotune.optimize.labeled import labeled_demos
 from cotune.optimize.params import Count, Fraction, NonNegative, Positive
+from cotune.optimize.rollouts import SEED_STRIDE, Item, Rollouts, Trace
 from cotune.program.program import Program
-
-Item = tuple[int, Example]  # (index in the original trainset, example): the key of a teacher run
 
 
 def build_teacher(
@@ -71,76 +66,25 @@ def _excluding_own_example(demos: list[Example]) -> Callable[[Mapping[str, Any]]
     return select
 
 
-class TeacherRuns:
-    """Runs the teacher on training examples, remembering every row by (example key, round).
-
-    Rounds after the first sample at ``temperature`` with ``rollout_id = round``, so a caching LM answers
-    afresh instead of returning the same failure. Candidates of a random search share one `TeacherRuns`,
-    so an example runs once per round even when several bootstraps ask for it at the same time (the
-    later ones wait for the first), with or without an LM cache. Thread-safe.
-    """
-
-    def __init__(self, teacher: Program, metric: Metric, *, num_threads: int = 8, temperature: float = 0.7):
-        self.teacher, self.metric = teacher, metric
-        self.num_threads, self.temperature = num_threads, temperature
-        self._rows: dict[tuple[int, int], Future[Row]] = {}
-        self._programs: dict[int, Program] = {0: teacher}
-        self._lock = threading.Lock()
-
-    def program(self, round_: int) -> Program:
-        with self._lock:
-            if round_ not in self._programs:
-                p = self.teacher.deepcopy()
-                for pred in p.predictors():
-                    pred.config = {**pred.config, "temperature": self.temperature, "rollout_id": round_}
-                self._programs[round_] = p
-            return self._programs[round_]
-
-    def run(self, items: Sequence[Item], round_: int) -> list[Row]:
-        """The teacher's rows for ``items`` in ``round_``, running (in parallel) those nobody ran yet."""
-        mine: list[Item] = []
-        with self._lock:
-            for key, ex in items:
-                if (key, round_) not in self._rows:
-                    self._rows[(key, round_)] = Future()
-                    mine.append((key, ex))
-        if mine:
-            # Run everything this call claimed before waiting on other callers: no claim waits on another.
-            try:
-                result = evaluate(
-                    self.program(round_),
-                    Dataset(ex for _, ex in mine),
-                    self.metric,
-                    num_threads=self.num_threads,
-                    max_errors=None,
-                    description=f"teacher round {round_}",
-                )
-            except BaseException as e:
-                for key, _ in mine:
-                    self._rows[(key, round_)].set_exception(e)
-                raise
-            for (key, _), row in zip(mine, result.rows, strict=True):
-                self._rows[(key, round_)].set_result(row)
-            errors = [r for r in result.rows if r.error_kind == "exception"]
-            if len(errors) == len(result.rows):
-                # Parse failures are the model's fault; an exception on every example is a bug to show.
-                raise EvaluationError(f"the teacher program raised on all {len(errors)} examples; first: {errors[0].error}")
-        return [self._rows[(key, round_)].result() for key, _ in items]
-
-
 @dataclass
 class Bootstrapped:
     """What one bootstrap produced: demos per predictor and where they came from."""
 
     demos: dict[str, list[Example]]
     counts: dict[str, dict[str, int]]
-    traces: list[dict[str, Any]] = field(default_factory=list)
+    traces: list[Trace] = field(default_factory=list)  # the passing traces used, in ``items`` order
     n_passed: int = 0
     n_run: int = 0
 
 
+def trace_record(trace: Trace) -> dict[str, Any]:
+    """A bootstrap trace as `BootstrapFewShot.traces_` keeps it (and run records save it)."""
+    round_ = trace.rollout_id % SEED_STRIDE  # bootstrap samples with seed 0: the rollout id is the round
+    return {"example": trace.example_index, "round": round_, "score": trace.score, "steps": trace.steps}
+
+
 def collect_demos(
-    runs: TeacherRuns,
+    runs: Rollouts,
     student: Program,
     items: Sequence[Item],
     *,
@@ -158,7 +102,7 @@ def collect_demos(
     ``items`` order, so the result does not depend on thread timing.
     """
     names = [n for n, _ in student.named_predictors()]
-    passed: list[tuple[int, int, Row]] = []  # (key, round, row)
+    passed: list[Trace] = []
     passing_keys: set[int] = set()
     n_run = 0
     chunk = max(1, runs.num_threads)
@@ -167,14 +111,14 @@ def collect_demos(
         while max_bootstrapped_demos > 0 and len(passed) < max_bootstrapped_demos and start < len(items):
             todo, start = list(items[start : start + chunk]), start + chunk
             position = {key: i for i, (key, _) in enumerate(todo)}
-            found: list[tuple[int, int, Row]] = []
+            found: list[Trace] = []
             for round_ in range(max_rounds):
-                rows = runs.run(todo, round_)
+                traces = runs.run(todo, round_)
                 n_run += len(todo) if round_ == 0 else 0
                 failed = []
-                for (key, ex), row in zip(todo, rows, strict=True):
-                    if passes(row.score, threshold):
-                        found.append((key, round_, row))
+                for (key, ex), trace in zip(todo, traces, strict=True):
+                    if passes(trace.score, threshold):
+                        found.append(trace)
                         passing_keys.add(key)
                     else:
                         failed.append((key, ex))
@@ -183,19 +127,19 @@ def collect_demos(
                 if not failed or len(passed) + len(found) >= max_bootstrapped_demos:
                     break
                 todo = failed
-            passed += sorted(found, key=lambda f: position[f[0]])
+            passed += sorted(found, key=lambda t: position[t.example_index])
     passed = passed[:max_bootstrapped_demos]
 
     demos: dict[str, list[Example]] = {n: [] for n in names}
-    for _, _, row in passed:
-        for step in row.trace:
+    for trace in passed:
+        for step in trace.steps:
             if step.outputs is None or step.predictor not in demos:
                 continue
             if len(demos[step.predictor]) < max_bootstrapped_demos:
                 demos[step.predictor].append(Example({**step.inputs, **step.outputs}))
     counts = {n: {"bootstrapped": len(demos[n]), "labeled": 0} for n in names}
 
-    used = {key for key, _, _ in passed}
+    used = {t.example_index for t in passed}
     rest = [ex for key, ex in items if key not in used]
     random.Random(seed).shuffle(rest)
     for name, predictor in student.named_predictors():
@@ -203,9 +147,8 @@ def collect_demos(
         demos[name] += extra
         counts[name]["labeled"] = len(extra)
 
-    traces = [{"example": key, "round": r, "score": row.score, "steps": row.trace} for key, r, row in passed]
     emit(events, "bootstrap.done", passed=len(passed), run=n_run, demos={n: counts[n] for n in names})
-    return Bootstrapped(demos, counts, traces, len(passing_keys), n_run)
+    return Bootstrapped(demos, counts, passed, len(passing_keys), n_run)
 
 
 class BootstrapFewShot(Optimizer):
@@ -228,8 +171,8 @@ class BootstrapFewShot(Optimizer):
         seed: order of the labeled fill-up (and of the teacher's labeled demos).
 
     Learned attributes: ``demos_`` (predictor name → demo dicts), ``demo_counts_`` (name → bootstrapped /
-    labeled counts), ``traces_`` (the passing traces used), ``n_passed_`` (passing examples among those
-    run), ``n_run_`` (examples run).
+    labeled counts), ``traces_`` (the passing traces used, as `trace_record` dicts), ``n_passed_`` (passing
+    examples among those run), ``n_run_`` (examples run).
 
     Example:
         >>> from cotune.lm import FakeLM
@@ -284,10 +227,8 @@ class BootstrapFewShot(Optimizer):
         """
         if not trainset:
             raise ConfigError("BootstrapFewShot needs a non-empty trainset")
-        teacher = build_teacher(program, self.teacher, trainset, self.teacher_labeled_demos, self.seed)
-        runs = TeacherRuns(teacher, self.metric, num_threads=self.num_threads, temperature=self.round_temperature)
         result = collect_demos(
-            runs,
+            self.teacher_rollouts(program, trainset, self.seed),
             program,
             list(enumerate(trainset)),
             threshold=self.metric_threshold,
@@ -299,10 +240,15 @@ class BootstrapFewShot(Optimizer):
         )
         self.demos_ = {n: [d.to_dict() for d in ds] for n, ds in result.demos.items()}
         self.demo_counts_ = result.counts
-        self.traces_ = result.traces
+        self.traces_ = [trace_record(t) for t in result.traces]
         self.n_passed_ = result.n_passed
         self.n_run_ = result.n_run
         return with_demos(program, result.demos)
+
+    def teacher_rollouts(self, student: Program, trainset: Sequence[Example], seed: int) -> Rollouts:
+        """The teacher's runs that bootstraps of ``student`` share (``seed`` orders the teacher's labeled demos)."""
+        teacher = build_teacher(student, self.teacher, trainset, self.teacher_labeled_demos, seed)
+        return Rollouts(teacher, self.metric, temperature=self.round_temperature, num_threads=self.num_threads)
 
 
 def with_demos(program: Program, demos: Mapping[str, list[Example]]) -> Program:

@@ -22,16 +22,8 @@ from cotune.events import EventSink, emit
 from cotune.lm.cache import default_cache_dir
 from cotune.optimize.base import Optimizer
 from cotune.optimize.params import Fraction, NonNegative, OpenFraction, Positive
-from cotune.optimize.traces import (
-    Trace,
-    collect_traces,
-    count_by_predictor,
-    coverage,
-    labeled_traces,
-    load_traces,
-    passing,
-    save_traces,
-)
+from cotune.optimize.rollouts import Trace, collect_traces
+from cotune.optimize.traces import count_by_predictor, coverage, labeled_traces, load_traces, passing, save_traces
 from cotune.optimize.weights_target import LocalWeights, ServedWeights, weights_target
 from cotune.program.predict import Predict
 from cotune.program.program import Program
@@ -82,8 +74,9 @@ class BootstrapFinetune(Optimizer):
             adapters at runtime (vLLM ``--enable-lora`` with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``,
             ``cotune serve --runtime-lora``). The adapter folder (``output_dir``) must be readable by the
             server. Not used for a local student, which trains on its own weights.
-        trainer: what trains the adapter: ``"local"`` (cotune's PEFT loop in this process) or any
-            `cotune.training.trainer.Trainer` object (same examples in, a PEFT adapter with metadata out).
+        trainer: what trains the adapter: ``"local"`` (cotune's PEFT loop in this process), ``"trl"`` (TRL's
+            SFTTrainer in this process; ``cotune.training.TRLTrainer(processes=N)`` for N processes under
+            accelerate) or any `cotune.training.trainer.Trainer` object (same examples in, a PEFT adapter with metadata out).
 
     Learned attributes (after `compile`):
         adapter_path_: the adapter folder (multitask), or a dict predictor name → folder (for a served
@@ -128,7 +121,7 @@ class BootstrapFinetune(Optimizer):
         num_threads: Positive = 8,
         seed: int = 0,
         base_model: str | Path | None = None,
-        trainer: Literal["local"] | Trainer = "local",
+        trainer: Literal["local", "trl"] | Trainer = "local",
     ):
         self.metric = metric
         self.lora = lora

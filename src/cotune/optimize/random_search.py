@@ -20,9 +20,10 @@ from cotune.evaluate.evaluate import EvaluationResult, evaluate
 from cotune.evaluate.metrics import Metric
 from cotune.events import EventSink, Progress, emit
 from cotune.optimize.base import Events, Examples, Optimizer, require_valset
-from cotune.optimize.bootstrap import BootstrapFewShot, TeacherRuns, build_teacher, collect_demos, with_demos
+from cotune.optimize.bootstrap import BootstrapFewShot, collect_demos, with_demos
 from cotune.optimize.labeled import labeled_demos
 from cotune.optimize.params import Positive
+from cotune.optimize.rollouts import Rollouts
 from cotune.program.program import Program
 
 
@@ -159,8 +160,7 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
         trainset = list(trainset)
         shared = _Shared(runs=None, bootstrap=boot)
         if any(c.kind in (CandidateKind.BOOTSTRAP, CandidateKind.BOOTSTRAP_SHUFFLED) for c in self.candidates_):
-            teacher = build_teacher(program, boot.teacher, trainset, boot.teacher_labeled_demos, self.seed)
-            shared.runs = TeacherRuns(teacher, boot.metric, num_threads=boot.num_threads, temperature=boot.round_temperature)
+            shared.runs = boot.teacher_rollouts(program, trainset, self.seed)
 
         # Every candidate is built (bootstrapped) and scored in its own thread, all at once by default, so
         # a local model batches calls across candidates; shared teacher runs and shared scores of
@@ -250,7 +250,7 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
 class _Shared:
     """State the candidates of one `compile` share across threads."""
 
-    runs: TeacherRuns | None
+    runs: Rollouts | None
     bootstrap: BootstrapFewShot
     scores: dict[str, Future[EvaluationResult]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)

@@ -1,8 +1,9 @@
-"""Trace collection: run a teacher program over training examples and keep the runs that pass the metric.
+"""Traces as an artifact: the runs of a teacher over training examples, filtered, written and read back.
 
-Traces are an artifact: `save_traces` writes every run (passed or not, with its score) as JSONL, and
-`load_traces` reads it back, so a later run can fine-tune on them (``--traces FILE``) without running
-the teacher again, or with another threshold.
+`collect_traces` runs the teacher (see `cotune.optimize.rollouts`, where `Trace` lives); `save_traces`
+writes every run (passed or not, with its score) as JSONL, and `load_traces` reads it back, so a later
+run can fine-tune on them (``--traces FILE``) without running the teacher again, or with another
+threshold.
 
 Example:
     >>> from cotune.data import Example
@@ -20,152 +21,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cotune.data.example import Example
-from cotune.errors import ConfigError, DataError
-from cotune.evaluate.evaluate import evaluate
-from cotune.evaluate.metrics import Metric, passes
-from cotune.events import EventSink, emit
+from cotune.errors import DataError
+from cotune.optimize.rollouts import FORMAT_VERSION, Trace, collect_traces
 from cotune.program.program import Program
 from cotune.program.trace import TraceStep
-
-FORMAT_VERSION = 1
-
-
-@dataclass
-class Trace:
-    """One run of the teacher on one example: its predictor calls, prediction and score, and provenance.
-
-    Attributes:
-        example_index: position of the example in the training set.
-        inputs / labels: the example, so the file stands on its own.
-        steps: every predictor call, with the exact messages sent and the raw completion.
-        rollout_id: 0 for the teacher's own decoding; 1.. for sampled rollouts.
-        temperature: the sampling temperature of a rollout (None: the teacher's own setting).
-        program: the teacher's `Program.fingerprint()` (its prompts); model: its ``lm.spec()``.
-        source: "run" (the teacher ran) or "labels" (written from the example's gold labels, see
-            `labeled_traces`).
-    """
-
-    example_index: int
-    inputs: dict[str, Any]
-    labels: dict[str, Any]
-    prediction: dict[str, Any] | None
-    score: float
-    steps: list[TraceStep]
-    rollout_id: int = 0
-    temperature: float | None = None
-    program: str | None = None
-    model: dict[str, Any] | None = None
-    seed: int = 0
-    error: str | None = None
-    source: str = "run"
-
-    def passed(self, threshold: float | None = None) -> bool:
-        """Whether the run counts as a success: score >= ``threshold`` (None: full marks, score >= 1)."""
-        return self.error is None and passes(self.score, threshold)
-
-    def key(self) -> str:
-        """Identity for deduplication: the predictor calls (who, what was sent, what came back)."""
-        return json.dumps([(s.predictor, s.messages, s.completion) for s in self.steps], sort_keys=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "example_index": self.example_index,
-            "inputs": self.inputs,
-            "labels": self.labels,
-            "prediction": self.prediction,
-            "score": self.score,
-            "rollout_id": self.rollout_id,
-            "temperature": self.temperature,
-            "program": self.program,
-            "model": self.model,
-            "seed": self.seed,
-            "error": self.error,
-            "source": self.source,
-            "steps": [s.to_dict() for s in self.steps],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Trace:
-        d = dict(d)
-        d.pop("format_version", None)
-        d["steps"] = [TraceStep.from_dict(s) for s in d.get("steps", [])]
-        return cls(**d)
-
-
-ROUND_FILL = 64  # calls per round that sampled rollouts are grouped up to (a local engine's batch)
-
-
-def collect_traces(
-    teacher: Program | Any,
-    examples: Sequence[Example],
-    metric: Metric,
-    *,
-    num_rollouts: int = 1,
-    temperature: float = 0.7,
-    num_threads: int = 8,
-    seed: int = 0,
-    stop_at_first_pass: bool = False,
-    threshold: float | None = None,
-    min_p: float = 0.0,
-    events: EventSink | None = None,
-) -> list[Trace]:
-    """Run ``teacher`` on every example ``num_rollouts`` times and return every run as a `Trace`.
-
-    Rollout 0 decodes as the teacher is configured (usually greedy); rollouts 1..k-1 sample at
-    ``temperature`` with distinct rollout ids (``seed * 1000 + r``), so the request cache returns the
-    same samples for the same seed and new ones for another seed (with ``min_p`` when > 0, see
-    `cotune.lm.GenerationConfig`). The teacher is never mutated. With
-    ``stop_at_first_pass``, an example gets no more rollouts once one of its runs passed (`Trace.passed`
-    with ``threshold``): many samples for the hard examples, one for the easy ones.
-
-    Raises:
-        ConfigError: ``num_rollouts`` < 1 or a negative temperature.
-        EvaluationError: too many examples raised exceptions (a broken program, not a weak one).
-    """
-    if num_rollouts < 1:
-        raise ConfigError(f"num_rollouts must be >= 1, got {num_rollouts}")
-    if temperature < 0:
-        raise ConfigError(f"rollout temperature must be >= 0, got {temperature}")
-    fingerprint = teacher.fingerprint() if isinstance(teacher, Program) else None
-    lm = _lm_of(teacher)
-    model = lm.spec() if lm is not None and hasattr(lm, "spec") else None
-    traces: list[Trace] = []
-    todo = list(range(len(examples)))
-    fill = min(len(examples), ROUND_FILL)
-    r = 0
-    while r < num_rollouts and todo:
-        # Rollouts after the first are sampled several at a time when few examples are left, so each round
-        # is about as large as the first (a local engine batches them); with stop_at_first_pass the runs
-        # after an example's first pass are dropped, so the traces are those of one rollout at a time.
-        width = 1 if r == 0 else min(num_rollouts - r, max(1, -(-fill // len(todo))))
-        ids = list(range(r, r + width))
-        subset = [examples[i] for i in todo]
-        results = _run_rollouts(teacher, subset, metric, ids, temperature, seed, min_p, num_threads, num_rollouts,
-                                events)  # fmt: skip
-        passed: dict[int, int] = {}  # example index → the first rollout of this round that passed
-        for rollout, result in zip(ids, results, strict=True):
-            for row_index, index in enumerate(todo):
-                if stop_at_first_pass and passed.get(index, rollout) < rollout:
-                    continue  # one rollout at a time would not have run this one
-                row = result.rows[row_index]
-                temp = None if rollout == 0 else temperature
-                trace = Trace(index, row.inputs, row.labels, row.prediction, row.score, list(row.trace),
-                              rollout_id=0 if rollout == 0 else seed * 1000 + rollout, temperature=temp,
-                              program=fingerprint, model=model, seed=seed, error=row.error)  # fmt: skip
-                traces.append(trace)
-                if trace.passed(threshold):
-                    passed.setdefault(index, rollout)
-        if stop_at_first_pass:
-            todo = [i for i in todo if i not in passed]
-        r += width
-    emit(events, "traces.collected", n=len(traces), passed=sum(t.passed() for t in traces))
-    return traces
 
 
 def labeled_traces(program: Program | Any, examples: Sequence[Example], *, skip: Iterable[int] = ()) -> list[Trace]:
@@ -305,52 +168,6 @@ def load_traces(path: str | Path) -> list[Trace]:
             except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
                 raise DataError(f"not a trace ({type(e).__name__}: {e})", path=path, line=lineno) from None
     return traces
-
-
-def _lm_of(program: Any) -> Any:
-    if isinstance(program, Program):
-        try:
-            return program.lm
-        except ConfigError:  # predictors on different LMs (one adapter per predictor)
-            return program.predictors()[0].lm if program.predictors() else None
-    return getattr(program, "lm", None)
-
-
-def _run_rollouts(teacher, subset, metric, ids, temperature, seed, min_p, num_threads, num_rollouts, events) -> list:
-    """Evaluate the teacher on ``subset`` once per rollout id in ``ids``, all at the same time (one result each)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(rollout: int) -> Any:
-        runner = teacher if rollout == 0 else _sampling_copy(teacher, temperature, seed * 1000 + rollout, min_p)
-        if num_rollouts == 1:
-            desc = "collect traces"
-        else:
-            desc = f"collect traces (rollout {rollout + 1}/{num_rollouts})"
-        threads = max(1, num_threads // len(ids))  # the round's calls in flight stay at num_threads
-        return evaluate(runner, subset, metric, num_threads=threads, events=events, description=desc)
-
-    if len(ids) == 1:
-        return [one(ids[0])]
-    with ThreadPoolExecutor(len(ids)) as pool:
-        return list(pool.map(one, ids))
-
-
-def _sampling_copy(teacher: Any, temperature: float, rollout_id: int, min_p: float = 0.0) -> Any:
-    """A copy of the teacher whose predictors sample at ``temperature`` under ``rollout_id``."""
-    if isinstance(teacher, Program):
-        copy = teacher.deepcopy()
-        predictors = copy.predictors()
-    else:  # a bare predictor
-        import copy as _copy
-
-        copy = _copy.copy(teacher)
-        copy.config = dict(getattr(teacher, "config", {}))
-        predictors = [copy]
-    for p in predictors:
-        p.config = {**p.config, "temperature": temperature, "rollout_id": rollout_id}
-        if min_p > 0:
-            p.config["min_p"] = min_p
-    return copy
 
 
 __all__ = [

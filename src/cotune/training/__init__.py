@@ -1,20 +1,24 @@
 """Fine-tuning: traces → chat examples (`sft_data`), LoRA training with PEFT (`lora`), its config (`config`),
-the `Trainer` seam the Θ step trains through (`trainer`), the frozen-trunk cache for ``top_layers`` (`trunk`).
+the `Trainer` seam the Θ step trains through (`trainer`; TRL's SFTTrainer behind it in `trl_trainer`), the
+frozen-trunk cache for ``top_layers`` (`trunk`).
 
-torch, transformers and peft are imported only when training runs.
+torch, transformers, peft and trl are imported only when training runs.
 """
 
 from cotune.training.config import LoRAConfig
 from cotune.training.lora import TrainResult, read_adapter_metadata, train_lora
 from cotune.training.sft_data import ChatExample, chat_examples, data_hash, strip_demos, tokenize
-from cotune.training.trainer import LocalTrainer, Trainer, resolve_trainer
+from cotune.training.trainer import LocalTrainer, Trainer, build_trainer, resolve_trainer
+from cotune.training.trl_trainer import TRLTrainer
 
 __all__ = [
     "ChatExample",
     "LoRAConfig",
     "LocalTrainer",
+    "TRLTrainer",
     "TrainResult",
     "Trainer",
+    "build_trainer",
     "chat_examples",
     "data_hash",
     "read_adapter_metadata",

@@ -179,26 +179,36 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
         n_dropped=n_dropped,
         step_seconds=step_seconds,
     )
-    metadata = {
-        "base_model": base_model or str(base_model_path),
-        "base_model_path": str(base_model_path),
-        "init_adapter": str(init_adapter) if init_adapter else None,
-        "data_hash": hashed,
-        "hyperparameters": config.to_dict(),
-        "final_loss": final_loss,
-        "losses": losses,
-        "train_seconds": result.seconds,
-        "steps": result.steps,
-        "n_examples": result.n_examples,
-        "device": device,
-        "versions": _versions(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    metadata = adapter_metadata(result, config, base_model_path=base_model_path, base_model=base_model,
+                                init_adapter=init_adapter)  # fmt: skip
     _save(model, metadata, output_dir)
     emit(events, "finetune.done", adapter=str(output_dir), final_loss=final_loss, steps=result.steps)
     # ---- cleanup: drop the training copy of the model now rather than whenever the caller lets go.
     del model, optimizer
     return result
+
+
+def adapter_metadata(
+    result: TrainResult, config: LoRAConfig, *, base_model_path: str | Path, base_model: str | None = None,
+    init_adapter: str | Path | None = None, **extra: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """What ``cotune_adapter.json`` holds: base model, training data hash, hyperparameters, losses, versions;
+    ``extra`` adds trainer-specific entries (e.g. the trainer's name and its library versions)."""
+    return {
+        "base_model": base_model or str(base_model_path),
+        "base_model_path": str(base_model_path),
+        "init_adapter": str(init_adapter) if init_adapter else None,
+        "data_hash": result.data_hash,
+        "hyperparameters": config.to_dict(),
+        "final_loss": result.final_loss,
+        "losses": result.losses,
+        "train_seconds": result.seconds,
+        "steps": result.steps,
+        "n_examples": result.n_examples,
+        "device": result.device,
+        "versions": _versions(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    } | extra
 
 
 def _check_output_dir(output_dir: Path) -> None:
