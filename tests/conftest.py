@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N` (make test): N workers share the cores, so each computes on one thread; set before torch
+    # is imported (its OpenMP pool reads this once). A test that sets threads itself still does.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

@@ -332,10 +332,10 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except CotuneError as e:
-        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # a path in it stays whole
         raise SystemExit(2) from None
     except OSError as e:  # a file that cannot be read or written: say which, without a traceback
-        console.print(f"[bold red]error:[/] {escape(str(e.strerror or e))}: {escape(str(e.filename or ''))}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(e.strerror or e))}: {escape(str(e.filename or ''))}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

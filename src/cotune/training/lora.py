@@ -16,6 +16,7 @@ restored afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import random
 import shutil
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -284,7 +285,7 @@ def _optimizer_step(model, optimizer, scheduler, tokenized, group, trunk, pad_id
 
     n_tokens = sum(tokenized[i].n_completion_tokens for batch in group for i in batch)
     total = 0.0
-    try:
+    with training_errors(config):
         for batch in group:
             logits, targets = _batch_logits(model, [tokenized[i] for i in batch], batch, trunk, pad_id, config,
                                             device)  # fmt: skip
@@ -296,14 +297,6 @@ def _optimizer_step(model, optimizer, scheduler, tokenized, group, trunk, pad_id
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    except torch.OutOfMemoryError as e:
-        raise TrainingError(_oom_message(config, e)) from e
-    except RuntimeError as e:
-        if "out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower():
-            raise TrainingError(_oom_message(config, e)) from e
-        raise TrainingError(f"training step failed: {e}") from e
-    except MemoryError as e:
-        raise TrainingError(_oom_message(config, e)) from e
     return total
 
 
@@ -366,6 +359,24 @@ def _completion_logits(model: Any, ids: Any, mask: Any, keep: Any) -> Any:
     except TypeError:  # a model class without logits_to_keep
         logits = model(input_ids=ids, attention_mask=mask).logits
     return kept_logits(logits, keep)
+
+
+@contextlib.contextmanager
+def training_errors(config: LoRAConfig) -> Iterator[None]:
+    """Training steps inside raise `TrainingError`: out of memory with what to lower, anything else from
+    torch with the step's error (both trainers use it)."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        raise TrainingError(_oom_message(config, e)) from e
+    except RuntimeError as e:
+        if "out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower():
+            raise TrainingError(_oom_message(config, e)) from e
+        raise TrainingError(f"training step failed: {e}") from e
+    except MemoryError as e:
+        raise TrainingError(_oom_message(config, e)) from e
 
 
 def _oom_message(config: LoRAConfig, e: BaseException) -> str:

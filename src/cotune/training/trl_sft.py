@@ -20,7 +20,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from cotune.errors import TrainingError
 from cotune.hardware import bf16_is_fast
 from cotune.training.config import LoRAConfig
-from cotune.training.lora import TrainResult, _check_output_dir, _oom_message, _save, _versions, adapter_metadata
+from cotune.training.lora import TrainResult, _check_output_dir, _save, _versions, adapter_metadata, training_errors
 from cotune.training.memory import MemoryWatch
 from cotune.training.setup import load_for_training, training_device
 from cotune.training.sft_data import ChatExample, TokenizedExample, data_hash, tokenize
@@ -51,15 +51,8 @@ def train_sft(job: Job, report: Report) -> TrainResult | None:
         trainer.add_callback(steps)
 
         # -- train ------------------------------------------------------------------------------------
-        try:
-            with MemoryWatch(device, torch) as memory:
-                trainer.train()
-        except torch.OutOfMemoryError as e:
-            raise TrainingError(_oom_message(config, e)) from e
-        except RuntimeError as e:
-            if "out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower():
-                raise TrainingError(_oom_message(config, e)) from e
-            raise TrainingError(f"training step failed: {e}") from e
+        with training_errors(config), MemoryWatch(device, torch) as memory:
+            trainer.train()
     if not trainer.accelerator.is_main_process:
         return None
 
