@@ -21,15 +21,6 @@ def iris_example(length: float) -> ChatExample:
 EXAMPLES = [iris_example(x) for x in (1.4, 1.5, 4.0, 4.5, 5.6, 6.1, 1.3, 5.1)]
 
 
-@pytest.fixture(scope="module")
-def smol():
-    from cotune.lm import registry
-
-    lm = registry.load("smollm2-135m", dtype="float32", cache=False)
-    yield lm
-    lm.close()
-
-
 @pytest.mark.integration
 def test_loss_goes_down_the_adapter_saves_with_metadata_and_changes_the_model(smol, tmp_path):
     events = []

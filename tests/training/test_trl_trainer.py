@@ -156,15 +156,6 @@ def test_the_entry_point_wants_one_job_file(capsys):
 
 
 # -- integration ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def smol():
-    from cotune.lm import registry
-
-    lm = registry.load("smollm2-135m", dtype="float32", cache=False)
-    yield lm
-    lm.close()
-
-
 @pytest.mark.integration
 def test_two_cpu_processes_train_like_one_and_the_adapter_changes_the_model(smol, tmp_path):
     """8 examples, 2 steps of 4: one process with batches of 4 vs `accelerate launch` with two gloo processes
