@@ -36,6 +36,11 @@ def test_help_lists_the_commands():
     assert result.returncode == 0
     for command in ("run", "eval", "optimize", "finetune", "report", "advise", "serve", "models", "tasks"):
         assert command in result.stdout
+    # one vocabulary, said once: where results go, hyperparameters, seeds, threads
+    text = " ".join(result.stdout.replace("│", " ").split())
+    for convention in ("-o/--out is where the result goes", "-P NAME=VALUE", "--set KEY=VALUE", "--seeds N means seeds 0..N-1",
+                       "--threads is how many examples run at once"):  # fmt: skip
+        assert convention in text, text
 
 
 def test_tasks_lists_builtin_tasks():

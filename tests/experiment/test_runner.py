@@ -131,6 +131,16 @@ def test_config_yaml(tmp_path):
     assert cfg.seeds == [0, 1, 2] and cfg.prompt.num_candidates == 4 and cfg.strategies == ["p", "p-w-p"]
 
 
+@pytest.mark.parametrize("seeds, expected", [(3, [0, 1, 2]), (1, [0]), ([4, 7], [4, 7])])
+def test_seeds_are_a_count_as_on_the_command_line_or_a_list(seeds, expected):
+    assert ExperimentConfig.from_dict({"seeds": seeds}).seeds == expected
+
+
+def test_a_seed_count_below_one_is_refused():
+    with pytest.raises(ConfigError, match="seeds: a count must be >= 1, got 0"):
+        ExperimentConfig.from_dict({"seeds": 0})
+
+
 def test_a_failed_weight_step_skips_its_descendants_and_keeps_the_rest(tmp_path):
     from cotune.errors import TrainingError
 

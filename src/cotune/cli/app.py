@@ -22,6 +22,18 @@ from cotune.optimize.registry import optimizer_names
 app = typer.Typer(
     name="cotune",
     help="Optimize the prompts and the weights of LM programs, together.",
+    epilog=(
+        "Conventions, the same in every command: "
+        "-o/--out is where the result goes: a file where a command writes one (eval, optimize), a folder where it "
+        "writes several (finetune: the adapter and the program; report). "
+        "Hyperparameters: -P NAME=VALUE sets any of the optimizer's (dotted for nested ones: -P lora.r=8, "
+        "-P bootstrap.max_labeled_demos=2); named flags such as --lr are shortcuts for the common ones, and -P wins. "
+        "cotune run takes a YAML config (-c) and --set KEY=VALUE for any of its fields (--set prompt.params.k=5, "
+        "--set weights.lora.epochs=3). "
+        "--seeds N means seeds 0..N-1; in YAML, seeds is that count or a list of seeds. "
+        "--threads is how many examples run at once (num_threads in the Python API). "
+        "Run `cotune COMMAND --help` for a command's options."
+    ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

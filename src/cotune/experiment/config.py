@@ -158,7 +158,7 @@ class ExperimentConfig:
     task: str = field(default="iris", metadata={"help": "built-in task name"})
     model: str = field(default="smollm2-135m", metadata={"help": "registry name, folder, .gguf or hub id"})
     strategies: list[str] = field(default_factory=lambda: list(DEFAULT_STRATEGIES), metadata={"help": "e.g. [zero-shot, p, w, p-w-p]"})
-    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "optimizer seeds; the mean over them is reported"})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "optimizer seeds, or their count N (seeds 0..N-1, as --seeds N); the mean over them is reported"})
     data_dir: str | None = field(default=None, metadata={"help": "task data folder (gsm8k, hotpotqa)"})
     out_dir: str = field(default="runs", metadata={"help": "parent folder of run directories"})
     name: str | None = field(default=None, metadata={"help": "run directory name (default: date-task-model)"})
@@ -213,7 +213,7 @@ class ExperimentConfig:
         """A validated config from nested fields; fields ``data`` leaves out take the task's measured
         ``run_defaults`` (`cotune.tasks.TaskInfo`), then the defaults above. The saved run config holds them all."""
         errors: list[str] = []
-        data = _with_task_defaults(data)
+        data = _with_task_defaults(_seeds_as_list(data))
         cfg = _build(cls, data, "", errors)
         if cfg is not None:
             errors += cfg.check()
@@ -311,3 +311,13 @@ def _coerce(value: Any, hint: Any) -> tuple[Any, bool]:
 
 def _type_name(hint: Any) -> str:
     return str(hint).replace("typing.", "")
+
+
+def _seeds_as_list(data: dict[str, Any]) -> dict[str, Any]:
+    """``seeds: 3`` means seeds 0, 1, 2 — what ``--seeds 3`` means on the command line; a list is kept."""
+    seeds = data.get("seeds")
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise ConfigError(f"invalid experiment config:\n  - seeds: a count must be >= 1, got {seeds}")
+        return {**data, "seeds": list(range(seeds))}
+    return data
