@@ -176,12 +176,7 @@ class BootstrapFewShot(Optimizer):
 
     Example:
         >>> from cotune.lm import FakeLM
-        >>> from cotune.program import Predict, Program
-        >>> class QA(Program):
-        ...     def __init__(self):
-        ...         self.answer = Predict("question -> answer")
-        ...     def forward(self, question):
-        ...         return self.answer(question=question)
+        >>> from cotune.program.examples import QA
         >>> train = [Example(question=f"{i}+{i}?", answer=str(2 * i)).with_inputs("question") for i in range(4)]
         >>> lm = FakeLM(lambda m: "Answer: 4")  # right for 2+2 only
         >>> opt = BootstrapFewShot(lambda ex, p: ex["answer"] == p["answer"], max_labeled_demos=2)

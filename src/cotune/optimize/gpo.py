@@ -143,12 +143,7 @@ class GPO(Optimizer):
 
     Example:
         >>> from cotune.lm import FakeLM
-        >>> from cotune.program import Predict, Program
-        >>> class QA(Program):
-        ...     def __init__(self):
-        ...         self.answer = Predict("question -> answer")
-        ...     def forward(self, question):
-        ...         return self.answer(question=question)
+        >>> from cotune.program.examples import QA
         >>> def lm(messages):  # answers well only when told to be brief; as optimizer, proposes exactly that
         ...     if "New Instruction:" in messages[0]["content"]:
         ...         return "New Instruction: Answer with digits only."

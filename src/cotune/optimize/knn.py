@@ -14,13 +14,8 @@ later optimizer runs the program on its training examples).
 Example:
     >>> from cotune.data import Example
     >>> from cotune.lm import FakeLM
-    >>> from cotune.program import Predict, Program
     >>> from cotune.retrieve.embed import TfidfEmbedder
-    >>> class QA(Program):
-    ...     def __init__(self):
-    ...         self.answer = Predict("question -> answer")
-    ...     def forward(self, question):
-    ...         return self.answer(question=question)
+    >>> from cotune.program.examples import QA
     >>> train = [Example(question=q, answer=a).with_inputs("question") for q, a in
     ...          [("capital of France?", "Paris"), ("boiling point of water?", "100 C"), ("capital of Spain?", "Madrid")]]
     >>> knn = KNNFewShot(k=1, demos="labeled", embedder=TfidfEmbedder())

@@ -52,12 +52,7 @@ class LabeledFewShot(Optimizer):
         seed: the sampling seed.
 
     Example:
-        >>> from cotune.program import Predict, Program
-        >>> class QA(Program):
-        ...     def __init__(self):
-        ...         self.answer = Predict("question -> answer")
-        ...     def forward(self, question):
-        ...         return self.answer(question=question)
+        >>> from cotune.program.examples import QA
         >>> train = [Example(question=f"{i}+{i}?", answer=str(2 * i)).with_inputs("question") for i in range(5)]
         >>> compiled = LabeledFewShot(k=2, sample=False).compile(QA(), trainset=train)
         >>> [d["answer"] for d in compiled.answer.demos]

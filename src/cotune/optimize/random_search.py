@@ -102,12 +102,7 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
 
     Example:
         >>> from cotune.lm import FakeLM
-        >>> from cotune.program import Predict, Program
-        >>> class QA(Program):
-        ...     def __init__(self):
-        ...         self.answer = Predict("question -> answer")
-        ...     def forward(self, question):
-        ...         return self.answer(question=question)
+        >>> from cotune.program.examples import QA
         >>> data = [Example(question=f"{i}+{i}?", answer=str(2 * i)).with_inputs("question") for i in range(8)]
         >>> lm = FakeLM(lambda m: "Answer: 4")
         >>> opt = BootstrapFewShotWithRandomSearch(lambda ex, p: ex["answer"] == p["answer"], num_candidates=4)

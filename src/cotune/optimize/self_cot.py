@@ -9,15 +9,10 @@ uses them as its demo pool; the MedPrompt ladder benchmark draws random few-shot
 Example:
     >>> from cotune.data import Example
     >>> from cotune.lm import FakeLM
-    >>> from cotune.program import ChainOfThought
-    >>> class QA(Program):
-    ...     def __init__(self):
-    ...         self.answer = ChainOfThought("question -> answer")
-    ...     def forward(self, question):
-    ...         return self.answer(question=question)
+    >>> from cotune.program.examples import QA
     >>> lm = FakeLM(lambda m: "Reasoning: two and two.\\nAnswer: 4")  # right only for 2+2
     >>> data = [Example(question=q, answer=a).with_inputs("question") for q, a in [("1+2?", "3"), ("2+2?", "4")]]
-    >>> gen = self_generated_demos(QA().bind(lm), data, lambda ex, p: float(p["answer"] == ex["answer"]))
+    >>> gen = self_generated_demos(QA(cot=True).bind(lm), data, lambda ex, p: float(p["answer"] == ex["answer"]))
     >>> [(d["question"], d["reasoning"]) for d in gen.demos["answer"]], gen.sources["answer"], gen.n_passed
     ([('2+2?', 'two and two.')], [1], 1)
 """
