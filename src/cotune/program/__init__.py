@@ -1,5 +1,6 @@
 """LM programs: signatures, predictors, programs and traces."""
 
+from cotune.program.adapter import FormatAdapter, TextAdapter
 from cotune.program.chain_of_thought import ChainOfThought
 from cotune.program.predict import Predict
 from cotune.program.prediction import Prediction
@@ -10,6 +11,7 @@ from cotune.program.trace import Recorder, TraceStep, record
 __all__ = [
     "ChainOfThought",
     "Field",
+    "FormatAdapter",
     "InputField",
     "OutputField",
     "Predict",
@@ -17,6 +19,7 @@ __all__ = [
     "Program",
     "Recorder",
     "Signature",
+    "TextAdapter",
     "TraceStep",
     "record",
 ]
