@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cotune.lm.base import LM, Capabilities, Completion, GenerationConfig, Messages
+from cotune.lm.base import LM, Completion, GenerationConfig, Messages
 from cotune.lm.cache import RequestCache, open_cache
 from cotune.lm.usage import UsageMeter
 
@@ -48,6 +48,11 @@ def through_cache(
             results[i] = c
             cache.put(keys[i], {k: v for k, v in dataclasses.asdict(c).items() if k != "cached"})
     return results  # type: ignore[return-value]
+
+
+def _wrapped(name: str) -> Any:
+    """A read-only attribute that is the wrapped LM's ``name``."""
+    return property(lambda self: getattr(self.lm, name), doc=f"The wrapped LM's ``{name}``.")
 
 
 class CachedLM(LM):
@@ -93,46 +98,17 @@ class CachedLM(LM):
         """``lm.with_adapter(adapter)`` behind the same cache (the adapter is part of the key)."""
         return CachedLM(self.lm.with_adapter(adapter), self.cache)
 
-    # -- the wrapped LM's identity and settings ---------------------------------------------------------
-    @property
-    def backend(self) -> str:  # type: ignore[override]
-        return self.lm.backend
-
-    @property
-    def model(self) -> str:
-        return self.lm.model
-
-    @property
-    def adapter(self) -> str | None:
-        return self.lm.adapter
-
-    @property
-    def adapter_id(self) -> str | None:
-        return self.lm.adapter_id
-
-    @property
-    def config(self) -> GenerationConfig:  # type: ignore[override]
-        return self.lm.config
-
-    @property
-    def constrained(self) -> bool:  # type: ignore[override]
-        return self.lm.constrained
-
-    @property
-    def structured_output(self) -> str | None:  # type: ignore[override]
-        return self.lm.structured_output
-
-    @property
-    def runtime_adapters(self) -> bool:  # type: ignore[override]
-        return self.lm.runtime_adapters
-
-    @property
-    def model_path(self) -> str | None:  # type: ignore[override]
-        return self.lm.model_path
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self.lm.capabilities
+    # -- the wrapped LM's identity and settings (read through, never copied) ------------------------------
+    backend = _wrapped("backend")
+    model = _wrapped("model")
+    adapter = _wrapped("adapter")
+    adapter_id = _wrapped("adapter_id")
+    config = _wrapped("config")
+    constrained = _wrapped("constrained")
+    structured_output = _wrapped("structured_output")
+    runtime_adapters = _wrapped("runtime_adapters")
+    model_path = _wrapped("model_path")
+    capabilities = _wrapped("capabilities")
 
     def spec(self) -> dict[str, Any]:
         return self.lm.spec()
