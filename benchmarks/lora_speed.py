@@ -1,4 +1,5 @@
-"""LoRA training speed: every layer vs the top N layers over a cached frozen trunk (``LoRAConfig.top_layers``).
+"""LoRA training speed: every layer vs the top N layers over a cached frozen trunk (``LoRAConfig.top_layers``),
+each with and without running a micro-batch's shared prompt prefix once (``LoRAConfig.share_prefix``).
 
     .venv/bin/python benchmarks/lora_speed.py                      # top_layers None, 16, 8, 4; 12 steps each
     .venv/bin/python benchmarks/lora_speed.py --top 8 --steps 6
@@ -8,7 +9,7 @@ The training examples are the built-in Iris program's own zero-shot calls on the
 LoRA r32/α64 on all linear layers, batch 4, float32 unless the hardware computes bf16 natively. One process,
 settings run one after another, so the ratios come from one run on one machine. Reported per setting:
 seconds per optimizer step (mean after the first), the one-off setup (model load, trunk pass, the exactness
-check, saving) and the speed-up over every layer. Writes ``benchmarks/results/lora_speed.json``.
+checks, saving), the speed-up over every layer without sharing, and the speed-up of sharing at that depth. Writes ``benchmarks/results/lora_speed.json``.
 """
 
 from __future__ import annotations
@@ -50,21 +51,24 @@ def main() -> None:
 
     rows = []
     for top in args.top:
-        config = LoRAConfig(r=32, alpha=64, dropout=0.0, epochs=1, batch_size=4, learning_rate=3e-3,
-                            top_layers=top or None)  # fmt: skip
-        with tempfile.TemporaryDirectory() as tmp:
-            result = train_lora(examples[:n_examples], base_model_path=lm.model_path, output_dir=Path(tmp) / "a",
-                                config=config)  # fmt: skip
-        per_step = sum(result.step_seconds[1:]) / max(1, len(result.step_seconds) - 1)
-        rows.append({
-            "top_layers": top or None, "steps": result.steps, "seconds_per_step": round(per_step, 3),
-            "setup_seconds": round(result.seconds - sum(result.step_seconds), 1),
-            "tokens_per_step": round(result.n_tokens / result.steps), "final_loss": round(result.final_loss, 4),
-        })  # fmt: skip
-        print(json.dumps(rows[-1]), flush=True)
-    full = next((r["seconds_per_step"] for r in rows if r["top_layers"] is None), None)
+        for share in (False, True):
+            config = LoRAConfig(r=32, alpha=64, dropout=0.0, epochs=1, batch_size=4, learning_rate=3e-3,
+                                top_layers=top or None, share_prefix=share)  # fmt: skip
+            with tempfile.TemporaryDirectory() as tmp:
+                result = train_lora(examples[:n_examples], base_model_path=lm.model_path,
+                                    output_dir=Path(tmp) / "a", config=config)  # fmt: skip
+            per_step = sum(result.step_seconds[1:]) / max(1, len(result.step_seconds) - 1)
+            rows.append({
+                "top_layers": top or None, "share_prefix": share, "steps": result.steps,
+                "seconds_per_step": round(per_step, 3), "setup_seconds": round(result.seconds - sum(result.step_seconds), 1),
+                "tokens_per_step": round(result.n_tokens / result.steps), "final_loss": round(result.final_loss, 4),
+            })  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    full = next((r["seconds_per_step"] for r in rows if r["top_layers"] is None and not r["share_prefix"]), None)
     for r in rows:
         r["speedup_vs_every_layer"] = round(full / r["seconds_per_step"], 2) if full else None
+        alone = next(o for o in rows if o["top_layers"] == r["top_layers"] and not o["share_prefix"])
+        r["speedup_of_sharing"] = round(alone["seconds_per_step"] / r["seconds_per_step"], 2)
     out = {
         "benchmark": "lora_speed", "model": "smollm2-135m", "layers": 30, "batch_size": 4, "rows": rows,
         "torch_threads": torch.get_num_threads(), "dtype": "float32 unless bf16 is native",

@@ -120,7 +120,7 @@ def test_completion_logits_with_and_without_logits_to_keep():
     torch = pytest.importorskip("torch")
     from types import SimpleNamespace
 
-    from cotune.training.lora import _completion_logits
+    from cotune.training.forward import completion_logits
 
     table = torch.arange(2 * 3 * 5, dtype=torch.float32).reshape(2, 3, 5)
     keep = torch.tensor([[False, True, True], [True, False, False]])
@@ -132,7 +132,7 @@ def test_completion_logits_with_and_without_logits_to_keep():
         return SimpleNamespace(logits=table)
 
     for model in (with_keep, without_keep):
-        out = _completion_logits(model, None, None, keep)
+        out = completion_logits(model, None, None, keep)
         assert out.shape == (3, 5) and torch.equal(out, table[keep])
 
 

@@ -1,6 +1,6 @@
 """The frozen-trunk cache (``LoRAConfig.top_layers``): exact, checked, and a real speed-up on SmolLM2.
 
-Tiny randomly initialized models (SmolLM2's tokenizer, a few layers) make the exactness checks fast; the
+Tiny randomly initialized models (the `tiny_model` fixture) make the exactness checks fast; the
 integration test trains the real SmolLM2-135M on its top layers and serves the adapter.
 """
 
@@ -27,38 +27,9 @@ def example(length: float) -> ChatExample:
 EXAMPLES = [example(x) for x in (1.4, 1.5, 4.0, 4.5, 5.6, 6.1, 1.3, 5.1, 12.25, 3.0)]  # lengths differ: padding
 
 
-@pytest.fixture(scope="module")
-def smol_path():
-    from cotune.lm import registry
-
-    lm = registry.load("smollm2-135m", dtype="float32", cache=False)
-    yield lm.model_path
-    lm.close()
-
-
-def tiny_model(tmp_path, smol_path, family: str = "llama"):
-    """A 4-layer random model of ``family`` with SmolLM2's tokenizer, saved as a local model folder."""
-    import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(smol_path)
-    sizes = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512)  # fmt: skip
-    torch.manual_seed(0)
-    if family == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**sizes))
-    else:
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=4, n_head=4, n_positions=512,
-                                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
-    folder = tmp_path / family
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def run(folder, out, monkeypatch=None, no_cache=False, **lora):
     if no_cache:
-        monkeypatch.setattr(lora_mod, "_trunk", lambda *a, **k: None)
+        monkeypatch.setattr(lora_mod, "checked_trunk", lambda *a, **k: None)
     config = LoRAConfig(r=4, alpha=8, epochs=2, batch_size=3, learning_rate=5e-3, warmup_ratio=0.0, **lora)
     events = []
     result = train_lora(EXAMPLES, base_model_path=folder, output_dir=out, config=config, events=events.append)
@@ -67,8 +38,8 @@ def run(folder, out, monkeypatch=None, no_cache=False, **lora):
 
 
 @pytest.mark.integration
-def test_cached_trunk_trains_exactly_like_the_full_forward(tmp_path, smol_path, monkeypatch):
-    folder = tiny_model(tmp_path, smol_path)
+def test_cached_trunk_trains_exactly_like_the_full_forward(tmp_path, tiny_model, monkeypatch):
+    folder = tiny_model()
     cached, frozen = run(folder, tmp_path / "cached", top_layers=2)
     assert frozen == 2  # layers 0-1 ran once per example
     full, frozen_full = run(folder, tmp_path / "full", monkeypatch, no_cache=True, top_layers=2)
@@ -85,8 +56,8 @@ def test_cached_trunk_trains_exactly_like_the_full_forward(tmp_path, smol_path, 
 
 
 @pytest.mark.integration
-def test_a_model_that_transforms_its_inputs_is_caught_and_trains_through_every_layer(tmp_path, smol_path, monkeypatch):
-    folder = tiny_model(tmp_path, smol_path, family="gpt2")  # GPT-2 adds position embeddings to inputs_embeds
+def test_a_model_that_transforms_its_inputs_is_caught_and_trains_through_every_layer(tmp_path, tiny_model, monkeypatch):
+    folder = tiny_model("gpt2")  # GPT-2 adds position embeddings to inputs_embeds
     with pytest.warns(RuntimeWarning, match="does not reproduce this model's forward"):
         checked, frozen = run(folder, tmp_path / "checked", top_layers=2, target_modules=("c_attn",))
     assert frozen == 0
@@ -95,12 +66,12 @@ def test_a_model_that_transforms_its_inputs_is_caught_and_trains_through_every_l
 
 
 @pytest.mark.integration
-def test_layer_list_and_first_trained_layer(tmp_path, smol_path):
+def test_layer_list_and_first_trained_layer(tmp_path, tiny_model):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model(tmp_path, smol_path))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model())
     parent, name, layers = decoder_layers(model)
     assert name == "layers" and len(layers) == 4
     peft = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[3]))
@@ -124,9 +95,9 @@ def test_layer_list_and_first_trained_layer(tmp_path, smol_path):
 
 
 @pytest.mark.integration
-def test_too_many_top_layers_names_the_model_depth(tmp_path, smol_path):
+def test_too_many_top_layers_names_the_model_depth(tmp_path, tiny_model):
     with pytest.raises(TrainingError, match="top_layers=9, but the model has 4 decoder layers; choose 1..4"):
-        run(tiny_model(tmp_path, smol_path), tmp_path / "x", top_layers=9)
+        run(tiny_model(), tmp_path / "x", top_layers=9)
 
 
 def test_top_layers_must_be_a_positive_integer():

@@ -111,6 +111,14 @@ class LoRAConfig:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in the backward pass: less memory, ~30% slower."}
     )
+    share_prefix: bool = field(
+        default=True,
+        metadata={
+            "help": "Run the tokens every sequence of a micro-batch starts with (the instruction, kept demos) once "
+            "per step instead of once per row: the same update up to float rounding, checked before training "
+            "(cotune.training.shared_prefix). Off with gradient_checkpointing."
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, list):
@@ -152,7 +160,7 @@ class LoRAConfig:
         integer("seed", 0)
         if self.num_threads is not None:
             integer("num_threads", 1)
-        for flag in ("bf16", "gradient_checkpointing"):
+        for flag in ("bf16", "gradient_checkpointing", "share_prefix"):
             if not isinstance(getattr(self, flag), bool):
                 out.append((flag, "must be True or False"))
         if self.device not in DEVICES:

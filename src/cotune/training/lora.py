@@ -23,7 +23,6 @@ import os
 import random
 import shutil
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -33,14 +32,13 @@ from typing import Any
 from cotune.errors import TrainingError
 from cotune.events import EventSink, Progress, emit
 from cotune.files import replace_dir_atomic
-from cotune.hardware import bf16_is_fast
 from cotune.lm.adapters import METADATA_FILE
 from cotune.training.config import LoRAConfig
+from cotune.training.forward import batch_logits, checked_trunk, sharing_holds
 from cotune.training.memory import MemoryWatch
 from cotune.training.scoped import torch_threads
 from cotune.training.setup import load_for_training, training_device
-from cotune.training.sft_data import IGNORE_INDEX, ChatExample, TokenizedExample, data_hash, tokenize
-from cotune.training.trunk import TrunkCache, collate_ids, first_trained_layer, kept_logits
+from cotune.training.sft_data import ChatExample, data_hash, tokenize
 
 
 @dataclass
@@ -135,10 +133,12 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
     total_steps = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(total_steps, config.warmup_ratio))
-    trunk = _trunk(model, tokenized, pad_id, config, device)
+    trunk = checked_trunk(model, tokenized, pad_id, config, device)
+    share = sharing_holds(model, tokenized, trunk, pad_id, config, device)
     emit(
         events, "finetune.start", examples=len(tokenized), dropped=n_dropped, steps=total_steps, device=device,
         trainable_params=sum(p.numel() for p in trainable), frozen_trunk_layers=trunk.first if trunk else 0,
+        shared_prefix=share and config.share_prefix and not config.gradient_checkpointing,
     )
 
     # -- train ----------------------------------------------------------------------------------------
@@ -152,7 +152,8 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
             for start in range(0, len(batches), config.gradient_accumulation_steps):
                 group = batches[start : start + config.gradient_accumulation_steps]
                 t0 = time.perf_counter()
-                loss = _optimizer_step(model, optimizer, scheduler, tokenized, group, trunk, pad_id, config, device)
+                loss = _optimizer_step(model, optimizer, scheduler, tokenized, group, trunk, pad_id, config, device,
+                                       share)  # fmt: skip
                 step_seconds.append(time.perf_counter() - t0)
                 if not math.isfinite(loss):
                     raise TrainingError(
@@ -266,15 +267,7 @@ def _linear_schedule(total_steps: int, warmup_ratio: float):
     return factor
 
 
-def _collate(batch: Sequence[TokenizedExample], pad_id: int, device: str, torch: Any):
-    ids, mask = collate_ids(batch, pad_id, device, torch)
-    labels = torch.full(ids.shape, IGNORE_INDEX, dtype=torch.long)
-    for row, t in enumerate(batch):
-        labels[row, : len(t)] = torch.tensor(t.labels)
-    return ids, labels.to(device), mask
-
-
-def _optimizer_step(model, optimizer, scheduler, tokenized, group, trunk, pad_id, config, device) -> float:
+def _optimizer_step(model, optimizer, scheduler, tokenized, group, trunk, pad_id, config, device, share) -> float:
     """Forward/backward every micro-batch of ``group`` (lists of indices into ``tokenized``), then one
     optimizer step; with a ``trunk`` cache the micro-batches run through the trained top layers only.
 
@@ -287,8 +280,8 @@ def _optimizer_step(model, optimizer, scheduler, tokenized, group, trunk, pad_id
     total = 0.0
     with training_errors(config):
         for batch in group:
-            logits, targets = _batch_logits(model, [tokenized[i] for i in batch], batch, trunk, pad_id, config,
-                                            device)  # fmt: skip
+            logits, targets = batch_logits(model, [tokenized[i] for i in batch], batch, trunk, pad_id, config,
+                                            device, share)  # fmt: skip
             loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / n_tokens
             loss.backward()
             total += loss.item()
@@ -298,67 +291,6 @@ def _optimizer_step(model, optimizer, scheduler, tokenized, group, trunk, pad_id
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     return total
-
-
-def _batch_logits(model, batch, indices, trunk, pad_id, config, device) -> tuple[Any, Any]:
-    """(float32 logits at the completion positions, their target ids) for one micro-batch."""
-    import torch
-
-    autocast = config.bf16 and bf16_is_fast(device)  # emulated bf16 (a CPU without it) is ~13x slower
-    ids, labels, mask = _collate(batch, pad_id, device, torch)
-    # Position t predicts token t+1: keep only positions whose next token is a completion token.
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    targets = labels[:, 1:][keep[:, :-1]]
-    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
-        if trunk is None:
-            logits = _completion_logits(model, ids, mask, keep)
-        else:
-            logits = trunk.logits(indices, mask, keep, model.get_input_embeddings().weight.dtype, device)
-    return logits.float(), targets
-
-
-def _trunk(model, tokenized, pad_id, config: LoRAConfig, device: str) -> TrunkCache | None:
-    """A cache of the frozen layers' output when the adapter leaves the lower layers untouched and the cached
-    path gives the full forward's logits on the first batch (checked in eval mode, so dropout is off)."""
-    import torch
-
-    first = first_trained_layer(model)
-    if not first:
-        return None
-    trunk = TrunkCache.build(model, first, tokenized, pad_id, device, config.batch_size,
-                             checkpointing=config.gradient_checkpointing)
-    if trunk is None:
-        return None
-    indices = list(range(min(config.batch_size, len(tokenized))))
-    model.eval()
-    try:
-        with torch.no_grad():
-            cached, _ = _batch_logits(model, [tokenized[i] for i in indices], indices, trunk, pad_id, config, device)
-            full, _ = _batch_logits(model, [tokenized[i] for i in indices], indices, None, pad_id, config, device)
-    finally:
-        model.train()
-    tolerance = 5e-2 if config.bf16 and bf16_is_fast(device) else 1e-3
-    if cached.shape != full.shape or (cached - full).abs().max().item() > tolerance * max(1.0, full.abs().max().item()):
-        warnings.warn(
-            "the frozen-trunk cache does not reproduce this model's forward; training through every layer",
-            RuntimeWarning, stacklevel=2,
-        )  # fmt: skip
-        return None
-    return trunk
-
-
-def _completion_logits(model: Any, ids: Any, mask: Any, keep: Any) -> Any:
-    """Logits at the ``keep`` positions only, shape (n_kept, vocab).
-
-    transformers >= 5 projects only those hidden states onto the vocabulary (``logits_to_keep`` as a
-    boolean mask); models that do not take it get full logits, and the positions are picked afterwards.
-    """
-    try:
-        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
-    except TypeError:  # a model class without logits_to_keep
-        logits = model(input_ids=ids, attention_mask=mask).logits
-    return kept_logits(logits, keep)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from cotune.training.sft_data import TokenizedExample
+from cotune.training.shared_prefix import prefix_logits
 
 DEFAULT_MAX_BYTES = 2 << 30
 
@@ -65,15 +66,24 @@ def first_trained_layer(model: Any) -> int | None:
 
 @contextmanager
 def top_only(model: Any, first: int) -> Iterator[None]:
-    """Within the block the model's decoder layer list holds layers ``first`` and above only."""
+    """Within the block the model's decoder layer list holds layers ``first`` and above only, numbered from 0
+    for the KV cache (an attention module's ``layer_idx``), so a cache the model builds holds them from its
+    first entry, where the cache reads its length."""
     import torch
 
     parent, name, layers = decoder_layers(model)
-    setattr(parent, name, torch.nn.ModuleList(list(layers)[first:]))
+    top = list(layers)[first:]
+    attention = [getattr(layer, "self_attn", None) for layer in top]
+    renumbered = [(a, a.layer_idx) for a in attention if isinstance(getattr(a, "layer_idx", None), int)]
+    setattr(parent, name, torch.nn.ModuleList(top))
+    for a, index in renumbered:
+        a.layer_idx = index - first
     try:
         yield
     finally:
         setattr(parent, name, layers)
+        for a, index in renumbered:
+            a.layer_idx = index
 
 
 class TrunkCache:
@@ -130,12 +140,16 @@ class TrunkCache:
             out[row, : len(self.states[i])] = self.states[i]
         return out
 
-    def logits(self, indices: Sequence[int], mask: Any, keep: Any, dtype: Any, device: str) -> Any:
-        """Completion logits of the batch ``indices`` through the top layers only, shape (n_kept, vocab)."""
+    def logits(self, indices: Sequence[int], mask: Any, keep: Any, dtype: Any, device: str, shared: int = 0) -> Any:
+        """Completion logits of the batch ``indices`` through the top layers only, shape (n_kept, vocab); the
+        first ``shared`` positions, the same in every row, computed once (`cotune.training.shared_prefix`)."""
         states = self.batch(indices, dtype, device)
         if self.checkpointing:
             states.requires_grad_(True)
         with top_only(self.model, self.first):
+            if shared:
+                return kept_logits(prefix_logits(self.model, shared, mask, keep, inputs_embeds=states),
+                                   keep[:, shared:])  # fmt: skip
             logits = self.model(inputs_embeds=states, attention_mask=mask, logits_to_keep=keep).logits
         return kept_logits(logits, keep)
 

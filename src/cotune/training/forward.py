@@ -1,0 +1,128 @@
+"""The training forward: a micro-batch's completion logits through the fastest path that is exact.
+
+`batch_logits` gives the float32 logits at the completion positions and their targets. Two shortcuts make it
+cheaper, each checked against the plain forward on the first batch before training relies on it:
+`checked_trunk` (the frozen layers below the adapter run once per example, `cotune.training.trunk`) and
+`sharing_holds` (a micro-batch's shared prompt prefix runs once, `cotune.training.shared_prefix`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from cotune.hardware import bf16_is_fast
+from cotune.training.config import LoRAConfig
+from cotune.training.sft_data import IGNORE_INDEX, TokenizedExample
+from cotune.training.shared_prefix import prefix_logits, shared_length
+from cotune.training.trunk import TrunkCache, collate_ids, first_trained_layer, kept_logits
+
+
+def collate(batch: Sequence[TokenizedExample], pad_id: int, device: str, torch: Any):
+    ids, mask = collate_ids(batch, pad_id, device, torch)
+    labels = torch.full(ids.shape, IGNORE_INDEX, dtype=torch.long)
+    for row, t in enumerate(batch):
+        labels[row, : len(t)] = torch.tensor(t.labels)
+    return ids, labels.to(device), mask
+
+
+def batch_logits(model, batch, indices, trunk, pad_id, config, device, share: bool = True) -> tuple[Any, Any]:
+    """(float32 logits at the completion positions, their target ids) for one micro-batch; with ``share``
+    the tokens every row starts with run once (`cotune.training.shared_prefix`)."""
+    import torch
+
+    autocast = config.bf16 and bf16_is_fast(device)  # emulated bf16 (a CPU without it) is ~13x slower
+    ids, labels, mask = collate(batch, pad_id, device, torch)
+    # Position t predicts token t+1: keep only positions whose next token is a completion token.
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    targets = labels[:, 1:][keep[:, :-1]]
+    # Checkpointed layers run without a KV cache, which the shared prefix needs.
+    shared = shared_length(batch) if share and config.share_prefix and not config.gradient_checkpointing else 0
+    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
+        if trunk is None:
+            logits = completion_logits(model, ids, mask, keep, shared)
+        else:
+            logits = trunk.logits(indices, mask, keep, model.get_input_embeddings().weight.dtype, device, shared)
+    return logits.float(), targets
+
+
+def checked_trunk(model, tokenized, pad_id, config: LoRAConfig, device: str) -> TrunkCache | None:
+    """A cache of the frozen layers' output when the adapter leaves the lower layers untouched and the cached
+    path gives the full forward's logits on the first batch (checked in eval mode, so dropout is off)."""
+    import torch
+
+    first = first_trained_layer(model)
+    if not first:
+        return None
+    trunk = TrunkCache.build(model, first, tokenized, pad_id, device, config.batch_size,
+                             checkpointing=config.gradient_checkpointing)
+    if trunk is None:
+        return None
+    indices = list(range(min(config.batch_size, len(tokenized))))
+    model.eval()
+    try:
+        with torch.no_grad():
+            batch = [tokenized[i] for i in indices]
+            cached, _ = batch_logits(model, batch, indices, trunk, pad_id, config, device, share=False)
+            full, _ = batch_logits(model, batch, indices, None, pad_id, config, device, share=False)
+    finally:
+        model.train()
+    if not _close(cached, full, config, device):
+        warnings.warn(
+            "the frozen-trunk cache does not reproduce this model's forward; training through every layer",
+            RuntimeWarning, stacklevel=2,
+        )  # fmt: skip
+        return None
+    return trunk
+
+
+def sharing_holds(model, tokenized, trunk, pad_id, config: LoRAConfig, device: str) -> bool:
+    """Whether running a batch's shared prefix once gives the plain forward's logits, checked (in eval mode) on
+    the first batch that shares one; True when no batch is checked (then nothing is shared either)."""
+    import torch
+
+    batch_size = config.batch_size
+    batches = [list(range(i, min(i + batch_size, len(tokenized)))) for i in range(0, len(tokenized), batch_size)]
+    indices = next((b for b in batches if shared_length([tokenized[i] for i in b])), None)
+    if indices is None or not config.share_prefix or config.gradient_checkpointing:
+        return True
+    batch = [tokenized[i] for i in indices]
+    model.eval()
+    try:
+        with torch.no_grad():
+            shared, _ = batch_logits(model, batch, indices, trunk, pad_id, config, device, share=True)
+            plain, _ = batch_logits(model, batch, indices, trunk, pad_id, config, device, share=False)
+        holds = _close(shared, plain, config, device)
+    except (TypeError, ValueError, RuntimeError):  # a model whose forward takes no cache or positions
+        holds = False
+    finally:
+        model.train()
+    if not holds:
+        warnings.warn(
+            "running the shared prompt prefix once does not reproduce this model's forward; every row runs its "
+            "whole sequence", RuntimeWarning, stacklevel=2,
+        )  # fmt: skip
+    return holds
+
+
+def _close(a: Any, b: Any, config: LoRAConfig, device: str) -> bool:
+    tolerance = 5e-2 if config.bf16 and bf16_is_fast(device) else 1e-3
+    return a.shape == b.shape and (a - b).abs().max().item() <= tolerance * max(1.0, b.abs().max().item())
+
+
+def completion_logits(model: Any, ids: Any, mask: Any, keep: Any, shared: int = 0) -> Any:
+    """Logits at the ``keep`` positions only, shape (n_kept, vocab); the first ``shared`` tokens (the same in
+    every row) computed once.
+
+    transformers >= 5 projects only those hidden states onto the vocabulary (``logits_to_keep`` as a
+    boolean mask); models that do not take it get full logits, and the positions are picked afterwards.
+    """
+    if shared:
+        return kept_logits(prefix_logits(model, shared, mask, keep, input_ids=ids), keep[:, shared:])
+    try:
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    except TypeError:  # a model class without logits_to_keep
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    return kept_logits(logits, keep)
