@@ -9,6 +9,7 @@ transformers = pytest.importorskip("transformers")
 
 from cotune.lm.decode import MIN_SHARED_PREFIX, common_prefix, decode, prefix_groups  # noqa: E402
 from cotune.lm.hf import _seeded_sampler  # noqa: E402
+from cotune.lm.prefix_store import PrefixStore  # noqa: E402
 
 PAD = 0
 
@@ -113,13 +114,13 @@ def test_seeded_sampling_equals_generate_with_the_same_sampler(model):
     assert got == want
 
 
-def decode_recording_calls(model, ids, mask):
+def decode_recording_calls(model, ids, mask, **kwargs):
     """Greedy `decode` of 10 tokens, and the input shape of every forward call it made."""
     calls = []
     hook = model.register_forward_pre_hook(lambda _m, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)  # fmt: skip
     try:
         with torch.inference_mode():
-            got = decode(model, ids, mask, max_new_tokens=10, stop_ids=[])
+            got = decode(model, ids, mask, max_new_tokens=10, stop_ids=[], **kwargs)
     finally:
         hook.remove()
     return got, calls
@@ -172,3 +173,37 @@ def test_groups_are_cut_where_sharing_saves_tokens():
     assert sorted((sorted(rows), s) for rows, s in prefix_groups(ids, mask)) == [([0, 1], 46), ([2, 3], 46)]
     ids, mask = left_padded([[1, 2, 3], [4, 5, 6]])  # nothing in common
     assert prefix_groups(ids, mask) == [([0], 0), ([1], 0)]
+
+
+def test_prompts_sent_again_start_from_their_stored_prefixes_with_the_same_outputs(model):
+    store = PrefixStore(min_tokens=MIN_SHARED_PREFIX)
+    prompts = [SHARED + [5, 6], OTHER + [7], SHARED + [30, 31, 32], [3, 4, 9]]
+    ids, mask = left_padded(prompts)
+    first, _ = decode_recording_calls(model, ids, mask, prefixes=store, namespace="base")
+    assert first == reference(model, ids, mask, 10, [])
+    # Kept: SHARED (the group's prefix) and every prompt but its last token that is long enough.
+    assert store.get("base", SHARED) is not None and store.get("base", SHARED + [5]) is not None
+    assert store.get("base", OTHER) is not None and store.get("base", [3, 4]) is None  # too short to keep
+    # The same prompts again, in another order with a new one: stored rows compute their last token only.
+    again = [prompts[2], SHARED + [40, 41], prompts[0], prompts[1]]
+    ids2, mask2 = left_padded(again)
+    got, calls = decode_recording_calls(model, ids2, mask2, prefixes=store, namespace="base")
+    assert got == reference(model, ids2, mask2, 10, [])
+    assert calls[0] == (4, 2)  # no prefix call: SHARED and the prompts come from the store; own tokens ≤ 2
+    assert store.stats.hits == 4 and store.stats.reused_tokens == 22 + 20 + 21 + 18
+    # Another namespace (other weights) finds nothing.
+    _, calls = decode_recording_calls(model, ids2, mask2, prefixes=store, namespace="adapter")
+    assert calls[0] == (1, 20)
+
+
+def test_the_store_keeps_the_most_recently_used_within_its_bytes():
+    store = PrefixStore(max_bytes=100, min_tokens=2)
+    for i in range(5):
+        store.put("ns", [i, i, i], [("k", "v")], nbytes=30)
+    assert len(store) == 3 and store.bytes == 90 and store.stats.evicted == 2
+    assert store.get("ns", [2, 2, 2]) is not None  # now the most recently used
+    store.put("ns", [9, 9, 9], [("k", "v")], nbytes=30)
+    assert store.get("ns", [3, 3, 3]) is None and store.get("ns", [2, 2, 2]) is not None
+    assert store.longest("ns", [2, 2, 2, 2], limit=3)[0] == 3 and store.longest("ns", [2, 2, 2, 2], limit=2) is None
+    store.put("ns", [7] * 5, [("k", "v")], nbytes=101)  # larger than the whole store: not kept
+    assert store.get("ns", [7] * 5) is None and PrefixStore(max_bytes=0).max_bytes == 0

@@ -114,3 +114,20 @@ def test_a_merged_adapter_answers_like_peft_layers_with_the_same_cache_keys(smol
         layered_lm.close()
     assert [c.text for c in merged.generate(batch, **config, rollout_id=1)] == merged_out
     assert smol.engine.weights.merges == 1  # the merged copy was kept, not rebuilt
+
+
+def test_prompts_sent_again_start_from_their_stored_prefixes_and_answer_the_same(smol, iris_batch):
+    batch, constraint = iris_batch
+    store = smol.engine.prefixes
+    store.clear()
+    first = smol.generate(batch[:6], max_tokens=48, constraint=constraint)
+    hits, reused = store.stats.hits, store.stats.reused_tokens
+    again = smol.generate(batch, max_tokens=48, constraint=constraint)  # 6 prompts stored, 6 new
+    assert store.stats.hits - hits >= 6 and store.stats.reused_tokens - reused >= 6 * 100
+    smol.engine.decoder = "transformers"
+    try:
+        plain = smol.generate(batch, max_tokens=48, constraint=constraint)
+    finally:
+        smol.engine.decoder = "cotune"
+    assert [c.text for c in again] == [c.text for c in plain]
+    assert [c.text for c in first] == [c.text for c in plain[:6]]

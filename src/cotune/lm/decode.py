@@ -12,6 +12,8 @@ still live (`cotune.lm.constrain`), end-of-text tokens and a token limit. `decod
 - each step: processors, argmax, then rows that produced an end token (or reached the limit) are dropped
   from the token batch, the attention mask and the KV cache, and padding columns no live row needs any
   more are cut from the left;
+- prompts and shared prefixes computed here are kept across calls (`cotune.lm.prefix_store`): a prompt sent
+  again (the next round of rollouts, a re-run teacher) starts from its stored keys and values;
 - the KV cache grows in place (room for more steps is allocated ahead), where transformers' dynamic
   cache copies the whole cache at every step to append one token;
 - explicit position ids, so a row's positions never depend on which others share its batch.
@@ -26,15 +28,18 @@ torch and transformers are imported when `decode` runs, never when this module i
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
+
+from cotune.lm.prefix_store import KV, PrefixStore
 
 # Below this many shared tokens, a separate prefill of the prefix costs more than it saves.
 MIN_SHARED_PREFIX = 16
 
 
 def decode(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: int, stop_ids: Sequence[int],
-           processors: Sequence[Any] = (), share_prefix: bool = True) -> list[list[int]]:  # fmt: skip
+           processors: Sequence[Any] = (), share_prefix: bool = True, prefixes: PrefixStore | None = None,
+           namespace: Hashable = None) -> list[list[int]]:  # fmt: skip
     """Generate up to ``max_new_tokens`` tokens for each row of a left-padded batch.
 
     Args:
@@ -44,6 +49,9 @@ def decode(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: i
         stop_ids: tokens that end a row (kept as its last token, like ``generate`` does).
         processors: objects with ``step(live, last, scores) -> scores``, applied in order.
         share_prefix: compute the tokens every prompt starts with (instruction, demos) once for the batch.
+        prefixes: a `PrefixStore` of earlier calls' prompt prefixes (under ``namespace``: the weights'
+            identity): a row starts from the longest stored prefix of its prompt, and the prefixes and prompts
+            computed here are stored for later calls.
 
     Returns:
         The new tokens of each row, in batch order (a finished row's list ends with its stop token).
@@ -55,14 +63,17 @@ def decode(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: i
     batch = input_ids.shape[0]
     cache = DynamicCache(config=model.config)
     cache.layers = [_growing(layer) for layer in cache.layers]
-    groups = prefix_groups(input_ids, attention_mask) if share_prefix and batch > 1 else []
-    if any(shared for _, shared in groups):
-        out, mask, positions = _prefill_grouped(model, input_ids, attention_mask, groups, cache)
+    groups = prefix_groups(input_ids, attention_mask) if share_prefix and batch > 1 else [(list(range(batch)), 0)]
+    blocks = _plan(input_ids, attention_mask, groups, prefixes, namespace)
+    if any(shared for _, shared, _ in blocks):
+        out, mask, positions = _prefill_grouped(model, input_ids, attention_mask, blocks, cache, prefixes, namespace)
     else:
         mask = attention_mask
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                     use_cache=True, logits_to_keep=1)  # fmt: skip
+    if prefixes is not None and prefixes.max_bytes:
+        _keep_prompts(input_ids, attention_mask, mask, cache, prefixes, namespace)
     next_pos = positions[:, -1:] + 1
     live = list(range(batch))
     new: list[list[int]] = [[] for _ in range(batch)]
@@ -157,12 +168,49 @@ def _lcp(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _prefill_grouped(model: Any, input_ids: Any, attention_mask: Any, groups: list[tuple[list[int], int]], cache: Any):
-    """Prefill each group's shared tokens once (one row), then every row's own tokens on top, in one batch.
+def _plan(input_ids: Any, attention_mask: Any, groups: list[tuple[list[int], int]], prefixes: PrefixStore | None,
+          namespace: Hashable) -> list[tuple[list[int], int, KV | None]]:  # fmt: skip
+    """Where each row's prefix comes from: ``[(rows, prefix length, stored keys and values or None), ...]``.
 
-    The rows are laid out as [padding | their group's shared tokens | padding | own tokens]: the shared KV of
-    each group is right-aligned in a block as wide as the longest, the mask hides the padding and the
-    position ids continue from the group's prefix, so each row sees exactly its own prompt.
+    A row whose prompt starts with a stored prefix at least as long as its group's shared tokens starts from
+    it (rows on the same stored prefix form one block); the others keep their group, whose shared tokens are
+    computed unless they are stored too.
+    """
+    if prefixes is None or not len(prefixes):
+        return [(rows, shared, None) for rows, shared in groups]
+    starts = (attention_mask.shape[1] - attention_mask.sum(dim=1)).tolist()
+    blocks: list[tuple[list[int], int, KV | None]] = []
+    stored: dict[int, tuple[list[int], int, KV | None]] = {}
+    for rows, shared in groups:
+        computed = []
+        for r in rows:
+            tokens = input_ids[r, starts[r] :].tolist()
+            found = prefixes.longest(namespace, tokens, len(tokens) - 1)
+            if found is None or found[0] < shared:
+                computed.append(r)
+                continue
+            n, kv = found
+            prefixes.stats.hits += 1
+            prefixes.stats.reused_tokens += n
+            if id(kv) not in stored:
+                stored[id(kv)] = ([], n, kv)
+                blocks.append(stored[id(kv)])
+            stored[id(kv)][0].append(r)
+        if computed:
+            first = computed[0]
+            kv = prefixes.get(namespace, input_ids[first, starts[first] : starts[first] + shared].tolist()) if shared else None
+            blocks.append((computed, shared, kv))
+    return blocks
+
+
+def _prefill_grouped(model: Any, input_ids: Any, attention_mask: Any, blocks: list[tuple[list[int], int, KV | None]],
+                     cache: Any, prefixes: PrefixStore | None = None, namespace: Hashable = None):  # fmt: skip
+    """Prefill each block's shared tokens once (one row, unless stored), then every row's own tokens on top, in
+    one batch.
+
+    The rows are laid out as [padding | their block's shared tokens | padding | own tokens]: the shared KV of
+    each block is right-aligned in a block as wide as the longest, the mask hides the padding and the
+    position ids continue from the block's prefix, so each row sees exactly its own prompt.
     Returns (model output, attention mask, position ids) as a plain prefill would.
     """
     import torch
@@ -171,28 +219,30 @@ def _prefill_grouped(model: Any, input_ids: Any, attention_mask: Any, groups: li
     batch = input_ids.shape[0]
     starts = (attention_mask.shape[1] - attention_mask.sum(dim=1)).tolist()
     shared_of = [0] * batch
-    width_shared = max(s for _, s in groups)
+    width_shared = max(s for _, s, _ in blocks)
     keys: list[Any] = []  # per layer: (batch, heads, width_shared, dim)
     values: list[Any] = []
     prefix_mask = attention_mask.new_zeros((batch, width_shared))
-    for rows, s in groups:
+    for rows, s, kv in blocks:
         for r in rows:
             shared_of[r] = s
         if not s:
             continue
-        prefix = input_ids[rows[0] : rows[0] + 1, starts[rows[0]] : starts[rows[0]] + s]
-        own_cache = DynamicCache(config=model.config)
-        model(input_ids=prefix, position_ids=torch.arange(s, device=prefix.device)[None], past_key_values=own_cache,
-              use_cache=True, logits_to_keep=1)  # fmt: skip
-        for i, layer in enumerate(own_cache.layers):
+        if kv is None:
+            prefix = input_ids[rows[0] : rows[0] + 1, starts[rows[0]] : starts[rows[0]] + s]
+            own_cache = DynamicCache(config=model.config)
+            model(input_ids=prefix, position_ids=torch.arange(s, device=prefix.device)[None],
+                  past_key_values=own_cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+            kv = [(layer.keys[0], layer.values[0]) for layer in own_cache.layers]
+            if prefixes is not None and prefixes.max_bytes:
+                prefixes.put(namespace, prefix[0].tolist(), kv, _nbytes(kv))
+        index = torch.tensor(rows, device=input_ids.device)
+        for i, (k, v) in enumerate(kv):
             if len(keys) <= i:
-                shape = (batch, *layer.keys.shape[1:2], width_shared, layer.keys.shape[-1])
-                keys.append(layer.keys.new_zeros(shape))
-                values.append(layer.values.new_zeros((batch, *layer.values.shape[1:2], width_shared,
-                                                       layer.values.shape[-1])))  # fmt: skip
-            index = torch.tensor(rows, device=layer.keys.device)
-            keys[i][index, :, width_shared - s :] = layer.keys[0]
-            values[i][index, :, width_shared - s :] = layer.values[0]
+                keys.append(k.new_zeros((batch, k.shape[0], width_shared, k.shape[-1])))
+                values.append(v.new_zeros((batch, v.shape[0], width_shared, v.shape[-1])))
+            keys[i][index, :, width_shared - s :] = k
+            values[i][index, :, width_shared - s :] = v
         prefix_mask[rows, width_shared - s :] = 1
     for i in range(len(keys)):
         cache.update(keys[i], values[i], i)
@@ -209,6 +259,26 @@ def _prefill_grouped(model: Any, input_ids: Any, attention_mask: Any, groups: li
     out = model(input_ids=own_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
                 logits_to_keep=1)  # fmt: skip
     return out, mask, positions
+
+
+def _keep_prompts(input_ids: Any, attention_mask: Any, mask: Any, cache: Any, prefixes: PrefixStore,
+                  namespace: Hashable) -> None:  # fmt: skip
+    """Store each prompt but its last token (a later call of the same prompt then computes one token) from the
+    prefilled cache, whose real columns of a row are its prompt's tokens in order (``mask``)."""
+    starts = (attention_mask.shape[1] - attention_mask.sum(dim=1)).tolist()
+    seen = set()
+    for row, st in enumerate(starts):
+        tokens = tuple(input_ids[row, st:-1].tolist())
+        if len(tokens) < prefixes.min_tokens or tokens in seen or prefixes.get(namespace, tokens) is not None:
+            continue
+        seen.add(tokens)
+        columns = mask[row].nonzero().squeeze(-1)[:-1]
+        kv = [(layer.keys[row][:, columns], layer.values[row][:, columns]) for layer in cache.layers]
+        prefixes.put(namespace, tokens, kv, _nbytes(kv))
+
+
+def _nbytes(kv: KV) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
 
 
 def _trim_left_padding(mask: Any, cache: Any) -> Any:

@@ -25,6 +25,7 @@ from cotune.lm.base import LM, Completion, GenerationConfig, Messages, truncate_
 from cotune.lm.batching import BatchWorker
 from cotune.lm.cache import RequestCache, request_key
 from cotune.lm.decode import decode
+from cotune.lm.prefix_store import PrefixStore
 from cotune.lm.weights import AdapterWeights
 
 DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float32": "float32", "fp32": "float32",
@@ -73,6 +74,8 @@ class HFEngine:
             ``generate``; also used for requests with stop strings). Greedy outputs are the same.
         merge_adapters: run an adapter as a merged copy of the weights, at the base model's speed (see
             `cotune.lm.weights`); False applies it as PEFT layers on the shared base model.
+        prefix_cache_mb: memory for prompt prefixes' keys and values kept across calls (`PrefixStore`: a
+            prompt sent again, e.g. the next round of Θ's rollouts, computes only its last token); 0 turns it off.
 
     Raises:
         ConfigError: the folder cannot be loaded, or its tokenizer has no chat template.
@@ -81,7 +84,7 @@ class HFEngine:
 
     def __init__(self, path: str | Path, *, device: str | None = None, dtype: str = "auto",
                  max_batch_size: int = 64, batch_wait_ms: float = 5.0, decoder: str = "cotune",
-                 merge_adapters: bool = True):  # fmt: skip
+                 merge_adapters: bool = True, prefix_cache_mb: int = 512):  # fmt: skip
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -107,6 +110,7 @@ class HFEngine:
         self.generate_seconds = 0.0
         self._grammar = None
         self.weights = AdapterWeights(self.model, merge=merge_adapters)
+        self.prefixes = PrefixStore(max_bytes=int(prefix_cache_mb * (1 << 20)))
         # The worker thread holds the engine only weakly: once no LM uses it, the model is freed and the
         # thread stops, even if nobody called close() (experiments load many models in one process).
         run = weakref.WeakMethod(self._run)
@@ -153,7 +157,8 @@ class HFEngine:
             self.generate_calls += 1
             if self.decoder == "cotune" and not config.stop:
                 new = decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=config.max_tokens,
-                             stop_ids=sorted(self.eos_ids), processors=processors)  # fmt: skip
+                             stop_ids=sorted(self.eos_ids), processors=processors, prefixes=self.prefixes,
+                             namespace=adapter_key)  # fmt: skip
             else:  # transformers' own loop (stop strings are matched there)
                 out = model.generate(**enc, generation_config=self._generation_config(config), **kwargs)
                 new = out[:, enc["input_ids"].shape[1] :].tolist()
@@ -206,7 +211,7 @@ class HFLM(LM):
         path: a local Hugging Face model folder (see `cotune.lm.registry.load` for names and GGUF files).
         name: the name used in cache keys and specs (a registry name); defaults to ``path``.
         adapter: a LoRA adapter folder to apply (see `with_adapter`).
-        device, dtype, max_batch_size, batch_wait_ms, decoder, merge_adapters: see `HFEngine`.
+        device, dtype, max_batch_size, batch_wait_ms, decoder, merge_adapters, prefix_cache_mb: see `HFEngine`.
         cache: a `RequestCache`, True for the default one, False for none.
         config: default generation parameters.
 
@@ -221,9 +226,9 @@ class HFLM(LM):
                  device: str | None = None, dtype: str = "auto", max_batch_size: int = 64,
                  batch_wait_ms: float = 5.0, cache: RequestCache | bool | None = True,
                  config: GenerationConfig | None = None, constrained: bool = True, decoder: str = "cotune",
-                 merge_adapters: bool = True):  # fmt: skip
+                 merge_adapters: bool = True, prefix_cache_mb: int = 512):  # fmt: skip
         engine = HFEngine(path, device=device, dtype=dtype, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
-                          decoder=decoder, merge_adapters=merge_adapters)  # fmt: skip
+                          decoder=decoder, merge_adapters=merge_adapters, prefix_cache_mb=prefix_cache_mb)  # fmt: skip
         self._setup(engine, name or str(path), adapter, cache=cache, config=config, constrained=constrained)
 
     @classmethod
