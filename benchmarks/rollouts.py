@@ -23,7 +23,7 @@ OUT = Path(__file__).resolve().parent / "results" / "rollouts.json"
 
 def main() -> None:
     import cotune as ct
-    from cotune.optimize import traces as traces_mod
+    from cotune.optimize import rollouts as traces_mod
     from cotune.tasks import load_task
 
     task = load_task("iris", seed=0)
