@@ -27,7 +27,7 @@ def collate(batch: Sequence[TokenizedExample], pad_id: int, device: str, torch: 
     return ids, labels.to(device), mask
 
 
-def batch_logits(model, batch, indices, trunk, pad_id, config, device, share: bool = True) -> tuple[Any, Any]:
+def batch_logits(model, batch, indices, trunk, pad_id, config, device, share: bool = False) -> tuple[Any, Any]:
     """(float32 logits at the completion positions, their target ids) for one micro-batch; with ``share``
     the tokens every row starts with run once (`cotune.training.shared_prefix`)."""
     import torch
@@ -38,8 +38,7 @@ def batch_logits(model, batch, indices, trunk, pad_id, config, device, share: bo
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
     targets = labels[:, 1:][keep[:, :-1]]
-    # Checkpointed layers run without a KV cache, which the shared prefix needs.
-    shared = shared_length(batch) if share and config.share_prefix and not config.gradient_checkpointing else 0
+    shared = shared_length(batch) if share else 0
     with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
         if trunk is None:
             logits = completion_logits(model, ids, mask, keep, shared)
@@ -50,9 +49,7 @@ def batch_logits(model, batch, indices, trunk, pad_id, config, device, share: bo
 
 def checked_trunk(model, tokenized, pad_id, config: LoRAConfig, device: str) -> TrunkCache | None:
     """A cache of the frozen layers' output when the adapter leaves the lower layers untouched and the cached
-    path gives the full forward's logits on the first batch (checked in eval mode, so dropout is off)."""
-    import torch
-
+    path gives the full forward's logits on the first batch."""
     first = first_trained_layer(model)
     if not first:
         return None
@@ -61,44 +58,30 @@ def checked_trunk(model, tokenized, pad_id, config: LoRAConfig, device: str) -> 
     if trunk is None:
         return None
     indices = list(range(min(config.batch_size, len(tokenized))))
-    model.eval()
-    try:
-        with torch.no_grad():
-            batch = [tokenized[i] for i in indices]
-            cached, _ = batch_logits(model, batch, indices, trunk, pad_id, config, device, share=False)
-            full, _ = batch_logits(model, batch, indices, None, pad_id, config, device, share=False)
-    finally:
-        model.train()
-    if not _close(cached, full, config, device):
-        warnings.warn(
-            "the frozen-trunk cache does not reproduce this model's forward; training through every layer",
-            RuntimeWarning, stacklevel=2,
-        )  # fmt: skip
-        return None
-    return trunk
+    if _agrees(model, tokenized, indices, pad_id, config, device, (trunk, False), (None, False)):
+        return trunk
+    warnings.warn(
+        "the frozen-trunk cache does not reproduce this model's forward; training through every layer",
+        RuntimeWarning, stacklevel=2,
+    )  # fmt: skip
+    return None
 
 
 def sharing_holds(model, tokenized, trunk, pad_id, config: LoRAConfig, device: str) -> bool:
-    """Whether running a batch's shared prefix once gives the plain forward's logits, checked (in eval mode) on
-    the first batch that shares one; True when no batch is checked (then nothing is shared either)."""
-    import torch
-
+    """Whether training runs each micro-batch's shared prefix once: asked for (``share_prefix``, and no
+    gradient checkpointing: checkpointed layers run without the KV cache it needs) and giving the plain
+    forward's logits on the first batch that shares one (True when none does: then nothing is shared)."""
+    if not config.share_prefix or config.gradient_checkpointing:
+        return False
     batch_size = config.batch_size
     batches = [list(range(i, min(i + batch_size, len(tokenized)))) for i in range(0, len(tokenized), batch_size)]
     indices = next((b for b in batches if shared_length([tokenized[i] for i in b])), None)
-    if indices is None or not config.share_prefix or config.gradient_checkpointing:
+    if indices is None:
         return True
-    batch = [tokenized[i] for i in indices]
-    model.eval()
     try:
-        with torch.no_grad():
-            shared, _ = batch_logits(model, batch, indices, trunk, pad_id, config, device, share=True)
-            plain, _ = batch_logits(model, batch, indices, trunk, pad_id, config, device, share=False)
-        holds = _close(shared, plain, config, device)
+        holds = _agrees(model, tokenized, indices, pad_id, config, device, (trunk, True), (trunk, False))
     except (TypeError, ValueError, RuntimeError):  # a model whose forward takes no cache or positions
         holds = False
-    finally:
-        model.train()
     if not holds:
         warnings.warn(
             "running the shared prompt prefix once does not reproduce this model's forward; every row runs its "
@@ -107,7 +90,19 @@ def sharing_holds(model, tokenized, trunk, pad_id, config: LoRAConfig, device: s
     return holds
 
 
-def _close(a: Any, b: Any, config: LoRAConfig, device: str) -> bool:
+def _agrees(model, tokenized, indices, pad_id, config: LoRAConfig, device: str, fast: tuple, plain: tuple) -> bool:
+    """Whether the ``fast`` and ``plain`` paths ((trunk, share) each) give the same logits on the batch
+    ``indices``, in eval mode (dropout off) and within the dtype's tolerance."""
+    import torch
+
+    batch = [tokenized[i] for i in indices]
+    model.eval()
+    try:
+        with torch.no_grad():
+            a, _ = batch_logits(model, batch, indices, fast[0], pad_id, config, device, share=fast[1])
+            b, _ = batch_logits(model, batch, indices, plain[0], pad_id, config, device, share=plain[1])
+    finally:
+        model.train()
     tolerance = 5e-2 if config.bf16 and bf16_is_fast(device) else 1e-3
     return a.shape == b.shape and (a - b).abs().max().item() <= tolerance * max(1.0, b.abs().max().item())
 

@@ -138,7 +138,7 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
     emit(
         events, "finetune.start", examples=len(tokenized), dropped=n_dropped, steps=total_steps, device=device,
         trainable_params=sum(p.numel() for p in trainable), frozen_trunk_layers=trunk.first if trunk else 0,
-        shared_prefix=share and config.share_prefix and not config.gradient_checkpointing,
+        shared_prefix=share,
     )
 
     # -- train ----------------------------------------------------------------------------------------
