@@ -6,7 +6,8 @@
 
 Writes benchmarks/results/table1-<task>.json: the table (mean ± std test accuracy per strategy), the wall time,
 the coverage of each Θ step's kept runs (per class), and the targets checked: Θ only ≥ 80%, best strategy ≥ 90%,
-the best BetterTogether order ≥ both Π-only and Θ-only, the whole table ≤ 10 minutes. A fresh request cache is used so the time is not flattered by earlier runs.
+the best BetterTogether order ≥ both Π-only and Θ-only, the whole table ≤ 10 minutes (Iris); Π and Θ each
+≥ 10 points over zero-shot (other tasks). A fresh request cache is used so the time is not flattered by earlier runs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,29 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+
+def table1_targets(task: str, table: dict, best_bt: str | None, wall: float) -> dict:
+    """The typed-output issue's targets: Iris's (Θ ≥ 80%, best ≥ 90%, BetterTogether ≥ Π and Θ, ≤ 10 min), and for
+    other tasks Π and Θ each ≥ 10 points over zero-shot."""
+
+    def mean(name: str) -> float | None:
+        return table[name]["test_mean"] if name in table else None
+
+    if task != "iris":
+        zero = mean("zero-shot")
+        return {f"{s}_at_least_10_points_over_zero_shot": zero is not None and s in table and mean(s) >= zero + 0.10
+                for s in ("p", "w")}  # fmt: skip
+    best = max(r["test_mean"] for r in table.values())
+    return {
+        "weights_only_at_least_80": "w" in table and mean("w") >= 0.80,
+        "best_strategy_at_least_90": best >= 0.90,
+        "best_bettertogether_beats_prompt_only_and_weights_only": (
+            best_bt is not None and "p" in table and "w" in table
+            and mean(best_bt) >= mean("p") and mean(best_bt) >= mean("w")
+        ),
+        "wall_time_at_most_10_minutes": wall <= 10 * 60,
+    }
 
 
 def main() -> None:
@@ -51,21 +75,10 @@ def main() -> None:
     results = run.results()
     table = {r["strategy"]: r for r in results["table"]}
 
-    def mean(name: str) -> float | None:
-        return table[name]["test_mean"] if name in table else None
-
     bt = [s for s in table if "p" in s.split("-") and "w" in s.split("-")]
     best_bt = max(bt, key=lambda s: table[s]["test_mean"]) if bt else None
     best = max(table.values(), key=lambda r: r["test_mean"])
-    targets = {
-        "weights_only_at_least_80": "w" in table and mean("w") >= 0.80,
-        "best_strategy_at_least_90": best["test_mean"] >= 0.90,
-        "best_bettertogether_beats_prompt_only_and_weights_only": (
-            best_bt is not None and "p" in table and "w" in table
-            and mean(best_bt) >= mean("p") and mean(best_bt) >= mean("w")
-        ),
-        "wall_time_at_most_10_minutes": wall <= 10 * 60,
-    }
+    targets = table1_targets(cfg.task, table, best_bt, wall)
     # What each Θ step learned from: its kept runs' coverage of the training examples, per class.
     coverage = [
         {"strategy": n["strategy"], "seed": n["seed"], "kept_runs": n["info"].get("n_passed_"),
