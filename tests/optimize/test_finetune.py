@@ -240,7 +240,7 @@ def test_fine_tunes_smollm2_on_iris_traces_and_changes_its_predictions(tmp_path)
     with registry.load("smollm2-135m", dtype="float32", cache=False) as lm:
         student = IrisCoT().bind(lm)
         teacher = IrisCoT().bind(FakeLM(rule_teacher))
-        lora = LoRAConfig(r=8, alpha=16, epochs=2, batch_size=8, learning_rate=1e-3, warmup_ratio=0.0)
+        lora = LoRAConfig(r=8, alpha=16, epochs=1, batch_size=4, learning_rate=1e-3, warmup_ratio=0.0)  # 4 steps
         tuner = BootstrapFinetune(task.metric, lora=lora, teacher=teacher, output_dir=tmp_path, num_threads=8)
         tuned = tuner.compile(student, trainset=task.train)
 
