@@ -26,10 +26,3 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Unit tests never touch the user's request cache; model conversions stay shared (they are slow)."""
     monkeypatch.setenv("COTUNE_REQUEST_CACHE", str(tmp_path_factory.mktemp("cache") / "requests.sqlite"))
 
-
-def pytest_collection_modifyitems(config, items):
-    """Files that run a real model first: `make test`'s workers (xdist, ``--dist loadfile``) take files in
-    collection order, so the long files start early and the short unit files fill the end, and the two
-    workers finish together instead of one running a long file alone at the end."""
-    heavy = {item.path for item in items if item.get_closest_marker("integration")}
-    items.sort(key=lambda item: item.path not in heavy)  # stable: each file's tests stay together, in order
