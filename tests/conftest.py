@@ -25,4 +25,3 @@ def shared_data() -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Unit tests never touch the user's request cache; model conversions stay shared (they are slow)."""
     monkeypatch.setenv("COTUNE_REQUEST_CACHE", str(tmp_path_factory.mktemp("cache") / "requests.sqlite"))
-
