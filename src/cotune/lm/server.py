@@ -75,8 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, body = 200, {"object": "list", "data": self.server.models.cards(int(self.server.started))}
         else:
             status, body = 404, RequestError(404, self._no_endpoint(path)).body()
-        self._send(status, body)
-        self._log(status, t0)
+        self._answer(status, body, t0)
 
     def do_POST(self) -> None:
         t0 = time.perf_counter()
@@ -113,12 +112,10 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as e:  # the model failed: answer 500 so clients retry, and keep serving
             logger.exception("request to %s failed", path)
             status, body = 500, RequestError(500, f"{type(e).__name__}: {e}").body()
-        self._send(status, body, headers)
-        self._log(status, t0, model=name, completion=completion)
+        self._answer(status, body, t0, headers, model=name, completion=completion)
 
     def _refuse(self, refusal: Refusal, t0: float) -> None:
-        self._send(refusal.status, RequestError(refusal.status, refusal.message).body(), refusal.headers)
-        self._log(refusal.status, t0)
+        self._answer(refusal.status, RequestError(refusal.status, refusal.message).body(), t0, refusal.headers)
 
     def _body(self) -> bytes:
         length = self.headers.get("Content-Length")
@@ -159,6 +156,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(blob)
         except OSError:  # the client went away (or the server is closing); nothing left to tell it
             self.close_connection = True
+
+    def _answer(self, status: int, body: Any, t0: float, headers: Mapping[str, str] | None = None, **log: Any) -> None:
+        """The ``server.request`` event first, then the answer: a client holding its answer finds the event."""
+        self._log(status, t0, **log)
+        self._send(status, body, headers)
 
     def _log(self, status: int, t0: float, *, model: str | None = None, completion: Any = None) -> None:
         fields: dict[str, Any] = {"method": self.command, "path": self.path, "status": status, "model": model}
