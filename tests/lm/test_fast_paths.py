@@ -38,19 +38,28 @@ def iris_batch():
     return batch, constraint(classify.signature, budget_tokens=24)
 
 
-def both_decoders(lm, batch, **config):
-    fast = lm.generate(batch, **config)
+def plain_decoder(lm, batch, **config):
     lm.engine.decoder = "transformers"
     try:
-        plain = lm.generate(batch, **config)
+        return lm.generate(batch, **config)
     finally:
         lm.engine.decoder = "cotune"
-    return fast, plain
 
 
-def test_constrained_greedy_equals_transformers_generate(smol, iris_batch):
+def both_decoders(lm, batch, **config):
+    return lm.generate(batch, **config), plain_decoder(lm, batch, **config)
+
+
+@pytest.fixture(scope="module")
+def iris_plain(smol, iris_batch):
+    """The Iris batch through transformers' ``generate`` (computed once: two tests compare against it)."""
     batch, constraint = iris_batch
-    fast, plain = both_decoders(smol, batch, max_tokens=48, constraint=constraint)
+    return plain_decoder(smol, batch, max_tokens=48, constraint=constraint)
+
+
+def test_constrained_greedy_equals_transformers_generate(smol, iris_batch, iris_plain):
+    batch, constraint = iris_batch
+    fast, plain = smol.generate(batch, max_tokens=48, constraint=constraint), iris_plain
     assert [c.text for c in fast] == [c.text for c in plain]
     ends = [(c.completion_tokens, c.finish_reason) for c in fast]
     assert ends == [(c.completion_tokens, c.finish_reason) for c in plain]
@@ -116,7 +125,7 @@ def test_a_merged_adapter_answers_like_peft_layers_with_the_same_cache_keys(smol
     assert smol.engine.weights.merges == 1  # the merged copy was kept, not rebuilt
 
 
-def test_prompts_sent_again_start_from_their_stored_prefixes_and_answer_the_same(smol, iris_batch):
+def test_prompts_sent_again_start_from_their_stored_prefixes_and_answer_the_same(smol, iris_batch, iris_plain):
     batch, constraint = iris_batch
     store = smol.engine.prefixes
     store.clear()
@@ -124,10 +133,6 @@ def test_prompts_sent_again_start_from_their_stored_prefixes_and_answer_the_same
     hits, reused = store.stats.hits, store.stats.reused_tokens
     again = smol.generate(batch, max_tokens=48, constraint=constraint)  # 6 prompts stored, 6 new
     assert store.stats.hits - hits >= 6 and store.stats.reused_tokens - reused >= 6 * 100
-    smol.engine.decoder = "transformers"
-    try:
-        plain = smol.generate(batch, max_tokens=48, constraint=constraint)
-    finally:
-        smol.engine.decoder = "cotune"
+    plain = iris_plain  # the same batch and settings through transformers' generate
     assert [c.text for c in again] == [c.text for c in plain]
     assert [c.text for c in first] == [c.text for c in plain[:6]]
