@@ -161,8 +161,8 @@ def test_engine_errors_reach_the_caller_with_their_cause():
 
 
 def test_unknown_dtype_lists_the_choices():
-    with pytest.raises(UnknownChoiceError, match="unknown dtype 'int8'; choose one of: .*bfloat16.*float32"):
-        resolve_dtype("int8", "cpu")
+    with pytest.raises(UnknownChoiceError, match="unknown dtype 'int4'; choose one of: .*bfloat16.*float32.*int8"):
+        resolve_dtype("int4", "cpu")
     assert resolve_dtype("bf16", "cpu") == "bfloat16" and resolve_dtype("fp32", "cpu") == "float32"
 
 

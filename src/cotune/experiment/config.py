@@ -151,6 +151,10 @@ def _no_metric(example: Any, prediction: Any) -> float:  # stands in for the tas
     return 0.0
 
 
+# what `cotune.lm.hf.HFEngine` takes (kept here so a config is checked without importing torch)
+LOCAL_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
+
+
 @dataclass
 class ExperimentConfig:
     """One experiment: strategies × seeds on a task and model."""
@@ -170,6 +174,7 @@ class ExperimentConfig:
     threads: int = field(default=64, metadata={"help": "parallel examples (a local model batches them)"})
     max_tokens: int | None = field(default=None, metadata={"help": "cap on generated tokens per call"})
     cache: bool = field(default=True, metadata={"help": "use the persistent request cache"})
+    dtype: str = field(default="auto", metadata={"help": "local model weights: auto, float32, bfloat16, float16 or int8 (CPU: int8 Linear weights, ~2x faster decoding, slightly different answers)"})
     ray: str | None = field(default=None, metadata={"help": "run the nodes as Ray tasks: local (a Ray cluster on this machine), auto or a cluster address (ray://HOST:10001, HOST:6379); needs cotune[ray]"})
     prompt: PromptStep = field(default_factory=PromptStep)
     weights: WeightStep = field(default_factory=WeightStep)
@@ -191,6 +196,8 @@ class ExperimentConfig:
             errors.append(f"inner_val_ratio: must be in (0, 1), got {self.inner_val_ratio}")
         if self.threads < 1:
             errors.append(f"threads: must be >= 1, got {self.threads}")
+        if self.dtype not in LOCAL_DTYPES:
+            errors.append(f"dtype: {self.dtype!r} is not one of {', '.join(LOCAL_DTYPES)}")
         if self.ray is not None and not _RAY_ADDRESS.fullmatch(self.ray):
             errors.append(f"ray: {self.ray!r} is not a Ray cluster; valid: local, auto, ray://HOST:PORT, HOST:PORT (or null: no Ray)")
         for name in ("train_size", "dev_size", "test_size", "max_tokens"):

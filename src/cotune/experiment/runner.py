@@ -164,7 +164,7 @@ class Runner:
     def _load_lm(self):
         from cotune.lm.registry import load
 
-        return load(self.config.model, cache=self.config.cache)
+        return load(self.config.model, cache=self.config.cache, dtype=self.config.dtype)
 
 
 def split_sizes(task: Any) -> dict[str, int]:

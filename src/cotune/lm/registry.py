@@ -177,7 +177,7 @@ def load(
         name: a registry name (see `list_models`), a transformers folder, a ``.gguf`` file, or a hub id.
         adapter: a LoRA adapter folder to apply.
         device: "cpu", "cuda"...; None picks CUDA when available.
-        dtype: "auto", "bfloat16", "float32" or "float16".
+        dtype: "auto", "bfloat16", "float32", "float16" or "int8" (CPU; see `cotune.lm.quantize`).
         cache: a `RequestCache`, True for the default one, False for none.
         events: receives conversion events the first time a GGUF is converted.
         **kwargs: passed to `HFLM` (``max_batch_size``, ``batch_wait_ms``, ``config``).
@@ -223,7 +223,7 @@ def from_spec(spec: dict[str, Any], *, like: LM | None = None, base_dir: str | P
     if like is not None and like.spec() | {"adapter": None} == {**spec, "adapter": None}:
         return like.with_adapter(spec.get("adapter"))
     if backend == "hf":
-        return load(spec["model"], adapter=spec.get("adapter"), **kwargs)
+        return load(spec["model"], adapter=spec.get("adapter"), **({"dtype": spec["dtype"]} if "dtype" in spec else {}) | kwargs)
     from cotune.lm.credentials import key_for_saved_url
     from cotune.lm.openai_compat import OpenAICompatible
 

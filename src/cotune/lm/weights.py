@@ -4,8 +4,8 @@ An unmerged PEFT adapter adds two small matrix products and a few more operation
 layer, and on a CPU, where decoding is bound by per-operation overhead, that made a call on an adapter
 about 3× slower than the same call on the base model. So by default (``merge=True``) an adapter is
 merged into a copy of the base weights: W' = W + scale·B·A, computed in float32 and rounded once to
-the model's dtype. The copy then runs at exactly the base model's cost. The base model itself is never
-changed, so calls without an adapter are unaffected. Only the most recently used merged copies are kept
+the model's dtype (or quantized, for an int8 engine: `cotune.lm.quantize`). The copy then runs at exactly
+the base model's cost. The base model itself is never changed, so calls without an adapter are unaffected. Only the most recently used merged copies are kept
 (``keep``), each the size of the base model; a different adapter is merged when first asked for.
 
 With ``merge=False`` adapters are loaded into the base model as PEFT layers and switched per batch
@@ -20,6 +20,7 @@ import hashlib
 import logging
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from cotune.errors import ConfigError
@@ -32,12 +33,17 @@ class AdapterWeights:
         base: the loaded base model (a transformers causal LM, already on its device, in eval mode).
         merge: merge each adapter into a copy of the base weights (see the module docstring).
         keep: how many merged copies to keep (least recently used dropped first).
+        prepare: what turns float weights into the weights that run (`cotune.lm.quantize.quantize_int8`), applied
+            to a copy of ``base`` (kept as the one that runs: `base`) and to each merged copy; ``base`` itself
+            is kept, unchanged, to merge into.
     """
 
-    def __init__(self, base: Any, *, merge: bool = True, keep: int = 1):
+    def __init__(self, base: Any, *, merge: bool = True, keep: int = 1, prepare: Callable[[Any], Any] | None = None):
         if keep < 1:
             raise ConfigError(f"merged adapters to keep must be >= 1, got {keep}")
-        self.base = base
+        self.float_base = base
+        self.prepare = prepare
+        self.base = base if prepare is None else prepare(copy.deepcopy(base))
         self.merge = merge
         self.keep = keep
         self.merges = 0  # adapters merged so far (a measure of switching between adapters)
@@ -67,9 +73,9 @@ class AdapterWeights:
         import torch
         from peft.tuners.lora import LoraLayer
 
-        dtype = self.base.dtype
+        dtype = self.float_base.dtype
         # Merge in float32 so the merged weight is rounded once, not once per term.
-        model = copy.deepcopy(self.base).to(torch.float32)
+        model = copy.deepcopy(self.float_base).to(torch.float32)
         name = _load(model, key, path)
         for module_name, module in list(model.named_modules()):
             if isinstance(module, LoraLayer):
@@ -80,7 +86,7 @@ class AdapterWeights:
             if hasattr(model, attr):
                 delattr(model, attr)
         self.merges += 1
-        return model.to(dtype).eval()
+        return model.to(dtype).eval() if self.prepare is None else self.prepare(model.eval())
 
     def _activate(self, key: str | None, path: str | None) -> None:
         """Switch the base model to adapter ``key`` (loading it the first time) or, for None, to no adapter."""
