@@ -223,7 +223,7 @@ def from_spec(spec: dict[str, Any], *, like: LM | None = None, base_dir: str | P
     if like is not None and like.spec() | {"adapter": None} == {**spec, "adapter": None}:
         return like.with_adapter(spec.get("adapter"))
     if backend == "hf":
-        return load(spec["model"], adapter=spec.get("adapter"), **({"dtype": spec["dtype"]} if "dtype" in spec else {}) | kwargs)
+        return load(spec["model"], adapter=spec.get("adapter"), **{"dtype": spec.get("dtype", "auto"), **kwargs})
     from cotune.lm.credentials import key_for_saved_url
     from cotune.lm.openai_compat import OpenAICompatible
 

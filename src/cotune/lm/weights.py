@@ -5,8 +5,9 @@ layer, and on a CPU, where decoding is bound by per-operation overhead, that mad
 about 3× slower than the same call on the base model. So by default (``merge=True``) an adapter is
 merged into a copy of the base weights: W' = W + scale·B·A, computed in float32 and rounded once to
 the model's dtype (or quantized, for an int8 engine: `cotune.lm.quantize`). The copy then runs at exactly
-the base model's cost. The base model itself is never changed, so calls without an adapter are unaffected. Only the most recently used merged copies are kept
-(``keep``), each the size of the base model; a different adapter is merged when first asked for.
+the base model's cost. The base model itself is never changed, so calls without an adapter are unaffected.
+Only the most recently used merged copies are kept (``keep``), each the size of the base model; a different
+adapter is merged when first asked for.
 
 With ``merge=False`` adapters are loaded into the base model as PEFT layers and switched per batch
 (no extra memory; slower).
