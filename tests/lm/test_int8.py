@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from cotune.errors import ConfigError
@@ -76,26 +73,6 @@ def test_int8_smollm2_answers_in_format_and_keys_its_cache_apart(smol8):
     finally:
         float_key.close()
     assert registry.from_spec(smol8.spec(), like=smol8).engine is smol8.engine  # a saved int8 LM comes back int8
-
-
-@pytest.fixture(scope="module")
-def lora(tmp_path_factory):
-    """A rank-8 LoRA adapter with random (non-zero) weights on SmolLM2's attention and MLP projections."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    folder = tmp_path_factory.mktemp("lora") / "adapter"
-    torch.manual_seed(0)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
-    base = AutoModelForCausalLM.from_pretrained(str(registry.model_folder("smollm2-135m")), dtype=torch.float32)
-    model = get_peft_model(base, config)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            param.data.mul_(0.5)
-    model.save_pretrained(str(folder))
-    (folder / "cotune_adapter.json").write_text(json.dumps({"base_model": "smollm2-135m"}))
-    return Path(folder)
 
 
 @pytest.mark.integration

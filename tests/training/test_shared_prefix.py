@@ -46,8 +46,9 @@ def train(folder, out, monkeypatch, *, share: bool, **lora):
 
     monkeypatch.setattr(forward, "prefix_logits", counted)
     monkeypatch.setattr("cotune.training.trunk.prefix_logits", counted)
+    # float32: the two paths agree to float rounding, not to bf16 rounding (where bf16 is native, it is the default)
     config = LoRAConfig(r=4, alpha=8, epochs=2, batch_size=3, learning_rate=5e-3, warmup_ratio=0.0, share_prefix=share,
-                        **lora)  # fmt: skip
+                        bf16=False, **lora)  # fmt: skip
     events = []
     result = train_lora(EXAMPLES, base_model_path=folder, output_dir=out, config=config, events=events.append)
     monkeypatch.undo()
@@ -92,12 +93,16 @@ def test_smollm2_shared_prefix_logits_and_gradients_equal_the_plain_forward(smol
     batch = [tokenize(e, tokenizer, 256) for e in EXAMPLES[:4]]
     n = shared_length(batch)
     assert n >= 40  # the system prompt and the chat template's start
-    config = LoRAConfig()
+    config = LoRAConfig(bf16=False)  # float32, as the model is loaded: no autocast where bf16 is native
     grads = []
+    projected = []  # positions each call of the output head projects
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, a, out: projected.append(a[0].shape[:-1].numel()))
     for share in (True, False):
         model.zero_grad()
         logits, targets = forward.batch_logits(model, batch, [0, 1, 2, 3], None, tokenizer.pad_token_id or 0, config,
                                                "cpu", share)  # fmt: skip
+        if share:  # the prefix call projects no position (its cache is all the rows need), the rows only theirs
+            assert projected == [0, len(targets)]
         torch.nn.functional.cross_entropy(logits, targets).backward()
         grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad})
         if share:
@@ -105,3 +110,4 @@ def test_smollm2_shared_prefix_logits_and_gradients_equal_the_plain_forward(smol
         else:
             assert logits.shape == first.shape and (logits - first).abs().max() < 1e-3
     assert all(torch.allclose(grads[0][k], grads[1][k], rtol=1e-3, atol=1e-5) for k in grads[0])
+    hook.remove()

@@ -26,6 +26,7 @@ from cotune.lm.base import LM, Completion, GenerationConfig, Messages, truncate_
 from cotune.lm.batching import BatchWorker
 from cotune.lm.cache import RequestCache, request_key
 from cotune.lm.decode import decode
+from cotune.lm.head import contiguous_head_input
 from cotune.lm.prefix_store import PrefixStore
 from cotune.lm.weights import AdapterWeights
 
@@ -110,7 +111,7 @@ class HFEngine:
         self.tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = model.to(self.device).eval()
+        model = contiguous_head_input(model.to(self.device).eval())  # merged adapter copies inherit it
         # int8: adapters merge into (a copy of) the float32 weights, which are then quantized the same way
         self.weights = AdapterWeights(model, merge=merge_adapters, prepare=_int8(self.device) if int8 else None)
         self.model = self.weights.base

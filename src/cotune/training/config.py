@@ -95,7 +95,8 @@ class LoRAConfig:
         metadata={
             "help": "bf16 autocast for the forward pass where the hardware computes bf16 natively (CUDA with bf16, "
             "CPUs with AVX512-BF16 or AMX; elsewhere it is emulated and ~13x slower, so float32 is used, see "
-            "cotune.hardware); master and adapter weights stay float32. False always trains in float32."
+            "cotune.hardware): the frozen base weights are held in bf16, the adapter weights stay float32. False "
+            "always trains in float32."
         },
     )
     device: str = field(
