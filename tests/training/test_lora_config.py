@@ -63,3 +63,14 @@ def test_round_trip_and_unknown_fields():
         LoRAConfig.from_dict({"rank": 8})
     with pytest.raises(ConfigError, match="epochs=0"):
         config.replace(epochs=0)
+
+
+def test_bf16_training_is_for_cuda_devices_that_compute_it_natively(monkeypatch):
+    from cotune import hardware
+
+    monkeypatch.setattr(hardware, "bf16_is_fast", lambda device: True)  # a CPU with AMX, a GPU with bf16
+    assert LoRAConfig().trains_in_bf16("cuda") and LoRAConfig().trains_in_bf16("cuda:1")
+    assert not LoRAConfig().trains_in_bf16("cpu")  # float32 measured faster on a CPU even with bf16 instructions
+    assert not LoRAConfig(bf16=False).trains_in_bf16("cuda")
+    monkeypatch.setattr(hardware, "bf16_is_fast", lambda device: False)
+    assert not LoRAConfig().trains_in_bf16("cuda")

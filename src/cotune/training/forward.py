@@ -12,7 +12,6 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from cotune.hardware import bf16_is_fast
 from cotune.training.config import LoRAConfig
 from cotune.training.sft_data import IGNORE_INDEX, TokenizedExample
 from cotune.training.shared_prefix import prefix_logits, shared_length
@@ -32,7 +31,7 @@ def batch_logits(model, batch, indices, trunk, pad_id, config, device, share: bo
     the tokens every row starts with run once (`cotune.training.shared_prefix`)."""
     import torch
 
-    autocast = config.bf16 and bf16_is_fast(device)  # emulated bf16 (a CPU without it) is ~13x slower
+    autocast = config.trains_in_bf16(device)
     ids, labels, mask = collate(batch, pad_id, device, torch)
     # Position t predicts token t+1: keep only positions whose next token is a completion token.
     keep = torch.zeros_like(labels, dtype=torch.bool)
@@ -103,7 +102,7 @@ def _agrees(model, tokenized, indices, pad_id, config: LoRAConfig, device: str, 
             b, _ = batch_logits(model, batch, indices, plain[0], pad_id, config, device, share=plain[1])
     finally:
         model.train()
-    tolerance = 5e-2 if config.bf16 and bf16_is_fast(device) else 1e-3
+    tolerance = 5e-2 if config.trains_in_bf16(device) else 1e-3
     return a.shape == b.shape and (a - b).abs().max().item() <= tolerance * max(1.0, b.abs().max().item())
 
 

@@ -18,7 +18,6 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from cotune.errors import TrainingError
-from cotune.hardware import bf16_is_fast
 from cotune.training.config import LoRAConfig
 from cotune.training.lora import TrainResult, _check_output_dir, _save, _versions, adapter_metadata, training_errors
 from cotune.training.memory import MemoryWatch
@@ -36,7 +35,7 @@ def train_sft(job: Job, report: Report) -> TrainResult | None:
     device = training_device(config, torch)
     _check_output_dir(output_dir)
     t_start = time.perf_counter()
-    bf16 = config.bf16 and bf16_is_fast(device)
+    bf16 = config.trains_in_bf16(device)
 
     # -- setup ----------------------------------------------------------------------------------------
     with tempfile.TemporaryDirectory(prefix="cotune-trl-") as scratch:

@@ -6,8 +6,8 @@ The examples are tokenized by cotune (`cotune.training.sft_data.tokenize`: chat 
 completion tokens only) and handed to TRL pre-tokenized, so TRL applies no chat template and masks nothing
 itself; the model is cotune's training copy (`cotune.training.setup.load_for_training`: LoRA rank, alpha,
 dropout, target modules, ``top_layers``, a seeded initialization, or a continued adapter). What TRL adds:
-`accelerate` (data parallel over GPUs, or CPU processes over gloo), gradient accumulation, bf16 where the
-device computes it natively (`cotune.hardware.bf16_is_fast`), and optional packing.
+`accelerate` (data parallel over GPUs, or CPU processes over gloo), gradient accumulation, bf16 on a CUDA
+device that computes it natively (`LoRAConfig.trains_in_bf16`), and optional packing.
 
 ``LoRAConfig.batch_size`` is per process: one optimizer step sees ``batch_size × gradient_accumulation_steps
 × processes`` sequences, and its loss is the mean over all their completion tokens (TRL counts the tokens
