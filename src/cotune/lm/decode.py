@@ -75,30 +75,37 @@ def decode(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: i
     if prefixes is not None and prefixes.max_bytes:
         _keep_prompts(input_ids, attention_mask, mask, cache, prefixes, namespace)
     next_pos = positions[:, -1:] + 1
-    live = list(range(batch))
+    rows = list(range(batch))  # the prompt in each row of the cache
+    alive = list(range(batch))  # the cache rows still decoding
     new: list[list[int]] = [[] for _ in range(batch)]
     last: list[int] | None = None
     for _ in range(max_new_tokens):
-        scores = out.logits[:, -1, :].float()
+        logits = out.logits[:, -1, :]
+        scores = (logits if len(alive) == len(rows) else logits[alive]).float()
+        live = [rows[p] for p in alive]
         for p in processors:
             scores = p.step(live, last, scores)
-        tokens = scores.argmax(dim=-1)
-        chosen = tokens.tolist()
+        chosen = scores.argmax(dim=-1).tolist()
         keep = []
-        for j, (row, token) in enumerate(zip(live, chosen, strict=True)):
+        for p, row, token in zip(alive, live, chosen, strict=True):
             new[row].append(token)
             if token not in stops and len(new[row]) < max_new_tokens:
-                keep.append(j)
+                keep.append(p)
         if not keep:
             break
-        if len(keep) < len(live):
-            index = torch.tensor(keep, device=tokens.device)
+        last = [new[rows[p]][-1] for p in keep]
+        alive = keep
+        # Finished rows stay in the batch (fed their last token, their output unread) until half of it is
+        # done: removing rows copies every layer's keys and values, and a decoding step costs about the same
+        # with a few more rows. GSM8K chain of thought, 50 rows: one compaction per finished row had them ~7%.
+        if len(alive) <= len(rows) // 2:
+            index = torch.tensor(alive, device=input_ids.device)
             cache.batch_select_indices(index)
-            mask, tokens, next_pos = mask[index], tokens[index], next_pos[index]
-            live = [live[j] for j in keep]
+            mask, next_pos = mask[index], next_pos[index]
+            rows, alive = [rows[p] for p in alive], list(range(len(alive)))
             mask = _trim_left_padding(mask, cache)
-        last = [chosen[j] for j in keep]
-        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+        tokens = torch.tensor([new[row][-1] for row in rows], device=input_ids.device)
+        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
         out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache,
                     use_cache=True)  # fmt: skip
         next_pos = next_pos + 1
