@@ -10,8 +10,10 @@ Prompt sets (the exact messages cotune's programs send): ``iris`` (zero-shot cha
 - ``cotune``: `cotune.evaluate` of the task's program (constrained decoding, the default), request cache
   off, ``--threads`` threads coalesced by the engine; ``cotune-transformers``: the same with the engine's
   decoding loop switched to transformers' ``generate`` (what cotune ran before ``cotune.lm.decode``).
-- ``generate``: a bare ``model.generate`` on the same weights and dtype, all prompts in one batch, free text.
-- ``llamacpp``: llama.cpp's server (xllamacpp, the embedded Q4_1 GGUF) with one parallel slot per prompt,
+- ``generate``: a bare ``model.generate`` on the same weights and dtype, all prompts in one batch, free text
+  (in a child process with its own copy of the model, see `in_child`).
+- ``llamacpp``: llama.cpp's server (xllamacpp, the embedded Q4_1 GGUF; in a child process started for each set,
+  see `in_child`) with one parallel slot per prompt,
   chat completions sent from as many threads, free text.
 
 The cotune path also runs on ``--other-dtypes`` (those that are not the default dtype),
@@ -94,6 +96,33 @@ def run_generate(engine, messages, max_tokens: int) -> dict[str, Any]:
     new = out[:, enc["input_ids"].shape[1] :].tolist()
     lengths = [next((i for i, t in enumerate(row) if t in eos or t == tok.pad_token_id), len(row)) for row in new]
     return _row(wall, len(messages), int(enc["attention_mask"].sum()), sum(lengths))
+
+
+def in_child(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` in a fresh child process, gone once it returns. The baselines run there so that no path
+    runs after them in this process: an idle llama.cpp server here slowed the cotune path (GSM8K, 50 rows: 25.1 →
+    37.0 s), and so did one bare ``generate`` over the Iris prompts (25.6 → 36.2 s; cause not found: no model,
+    config, thread or allocator setting differed), while cotune's own transformers loop did not (24.8 s)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def generate_child(model: str, dtype: str, messages: list, max_tokens: int) -> dict[str, Any]:
+    """`run_generate` on a freshly loaded copy of the model (its loading not timed)."""
+    import cotune as ct
+
+    lm = ct.lm.load(model, dtype=dtype, cache=False)
+    try:
+        return run_generate(lm.engine, messages, max_tokens)
+    finally:
+        lm.close()
+
+
+def llamacpp_child(gguf: str, slots: int, messages: list, max_tokens: int) -> dict[str, Any]:
+    """`run_llamacpp` on a server started for this prompt set only."""
+    return run_llamacpp(llamacpp_server(Path(gguf), slots, ctx_per_slot=2048), messages, max_tokens)
 
 
 def llamacpp_server(gguf: Path, slots: int, ctx_per_slot: int):
@@ -183,14 +212,11 @@ def main() -> dict[str, Any]:
     for dtype in args.other_dtypes.split(","):
         if dtype and dtype != lm.dtype:
             lms[dtype] = ct.lm.load(args.model, dtype=dtype, cache=False)
-    server = None
+    gguf = None
     if "llamacpp" not in skip:
         if args.model != "smollm2-135m":
             raise SystemExit("the llama.cpp comparison uses the embedded SmolLM2 GGUF; pass --skip llamacpp")
-        try:
-            server = llamacpp_server(smollm2_gguf(), args.n, ctx_per_slot=2048)
-        except Exception as e:
-            print(f"llama.cpp server did not start: {type(e).__name__}: {e}", flush=True)
+        gguf = smollm2_gguf()
     load_before = os.getloadavg()
     report: dict[str, Any] = {"benchmark": "engine", "model": args.model, "dtype": lm.dtype, "device": lm.device,
                               "n": args.n, "max_tokens": args.max_tokens, "threads": args.threads, "sets": {}}  # fmt: skip
@@ -221,11 +247,11 @@ def main() -> dict[str, Any]:
                 row[f"cotune_outputs_equal_transformers_loop{tag}"] = f"{same}/{len(examples)}"
             if "generate" not in skip and key == "auto":
                 print(f"{name}: generate{tag}", flush=True)
-                row[f"generate{tag}"] = run_generate(each.engine, messages, args.max_tokens)
-        if server is not None:
+                row[f"generate{tag}"] = in_child(generate_child, args.model, each.dtype, messages, args.max_tokens)
+        if gguf is not None:
             try:
                 print(f"{name}: llamacpp", flush=True)
-                row["llamacpp"] = run_llamacpp(server, messages, args.max_tokens)
+                row["llamacpp"] = in_child(llamacpp_child, str(gguf), args.n, messages, args.max_tokens)
             except Exception as e:  # recorded, so the other paths' numbers still land
                 row["llamacpp_error"] = f"{type(e).__name__}: {e}"
         base = row["cotune"]
@@ -248,7 +274,7 @@ def main() -> dict[str, Any]:
                          "load_average_after": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
     report["versions"] = {"python": sys.version.split()[0], "torch": torch.__version__,
                           "transformers": transformers.__version__}  # fmt: skip
-    if server is not None:
+    if gguf is not None:
         from importlib.metadata import version
 
         report["versions"]["xllamacpp"] = version("xllamacpp")
