@@ -99,10 +99,13 @@ def run_generate(engine, messages, max_tokens: int) -> dict[str, Any]:
 
 
 def in_child(fn: Any, *args: Any) -> Any:
-    """``fn(*args)`` in a fresh child process, gone once it returns. The baselines run there so that no path
-    runs after them in this process: an idle llama.cpp server here slowed the cotune path (GSM8K, 50 rows: 25.1 →
-    37.0 s), and so did one bare ``generate`` over the Iris prompts (25.6 → 36.2 s; cause not found: no model,
-    config, thread or allocator setting differed), while cotune's own transformers loop did not (24.8 s)."""
+    """``fn(*args)`` in a fresh child process, gone once it returns. Every path but the default cotune engine runs
+    there: torch computes with OpenMP, and libgomp (as documented for GOMP_SPINCOUNT) stops its threads spinning
+    between parallel regions once a
+    process holds more OpenMP threads than CPUs, which every other thread that has computed with torch adds
+    (a second engine's worker, a ``generate`` on the main thread, llama.cpp's server threads). GSM8K, 50 rows:
+    cotune alone 25.1 s; beside an idle llama.cpp server 37.0 s; after one main-thread ``generate`` 36.2 s;
+    after a second, float32 engine ran 34.0 s (that engine closed: back to the first figure)."""
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
@@ -116,6 +119,20 @@ def generate_child(model: str, dtype: str, messages: list, max_tokens: int) -> d
     lm = ct.lm.load(model, dtype=dtype, cache=False)
     try:
         return run_generate(lm.engine, messages, max_tokens)
+    finally:
+        lm.close()
+
+
+def cotune_child(model: str, dtype: str, name: str, n: int, data_root: str, threads: int,
+                 max_tokens: int) -> dict[str, Any]:  # fmt: skip
+    """`run_cotune` of prompt set ``name`` on the model loaded in ``dtype`` (after a warm-up, neither timed)."""
+    import cotune as ct
+
+    lm = ct.lm.load(model, dtype=dtype, cache=False)
+    try:
+        program, examples, metric = build_set(name, n, Path(data_root))
+        run_cotune(lm, program, examples[:2], metric, 2, 8)
+        return run_cotune(lm, program, examples, metric, threads, max_tokens)
     finally:
         lm.close()
 
@@ -206,12 +223,9 @@ def main() -> dict[str, Any]:
 
     import cotune as ct
 
-    # The default dtype first ("auto": what users get); other dtypes run the same paths for comparison.
-    lms = {"auto": ct.lm.load(args.model, cache=False)}
-    lm = lms["auto"]
-    for dtype in args.other_dtypes.split(","):
-        if dtype and dtype != lm.dtype:
-            lms[dtype] = ct.lm.load(args.model, dtype=dtype, cache=False)
+    # The default dtype ("auto": what users get) here; other dtypes, for comparison, each in a child process.
+    lm = ct.lm.load(args.model, cache=False)
+    others = [d for d in args.other_dtypes.split(",") if d and d != lm.dtype]
     gguf = None
     if "llamacpp" not in skip:
         if args.model != "smollm2-135m":
@@ -230,24 +244,26 @@ def main() -> dict[str, Any]:
         (predictor,) = program.predictors()
         messages = [predictor.messages(**ex.inputs()) for ex in examples]
         row: dict[str, Any] = {}
-        for key, each in lms.items():
-            tag = "" if key == "auto" else f" {each.dtype}"
-            run_cotune(each, program, examples[:2], metric, 2, 8)  # warm-up: grammar compiled, kernels touched
-            print(f"{name}: cotune{tag}", flush=True)
-            row[f"cotune{tag}"] = run_cotune(each, program, examples, metric, args.threads, args.max_tokens)
-            if "cotune-transformers" not in skip and key == "auto":
-                each.engine.decoder = "transformers"
-                print(f"{name}: cotune-transformers{tag}", flush=True)
-                try:
-                    plain = run_cotune(each, program, examples, metric, args.threads, args.max_tokens)
-                finally:
-                    each.engine.decoder = "cotune"
-                row[f"cotune-transformers{tag}"] = plain
-                same = sum(a == b for a, b in zip(row[f"cotune{tag}"]["texts"], plain["texts"], strict=True))
-                row[f"cotune_outputs_equal_transformers_loop{tag}"] = f"{same}/{len(examples)}"
-            if "generate" not in skip and key == "auto":
-                print(f"{name}: generate{tag}", flush=True)
-                row[f"generate{tag}"] = in_child(generate_child, args.model, each.dtype, messages, args.max_tokens)
+        run_cotune(lm, program, examples[:2], metric, 2, 8)  # warm-up: grammar compiled, kernels touched
+        print(f"{name}: cotune", flush=True)
+        row["cotune"] = run_cotune(lm, program, examples, metric, args.threads, args.max_tokens)
+        if "cotune-transformers" not in skip:
+            lm.engine.decoder = "transformers"
+            print(f"{name}: cotune-transformers", flush=True)
+            try:
+                plain = run_cotune(lm, program, examples, metric, args.threads, args.max_tokens)
+            finally:
+                lm.engine.decoder = "cotune"
+            row["cotune-transformers"] = plain
+            same = sum(a == b for a, b in zip(row["cotune"]["texts"], plain["texts"], strict=True))
+            row["cotune_outputs_equal_transformers_loop"] = f"{same}/{len(examples)}"
+        if "generate" not in skip:
+            print(f"{name}: generate", flush=True)
+            row["generate"] = in_child(generate_child, args.model, lm.dtype, messages, args.max_tokens)
+        for dtype in others:
+            print(f"{name}: cotune {dtype}", flush=True)
+            row[f"cotune {dtype}"] = in_child(cotune_child, args.model, dtype, name, args.n, str(args.data_dir),
+                                              args.threads, args.max_tokens)  # fmt: skip
         if gguf is not None:
             try:
                 print(f"{name}: llamacpp", flush=True)
