@@ -54,8 +54,8 @@ def prefix_logits(model: Any, shared: int, mask: Any, keep: Any, *, input_ids: A
     head, tail = ({"input_ids": input_ids[:1, :shared]}, {"input_ids": input_ids[:, shared:]}) if input_ids is not None \
         else ({"inputs_embeds": inputs_embeds[:1, :shared]}, {"inputs_embeds": inputs_embeds[:, shared:]})  # fmt: skip
     # No logits from the prefix (an all-False mask): its cache is what the rows need. `logits_to_keep=1` would
-    # project one position, and autograd's matmul of that (1, 1, hidden) view copies the transposed output
-    # head (113 MB on SmolLM2) in the forward and again in the backward: 0.2 s of each 0.6 s training step.
+    # project one position, and torch's matmul of that (1, 1, hidden) view copied the transposed output head
+    # (113 MB on SmolLM2) into a batched product: ~90 ms of a 0.6 s training step (measured under bf16 autocast).
     none = torch.zeros(1, shared, dtype=torch.bool, device=mask.device)
     prefix = model(**head, attention_mask=mask[:1, :shared], use_cache=True, logits_to_keep=none)
     cache = prefix.past_key_values
