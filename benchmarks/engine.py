@@ -16,7 +16,7 @@ Prompt sets (the exact messages cotune's programs send): ``iris`` (zero-shot cha
   see `in_child`) with one parallel slot per prompt,
   chat completions sent from as many threads, free text.
 
-The cotune path also runs on ``--other-dtypes`` (those that are not the default dtype),
+The cotune path also runs on ``--other-dtypes`` (those that are not the default dtype; in a child process),
 since on a CPU without bf16 instructions a bf16 matrix product over many rows (a prefill) is far slower
 than a float32 one, while one row at a time (decoding) it is not.
 
@@ -101,9 +101,9 @@ def run_generate(engine, messages, max_tokens: int) -> dict[str, Any]:
 def in_child(fn: Any, *args: Any) -> Any:
     """``fn(*args)`` in a fresh child process, gone once it returns. Every path but the default cotune engine runs
     there: torch computes with OpenMP, and libgomp (as documented for GOMP_SPINCOUNT) stops its threads spinning
-    between parallel regions once a
-    process holds more OpenMP threads than CPUs, which every other thread that has computed with torch adds
-    (a second engine's worker, a ``generate`` on the main thread, llama.cpp's server threads). GSM8K, 50 rows:
+    between parallel regions once a process holds more OpenMP threads than CPUs, which every other thread that
+    has computed with torch adds (a second engine's worker, a ``generate`` on the main thread, llama.cpp's server
+    threads). GSM8K, 50 rows:
     cotune alone 25.1 s; beside an idle llama.cpp server 37.0 s; after one main-thread ``generate`` 36.2 s;
     after a second, float32 engine ran 34.0 s (that engine closed: back to the first figure)."""
     import multiprocessing

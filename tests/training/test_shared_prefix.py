@@ -46,7 +46,7 @@ def train(folder, out, monkeypatch, *, share: bool, **lora):
 
     monkeypatch.setattr(forward, "prefix_logits", counted)
     monkeypatch.setattr("cotune.training.trunk.prefix_logits", counted)
-    # float32: the two paths agree to float rounding, not to bf16 rounding (where bf16 is native, it is the default)
+    # float32: the two paths agree to float rounding, not to bf16 rounding (the default on a CUDA GPU with bf16)
     config = LoRAConfig(r=4, alpha=8, epochs=2, batch_size=3, learning_rate=5e-3, warmup_ratio=0.0, share_prefix=share,
                         bf16=False, **lora)  # fmt: skip
     events = []
@@ -93,7 +93,7 @@ def test_smollm2_shared_prefix_logits_and_gradients_equal_the_plain_forward(smol
     batch = [tokenize(e, tokenizer, 256) for e in EXAMPLES[:4]]
     n = shared_length(batch)
     assert n >= 40  # the system prompt and the chat template's start
-    config = LoRAConfig(bf16=False)  # float32, as the model is loaded: no autocast where bf16 is native
+    config = LoRAConfig(bf16=False)  # float32, as the model is loaded: no autocast on a CUDA GPU either
     grads = []
     projected = []  # positions each call of the output head projects
     hook = model.get_output_embeddings().register_forward_hook(lambda m, a, out: projected.append(a[0].shape[:-1].numel()))

@@ -29,7 +29,7 @@ def iris_example(length: float) -> ChatExample:  # short, so the integration tes
 
 EXAMPLES = [iris_example(x) for x in (1.4, 1.5, 4.0, 4.5, 5.6, 6.1, 1.3, 5.1)]
 # One thread a process: on a CPU shared with other jobs, more threads than cores is several times slower.
-# float32: one and two processes agree to float rounding, not to bf16 rounding (the default where bf16 is native).
+# float32 (as on any CPU): one and two processes agree to float rounding, not to bf16 rounding.
 CONFIG = LoRAConfig(r=8, alpha=16, target_modules=["q_proj", "v_proj"], epochs=1, batch_size=4, learning_rate=5e-3,
                     warmup_ratio=0.0, max_length=64, device="cpu", num_threads=1, bf16=False)  # fmt: skip
 

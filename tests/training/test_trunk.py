@@ -30,7 +30,7 @@ EXAMPLES = [example(x) for x in (1.4, 1.5, 4.0, 4.5, 5.6, 6.1, 1.3, 5.1, 12.25, 
 def run(folder, out, monkeypatch=None, no_cache=False, **lora):
     if no_cache:
         monkeypatch.setattr(lora_mod, "checked_trunk", lambda *a, **k: None)
-    # float32: the paths agree to float rounding, not to bf16 rounding (the default where bf16 is native)
+    # float32: the paths agree to float rounding, not to bf16 rounding (the default on a CUDA GPU with bf16)
     config = LoRAConfig(r=4, alpha=8, epochs=2, batch_size=3, learning_rate=5e-3, warmup_ratio=0.0, bf16=False, **lora)
     events = []
     result = train_lora(EXAMPLES, base_model_path=folder, output_dir=out, config=config, events=events.append)
