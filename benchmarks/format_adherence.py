@@ -79,7 +79,10 @@ def main() -> None:
     args = ap.parse_args()
 
     import cotune as ct
+    from cotune.hardware import BF16_CPU_FLAGS, cpu_flags
     from cotune.tasks import load_task
+
+    bf16_cpu = bool((cpu_flags() or frozenset()) & BF16_CPU_FLAGS)
 
     out = {"n": args.n, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "runs": []}
     if args.out.exists():  # keep the rows of other models and tasks when rerunning some
@@ -90,7 +93,8 @@ def main() -> None:
         lm = ct.lm.load(model, cache=False)
         for name in args.tasks.split(","):
             task = load_task(name, data_dir=data_dir(name, args.data_root))
-            row = {"model": model, "task": name}
+            row = {"model": model, "task": name, "dtype": str(lm.engine.dtype), "bf16_cpu": bf16_cpu,
+                   "created": time.strftime("%Y-%m-%d")}  # rows of one file may come from different machines
             for constrained in (True, False):
                 key = "constrained" if constrained else "free"
                 row[key] = run_one(lm, task, args.n, constrained, args.threads)

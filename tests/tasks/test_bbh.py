@@ -71,6 +71,8 @@ def test_multiple_choice_files_become_question_options_and_letter(tmp_path):
     assert len(task.train) + len(task.dev) + len(task.test) == 10  # the row with a text target is dropped
     assert task.metric is choice_match and isinstance(task.program(), MultipleChoiceQA)
     assert task.program().choose.instruction.startswith("Order adjectives correctly.")
+    answer = task.program().choose.signature.outputs[-1]  # a choice of the subtask's letters (constrained: one)
+    assert (answer.name, answer.type.kind, answer.type.choices) == ("answer", "choice", ("A", "B", "C"))
 
 
 def test_free_text_files_keep_question_and_answer(tmp_path):

@@ -152,11 +152,21 @@ class HFEngine:
         if config.stop:
             kwargs["tokenizer"] = self.tokenizer  # generate needs it to match stop strings
         processors = []
-        if config.constraint is not None:  # the mask comes first: the sampler then draws a valid token
-            processors.append(self.grammar.processor(config.constraint, len(payloads), config.max_tokens))
+        sampler = None
         if config.temperature > 0:
             seeds = [seed for _, seed in payloads]
-            processors.append(_seeded_sampler(seeds, config.temperature, config.top_p, self.device, config.min_p))
+            sampler = _seeded_sampler(seeds, config.temperature, config.top_p, self.device, config.min_p)
+        if config.constraint is not None:
+            # A plain temperature sampler draws inside the grammar's processor (a refused draw is redrawn from
+            # the masked distribution); with top-p or min-p the whole mask comes first, then the sampler.
+            plain = sampler is not None and config.top_p >= 1.0 and not config.min_p
+            processors.append(self.grammar.processor(config.constraint, len(payloads), config.max_tokens,
+                                                     sampler=sampler if plain else None,
+                                                     optimistic=None if plain or sampler is None else False))  # fmt: skip
+            if plain:
+                sampler = None
+        if sampler is not None:
+            processors.append(sampler)
         if processors:
             from transformers import LogitsProcessorList
 
@@ -371,6 +381,13 @@ def _seeded_sampler(seeds: list[int], temperature: float, top_p: float, device: 
 
         def step(self, live, last, scores):
             """Sample each live row (``live``: the batch rows of ``scores``' rows) with its own generator."""
+            picks = self.draw(live, scores)
+            forced = torch.full_like(scores, float("-inf"))
+            forced[torch.arange(len(picks)), torch.tensor(picks)] = 0.0
+            return forced
+
+        def draw(self, live, scores) -> list[int]:
+            """One token for each row of ``scores`` (batch row ``live[j]`` for row j), from its own generator."""
             probs = torch.softmax(scores.float() / temperature, dim=-1)
             if min_p > 0:
                 probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
@@ -379,9 +396,6 @@ def _seeded_sampler(seeds: list[int], temperature: float, top_p: float, device: 
                 # Drop tokens once the mass before them already reaches top_p (the first always stays).
                 drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
                 probs = probs.scatter(-1, idx, sorted_probs.masked_fill(drop, 0.0))
-            picks = [torch.multinomial(probs[j], 1, generator=self.generators[i]) for j, i in enumerate(live)]
-            forced = torch.full_like(scores, float("-inf"))
-            forced[torch.arange(len(picks)), torch.cat(picks)] = 0.0
-            return forced
+            return [int(torch.multinomial(probs[j], 1, generator=self.generators[i])) for j, i in enumerate(live)]
 
     return SeededSampling()

@@ -10,7 +10,8 @@ Two kinds of subtask:
 - **multiple choice** (17 of 27: inputs end in ``Options:`` and lettered lines ``(A) ...``): the
   question text goes to ``question``, the options to the list ``options``, the target ``"(B)"`` to the
   answer letter ``"B"`` (see `cotune.tasks.multiple_choice`); program `MultipleChoiceQA` (chain of
-  thought), metric `choice_match`. Four broken source rows are dropped: three whose target is not a
+  thought; the answer a typed choice of the subtask's letters, so constrained decoding writes one),
+  metric `choice_match`. Four broken source rows are dropped: three whose target is not a
   letter (one in movie_recommendation, two in ruin_names: their options were split at commas) and one
   in snarks whose options are cut off.
 - **free text** (the other 10, including the Yes/No ones whose options are ``- Yes`` / ``- No`` lines):
@@ -226,9 +227,10 @@ def load(
     described = task_description(prompts, subtask)
     if multiple_choice:
         instruction = f"{described} {MC_INSTRUCTION}" if described else MC_INSTRUCTION
+        letters = max(len(ex["options"]) for ex in examples)  # the answer: a choice of the subtask's letters
 
         def make_program() -> Program:
-            return MultipleChoiceQA(instruction)
+            return MultipleChoiceQA(instruction, letters=letters)
 
         metric, kind = choice_match, "multiple choice"
     else:
