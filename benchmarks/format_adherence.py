@@ -8,7 +8,8 @@ bbh:logical_deduction_three_objects), the task's own zero-shot program runs on t
 twice: with constrained decoding (the default on local models) and free (``constrained=False``, the
 lenient parser). Reported per run: the share of calls that parse, accuracy, completion tokens and
 seconds per call, reasoning tokens per call, and for constrained runs the grammar engine's share of the
-generation time (its per-step work: advance, mask, apply). The request cache is off, so every call runs.
+generation time (its per-step work: advance, check or mask, apply; ``--full-mask`` masks every row every step,
+the reference for the optimistic check). The request cache is off, so every call runs.
 Writes benchmarks/results/format_adherence.json. Targets: ≥ 99% parse constrained; grammar overhead ≤ 10%.
 """
 
@@ -76,6 +77,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=50)
     ap.add_argument("--data-root", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "format_adherence.json")
+    ap.add_argument("--full-mask", action="store_true",
+                    help="fill every row's grammar bitmask every step (the reference for the optimistic check)")  # fmt: skip
     args = ap.parse_args()
 
     import cotune as ct
@@ -91,10 +94,17 @@ def main() -> None:
         out["runs"] = [r for r in old.get("runs", []) if (r["model"], r["task"]) not in rerun]
     for model in args.models.split(","):
         lm = ct.lm.load(model, cache=False)
+        lm.engine.grammar.optimistic = not args.full_mask
         for name in args.tasks.split(","):
             task = load_task(name, data_dir=data_dir(name, args.data_root))
-            row = {"model": model, "task": name, "dtype": str(lm.engine.dtype), "bf16_cpu": bf16_cpu,
-                   "created": time.strftime("%Y-%m-%d")}  # rows of one file may come from different machines
+            row = {
+                "model": model,
+                "task": name,
+                "dtype": str(lm.engine.dtype),
+                "bf16_cpu": bf16_cpu,
+                "created": time.strftime("%Y-%m-%d"),
+                "grammar_mask": "full" if args.full_mask else "optimistic",
+            }  # rows of one file may come from different machines
             for constrained in (True, False):
                 key = "constrained" if constrained else "free"
                 row[key] = run_one(lm, task, args.n, constrained, args.threads)
