@@ -9,9 +9,9 @@ vocabulary on a 2-core CPU, measured), and in free text the model's own choice i
 so the processor first asks the matcher whether the row's proposed token (its argmax, or its sample when
 it is given the batch's sampler) is accepted and fills the bitmask only for the rows it refuses — the
 choice is the same as masking every row first (greedy: the argmax over allowed tokens; sampling at a
-temperature: a draw from the masked distribution, by rejection). It also ends the reasoning field (``Constraint.budget_exit``): a row is made to write the
-next field's label once it has generated its budget of free text, or as soon as it would have ended
-the completion there (its most likely token is end-of-text, which the grammar does not allow before
+temperature: a draw from the masked distribution, by rejection). It also ends the reasoning field
+(``Constraint.budget_exit``): a row is made to write the next field's label once it has generated its
+budget of free text, or as soon as it would have ended the completion there (its most likely token is end-of-text, which the grammar does not allow before
 the answer) — then the grammar forces the answer.
 
 xgrammar and torch are imported when an engine is built, never when this module is imported.
@@ -161,7 +161,6 @@ def _masker(engine: GrammarEngine, compiled: Any, rows: int, exit_ids: list[int]
             self.forcing: list[list[int]] = [[] for _ in range(rows)]
             self.accepted: list[int | None] = [None] * rows  # a token the matcher took ahead of the next step
             self.first = True
-            self.refused = 0  # rows whose proposed token the grammar refused (their bitmask was filled)
 
         def __call__(self, input_ids, scores):
             """The transformers ``generate`` interface: every row is live; the last column is each row's last token."""
@@ -216,7 +215,6 @@ def _masker(engine: GrammarEngine, compiled: Any, rows: int, exit_ids: list[int]
                 else:
                     refused.append(j)
             if refused:
-                self.refused += len(refused)
                 for j in refused:
                     self.matchers[live[j]].fill_next_token_bitmask(self.bitmask, j)
                 index = torch.tensor(refused)
