@@ -11,8 +11,8 @@ it is given the batch's sampler) is accepted and fills the bitmask only for the 
 choice is the same as masking every row first (greedy: the argmax over allowed tokens; sampling at a
 temperature: a draw from the masked distribution, by rejection). It also ends the reasoning field
 (``Constraint.budget_exit``): a row is made to write the next field's label once it has generated its
-budget of free text, or as soon as it would have ended the completion there (its most likely token is end-of-text, which the grammar does not allow before
-the answer) — then the grammar forces the answer.
+budget of free text, or as soon as it would have ended the completion there (its most likely token is
+end-of-text, which the grammar does not allow before the answer) — then the grammar forces the answer.
 
 xgrammar and torch are imported when an engine is built, never when this module is imported.
 """
