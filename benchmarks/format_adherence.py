@@ -82,10 +82,10 @@ def main() -> None:
     args = ap.parse_args()
 
     import cotune as ct
-    from cotune.hardware import BF16_CPU_FLAGS, cpu_flags
+    from cotune.hardware import cpu_has_bf16
     from cotune.tasks import load_task
 
-    bf16_cpu = bool((cpu_flags() or frozenset()) & BF16_CPU_FLAGS)
+    bf16_cpu = cpu_has_bf16()  # None where the CPU's flags cannot be read
 
     out = {"n": args.n, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "runs": []}
     if args.out.exists():  # keep the rows of other models and tasks when rerunning some
