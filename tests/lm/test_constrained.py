@@ -151,3 +151,20 @@ def test_sampling_by_rejection_draws_from_the_masked_distribution(lm):
     seen = set(optimistic) | set(full)
     distance = sum(abs(optimistic.count(t) - full.count(t)) for t in seen) / (2 * rows)
     assert distance < 0.12, (distance, {t: (optimistic.count(t), full.count(t)) for t in seen})
+
+
+def test_a_proposed_special_token_is_masked_without_a_grammar_warning(lm, capfd):
+    """A row whose most likely token is a special token (``<|im_start|>``) gets a grammar-allowed token, and
+    xgrammar is not asked to accept the special one (it would print a warning on the user's terminal)."""
+    import torch
+
+    from cotune.program.grammar import constraint
+
+    engine = lm.engine.grammar
+    special = next(i for i in lm.engine.tokenizer.all_special_ids if i not in engine.info.stop_token_ids)
+    mask = engine.processor(constraint(Predict("question -> answer: int").signature), 1, 8)
+    scores = torch.zeros(1, engine.vocab_size)
+    scores[0, special] = 10.0
+    chosen = int(mask.step([0], None, scores).argmax())
+    assert chosen != special and lm.engine.tokenizer.decode([chosen]) in "Answer: "
+    assert "cannot accept" not in capfd.readouterr().err

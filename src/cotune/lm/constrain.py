@@ -54,6 +54,9 @@ class GrammarEngine:
         self.info = _tokenizer_info(xgr, tokenizer, vocab_size, stop_token_ids)
         self.compiler = xgr.GrammarCompiler(self.info, max_threads=1)
         self._decoded: list[bytes] = list(self.info.decoded_vocab)
+        # Tokens that are never text (special, padding ids): xgrammar refuses them with a printed warning, so a
+        # row that proposes one is masked without asking its matcher.
+        self._never_text = frozenset(i for i, b in enumerate(self._decoded) if not b) - set(stop_token_ids)
         self._compiled: OrderedDict[Constraint, Any] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -147,6 +150,7 @@ def _masker(engine: GrammarEngine, compiled: Any, rows: int, exit_ids: list[int]
 
     xgr = engine._xgr
     decoded = engine._decoded
+    never_text = engine._never_text
     exit_bytes = exit_text.encode()
     stop_ids = torch.tensor(sorted(engine.info.stop_token_ids), dtype=torch.long)
 
@@ -208,7 +212,7 @@ def _masker(engine: GrammarEngine, compiled: Any, rows: int, exit_ids: list[int]
                 matcher = self.matchers[i]
                 if self.forcing[i] and matcher.accept_token(self.forcing[i][0]):
                     self.accepted[i] = chosen[j] = self.forcing[i][0]
-                elif matcher.accept_token(proposed[j]):
+                elif proposed[j] not in never_text and matcher.accept_token(proposed[j]):
                     self.accepted[i] = proposed[j]
                     if sampler is not None:
                         chosen[j] = proposed[j]
