@@ -198,7 +198,8 @@ def _masker(engine: GrammarEngine, compiled: Any, rows: int, exit_ids: list[int]
             return tokens
 
         def _choose(self, live, scores):
-            top = scores.argmax(dim=-1)
+            # The argmax proposes greedily and tells which rows would stop; a sampler without a budget needs neither.
+            top = scores.argmax(dim=-1) if sampler is None or limit is not None else None
             wants_stop = torch.isin(top, stop_ids).tolist() if limit is not None else None
             proposed = self._draw(live, scores) if sampler is not None else top.tolist()
             chosen: dict[int, int] = {}  # score row -> token chosen here (forced, or a sampler's draw)
