@@ -7,6 +7,9 @@ that are in neither the table's train nor its dev split, and on the ``--n`` test
 table's test split.
 
     .venv/bin/python benchmarks/gsm8k_pools.py --data-dir ../shared/data/gsm8k RUN/seed-0/p/program.json ...
+
+``--labeled 3,8`` also scores programs holding k labeled demos (gold solutions as reasoning, drawn from the
+table's train split as `LabeledFewShot` draws them): do more worked examples help the model?
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ def main() -> None:
     ap.add_argument("--dev", type=int, default=50, help="the table's dev size (excluded from the pool)")
     ap.add_argument("--test", type=int, default=200, help="the table's test size (the test pool starts after it)")
     ap.add_argument("--max-tokens", type=int, default=384)
+    ap.add_argument("--labeled", default="", help="comma-separated demo counts k: also score k labeled demos")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "gsm8k_pools.json")
     args = ap.parse_args()
 
     from cotune.evaluate.evaluate import evaluate
     from cotune.lm.registry import load
+    from cotune.optimize.labeled import LabeledFewShot
     from cotune.tasks import load_task
     from cotune.tasks.gsm8k import GSM8KSolver, read_split
 
@@ -49,6 +54,8 @@ def main() -> None:
     programs = {"zero-shot": GSM8KSolver().bind(lm)}
     for path in args.programs:
         programs["/".join(path.parts[-3:-1])] = GSM8KSolver().load(path, lm=lm)  # e.g. seed-0/p
+    for k in (int(k) for k in args.labeled.split(",") if k.strip()):
+        programs[f"labeled k={k}"] = LabeledFewShot(k=k, seed=0).compile(GSM8KSolver(), trainset=list(task.train)).bind(lm)
     rows = []
     for name, program in programs.items():
         for p in program.predictors():
