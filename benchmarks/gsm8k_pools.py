@@ -22,6 +22,17 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 
+def demo_counts(text: str) -> list[int]:
+    """``"3,8"`` → [3, 8]; anything else is an argparse error that names the value."""
+    try:
+        counts = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive demo counts such as 3,8, got {text!r}")
+    return counts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("programs", nargs="*", type=Path, help="saved programs (program.json) to score beside zero-shot")
@@ -32,7 +43,7 @@ def main() -> None:
     ap.add_argument("--dev", type=int, default=50, help="the table's dev size (excluded from the pool)")
     ap.add_argument("--test", type=int, default=200, help="the table's test size (the test pool starts after it)")
     ap.add_argument("--max-tokens", type=int, default=384)
-    ap.add_argument("--labeled", default="", help="comma-separated demo counts k: also score k labeled demos")
+    ap.add_argument("--labeled", type=demo_counts, default=[], help="comma-separated demo counts k: also score k labeled demos")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "gsm8k_pools.json")
     args = ap.parse_args()
 
@@ -54,7 +65,7 @@ def main() -> None:
     programs = {"zero-shot": GSM8KSolver().bind(lm)}
     for path in args.programs:
         programs["/".join(path.parts[-3:-1])] = GSM8KSolver().load(path, lm=lm)  # e.g. seed-0/p
-    for k in (int(k) for k in args.labeled.split(",") if k.strip()):
+    for k in args.labeled:
         programs[f"labeled k={k}"] = LabeledFewShot(k=k, seed=0).compile(GSM8KSolver(), trainset=list(task.train)).bind(lm)
     rows = []
     for name, program in programs.items():
