@@ -43,7 +43,9 @@ def main() -> None:
     ap.add_argument("--dev", type=int, default=50, help="the table's dev size (excluded from the pool)")
     ap.add_argument("--test", type=int, default=200, help="the table's test size (the test pool starts after it)")
     ap.add_argument("--max-tokens", type=int, default=384)
-    ap.add_argument("--labeled", type=demo_counts, default=[], help="comma-separated demo counts k: also score k labeled demos")
+    ap.add_argument(
+        "--labeled", type=demo_counts, default=[], help="comma-separated demo counts k: also score k labeled demos"
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results" / "gsm8k_pools.json")
     args = ap.parse_args()
 
@@ -66,7 +68,9 @@ def main() -> None:
     for path in args.programs:
         programs["/".join(path.parts[-3:-1])] = GSM8KSolver().load(path, lm=lm)  # e.g. seed-0/p
     for k in args.labeled:
-        programs[f"labeled k={k}"] = LabeledFewShot(k=k, seed=0).compile(GSM8KSolver(), trainset=list(task.train)).bind(lm)
+        programs[f"labeled k={k}"] = (
+            LabeledFewShot(k=k, seed=0).compile(GSM8KSolver(), trainset=list(task.train)).bind(lm)
+        )
     rows = []
     for name, program in programs.items():
         for p in program.predictors():
