@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=HERE / "configs" / "iris.yaml")
     ap.add_argument("--seeds", type=int, default=None, help="override the config's seeds with 0..N-1")
     ap.add_argument("--strategies", default=None, help="override the config's strategies (comma-separated)")
+    ap.add_argument("--train-size", type=int, default=None, help="override the config's number of training examples")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--keep-cache", action="store_true", help="reuse the user's request cache (timing flattered)")
@@ -67,6 +68,8 @@ def main() -> None:
         data["seeds"] = list(range(args.seeds))
     if args.strategies:
         data["strategies"] = args.strategies.split(",")
+    if args.train_size is not None:
+        data["train_size"] = args.train_size
     if args.data_dir:
         data["data_dir"] = args.data_dir
     data["out_dir"] = tempfile.mkdtemp(prefix="cotune-table1-runs-")
