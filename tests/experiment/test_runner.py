@@ -197,3 +197,18 @@ def test_the_default_factory_runs_registered_prompt_optimizers_end_to_end(tmp_pa
         run = Runner(cfg, lm=fake_lm(), task=FakeTask()).start()
         node = next(n for n in run.results()["nodes"] if n["strategy"] == "p")
         assert node["kind"] == "p" and node["info"], name  # the step's learned attributes were recorded
+
+
+@pytest.mark.parametrize(("right_with_p", "best"), [({"11"}, "zero-shot"), ({"10", "11", "12", "13"}, "p")])
+def test_the_best_program_beats_zero_shot_beyond_dev_noise(tmp_path, right_with_p, best):
+    from cotune.lm import FakeLM
+
+    def respond(messages, adapter=None):
+        q = messages[-1]["content"].split(": ", 1)[1]
+        return f"Answer: {q}" if "[p]" in messages[0]["content"] and q in right_with_p else "Answer: ?"
+
+    cfg = config(tmp_path, strategies=["zero-shot", "p"])
+    run = Runner(cfg, lm=FakeLM(respond), task=FakeTask(), optimizer_factory=factory(Counter())).start()
+    chosen = run.results()["best"]
+    assert chosen["strategy"] == best and chosen["selection"]["best_by_dev"] == "p"
+    assert chosen["selection"]["wins"] == len(right_with_p) and (run.path / "best-program.json").exists()

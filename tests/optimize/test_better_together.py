@@ -79,3 +79,19 @@ def test_hooks_restore_finished_steps_and_end_a_failed_branch_only():
     assert ("p", "w", "p") not in done and done[("p", "p")].val_score is None  # no valset: not scored
     with pytest.raises(TrainingError):
         tree(bt, [("w",)])  # without hooks a failure is raised
+
+
+@pytest.mark.parametrize(("right_with_tag", "chosen"), [({"3"}, ""), ({str(i) for i in range(10)}, "p")])
+def test_return_best_keeps_the_start_unless_a_step_beats_it_beyond_noise(right_with_tag, chosen):
+    """Zero-shot is right on even questions; the Π step adds ``right_with_tag``: one more is noise."""
+
+    def respond(messages, config):
+        q = messages[-1]["content"].split("Q: ")[-1].strip()
+        right = int(q) % 2 == 0 or ("[tuned]" in messages[0]["content"] and q in right_with_tag)
+        return "A: ok" if right else "A: no"
+
+    bt = BetterTogether(lambda e, p: float(p["a"] == "ok"), prompt=Append("[tuned]"), strategy="p", return_best=True)
+    best = bt.compile(QA().bind(FakeLM(respond)), trainset=DATA, valset=DATA)
+    assert bt.steps_[1].val_score > bt.steps_[0].val_score == 0.5
+    assert bt.selection_["best_step"] == "p" and bt.selection_["significant"] is (chosen == "p")
+    assert bt.best_index_ == len(chosen) and best.qa.instruction.endswith("[tuned]") is (chosen == "p")

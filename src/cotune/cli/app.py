@@ -17,6 +17,7 @@ from cotune.cli import report_cmds as rc
 from cotune.cli.cache_cmds import cache_app
 from cotune.errors import CotuneError
 from cotune.experiment import advisor as adv
+from cotune.experiment.config import DEFAULT_STRATEGIES
 from cotune.optimize.registry import optimizer_names
 
 app = typer.Typer(
@@ -108,7 +109,7 @@ class _RunCommand(TyperCommand):
 def run_cmd(
     task: Annotated[str | None, typer.Option("--task", "-t", help="Built-in task (see `cotune tasks`). Default: iris.")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model (see `cotune models`). Default: smollm2-135m.")] = None,
-    strategies: Annotated[str | None, typer.Option(help="Comma-separated strategies of p (prompt) and w (weights) steps, e.g. zero-shot,p,w,p-w,w-p,p-w-p.")] = None,
+    strategies: Annotated[str | None, typer.Option(help=f"Comma-separated strategies of p (prompt) and w (weights) steps; default: {', '.join(DEFAULT_STRATEGIES)} (p-p and w-w: the same step twice, the controls for alternating).")] = None,
     seeds: Annotated[int | None, typer.Option(min=1, help="Number of seeds (0..N-1); the paper's protocol is 3.")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="A YAML experiment config; options given here override it.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Finish an interrupted run directory; finished steps are not redone.")] = None,

@@ -58,6 +58,10 @@ class EvaluationResult:
     def n(self) -> int:
         return len(self.rows)
 
+    def scores(self) -> list[float]:
+        """Per-example scores in the order of the evaluated examples (for paired comparisons)."""
+        return [r.score for r in sorted(self.rows, key=lambda r: r.index)]
+
     @property
     def parse_failures(self) -> int:
         return sum(r.error_kind == "parse" for r in self.rows)

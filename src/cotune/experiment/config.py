@@ -14,7 +14,7 @@ from typing import Any
 
 from cotune.errors import ConfigError, UnknownChoiceError
 
-DEFAULT_STRATEGIES = ["zero-shot", "p", "w", "p-w", "w-p", "p-w-p"]
+DEFAULT_STRATEGIES = ["zero-shot", "p", "w", "p-p", "w-w", "p-w", "w-p", "p-w-p"]
 # `ray`: a local cluster, the one `ray start` made on this machine, or a cluster's client or GCS address
 _RAY_ADDRESS = re.compile(r"local|auto|ray://[\w.-]+(:\d+)?|[\w.-]+:\d+")
 

@@ -10,11 +10,13 @@ runs as a Ray task through the same `Runner.run_seed` (`cotune.experiment.ray_gr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cotune.errors import ConfigError, InfrastructureError, TrainingError, is_infrastructure_error
+from cotune.evaluate.compare import paired_gain
 from cotune.evaluate.evaluate import evaluate
 from cotune.events import Event, EventSink, Progress, emit
 from cotune.experiment.config import ExperimentConfig
@@ -122,9 +124,17 @@ class Runner:
         if not finals:  # every step failed: no program to recommend
             return None
         best = max(finals, key=lambda n: (n["dev"]["score"], -len(n["steps"])))
+        # As random search and BetterTogether decide: the best node replaces its seed's zero-shot program
+        # only when it beats it on dev by more than one standard error of the paired differences.
+        start = next((n for n in results["nodes"] if n["seed"] == best["seed"] and not n["steps"]), None)
+        selection = None
+        if start is not None and best is not start:
+            comparison = paired_gain(_dev_scores(run, best), _dev_scores(run, start))
+            selection = comparison.to_dict() | {"best_by_dev": best["strategy"]}
+            best = best if comparison.significant else start
         path = copy_program(run.path / best["program"], run.path / "best-program.json")
         return {"strategy": best["strategy"], "seed": best["seed"], "dev": best["dev"]["score"],
-                "test": best["test"]["score"], "program": path.name}
+                "test": best["test"]["score"], "program": path.name, "selection": selection}
 
     @staticmethod
     def _finished(run: RunDir, seed: int, name: str, events: EventSink) -> dict[str, Any] | None:
@@ -292,6 +302,12 @@ class _NodeHooks(StepHooks):
         emit(self.events, "node.failed", seed=self.seed, strategy=name, kind=kind, error=str(error))
         self.bar.advance(seed=self.seed, strategy=name, failed=True)
         return True
+
+
+def _dev_scores(run: RunDir, node: dict[str, Any]) -> list[float]:
+    """A finished node's per-example dev scores, in dev order (from its saved evaluation)."""
+    data = json.loads((run.node_dir(node["seed"], node["strategy"]) / "eval-dev.json").read_text())
+    return [row["score"] for row in sorted(data["rows"], key=lambda row: row["index"])]
 
 
 def _kind(steps: tuple[str, ...]) -> str:

@@ -24,11 +24,12 @@ from pydantic import Field
 
 from cotune.data.example import Example
 from cotune.errors import ConfigError
+from cotune.evaluate.compare import paired_gain
 from cotune.evaluate.evaluate import evaluate
 from cotune.evaluate.metrics import Metric
 from cotune.events import EventSink, emit
 from cotune.optimize.base import Events, Examples, Optimizer, require_valset
-from cotune.optimize.params import Positive
+from cotune.optimize.params import NonNegative, Positive
 from cotune.optimize.strategy import STEP_LETTERS, node_prefixes, parse_strategy, strategy_name
 from cotune.program.program import Program
 
@@ -47,6 +48,7 @@ class StepResult:
     seconds: float = field(default=0.0, compare=False)
     steps: tuple[str, ...] = ()
     restored: bool = False  # finished earlier (`StepHooks.restore`), not recomputed
+    val_scores: list[float] | None = field(default=None, compare=False, repr=False)  # per example, for paired tests
 
 
 class StepHooks:
@@ -95,6 +97,10 @@ class BetterTogether(Optimizer):
         strategy: steps as a string ("p,w,p", "p-w-p") or sequence ("prompt", "weights", "prompt").
         return_best: return the best-scoring step's program instead of the last one (ties go to the earlier
             step, as they go to the earlier candidate in every cotune optimizer: fewer steps, same score).
+            A step beats the starting program only by more than ``min_gain_se`` standard errors of the
+            paired per-example differences on ``valset`` (`cotune.evaluate.compare.paired_gain`, as random
+            search decides); otherwise the starting program is the best step.
+        min_gain_se: that margin; 0 picks the highest score.
         inner_val_ratio: share of the trainset that prompt steps use as their own valset.
         num_threads: threads for scoring steps.
 
@@ -128,6 +134,7 @@ class BetterTogether(Optimizer):
         return_best: bool = False,
         inner_val_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.7,
         num_threads: Positive = 8,
+        min_gain_se: NonNegative = 1.0,
     ):
         self.metric = metric
         self.prompt = prompt
@@ -136,6 +143,7 @@ class BetterTogether(Optimizer):
         self.return_best = return_best
         self.inner_val_ratio = inner_val_ratio
         self.num_threads = num_threads
+        self.min_gain_se = min_gain_se
 
     def _optimizer_for(self, kind: str) -> Optimizer:
         opt = self.prompt if kind == "p" else self.weights
@@ -154,6 +162,14 @@ class BetterTogether(Optimizer):
         done = self.run_tree(program, [steps], trainset=trainset, valset=valset, events=events)
         self.steps_: list[StepResult] = [done[steps[:i]] for i in range(len(steps) + 1)]
         self.best_index_ = max(range(len(self.steps_)), key=lambda i: (self.steps_[i].val_score, -i))
+        self.selection_ = None
+        best, start = self.steps_[self.best_index_], self.steps_[0]
+        if self.best_index_ > 0 and best.val_scores is not None and start.val_scores is not None:
+            comparison = paired_gain(best.val_scores, start.val_scores, self.min_gain_se)
+            self.selection_ = comparison.to_dict() | {"best_step": best.strategy}
+            if not comparison.significant:
+                self.best_index_ = 0
+                emit(events, "better_together.kept_start", best_step=best.strategy, reason=comparison.describe())
         self.best_score_ = self.steps_[self.best_index_].val_score
         chosen = self.steps_[self.best_index_] if self.return_best else self.steps_[-1]
         return chosen.program
@@ -209,15 +225,17 @@ class BetterTogether(Optimizer):
         else:
             current = parent.deepcopy()
         seconds = time.perf_counter() - t0
-        score = self._score(current, valset, name, events) if valset is not None else None
+        scored = self._score(current, valset, name, events) if valset is not None else None
+        score = scored.score if scored is not None else None
         result = StepResult(len(steps), kind, name, current, score, info, seconds, steps)
+        result.val_scores = scored.scores() if scored is not None else None
         hooks.finished(result)
         emit(events, "step.done", strategy=name, kind=kind, index=len(steps), val_score=score)
         return result
 
-    def _score(self, program: Program, valset: Sequence[Example], name: str, events: EventSink | None) -> float:
+    def _score(self, program: Program, valset: Sequence[Example], name: str, events: EventSink | None):
         return evaluate(program, valset, self.metric, num_threads=self.num_threads, events=events,
-                        description=f"score {name}").score
+                        description=f"score {name}")
 
 
 def learned_attributes(optimizer: Optimizer, max_chars: int = 200_000) -> dict[str, Any]:

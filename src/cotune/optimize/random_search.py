@@ -16,13 +16,14 @@ from typing import Any
 
 from cotune.data.example import Example
 from cotune.errors import ConfigError
+from cotune.evaluate.compare import paired_gain
 from cotune.evaluate.evaluate import EvaluationResult, evaluate
 from cotune.evaluate.metrics import Metric
 from cotune.events import EventSink, Progress, emit
 from cotune.optimize.base import Events, Examples, Optimizer, require_valset
 from cotune.optimize.bootstrap import BootstrapFewShot, collect_demos, with_demos
 from cotune.optimize.labeled import labeled_demos
-from cotune.optimize.params import Positive
+from cotune.optimize.params import NonNegative, Positive
 from cotune.optimize.rollouts import Rollouts
 from cotune.program.program import Program
 
@@ -54,7 +55,9 @@ class Candidate:
         }
 
 
-def plan_candidates(num_candidates: int, max_bootstrapped_demos: int, max_labeled_demos: int, seed: int) -> list[Candidate]:
+def plan_candidates(
+    num_candidates: int, max_bootstrapped_demos: int, max_labeled_demos: int, seed: int
+) -> list[Candidate]:
     """The first ``num_candidates`` candidates: zero-shot, labeled, bootstrap, then shuffled bootstraps.
 
     Each shuffled bootstrap draws its own seed and a demo count in [1, max_bootstrapped_demos] from
@@ -96,9 +99,17 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
         concurrent_candidates: how many candidates are scored at the same time (each with
             ``num_threads`` threads); a local model batches calls across them. None: all at once.
         seed: fixes the candidates' shuffles, demo counts and labeled samples.
+        min_gain_se: the best candidate replaces the starting program only when its mean per-example gain
+            over the start on the valset is more than this many standard errors of the paired differences
+            (`cotune.evaluate.compare.paired_gain`); otherwise the starting program is returned unchanged
+            (event ``random_search.kept_start``). 1.0: the one-standard-error rule; 0: the best candidate
+            wins on any higher mean (the paper's plain argmax, and the start is not scored).
 
     Learned attributes: ``candidates_`` (the plan), ``trials_`` (per candidate: kind, seed, demo counts
-    per predictor, demos, score, evaluation summary), ``best_index_``, ``best_score_``.
+    per predictor, demos, score, evaluation summary), ``best_index_`` (the best-scoring candidate),
+    ``start_score_`` (the starting program on the valset; None when ``min_gain_se=0``), ``selection_``
+    (the paired comparison of the best candidate with the start), ``kept_start_`` (True: the start was
+    returned), ``best_score_`` (the returned program's valset score).
 
     Example:
         >>> from cotune.lm import FakeLM
@@ -107,8 +118,8 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
         >>> lm = FakeLM(lambda m: "Answer: 4")
         >>> opt = BootstrapFewShotWithRandomSearch(lambda ex, p: ex["answer"] == p["answer"], num_candidates=4)
         >>> best = opt.compile(QA().bind(lm), trainset=data[:4], valset=data[4:])
-        >>> [t["kind"] for t in opt.trials_], opt.best_index_
-        (['zero_shot', 'labeled', 'bootstrap', 'bootstrap_shuffled'], 0)
+        >>> [t["kind"] for t in opt.trials_], opt.best_index_, opt.kept_start_
+        (['zero_shot', 'labeled', 'bootstrap', 'bootstrap_shuffled'], 0, True)
     """
 
     DEFAULT_BOOTSTRAP = {"max_bootstrapped_demos": 3, "max_labeled_demos": 3}  # the paper's Π budget
@@ -122,6 +133,7 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
         num_threads: Positive = 8,
         concurrent_candidates: Positive | None = None,
         seed: int = 0,
+        min_gain_se: NonNegative = 1.0,
     ):
         self.metric = metric
         self.num_candidates = num_candidates
@@ -129,6 +141,7 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
         self.num_threads = num_threads
         self.concurrent_candidates = concurrent_candidates
         self.seed = seed
+        self.min_gain_se = min_gain_se
 
     def _bootstrap(self) -> BootstrapFewShot:
         """The bootstrap the candidates run: ``bootstrap`` or the default one."""
@@ -161,6 +174,7 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
         # a local model batches calls across candidates; shared teacher runs and shared scores of
         # identical programs keep any request from running twice.
         workers = self.concurrent_candidates or len(self.candidates_)
+        score_start = self.min_gain_se > 0
         with Progress(events, "candidates", total=len(self.candidates_)) as bar:
 
             def build_and_score(i: int) -> tuple[Program, dict[str, Any], EvaluationResult]:
@@ -169,8 +183,12 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
                 bar.advance(index=i, kind=self.candidates_[i].kind.value, score=result.score)
                 return program_i, info, result
 
-            with ThreadPoolExecutor(min(workers, len(self.candidates_))) as pool:
+            with ThreadPoolExecutor(min(workers, len(self.candidates_)) + score_start) as pool:
+                # The start is scored beside the candidates (batched with them); it is the zero-shot
+                # candidate itself when the program has no demos, and then scored once.
+                start_future = pool.submit(self._score, -1, program, valset, shared, events) if score_start else None
                 outcomes = list(pool.map(build_and_score, range(len(self.candidates_))))
+                start = start_future.result() if start_future is not None else None
 
         self.trials_ = []
         for i, (cand, (_, info, result)) in enumerate(zip(self.candidates_, outcomes, strict=True)):
@@ -181,9 +199,42 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
             )
         scores = [t["score"] for t in self.trials_]
         self.best_index_ = max(range(len(scores)), key=lambda i: (scores[i], -i))
-        self.best_score_ = scores[self.best_index_]
         best_kind = self.candidates_[self.best_index_].kind.value
-        emit(events, "random_search.done", best_index=self.best_index_, best_score=self.best_score_, best_kind=best_kind)
+        self.start_score_ = start.score if start is not None else None
+        self.selection_ = None
+        self.kept_start_ = False
+        if start is not None:
+            comparison = paired_gain(outcomes[self.best_index_][2].scores(), start.scores(), self.min_gain_se)
+            self.selection_ = comparison.to_dict() | {"best_index": self.best_index_}
+            self.kept_start_ = not comparison.significant
+        if self.kept_start_:
+            self.best_score_ = self.start_score_
+            emit(
+                events,
+                "random_search.kept_start",
+                best_index=self.best_index_,
+                best_kind=best_kind,
+                start_score=self.start_score_,
+                reason=f"best candidate: {comparison.describe()}",
+            )
+            emit(
+                events,
+                "random_search.done",
+                best_index=self.best_index_,
+                best_score=self.best_score_,
+                best_kind=best_kind,
+                kept_start=True,
+            )
+            return program.deepcopy()
+        self.best_score_ = scores[self.best_index_]
+        emit(
+            events,
+            "random_search.done",
+            best_index=self.best_index_,
+            best_score=self.best_score_,
+            best_kind=best_kind,
+            kept_start=False,
+        )
         return outcomes[self.best_index_][0]
 
     def _build(
@@ -230,10 +281,16 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
             if owner:
                 future = shared.scores[fingerprint] = Future()
         if owner:
-            kind = self.candidates_[i].kind.value
+            kind = self.candidates_[i].kind.value if i >= 0 else "start"
             try:
-                result = evaluate(program, valset, self.metric, num_threads=self.num_threads, events=events,
-                                  description=f"candidate {i} ({kind})")
+                result = evaluate(
+                    program,
+                    valset,
+                    self.metric,
+                    num_threads=self.num_threads,
+                    events=events,
+                    description=f"candidate {i} ({kind})" if i >= 0 else "starting program",
+                )
             except BaseException as e:
                 future.set_exception(e)
                 raise
