@@ -11,6 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cotune.events import Event
+from cotune.experiment.costs import fmt_seconds
+from cotune.experiment.results import wall_per_uncached_call
 
 
 class RichEvents:
@@ -151,8 +153,9 @@ def evaluation_table(title: str, summary: dict[str, Any], context: dict[str, Any
     table.add_row("format adherence", f"{summary['format_adherence']:.1%}")
     table.add_row("LM calls", f"{summary['usage']['calls']} ({summary['usage']['cache_hits']} from cache)")
     table.add_row("tokens per call", f"{per_call['prompt_tokens']:.0f} prompt, {per_call['completion_tokens']:.0f} completion")
-    table.add_row("latency per call", f"{per_call['seconds']:.2f} s")
     table.add_row("wall time", f"{summary['seconds']:.1f} s")
+    # Wall time over the calls that reached the model: a call's own latency includes its wait in a batch.
+    table.add_row("wall time per uncached call", fmt_seconds(wall_per_uncached_call(summary), " s"))
     return table
 
 
@@ -175,7 +178,7 @@ def results_table(results: dict[str, Any]) -> Table:
     cfg = results["config"]
     seeds = len(cfg.get("seeds", []))
     table = Table(title=f"{cfg['task']} · {cfg['model']} · test accuracy over {seeds} seed(s)", title_justify="left")
-    for col in ("strategy", "test", "dev", "prompt tok/call", "latency/call", "format ok", "optimize s", "train s"):
+    for col in ("strategy", "test", "dev", "prompt tok/call", "wall s/uncached call", "format ok", "optimize s", "train s"):
         table.add_column(col, justify="right" if col != "strategy" else "left")
     rows = results["table"]
     best = max((r["test_mean"] for r in rows), default=None)
@@ -188,7 +191,7 @@ def results_table(results: dict[str, Any]) -> Table:
             test,
             f"{r['dev_mean']:.1%} ± {r['dev_std']:.1%}",
             f"{r['prompt_tokens_per_call']:.0f}",
-            f"{r['seconds_per_call']:.2f} s",
+            fmt_seconds(r["seconds_per_call"]),
             f"{r['format_adherence']:.0%}",
             f"{r['optimize_seconds']:.0f}",
             f"{r['train_seconds']:.0f}",

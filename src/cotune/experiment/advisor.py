@@ -32,6 +32,7 @@ from cotune.experiment.costs import (
     cost_row,
     fmt_money,
     fmt_price,
+    fmt_seconds,
     fmt_volume,
     run_table,
 )
@@ -74,7 +75,7 @@ def advise_runs(runs: Sequence[RunData], prices: Prices) -> Advice:
 
 # -- rendering -------------------------------------------------------------------------------------------
 COST_HEADER = ["run", "strategy", "test acc. (%)", "format ok", "prompt tok/call", "compl. tok/call", "LM calls/req.",
-               "latency/call (s)", "train (s)", "optimize (s)", "cost/day", "one-off", "total over horizon"]
+               "wall s / uncached call", "train (s)", "optimize (s)", "cost/day", "one-off", "total over horizon"]
 BREAK_EVEN_HEADER = ["run", "fine-tuned", "vs prompt-only", "test acc. (%)", "break-even", "why"]
 
 
@@ -84,7 +85,7 @@ def cost_cells(advice: Advice) -> list[list[str]]:
     for r in advice.rows:
         acc = f"{100 * r.test_mean:.1f} ± {100 * r.test_std:.1f}" if r.seeds > 1 else f"{100 * r.test_mean:.1f}"
         out.append([r.label, r.strategy, acc, f"{100 * r.format_adherence:.0f}%", f"{r.prompt_tokens_per_call:,.0f}",
-                    f"{r.completion_tokens_per_call:,.0f}", f"{r.calls_per_example:.2g}", f"{r.seconds_per_call:.2f}",
+                    f"{r.completion_tokens_per_call:,.0f}", f"{r.calls_per_example:.2g}", fmt_seconds(r.seconds_per_call),
                     f"{r.train_seconds:,.0f}", f"{r.optimize_seconds:,.0f}", fmt_money(r.cost_per_day),
                     fmt_money(r.one_off_cost), fmt_money(r.horizon_cost)])
     return out

@@ -69,7 +69,7 @@ class CostRow:
     prompt_tokens_per_call: float
     completion_tokens_per_call: float
     calls_per_example: float
-    seconds_per_call: float
+    seconds_per_call: float | None  # test wall time per uncached call; None: every call was cached
     train_seconds: float
     optimize_seconds: float
     finetuned: bool
@@ -244,6 +244,11 @@ def fmt_money(x: float, small: bool = False) -> str:
     if small or 0 < abs(x) < 0.01:
         return "$" + format(Decimal(f"{x:.2g}"), "f")
     return f"${x:,.2f}"
+
+
+def fmt_seconds(x: float | None, unit: str = "") -> str:
+    """``0.12`` seconds, or an em dash where nothing was measured (every call came from the cache)."""
+    return "—" if x is None else f"{x:.2f}{unit}"
 
 
 def fmt_price(x: float) -> str:

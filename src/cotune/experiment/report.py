@@ -19,6 +19,7 @@ from typing import Any
 
 from cotune.experiment import advisor as adv
 from cotune.experiment import plots
+from cotune.experiment.costs import fmt_seconds
 from cotune.experiment.report_blocks import (
     Block,
     Code,
@@ -104,7 +105,7 @@ def build_report(runs: list[adv.RunData], prices: adv.Prices) -> list[Block]:
                Para("Up and to the left is better: as accurate with a shorter prompt. Numbers are in the cost table.")]
     for i, r in enumerate(runs):
         points = [plots.Point(s, row["prompt_tokens_per_call"], row["test_mean"], row["test_std"] or None, colors[s],
-                              f"{row['seconds_per_call']:.2f} s/call")
+                              fmt_seconds(row["seconds_per_call"], " s wall per uncached call"))
                   for s, row in tables[r.label].items()]
         blocks.append(Figure(f"accuracy-vs-tokens-{i + 1}",
                              plots.scatter_chart(points, title=f"Accuracy vs prompt tokens: {r.label}"),
