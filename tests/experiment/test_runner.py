@@ -1,3 +1,4 @@
+import json
 from collections import Counter
 
 import pytest
@@ -14,7 +15,9 @@ ALL = ["zero-shot", "p", "w", "p-w", "w-p", "p-w-p"]
 
 
 def config(tmp_path, **kw):
-    return ExperimentConfig(task="fake", strategies=kw.pop("strategies", ALL), out_dir=str(tmp_path), name="run", threads=2, **kw)
+    return ExperimentConfig(
+        task="fake", strategies=kw.pop("strategies", ALL), out_dir=str(tmp_path), name="run", threads=2, **kw
+    )
 
 
 def runner(cfg, log, **kw):
@@ -23,8 +26,14 @@ def runner(cfg, log, **kw):
 
 @pytest.mark.parametrize(
     "text, steps",
-    [("p", ("p",)), ("p-w-p", ("p", "w", "p")), ("p,w,p", ("p", "w", "p")), ("zero-shot", ()),
-     ("P → W", ("p", "w")), (["prompt", "weights"], ("p", "w"))],
+    [
+        ("p", ("p",)),
+        ("p-w-p", ("p", "w", "p")),
+        ("p,w,p", ("p", "w", "p")),
+        ("zero-shot", ()),
+        ("P → W", ("p", "w")),
+        (["prompt", "weights"], ("p", "w")),
+    ],
 )
 def test_parse_strategy(text, steps):
     assert parse_strategy(text) == steps
@@ -212,3 +221,28 @@ def test_the_best_program_beats_zero_shot_beyond_dev_noise(tmp_path, right_with_
     chosen = run.results()["best"]
     assert chosen["strategy"] == best and chosen["selection"]["best_by_dev"] == "p"
     assert chosen["selection"]["wins"] == len(right_with_p) and (run.path / "best-program.json").exists()
+
+
+def test_a_prompt_steps_handoff_is_saved_and_a_resumed_weight_step_builds_on_it(tmp_path):
+    from .fakes import CountingPrompt, CountingWeights
+
+    class KeepStart(CountingPrompt):
+        def compile(self, program, *, trainset, valset=None, events=None):
+            self.handoff_program_ = super().compile(program, trainset=trainset, valset=valset)
+            return program.deepcopy()
+
+    def make(kind, seed, node):
+        return KeepStart(Counter()) if kind == "p" else CountingWeights(Counter(), str(node / "adapter"))
+
+    cfg = config(tmp_path, strategies=["p"])
+    run = Runner(cfg, lm=fake_lm(), task=FakeTask(), optimizer_factory=make).start()
+    node = run.path / "seed-0" / "p"
+    assert "[p]" not in (node / "program.json").read_text() and "[p]" in (node / "handoff-program.json").read_text()
+    assert run.finished(0, "p")["handoff"] == "handoff-program.json"
+
+    # the same run directory, now with p-w: the restored Π node hands its candidate to the new Θ node
+    config_file = run.path / "config.json"
+    saved = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps(saved | {"strategies": ["p", "p-w"]}))
+    _, resumed = Runner.resume(run.path, lm=fake_lm(), task=FakeTask(), optimizer_factory=make)
+    assert "[p]" in (resumed.path / "seed-0" / "p-w" / "program.json").read_text()

@@ -95,3 +95,36 @@ def test_return_best_keeps_the_start_unless_a_step_beats_it_beyond_noise(right_w
     assert bt.steps_[1].val_score > bt.steps_[0].val_score == 0.5
     assert bt.selection_["best_step"] == "p" and bt.selection_["significant"] is (chosen == "p")
     assert bt.best_index_ == len(chosen) and best.qa.instruction.endswith("[tuned]") is (chosen == "p")
+
+
+class KeepStart(Append):
+    """A prompt step that returns its start unchanged and hands a tagged copy to a following weight step."""
+
+    def compile(self, program, *, trainset, valset=None, events=None):
+        self.handoff_program_ = super().compile(program, trainset=trainset, valset=valset)
+        return program.deepcopy()
+
+
+def test_a_weight_step_builds_on_the_prompt_steps_handoff_and_a_prompt_step_does_not():
+    bt = BetterTogether(lambda e, p: 1.0, prompt=KeepStart("[cand]"), weights=Append("w"))
+    done = tree(bt, [("p", "w"), ("p", "p")], valset=DATA)
+    base = QA().qa.instruction
+    assert done[("p",)].program.qa.instruction == base and done[("p",)].handoff.qa.instruction == f"{base} [cand]"
+    assert done[("p", "w")].program.qa.instruction == f"{base} [cand] w"
+    assert done[("p", "p")].program.qa.instruction == base  # Π after Π starts from what Π returned
+
+
+def test_a_restored_steps_handoff_comes_back_through_the_hooks():
+    handoff = QA()
+    handoff.qa.instruction += " [saved]"
+
+    class Hooks(StepHooks):
+        def restore(self, steps):
+            return QA().bind(FakeLM(["A: ok"])) if steps == ("p",) else None
+
+        def restore_handoff(self, steps):
+            return handoff.bind(FakeLM(["A: ok"])) if steps == ("p",) else None
+
+    bt = BetterTogether(lambda e, p: 1.0, prompt=Append("p"), weights=Append("w"))
+    done = tree(bt, [("p", "w")], valset=DATA, hooks=Hooks())
+    assert done[("p", "w")].program.qa.instruction.endswith(" [saved] w")

@@ -33,6 +33,9 @@ def test_a_one_example_win_is_noise_and_the_start_is_returned():
     assert opt.kept_start_ and opt.best_score_ == 6 / 12
     assert opt.selection_["wins"] == 1 and opt.selection_["losses"] == 0 and not opt.selection_["significant"]
     assert all(not p.demos for _, p in best.named_predictors())
+    # ... and the best candidate is handed to a following weight step as its teacher
+    assert opt.handoff_program_ is not None and opt.handoff_program_.fingerprint() != best.fingerprint()
+    assert any(p.demos for _, p in opt.handoff_program_.named_predictors())
     kept = [e for e in events if e.name == "random_search.kept_start"]
     assert len(kept) == 1 and "not above 1 standard error" in kept[0].fields["reason"]
 
@@ -41,7 +44,7 @@ def test_a_clear_win_replaces_the_start():
     opt, best, _ = compile_with(with_demos_right_on({str(n) for n in VAL}))
     assert opt.trials_[opt.best_index_]["score"] == 1.0 and not opt.kept_start_
     assert opt.best_score_ == 1.0 and opt.selection_["significant"] and opt.selection_["wins"] == 6
-    assert any(p.demos for _, p in best.named_predictors())
+    assert any(p.demos for _, p in best.named_predictors()) and opt.handoff_program_ is None
 
 
 def test_min_gain_se_zero_is_the_plain_argmax_and_does_not_score_the_start():

@@ -29,6 +29,8 @@ from cotune.optimize.better_together import BetterTogether, StepHooks, StepResul
 from cotune.optimize.strategy import node_prefixes, parse_strategies, strategy_name
 from cotune.program.program import Program, program_for_state
 
+# A prompt step that kept its start saves the candidate it hands to a following weight step here
+HANDOFF_FILE = "handoff-program.json"
 # (kind "p"/"w", seed, node directory) -> a built optimizer
 OptimizerFactory = Callable[[str, int, Path], Optimizer]
 
@@ -237,9 +239,16 @@ class _NodeHooks(StepHooks):
 
     def _load(self, steps: tuple[str, ...], record: dict[str, Any]) -> Program:
         """A finished node's saved program, bound to this process's LM (and its adapter)."""
-        state = read_program_state(self.run.node_dir(self.seed, strategy_name(steps)) / "program.json")
         self.records[steps] = record
+        return self._read(self.run.node_dir(self.seed, strategy_name(steps)) / "program.json")
+
+    def _read(self, path: Path) -> Program:
+        state = read_program_state(path)
         return bind_saved(program_for_state(self.task.program(), state).load_state(state), state, self.lm)
+
+    def restore_handoff(self, steps: tuple[str, ...]) -> Program | None:
+        path = self.run.node_dir(self.seed, strategy_name(steps)) / HANDOFF_FILE
+        return self._read(path) if path.is_file() else None
 
     def start(self, steps: tuple[str, ...]) -> None:
         self.run.node_dir(self.seed, strategy_name(steps)).mkdir(parents=True, exist_ok=True)
@@ -253,8 +262,10 @@ class _NodeHooks(StepHooks):
         node = run.node_dir(seed, name)
         train = step.info.get("train_result_")
         train_seconds = float(train.get("seconds", 0.0)) if isinstance(train, dict) else 0.0
-        save_program(program, node / "program.json", task=cfg.task, strategy=name, seed=seed,
-                     split_seed=cfg.split_seed, split_sizes=split_sizes(self.task))  # fmt: skip
+        for saved, filename in ((program, "program.json"), (step.handoff, HANDOFF_FILE)):
+            if saved is not None:
+                save_program(saved, node / filename, task=cfg.task, strategy=name, seed=seed,
+                             split_seed=cfg.split_seed, split_sizes=split_sizes(self.task))  # fmt: skip
         evals = {}
         for split in ("dev", "test"):
             result = evaluate(program, self.task.split(split), self.task.metric, num_threads=cfg.threads,
@@ -277,6 +288,7 @@ class _NodeHooks(StepHooks):
             "cumulative_train_seconds": prev.get("cumulative_train_seconds", 0.0) + train_seconds,
             "adapter": relative_adapter(getattr(lm, "adapter", None), run.path) if lm.backend != "openai" else lm.adapter,
             "program": str((node / "program.json").relative_to(run.path)),
+            "handoff": HANDOFF_FILE if step.handoff is not None else None,
             "info": step.info,
         }
         run.finish(seed, name, record)

@@ -34,6 +34,9 @@ class Optimizer(ABC):
     """
 
     selects_on_valset: bool = True
+    # Learned by `compile` where it differs from the returned program: the program a following weight step
+    # should learn from (see `BootstrapFewShotWithRandomSearch`); None: the returned program itself.
+    handoff_program_: Program | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -49,6 +49,12 @@ class StepResult:
     steps: tuple[str, ...] = ()
     restored: bool = False  # finished earlier (`StepHooks.restore`), not recomputed
     val_scores: list[float] | None = field(default=None, compare=False, repr=False)  # per example, for paired tests
+    # What a following weight step builds on instead of ``program`` (the optimizer's ``handoff_program_``)
+    handoff: Program | None = field(default=None, compare=False, repr=False)
+
+    def base_for(self, kind: str) -> Program:
+        """The program a child step of ``kind`` starts from: a weight step takes the hand-off, if any."""
+        return self.handoff if kind == "w" and self.handoff is not None else self.program
 
 
 class StepHooks:
@@ -56,6 +62,10 @@ class StepHooks:
 
     def restore(self, steps: tuple[str, ...]) -> Program | None:
         """The program of a step finished earlier (it is not recomputed), or None to run it."""
+        return None
+
+    def restore_handoff(self, steps: tuple[str, ...]) -> Program | None:
+        """A restored step's hand-off to a following weight step (`StepResult.handoff`), if it had one."""
         return None
 
     def start(self, steps: tuple[str, ...]) -> None:
@@ -201,11 +211,11 @@ class BetterTogether(Optimizer):
             restored = hooks.restore(steps)
             if restored is not None:
                 done[steps] = StepResult(len(steps), steps[-1] if steps else "", name, restored, None, steps=steps,
-                                         restored=True)  # fmt: skip
+                                         restored=True, handoff=hooks.restore_handoff(steps))  # fmt: skip
                 continue
             try:
-                done[steps] = self._step(program if not steps else done[steps[:-1]].program, steps, trainset, valset,
-                                         events, hooks)  # fmt: skip
+                parent = program if not steps else done[steps[:-1]].base_for(steps[-1])
+                done[steps] = self._step(parent, steps, trainset, valset, events, hooks)
             except Exception as e:
                 if not hooks.failed(steps, e):
                     raise
@@ -222,13 +232,15 @@ class BetterTogether(Optimizer):
             train, val = split_for_step(optimizer, trainset, self.inner_val_ratio)
             current = optimizer.compile(parent, trainset=train, valset=val, events=events)
             info = learned_attributes(optimizer)
+            handoff = optimizer.handoff_program_
         else:
-            current = parent.deepcopy()
+            current, handoff = parent.deepcopy(), None
         seconds = time.perf_counter() - t0
         scored = self._score(current, valset, name, events) if valset is not None else None
         score = scored.score if scored is not None else None
         result = StepResult(len(steps), kind, name, current, score, info, seconds, steps)
         result.val_scores = scored.scores() if scored is not None else None
+        result.handoff = handoff
         hooks.finished(result)
         emit(events, "step.done", strategy=name, kind=kind, index=len(steps), val_score=score)
         return result

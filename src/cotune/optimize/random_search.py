@@ -109,7 +109,10 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
     per predictor, demos, score, evaluation summary), ``best_index_`` (the best-scoring candidate),
     ``start_score_`` (the starting program on the valset; None when ``min_gain_se=0``), ``selection_``
     (the paired comparison of the best candidate with the start), ``kept_start_`` (True: the start was
-    returned), ``best_score_`` (the returned program's valset score).
+    returned), ``best_score_`` (the returned program's valset score), ``handoff_program_`` (when the start
+    was kept: the best candidate, which `BetterTogether` hands to a following weight step as its teacher;
+    a weight step keeps only the runs that pass the metric, so a candidate no better on the valset can still
+    be the better teacher: on Iris its demos make SmolLM2's samples name all three species).
 
     Example:
         >>> from cotune.lm import FakeLM
@@ -207,6 +210,9 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
             comparison = paired_gain(outcomes[self.best_index_][2].scores(), start.scores(), self.min_gain_se)
             self.selection_ = comparison.to_dict() | {"best_index": self.best_index_}
             self.kept_start_ = not comparison.significant
+        best_program = outcomes[self.best_index_][0]
+        differs = best_program.fingerprint() != program.fingerprint()
+        self.handoff_program_ = best_program if self.kept_start_ and differs else None
         if self.kept_start_:
             self.best_score_ = self.start_score_
             emit(
