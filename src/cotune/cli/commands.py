@@ -70,7 +70,7 @@ def run_eval(
         elif model is None and first:
             from cotune.lm.registry import from_spec
 
-            lm = from_spec(first)
+            lm = from_spec(first, cache=cache)
             # the file chose this server: say so (prompts go there; the API key only if it is the user's)
             console.print(f"model {lm.model!r} at {first.get('base_url')} (named in {program_path}; --model overrides)",
                           highlight=False)
@@ -103,6 +103,10 @@ def run_eval(
     if program_path:
         context["program"] = str(program_path)
     out.print(evaluation_table("evaluation", result.summary(), context))
+    if result.usage.cache_hits:
+        console.print(f"{result.usage.cache_hits} of {result.usage.calls} answers came from the request cache (stored "
+                      "earlier for the same model, prompt and settings); --no-cache asks the model again",
+                      highlight=False)
     if out_path is not None:
         result.save(out_path)
         out.print(f"wrote {out_path}")
