@@ -19,7 +19,7 @@ from cotune.tasks import load_task
 def served(tmp_path, monkeypatch):
     """A FakeLM behind cotune's server, a program file bound to it, and a private request cache."""
     monkeypatch.setenv("COTUNE_REQUEST_CACHE", str(tmp_path / "requests.sqlite"))
-    fake = FakeLM(lambda m: '{"species": "setosa"}', name="local-model")
+    fake = FakeLM(lambda m: '{"species": "setosa"}', name="/models/B")
     with start_server(fake, model_name="local-model") as server:
         program = load_task("iris").program().bind(OpenAICompatible("local-model", base_url=server.url, cache=False))
         yield fake, program.save(tmp_path / "program.json")
@@ -40,6 +40,7 @@ def test_no_cache_reaches_a_program_bound_to_a_server(served):
     assert len(fake.calls) == 2 and "LM calls 2 (0 from cache)" in first
     again = eval_cli(program, cache=True)
     assert len(fake.calls) == 2 and "LM calls 2 (2 from cache)" in again
+    assert "served weights /models/B" in again  # what the cache answers for
     assert "2 of 2 answers came from the request cache" in again and "--no-cache" in again
     fresh = eval_cli(program, cache=False)
     assert len(fake.calls) == 4, "--no-cache must ask the server again"
