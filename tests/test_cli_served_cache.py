@@ -28,8 +28,19 @@ def served(tmp_path, monkeypatch):
 def eval_cli(program, *, cache: bool) -> str:
     buf = io.StringIO()
     console, out = Console(file=buf, width=200), Console(file=buf, width=200)
-    commands.run_eval(task="iris", model=None, split="test", limit=2, program_path=program, out_path=None,
-                      data_dir=None, threads=1, cache=cache, console=console, out=out)  # fmt: skip
+    commands.run_eval(
+        task="iris",
+        model=None,
+        split="test",
+        limit=2,
+        program_path=program,
+        out_path=None,
+        data_dir=None,
+        threads=1,
+        cache=cache,
+        console=console,
+        out=out,
+    )
     return " ".join(buf.getvalue().replace("│", " ").split())
 
 

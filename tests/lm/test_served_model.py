@@ -41,15 +41,27 @@ def test_a_new_model_behind_the_same_url_and_name_gets_its_own_answers(tmp_path)
     model_a = FakeLM(answers_mod(5), name="/models/A")
     with start_server(model_a, model_name="local-model") as server:
         url, port = server.url, int(server.url.split(":")[2].split("/")[0])
-        before = evaluate(program.bind(OpenAICompatible("local-model", base_url=url, cache=cache, constrained=False)), questions(20),
-                          metric, num_threads=4)  # fmt: skip
+        before = evaluate(
+            program.bind(OpenAICompatible("local-model", base_url=url, cache=cache, constrained=False)),
+            questions(20),
+            metric,
+            num_threads=4,
+        )
     model_b = FakeLM(answers_mod(3), name="/models/B")
     with start_server(model_b, model_name="local-model", port=port) as server:
         assert server.url == url
-        after = evaluate(program.bind(OpenAICompatible("local-model", base_url=url, cache=cache, constrained=False)), questions(20),
-                         metric, num_threads=4)  # fmt: skip
-        again = evaluate(program.bind(OpenAICompatible("local-model", base_url=url, cache=cache, constrained=False)), questions(20),
-                         metric, num_threads=4)  # fmt: skip
+        after = evaluate(
+            program.bind(OpenAICompatible("local-model", base_url=url, cache=cache, constrained=False)),
+            questions(20),
+            metric,
+            num_threads=4,
+        )
+        again = evaluate(
+            program.bind(OpenAICompatible("local-model", base_url=url, cache=cache, constrained=False)),
+            questions(20),
+            metric,
+            num_threads=4,
+        )
     assert before.score < 1.0 and before.usage.cache_hits == 0
     assert after.usage.cache_hits == 0 and len(model_b.calls) == 20 and after.score == 1.0
     assert again.usage.cache_hits == 20 and again.score == 1.0  # the same model still hits its own answers
@@ -120,8 +132,9 @@ def test_the_key_follows_what_the_server_runs():
     assert key(card(id="local-model", created=1)) != key(card(id="local-model", created=2))
 
 
-@pytest.mark.parametrize("models", [404, 405, "not json", {"data": []},
-                                    {"data": [{"id": "a", "root": "/a"}, {"id": "b", "root": "/b"}]}])  # fmt: skip
+@pytest.mark.parametrize(
+    "models", [404, 405, "not json", {"data": []}, {"data": [{"id": "a", "root": "/a"}, {"id": "b", "root": "/b"}]}]
+)
 def test_a_server_that_does_not_say_keeps_the_name_key_and_warns_once(models):
     listing = Listing(models)
     lm = listing.client("m")
@@ -141,8 +154,14 @@ def test_a_server_that_cannot_be_asked_now_is_asked_again_and_gets_no_stored_ans
     cache = RequestCache(tmp_path / "c.sqlite")
     listing = Listing([httpx.ConnectError("refused"), 503, card(id="local-model", root="/models/A")])
     lm = listing.client(cache=cache)
-    name_only = request_key(backend="openai", model="local-model", adapter=None, base_url=URL, messages=user("x"),
-                            config=GenerationConfig().to_dict())  # fmt: skip
+    name_only = request_key(
+        backend="openai",
+        model="local-model",
+        adapter=None,
+        base_url=URL,
+        messages=user("x"),
+        config=GenerationConfig().to_dict(),
+    )
     cache.put(name_only, {"text": "an answer of some earlier model"})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a passing outage is no reason to warn

@@ -7,6 +7,9 @@ errors, 429 and 5xx are retried with exponential backoff and jitter; other 4xx f
 timeout (the server took the request but is slow to answer) is retried once with twice the time, then
 raises `LMTimeoutError`: re-sending a long generation would only pile up copies on the server.
 
+Cached answers are keyed by what the server says it runs under the name (``GET /models``, asked once per
+client; see `cotune.lm.served_model`), so a server that swaps models under one name is asked again.
+
 LoRA adapters are served by name (vLLM ``--lora-modules sql=/path/to/adapter``): ``adapter="sql"`` sends
 ``"model": "sql"`` in the request, which is how those servers pick the adapter.
 
