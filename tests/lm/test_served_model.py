@@ -12,7 +12,7 @@ import pytest
 
 import cotune as ct
 from cotune.evaluate import evaluate
-from cotune.lm import FakeLM, GenerationConfig, RequestCache
+from cotune.lm import FakeLM, GenerationConfig, RequestCache, served_model
 from cotune.lm.cache import request_key
 from cotune.lm.openai_compat import OpenAICompatible
 from cotune.lm.served_model import identity_of
@@ -150,7 +150,8 @@ def test_a_server_that_does_not_say_keeps_the_name_key_and_warns_once(models):
     assert first == "2666f8c7eb413d45e67e33220ef0f1e7ecf93e84b59b4c23d9802ce0aa1f6a1a"
 
 
-def test_a_server_that_cannot_be_asked_now_is_asked_again_and_gets_no_stored_answer(tmp_path):
+def test_a_server_that_cannot_be_asked_now_is_asked_again_and_gets_no_stored_answer(tmp_path, monkeypatch):
+    monkeypatch.setattr(served_model, "ASK_AGAIN_AFTER_S", 0.0)
     cache = RequestCache(tmp_path / "c.sqlite")
     listing = Listing([httpx.ConnectError("refused"), 503, card(id="local-model", root="/models/A")])
     lm = listing.client(cache=cache)
@@ -169,6 +170,13 @@ def test_a_server_that_cannot_be_asked_now_is_asked_again_and_gets_no_stored_ans
     assert listing.gets == 2 and listing.posts == 2
     assert lm(user("x")).text == "ok" and lm(user("x")).cached  # asked, then remembered
     assert listing.gets == 3 and listing.posts == 3
+
+
+def test_a_failed_ask_is_not_repeated_for_every_request_of_a_batch(tmp_path):
+    listing = Listing(503)
+    lm = listing.client(cache=RequestCache(tmp_path / "c.sqlite"))
+    assert [c.text for c in lm.generate([user(str(i)) for i in range(10)])] == ["ok"] * 10
+    assert listing.gets == 1 and listing.posts == 10
 
 
 def test_local_keys_do_not_change():

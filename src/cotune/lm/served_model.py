@@ -12,7 +12,7 @@ puts the served model's identity in its cache keys:
 
 A server that has no ``/models`` (or lists nothing usable) keeps the name-only key of earlier versions,
 and the client warns once. One that cannot be asked right now (not reachable, 429, 5xx) is asked again at
-the next request; meanwhile its requests bypass the cache (neither looked up nor stored), since the name
+a request a few seconds later; meanwhile its requests bypass the cache (neither looked up nor stored), since the name
 alone cannot say which model answers.
 
 Example:
@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from typing import Any
 
@@ -39,6 +40,11 @@ IDENTITY_FIELDS = ("id", "root", "parent", "meta")
 
 # What `ServedModel.identity` says while the server cannot be asked (compared by identity, `is`).
 UNASKED: dict[str, Any] = {"unasked": True}
+
+# After a failed ask, the requests of the next seconds go uncached without asking: a batch of 100 keys
+# must not wait out 100 timeouts. The listing is small, so it gets a short timeout of its own.
+ASK_AGAIN_AFTER_S = 5.0
+ASK_TIMEOUT_S = 10.0
 
 
 def identity_of(listing: Any, model: str) -> tuple[dict[str, Any] | None, str]:
@@ -76,6 +82,7 @@ class ServedModel:
         self._lock = threading.Lock()
         self._known = False
         self._identity: dict[str, Any] | None = None
+        self._failed_at = -float("inf")
 
     def identity(self) -> dict[str, Any] | None:
         """The served model's identity; None when the server does not say (the key is then the name, as
@@ -83,8 +90,11 @@ class ServedModel:
         with self._lock:
             if self._known:
                 return self._identity
+            if time.monotonic() - self._failed_at < ASK_AGAIN_AFTER_S:
+                return UNASKED
             identity, why = self._ask()
             if identity is UNASKED:
+                self._failed_at = time.monotonic()
                 return UNASKED
             self._known, self._identity = True, identity
         if identity is None:
@@ -99,7 +109,9 @@ class ServedModel:
     def _ask(self) -> tuple[dict[str, Any] | None, str]:
         try:
             with self.pool.slots:
-                response = self.pool.client().get(f"{self.base_url}/models")
+                response = self.pool.client().get(
+                    f"{self.base_url}/models", timeout=min(self.pool.timeout, ASK_TIMEOUT_S)
+                )
         except httpx.TransportError:
             return UNASKED, ""  # the request itself will fail and say why, after its retries
         if response.status_code == 429 or response.status_code >= 500:
