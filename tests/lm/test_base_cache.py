@@ -147,6 +147,8 @@ def test_a_wrapped_server_lm_keeps_its_cache_key_and_spec(tmp_path):
     sent = []
 
     def handler(request):
+        if request.method == "GET":  # which model the server runs: part of the key
+            return httpx.Response(200, json={"data": [{"id": "m", "root": "/models/m"}]})
         sent.append(request)
         return httpx.Response(200, json={"choices": [{"message": {"role": "assistant", "content": "hi"}}]})
 
@@ -154,7 +156,7 @@ def test_a_wrapped_server_lm_keeps_its_cache_key_and_spec(tmp_path):
     server_lm = OpenAICompatible("m", base_url=url, cache=False, transport=httpx.MockTransport(handler))
     lm = CachedLM(server_lm, cache)
     assert lm(MSG).text == "hi" and lm(MSG).cached and len(sent) == 1
-    built_in_lm = OpenAICompatible("m", base_url=url, cache=cache)
+    built_in_lm = OpenAICompatible("m", base_url=url, cache=cache, transport=httpx.MockTransport(handler))
     assert lm.cache_key(MSG, lm.config) == built_in_lm.cache_key(MSG, lm.config)  # base_url is in both
     restored = from_spec({**lm.spec(), "adapter": "sql"}, like=lm)
     assert isinstance(restored, CachedLM) and restored.cache is cache and restored.adapter == "sql"

@@ -131,8 +131,10 @@ def test_cache_hit_is_not_sent_again(server, fake, tmp_path):
 
 def test_cache_key_depends_on_server_and_adapter(tmp_path):
     cache = RequestCache(tmp_path / "c.sqlite")
-    a = OpenAICompatible("m", base_url="http://127.0.0.1:1/v1", cache=cache)
-    b = OpenAICompatible("m", base_url="http://127.0.0.1:2/v1", cache=cache)
+    # both servers say they run the same weights under "m": the URL still tells them apart
+    listing = httpx.MockTransport(lambda request: httpx.Response(200, json={"data": [{"id": "m", "root": "/w"}]}))
+    a = OpenAICompatible("m", base_url="http://127.0.0.1:1/v1", cache=cache, transport=listing)
+    b = OpenAICompatible("m", base_url="http://127.0.0.1:2/v1", cache=cache, transport=listing)
     cfg = GenerationConfig()
     keys = {a.cache_key(user("x"), cfg), b.cache_key(user("x"), cfg), a.with_adapter("sql").cache_key(user("x"), cfg)}
     assert len(keys) == 3

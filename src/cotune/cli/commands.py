@@ -53,9 +53,12 @@ def run_eval(
     seen = seen_in_optimization(saved, dataset, task=task, data_dir=data_dir, split_seed=seed)
     if seen:
         first = (saved or {}).get("metadata", {}).get("split_seed")
-        console.print(f"[yellow]warning: {seen} of {len(dataset)} {split} examples (split seed {seed}) were in the "
-                      f"train/dev split this program was optimized on (split seed {first}); its score here is not a "
-                      f"held-out score. Use --split-seed {first} to test on examples it has not seen.[/]", highlight=False)
+        console.print(
+            f"[yellow]warning: {seen} of {len(dataset)} {split} examples (split seed {seed}) were in the "
+            f"train/dev split this program was optimized on (split seed {first}); its score here is not a "
+            f"held-out score. Use --split-seed {first} to test on examples it has not seen.[/]",
+            highlight=False,
+        )
 
     program = the_task.program()
     if saved is not None:
@@ -70,10 +73,12 @@ def run_eval(
         elif model is None and first:
             from cotune.lm.registry import from_spec
 
-            lm = from_spec(first)
+            lm = from_spec(first, cache=cache)
             # the file chose this server: say so (prompts go there; the API key only if it is the user's)
-            console.print(f"model {lm.model!r} at {first.get('base_url')} (named in {program_path}; --model overrides)",
-                          highlight=False)
+            console.print(
+                f"model {lm.model!r} at {first.get('base_url')} (named in {program_path}; --model overrides)",
+                highlight=False,
+            )
             if saved.get("lms"):
                 bind_saved(program, saved, lm)
             else:
@@ -85,8 +90,9 @@ def run_eval(
 
     events = RichEvents(console)
     try:
-        result = evaluate(program, dataset, the_task.metric, num_threads=threads, events=events,
-                          description=f"{task}/{split}")
+        result = evaluate(
+            program, dataset, the_task.metric, num_threads=threads, events=events, description=f"{task}/{split}"
+        )
     except KeyboardInterrupt as e:
         partial = getattr(e, "result", None)
         if out_path is not None and partial is not None and partial.n:
@@ -100,9 +106,18 @@ def run_eval(
     context = {"task": task, "split": f"{split} ({len(dataset)} examples, split seed {seed})", "model": lm.model}
     if adapters:
         context["adapter"] = ", ".join(adapters)
+    served = lm.served_identity() if getattr(lm, "cache", None) is not None and hasattr(lm, "served_identity") else None
+    if served:  # what the server runs under that name: the cache answers only for these weights
+        context["served weights"] = served.get("root") or served.get("id")
     if program_path:
         context["program"] = str(program_path)
     out.print(evaluation_table("evaluation", result.summary(), context))
+    if result.usage.cache_hits:
+        console.print(
+            f"{result.usage.cache_hits} of {result.usage.calls} answers came from the request cache (stored "
+            "earlier for the same model, prompt and settings); --no-cache asks the model again",
+            highlight=False,
+        )
     if out_path is not None:
         result.save(out_path)
         out.print(f"wrote {out_path}")
@@ -130,19 +145,25 @@ def run_experiment(*, config_path: Path | None, resume: Path | None, overrides: 
 
     if resume is not None:
         if config_path is not None or overrides:
-            raise ConfigError("`--resume` continues a run with its saved config; don't combine it with --config or other options")
+            raise ConfigError(
+                "`--resume` continues a run with its saved config; don't combine it with --config or other options"
+            )
         saved = RunDir.open(resume).config()
         cfg = ExperimentConfig.from_dict(saved | {"ray": ray} if ray else saved)
     else:
         cfg = experiment_config(config_path, overrides | ({"ray": ray} if ray else {}))
 
     events = RichEvents(console)
-    console.print(f"[bold]cotune run[/] {cfg.task} · {cfg.model} · strategies {', '.join(cfg.strategies)} · seeds {cfg.seeds}")
+    console.print(
+        f"[bold]cotune run[/] {cfg.task} · {cfg.model} · strategies {', '.join(cfg.strategies)} · seeds {cfg.seeds}"
+    )
     if cfg.ray:  # the Ray workers load the model, not this process
         from cotune.experiment.ray_grid import require_ray
 
         require_ray()
-        console.print(f"nodes run as Ray tasks ({'a local Ray cluster' if cfg.ray == 'local' else cfg.ray})", highlight=False)
+        console.print(
+            f"nodes run as Ray tasks ({'a local Ray cluster' if cfg.ray == 'local' else cfg.ray})", highlight=False
+        )
         lm = None
     else:
         lm = load_model(cfg.model, cache=cfg.cache, console=console)
@@ -168,8 +189,10 @@ def run_experiment(*, config_path: Path | None, resume: Path | None, overrides: 
     best = results["best"]
     if best is not None:
         path = run.path / best["program"]
-        out.print(f"best program on dev: {best['strategy']} (seed {best['seed']}, dev {best['dev']:.1%}, "
-                  f"test {best['test']:.1%}) → {path}")
+        out.print(
+            f"best program on dev: {best['strategy']} (seed {best['seed']}, dev {best['dev']:.1%}, "
+            f"test {best['test']:.1%}) → {path}"
+        )
         out.print(f"use it: cotune eval --program {path}")
     broken = [f for f in failures if f.get("kind") == "infrastructure"]
     if broken:

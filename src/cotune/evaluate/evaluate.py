@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -22,8 +23,9 @@ from cotune.program.trace import TraceStep, record
 @dataclass
 class Row:
     """The outcome on one example. ``error_kind`` is "parse" (the model's output did not parse: a
-    failed prediction, score 0, raw text kept), "exception" (the program or metric raised) or
-    "infrastructure" (the LM or machine failed; such a row stops the evaluation and is never a result)."""
+    failed prediction, score 0, raw text kept), "exception" (the program raised), "metric" (the metric
+    raised: a bug in it, which stops the evaluation) or "infrastructure" (the LM or machine failed; such
+    a row stops the evaluation and is never a result)."""
 
     index: int
     inputs: dict[str, Any]
@@ -116,9 +118,11 @@ def evaluate(
 ) -> EvaluationResult:
     """Run ``program(**example.inputs())`` on every example and score it with ``metric``.
 
-    Parse failures are failed predictions (score 0), not errors. Exceptions raised by the program or the
-    metric are recorded in their rows; after more than ``max_errors`` of them, evaluation stops and raises
-    `EvaluationError` whose ``result`` holds the rows finished so far. An infrastructure error (server
+    Parse failures are failed predictions (score 0), not errors. Exceptions raised by the program are
+    recorded in their rows; after more than ``max_errors`` of them, evaluation stops and raises
+    `EvaluationError` whose ``result`` holds the rows finished so far. A metric that raises is a bug in the
+    metric, not a miss of the model: the first one stops the evaluation with `EvaluationError` naming the
+    example and where the metric raised, whatever ``max_errors`` is. An infrastructure error (server
     down, timeout, 5xx, out of memory: see `is_infrastructure_error`) is no verdict on the program: the
     first one stops the evaluation with `InfrastructureError` whatever ``max_errors`` is. A Ctrl-C stops
     it promptly (queued examples are dropped); the interrupt carries the finished rows as ``.result``.
@@ -163,6 +167,8 @@ def evaluate(
                             f"nothing is scored: {row.error}",
                             result=partial(),
                         ) from row.cause
+                    if row.error_kind == "metric":
+                        raise EvaluationError(f"{description}: {row.error}", result=partial()) from row.cause
                     scored += row.score
                     errors += row.error_kind == "exception"
                     finished = sum(r is not None for r in rows)
@@ -197,14 +203,38 @@ def _run_one(program: Callable[..., Any], metric: Metric, metric_name: str, inde
         try:
             value = metric(example, prediction)
             score = float(value)
-        except Exception as e:  # noqa: BLE001
-            error, kind = f"metric raised {type(e).__name__}: {e}", "exception"
+        except Exception as e:  # noqa: BLE001 - reported by evaluate, with the example
+            error, cause = metric_error(metric_name, index, example, e), e
+            kind = "infrastructure" if is_infrastructure_error(e) else "metric"
         else:
             check_score(value, score, metric_name, index)
-    pred_dict = dict(prediction) if isinstance(prediction, Mapping) else (None if prediction is None else {"output": prediction})
-    row = Row(index, inputs, labels, pred_dict, score, error, kind, raw, Usage.from_steps(rec.steps).to_dict(), rec.steps)
+    pred_dict = (
+        dict(prediction)
+        if isinstance(prediction, Mapping)
+        else (None if prediction is None else {"output": prediction})
+    )
+    row = Row(
+        index, inputs, labels, pred_dict, score, error, kind, raw, Usage.from_steps(rec.steps).to_dict(), rec.steps
+    )
     row.cause = cause  # type: ignore[attr-defined]  # chained by evaluate; not part of the saved row
     return row
+
+
+def metric_error(metric_name: str, index: int, example: Example, error: Exception) -> str:
+    """What to tell about a metric that raised: the example, the exception and the line that raised it."""
+    # Frame 0 is the call in _run_one, frame 1 the metric's own line; the last, where it actually raised
+    # (inside a helper or a library it called).
+    frames = traceback.extract_tb(error.__traceback__)[1:]
+    shown_frames = frames[:1] + frames[-1:] if len(frames) > 1 else frames
+    where = "".join(f" at {_frame(f)}" for f in shown_frames)
+    shown = repr(dict(example))
+    shown = shown if len(shown) <= 200 else shown[:197] + "..."
+    return f"metric {metric_name!r} raised on example {index} {shown}{where}: {type(error).__name__}: {error}"
+
+
+def _frame(frame: traceback.FrameSummary) -> str:
+    code = f" ({frame.line})" if frame.line else ""
+    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}{code}"
 
 
 def check_score(value: Any, score: float, metric_name: str, index: int) -> None:

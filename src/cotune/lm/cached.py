@@ -29,16 +29,18 @@ from cotune.lm.usage import UsageMeter
 def through_cache(
     cache: RequestCache,
     batch: Sequence[Messages],
-    key: Callable[[Messages], str],
+    key: Callable[[Messages], str | None],
     send: Callable[[list[Messages]], list[Completion]],
 ) -> list[Completion]:
     """Answer ``batch`` in order: from ``cache`` where ``key(messages)`` is stored (``cached=True``, 0 s),
-    the rest with one call of ``send``, whose completions are stored under their keys."""
+    the rest with one call of ``send``, whose completions are stored under their keys. A None key (the
+    LM cannot tell now what would answer, e.g. a server that cannot be asked which model it runs) is
+    neither looked up nor stored."""
     keys = [key(m) for m in batch]
     results: list[Completion | None] = [None] * len(batch)
     todo = []
     for i, k in enumerate(keys):
-        hit = cache.get(k)
+        hit = cache.get(k) if k is not None else None
         if hit is not None:
             results[i] = Completion(**{**hit, "seconds": 0.0, "cached": True})
         else:
@@ -46,7 +48,8 @@ def through_cache(
     if todo:
         for i, c in zip(todo, send([batch[i] for i in todo]), strict=True):
             results[i] = c
-            cache.put(keys[i], {k: v for k, v in dataclasses.asdict(c).items() if k != "cached"})
+            if keys[i] is not None:
+                cache.put(keys[i], {k: v for k, v in dataclasses.asdict(c).items() if k != "cached"})
     return results  # type: ignore[return-value]
 
 
@@ -116,7 +119,7 @@ class CachedLM(LM):
     def runtime_lora(self) -> Any:
         return self.lm.runtime_lora()
 
-    def cache_key(self, messages: Messages, config: GenerationConfig) -> str:
+    def cache_key(self, messages: Messages, config: GenerationConfig) -> str | None:
         return self.lm.cache_key(messages, config)
 
     def __getattr__(self, name: str) -> Any:

@@ -7,6 +7,9 @@ errors, 429 and 5xx are retried with exponential backoff and jitter; other 4xx f
 timeout (the server took the request but is slow to answer) is retried once with twice the time, then
 raises `LMTimeoutError`: re-sending a long generation would only pile up copies on the server.
 
+Cached answers are keyed by what the server says it runs under the name (``GET /models``, asked once per
+client; see `cotune.lm.served_model`), so a server that swaps models under one name is asked again.
+
 LoRA adapters are served by name (vLLM ``--lora-modules sql=/path/to/adapter``): ``adapter="sql"`` sends
 ``"model": "sql"`` in the request, which is how those servers pick the adapter.
 
@@ -35,6 +38,7 @@ from cotune.lm.base import LM, Completion, GenerationConfig, Messages, truncate_
 from cotune.lm.cache import RequestCache, request_key
 from cotune.lm.credentials import ENV_KEY, may_send_env_key, redact_url
 from cotune.lm.http_pool import HTTPPool, error_message, parse_retry_after
+from cotune.lm.served_model import UNASKED, ServedModel
 
 if TYPE_CHECKING:
     from cotune.lm.runtime_lora import RuntimeLoRA
@@ -119,6 +123,8 @@ class OpenAICompatible(LM):
         key, self._key_withheld = _api_key(api_key, self._request_base)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._pool = HTTPPool(timeout, max_concurrency, headers, transport)
+        # What the server runs under this name, for cache keys: asked once (shared by adapter copies).
+        self._served = ServedModel(self._pool, self._request_base, self.base_url, model)
         self._rng = random.Random()  # jitter only; never affects results
 
     @property
@@ -161,8 +167,19 @@ class OpenAICompatible(LM):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def cache_key(self, messages: Messages, config: GenerationConfig) -> str:
-        # base_url is part of the identity: two servers may serve different weights under one name.
+    def served_identity(self) -> dict[str, Any] | None:
+        """What the server reports running under this model name (``GET /models``: id, root, ...), asked
+        once per client; None when it does not say. See `cotune.lm.served_model`."""
+        identity = self._served.identity()
+        return None if identity is UNASKED else identity
+
+    def cache_key(self, messages: Messages, config: GenerationConfig) -> str | None:
+        # base_url and the served model are part of the identity: two servers may serve different weights
+        # under one name, and one server may swap the weights behind a name. A server that does not say
+        # what it runs keeps the name-only key; one that cannot be asked now gets no key (not cached).
+        served = self._served.identity()
+        if served is UNASKED:
+            return None
         return request_key(
             backend=self.backend,
             model=self.model,
@@ -170,6 +187,7 @@ class OpenAICompatible(LM):
             base_url=self.base_url,
             messages=messages,
             config=config.to_dict(),
+            **({} if served is None else {"served": served}),
         )
 
     def payload(self, messages: Messages, config: GenerationConfig) -> dict[str, Any]:

@@ -223,7 +223,9 @@ class GPO(Optimizer):
         self.best_score_: float = 0.0
         with Progress(events, "gpo steps", total=len(names) * self.num_steps) as bar:
             for index, name in enumerate(names):
-                self._optimize_predictor(student, name, index, list(trainset), valset, minibatch, rng, embedder, bar, events)
+                self._optimize_predictor(
+                    student, name, index, list(trainset), valset, minibatch, rng, embedder, bar, events
+                )
         return student
 
     # -- one predictor -------------------------------------------------------------------------------
@@ -243,7 +245,9 @@ class GPO(Optimizer):
             return scores[instruction]
 
         current, current_score = initial, score(initial)
-        trajectory.append(dict(step=0, instruction=initial, score=current_score, budget=None, edit_distance=0, accepted=True))
+        trajectory.append(
+            dict(step=0, instruction=initial, score=current_score, budget=None, edit_distance=0, accepted=True)
+        )
         for t in range(self.num_steps):
             budget = budget_at(self.edit_budget, t, self.num_steps, self.budget_start, self.budget_end)
             history = [(e["instruction"], e["score"]) for e in trajectory]
@@ -257,18 +261,30 @@ class GPO(Optimizer):
                 current_score=f"{current_score:.2f}",
             )
             with ThreadPoolExecutor(min(self.num_threads, self.candidates_per_step)) as pool:
-                futures = [pool.submit(self._propose, lm, context, budget, (index, t, c))
-                           for c in range(self.candidates_per_step)]
+                futures = [
+                    pool.submit(self._propose, lm, context, budget, (index, t, c))
+                    for c in range(self.candidates_per_step)
+                ]
                 proposals = [f.result() for f in futures]
             fresh = _deduplicate(proposals, [e["instruction"] for e in trajectory], rejected)
             scored = [(text, dist, score(text)) for text, dist in fresh]
             best = max(range(len(scored)), key=lambda i: (scored[i][2], -i), default=None)
             for i, (text, dist, s) in enumerate(scored):
-                trajectory.append(dict(step=t + 1, instruction=text, score=s, budget=budget, edit_distance=dist, accepted=i == best))
+                trajectory.append(
+                    dict(step=t + 1, instruction=text, score=s, budget=budget, edit_distance=dist, accepted=i == best)
+                )
             if best is not None:
                 current, current_score = scored[best][0], scored[best][2]
-            emit(events, "gpo.step", predictor=name, step=t + 1, budget=budget, candidates=len(scored),
-                 scores=[s for _, _, s in scored], current_score=current_score)
+            emit(
+                events,
+                "gpo.step",
+                predictor=name,
+                step=t + 1,
+                budget=budget,
+                candidates=len(scored),
+                scores=[s for _, _, s in scored],
+                current_score=current_score,
+            )
             bar.advance(predictor=name, step=t + 1, budget=budget, score=current_score, best=max(scores.values()))
 
         chosen, full = self._confirm(student, name, initial, scores, valset, minibatch, events)
@@ -309,7 +325,8 @@ class GPO(Optimizer):
     def _score(self, student: Program, name: str, instruction: str, dataset: Sequence[Example]) -> float:
         candidate = student.deepcopy()
         candidate.predictor(name).instruction = instruction
-        # max_errors=None: a candidate whose program crashes scores 0 on those rows instead of stopping the search
+        # max_errors=None: a candidate whose program crashes scores 0 on those rows instead of stopping the
+        # search (a metric that raises still stops it: that is a bug in the metric)
         return evaluate(candidate, dataset, self.metric, num_threads=self.num_threads, max_errors=None).score
 
     def _confirm(self, student, name, initial, scores, valset, minibatch, events) -> tuple[str, float]:

@@ -10,11 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from cotune.errors import ConfigError
 from cotune.program.predict import Predict
+from cotune.program.saved_check import FORMAT_VERSION, check_state
 
 if TYPE_CHECKING:
     from cotune.lm.base import LM
-
-FORMAT_VERSION = 1
 
 
 class Program:
@@ -126,9 +125,7 @@ class Program:
         named = dict(self.named_predictors())
         saved = state.get("predictors", {})
         if set(saved) != set(named):
-            raise ConfigError(
-                f"saved predictors {sorted(saved)} do not match this program's {sorted(named)}"
-            )
+            raise ConfigError(f"saved predictors {sorted(saved)} do not match this program's {sorted(named)}")
         for name, pstate in saved.items():
             named[name].load_state(pstate)
         return self
@@ -214,16 +211,29 @@ def program_for_state(program: Program, state: dict[str, Any]) -> Program:
 
 
 def read_state(path: str | Path) -> dict[str, Any]:
+    """The state saved at ``path``, checked field by field (see `cotune.program.saved_check`).
+
+    Raises:
+        ConfigError: no file, not UTF-8, not JSON, or a bad field (named), or a newer format_version.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no saved program at {path}")
+    raw = path.read_bytes()
     try:
-        state = json.loads(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); cotune writes program "
+            "files in UTF-8: re-save it as UTF-8"
+        ) from None
+    try:
+        state = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not a saved program (invalid JSON: {e.msg})") from None
+        raise ConfigError(f"{path} is not a saved program (invalid JSON: {e.msg}, line {e.lineno})") from None
     if not isinstance(state, dict) or "predictors" not in state:
         raise ConfigError(f"{path} is not a saved cotune program (no 'predictors' key)")
-    return state
+    return check_state(state, path)
 
 
 def _copy_structure(obj: Any, memo: dict[int, Any]) -> Any:
