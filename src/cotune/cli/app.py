@@ -15,6 +15,7 @@ from typer.core import TyperCommand
 
 from cotune.cli import report_cmds as rc
 from cotune.cli.cache_cmds import cache_app
+from cotune.cli.interrupt import SigInt, exit_interrupted
 from cotune.errors import CotuneError
 from cotune.experiment import advisor as adv
 from cotune.optimize.registry import optimizer_names
@@ -341,6 +342,7 @@ def main() -> None:
     # The CLI shows its own progress; silence the libraries' download/loading bars and advisories.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    sigint = SigInt().install()
     try:
         app(standalone_mode=True)
     except CotuneError as e:
@@ -350,5 +352,13 @@ def main() -> None:
         console.print(f"[bold red]error:[/] {escape(str(e.strerror or e))}: {escape(str(e.filename or ''))}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        raise SystemExit(130) from None
+        _interrupted()
+    except SystemExit as e:
+        if sigint.received and e.code == 130:  # typer turns the KeyboardInterrupt into this exit
+            _interrupted()
+        raise
+
+
+def _interrupted() -> None:
+    console.print("[yellow]interrupted[/]")
+    exit_interrupted(130)  # without waiting for requests still in flight
