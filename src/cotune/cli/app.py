@@ -128,7 +128,7 @@ def run_cmd(
         "task": task, "model": model, "out_dir": str(out_dir) if out_dir else None, "name": name,
         "data_dir": str(data_dir) if data_dir else None, "threads": threads,
         "strategies": strategies.split(",") if strategies else None,
-        "seeds": list(range(seeds)) if seeds else None, "cache": False if no_cache else None,
+        "seeds": seeds,  # a count: the config checks its bound before making the list "cache": False if no_cache else None,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None} | _params(settings, "--set")
     run_experiment(config_path=config, resume=resume, overrides=overrides, ray=ray,

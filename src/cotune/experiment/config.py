@@ -151,6 +151,9 @@ def _no_metric(example: Any, prediction: Any) -> float:  # stands in for the tas
     return 0.0
 
 
+# Each seed runs every strategy; far past this a count is a typo, and its list alone would take gigabytes.
+MAX_SEEDS = 1000
+
 # what `cotune.lm.hf.HFEngine` takes (kept here so a config is checked without importing torch)
 LOCAL_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 
@@ -192,6 +195,8 @@ class ExperimentConfig:
             errors.append("strategies: at least one is needed")
         if not self.seeds:
             errors.append("seeds: at least one is needed")
+        elif len(self.seeds) > MAX_SEEDS:
+            errors.append(f"seeds: at most {MAX_SEEDS} seeds, got {len(self.seeds)}")
         if not 0 < self.inner_val_ratio < 1:
             errors.append(f"inner_val_ratio: must be in (0, 1), got {self.inner_val_ratio}")
         if self.threads < 1:
@@ -326,5 +331,7 @@ def _seeds_as_list(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         if seeds < 1:
             raise ConfigError(f"invalid experiment config:\n  - seeds: a count must be >= 1, got {seeds}")
+        if seeds > MAX_SEEDS:  # before the list is made
+            raise ConfigError(f"invalid experiment config:\n  - seeds: at most {MAX_SEEDS} seeds, got {seeds}")
         return {**data, "seeds": list(range(seeds))}
     return data
