@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cotune.errors import ConfigError, UnknownChoiceError
+from cotune.tasks.base import HF_PREFIX
 
 DEFAULT_STRATEGIES = ["zero-shot", "p", "w", "p-w", "w-p", "p-w-p"]
 # `ray`: a local cluster, the one `ray start` made on this machine, or a cluster's client or GCS address
@@ -181,6 +183,11 @@ class ExperimentConfig:
     ray: str | None = field(default=None, metadata={"help": "run the nodes as Ray tasks: local (a Ray cluster on this machine), auto or a cluster address (ray://HOST:10001, HOST:6379); needs cotune[ray]"})
     prompt: PromptStep = field(default_factory=PromptStep)
     weights: WeightStep = field(default_factory=WeightStep)
+
+    def __post_init__(self) -> None:
+        # saved absolute: a run resumed from another directory must find the same data
+        if isinstance(self.data_dir, str | os.PathLike) and not os.fspath(self.data_dir).startswith(HF_PREFIX):
+            self.data_dir = os.path.abspath(os.path.expanduser(os.fspath(self.data_dir)))
 
     def check(self) -> list[str]:
         from cotune.optimize.strategy import parse_strategy
