@@ -349,7 +349,8 @@ def main() -> None:
         console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # a path in it stays whole
         raise SystemExit(2) from None
     except OSError as e:  # a file that cannot be read or written: say which, without a traceback
-        console.print(f"[bold red]error:[/] {escape(str(e.strerror or e))}: {escape(str(e.filename or ''))}", highlight=False, soft_wrap=True)
+        where = f": {e.filename}" if e.filename else ""  # a write on a full disk names no file
+        console.print(f"[bold red]error:[/] {escape(str(e.strerror or e))}{escape(where)}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         _interrupted()
