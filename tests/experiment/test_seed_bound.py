@@ -33,3 +33,17 @@ def test_cotune_run_with_a_huge_seed_count_fails_at_once():
     assert result.returncode == 2, result.stderr
     assert f"seeds: at most {MAX_SEEDS} seeds, got 100000000" in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr
+
+
+def test_run_passes_the_seed_count_and_its_other_options_to_the_config(monkeypatch):
+    from typer.testing import CliRunner
+
+    import cotune.cli.commands as commands
+    from cotune.cli import app
+
+    seen = {}
+    monkeypatch.setattr(commands, "run_experiment", lambda **kw: seen.update(kw["overrides"]))
+    result = CliRunner().invoke(app, ["run", "--seeds", "3", "--no-cache"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"seeds": 3, "cache": False}
+    assert commands.experiment_config(None, seen).seeds == [0, 1, 2]

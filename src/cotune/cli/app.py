@@ -15,7 +15,7 @@ from typer.core import TyperCommand
 
 from cotune.cli import report_cmds as rc
 from cotune.cli.cache_cmds import cache_app
-from cotune.cli.interrupt import SigInt, exit_interrupted
+from cotune.cli.interrupt import SigInt, interrupted
 from cotune.errors import CotuneError
 from cotune.experiment import advisor as adv
 from cotune.optimize.registry import optimizer_names
@@ -128,7 +128,7 @@ def run_cmd(
         "task": task, "model": model, "out_dir": str(out_dir) if out_dir else None, "name": name,
         "data_dir": str(data_dir) if data_dir else None, "threads": threads,
         "strategies": strategies.split(",") if strategies else None,
-        "seeds": seeds,  # a count: the config checks its bound before making the list "cache": False if no_cache else None,
+        "seeds": seeds, "cache": False if no_cache else None,  # seeds: a count, bounded before it becomes a list
     }
     overrides = {k: v for k, v in overrides.items() if v is not None} | _params(settings, "--set")
     run_experiment(config_path=config, resume=resume, overrides=overrides, ray=ray,
@@ -353,13 +353,8 @@ def main() -> None:
         console.print(f"[bold red]error:[/] {escape(str(e.strerror or e))}{escape(where)}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        _interrupted()
+        interrupted(console)
     except SystemExit as e:
         if sigint.received and e.code == 130:  # typer turns the KeyboardInterrupt into this exit
-            _interrupted()
+            interrupted(console)
         raise
-
-
-def _interrupted() -> None:
-    console.print("[yellow]interrupted[/]")
-    exit_interrupted(130)  # without waiting for requests still in flight

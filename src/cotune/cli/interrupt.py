@@ -38,6 +38,12 @@ class SigInt:
         raise KeyboardInterrupt
 
 
+def interrupted(console: Any) -> NoReturn:
+    """Say so on ``console`` and exit with 130, without waiting for requests still in flight."""
+    console.print("[yellow]interrupted[/]")
+    exit_interrupted(CODE)
+
+
 def exit_interrupted(code: int = CODE) -> NoReturn:
     """Exit with ``code`` now. With worker threads still running, skip the interpreter's wait for them:
     run the exit handlers, flush, and end the process."""
