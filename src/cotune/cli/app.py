@@ -15,6 +15,7 @@ from typer.core import TyperCommand
 
 from cotune.cli import report_cmds as rc
 from cotune.cli.cache_cmds import cache_app
+from cotune.cli.interrupt import SigInt, interrupted
 from cotune.errors import CotuneError
 from cotune.experiment import advisor as adv
 from cotune.experiment.config import DEFAULT_STRATEGIES
@@ -128,7 +129,7 @@ def run_cmd(
         "task": task, "model": model, "out_dir": str(out_dir) if out_dir else None, "name": name,
         "data_dir": str(data_dir) if data_dir else None, "threads": threads,
         "strategies": strategies.split(",") if strategies else None,
-        "seeds": list(range(seeds)) if seeds else None, "cache": False if no_cache else None,
+        "seeds": seeds, "cache": False if no_cache else None,  # seeds: a count, bounded before it becomes a list
     }
     overrides = {k: v for k, v in overrides.items() if v is not None} | _params(settings, "--set")
     run_experiment(config_path=config, resume=resume, overrides=overrides, ray=ray,
@@ -342,14 +343,19 @@ def main() -> None:
     # The CLI shows its own progress; silence the libraries' download/loading bars and advisories.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    sigint = SigInt().install()
     try:
         app(standalone_mode=True)
     except CotuneError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # a path in it stays whole
         raise SystemExit(2) from None
     except OSError as e:  # a file that cannot be read or written: say which, without a traceback
-        console.print(f"[bold red]error:[/] {escape(str(e.strerror or e))}: {escape(str(e.filename or ''))}", highlight=False, soft_wrap=True)
+        where = f": {e.filename}" if e.filename else ""  # a write on a full disk names no file
+        console.print(f"[bold red]error:[/] {escape(str(e.strerror or e))}{escape(where)}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        raise SystemExit(130) from None
+        interrupted(console)
+    except SystemExit as e:
+        if sigint.received and e.code == 130:  # typer turns the KeyboardInterrupt into this exit
+            interrupted(console)
+        raise

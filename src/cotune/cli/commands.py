@@ -35,11 +35,14 @@ def run_eval(
     console: Console,
     out: Console,
 ) -> None:
+    from cotune.cli.out_paths import check_out_file
     from cotune.cli.provenance import seen_in_optimization, split_for_eval
     from cotune.experiment.program_files import bind_saved, read_program_state
     from cotune.program.program import program_for_state
     from cotune.tasks import load_task
 
+    if out_path is not None:
+        check_out_file(out_path)  # before any LM call; an earlier result there is replaced
     # adapter paths in the file are relative to it: read so, they work from any directory
     saved = read_program_state(program_path) if program_path else None
     if saved is not None:
@@ -137,6 +140,7 @@ def run_experiment(*, config_path: Path | None, resume: Path | None, overrides: 
                    ray: str | None = None) -> None:  # fmt: skip
     """Run (or resume) an experiment and print its table; ``ray``: run the nodes as Ray tasks on that cluster
     ("local", "auto", an address), also when resuming (it overrides the saved config's)."""
+    from cotune.cli.out_paths import check_out_dir
     from cotune.cli.render import results_table
     from cotune.errors import ConfigError
     from cotune.experiment.config import ExperimentConfig
@@ -152,6 +156,7 @@ def run_experiment(*, config_path: Path | None, resume: Path | None, overrides: 
         cfg = ExperimentConfig.from_dict(saved | {"ray": ray} if ray else saved)
     else:
         cfg = experiment_config(config_path, overrides | ({"ray": ray} if ray else {}))
+        check_out_dir(Path(cfg.out_dir), flag="--out-dir")  # before the model loads
 
     events = RichEvents(console)
     console.print(

@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cotune.cli.commands import DEFAULT_MODEL, load_model
-from cotune.cli.provenance import refuse_overwrite, split_metadata
+from cotune.cli.out_paths import check_out_dir, check_out_file
+from cotune.cli.provenance import split_metadata
 from cotune.cli.render import RichEvents, evaluation_table
 from cotune.evaluate import evaluate
 from cotune.experiment.program_files import save_program
@@ -40,7 +41,7 @@ def run_optimize(
     from cotune.optimize.registry import build_optimizer, optimizer_class
 
     optimizer_class(optimizer)  # an unknown name fails first
-    refuse_overwrite([out_path], force)
+    check_out_file(out_path, force=force)  # before any LM call: the path, its folder, the overwrite rule
     the_task = _task(task, data_dir, split_seed)
     opt = build_optimizer(optimizer, the_task.metric, num_threads=threads, seed=seed, **params)  # before the model
     program = _bind(the_task, model, cache, console)
@@ -105,7 +106,7 @@ def run_finetune(
     from cotune.training.trainer import build_trainer
 
     built = build_trainer(trainer, processes=processes)  # an unknown name, a bad count or a missing trl: now
-    refuse_overwrite([out_dir / "program.json", out_dir / "adapter"], force)
+    check_out_dir(out_dir, force=force, contents=["program.json", "adapter"])  # before any trace or training
     if base_model and not base_url:
         raise ConfigError("`--base-model` is for a program on a server: give the server with `--base-url URL`")
     the_task = _task(task, data_dir, split_seed)

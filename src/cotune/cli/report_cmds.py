@@ -47,8 +47,11 @@ def run_report(
     out: Console,
 ) -> tuple[Path, Path]:
     """Write the Markdown and HTML report and print where they are, with the recommendation."""
+    from cotune.cli.out_paths import check_out_dir
     from cotune.experiment.report import write_report
 
+    if out_dir is not None:
+        check_out_dir(out_dir)  # report.md, report.html and report-plots/ are replaced
     prices = adv.Prices(calls_per_day, price_per_1m_prompt_tokens, price_per_1m_completion_tokens,
                         price_per_training_hour, horizon_days, finetuned_price_factor)
     with console.status("writing the report ..."):

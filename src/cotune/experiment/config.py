@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cotune.errors import ConfigError, UnknownChoiceError
+from cotune.tasks.base import HF_PREFIX
 
 DEFAULT_STRATEGIES = ["zero-shot", "p", "w", "p-p", "w-w", "p-w", "w-p", "p-w-p"]
 # `ray`: a local cluster, the one `ray start` made on this machine, or a cluster's client or GCS address
@@ -151,6 +153,9 @@ def _no_metric(example: Any, prediction: Any) -> float:  # stands in for the tas
     return 0.0
 
 
+# Each seed runs every strategy; far past this a count is a typo, and its list alone would take gigabytes.
+MAX_SEEDS = 1000
+
 # what `cotune.lm.hf.HFEngine` takes (kept here so a config is checked without importing torch)
 LOCAL_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 
@@ -179,6 +184,11 @@ class ExperimentConfig:
     prompt: PromptStep = field(default_factory=PromptStep)
     weights: WeightStep = field(default_factory=WeightStep)
 
+    def __post_init__(self) -> None:
+        # saved absolute: a run resumed from another directory must find the same data
+        if isinstance(self.data_dir, str | os.PathLike) and not os.fspath(self.data_dir).startswith(HF_PREFIX):
+            self.data_dir = os.path.abspath(os.path.expanduser(os.fspath(self.data_dir)))
+
     def check(self) -> list[str]:
         from cotune.optimize.strategy import parse_strategy
 
@@ -192,6 +202,8 @@ class ExperimentConfig:
             errors.append("strategies: at least one is needed")
         if not self.seeds:
             errors.append("seeds: at least one is needed")
+        elif len(self.seeds) > MAX_SEEDS:
+            errors.append(f"seeds: at most {MAX_SEEDS} seeds, got {len(self.seeds)}")
         if not 0 < self.inner_val_ratio < 1:
             errors.append(f"inner_val_ratio: must be in (0, 1), got {self.inner_val_ratio}")
         if self.threads < 1:
@@ -326,5 +338,7 @@ def _seeds_as_list(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         if seeds < 1:
             raise ConfigError(f"invalid experiment config:\n  - seeds: a count must be >= 1, got {seeds}")
+        if seeds > MAX_SEEDS:  # before the list is made
+            raise ConfigError(f"invalid experiment config:\n  - seeds: at most {MAX_SEEDS} seeds, got {seeds}")
         return {**data, "seeds": list(range(seeds))}
     return data

@@ -6,6 +6,7 @@ step counts as finished only once its ``node.json`` exists, so a run killed at a
       config.json          the ExperimentConfig
       events.jsonl         what happened, one JSON event per line
       results.json         every finished node, for reports
+      data.json            a fingerprint of the task's data, checked on resume (experiment/data_check.py)
       seed-0/p/            program.json, eval-dev.json, eval-test.json, node.json
       seed-0/p-w/          ... plus adapter/ and traces.jsonl
 """

@@ -20,6 +20,7 @@ from cotune.evaluate.compare import paired_gain
 from cotune.evaluate.evaluate import evaluate
 from cotune.events import Event, EventSink, Progress, emit
 from cotune.experiment.config import ExperimentConfig
+from cotune.experiment.data_check import check_data
 from cotune.experiment.program_files import bind_saved, copy_program, read_program_state, save_program
 from cotune.experiment.results import summarize
 from cotune.experiment.rundir import RunDir
@@ -92,6 +93,10 @@ class Runner:
             if self.user_events is not None:
                 self.user_events(e)
 
+        task = self.task or self._load_task()
+        if not cfg.ray:  # Ray workers load their own
+            self.task = task
+        check_data(run, task, cfg.task)  # a resume on other data than the run started with stops here
         strategies = parse_strategies(cfg.strategies)
         prefixes = node_prefixes(strategies)
 

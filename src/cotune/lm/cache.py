@@ -48,6 +48,11 @@ def open_cache(cache: RequestCache | bool | None) -> RequestCache | None:
     return RequestCache() if cache is True else (None if cache is False else cache)
 
 
+def _disk_full(error: sqlite3.Error) -> bool:
+    """SQLite's SQLITE_FULL: the disk (or the file's page cap) is full; nothing is wrong with the file."""
+    return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(error)
+
+
 class RequestCache:
     """``get(key)`` / ``put(key, value)`` over one SQLite file; values are JSON objects.
 
@@ -77,6 +82,11 @@ class RequestCache:
         try:
             yield
         except sqlite3.OperationalError as e:
+            if _disk_full(e):
+                raise CacheError(
+                    f"request cache {self.path}: no space left on device ({e}); the cache is fine: free some "
+                    "space, point $COTUNE_REQUEST_CACHE at another disk, or run with --no-cache"
+                ) from None
             if "locked" in str(e) or "busy" in str(e):
                 raise CacheError(
                     f"request cache {self.path} stayed locked by another process for {LOCK_TIMEOUT_S:g} s; "

@@ -229,9 +229,18 @@ class OpenAICompatible(LM):
                 failed.set()
                 raise
 
-        with ThreadPoolExecutor(min(self.max_concurrency, len(batch)), thread_name_prefix="cotune-openai") as pool:
+        pool = ThreadPoolExecutor(min(self.max_concurrency, len(batch)), thread_name_prefix="cotune-openai")
+        interrupted = False
+        try:
             futures = [pool.submit(complete, m) for m in batch]
             return [f.result() for f in futures]  # type: ignore[misc]
+        except KeyboardInterrupt:
+            # Ctrl-C: do not wait out the requests in flight (up to their read timeouts); they are abandoned
+            interrupted = True
+            failed.set()
+            raise
+        finally:
+            pool.shutdown(wait=not interrupted, cancel_futures=interrupted)
 
     def _complete(self, messages: Messages, config: GenerationConfig) -> Completion:
         body = self.payload(messages, config)

@@ -17,11 +17,11 @@ restored afterwards.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,7 +31,7 @@ from typing import Any
 
 from cotune.errors import TrainingError
 from cotune.events import EventSink, Progress, emit
-from cotune.files import replace_dir_atomic
+from cotune.files import write_dir_atomic
 from cotune.lm.adapters import METADATA_FILE
 from cotune.training.config import LoRAConfig
 from cotune.training.forward import batch_logits, checked_trunk, sharing_holds
@@ -222,13 +222,19 @@ def _check_output_dir(output_dir: Path) -> None:
 
 
 def _save(model: Any, metadata: dict[str, Any], output_dir: Path) -> None:
-    """Write the adapter into a scratch folder and swap it in, so a killed run never leaves half an adapter."""
-    scratch = output_dir.with_name(f".{output_dir.name}.saving-{os.getpid()}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    model.save_pretrained(str(scratch))
-    (scratch / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    replace_dir_atomic(scratch, output_dir)  # the old adapter stays whole until the new one is in place
+    """Write the adapter into a scratch folder, fsync it and swap it in (`write_dir_atomic`), so a killed run
+    never leaves half an adapter and the old one stays whole until the new one is in place."""
+
+    def write(scratch: Path) -> None:
+        try:
+            model.save_pretrained(str(scratch))
+        except Exception as e:
+            if not isinstance(e, OSError) and "No space left on device" in str(e):  # safetensors' own error type
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(output_dir)) from e
+            raise
+        (scratch / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+
+    write_dir_atomic(output_dir, write)
 
 
 def read_adapter_metadata(path: str | Path) -> dict[str, Any]:
