@@ -151,13 +151,13 @@ def instruction_optimization(task, lm, args: argparse.Namespace) -> list[dict[st
 
     cot = with_tokens(MultipleChoiceQA(task.program().choose.instruction).bind(lm), args.cot_tokens)
     rows = [score("zero-shot CoT", cot, task.test, task.metric, args)]
-    common = dict(
-        num_steps=args.gpo_steps,
-        candidates_per_step=args.gpo_candidates,
-        minibatch_size=args.gpo_minibatch,
-        num_threads=args.num_threads,
-        seed=args.seed,
-    )
+    common = {
+        "num_steps": args.gpo_steps,
+        "candidates_per_step": args.gpo_candidates,
+        "minibatch_size": args.gpo_minibatch,
+        "num_threads": args.num_threads,
+        "seed": args.seed,
+    }
     variants = {
         "OPRO-style": GPO(task.metric, retrieval="topk", edit_budget="none", **common),
         "GPO": GPO(task.metric, **common),
