@@ -1,24 +1,60 @@
-"""What every benchmark records beside its numbers: the commit, the machine, and how to write results.
+"""What every benchmark shares: its arguments, the commit and machine beside its numbers, how results are written.
 
-    from bench import machine_info, write_results
+    from bench import arguments, write_results
+
+    args = arguments(__doc__, RESULTS / "mine.json").parse_args()
+    started = time.perf_counter()
+    ...
+    write_results(args.out, {"benchmark": "mine", ...}, started=started)
 
 A figure is only comparable with another from the same kind of CPU, so the machine record names the CPU
 model and the instruction sets that decide cotune's speed (bf16: AVX512-BF16 or AMX; else float32 on AVX2).
+A results file is only ever written by its script, through `write_results`: it always says the commit, the
+machine and the wall time.
+
+    .venv/bin/python benchmarks/bench.py      # prints this machine's record and the commit
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import subprocess
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 RESULTS = HERE / "results"
 # The flags that decide which kernels run: bf16 (native or emulated), AVX-512 and AVX2 float32, AMX tiles.
 SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def arguments(doc: str | None, out: Path | None, out_help: str | None = None) -> argparse.ArgumentParser:
+    """The parser every benchmark starts from: its docstring as the description, and ``--out``.
+
+    Scripts add their own options to it; ``out`` is the default results file (None: the script decides,
+    and says how in ``out_help``).
+    """
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if out_help is None:
+        out_help = f"the results file (default: {_shown(out)})"
+    parser.add_argument("--out", type=Path, default=out, help=out_help)
+    return parser
+
+
+def _shown(path: Path | None) -> str:
+    if path is None:
+        return "none"
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def commit() -> dict[str, Any]:
@@ -47,31 +83,55 @@ def cpu_model() -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    """The machine a figure came from: CPU model, cores, the speed-relevant flags, and the software."""
+    """The machine a figure came from: CPU model, cores, the speed-relevant flags, the load, and the software."""
     from cotune.hardware import cpu_flags, cpu_has_bf16
 
     flags = cpu_flags() or frozenset()
-    info = {
+    info: dict[str, Any] = {
         "cpu": cpu_model(),
         "cpus": os.cpu_count(),
+        # what this process may use (a container or taskset may allow fewer than the machine has)
+        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu_flags": [f for f in SPEED_FLAGS if f in flags],
         "bf16": cpu_has_bf16(),
         "kind": "bf16" if cpu_has_bf16() else ("avx2" if "avx2" in flags else "other"),
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-    except ImportError:
-        pass
+    for package in ("torch", "transformers"):
+        try:
+            info[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    torch = sys.modules.get("torch")  # its thread count only where the benchmark computed with it
+    if torch is not None:
+        info["torch_threads"] = torch.get_num_threads()
     return info
 
 
-def write_results(path: Path, data: dict[str, Any]) -> Path:
-    """Write ``data`` with the commit and machine beside it (the script's own keys win)."""
+def write_results(path: Path, data: dict[str, Any], *, started: float | None = None) -> Path:
+    """Write ``data`` with the commit, the machine and the wall time beside it.
+
+    The script's own keys win, except ``machine``: its keys (e.g. the load average before the run) are added to
+    the machine record. ``started`` is ``time.perf_counter()`` when the benchmark began; a script that counts
+    its wall time itself (over several sittings) passes ``wall_seconds`` in ``data`` instead.
+    """
+    if "wall_seconds" not in data and started is None:
+        raise ValueError(f"{path.name}: a results file says its wall time; pass started= or a wall_seconds key")
+    out: dict[str, Any] = {**commit(), "machine": machine_info() | data.get("machine", {})}
+    out |= {k: v for k, v in data.items() if k != "machine"}
+    if "wall_seconds" not in data:
+        out["wall_seconds"] = round(time.perf_counter() - started, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    out = {**commit(), "machine": machine_info(), **data}
     path.write_text(json.dumps(out, indent=2, default=str) + "\n")
     return path
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    print(json.dumps({**commit(), "machine": machine_info()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

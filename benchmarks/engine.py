@@ -34,20 +34,18 @@ rerunning some sets (``--sets``, ``--skip adapter``) keeps the others' rows. Wri
 
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib.util
 import json
 import os
-import platform
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
+from bench import HERE, RESULTS, arguments, write_results
+
 DATA = HERE.parent.parent / "shared" / "data"
 SETS = ("iris", "iris-demos", "gsm8k")
 PATHS = ("cotune", "cotune-transformers", "generate", "llamacpp", "adapter")
@@ -77,8 +75,14 @@ def run_cotune(lm, program, examples, metric, threads: int, max_tokens: int) -> 
     wall = time.perf_counter() - t0
     usage = lm.usage
     texts = [row.trace[0].completion if row.trace else None for row in result.rows]
-    return _row(wall, len(examples), usage.prompt_tokens - before.prompt_tokens,
-                usage.completion_tokens - before.completion_tokens, score=result.score, texts=texts)  # fmt: skip
+    return _row(
+        wall,
+        len(examples),
+        usage.prompt_tokens - before.prompt_tokens,
+        usage.completion_tokens - before.completion_tokens,
+        score=result.score,
+        texts=texts,
+    )
 
 
 def run_generate(engine, messages, max_tokens: int) -> dict[str, Any]:
@@ -90,8 +94,9 @@ def run_generate(engine, messages, max_tokens: int) -> dict[str, Any]:
     eos = sorted(engine.eos_ids)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        out = engine.model.generate(**enc, max_new_tokens=max_tokens, do_sample=False, eos_token_id=eos,
-                                    pad_token_id=tok.pad_token_id)  # fmt: skip
+        out = engine.model.generate(
+            **enc, max_new_tokens=max_tokens, do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id
+        )
     wall = time.perf_counter() - t0
     new = out[:, enc["input_ids"].shape[1] :].tolist()
     lengths = [next((i for i, t in enumerate(row) if t in eos or t == tok.pad_token_id), len(row)) for row in new]
@@ -123,8 +128,9 @@ def generate_child(model: str, dtype: str, messages: list, max_tokens: int) -> d
         lm.close()
 
 
-def cotune_child(model: str, dtype: str, name: str, n: int, data_root: str, threads: int,
-                 max_tokens: int) -> dict[str, Any]:  # fmt: skip
+def cotune_child(
+    model: str, dtype: str, name: str, n: int, data_root: str, threads: int, max_tokens: int
+) -> dict[str, Any]:
     """`run_cotune` of prompt set ``name`` on the model loaded in ``dtype`` (after a warm-up, neither timed)."""
     import cotune as ct
 
@@ -160,8 +166,9 @@ def run_llamacpp(server, messages, max_tokens: int) -> dict[str, Any]:
     out: list[Any] = [None] * len(messages)
 
     def one(i: int) -> None:
-        out[i] = server.handle_chat_completions({"messages": messages[i], "max_tokens": max_tokens,
-                                                 "temperature": 0.0, "seed": 0})  # fmt: skip
+        out[i] = server.handle_chat_completions(
+            {"messages": messages[i], "max_tokens": max_tokens, "temperature": 0.0, "seed": 0}
+        )
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(messages))]
     t0 = time.perf_counter()
@@ -173,16 +180,29 @@ def run_llamacpp(server, messages, max_tokens: int) -> dict[str, Any]:
     errors = [o for o in out if not isinstance(o, dict) or "usage" not in o]
     if errors:
         raise RuntimeError(f"llama.cpp server answered {len(errors)} requests without usage, e.g. {errors[0]!r:.300}")
-    return _row(wall, len(messages), sum(o["usage"]["prompt_tokens"] for o in out),
-                sum(o["usage"]["completion_tokens"] for o in out))  # fmt: skip
+    return _row(
+        wall,
+        len(messages),
+        sum(o["usage"]["prompt_tokens"] for o in out),
+        sum(o["usage"]["completion_tokens"] for o in out),
+    )
 
 
 def _row(wall: float, n: int, prompt: int, completion: int, **extra: Any) -> dict[str, Any]:
-    print(f"  {wall:7.2f} s  {n / wall:6.2f} ex/s  completion {completion:6d} tok ({completion / wall:6.1f}/s)  "
-          f"prompt {prompt:6d} tok ({prompt / wall:7.1f}/s)", flush=True)  # fmt: skip
-    return {"seconds": round(wall, 2), "examples_per_s": round(n / wall, 3), "prompt_tokens": prompt,
-            "completion_tokens": completion, "completion_tok_per_s": round(completion / wall, 1),
-            "prompt_tok_per_s": round(prompt / wall, 1), **extra}  # fmt: skip
+    print(
+        f"  {wall:7.2f} s  {n / wall:6.2f} ex/s  completion {completion:6d} tok ({completion / wall:6.1f}/s)  "
+        f"prompt {prompt:6d} tok ({prompt / wall:7.1f}/s)",
+        flush=True,
+    )
+    return {
+        "seconds": round(wall, 2),
+        "examples_per_s": round(n / wall, 3),
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "completion_tok_per_s": round(completion / wall, 1),
+        "prompt_tok_per_s": round(prompt / wall, 1),
+        **extra,
+    }
 
 
 def zero_lora_adapter(engine, folder: Path, name: str) -> Path:
@@ -203,7 +223,7 @@ def smollm2_gguf() -> Path:
 
 
 def main() -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arguments(__doc__, RESULTS / "engine.json")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--n", type=int, default=50)
@@ -212,14 +232,11 @@ def main() -> dict[str, Any]:
     ap.add_argument("--other-dtypes", default="bfloat16,float32", help="dtypes to compare with the default")
     ap.add_argument("--skip", default="", help=f"comma-separated paths to leave out: {', '.join(PATHS)}")
     ap.add_argument("--data-dir", type=Path, default=DATA)
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "engine.json")
     args = ap.parse_args()
+    started = time.perf_counter()
     skip = {s for s in args.skip.split(",") if s}
     if unknown := skip - set(PATHS):
         raise SystemExit(f"unknown path(s) in --skip: {', '.join(sorted(unknown))}; choose from: {', '.join(PATHS)}")
-
-    import torch
-    import transformers
 
     import cotune as ct
 
@@ -232,8 +249,16 @@ def main() -> dict[str, Any]:
             raise SystemExit("the llama.cpp comparison uses the embedded SmolLM2 GGUF; pass --skip llamacpp")
         gguf = smollm2_gguf()
     load_before = os.getloadavg()
-    report: dict[str, Any] = {"benchmark": "engine", "model": args.model, "dtype": lm.dtype, "device": lm.device,
-                              "n": args.n, "max_tokens": args.max_tokens, "threads": args.threads, "sets": {}}  # fmt: skip
+    report: dict[str, Any] = {
+        "benchmark": "engine",
+        "model": args.model,
+        "dtype": lm.dtype,
+        "device": lm.device,
+        "n": args.n,
+        "max_tokens": args.max_tokens,
+        "threads": args.threads,
+        "sets": {},
+    }
     if args.out.exists():  # rerunning some sets (or only the adapter part) keeps the others' rows
         old = json.loads(args.out.read_text())
         report["sets"] = {k: v for k, v in old.get("sets", {}).items() if k not in args.sets.split(",")}
@@ -262,8 +287,9 @@ def main() -> dict[str, Any]:
             row["generate"] = in_child(generate_child, args.model, lm.dtype, messages, args.max_tokens)
         for dtype in others:
             print(f"{name}: cotune {dtype}", flush=True)
-            row[f"cotune {dtype}"] = in_child(cotune_child, args.model, dtype, name, args.n, str(args.data_dir),
-                                              args.threads, args.max_tokens)  # fmt: skip
+            row[f"cotune {dtype}"] = in_child(
+                cotune_child, args.model, dtype, name, args.n, str(args.data_dir), args.threads, args.max_tokens
+            )
         if gguf is not None:
             try:
                 print(f"{name}: llamacpp", flush=True)
@@ -271,32 +297,36 @@ def main() -> dict[str, Any]:
             except Exception as e:  # recorded, so the other paths' numbers still land
                 row["llamacpp_error"] = f"{type(e).__name__}: {e}"
         base = row["cotune"]
-        row["cotune_vs"] = {k: {"examples_per_s": round(base["examples_per_s"] / v["examples_per_s"], 2),
-                                "completion_tok_per_s": round(base["completion_tok_per_s"] / v["completion_tok_per_s"], 2)}
-                            for k, v in row.items() if k.split(" ")[0] in PATHS and k != "cotune"}  # fmt: skip
+        row["cotune_vs"] = {
+            k: {
+                "examples_per_s": round(base["examples_per_s"] / v["examples_per_s"], 2),
+                "completion_tok_per_s": round(base["completion_tok_per_s"] / v["completion_tok_per_s"], 2),
+            }
+            for k, v in row.items()
+            if k.split(" ")[0] in PATHS and k != "cotune"
+        }
         for r in row.values():
             if isinstance(r, dict):
                 r.pop("texts", None)
         report["sets"][name] = row
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")  # so far, in case a later set fails
-        print(name, json.dumps({k: v for k, v in row.items() if k != "cotune_vs"}), "\n  cotune ×", row["cotune_vs"],
-              flush=True)  # fmt: skip
+        write_results(args.out, report, started=started)  # so far, in case a later set fails
+        print(
+            name,
+            json.dumps({k: v for k, v in row.items() if k != "cotune_vs"}),
+            "\n  cotune ×",
+            row["cotune_vs"],
+            flush=True,
+        )
     if "adapter" not in skip:
         report["adapter"] = adapter_costs(lm, args)
         print("adapter", json.dumps(report["adapter"]), flush=True)
-    report["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                         "platform": platform.platform(), "load_average_before": [round(x, 2) for x in load_before],
-                         "load_average_after": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
-    report["versions"] = {"python": sys.version.split()[0], "torch": torch.__version__,
-                          "transformers": transformers.__version__}  # fmt: skip
+    report["machine"] = {"load_average_before": [round(x, 2) for x in load_before]}  # the record adds the load after
     if gguf is not None:
         from importlib.metadata import version
 
-        report["versions"]["xllamacpp"] = version("xllamacpp")
+        report["versions"] = {"xllamacpp": version("xllamacpp")}
     report["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_results(args.out, report, started=started)
     return report
 
 

@@ -1,300 +1,198 @@
-"""Fault injection: no finished work lost, no wrong score kept (issue 12).
+"""Fault injection: no finished work lost, no wrong score kept.
 
-    .venv/bin/python benchmarks/faults.py            # ~10 min on 2 CPU cores; writes benchmarks/results/faults.json
+    .venv/bin/python benchmarks/faults.py           # 20 kills, 4 outages of 30 s: about 2 h on 2 busy CPU cores;
+                                                    # writes benchmarks/results/faults.json
+    .venv/bin/python benchmarks/faults.py --quick   # 3 kills (model load, training, report) on smaller splits,
+                                                    # outages of 4 s: ~10 min, a check that writes no results file
 
-(a) kill -9: a small real `cotune run` (SmolLM2-135M, Iris, strategy p,w,p, tiny splits) is killed with
-    SIGKILL at random moments and resumed each time, until ``--kills`` kills have landed. Each finished
-    run's table must equal an uninterrupted run's, and no node may be computed twice: a node's
-    ``node.done`` is logged only after its node.json is on disk, so a node with two ``node.done`` events
-    was redone, and one whose ``node.done`` was logged but whose node.json is gone was lost.
-(b) outage: an OpenAI-compatible server (cotune's own, over a scripted Iris answerer) answers 503 for
-    ``--outage-s`` seconds in the middle of a run. The step must fail (not be scored), and a resume must
-    complete it with the score a healthy server gives.
+(a) kill -9: a small real `cotune run` (SmolLM2-135M, Iris, strategy p-w-p) runs once uninterrupted (the
+    reference). Then each trial starts the same run afresh, with its own request cache, kills it with SIGKILL
+    in a chosen phase, and resumes it to the end (fault_kill.py). The targets cycle through the phases (model
+    load, prompt search, rollouts, training, evaluation, report): the trial waits until its run's events.jsonl
+    enters a segment of that phase, picked at random from the reference's timeline, and kills a random part
+    of that segment's reference length later. Each kill records the phase it hit (from the last events
+    before it; "start-up" if it came before the CLI's first line) and the last event. A trial survives only when its resume completes with the reference's
+    table (dev and test of every node), no finished node lost and none redone.
+(b) outage: a run through an OpenAI-compatible server that, mid-run, refuses connections, answers 500,
+    answers 503, or takes requests and never answers, for ``--outage-s`` seconds (fault_outage.py). The
+    step must fail (not be scored), and a resume must complete it with the score a healthy server gives.
 (c) damaged files: a corrupt request cache and a corrupt config.json give one clear line and a non-zero
-    exit (no traceback); a corrupt node.json is set aside and its step redone on resume.
+    exit (no traceback); a corrupt node.json is set aside and its step redone on resume, to the same table.
+
+Every check is in the summary; the exit code is 0 only when all of them passed. The work folder (run
+directories and their logs) is kept and named at the end.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import random
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "faults.json"
+from bench import RESULTS, arguments, write_results
+from fault_kill import PHASES, kill_nine, read_events, table
+from fault_outage import KINDS, outage
 
-CONFIG = """\
-# cotune run --config faults.yaml  (tiny: seconds per step on a laptop CPU)
-task: iris
-model: smollm2-135m
-strategies: [p-w-p]
-seeds: [0]
-train_size: 10
-dev_size: 6
-test_size: 6
-inner_val_ratio: 0.5
-threads: 6
-max_tokens: 48
-prompt: {num_candidates: 2, max_bootstrapped_demos: 1, max_labeled_demos: 2}
-weights: {fill_with_labels: true, lora: {epochs: 1, r: 8, alpha: 16, batch_size: 4}}
-"""
-
-
-def cotune(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "from cotune.cli import main; main()", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def table(run: Path) -> dict[str, tuple[float, float]]:
-    """(dev, test) score of every node, intermediate steps (p, p-w) included, not only the table's rows."""
-    results = json.loads((run / "results.json").read_text())
-    return {f"seed-{n['seed']}/{n['strategy']}": (round(n["dev"]["score"], 6), round(n["test"]["score"], 6))
-            for n in results["nodes"]}
+CONFIG = {
+    "task": "iris",
+    "model": "smollm2-135m",
+    "strategies": ["p-w-p"],
+    "seeds": [0],
+    "train_size": 10,
+    "dev_size": 6,
+    "test_size": 6,
+    "inner_val_ratio": 0.5,
+    "threads": 6,
+    "max_tokens": 48,
+    "prompt": {"num_candidates": 2, "max_bootstrapped_demos": 1, "max_labeled_demos": 2},
+    "weights": {"fill_with_labels": True, "lora": {"epochs": 1, "r": 8, "alpha": 16, "batch_size": 4}},
+}
+# --quick: fewer examples and rollouts, so a trial takes a fraction of the time; every phase is still there.
+# Its kills aim at the phases that write the most (the model cache, the adapter, the results).
+QUICK_PHASES = ("model load", "training", "report")
+QUICK = {"train_size": 6, "dev_size": 3, "test_size": 3, "weights": CONFIG["weights"] | {"num_rollouts": 2}}
+CLI = [sys.executable, "-c", "from cotune.cli import main; main()"]
 
 
-def node_counts(run: Path) -> tuple[Counter, set[str]]:
-    """How often each node was finished (node.done events), and which nodes have a node.json now."""
-    done: Counter = Counter()
-    for line in (run / "events.jsonl").read_text().splitlines():
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue  # a line cut by the kill
-        if e.get("event") == "node.done":
-            done[f"seed-{e['seed']}/{e['strategy']}"] += 1
-    present = {f"{p.parent.parent.name}/{p.parent.name}" for p in run.glob("seed-*/*/node.json")}
-    return done, present
+def cli_launch(config: Path):
+    """How a trial starts a run into a folder and resumes it: `cotune run`, as a user would."""
 
+    def launch(run: Path, resume: bool) -> list[str]:
+        if resume:
+            return [*CLI, "run", "--resume", str(run)]
+        return [*CLI, "run", "--config", str(config), "--out-dir", str(run.parent), "--name", run.name]
 
-# -- (a) kill -9 ---------------------------------------------------------------------------------------------
-def kill_nine(work: Path, env: dict[str, str], kills: int, max_delay: float, seed: int, budget_s: float) -> dict:
-    cfg = work / "faults.yaml"
-    cfg.write_text(CONFIG)
-    t0 = time.perf_counter()
-    ref = cotune("run", "--config", str(cfg), "--out-dir", str(work), "--name", "reference", env=env)
-    _, err = ref.communicate()
-    if ref.returncode != 0:
-        raise SystemExit(f"the uninterrupted run failed:\n{err[-2000:]}")
-    reference_seconds = time.perf_counter() - t0
-    reference = table(work / "reference")
-
-    rng = random.Random(seed)
-    trials: list[dict] = []
-    chains: list[dict] = []
-    chain, run_dir = 0, None
-    start = time.perf_counter()
-    while len(trials) < kills and time.perf_counter() - start < budget_s:
-        if run_dir is None:
-            chain += 1
-            name = f"chaos-{chain}"
-            run_dir = work / name
-            proc = cotune("run", "--config", str(cfg), "--out-dir", str(work), "--name", name, env=env)
-        else:
-            proc = cotune("run", "--resume", str(run_dir), env=env)
-        delay = rng.uniform(0.5, max_delay)
-        try:
-            proc.wait(timeout=delay)
-            finished_first = True
-        except subprocess.TimeoutExpired:
-            finished_first = False
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        _, err = proc.communicate()
-        if finished_first:
-            if proc.returncode != 0:  # a resume that fails on what the kill left behind
-                trials[-1]["survived"] = False if trials else None
-                chains.append({"run": run_dir.name, "error": err.strip().splitlines()[-1:] if err else []})
-                run_dir = None
-                continue
-            chains.append(_check_chain(run_dir, reference))
-            run_dir = None
-            continue
-        trials.append({"chain": chain, "after_s": round(delay, 2), "survived": True})
-    if run_dir is not None:  # finish the last chain without a kill
-        proc = cotune("run", "--resume", str(run_dir), env=env)
-        _, err = proc.communicate()
-        if proc.returncode != 0:
-            if trials:
-                trials[-1]["survived"] = False
-            chains.append({"run": run_dir.name, "error": err.strip().splitlines()[-1:] if err else []})
-        else:
-            chains.append(_check_chain(run_dir, reference))
-    return {
-        "config": CONFIG,
-        "reference_seconds": round(reference_seconds, 1),
-        "reference_table": reference,
-        "trials": len(trials),
-        "survived": sum(bool(t["survived"]) for t in trials),
-        "nodes_lost": sum(c.get("nodes_lost", 0) for c in chains),
-        "nodes_redone": sum(c.get("nodes_redone", 0) for c in chains),
-        "tables_equal": all(c.get("table_equal") for c in chains),
-        "chains": chains,
-        "kills": trials,
-    }
-
-
-def _check_chain(run: Path, reference: dict) -> dict:
-    done, present = node_counts(run)
-    got = table(run)
-    return {
-        "run": run.name,
-        "table": got,
-        "table_equal": got == reference,
-        "nodes_lost": len(set(done) - present),
-        "nodes_redone": sum(n - 1 for n in done.values() if n > 1),
-        "node_done_counts": dict(done),
-    }
-
-
-# -- (b) an outage in the middle of a run --------------------------------------------------------------------
-def outage(work: Path, outage_s: float) -> dict:
-    import logging
-
-    from cotune.errors import LMConnectionError
-    from cotune.experiment.config import ExperimentConfig
-    from cotune.experiment.runner import Runner
-    from cotune.lm import FakeLM
-    from cotune.lm.openai_compat import OpenAICompatible
-    from cotune.lm.server import start_server
-    from cotune.tasks import load_task
-
-    logging.getLogger("cotune.server").setLevel(logging.CRITICAL)  # the scripted 500s are expected
-    task = load_task("iris", train=10, dev=6, test=6)
-    state = {"requests": 0, "down_from": None, "down_at": 16}
-    lock = threading.Lock()
-
-    def iris(messages):
-        """Right by petal length alone: setosa under 2.5 cm, else versicolor (so about 2/3 right)."""
-        with lock:
-            state["requests"] += 1
-            if state["requests"] == state["down_at"]:
-                state["down_from"] = time.monotonic()
-            down = state["down_from"] is not None and time.monotonic() - state["down_from"] < outage_s
-        if down:
-            raise LMConnectionError("scripted outage")  # the server answers 500 while it lasts
-        length = float(re.search(r"Petal Length: ([\d.]+)", messages[-1]["content"]).group(1))
-        return f"Reasoning: petal length {length}.\nSpecies: {'setosa' if length < 2.5 else 'versicolor'}"
-
-    def runner(name: str, lm) -> Runner:
-        cfg = ExperimentConfig.from_dict({"task": "iris", "model": "stub", "strategies": ["p"], "seeds": [0],
-                                          "out_dir": str(work), "name": name, "threads": 2, "inner_val_ratio": 0.5,
-                                          "prompt": {"num_candidates": 2}})
-        return Runner(cfg, lm=lm, task=task)
-
-    with start_server(FakeLM(iris), model_name="stub") as server:
-        def client():
-            return OpenAICompatible("stub", base_url=server.url, cache=False, max_retries=2, backoff=0.2, timeout=30)
-
-        state["down_at"] = 10**9  # healthy reference first
-        reference = runner("outage-reference", client()).start()
-        truth = {n["strategy"]: n["test"]["score"] for n in reference.nodes()}
-        state.update(requests=0, down_at=16)
-        t0 = time.monotonic()
-        run = runner("outage", client()).start()
-        failed = run.results()["failures"]
-        kept_during = {n["strategy"]: n["test"]["score"] for n in run.nodes()}
-        wait = max(0.0, outage_s - (time.monotonic() - (state["down_from"] or t0)))
-        time.sleep(wait)  # the server is back
-        _, resumed = Runner.resume(run.path, lm=client(), task=task)
-        final = {n["strategy"]: n["test"]["score"] for n in resumed.nodes()}
-    return {
-        "outage_s": outage_s,
-        "outage_started_at_request": 16,
-        "failures_during_outage": [{k: f[k] for k in ("strategy", "kind")} for f in failed],
-        "scores_kept_during_outage": kept_during,
-        "scores_after_resume": final,
-        "true_scores": truth,
-        "failed_not_scored": bool(failed) and all(f["strategy"] not in kept_during for f in failed if f["kind"] == "infrastructure"),
-        "resume_true_score": final == truth,
-    }
+    return launch
 
 
 # -- (c) damaged files ---------------------------------------------------------------------------------------
-def damaged(work: Path, env: dict[str, str], chain_run: Path | None, reference: dict | None) -> dict:
-    out: dict = {}
+def damaged(work: Path, env: dict[str, str], finished: Path, reference_table: dict) -> dict[str, dict]:
+    def cotune(*args: str, cache: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*CLI, *args], env={**env, "COTUNE_REQUEST_CACHE": str(cache)}, capture_output=True, text=True
+        )
+
+    out: dict[str, dict] = {}
     bad = work / "bad-cache.sqlite"
     bad.write_bytes(b"not a database " * 200)
-    benv = {**env, "COTUNE_REQUEST_CACHE": str(bad)}
-    proc = cotune("eval", "--limit", "1", env=benv)
-    _, err = proc.communicate()
-    out["corrupt_cache_eval"] = _clear_line(proc.returncode, err, str(bad))
-    proc = cotune("cache", "clear", env=benv)
-    proc.communicate()
-    out["corrupt_cache_clear"] = {"exit_code": proc.returncode, "removed": not bad.exists()}
+    out["corrupt_cache_eval"] = clear_line(cotune("eval", "--limit", "1", cache=bad), str(bad))
+    cleared = cotune("cache", "clear", cache=bad)
+    out["corrupt_cache_clear"] = {
+        "exit_code": cleared.returncode,
+        "passed": cleared.returncode == 0 and not bad.exists(),
+    }
 
-    if chain_run is not None and reference is not None:
-        broken = work / "broken-config"
-        shutil.copytree(chain_run, broken)
-        (broken / "config.json").write_text('{"task": "iris", "seeds": [0')
-        proc = cotune("run", "--resume", str(broken), env=env)
-        _, err = proc.communicate()
-        out["corrupt_config_resume"] = _clear_line(proc.returncode, err, "config.json is corrupt")
+    cache = finished.parent / "requests.sqlite"  # the finished run's own: the redone step replays its calls
+    broken = work / "broken-config"
+    shutil.copytree(finished, broken)
+    (broken / "config.json").write_text('{"task": "iris", "seeds": [0')
+    resumed = cotune("run", "--resume", str(broken), cache=cache)
+    out["corrupt_config_resume"] = clear_line(resumed, f"{broken / 'config.json'} is corrupt")
 
-        node = work / "broken-node"
-        shutil.copytree(chain_run, node)
-        (node / "seed-0" / "p" / "node.json").write_text('{"seed": 0, "strat')
-        proc = cotune("run", "--resume", str(node), env=env)
-        _, err = proc.communicate()
-        events = [json.loads(x) for x in (node / "events.jsonl").read_text().splitlines() if x.strip()]
-        out["corrupt_node_resume"] = {
-            "exit_code": proc.returncode,
-            "set_aside_and_redone": any(e.get("event") == "node.corrupt" for e in events),
-            "table_equal": proc.returncode == 0 and table(node) == reference,
-        }
+    node = work / "broken-node"
+    shutil.copytree(finished, node)
+    (node / "seed-0" / "p" / "node.json").write_text('{"seed": 0, "strat')
+    resumed = cotune("run", "--resume", str(node), cache=cache)
+    set_aside = any(e.get("event") == "node.corrupt" for e in read_events(node))
+    equal = resumed.returncode == 0 and table(node) == reference_table
+    out["corrupt_node_resume"] = {
+        "exit_code": resumed.returncode,
+        "set_aside_and_redone": set_aside,
+        "table_equal": equal,
+        "passed": set_aside and equal,
+    }
     return out
 
 
-def _clear_line(code: int, err: str, must: str) -> dict:
-    text = " ".join(err.split())
-    return {"exit_code": code, "traceback": "Traceback" in err, "names_it": must in text, "message": text[-300:]}
+def clear_line(proc: subprocess.CompletedProcess, must: str) -> dict[str, Any]:
+    """A failure said in one clear line: a non-zero exit, no traceback, and the line names ``must``."""
+    text = " ".join(proc.stderr.split())
+    out = {"exit_code": proc.returncode, "traceback": "Traceback" in proc.stderr, "names_it": must in text}
+    return out | {"message": text[-300:], "passed": proc.returncode != 0 and not out["traceback"] and out["names_it"]}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--kills", type=int, default=20)
-    ap.add_argument("--max-delay", type=float, default=20.0, help="latest kill, seconds after a process starts")
-    ap.add_argument("--outage-s", type=float, default=30.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--budget-s", type=float, default=540.0, help="stop killing after this long")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args()
-
-    work = Path(tempfile.mkdtemp(prefix="cotune-faults-"))
-    env = {**os.environ, "COTUNE_REQUEST_CACHE": str(work / "requests.sqlite")}
-    t0 = time.perf_counter()
-    result: dict = {"benchmark": "faults", "command": "python benchmarks/faults.py " + " ".join(sys.argv[1:])}
-    result["outage"] = outage(work, args.outage_s)
-    print("outage:", json.dumps({k: result["outage"][k] for k in ("failed_not_scored", "resume_true_score")}), flush=True)
-    result["kill9"] = kill_nine(work, env, args.kills, args.max_delay, args.seed, args.budget_s)
+# -- the summary ---------------------------------------------------------------------------------------------
+def checks(result: dict[str, Any], every_phase: bool) -> dict[str, bool]:
+    """Every check as one flag; the run passes only when all of them are true."""
     k = result["kill9"]
-    print("kill -9:", json.dumps({x: k[x] for x in ("trials", "survived", "nodes_lost", "nodes_redone", "tables_equal")}),
-          flush=True)
-    chains = [c for c in k["chains"] if c.get("table_equal")]
-    chain_run = work / chains[-1]["run"] if chains else None
-    result["damaged_files"] = damaged(work, env, chain_run, k["reference_table"])
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    result["summary"] = {
-        "trials": k["trials"], "survived": k["survived"], "nodes_lost": k["nodes_lost"],
-        "nodes_redone": k["nodes_redone"], "final_tables_equal_uninterrupted": k["tables_equal"],
-        "outage_step_failed_not_scored": result["outage"]["failed_not_scored"],
-        "outage_resume_true_score": result["outage"]["resume_true_score"],
+    out = {
+        "kills_landed": k["kills"] >= result["settings"]["kills"],
+        "every_kill_survived": k["survived"] == k["kills"],
+        "no_node_lost": k["nodes_lost"] == 0,
+        "no_node_redone": k["nodes_redone"] == 0,
+        "final_tables_equal_reference": k["tables_equal"],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(json.dumps(result["summary"], indent=2))
-    print(f"wrote {args.out} ({result['seconds']} s); work folder {work}")
+    if every_phase:
+        out["every_phase_hit"] = not k["phases_missing"]
+    for kind, o in result["outages"].items():
+        out[f"outage_{kind}_step_failed_not_scored"] = o["step_failed_not_scored"]
+        out[f"outage_{kind}_resumed_to_true_score"] = o["resumed_to_true_score"]
+    for name, d in result["damaged_files"].items():
+        out[f"damaged_{name}"] = d["passed"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = arguments(
+        __doc__, None, out_help="the results file (default: benchmarks/results/faults.json; none with --quick)"
+    )
+    ap.add_argument("--kills", type=int, default=None, help="kill -9 trials that land (default 20; --quick 3)")
+    ap.add_argument("--outage-s", type=float, default=None, help="length of each outage (default 30 s; --quick 4 s)")
+    ap.add_argument("--outages", default="refused,500,503,timeout", help="outage kinds, comma-separated")
+    ap.add_argument("--seed", type=int, default=0, help="draws the kill targets")
+    ap.add_argument("--timeout-s", type=float, default=1800.0, help="longest a single run or resume may take")
+    ap.add_argument("--quick", action="store_true", help="3 kills on smaller splits, 4 s outages")
+    ap.add_argument("--work-dir", type=Path, default=None, help="where the runs go (default: a new temporary folder)")
+    args = ap.parse_args(argv)
+    if args.kills is None:
+        args.kills = 3 if args.quick else 20
+    if args.outage_s is None:
+        args.outage_s = 4.0 if args.quick else 30.0
+    if args.out is None and not args.quick:
+        args.out = RESULTS / "faults.json"
+
+    kinds = [k for k in args.outages.split(",") if k]
+    if unknown := [k for k in kinds if k not in KINDS]:
+        ap.error(f"--outages: unknown kind(s) {', '.join(unknown)}; valid: {', '.join(KINDS)}")
+    started = time.perf_counter()
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="cotune-faults-"))
+    work.mkdir(parents=True, exist_ok=True)
+    config = CONFIG | (QUICK if args.quick else {})
+    (work / "config.yaml").write_text(json.dumps(config, indent=2))  # JSON is YAML too
+    env = dict(os.environ)
+    result: dict[str, Any] = {
+        "benchmark": "faults",
+        "command": "python benchmarks/faults.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "settings": {"kills": args.kills, "outage_s": args.outage_s, "seed": args.seed, "quick": args.quick},
+        "config": config,
+    }
+    result["outages"] = {kind: outage(work, kind, args.outage_s) for kind in kinds}
+    for kind, o in result["outages"].items():
+        print(f"outage {kind}: step failed {o['step_failed_not_scored']}, resumed {o['resumed_to_true_score']}")
+    phases = QUICK_PHASES if args.quick else PHASES
+    launch = cli_launch(work / "config.yaml")
+    result["kill9"] = kill_nine(launch, work, env, args.kills, args.seed, args.timeout_s, phases=phases)
+    k = result["kill9"]
+    print(f"kill -9: {k['kills']} kills, {k['survived']} survived, phases {k['phases_hit']}, lost {k['nodes_lost']}")
+    result["damaged_files"] = damaged(work, env, Path(k["reference_run"]), k["reference_table"])
+    result["checks"] = checks(result, every_phase=args.kills >= len(phases))
+    result["passed"] = all(result["checks"].values())
+    result["work_folder"] = str(work)
+    print(json.dumps({"checks": result["checks"], "passed": result["passed"]}, indent=2))
+    if args.out is not None:
+        write_results(args.out, result, started=started)
+        print(f"wrote {args.out}")
+    else:
+        (work / "faults-result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"{time.perf_counter() - started:.0f} s; work folder {work}")
+    return 0 if result["passed"] else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

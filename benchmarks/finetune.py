@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,11 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results" / "finetune.json"
+from bench import RESULTS, arguments, write_results
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = arguments(__doc__, RESULTS / "finetune.json")
     p.add_argument("--model", default="smollm2-135m", help="registry name or path (cotune.lm.load)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--train", type=int, default=50, help="training examples (traces are collected on them)")
@@ -49,18 +48,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the extra rollouts")
     p.add_argument("--learning-rates", default=None, help="comma-separated; default: LoRAConfig's default")
     p.add_argument("--epochs", type=int, default=None, help="default: LoRAConfig's default")
-    p.add_argument("--labeled-demos", type=int, default=0,
-                   help="labeled demos per species in the program before Θ (a stand-in for a Π step); 0: Θ only")
+    p.add_argument(
+        "--labeled-demos",
+        type=int,
+        default=0,
+        help="labeled demos per species in the program before Θ (a stand-in for a Π step); 0: Θ only",
+    )
     p.add_argument("--max-tokens", type=int, default=96, help="generation limit per call")
     p.add_argument("--num-threads", type=int, default=16)
     p.add_argument("--overhead-reps", type=int, default=3, help="alternating cotune / bare PEFT runs")
     p.add_argument("--overhead-steps", type=int, default=6, help="optimizer steps per overhead run")
-    p.add_argument("--overhead-only", action="store_true",
-                   help="only the cotune / bare PEFT step-time ratio, on labeled Iris completions")
-    p.add_argument("--torch-threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's); 1 is far faster on a CPU shared with other jobs")
+    p.add_argument(
+        "--overhead-only",
+        action="store_true",
+        help="only the cotune / bare PEFT step-time ratio, on labeled Iris completions",
+    )
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's); 1 is far faster on a CPU shared with other jobs",
+    )
     p.add_argument("--quick", action="store_true", help="30 train / 30 test, 3 rollouts, 3 epochs, 2 overhead reps")
-    p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.quick:
         args.train, args.test, args.rollouts, args.overhead_reps = 30, 30, 3, 2
@@ -95,16 +104,29 @@ def run_seed(lm, seed: int, args: argparse.Namespace, workdir: Path) -> dict[str
         program.classify.demos = labeled_demos(train, args.labeled_demos, seed)
     t0 = time.perf_counter()
     zero = evaluate(program, test, task.metric, num_threads=args.num_threads)
-    out: dict[str, Any] = {"seed": seed, "labeled_demos": len(program.classify.demos), "zero_shot": {"accuracy": zero.score, "seconds": time.perf_counter() - t0,
-                                                        "parse_failures": zero.parse_failures}}  # fmt: skip
+    out: dict[str, Any] = {
+        "seed": seed,
+        "labeled_demos": len(program.classify.demos),
+        "zero_shot": {
+            "accuracy": zero.score,
+            "seconds": time.perf_counter() - t0,
+            "parse_failures": zero.parse_failures,
+        },
+    }
     traces = None
     out["finetune"] = []
     for lr in args.learning_rates:
         lora = LoRAConfig(learning_rate=lr, epochs=args.epochs)
         tuner = BootstrapFinetune(
-            task.metric, lora=lora, num_rollouts=args.rollouts, rollout_temperature=args.temperature,
-            output_dir=workdir / f"seed{seed}-lr{lr:g}", traces=traces, num_threads=args.num_threads, seed=seed,
-        )  # fmt: skip
+            task.metric,
+            lora=lora,
+            num_rollouts=args.rollouts,
+            rollout_temperature=args.temperature,
+            output_dir=workdir / f"seed{seed}-lr{lr:g}",
+            traces=traces,
+            num_threads=args.num_threads,
+            seed=seed,
+        )
         t0 = time.perf_counter()
         try:
             tuned = tuner.compile(program, trainset=train)
@@ -137,9 +159,11 @@ def run_seed(lm, seed: int, args: argparse.Namespace, workdir: Path) -> dict[str
             "losses": result.losses,
         }
         out["finetune"].append(row)
-        print(f"seed {seed}: zero-shot {zero.score:.3f} → Θ(lr={lr:g}) {scored.score:.3f} "
-              f"({tuner.n_passed_}/{tuner.n_traces_} traces, {row['seconds_per_step_median']:.2f} s/step)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"seed {seed}: zero-shot {zero.score:.3f} → Θ(lr={lr:g}) {scored.score:.3f} "
+            f"({tuner.n_passed_}/{tuner.n_traces_} traces, {row['seconds_per_step_median']:.2f} s/step)",
+            file=sys.stderr,
+        )
     return out
 
 
@@ -154,8 +178,16 @@ def bare_peft_steps(examples, model_path: str, config, n_steps: int) -> list[flo
     torch.manual_seed(config.seed)
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                                             target_modules=config.target_modules, task_type="CAUSAL_LM"))  # fmt: skip
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=config.r,
+            lora_alpha=config.alpha,
+            lora_dropout=config.dropout,
+            target_modules=config.target_modules,
+            task_type="CAUSAL_LM",
+        ),
+    )
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     rows = []
     for ex in examples:
@@ -190,7 +222,11 @@ def labeled_demos(train, per_species: int, seed: int):
     """The first ``per_species`` training flowers of each species, shuffled."""
     import random
 
-    demos = [ex for sp in ("setosa", "versicolor", "virginica") for ex in [e for e in train if e["species"] == sp][:per_species]]
+    demos = [
+        ex
+        for sp in ("setosa", "versicolor", "virginica")
+        for ex in [e for e in train if e["species"] == sp][:per_species]
+    ]
     random.Random(seed).shuffle(demos)
     return demos
 
@@ -203,7 +239,9 @@ def labeled_examples(seed: int):
     task = load_task("iris", seed=seed)
     predictor = task.program().classify
     return [
-        ChatExample.create(predictor.messages(**ex.inputs()), f"Reasoning: measured.\nSpecies: {ex['species']}", "classify")
+        ChatExample.create(
+            predictor.messages(**ex.inputs()), f"Reasoning: measured.\nSpecies: {ex['species']}", "classify"
+        )
         for ex in task.train
     ]
 
@@ -220,15 +258,24 @@ def overhead(examples, model_path: str, args: argparse.Namespace, workdir: Path)
         cotune_medians.append(statistics.median(result.step_seconds[1:]))
         bare_medians.append(statistics.median(bare_peft_steps(examples, model_path, config, args.overhead_steps)[1:]))
     c, b = statistics.median(cotune_medians), statistics.median(bare_medians)
-    return {"cotune_seconds_per_step": c, "bare_peft_seconds_per_step": b, "ratio": c / b,
-            "cotune_runs": cotune_medians, "bare_runs": bare_medians, "steps_per_run": args.overhead_steps,
-            "batch_size": config.batch_size}  # fmt: skip
+    return {
+        "cotune_seconds_per_step": c,
+        "bare_peft_seconds_per_step": b,
+        "ratio": c / b,
+        "cotune_runs": cotune_medians,
+        "bare_runs": bare_medians,
+        "steps_per_run": args.overhead_steps,
+        "batch_size": config.batch_size,
+    }
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     def stats(values: list[float]) -> dict[str, float]:
-        return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "n": len(values)}  # fmt: skip
+        return {
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values),
+        }
 
     if not runs:
         return {}
@@ -240,7 +287,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             out[f"theta_lr{lr:g}"] = stats([f["accuracy"] for f in rows]) | {
                 "seconds_per_step": statistics.fmean(f["seconds_per_step_median"] for f in rows),
                 "peak_memory_gb": max(f["peak_memory_gb"] for f in rows),
-                "failed_seeds": sum(1 for r in runs for f in r["finetune"] if f["learning_rate"] == lr and "error" in f),
+                "failed_seeds": sum(
+                    1 for r in runs for f in r["finetune"] if f["learning_rate"] == lr and "error" in f
+                ),
             }
     return out
 
@@ -259,8 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="cotune-ft-bench-") as tmp:
         workdir = Path(tmp)
-        lm = cotune.lm.load(args.model, cache=RequestCache(workdir / "requests.sqlite"),
-                            config=GenerationConfig(max_tokens=args.max_tokens))  # fmt: skip
+        lm = cotune.lm.load(
+            args.model,
+            cache=RequestCache(workdir / "requests.sqlite"),
+            config=GenerationConfig(max_tokens=args.max_tokens),
+        )
         runs = [] if args.overhead_only else [run_seed(lm, seed, args, workdir) for seed in args.seeds]
         traces_file = next(workdir.glob("seed*/traces.jsonl"), None)
         kept = passing(load_traces(traces_file)) if traces_file else []
@@ -272,23 +324,18 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "model": args.model,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": _cpus()},
         "summary": summarize(runs),
         "overhead": over,
         "runs": runs,
         "wall_seconds": time.time() - started,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(json.dumps({"summary": report["summary"], "overhead": {k: v for k, v in over.items() if "runs" not in k}},
-                     indent=2))  # fmt: skip
+    write_results(args.out, report)
+    print(
+        json.dumps(
+            {"summary": report["summary"], "overhead": {k: v for k, v in over.items() if "runs" not in k}}, indent=2
+        )
+    )
     return 0
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
 
 
 if __name__ == "__main__":

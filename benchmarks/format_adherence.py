@@ -15,14 +15,12 @@ Writes benchmarks/results/format_adherence.json. Targets: ≥ 99% parse constrai
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from bench import HERE, RESULTS, arguments, commit, cpu_model, write_results
+
 DATA = HERE.parent.parent / "shared" / "data"
 TASKS = ["iris", "gsm8k", "hotpotqa", "bbh:date_understanding", "bbh:logical_deduction_three_objects"]
 MODELS = ["smollm2-135m", "qwen2.5-coder-0.5b"]
@@ -70,24 +68,28 @@ def run_one(lm, task, n: int, constrained: bool, threads: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arguments(__doc__, RESULTS / "format_adherence.json")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--threads", type=int, default=50)
     ap.add_argument("--data-root", type=Path, default=DATA)
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "format_adherence.json")
-    ap.add_argument("--full-mask", action="store_true",
-                    help="fill every row's grammar bitmask every step (the reference for the optimistic check)")  # fmt: skip
+    ap.add_argument(
+        "--full-mask",
+        action="store_true",
+        help="fill every row's grammar bitmask every step (the reference for the optimistic check)",
+    )
     args = ap.parse_args()
+    started = time.perf_counter()
 
     import cotune as ct
     from cotune.hardware import cpu_has_bf16
     from cotune.tasks import load_task
 
     bf16_cpu = cpu_has_bf16()  # None where the CPU's flags cannot be read
+    where = {"commit": commit()["commit"], "cpu": cpu_model()}
 
-    out = {"n": args.n, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "runs": []}
+    out = {"n": args.n, "runs": []}
     if args.out.exists():  # keep the rows of other models and tasks when rerunning some
         old = json.loads(args.out.read_text())
         rerun = {(m, t) for m in args.models.split(",") for t in args.tasks.split(",")}
@@ -104,16 +106,20 @@ def main() -> None:
                 "bf16_cpu": bf16_cpu,
                 "created": time.strftime("%Y-%m-%d"),
                 "grammar_mask": "full" if args.full_mask else "optimistic",
-            }  # rows of one file may come from different machines
+                **where,
+            }  # rows of one file may come from different machines and commits
             for constrained in (True, False):
                 key = "constrained" if constrained else "free"
                 row[key] = run_one(lm, task, args.n, constrained, args.threads)
                 r = row[key]
-                print(f"{model:20s} {name:38s} {key:11s} parse {r['parse_rate']:.0%} acc {r['accuracy']:.2f} "
-                      f"tok/call {r['completion_tokens_per_call']:.0f} s/call {r['seconds_per_call']:.2f} "
-                      f"grammar {r['grammar_share_of_generation']:.1%}", flush=True)  # fmt: skip
+                print(
+                    f"{model:20s} {name:38s} {key:11s} parse {r['parse_rate']:.0%} acc {r['accuracy']:.2f} "
+                    f"tok/call {r['completion_tokens_per_call']:.0f} s/call {r['seconds_per_call']:.2f} "
+                    f"grammar {r['grammar_share_of_generation']:.1%}",
+                    flush=True,
+                )
             out["runs"].append(row)
-            args.out.write_text(json.dumps(out, indent=2))
+            write_results(args.out, out, started=started)
         lm.close()
     cons = [r["constrained"] for r in out["runs"]]
     out["targets"] = {
@@ -122,7 +128,7 @@ def main() -> None:
         "min_parse_rate_constrained": min(c["parse_rate"] for c in cons),
         "max_grammar_share": max(c["grammar_share_of_generation"] for c in cons),
     }
-    args.out.write_text(json.dumps(out, indent=2))
+    write_results(args.out, out, started=started)
     print(json.dumps(out["targets"], indent=2))
 
 

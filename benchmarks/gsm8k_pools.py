@@ -15,11 +15,11 @@ table's train split as `LabeledFewShot` draws them): do more worked examples hel
 from __future__ import annotations
 
 import argparse
-import json
 import random
+import time
 from pathlib import Path
 
-HERE = Path(__file__).parent
+from bench import RESULTS, arguments, write_results
 
 
 def demo_counts(text: str) -> list[int]:
@@ -34,7 +34,7 @@ def demo_counts(text: str) -> list[int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arguments(__doc__, RESULTS / "gsm8k_pools.json")
     ap.add_argument("programs", nargs="*", type=Path, help="saved programs (program.json) to score beside zero-shot")
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
@@ -46,8 +46,8 @@ def main() -> None:
     ap.add_argument(
         "--labeled", type=demo_counts, default=[], help="comma-separated demo counts k: also score k labeled demos"
     )
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "gsm8k_pools.json")
     args = ap.parse_args()
+    started = time.perf_counter()
 
     from cotune.evaluate.evaluate import evaluate
     from cotune.lm.registry import load
@@ -79,8 +79,7 @@ def main() -> None:
             result = evaluate(program, data, task.metric, num_threads=64, description=f"{name} {pool}")
             rows.append({"program": name, "pool": pool, "n": len(data), "accuracy": result.score})
             print(f"{name:<40} {pool:<10} {result.score:6.1%}  ({len(data)} questions)", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"model": args.model, "rows": rows}, indent=2))
+    write_results(args.out, {"benchmark": "gsm8k_pools", "model": args.model, "rows": rows}, started=started)
     print(f"wrote {args.out}")
 
 

@@ -14,24 +14,39 @@ equal the single-stream ones. Writes ``benchmarks/results/lm_throughput.json``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import statistics
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results" / "lm_throughput.json"
-TOPICS = ["volcanoes", "bees", "the moon", "rivers", "bread", "glaciers", "owls", "copper", "tides", "maple trees",
-          "lightning", "coral reefs", "bicycles", "salt", "comets", "wool"]  # fmt: skip
+from bench import RESULTS, arguments, write_results
+
+TOPICS = [
+    "volcanoes",
+    "bees",
+    "the moon",
+    "rivers",
+    "bread",
+    "glaciers",
+    "owls",
+    "copper",
+    "tides",
+    "maple trees",
+    "lightning",
+    "coral reefs",
+    "bicycles",
+    "salt",
+    "comets",
+    "wool",
+]
 
 
 def prompts(n: int) -> list[list[dict[str, str]]]:
-    return [[{"role": "user", "content": f"Explain how {TOPICS[i % len(TOPICS)]} work, in a few sentences."}] for i in range(n)]  # fmt: skip
+    return [
+        [{"role": "user", "content": f"Explain how {TOPICS[i % len(TOPICS)]} work, in a few sentences."}]
+        for i in range(n)
+    ]
 
 
 def single_stream(lm, batch, max_tokens: int) -> dict[str, Any]:
@@ -64,31 +79,38 @@ def coalesced(lm, batch, max_tokens: int, threads: int) -> dict[str, Any]:
 
 def _row(out, seconds: float, calls: int) -> dict[str, Any]:
     tokens = sum(c.completion_tokens for c in out)
-    return {"seconds": seconds, "completion_tokens": tokens, "tokens_per_s": tokens / seconds,
-            "generate_calls": calls, "texts": [c.text for c in out]}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "completion_tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "generate_calls": calls,
+        "texts": [c.text for c in out],
+    }
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     rates = [r["tokens_per_s"] for r in runs]
     best = max(runs, key=lambda r: r["tokens_per_s"])
-    return {"tokens_per_s_best": round(max(rates), 2), "tokens_per_s_median": round(statistics.median(rates), 2),
-            "tokens_per_s_all": [round(x, 2) for x in rates], "completion_tokens": best["completion_tokens"],
-            "seconds_best": round(best["seconds"], 2), "generate_calls": best["generate_calls"]}  # fmt: skip
+    return {
+        "tokens_per_s_best": round(max(rates), 2),
+        "tokens_per_s_median": round(statistics.median(rates), 2),
+        "tokens_per_s_all": [round(x, 2) for x in rates],
+        "completion_tokens": best["completion_tokens"],
+        "seconds_best": round(best["seconds"], 2),
+        "generate_calls": best["generate_calls"],
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = arguments(__doc__, RESULTS / "lm_throughput.json")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtypes", default="bfloat16,float32", help="comma-separated; 'auto' is the default choice")
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-
-    import torch
-    import transformers
+    started = time.perf_counter()
 
     from cotune.lm import registry
 
@@ -106,9 +128,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for d, lm in lms.items():
         single, merged = summarize(runs[d]["single"]), summarize(runs[d]["coalesced"])
         same = [a == b for a, b in zip(runs[d]["single"][0]["texts"], runs[d]["coalesced"][0]["texts"], strict=True)]
-        results[d] = {"dtype": lm.dtype, "single_stream": single, "coalesced": merged,
-                      "speedup": round(merged["tokens_per_s_best"] / single["tokens_per_s_best"], 2),
-                      "coalesced_outputs_equal_single": f"{sum(same)}/{len(same)}"}  # fmt: skip
+        results[d] = {
+            "dtype": lm.dtype,
+            "single_stream": single,
+            "coalesced": merged,
+            "speedup": round(merged["tokens_per_s_best"] / single["tokens_per_s_best"], 2),
+            "coalesced_outputs_equal_single": f"{sum(same)}/{len(same)}",
+        }
         lm.close()
     report = {
         "benchmark": "lm_throughput",
@@ -119,22 +145,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "max_tokens": args.max_tokens,
         "repeats": args.repeats,
         "results": results,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },  # fmt: skip
-        "versions": {
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
+        "machine": {"load_average_before": [round(x, 2) for x in load_before]},  # the record adds the load after
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_results(args.out, report, started=started)
     return report
 
 
@@ -142,6 +156,8 @@ if __name__ == "__main__":
     report = main()
     for dtype, r in report["results"].items():
         s, c = r["single_stream"], r["coalesced"]
-        print(f"{dtype}: single {s['tokens_per_s_best']} tok/s, {report['threads']} threads coalesced "
-              f"{c['tokens_per_s_best']} tok/s in {c['generate_calls']} generate calls (x{r['speedup']}); "
-              f"outputs equal {r['coalesced_outputs_equal_single']}")  # fmt: skip
+        print(
+            f"{dtype}: single {s['tokens_per_s_best']} tok/s, {report['threads']} threads coalesced "
+            f"{c['tokens_per_s_best']} tok/s in {c['generate_calls']} generate calls (x{r['speedup']}); "
+            f"outputs equal {r['coalesced_outputs_equal_single']}"
+        )

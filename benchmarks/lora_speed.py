@@ -9,27 +9,26 @@ The training examples are the built-in Iris program's own zero-shot calls on the
 LoRA r32/α64 on all linear layers, batch 4, float32 unless the hardware computes bf16 natively. One process,
 settings run one after another, so the ratios come from one run on one machine. Reported per setting:
 seconds per optimizer step (mean after the first), the one-off setup (model load, trunk pass, the exactness
-checks, saving), the speed-up over every layer without sharing, and the speed-up of sharing at that depth. Writes ``benchmarks/results/lora_speed.json``.
+checks, saving), the speed-up over every layer without sharing, and the speed-up of sharing at that depth.
+Writes ``benchmarks/results/lora_speed.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import tempfile
+import time
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent / "results" / "lora_speed.json"
+from bench import RESULTS, arguments, write_results
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arguments(__doc__, RESULTS / "lora_speed.json")
     ap.add_argument("--top", type=int, nargs="*", default=[0, 16, 8, 4], help="top_layers settings (0: every layer)")
     ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
+    started = time.perf_counter()
 
     import torch
 
@@ -52,17 +51,32 @@ def main() -> None:
     rows = []
     for top in args.top:
         for share in (False, True):
-            config = LoRAConfig(r=32, alpha=64, dropout=0.0, epochs=1, batch_size=4, learning_rate=3e-3,
-                                top_layers=top or None, share_prefix=share)  # fmt: skip
+            config = LoRAConfig(
+                r=32,
+                alpha=64,
+                dropout=0.0,
+                epochs=1,
+                batch_size=4,
+                learning_rate=3e-3,
+                top_layers=top or None,
+                share_prefix=share,
+            )
             with tempfile.TemporaryDirectory() as tmp:
-                result = train_lora(examples[:n_examples], base_model_path=lm.model_path,
-                                    output_dir=Path(tmp) / "a", config=config)  # fmt: skip
+                result = train_lora(
+                    examples[:n_examples], base_model_path=lm.model_path, output_dir=Path(tmp) / "a", config=config
+                )
             per_step = sum(result.step_seconds[1:]) / max(1, len(result.step_seconds) - 1)
-            rows.append({
-                "top_layers": top or None, "share_prefix": share, "steps": result.steps,
-                "seconds_per_step": round(per_step, 3), "setup_seconds": round(result.seconds - sum(result.step_seconds), 1),
-                "tokens_per_step": round(result.n_tokens / result.steps), "final_loss": round(result.final_loss, 4),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "top_layers": top or None,
+                    "share_prefix": share,
+                    "steps": result.steps,
+                    "seconds_per_step": round(per_step, 3),
+                    "setup_seconds": round(result.seconds - sum(result.step_seconds), 1),
+                    "tokens_per_step": round(result.n_tokens / result.steps),
+                    "final_loss": round(result.final_loss, 4),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     full = next((r["seconds_per_step"] for r in rows if r["top_layers"] is None and not r["share_prefix"]), None)
     for r in rows:
@@ -70,11 +84,15 @@ def main() -> None:
         alone = next(o for o in rows if o["top_layers"] == r["top_layers"] and not o["share_prefix"])
         r["speedup_of_sharing"] = round(alone["seconds_per_step"] / r["seconds_per_step"], 2)
     out = {
-        "benchmark": "lora_speed", "model": "smollm2-135m", "layers": 30, "batch_size": 4, "rows": rows,
-        "torch_threads": torch.get_num_threads(), "dtype": "float32 unless bf16 is native",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-    }  # fmt: skip
-    args.out.write_text(json.dumps(out, indent=2))
+        "benchmark": "lora_speed",
+        "model": "smollm2-135m",
+        "layers": 30,
+        "batch_size": 4,
+        "rows": rows,
+        "torch_threads": torch.get_num_threads(),
+        "dtype": "float32 unless bf16 is native",
+    }
+    write_results(args.out, out, started=started)
     print(f"wrote {args.out}")
 
 

@@ -24,8 +24,6 @@ tokens are counted either way. Writes ``benchmarks/results/medprompt.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import random
 import statistics
 import sys
@@ -34,15 +32,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results" / "medprompt.json"
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "bbh"
+from bench import RESULTS, ROOT, arguments, write_results
+
+DATA = ROOT / ".." / "shared" / "data" / "bbh"
 TASKS = ("hyperbaton", "logical_deduction_three_objects", "date_understanding")
 RUNGS = ("zero-shot", "few-shot", "+ CoT", "+ kNN", "+ ensemble")
 GPO_VARIANTS = ("zero-shot CoT", "OPRO-style", "GPO")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = arguments(__doc__, RESULTS / "medprompt.json")
     p.add_argument("--model", default="smollm2-135m", help="registry name or path (cotune.lm.load)")
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated BBH multiple-choice subtasks")
     p.add_argument("--data-dir", type=Path, default=DATA)
@@ -60,7 +59,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-gpo", action="store_true", help="skip the instruction-optimization part")
     p.add_argument("--num-threads", type=int, default=8)
     p.add_argument("--quick", action="store_true", help="10 train / 6 dev / 12 test, k=3, 2 GPO steps x 2 candidates")
-    p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.quick:
         args.train, args.dev, args.test, args.k = 10, 6, 12, 3
@@ -94,8 +92,11 @@ def score(name: str, program, testset, metric, args: argparse.Namespace, **extra
     agreements = [r.prediction["agreement"] for r in result.rows if r.prediction and "agreement" in r.prediction]
     if agreements:
         row["mean_agreement"] = statistics.fmean(agreements)
-    print(f"  {name:14s} acc {row['test_accuracy']:.3f}  tokens/q {row['tokens_per_question']:7.0f}  "
-          f"calls/q {row['calls_per_question']:.1f}  parse fails {row['parse_failures']}", file=sys.stderr)  # fmt: skip
+    print(
+        f"  {name:14s} acc {row['test_accuracy']:.3f}  tokens/q {row['tokens_per_question']:7.0f}  "
+        f"calls/q {row['calls_per_question']:.1f}  parse fails {row['parse_failures']}",
+        file=sys.stderr,
+    )
     return row
 
 
@@ -150,8 +151,13 @@ def instruction_optimization(task, lm, args: argparse.Namespace) -> list[dict[st
 
     cot = with_tokens(MultipleChoiceQA(task.program().choose.instruction).bind(lm), args.cot_tokens)
     rows = [score("zero-shot CoT", cot, task.test, task.metric, args)]
-    common = dict(num_steps=args.gpo_steps, candidates_per_step=args.gpo_candidates, minibatch_size=args.gpo_minibatch,
-                  num_threads=args.num_threads, seed=args.seed)  # fmt: skip
+    common = {
+        "num_steps": args.gpo_steps,
+        "candidates_per_step": args.gpo_candidates,
+        "minibatch_size": args.gpo_minibatch,
+        "num_threads": args.num_threads,
+        "seed": args.seed,
+    }
     variants = {
         "OPRO-style": GPO(task.metric, retrieval="topk", edit_budget="none", **common),
         "GPO": GPO(task.metric, **common),
@@ -160,8 +166,18 @@ def instruction_optimization(task, lm, args: argparse.Namespace) -> list[dict[st
         t0 = time.perf_counter()
         best = optimizer.compile(cot, trainset=task.train, valset=task.dev)
         compile_s = time.perf_counter() - t0
-        rows.append(score(name, best, task.test, task.metric, args, compile_seconds=compile_s,
-                          val_score=optimizer.best_score_, instruction=best.choose.instruction))  # fmt: skip
+        rows.append(
+            score(
+                name,
+                best,
+                task.test,
+                task.metric,
+                args,
+                compile_seconds=compile_s,
+                val_score=optimizer.best_score_,
+                instruction=best.choose.instruction,
+            )
+        )
     return rows
 
 
@@ -191,7 +207,11 @@ def table(per_task: dict[str, dict[str, Any]], key: str, names: tuple[str, ...],
             row = next((r for r in per_task[t].get(key, []) if r["rung"] == name), None)
             cells.append("–" if row is None else f"{row['test_accuracy']:.2f}")
         s = summary[name]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['test_accuracy_mean']:.3f} | {s['tokens_per_question_mean']:.0f} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {s['test_accuracy_mean']:.3f} | {s['tokens_per_question_mean']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -209,11 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         lm.cache = RequestCache(Path(tmp) / "requests.sqlite")  # fresh per run: every call is made here
         for subtask in args.tasks:
-            task = load_task(f"bbh:{subtask}", data_dir=args.data_dir, seed=args.seed,
-                             train=args.train, dev=args.dev, test=args.test)  # fmt: skip
+            task = load_task(
+                f"bbh:{subtask}", data_dir=args.data_dir, seed=args.seed, train=args.train, dev=args.dev, test=args.test
+            )
             if not is_multiple_choice(task):
                 raise SystemExit(f"--tasks: bbh:{subtask} is not multiple choice")
-            print(f"bbh:{subtask} ({len(task.train)} train / {len(task.dev)} dev / {len(task.test)} test)", file=sys.stderr)
+            print(
+                f"bbh:{subtask} ({len(task.train)} train / {len(task.dev)} dev / {len(task.test)} test)",
+                file=sys.stderr,
+            )
             t1 = time.perf_counter()
             rows, info = ladder(task, lm, args)
             per_task[subtask] = {"ladder": rows, "info": info, "options": len(task.test[0]["options"])}
@@ -225,18 +249,20 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "medprompt",
         "model": args.model,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "model_load_seconds": load_s},
-        "summary": {"ladder": summarize(per_task, "ladder", RUNGS), "instructions": summarize(per_task, "instructions", GPO_VARIANTS)},
+        "model_load_seconds": load_s,
+        "summary": {
+            "ladder": summarize(per_task, "ladder", RUNGS),
+            "instructions": summarize(per_task, "instructions", GPO_VARIANTS),
+        },
         "tasks": per_task,
-        "total_seconds": time.perf_counter() - t0,
+        "wall_seconds": time.perf_counter() - t0,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str))
+    write_results(args.out, report)
     print(table(per_task, "ladder", RUNGS, f"MedPrompt ladder ({args.model})"))
     if not args.no_gpo:
         print()
         print(table(per_task, "instructions", GPO_VARIANTS, f"Instruction optimization ({args.model})"))
-    print(f"\nwrote {args.out} in {report['total_seconds']:.0f} s")
+    print(f"\nwrote {args.out} in {report['wall_seconds']:.0f} s")
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,43 +23,56 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cotune.optimize.registry import build_optimizer, optimizer_names
+from bench import RESULTS, arguments, write_results
 
-RESULTS = Path(__file__).resolve().parent / "results" / "prompt_opt.json"
-OPTIMIZERS = ("zero-shot", *optimizer_names("prompt"))
+DEFAULT_OUT = RESULTS / "prompt_opt.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from cotune.optimize.registry import optimizer_names
+
+    optimizers = ("zero-shot", *optimizer_names("prompt"))
+    p = arguments(
+        __doc__,
+        None,
+        out_help=f"the results file (default: {DEFAULT_OUT.name}; {DEFAULT_OUT.stem}_quick.json with --quick)",
+    )
     p.add_argument("--model", default="smollm2-135m", help="registry name or path (cotune.lm.load)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--optimizers", default="zero-shot,bfrs,gpo", help=f"comma-separated, from: {', '.join(OPTIMIZERS)}")
+    p.add_argument("--optimizers", default="zero-shot,bfrs,gpo", help=f"comma-separated, from: {', '.join(optimizers)}")
     p.add_argument("--train", type=int, default=15, help="trainset size (from the task's train split)")
     p.add_argument("--val", type=int, default=35, help="valset size (the train split after --train)")
     p.add_argument("--test", type=int, default=50, help="test examples scored per program")
     p.add_argument("--num-candidates", type=int, default=6, help="BFRS candidates (paper: 6)")
     p.add_argument("--max-bootstrapped", type=int, default=3)
     p.add_argument("--max-labeled", type=int, default=3)
-    p.add_argument("--concurrent-candidates", type=int, default=None, help="BFRS candidates scored at once (default all)")
+    p.add_argument(
+        "--concurrent-candidates", type=int, default=None, help="BFRS candidates scored at once (default all)"
+    )
     p.add_argument("--gpo-steps", type=int, default=4)
     p.add_argument("--gpo-candidates", type=int, default=3)
     p.add_argument("--gpo-minibatch", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=96, help="generation limit per call")
     p.add_argument("--num-threads", type=int, default=8)
-    p.add_argument("--max-batch-size", type=int, default=None, help="the local model's batch limit (default: backend's)")
-    p.add_argument("--quick", action="store_true", help="small sizes: 6 train / 10 val / 20 test, 3 candidates, 2 GPO steps")
-    p.add_argument("--resume", action="store_true", help="keep the runs already in --out (same settings) and do the rest")
-    p.add_argument("--out", type=Path, default=None, help=f"default {RESULTS.name} ({RESULTS.stem}_quick.json with --quick)")
+    p.add_argument(
+        "--max-batch-size", type=int, default=None, help="the local model's batch limit (default: backend's)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="small sizes: 6 train / 10 val / 20 test, 3 candidates, 2 GPO steps"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="keep the runs already in --out (same settings) and do the rest"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.train, args.val, args.test = 6, 10, 20
         args.num_candidates, args.gpo_steps, args.gpo_candidates, args.gpo_minibatch = 3, 2, 2, 10
     if args.out is None:
-        args.out = RESULTS.with_name(f"{RESULTS.stem}_quick.json") if args.quick else RESULTS
+        args.out = DEFAULT_OUT.with_name(f"{DEFAULT_OUT.stem}_quick.json") if args.quick else DEFAULT_OUT
     args.optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
-    unknown = [o for o in args.optimizers if o not in OPTIMIZERS]
+    unknown = [o for o in args.optimizers if o not in optimizers]
     if unknown:
-        p.error(f"unknown optimizer(s) {', '.join(unknown)} for --optimizers; choose from: {', '.join(OPTIMIZERS)}")
+        p.error(f"unknown optimizer(s) {', '.join(unknown)} for --optimizers; choose from: {', '.join(optimizers)}")
     if args.train + args.val > 50:
         p.error(f"--train {args.train} + --val {args.val} must fit the 50 training flowers")
     return args
@@ -83,6 +95,8 @@ def make_optimizer(name: str, metric, seed: int, args: argparse.Namespace):
             "minibatch_size": args.gpo_minibatch,
         },
     }.get(name, {})
+    from cotune.optimize.registry import build_optimizer
+
     return build_optimizer(name, metric, num_threads=args.num_threads, seed=seed, **params)
 
 
@@ -166,25 +180,24 @@ def previous_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
     return list(saved.get("runs", []))
 
 
-def write_report(args: argparse.Namespace, runs: list[dict[str, Any]], load_s: float) -> None:
+def write_report(args: argparse.Namespace, runs: list[dict[str, Any]], load_s: float, started: float) -> None:
     report = {
         "benchmark": "prompt_opt",
         "task": "iris",
         "model": args.model,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "model_load_seconds": load_s},
+        "model_load_seconds": load_s,
         "summary": summarize(runs),
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_results(args.out, report, started=started)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import cotune.lm
 
-    t0 = time.perf_counter()
+    t0 = started = time.perf_counter()
     lm = cotune.lm.load(args.model, **({"max_batch_size": args.max_batch_size} if args.max_batch_size else {}))
     load_s = time.perf_counter() - t0
     runs = previous_runs(args) if args.resume else []
@@ -195,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             run = run_one(name, seed, lm, args)
             runs.append(run)
-            write_report(args, runs, load_s)  # after every run, so a killed benchmark keeps what it measured
+            write_report(args, runs, load_s, started)  # after every run, so a killed benchmark keeps what it measured
             print(
                 f"seed {seed} {name:9s} test acc {run['test_accuracy']:.3f}  compile {run['compile_seconds']:.1f}s"
                 f"  ({run['compile_calls']} calls)",

@@ -13,15 +13,13 @@ the CPUs each. ``same_scores`` says whether every strategy's dev and test means 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from bench import HERE, RESULTS, arguments, write_results
+
 SCORES = ("test_mean", "test_std", "dev_mean", "dev_std")
 
 
@@ -41,13 +39,18 @@ def timed_run(data: dict, name: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arguments(
+        __doc__,
+        None,
+        out_help="the results file (default: benchmarks/results/ray_grid.json; "
+        "with --quick ray_grid_quick.json in the temp folder)",
+    )
     ap.add_argument("--config", type=Path, default=HERE / "configs" / "iris.yaml")
     ap.add_argument("--seeds", type=int, default=None, help="override the config's seeds with 0..N-1")
     ap.add_argument("--ray", default="local", help="the Ray cluster: local (default), auto or an address")
     ap.add_argument("--quick", action="store_true", help="iris on 8/4/4 examples, zero-shot and a bootstrap Π step")
-    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    started = time.perf_counter()
 
     from cotune.experiment.config import ExperimentConfig
 
@@ -55,8 +58,14 @@ def main() -> None:
     if args.seeds:
         data["seeds"] = list(range(args.seeds))
     if args.quick:
-        data |= {"train_size": 8, "dev_size": 4, "test_size": 4, "strategies": ["zero-shot", "p"], "threads": 8,
-                 "prompt": data["prompt"] | {"optimizer": "bootstrap", "max_bootstrapped_demos": 1, "max_labeled_demos": 1}}  # fmt: skip
+        data |= {
+            "train_size": 8,
+            "dev_size": 4,
+            "test_size": 4,
+            "strategies": ["zero-shot", "p"],
+            "threads": 8,
+            "prompt": data["prompt"] | {"optimizer": "bootstrap", "max_bootstrapped_demos": 1, "max_labeled_demos": 1},
+        }
     data["out_dir"] = tempfile.mkdtemp(prefix="cotune-ray-grid-runs-")
 
     sequential = timed_run(data | {"ray": None}, "sequential")
@@ -73,12 +82,10 @@ def main() -> None:
         "on_ray": on_ray,
         "speedup": sequential["wall_seconds"] / on_ray["wall_seconds"],
         "same_scores": scores(sequential["table"]) == scores(on_ray["table"]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
     }
-    default = Path(tempfile.gettempdir()) / "ray_grid_quick.json" if args.quick else HERE / "results" / "ray_grid.json"
+    default = Path(tempfile.gettempdir()) / "ray_grid_quick.json" if args.quick else RESULTS / "ray_grid.json"
     path = args.out or default
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2, default=str))
+    write_results(path, out, started=started)
     print(f"{'strategy':<10} {'sequential test':>16} {'ray test':>16}")
     ray_rows = {r["strategy"]: r for r in on_ray["table"]}
     for r in sequential["table"]:

@@ -13,15 +13,15 @@ prompt computed in round 0 is not computed again). All in one process, one after
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
-from pathlib import Path
 
-OUT = Path(__file__).resolve().parent / "results" / "rollouts.json"
+from bench import RESULTS, arguments, write_results
 
 
 def main() -> None:
+    args = arguments(__doc__, RESULTS / "rollouts.json").parse_args()
+    started = time.perf_counter()
+
     import cotune as ct
     from cotune.optimize import rollouts as traces_mod
     from cotune.tasks import load_task
@@ -33,30 +33,55 @@ def main() -> None:
     store, rows, keys = lm.engine.prefixes, [], {}
     capacity = store.max_bytes
     grouped = traces_mod.ROUND_FILL
-    for name, fill, keep in (("one at a time", 1, False), ("grouped", grouped, False),
-                             ("grouped, prompts kept", grouped, True)):  # fmt: skip
+    for name, fill, keep in (
+        ("one at a time", 1, False),
+        ("grouped", grouped, False),
+        ("grouped, prompts kept", grouped, True),
+    ):
         traces_mod.ROUND_FILL = fill
         store.clear()
         store.max_bytes = capacity if keep else 0
         t0 = time.perf_counter()
-        runs = traces_mod.collect_traces(program, task.train, task.metric, num_rollouts=16, temperature=2.0,
-                                         num_threads=64, seed=0, stop_at_first_pass=True)  # fmt: skip
+        runs = traces_mod.collect_traces(
+            program,
+            task.train,
+            task.metric,
+            num_rollouts=16,
+            temperature=2.0,
+            num_threads=64,
+            seed=0,
+            stop_at_first_pass=True,
+        )
         seconds = time.perf_counter() - t0
         keys[name] = [(t.example_index, t.rollout_id, t.score) for t in runs]
-        rows.append({"mode": name, "round_fill": fill, "prefix_store": keep, "seconds": round(seconds, 1),
-                     "traces": len(runs), "passed": sum(t.passed() for t in runs),
-                     "reused_prompt_tokens": store.stats.reused_tokens if keep else 0})  # fmt: skip
+        rows.append(
+            {
+                "mode": name,
+                "round_fill": fill,
+                "prefix_store": keep,
+                "seconds": round(seconds, 1),
+                "traces": len(runs),
+                "passed": sum(t.passed() for t in runs),
+                "reused_prompt_tokens": store.stats.reused_tokens if keep else 0,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     out = {
-        "benchmark": "rollouts", "model": "smollm2-135m", "task": "iris train (50)", "rollouts": 16,
-        "temperature": 2.0, "rows": rows, "speedup": round(rows[0]["seconds"] / rows[1]["seconds"], 2),
+        "benchmark": "rollouts",
+        "model": "smollm2-135m",
+        "task": "iris train (50)",
+        "rollouts": 16,
+        "temperature": 2.0,
+        "rows": rows,
+        "speedup": round(rows[0]["seconds"] / rows[1]["seconds"], 2),
         "speedup_of_kept_prompts": round(rows[1]["seconds"] / rows[2]["seconds"], 2),
         "same_traces": len({json.dumps(k) for k in keys.values()}) == 1,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-    }  # fmt: skip
-    OUT.write_text(json.dumps(out, indent=2))
-    print(f"grouping {out['speedup']}x, kept prompts {out['speedup_of_kept_prompts']}x more, same traces: "
-          f"{out['same_traces']}; wrote {OUT}")
+    }
+    write_results(args.out, out, started=started)
+    print(
+        f"grouping {out['speedup']}x, kept prompts {out['speedup_of_kept_prompts']}x more, same traces: "
+        f"{out['same_traces']}; wrote {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -36,9 +36,7 @@ to compare (the target is cotune >= 3x faster at equal or better accuracy).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -48,11 +46,17 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results" / "vs_dspy_bfrs.json"
+from bench import RESULTS, arguments, write_results
+
+DEFAULT_OUT = RESULTS / "vs_dspy_bfrs.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = arguments(
+        __doc__,
+        None,
+        out_help=f"the results file (default: {DEFAULT_OUT.name}; {DEFAULT_OUT.stem}_quick.json with --quick)",
+    )
     p.add_argument("--model", default="smollm2-135m", help="registry name served on the endpoint")
     p.add_argument("--num-candidates", type=int, default=6, help="candidate programs in all (paper: 6; >= 3)")
     p.add_argument("--max-bootstrapped", type=int, default=3)
@@ -68,14 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="Iris split seed and cotune's search seed")
     p.add_argument("--order", default="dspy,cotune", help="which side compiles first (comma-separated)")
     p.add_argument("--quick", action="store_true", help="3 candidates, 6 train / 10 val / 20 test")
-    p.add_argument(
-        "--out", type=Path, default=None, help=f"default {RESULTS.name} ({RESULTS.stem}_quick.json with --quick)"
-    )
     args = p.parse_args(argv)
     if args.quick:
         args.num_candidates, args.train, args.val, args.test_limit = 3, 6, 10, 20
     if args.out is None:
-        args.out = RESULTS.with_name(f"{RESULTS.stem}_quick.json") if args.quick else RESULTS
+        args.out = DEFAULT_OUT.with_name(f"{DEFAULT_OUT.stem}_quick.json") if args.quick else DEFAULT_OUT
     if args.num_candidates < 3:
         p.error(f"--num-candidates {args.num_candidates}: DSPy always builds its 3 fixed candidates; use >= 3")
     if args.train + args.val > 50:
@@ -241,6 +242,7 @@ def run_dspy(task, trainset, valset, testset, url: str, args: argparse.Namespace
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    started = time.perf_counter()
     # litellm otherwise tries to fetch a price list from the internet at import.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     try:
@@ -292,18 +294,12 @@ def main(argv: list[str] | None = None) -> int:
             "litellm": _version("litellm"),
             "torch": _version("torch"),
             "transformers": _version("transformers"),
-            "python": platform.python_version(),
         },
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "model_load_seconds": load_s,
-            "note": "shared machine (other jobs running); absolute times vary with load, compare the ratio",
-        },
+        "model_load_seconds": load_s,
+        "machine": {"note": "shared machine (other jobs running); absolute times vary with load, compare the ratio"},
         "sides": sides,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_results(args.out, report, started=started)
     print(
         f"compile: dspy {sides['dspy']['compile_seconds']:.1f}s  cotune {sides['cotune']['compile_seconds']:.1f}s  "
         f"ratio {ratio:.2f}x   test acc: dspy {sides['dspy']['test_accuracy']:.3f}  "

@@ -1,7 +1,7 @@
 """Constrained decoding for local models: a `Constraint` compiled for a tokenizer, applied per step.
 
 The grammar engine is xgrammar, chosen by measured per-token cost on this class of CPU (see
-benchmarks/grammar_engines.py; it is also what vLLM and SGLang use on GPUs). `GrammarEngine` compiles a
+benchmarks/archive/grammar_engines.py; it is also what vLLM and SGLang use on GPUs). `GrammarEngine` compiles a
 constraint once per tokenizer (cached) and builds a logits processor for one batch: each step it
 advances every row's matcher with the token just chosen and makes sure the next choice is one the
 grammar allows. Filling a row's allowed-token bitmask is the costly part (~0.8 ms for Qwen's 151k-token

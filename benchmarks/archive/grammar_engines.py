@@ -1,7 +1,7 @@
 """Per-token overhead of constrained decoding on CPU: xgrammar vs llguidance vs outlines-core.
 
-    .venv/bin/python benchmarks/grammar_engines.py                  # every embedded model found, ~3-4 min
-    .venv/bin/python benchmarks/grammar_engines.py --models smollm2-135m --reps 10 --batch-reps 3   # quicker
+    .venv/bin/python benchmarks/archive/grammar_engines.py                  # every embedded model found, ~3-4 min
+    .venv/bin/python benchmarks/archive/grammar_engines.py --models smollm2-135m --reps 10 --batch-reps 3   # quicker
 
 For each engine, each grammar (``iris_cot``, ``gsm8k_cot``, ``json_obj``, each written in the engine's own
 input language: xgrammar EBNF / JSON schema, llguidance Lark / JSON schema, outlines-core regex) and the real
@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results" / "grammar_engines.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "grammar_engines.json"
 MODELS = ["smollm2-135m", "qwen2.5-coder-0.5b"]
 ENGINES = ["xgrammar", "llguidance", "outlines_core"]
 BATCHES = [16, 50]
@@ -61,7 +61,7 @@ SAMPLES = {
     "iris_cot": "Reasoning: The petal length is 4.7 cm and the petal width is 1.4 cm, which is typical of versicolor.\nSpecies: versicolor",
     "gsm8k_cot": "Reasoning: Natalia sold 48/2 = 24 clips in May.\nAltogether she sold 48+24 = 72 clips.\nAnswer: 72",
     "json_obj": '{"reasoning": "48/2 = 24; 48+24 = 72", "answer": 72}',
-}  # fmt: skip
+}
 LABELS = {"iris_cot": "Species", "gsm8k_cot": "Answer"}
 
 
@@ -101,8 +101,14 @@ def value_regex(grammar: str) -> str:
 
 def xgrammar_ebnf(grammar: str) -> str:
     label = LABELS[grammar]
-    return "\n".join([f'root ::= "Reasoning: " first cont* "\\n{label}: " ({value_ebnf(grammar)})',
-                      "first ::= [^\\n]*", 'cont ::= "\\n" l0', *not_prefix_ebnf(label + ":")])  # fmt: skip
+    return "\n".join(
+        [
+            f'root ::= "Reasoning: " first cont* "\\n{label}: " ({value_ebnf(grammar)})',
+            "first ::= [^\\n]*",
+            'cont ::= "\\n" l0',
+            *not_prefix_ebnf(label + ":"),
+        ]
+    )
 
 
 def reasoning_regex(grammar: str) -> str:
@@ -119,8 +125,9 @@ def llguidance_lark(grammar: str) -> str:
     # would swallow "\nSpecies" (a line may start with "Species" without the colon) and then fail at ":".
     label = LABELS[grammar]
     value = " | ".join(f'"{s}"' for s in SPECIES) if grammar == "iris_cot" else f"/{NUMBER_RE}/"
-    return "\n".join(['start: "Reasoning: " body value', f"body: /{reasoning_regex(grammar)}\\n{label}: /",
-                      f"value: {value}"])  # fmt: skip
+    return "\n".join(
+        ['start: "Reasoning: " body value', f"body: /{reasoning_regex(grammar)}\\n{label}: /", f"value: {value}"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -129,8 +136,13 @@ def llguidance_lark(grammar: str) -> str:
 def stats_us(samples_ns: list[int], per: int = 1) -> dict[str, float]:
     xs = sorted(s / 1000 / per for s in samples_ns)
     q = statistics.quantiles(xs, n=20, method="inclusive") if len(xs) > 1 else xs * 19
-    return {"mean": round(statistics.fmean(xs), 2), "p50": round(statistics.median(xs), 2), "p95": round(q[18], 2),
-            "min": round(xs[0], 2), "n": len(xs)}  # fmt: skip
+    return {
+        "mean": round(statistics.fmean(xs), 2),
+        "p50": round(statistics.median(xs), 2),
+        "p95": round(q[18], 2),
+        "min": round(xs[0], 2),
+        "n": len(xs),
+    }
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -209,13 +221,19 @@ class XGrammar(Engine):
         for token, i in tokenizer.get_vocab().items():
             if i < vocab and not (i in added and added[i].special):
                 encoded[i] = token
-        return xgr.TokenizerInfo(encoded, detected.vocab_type, vocab_size=vocab, stop_token_ids=[eos],
-                                 add_prefix_space=detected.add_prefix_space)  # fmt: skip
+        return xgr.TokenizerInfo(
+            encoded,
+            detected.vocab_type,
+            vocab_size=vocab,
+            stop_token_ids=[eos],
+            add_prefix_space=detected.add_prefix_space,
+        )
 
     def compile(self, grammar):
         if grammar == "json_obj":
-            return self.compiler.compile_json_schema(json.dumps(JSON_SCHEMA), any_whitespace=False,
-                                                     separators=(", ", ": "), strict_mode=True)  # fmt: skip
+            return self.compiler.compile_json_schema(
+                json.dumps(JSON_SCHEMA), any_whitespace=False, separators=(", ", ": "), strict_mode=True
+            )
         return self.compiler.compile_grammar(xgrammar_ebnf(grammar))
 
     def matcher(self, compiled):
@@ -257,8 +275,9 @@ class LLGuidance(Engine):
 
     def compile(self, grammar):
         if grammar == "json_obj":
-            text = self.llg.LLMatcher.grammar_from_json_schema(JSON_SCHEMA, defaults={
-                "whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "})  # fmt: skip
+            text = self.llg.LLMatcher.grammar_from_json_schema(
+                JSON_SCHEMA, defaults={"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+            )
         else:
             text = self.llg.LLMatcher.grammar_from_lark(llguidance_lark(grammar))
         m = self.llg.LLMatcher(self.tok, text, log_level=1)
@@ -426,8 +445,11 @@ class Job:
         out: dict[str, Any] = {}
         for key, d in self.samples.items():
             b = 1 if key == "single" else int(key[5:].split("_")[0])
-            row = {"us_per_token": stats_us(d["total"], per=b), "mask_us_per_token": stats_us(d["mask"], per=b),
-                   "advance_us_per_token": stats_us(d["advance"], per=b)}  # fmt: skip
+            row = {
+                "us_per_token": stats_us(d["total"], per=b),
+                "mask_us_per_token": stats_us(d["mask"], per=b),
+                "advance_us_per_token": stats_us(d["advance"], per=b),
+            }
             if b > 1:
                 row["us_per_step"] = stats_us(d["total"])
             else:  # where along the completion the time goes (see the model's "completions" for the tokens)
@@ -467,9 +489,13 @@ def mask_agreement(jobs: list[Job]) -> dict[str, Any]:
         return {}
     steps = len(have[0].tokens)
     differ = [s for s in range(steps) if any(not torch.equal(have[0].masks[s], j.masks[s]) for j in have[1:])]
-    return {"engines": [j.engine.name for j in have], "steps": steps, "steps_identical": steps - len(differ),
-            "allowed_tokens_per_step": {j.engine.name: [popcount(m) for m in j.masks] for j in have},
-            "differing_steps": differ}  # fmt: skip
+    return {
+        "engines": [j.engine.name for j in have],
+        "steps": steps,
+        "steps_identical": steps - len(differ),
+        "allowed_tokens_per_step": {j.engine.name: [popcount(m) for m in j.masks] for j in have},
+        "differing_steps": differ,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- logits mask
@@ -554,8 +580,10 @@ class DecodeStep:
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"dtype": "bfloat16", "kv_len": KV_LEN, "load_ms": round(self.load_ms, 1)}
         for b, xs in self.samples.items():
-            out[str(b)] = {"step_ms": {k: round(v / 1000, 3) if k != "n" else v for k, v in stats_us(xs).items()},
-                           "all_ms": [round(x / 1e6, 1) for x in xs]}  # fmt: skip
+            out[str(b)] = {
+                "step_ms": {k: round(v / 1000, 3) if k != "n" else v for k, v in stats_us(xs).items()},
+                "all_ms": [round(x / 1e6, 1) for x in xs],
+            }
         return out
 
 
@@ -605,8 +633,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tokenizer = AutoTokenizer.from_pretrained(path)
         vocab = AutoConfig.from_pretrained(path).vocab_size  # logits width; may exceed the tokenizer's
         eos = tokenizer.eos_token_id
-        per_model: dict[str, Any] = {"vocab_size": vocab, "eos_token_id": eos, "tokenizer_prep_ms": {},
-                                     "completions": {}, "grammars": {g: {} for g in grammars}}  # fmt: skip
+        per_model: dict[str, Any] = {
+            "vocab_size": vocab,
+            "eos_token_id": eos,
+            "tokenizer_prep_ms": {},
+            "completions": {},
+            "grammars": {g: {} for g in grammars},
+        }
         engines: dict[str, Engine] = {}
         for name in args.engines.split(","):
             try:
@@ -625,9 +658,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     compiled, first = timed(lambda e=engine, g=g: e.compile(g))
                     second = timed(lambda e=engine, g=g: e.compile(g))[1]
                     _, matcher_ms = timed(lambda e=engine, c=compiled: e.matcher(c))
-                    row["compile_ms"] = {"first": round(first, 2), "second": round(second, 2),
-                                         "second_is_cache_hit": engine.caches,
-                                         "new_matcher_us": round(matcher_ms * 1000, 1)}  # fmt: skip
+                    row["compile_ms"] = {
+                        "first": round(first, 2),
+                        "second": round(second, 2),
+                        "second_is_cache_hit": engine.caches,
+                        "new_matcher_us": round(matcher_ms * 1000, 1),
+                    }
                     job = Job(engine, g, compiled, tokens)
                     job.row = row
                     jobs.append(job)
@@ -682,7 +718,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "decode_reps": args.decode_reps,
             "batch_note": "all sequences of a batch replay the same completion; 'loop' = a Python loop "
             "over the matchers, 'par' = the engine's parallel batch API",
-        },  # fmt: skip
+        },
         "results": results,
         "mask_agreement": agreement,
         "apply_mask_us": apply_costs,
@@ -706,7 +742,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "xgrammar": _version("xgrammar", xgrammar),
             "llguidance": _version("llguidance", llguidance),
             "outlines_core": _version("outlines_core", outlines_core),
-        },  # fmt: skip
+        },
         "runtime_s": round(time.perf_counter() - started, 1),
         "out": str(args.out),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -777,10 +813,14 @@ def summarize(results, decode, apply_costs) -> tuple[list[dict[str, Any]], dict[
                 if "error" in row:
                     t["error"] = row["error"]
                 if "single" in row:
-                    t |= {"compile_first_ms": row["compile_ms"]["first"], "compile_second_ms": row["compile_ms"]["second"],
-                          "compile_plus_cold_replay_ms": round(row["compile_ms"]["first"] + row["cold_replay_ms"], 2),
-                          "single_us_per_token": row["single"]["us_per_token"]["mean"],
-                          "single_p50": row["single"]["us_per_token"]["p50"], "single_p95": row["single"]["us_per_token"]["p95"]}  # fmt: skip
+                    t |= {
+                        "compile_first_ms": row["compile_ms"]["first"],
+                        "compile_second_ms": row["compile_ms"]["second"],
+                        "compile_plus_cold_replay_ms": round(row["compile_ms"]["first"] + row["cold_replay_ms"], 2),
+                        "single_us_per_token": row["single"]["us_per_token"]["mean"],
+                        "single_p50": row["single"]["us_per_token"]["p50"],
+                        "single_p95": row["single"]["us_per_token"]["p95"],
+                    }
                 for b in BATCHES:
                     best = best_batch_mode(row, b)
                     if not best:
@@ -789,9 +829,13 @@ def summarize(results, decode, apply_costs) -> tuple[list[dict[str, Any]], dict[
                     step_us = r["us_per_step"]["mean"]
                     kernels = apply_costs.get(model, {}).get(str(b), {})
                     apply_us = min((v["mean"] for v in kernels.values() if isinstance(v, dict)), default=0.0)
-                    t |= {f"batch{b}_us_per_token": r["us_per_token"]["mean"], f"batch{b}_mode": mode,
-                          f"batch{b}_p50": r["us_per_token"]["p50"], f"batch{b}_p95": r["us_per_token"]["p95"],
-                          f"batch{b}_us_per_step": step_us}  # fmt: skip
+                    t |= {
+                        f"batch{b}_us_per_token": r["us_per_token"]["mean"],
+                        f"batch{b}_mode": mode,
+                        f"batch{b}_p50": r["us_per_token"]["p50"],
+                        f"batch{b}_p95": r["us_per_token"]["p95"],
+                        f"batch{b}_us_per_step": step_us,
+                    }
                     steps = [("smollm2_step", ref)] + ([("own_step", own)] if model != "smollm2-135m" else [])
                     for label, dec in steps:
                         if str(b) in dec:
@@ -799,13 +843,19 @@ def summarize(results, decode, apply_costs) -> tuple[list[dict[str, Any]], dict[
                             t[f"batch{b}_pct_of_{label}"] = round(100 * step_us / dec_us, 2)
                             t[f"batch{b}_pct_of_{label}_with_apply"] = round(100 * (step_us + apply_us) / dec_us, 2)
                             t[f"batch{b}_pct_of_{label}_p50"] = round(
-                                100 * r["us_per_step"]["p50"] / (dec[str(b)]["step_ms"]["p50"] * 1000), 2)  # fmt: skip
-                            overhead.setdefault(model, {}).setdefault(g, {}).setdefault(name, {})[f"batch{b}_vs_{label}"] = {
+                                100 * r["us_per_step"]["p50"] / (dec[str(b)]["step_ms"]["p50"] * 1000), 2
+                            )
+                            overhead.setdefault(model, {}).setdefault(g, {}).setdefault(name, {})[
+                                f"batch{b}_vs_{label}"
+                            ] = {
                                 "mask_advance_pct": t[f"batch{b}_pct_of_{label}"],
                                 "mask_advance_apply_pct": t[f"batch{b}_pct_of_{label}_with_apply"],
-                                "mask_advance_us_per_step": step_us, "apply_us_fastest_kernel": apply_us,
-                                "decode_step_us": round(dec_us, 1), "mode": mode,
-                                "mask_advance_pct_p50": t[f"batch{b}_pct_of_{label}_p50"]}  # fmt: skip
+                                "mask_advance_us_per_step": step_us,
+                                "apply_us_fastest_kernel": apply_us,
+                                "decode_step_us": round(dec_us, 1),
+                                "mode": mode,
+                                "mask_advance_pct_p50": t[f"batch{b}_pct_of_{label}_p50"],
+                            }
                 table.append(t)
     return table, overhead
 
@@ -836,21 +886,31 @@ def choose(table: list[dict[str, Any]]) -> dict[str, Any]:
     winner = next(iter(batched or single), None)
     winner_p50 = next(iter(batched_p50 or single_p50), None)
     failed = sorted({f"{t['engine']}/{t['model']}/{t['grammar']}" for t in table if "error" in t})
-    reasoning = (f"Geometric mean over (model, grammar) of each engine's per-token time relative to the fastest engine "
-                 f"of that cell (1.0 = fastest everywhere). Batch {big}, mean: {batched}; p50: {batched_p50}. "
-                 f"Single sequence, mean: {single}; p50: {single_p50}. First compile: {compile_}; first compile + "
-                 f"first (cold) replay: {cold}. Per model, batch {big}, mean: "
-                 f"{ {m: score(f'batch{big}_us_per_token', m) for m in models} }. "
-                 f"Lowest batched per-token overhead: {winner} (by mean)"
-                 + ("" if winner_p50 == winner else f", {winner_p50} by p50") + ".")  # fmt: skip
+    reasoning = (
+        f"Geometric mean over (model, grammar) of each engine's per-token time relative to the fastest engine "
+        f"of that cell (1.0 = fastest everywhere). Batch {big}, mean: {batched}; p50: {batched_p50}. "
+        f"Single sequence, mean: {single}; p50: {single_p50}. First compile: {compile_}; first compile + "
+        f"first (cold) replay: {cold}. Per model, batch {big}, mean: "
+        f"{ {m: score(f'batch{big}_us_per_token', m) for m in models} }. "
+        f"Lowest batched per-token overhead: {winner} (by mean)"
+        + ("" if winner_p50 == winner else f", {winner_p50} by p50")
+        + "."
+    )
     if failed:
         reasoning += f" Failed cells (not ranked): {failed}."
-    return {"engine": winner, "engine_by_p50": winner_p50, "relative_batched_mean": batched,
-            "relative_batched_p50": batched_p50, "relative_single_mean": single, "relative_single_p50": single_p50,
-            "relative_compile": compile_, "relative_compile_plus_cold_replay": cold,
-            "relative_batched_mean_per_model": {m: score(f"batch{big}_us_per_token", m) for m in models},
-            "relative_single_mean_per_model": {m: score("single_us_per_token", m) for m in models},
-            "reasoning": reasoning}  # fmt: skip
+    return {
+        "engine": winner,
+        "engine_by_p50": winner_p50,
+        "relative_batched_mean": batched,
+        "relative_batched_p50": batched_p50,
+        "relative_single_mean": single,
+        "relative_single_p50": single_p50,
+        "relative_compile": compile_,
+        "relative_compile_plus_cold_replay": cold,
+        "relative_batched_mean_per_model": {m: score(f"batch{big}_us_per_token", m) for m in models},
+        "relative_single_mean_per_model": {m: score("single_us_per_token", m) for m in models},
+        "reasoning": reasoning,
+    }
 
 
 if __name__ == "__main__":
@@ -859,10 +919,15 @@ if __name__ == "__main__":
         if "error" in t:
             print(f"{t['model']:20} {t['grammar']:10} {t['engine']:14} ERROR {t['error'][:100]}")
             continue
-        print(f"{t['model']:20} {t['grammar']:10} {t['engine']:14} compile {t['compile_first_ms']:8.1f} ms  "
-              f"single {t['single_us_per_token']:7.1f} us/tok  "
-              + "  ".join(f"b{b} {t.get(f'batch{b}_us_per_token', float('nan')):6.1f} us/tok "
-                          f"({t.get(f'batch{b}_pct_of_smollm2_step', float('nan'))}% of step)" for b in BATCHES))  # fmt: skip
+        print(
+            f"{t['model']:20} {t['grammar']:10} {t['engine']:14} compile {t['compile_first_ms']:8.1f} ms  "
+            f"single {t['single_us_per_token']:7.1f} us/tok  "
+            + "  ".join(
+                f"b{b} {t.get(f'batch{b}_us_per_token', float('nan')):6.1f} us/tok "
+                f"({t.get(f'batch{b}_pct_of_smollm2_step', float('nan'))}% of step)"
+                for b in BATCHES
+            )
+        )
     for m, d in report["decode_step"].items():
         print(m, {b: d.get(b, {}).get("step_ms") for b in map(str, BATCHES)})
     print("choice:", report["choice"]["reasoning"])

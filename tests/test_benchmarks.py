@@ -1,0 +1,105 @@
+"""The benchmark scripts: each answers --help quickly, and each writes its results through benchmarks/bench.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# Scripts, not the helper modules they import (fault_kill.py, ...): those have no __main__.
+SCRIPTS = sorted(
+    p for p in [*BENCHMARKS.glob("*.py"), *BENCHMARKS.glob("archive/*.py")] if '__name__ == "__main__"' in p.read_text()
+)
+# The archive keeps decision records as they ran; the live scripts share bench.py.
+LIVE = [p for p in SCRIPTS if p.parent == BENCHMARKS and p.name != "bench.py"]
+
+# Runs a script as `python benchmarks/<script>.py --help` would (its folder first on sys.path), then reports the
+# exit code and whether the heavy libraries got imported on the way.
+HELP = """
+import json, runpy, sys
+path = sys.argv[1]
+sys.path.insert(0, str(__import__("pathlib").Path(path).parent))
+sys.argv = [path, "--help"]
+try:
+    runpy.run_path(path, run_name="__main__")
+    code = 0
+except SystemExit as e:
+    code = e.code or 0
+print("\\nHELP-RESULT " + json.dumps({"code": code, "heavy": sorted(m for m in ("torch", "transformers") if m in sys.modules)}))
+"""
+
+
+def bench_module():
+    spec = importlib.util.spec_from_file_location("bench", BENCHMARKS / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def help_of(script: Path) -> tuple[str, dict, float]:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", HELP, str(script)], capture_output=True, text=True, timeout=60)
+    seconds = time.perf_counter() - t0
+    assert "HELP-RESULT " in proc.stdout, f"{script.name} --help crashed:\n{proc.stderr[-2000:]}"
+    text, _, result = proc.stdout.rpartition("HELP-RESULT ")
+    return text, json.loads(result), seconds
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict[str, tuple[str, dict, float]]:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip((s.name for s in SCRIPTS), pool.map(help_of, SCRIPTS), strict=True))
+
+
+def test_there_are_scripts_to_check():
+    assert len(LIVE) >= 10 and (BENCHMARKS / "archive" / "grammar_engines.py") in SCRIPTS
+
+
+@pytest.mark.parametrize("script", [s.name for s in SCRIPTS])
+def test_every_script_answers_help_without_heavy_imports(helps, script):
+    text, result, seconds = helps[script]
+    assert result["code"] == 0, text
+    assert text.lstrip().startswith("usage:"), text[:300]
+    # --help must not load torch or transformers (seconds, and a crash where they are absent)
+    assert result["heavy"] == [], f"{script} imports {result['heavy']} at module level"
+    assert seconds < 20, f"{script} --help took {seconds:.1f} s"
+
+
+@pytest.mark.parametrize("script", [s.name for s in LIVE])
+def test_every_live_script_takes_out_and_writes_through_bench(helps, script):
+    text, _, _ = helps[script]
+    assert "--out" in text
+    source = (BENCHMARKS / script).read_text()
+    assert "write_results(" in source, f"{script} writes its results without bench.write_results"
+    assert "import platform" not in source, f"{script} records the machine itself; use bench.machine_info"
+
+
+def test_results_say_commit_machine_and_wall_time(tmp_path):
+    bench = bench_module()
+    out = bench.write_results(
+        tmp_path / "r.json", {"benchmark": "x", "machine": {"note": "shared"}}, started=time.perf_counter() - 2
+    )
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "x"
+    assert data["commit"] is None or len(data["commit"]) == 40
+    assert "dirty" in data
+    machine = data["machine"]
+    assert machine["note"] == "shared"  # the script's machine keys join the record
+    assert isinstance(machine["cpu_flags"], list) and machine["cpu"] and machine["cpus"] >= 1
+    assert data["wall_seconds"] >= 2
+
+
+def test_a_results_file_without_wall_time_is_refused(tmp_path):
+    bench = bench_module()
+    with pytest.raises(ValueError, match="wall time"):
+        bench.write_results(tmp_path / "r.json", {"benchmark": "x"})
+    assert not (tmp_path / "r.json").exists()
+    kept = bench.write_results(tmp_path / "s.json", {"benchmark": "x", "wall_seconds": 7.5})
+    assert json.loads(kept.read_text())["wall_seconds"] == 7.5
