@@ -33,8 +33,11 @@ ALTERNATING = ("p-w", "w-p", "p-w-p")
 CONTROLS = ("p-p", "w-w")
 # The best alternating order must reach this (the targets): Iris an absolute accuracy, GSM8K zero-shot
 # plus 12 points, HotPotQA twice the zero-shot EM.
-BEST_TARGETS = {"iris": ("at least 95%", lambda zero: 0.95), "gsm8k": ("zero-shot + 12 points", lambda zero: zero + 0.12),
-                "hotpotqa": ("2 × zero-shot", lambda zero: 2 * zero)}  # fmt: skip
+BEST_TARGETS = {
+    "iris": ("at least 95%", lambda zero: 0.95),
+    "gsm8k": ("zero-shot + 12 points", lambda zero: zero + 0.12),
+    "hotpotqa": ("2 × zero-shot", lambda zero: 2 * zero),
+}
 
 
 def targets(task: str, table: dict[str, dict]) -> dict[str, bool | None]:
@@ -136,12 +139,18 @@ def main() -> None:
 
     sittings_file = run.path / "table1-sittings.json"
     sittings = json.loads(sittings_file.read_text()) if sittings_file.is_file() else []
-    t0 = time.perf_counter()
+    t0, started_at = time.perf_counter(), commit()  # the code this sitting runs is the code at its start
     try:
         runner.run(run)
     finally:  # a stopped sitting still counts its time toward the table's
-        sittings.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - (time.perf_counter() - t0))),
-                         "wall_seconds": time.perf_counter() - t0, "resumed": resumed, **commit()})  # fmt: skip
+        sittings.append(
+            {
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - (time.perf_counter() - t0))),
+                "wall_seconds": time.perf_counter() - t0,
+                "resumed": resumed,
+                **started_at,
+            }
+        )
         sittings_file.write_text(json.dumps(sittings, indent=2))
     results = run.results()
     table = {r["strategy"]: r for r in results["table"]}
@@ -151,15 +160,25 @@ def main() -> None:
     for name, row in table.items():
         row["test_metrics"] = extra.get(name, {})
     coverage = [
-        {"strategy": n["strategy"], "seed": n["seed"], "kept_runs": n["info"].get("n_passed_"),
-         "coverage": n["info"].get("coverage_")}
-        for n in results["nodes"] if n["steps"] and n["steps"][-1] == "w" and n.get("info")
-    ]  # fmt: skip
+        {
+            "strategy": n["strategy"],
+            "seed": n["seed"],
+            "kept_runs": n["info"].get("n_passed_"),
+            "coverage": n["info"].get("coverage_"),
+        }
+        for n in results["nodes"]
+        if n["steps"] and n["steps"][-1] == "w" and n.get("info")
+    ]
     selections = [
-        {"strategy": n["strategy"], "seed": n["seed"], "kept_start": n["info"].get("kept_start_"),
-         "selection": n["info"].get("selection_")}
-        for n in results["nodes"] if n["steps"] and n["steps"][-1] == "p" and n.get("info")
-    ]  # fmt: skip
+        {
+            "strategy": n["strategy"],
+            "seed": n["seed"],
+            "kept_start": n["info"].get("kept_start_"),
+            "selection": n["info"].get("selection_"),
+        }
+        for n in results["nodes"]
+        if n["steps"] and n["steps"][-1] == "p" and n.get("info")
+    ]
     wall = sum(s["wall_seconds"] for s in sittings)
     out = {
         "config": cfg.to_dict(),
@@ -176,12 +195,14 @@ def main() -> None:
         # the wall time is not a fresh run's.
         "request_cache": "kept" if args.keep_cache else "fresh (the run's own, kept across its sittings)",
     }
-    write_results(out_path, out)
+    write_results(out_path, out | started_at)  # the commit of this sitting's code, not of the tree at its end
     print(f"{'strategy':<10} {'test':>16} {'dev':>16} {'prompt tok':>10}  other metrics")
     for r in table.values():
         others = " ".join(f"{m}={v:.1%}" for m, v in r["test_metrics"].items())
-        print(f"{r['strategy']:<10} {r['test_mean']:>8.1%} ± {r['test_std']:<5.1%} {r['dev_mean']:>8.1%} ± "
-              f"{r['dev_std']:<5.1%} {r['prompt_tokens_per_call']:>10.0f}  {others}")  # fmt: skip
+        print(
+            f"{r['strategy']:<10} {r['test_mean']:>8.1%} ± {r['test_std']:<5.1%} {r['dev_mean']:>8.1%} ± "
+            f"{r['dev_std']:<5.1%} {r['prompt_tokens_per_call']:>10.0f}  {others}"
+        )
     print(f"wall time {wall / 60:.1f} min over {len(sittings)} sitting(s); targets: {out['targets']}; wrote {out_path}")
 
 
