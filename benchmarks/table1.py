@@ -83,6 +83,15 @@ def extra_metrics(run_path: Path, nodes: list[dict], task) -> dict[str, dict[str
     return {s: {m: statistics.fmean(v) for m, v in ms.items()} for s, ms in per.items()}
 
 
+def learned(nodes: list[dict], kind: str, **fields: str) -> list[dict]:
+    """For every node whose last step is ``kind``: its strategy, seed and the named learned attributes."""
+    return [
+        {"strategy": n["strategy"], "seed": n["seed"]} | {k: n["info"].get(attr) for k, attr in fields.items()}
+        for n in nodes
+        if n["steps"] and n["steps"][-1] == kind and n.get("info")
+    ]
+
+
 def open_run(args, cfg_data: dict):
     """(runner, run dir, whether it resumed): a new run, or the one in ``--run-dir`` resumed."""
     from cotune.experiment.config import ExperimentConfig
@@ -159,26 +168,9 @@ def main() -> None:
     extra = extra_metrics(run.path, results["nodes"], task)
     for name, row in table.items():
         row["test_metrics"] = extra.get(name, {})
-    coverage = [
-        {
-            "strategy": n["strategy"],
-            "seed": n["seed"],
-            "kept_runs": n["info"].get("n_passed_"),
-            "coverage": n["info"].get("coverage_"),
-        }
-        for n in results["nodes"]
-        if n["steps"] and n["steps"][-1] == "w" and n.get("info")
-    ]
-    selections = [
-        {
-            "strategy": n["strategy"],
-            "seed": n["seed"],
-            "kept_start": n["info"].get("kept_start_"),
-            "selection": n["info"].get("selection_"),
-        }
-        for n in results["nodes"]
-        if n["steps"] and n["steps"][-1] == "p" and n.get("info")
-    ]
+    # What each Θ step learned from (its kept runs' coverage, per class) and how each Π step chose.
+    coverage = learned(results["nodes"], "w", kept_runs="n_passed_", coverage="coverage_")
+    selections = learned(results["nodes"], "p", kept_start="kept_start_", selection="selection_")
     wall = sum(s["wall_seconds"] for s in sittings)
     out = {
         "config": cfg.to_dict(),

@@ -214,7 +214,6 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
         differs = best_program.fingerprint() != program.fingerprint()
         self.handoff_program_ = best_program if self.kept_start_ and differs else None
         if self.kept_start_:
-            self.best_score_ = self.start_score_
             emit(
                 events,
                 "random_search.kept_start",
@@ -223,25 +222,16 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
                 start_score=self.start_score_,
                 reason=f"best candidate: {comparison.describe()}",
             )
-            emit(
-                events,
-                "random_search.done",
-                best_index=self.best_index_,
-                best_score=self.best_score_,
-                best_kind=best_kind,
-                kept_start=True,
-            )
-            return program.deepcopy()
-        self.best_score_ = scores[self.best_index_]
+        self.best_score_ = self.start_score_ if self.kept_start_ else scores[self.best_index_]
         emit(
             events,
             "random_search.done",
             best_index=self.best_index_,
             best_score=self.best_score_,
             best_kind=best_kind,
-            kept_start=False,
+            kept_start=self.kept_start_,
         )
-        return outcomes[self.best_index_][0]
+        return program.deepcopy() if self.kept_start_ else best_program
 
     def _build(
         self, cand: Candidate, program: Program, trainset: list[Example], shared: _Shared, events: EventSink | None
