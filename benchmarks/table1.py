@@ -92,6 +92,27 @@ def learned(nodes: list[dict], kind: str, **fields: str) -> list[dict]:
     ]
 
 
+def sitting(t0: float, resumed: bool, started_at: dict) -> dict:
+    """One sitting's record: when it started, how long it ran, and the commit its code came from."""
+    seconds = time.perf_counter() - t0
+    started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - seconds))
+    return {"started": started, "wall_seconds": seconds, "resumed": resumed, **started_at}
+
+
+def finished_results(run, cfg) -> dict:
+    """The run's results; for a run not finished, a partial table of the nodes finished so far."""
+    from cotune.experiment.results import summarize
+    from cotune.optimize.strategy import parse_strategies, strategy_name
+
+    nodes = run.nodes()
+    names = [strategy_name(s) for s in parse_strategies(cfg.strategies)]
+    done = {(n["seed"], n["strategy"]) for n in nodes}
+    missing = [f"seed {seed} {name}" for seed in cfg.seeds for name in names if (seed, name) not in done]
+    if not missing and (run.path / run.RESULTS).is_file():
+        return run.results() | {"complete": True, "missing_nodes": []}
+    return {"nodes": nodes, "table": summarize(nodes, names), "complete": False, "missing_nodes": missing}
+
+
 def open_run(args, cfg_data: dict):
     """(runner, run dir, whether it resumed): a new run, or the one in ``--run-dir`` resumed."""
     from cotune.experiment.config import ExperimentConfig
@@ -128,6 +149,11 @@ def main() -> None:
     ap.add_argument("--run-dir", default=None, help="keep the run here; the same command again resumes it")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--keep-cache", action="store_true", help="reuse the user's request cache (timing flattered)")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the results from the run directory as it stands, running nothing (an unfinished run: partial)",
+    )
     args = ap.parse_args()
 
     from cotune.experiment.config import ExperimentConfig
@@ -150,18 +176,15 @@ def main() -> None:
     sittings = json.loads(sittings_file.read_text()) if sittings_file.is_file() else []
     t0, started_at = time.perf_counter(), commit()  # the code this sitting runs is the code at its start
     try:
-        runner.run(run)
-    finally:  # a stopped sitting still counts its time toward the table's
-        sittings.append(
-            {
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - (time.perf_counter() - t0))),
-                "wall_seconds": time.perf_counter() - t0,
-                "resumed": resumed,
-                **started_at,
-            }
-        )
-        sittings_file.write_text(json.dumps(sittings, indent=2))
-    results = run.results()
+        if not args.report_only:
+            runner.run(run)
+    except KeyboardInterrupt:  # Ctrl-C: what finished is written as a partial table; the same command resumes
+        print("interrupted: writing the nodes finished so far", flush=True)
+    finally:
+        if not args.report_only:  # a stopped sitting still counts its time toward the table's
+            sittings.append(sitting(t0, resumed, started_at))
+            sittings_file.write_text(json.dumps(sittings, indent=2))
+    results = finished_results(run, cfg)
     table = {r["strategy"]: r for r in results["table"]}
     sizes = {k: v for k, v in (("train", cfg.train_size), ("dev", cfg.dev_size), ("test", cfg.test_size)) if v}
     task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.split_seed, **sizes)
@@ -183,6 +206,8 @@ def main() -> None:
         "prompt_step_selections": selections,
         "theta_coverage": coverage,
         "failures": results.get("failures", []),
+        "complete": results["complete"],
+        "missing_nodes": results["missing_nodes"],
         # --keep-cache answers repeated requests from an earlier run's cache: the scores are those runs',
         # the wall time is not a fresh run's.
         "request_cache": "kept" if args.keep_cache else "fresh (the run's own, kept across its sittings)",
@@ -195,7 +220,13 @@ def main() -> None:
             f"{r['strategy']:<10} {r['test_mean']:>8.1%} ± {r['test_std']:<5.1%} {r['dev_mean']:>8.1%} ± "
             f"{r['dev_std']:<5.1%} {r['prompt_tokens_per_call']:>10.0f}  {others}"
         )
-    print(f"wall time {wall / 60:.1f} min over {len(sittings)} sitting(s); targets: {out['targets']}; wrote {out_path}")
+    state = (
+        "complete"
+        if out["complete"]
+        else f"PARTIAL ({len(out['missing_nodes'])} nodes to go: the same command resumes)"
+    )
+    print(f"wall time {wall / 60:.1f} min over {len(sittings)} sitting(s), {state}; targets: {out['targets']}")
+    print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":
