@@ -348,3 +348,18 @@ def test_min_p_drops_the_unlikely_tail(min_p, allowed):
     sampler = _seeded_sampler(list(range(200)), 1.0, 1.0, "cpu", min_p)
     picked = set(sampler(None, scores).argmax(dim=-1).tolist())
     assert picked == allowed
+
+
+@pytest.mark.integration
+def test_run_compute_runs_on_the_model_thread_after_queued_requests(smol):
+    """Training goes through `run_compute`: on the thread every generation runs on, so the process keeps one
+    team of compute threads; from that thread itself it runs at once (no deadlock)."""
+    import torch
+
+    worker = smol.run_compute(threading.current_thread)
+    assert worker is not threading.current_thread() and worker.name.startswith("cotune-hf-")
+    assert smol.run_compute(lambda: smol.run_compute(threading.current_thread)) is worker
+    assert smol.run_compute(lambda: float(torch.ones(2, 2).sum())) == 4.0
+    with pytest.raises(ZeroDivisionError):
+        smol.run_compute(lambda: 1 / 0)
+    assert smol(user("Say yes."), max_tokens=2).text  # the engine still answers after a failed call

@@ -366,3 +366,17 @@ def test_one_adapter_per_predictor_saves_and_loads_each_predictor_on_its_own(tra
     loaded = Parity().load(path)
     assert adapters(loaded) == expected
     assert likes[0] is None and likes[1] is not None  # the second predictor shares the first one's weights
+
+
+def test_training_runs_where_the_student_lm_computes(trained, tmp_path):
+    """The adapter trains through the LM's run_compute (a local engine: its model thread), not beside it."""
+    lm = student_lm("01234")
+    ran: list[int] = []
+
+    def run_compute(fn):
+        ran.append(len(trained))  # nothing trained yet when the LM is handed the training
+        return fn()
+
+    lm.run_compute = run_compute
+    BootstrapFinetune(metric, output_dir=tmp_path).compile(Parity().bind(lm), trainset=parity_data(range(100, 110)))
+    assert ran == [0] and len(trained) == 1

@@ -119,6 +119,9 @@ class CachedLM(LM):
     def runtime_lora(self) -> Any:
         return self.lm.runtime_lora()
 
+    def run_compute(self, fn: Callable[[], Any]) -> Any:
+        return self.lm.run_compute(fn)
+
     def cache_key(self, messages: Messages, config: GenerationConfig) -> str | None:
         return self.lm.cache_key(messages, config)
 

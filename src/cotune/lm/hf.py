@@ -12,9 +12,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import threading
 import time
 import weakref
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,14 @@ from cotune.lm.decode import decode
 from cotune.lm.head import contiguous_head_input
 from cotune.lm.prefix_store import PrefixStore
 from cotune.lm.weights import AdapterWeights
+
+
+@dataclass(frozen=True, eq=False)
+class ComputeCall:
+    """A function for the model thread (`HFEngine.call`): a batch key equal only to itself, so it runs alone."""
+
+    fn: Callable[[], Any]
+
 
 DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float32": "float32", "fp32": "float32",
           "float16": "float16", "fp16": "float16", "int8": "int8"}  # fmt: skip
@@ -123,8 +133,9 @@ class HFEngine:
         # The worker thread holds the engine only weakly: once no LM uses it, the model is freed and the
         # thread stops, even if nobody called close() (experiments load many models in one process).
         run = weakref.WeakMethod(self._run)
+        self._worker_name = f"cotune-hf-{Path(self.path).name}"
         self._worker = BatchWorker(lambda key, payloads: run()(key, payloads), max_batch_size=max_batch_size,
-                                   wait_ms=batch_wait_ms, name=f"cotune-hf-{Path(self.path).name}")  # fmt: skip
+                                   wait_ms=batch_wait_ms, name=self._worker_name)  # fmt: skip
         weakref.finalize(self, self._worker.close, wait=False)
 
     @property
@@ -139,11 +150,20 @@ class HFEngine:
         """Finish queued requests and stop the worker; later calls raise `LMError`."""
         self._worker.close()
 
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the model thread, after the requests queued before it, and return its result
+        (see `cotune.lm.base.LM.run_compute`); from the model thread itself, at once."""
+        if threading.current_thread().name == self._worker_name:
+            return fn()
+        return self._worker.submit(ComputeCall(fn), [None])[0].result()
+
     # -- everything below runs on the worker thread, the only one that touches the model --------------
 
     def _run(self, key: tuple, payloads: list[tuple[Messages, int]]) -> list[Completion]:
         import torch
 
+        if isinstance(key, ComputeCall):  # `call`: not a generation
+            return [key.fn()]
         config, adapter_key, adapter_path = key
         model = self.weights.model_for(adapter_key, adapter_path)
         texts = [self._render(messages) for messages, _ in payloads]
@@ -295,6 +315,10 @@ class HFLM(LM):
     @property
     def engine(self) -> HFEngine:
         return self._engine
+
+    def run_compute(self, fn: Callable[[], Any]) -> Any:
+        """``fn`` on the engine's model thread: one team of compute threads in the process."""
+        return self._engine.call(fn)
 
     def spec(self) -> dict[str, Any]:
         # int8 answers differ from the float weights' (the float dtypes follow the machine: "auto")

@@ -284,10 +284,15 @@ class BootstrapFinetune(Optimizer):
     ) -> TrainResult:
         init_adapter = target.lm.adapter if self.init == "continue" else None
         emit(events, "finetune.group", adapter=str(out), examples=len(examples), init_adapter=init_adapter)
-        return resolve_trainer(self.trainer).train(
-            examples, base_model_path=target.path, output_dir=out, config=config, base_model=target.name,
-            init_adapter=init_adapter, events=events,
-        )  # fmt: skip
+        trainer = resolve_trainer(self.trainer)
+        # On the model's own compute thread: a second thread computing with torch would leave two OpenMP teams
+        # in the process, and every generation after the training slower (`LM.run_compute`).
+        return target.lm.run_compute(
+            lambda: trainer.train(
+                examples, base_model_path=target.path, output_dir=out, config=config, base_model=target.name,
+                init_adapter=init_adapter, events=events,
+            )  # fmt: skip
+        )
 
 
 def _class_fields(predictors: Any) -> list[str]:
