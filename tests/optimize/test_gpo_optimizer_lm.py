@@ -56,9 +56,14 @@ def fake_registry(monkeypatch, tmp_path):
     """A registered model "fake-optimizer" whose `load` is a FakeLM that proposes BETTER; loads are recorded."""
     monkeypatch.setenv("COTUNE_CACHE_DIR", str(tmp_path / "cache"))
     source = registry.ModelSource(
-        name="fake-optimizer", description="", parameters="1B", modules=("cotune",), install="pip install fake",
-        gguf=lambda dirs, scratch: scratch, source="test",
-    )  # fmt: skip
+        name="fake-optimizer",
+        description="",
+        parameters="1B",
+        modules=("cotune",),
+        install="pip install fake",
+        gguf=lambda dirs, scratch: scratch,
+        source="test",
+    )
     monkeypatch.setitem(registry.MODELS, "fake-optimizer", source)
     loads = []
 

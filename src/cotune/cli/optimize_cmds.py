@@ -67,7 +67,9 @@ def run_optimize(
     check_out_file(out_path, force=force)  # before any LM call: the path, its folder, the overwrite rule
     the_task = _task(task, data_dir, split_seed)
     opt = build_optimizer(optimizer, the_task.metric, num_threads=threads, seed=seed, **params)  # before the model
+    evalset = the_task.split(evaluate_on) if evaluate_on else []  # an unknown split fails before the model loads
     program = _bind(the_task, model, cache, console)
+    say_how_long(opt, program, the_task.train, evalset, evaluate_on, threads, console)
     events = RichEvents(console)
     try:
         console.print(f"[bold]{optimizer}[/] on {task}: train {len(the_task.train)}, valset dev {len(the_task.dev)}")
@@ -76,7 +78,7 @@ def run_optimize(
         if evaluate_on:
             result = evaluate(
                 best,
-                the_task.split(evaluate_on),
+                evalset,
                 the_task.metric,
                 num_threads=threads,
                 events=events,
@@ -102,6 +104,46 @@ def run_optimize(
             evaluation_table(f"{optimizer} program on {evaluate_on}", summary, {"task": task, "model": best.lm.model})
         )
     out.print(f"saved {out_path}  (evaluate it: cotune eval --program {out_path})")
+
+
+def say_how_long(
+    opt: Any, program: Any, trainset: Any, evalset: Any, evaluate_on: str | None, threads: int, console: Console
+) -> None:
+    """For MedPrompt, whose defaults run for long on a CPU: how long it will take here, and what shortens it."""
+    from cotune.optimize.medprompt import MedPrompt
+
+    if not isinstance(opt, MedPrompt):
+        return
+    from cotune.optimize.work_estimate import measure_medprompt
+
+    with console.status("timing two batches of runs, to say how long this will take ..."):
+        work = measure_medprompt(opt, program, trainset, evalset, num_threads=threads)
+    if work is None:  # the request cache answered: a repeated command, fast anyway
+        return
+    console.print(estimate_line(work, evaluate_on), highlight=False)
+
+
+def estimate_line(work: Any, evaluate_on: str | None) -> str:
+    """``medprompt: about 39 min on this machine (...). Shorter: -P m=3 (about 24 min), ...``"""
+    parts = []
+    for p in work.phases:
+        where = f" on {evaluate_on}" if p.name == "ensemble" else ""
+        parts.append(f"{p.name}{where}: {p.runs} runs x {p.seconds_per_run:.1f} s")
+    shorter = [f"{setting} (about {duration(seconds)})" for setting, seconds in work.shorter]
+    ensemble = sum(p.seconds for p in work.phases if p.name == "ensemble")
+    if ensemble:
+        shorter.append(f"--eval-split '' (about {duration(work.seconds - ensemble)}, no {evaluate_on} score)")
+    line = f"medprompt: about {duration(work.seconds)} on this machine ({'; '.join(parts)})."
+    return line + (f" Shorter: {', '.join(shorter)}." if shorter else "")
+
+
+def duration(seconds: float) -> str:
+    """``40 s``, ``12 min``, ``2.1 hours``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} hours"
 
 
 def candidates_table(opt: Any) -> Table | None:
