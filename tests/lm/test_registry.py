@@ -22,9 +22,11 @@ def test_unknown_name_lists_the_registry_and_the_other_ways_in():
     with pytest.raises(UnknownChoiceError) as info:
         registry.load("smolm2")
     message = str(info.value)
-    assert message.startswith("unknown model 'smolm2'; choose one of: qwen2.5-coder-0.5b, smollm2-135m")
+    assert message.startswith(
+        "unknown model 'smolm2'; choose one of: qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, smollm2-135m"
+    )
     assert "local transformers folder" in message and "hub id" in message
-    assert info.value.choices == ["qwen2.5-coder-0.5b", "smollm2-135m"]
+    assert info.value.choices == ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "smollm2-135m"]
 
 
 @pytest.mark.parametrize("name", ["./no/such/folder", "/no/such/model.gguf", "missing.gguf", "~/nothing-here"])
@@ -60,7 +62,7 @@ def test_a_missing_package_names_the_pip_command(cache_dir, monkeypatch):
 
 def test_list_models_rows(cache_dir):
     rows = {r["name"]: r for r in registry.list_models()}
-    assert set(rows) == {"smollm2-135m", "qwen2.5-coder-0.5b"}
+    assert set(rows) == {"smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"}
     small = rows["smollm2-135m"]
     assert small["default"] and not rows["qwen2.5-coder-0.5b"]["default"]
     assert small["converted"] is False and small["size"] is None  # the cache dir is empty

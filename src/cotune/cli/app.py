@@ -150,13 +150,14 @@ def optimize_cmd(
     split_seed: SplitSeedOpt = 0,
     force: ForceOpt = False,
     no_cache: NoCacheOpt = False,
+    optimizer_model: Annotated[str | None, typer.Option("--optimizer-model", help="GPO: the model that writes the instructions (-P optimizer_lm=NAME), e.g. qwen2.5-coder-1.5b. Default: the task model.")] = None,
 ) -> None:
     """Optimize a task program's prompts (demos or instructions); trains on train, selects on dev."""
     from cotune.cli.optimize_cmds import run_optimize
 
     run_optimize(task=task, optimizer=optimizer, model=model, out_path=out_path, params=_params(param, "--param"),
                  data_dir=data_dir, threads=threads, seed=seed, cache=not no_cache, evaluate_on=eval_split or None,
-                 console=console, out=out, split_seed=split_seed, force=force)
+                 console=console, out=out, split_seed=split_seed, force=force, optimizer_model=optimizer_model)
 
 
 @app.command("finetune")
@@ -319,6 +320,9 @@ def models_cmd() -> None:
             row["name"], _yes(row.get("installed")), _yes(row.get("converted")), str(row.get("source", "")), row.get("description", "")
         )
     out.print(table)
+    for row in list_models():
+        if not row.get("installed") and not row.get("converted"):
+            out.print(f"{row['name']}: {row['install']}", soft_wrap=True, highlight=False)  # one line to copy
     out.print("Also accepted: a local Hugging Face folder, a .gguf file, or a hub id (online only).")
 
 

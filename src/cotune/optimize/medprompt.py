@@ -26,8 +26,11 @@ Example:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
+from cotune.data.example import Example
 from cotune.errors import ConfigError
 from cotune.evaluate.metrics import Metric
 from cotune.events import emit
@@ -48,9 +51,10 @@ class MedPrompt(Optimizer):
         k: demos per question (kNN).
         m: ensemble runs per question (option orders); 1 turns the ensemble off.
         bootstrap: a configured `BootstrapFewShot` for the self-generation (threshold, rounds, threads);
-            default ``BootstrapFewShot(metric, seed=seed)``.
+            default ``BootstrapFewShot(metric, num_threads=num_threads, seed=seed)``.
         embedder: the kNN `Embedder`; default MiniLM when installed, else TF-IDF.
         options_field / answer_field: the input holding the options list / the output naming the choice.
+        num_threads: training examples self-generated at once (a local model batches them).
         seed: seeds the self-generation and the option orders.
 
     Learned attributes: ``pool_sizes_``, ``n_passed_``, ``n_run_`` (from the kNN step), ``embedder_``.
@@ -71,6 +75,7 @@ class MedPrompt(Optimizer):
         embedder: Embedder | None = None,
         options_field: str = "options",
         answer_field: str = "answer",
+        num_threads: Positive = 8,
         seed: int = 0,
     ):
         self.metric = metric
@@ -80,6 +85,7 @@ class MedPrompt(Optimizer):
         self.embedder = embedder
         self.options_field = options_field
         self.answer_field = answer_field
+        self.num_threads = num_threads
         self.seed = seed
 
     def compile(
@@ -92,7 +98,9 @@ class MedPrompt(Optimizer):
                 f"MedPrompt shuffles multiple-choice options, but training example {missing[0]} has no list field "
                 f"{self.options_field!r} (fields: {', '.join(trainset[missing[0]])}); use KNNFewShot for other tasks"
             )
-        bootstrap = self.bootstrap if self.bootstrap is not None else BootstrapFewShot(self.metric, seed=self.seed)
+        bootstrap = self.bootstrap
+        if bootstrap is None:
+            bootstrap = BootstrapFewShot(self.metric, num_threads=self.num_threads, seed=self.seed)
         knn = KNNFewShot(self.k, demos="bootstrap", bootstrap=bootstrap, embedder=self.embedder, seed=self.seed)
         inner = knn.compile(program, trainset=trainset, valset=valset, events=events)
         self.pool_sizes_: dict[str, dict[str, int]] = knn.pool_sizes_
@@ -102,6 +110,23 @@ class MedPrompt(Optimizer):
         return ChoiceShuffleEnsemble(
             inner, m=self.m, options_field=self.options_field, answer_field=self.answer_field, seed=self.seed
         )
+
+    def planned_runs(self, trainset: Examples, evalset: Sequence[Example] = ()) -> dict[str, int]:
+        """Program runs that `compile` and an evaluation of its result on ``evalset`` make, by phase.
+
+        "self-generation": each training example once a round; later rounds re-run only the failures, so
+        with ``bootstrap.max_rounds`` > 1 this is an upper bound. "ensemble": each evaluated question once
+        per option order (``m``, or every order when its options have fewer). The demos cost no runs.
+
+        Example:
+            >>> from cotune.tasks.multiple_choice import mc_example
+            >>> two, six = mc_example("q", ["a", "b"], "a"), mc_example("q", list("abc"), "a")
+            >>> MedPrompt(lambda ex, p: 1.0, m=5).planned_runs([two] * 50, [two, six])
+            {'self-generation': 50, 'ensemble': 7}
+        """
+        rounds = self.bootstrap.max_rounds if self.bootstrap is not None else 1
+        orders = sum(min(self.m, math.factorial(len(ex.get(self.options_field) or [None]))) for ex in evalset)
+        return {"self-generation": len(trainset) * rounds, "ensemble": orders}
 
 
 __all__ = ["MedPrompt"]
