@@ -140,3 +140,13 @@ def test_a_schema_the_grammar_engine_refuses_is_400():
     with start_server(fake, model_name="toy") as srv:
         r = ask(srv.url, 2, response_format=schema_format({"type": "string", "pattern": "("}))
     assert r.status_code == 400 and "cannot compile" in r.json()["error"]["message"] and fake.calls == []
+
+
+def test_a_served_engine_cuts_long_prefills_finer():
+    from cotune.lm.prefill import PassTimer
+
+    lm = FakeLM(["x"])
+    lm.engine = type("Engine", (), {"passes": PassTimer()})()
+    batch_slice = lm.engine.passes.slice
+    with start_server(lm, model_name="toy"):
+        assert lm.engine.passes.interactive and lm.engine.passes.slice < batch_slice

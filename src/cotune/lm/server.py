@@ -195,7 +195,7 @@ class _Server(ThreadingHTTPServer):
         self.started = time.time()
         limits = policy.limits
         self.connections = ConnectionTable(limits.max_connections, limits.head_timeout, limits.read_timeout)
-        self.admission = Admission(limits)
+        self.admission = Admission(limits, models.base)
         self.runner = Runner(self.admission)
         super().__init__(address, _Handler)
 

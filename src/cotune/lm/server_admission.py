@@ -8,7 +8,9 @@ client waits. So, in the request's own thread:
   ``max_tokens`` gets what room is left, as vLLM does;
 - **output schema**: a ``response_format`` schema over the size or nesting limits is refused (400): the
   grammar compiler's time grows about with the cube of the nesting depth (a 450-deep schema took 25 s);
-- **grammar**: the schema is compiled here, one compile at a time, so the batch that uses it finds it compiled.
+- **grammar**: the schema is compiled here, one compile at a time, so the batch that uses it finds it compiled;
+- **long prompts**: a local engine serving clients cuts its prefills into finer slices (`cotune.lm.prefill`),
+  so a short request waits behind a long prompt about as long as it takes to decode a few tokens.
 
 Backends tell their prompt size through ``count_prompt_tokens(messages)`` when they have it; a transformers
 model (``lm.engine``) is counted with a private copy of its tokenizer: the model's thread changes its
@@ -46,8 +48,11 @@ def schema_depth(value: Any) -> int:
 class Admission:
     """The checks of `cotune.lm.server_admission` for one server, with its limits."""
 
-    def __init__(self, limits: ServerLimits):
+    def __init__(self, limits: ServerLimits, lm: LM | None = None):
         self.limits = limits
+        passes = getattr(getattr(lm, "engine", None), "passes", None)  # adapters share their base model's engine
+        if passes is not None:
+            passes.interactive = True
         self._compiling = threading.Lock()  # one grammar compile at a time: each may take a core for a while
         self._counters: weakref.WeakKeyDictionary[Any, _Counter] = weakref.WeakKeyDictionary()
         self._counters_lock = threading.Lock()
