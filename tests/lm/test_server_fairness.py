@@ -48,24 +48,32 @@ def test_a_prompt_over_the_context_is_refused_at_once(lm):
     assert lm.engine.generate_calls == calls and seconds < 10  # never reached the model (it took 72 s to answer)
 
 
-def test_a_small_request_overtakes_a_long_prompt(lm):
-    heavy = {**SMALL, "messages": [{"role": "user", "content": " ".join(["apple"] * 800)}], "max_tokens": 2}
+@pytest.mark.parametrize(
+    "heavy",
+    [
+        {"messages": [{"role": "user", "content": " ".join(["apple"] * 800)}], "max_tokens": 2},
+        # with a stop string: before, generate ran such a batch in one call
+        {"messages": [{"role": "user", "content": "Count from 1 to 500."}], "max_tokens": 120, "stop": ["\n\n\n\n"]},
+    ],
+    ids=["long prompt", "long generation with a stop string"],
+)
+def test_a_small_request_overtakes_a_heavy_one(lm, heavy):
     done: dict[str, float] = {}
     with start_server(lm, model_name="m") as srv:
         assert post(srv.url, SMALL).status_code == 200  # warm
 
         def send_heavy():
-            assert post(srv.url, heavy).status_code == 200
+            assert post(srv.url, {**SMALL, **heavy}).status_code == 200
             done["heavy"] = time.monotonic()
 
         calls = lm.engine.generate_calls
         thread = threading.Thread(target=send_heavy)
         thread.start()
         deadline = time.monotonic() + 30
-        while lm.engine.generate_calls == calls and time.monotonic() < deadline:  # the long prefill has begun
+        while lm.engine.generate_calls == calls and time.monotonic() < deadline:  # the heavy batch has begun
             time.sleep(0.005)
         assert post(srv.url, SMALL).status_code == 200
         done["small"] = time.monotonic()
         thread.join(120)
-    # Before, the small request waited for the whole long batch; now it runs between the prefill's slices.
+    # Before, the small request waited for the whole heavy batch; now they take turns.
     assert done["small"] < done["heavy"]

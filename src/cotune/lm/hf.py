@@ -31,6 +31,7 @@ from cotune.lm.head import contiguous_head_input
 from cotune.lm.prefill import PassTimer
 from cotune.lm.prefix_store import PrefixStore
 from cotune.lm.sampling import seeded_sampler as _seeded_sampler
+from cotune.lm.stops import stop_processor
 from cotune.lm.weights import AdapterWeights
 
 DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float32": "float32", "fp32": "float32",
@@ -76,8 +77,8 @@ class HFEngine:
         max_batch_size: the most requests per ``generate``. 64 holds a whole 50-example evaluation in one
             batch: CPU decoding is overhead-bound at small batches, so fewer, larger batches finish sooner.
         batch_wait_ms: how long the worker waits for more requests after the first one arrives.
-        decoder: "cotune" (`cotune.lm.decode`: finished rows leave the batch) or "transformers" (its
-            ``generate``; also used for requests with stop strings). Greedy outputs are the same.
+        decoder: "cotune" (`cotune.lm.decode`: finished rows leave the batch, and other batches take turns
+            with this one) or "transformers" (its ``generate``, one call per batch). Greedy outputs are the same.
         merge_adapters: run an adapter as a merged copy of the weights, at the base model's speed (see
             `cotune.lm.weights`); False applies it as PEFT layers on the shared base model.
         prefix_cache_mb: memory for prompt prefixes' keys and values kept across calls (`PrefixStore`: a
@@ -176,7 +177,9 @@ class HFEngine:
 
             kwargs["logits_processor"] = LogitsProcessorList(processors)
         self.generate_calls += 1
-        if self.decoder == "cotune" and not config.stop:
+        if self.decoder == "cotune":
+            if config.stop:  # matched a step at a time here, not in generate's one long call (cotune.lm.stops)
+                processors.append(stop_processor(self.tokenizer, config.stop, min(self.eos_ids)))
             steps = decode_steps(
                 model,
                 enc["input_ids"],
@@ -190,7 +193,7 @@ class HFEngine:
             )
             # Other batches run between steps (BatchWorker), so the time counted is this batch's steps only.
             new, elapsed = yield from self.passes.run(steps, lambda: self._step_context(adapter_key, adapter_path))
-        else:  # transformers' own loop (stop strings are matched there), in one step
+        else:  # transformers' own loop, in one step
             t0 = time.perf_counter()
             with torch.inference_mode():
                 out = model.generate(**enc, generation_config=self._generation_config(config), **kwargs)
