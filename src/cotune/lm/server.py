@@ -195,6 +195,9 @@ class _Server(ThreadingHTTPServer):
         self.started = time.time()
         limits = policy.limits
         self.connections = ConnectionTable(limits.max_connections, limits.head_timeout, limits.read_timeout)
+        # socketserver's listen backlog is 5: under a burst of connections the kernel drops the rest, and their
+        # clients (one with the key among them) retry after seconds
+        self.request_queue_size = max(64, limits.max_connections)
         self.admission = Admission(limits, models.base)
         self.runner = Runner(self.admission)
         super().__init__(address, _Handler)
