@@ -155,9 +155,11 @@ def test_model_failure_is_500_and_server_keeps_serving(caplog):
         with httpx.Client(base_url=srv.url) as http:
             bad = http.post("/chat/completions", json={"messages": [{"role": "user", "content": "boom"}]})
             good = http.post("/chat/completions", json={"messages": [{"role": "user", "content": "fine"}]})
-    assert bad.status_code == 500 and "model exploded" in bad.json()["error"]["message"]
+    assert bad.status_code == 500 and "error id" in bad.json()["error"]["message"]
     assert good.status_code == 200
-    assert "model exploded" in caplog.text
+    assert (
+        "model exploded" in caplog.text
+    )  # the operator's log has it; the client does not (see test_server_connections)
 
 
 def test_requests_are_reported_as_events(http, events):

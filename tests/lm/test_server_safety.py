@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 
 import httpx
 import pytest
@@ -70,7 +71,13 @@ def raw(port: int, request: bytes) -> bytes:
             chunks.append(chunk)
             if b"\r\n\r\n" in b"".join(chunks):
                 head, _, rest = b"".join(chunks).partition(b"\r\n\r\n")
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+                length = int(
+                    next(
+                        line.split(b":")[1]
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    )
+                )
                 if len(rest) >= length:
                     break
         return b"".join(chunks)
@@ -83,8 +90,10 @@ def raw(port: int, request: bytes) -> bytes:
 def test_malformed_requests_are_400_not_500(body, length, status):
     with start_server(FakeLM(["x"]), model_name="toy") as srv:
         length = str(len(body)) if length is None else length
-        request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n"
-                   f"Content-Type: application/json\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n").encode()
+        request = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+        ).encode()
         answer = raw(srv.port, request + body)
     assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:200]
 
@@ -122,7 +131,14 @@ def test_a_generation_past_the_deadline_is_504():
 
 def test_open_connections_are_capped():
     with start_server(FakeLM(["x"]), model_name="toy", limits=ServerLimits(max_connections=2)) as srv:
+        # Connections still waiting for their heads would give their places up (test_server_connections).
         idle = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(2)]
+        for s in idle:
+            s.sendall(
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 9\r\n\r\n".encode()
+            )
+        time.sleep(0.3)  # both heads read: both wait for their bodies
         try:
             answer = raw(srv.port, f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n\r\n".encode())
         finally:

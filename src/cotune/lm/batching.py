@@ -7,6 +7,14 @@ adapter) and get futures; a single daemon thread takes the oldest request, waits
 more of its group, and runs them together. Nothing here knows about models, so the logic is tested
 with a plain function.
 
+A batch function may also be a generator function: it yields between steps (a chunk of prefill, a decoding
+step) and returns its results. Such batches are *jobs*, and several may be in progress at once (other
+groups' requests do not wait for a long batch to end): the worker runs the job that has had the least model
+time so far, a time slice at a time, so a short request arriving behind a long one waits about a slice, not
+the long one's whole run (a job that has caught up keeps the thread for a slice more, so it ends instead of
+taking turns); a job left waiting ``starve_ms`` runs next whatever its time, so a stream of short jobs cannot
+stall a long one. Plain functions run to the end as before.
+
 Example:
     >>> worker = BatchWorker(lambda key, xs: [f"{key}:{x}" for x in xs], max_batch_size=4)
     >>> [f.result() for f in worker.submit("k", [1, 2])]
@@ -19,7 +27,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Generator, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +46,30 @@ class _Request:
 
 
 @dataclass
+class _Job:
+    """A batch in progress: its requests, its steps, and the model time it has had so far."""
+
+    batch: list[_Request]
+    steps: Generator[Any, None, Sequence[Any]]
+    last: float  # monotonic time its latest step ended (or it started)
+    used: float = 0.0
+
+
+def next_job(jobs: Sequence[_Job], now: float, starve: float, current: _Job | None = None, keep: float = 0.0) -> _Job:
+    """The job to run next: the one that has waited ``starve`` seconds or more the longest; else the one with the
+    least model time so far (the first of equals: the oldest), except that the ``current`` job goes on unless
+    that one has had ``keep`` seconds less than it: a short job that has caught up with a long one finishes
+    instead of taking turns with it."""
+    starved = [j for j in jobs if now - j.last >= starve]
+    if starved:
+        return min(starved, key=lambda j: j.last)
+    best = min(jobs, key=lambda j: j.used)
+    if current is not None and current in jobs and best.used > current.used - keep:
+        return current
+    return best
+
+
+@dataclass
 class BatchStats:
     """What the worker did: ``batches`` runs for ``requests`` payloads; ``largest`` batch seen."""
 
@@ -53,18 +85,24 @@ class BatchStats:
 class BatchWorker:
     """Runs ``run(key, payloads) -> results`` on one daemon thread, merging requests with equal keys.
 
-    Requests are served oldest first (no starvation); a batch holds only requests of the oldest
-    request's group, in arrival order, at most ``max_batch_size`` of them.
+    Batches are formed oldest request first; a batch holds only requests of the oldest request's group,
+    in arrival order, at most ``max_batch_size`` of them. Jobs (see the module docstring) share the thread.
 
     Args:
         run: called on the worker thread with a group key and a list of payloads; returns one result per
-            payload, in order. If it raises, every request of that batch gets the exception.
+            payload, in order, or is a generator function that yields between steps and returns them. If it
+            raises, every request of that batch gets the exception.
         max_batch_size: the most payloads per call of ``run``.
         wait_ms: after the oldest waiting request arrived, how long to wait for more of its group.
         name: the worker thread's name (shows in debuggers and thread dumps).
+        max_jobs: the most jobs in progress at once (each holds its own memory: a model's KV cache); more
+            requests wait, and merge into larger batches meanwhile.
+        slice_ms: how long a job runs before the worker chooses again (a new request ends a slice early); jobs
+            that would each finish within a slice then run one after the other, not step for step.
+        starve_ms: a job that has waited this long runs next.
 
     Raises:
-        ConfigError: ``max_batch_size`` < 1 or ``wait_ms`` < 0.
+        ConfigError: ``max_batch_size`` or ``max_jobs`` < 1, or a negative time.
     """
 
     def __init__(
@@ -74,13 +112,22 @@ class BatchWorker:
         max_batch_size: int = 16,
         wait_ms: float = 5.0,
         name: str = "cotune-batch-worker",
+        max_jobs: int = 4,
+        slice_ms: float = 500.0,
+        starve_ms: float = 2000.0,
     ):
         if max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_jobs < 1:
+            raise ConfigError(f"max_jobs must be >= 1, got {max_jobs}")
         if wait_ms < 0:
             raise ConfigError(f"batch wait must be >= 0 ms, got {wait_ms}")
+        if slice_ms < 0 or starve_ms < 0:
+            raise ConfigError(f"slice_ms and starve_ms must be >= 0, got {slice_ms} and {starve_ms}")
         self._run = run
-        self.max_batch_size = max_batch_size
+        self.max_batch_size, self.max_jobs = max_batch_size, max_jobs
+        self.slice, self.starve = slice_ms / 1000.0, starve_ms / 1000.0
+        self._current: _Job | None = None  # the job the worker ran last
         self.wait = wait_ms / 1000.0
         self.stats = BatchStats()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -126,19 +173,29 @@ class BatchWorker:
 
     def _loop(self) -> None:
         pending: list[_Request] = []
+        jobs: list[_Job] = []
         stopping = False
-        while pending or not stopping:
-            if not pending:
+        while pending or jobs or not stopping:
+            if not pending and not jobs:
                 item = self._queue.get()
                 if item is _STOP:
                     break
                 pending.append(item)
-            stopping = self._gather(pending) or stopping
-            key = pending[0].key
-            batch = [r for r in pending if r.key == key][: self.max_batch_size]
-            taken = {id(r) for r in batch}
-            pending = [r for r in pending if id(r) not in taken]
-            self._execute(key, batch)
+            # With jobs in progress nothing waits here: a group not ready yet is looked at again after a slice.
+            stopping = (self._drain(pending) if jobs else self._gather(pending)) or stopping
+            while pending and len(jobs) < self.max_jobs and (not jobs or self._ready(pending)):
+                key = pending[0].key
+                batch = [r for r in pending if r.key == key][: self.max_batch_size]
+                taken = {id(r) for r in batch}
+                pending = [r for r in pending if id(r) not in taken]
+                job = self._start(key, batch)
+                if job is None:  # a plain batch ran to its end: gather what came meanwhile before the next
+                    break
+                jobs.append(job)
+            if jobs:
+                # A slice ends early when a waiting group may start, so it does not wait a whole slice.
+                ready_at = pending[0].arrived + self.wait if pending and len(jobs) < self.max_jobs else None
+                self._advance(jobs, ready_at)
 
     def _gather(self, pending: list[_Request]) -> bool:
         """Move queued requests into ``pending`` until the oldest one's group is full or its wait is over.
@@ -159,24 +216,83 @@ class BatchWorker:
             size += item.key == key
         return False
 
-    def _execute(self, key: Hashable, batch: list[_Request]) -> None:
+    def _drain(self, pending: list[_Request]) -> bool:
+        """Move every queued request into ``pending`` without waiting; returns whether the stop marker was seen."""
+        stop = False
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return stop
+            if item is _STOP:
+                stop = True
+            else:
+                pending.append(item)
+
+    def _ready(self, pending: list[_Request]) -> bool:
+        """Whether the oldest pending request's group may start: full, or its wait is over."""
+        key = pending[0].key
+        full = sum(r.key == key for r in pending) >= self.max_batch_size
+        return full or time.monotonic() >= pending[0].arrived + self.wait
+
+    def _start(self, key: Hashable, batch: list[_Request]) -> _Job | None:
+        """Run ``batch`` (a plain function: to the end, here) or start it as a job."""
         batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
         if not batch:
-            return
+            return None
         try:
-            results = list(self._run(key, [r.payload for r in batch]))
+            out = self._run(key, [r.payload for r in batch])
+        except BaseException as e:
+            self._fail(batch, e)
+            return None
+        if isinstance(out, Generator):
+            return _Job(batch, out, time.monotonic())
+        self._finish(batch, out)
+        return None
+
+    def _advance(self, jobs: list[_Job], ready_at: float | None) -> None:
+        """Run one job (`next_job`) for a slice, or until a new request arrives or ``ready_at``."""
+        t0 = time.monotonic()
+        job = self._current = next_job(jobs, t0, self.starve, self._current, keep=self.slice)
+        end = t0 + self.slice if ready_at is None else min(t0 + self.slice, ready_at)
+        while True:
+            t = time.monotonic()
+            try:
+                next(job.steps)
+            except StopIteration as done:
+                jobs.remove(job)
+                self._finish(job.batch, done.value)
+                return
+            except BaseException as e:
+                jobs.remove(job)
+                self._fail(job.batch, e)
+                return
+            job.last = time.monotonic()
+            job.used += job.last - t
+            if job.last >= end or not self._queue.empty():
+                return
+
+    def _fail(self, batch: list[_Request], error: BaseException) -> None:
+        # Every failure must reach the callers, or their threads wait forever.
+        self._count(batch)
+        for r in batch:
+            r.future.set_exception(error)
+        if not isinstance(error, Exception):
+            raise error
+
+    def _finish(self, batch: list[_Request], out: Sequence[Any]) -> None:
+        try:
+            results = list(out)
             if len(results) != len(batch):
                 raise LMError(f"batch function returned {len(results)} results for {len(batch)} requests")
         except BaseException as e:
-            # Every failure must reach the callers, or their threads wait forever.
-            for r in batch:
-                r.future.set_exception(e)
-            if not isinstance(e, Exception):
-                raise
+            self._fail(batch, e)
             return
-        finally:
-            self.stats.batches += 1
-            self.stats.requests += len(batch)
-            self.stats.largest = max(self.stats.largest, len(batch))
+        self._count(batch)
         for r, result in zip(batch, results, strict=True):
             r.future.set_result(result)
+
+    def _count(self, batch: list[_Request]) -> None:
+        self.stats.batches += 1
+        self.stats.requests += len(batch)
+        self.stats.largest = max(self.stats.largest, len(batch))

@@ -28,19 +28,43 @@ torch and transformers are imported when `decode` runs, never when this module i
 from __future__ import annotations
 
 import functools
-from collections.abc import Hashable, Sequence
+from collections.abc import Generator, Hashable, Sequence
 from typing import Any
 
+from cotune.lm.prefill import DECODING, PREFILL, Chunks
 from cotune.lm.prefix_store import KV, PrefixStore
 
 # Below this many shared tokens, a separate prefill of the prefix costs more than it saves.
 MIN_SHARED_PREFIX = 16
 
 
-def decode(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: int, stop_ids: Sequence[int],
-           processors: Sequence[Any] = (), share_prefix: bool = True, prefixes: PrefixStore | None = None,
-           namespace: Hashable = None) -> list[list[int]]:  # fmt: skip
-    """Generate up to ``max_new_tokens`` tokens for each row of a left-padded batch.
+def decode(model: Any, input_ids: Any, attention_mask: Any, **kwargs: Any) -> list[list[int]]:
+    """`decode_steps` run to its end: the new tokens of each row."""
+    steps = decode_steps(model, input_ids, attention_mask, **kwargs)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def decode_steps(
+    model: Any,
+    input_ids: Any,
+    attention_mask: Any,
+    *,
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    processors: Sequence[Any] = (),
+    share_prefix: bool = True,
+    prefixes: PrefixStore | None = None,
+    namespace: Hashable = None,
+    prefill_slice: float | None = None,
+) -> Generator[str, None, list[list[int]]]:
+    """Generate up to ``max_new_tokens`` tokens for each row of a left-padded batch, yielding between steps
+    (``PREFILL`` after a prefill chunk, ``DECODING`` before each decoding step's pass), so one thread can take
+    turns between batches (`cotune.lm.batching.BatchWorker`). Nothing here holds a context (``torch.inference_mode``) across a yield:
+    the caller enters it around each step.
 
     Args:
         model: a transformers causal LM (called with ``past_key_values`` and ``position_ids``).
@@ -52,6 +76,9 @@ def decode(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: i
         prefixes: a `PrefixStore` of earlier calls' prompt prefixes (under ``namespace``: the weights'
             identity): a row starts from the longest stored prefix of its prompt, and the prefixes and prompts
             computed here are stored for later calls.
+        prefill_slice: cut the prefill into chunks of about this many seconds each (sized from the speed of
+            the chunks before), with a step between them: a long prompt then holds the thread a slice at a time.
+            None: one pass (each of a grouped prefill's passes).
 
     Returns:
         The new tokens of each row, in batch order (a finished row's list ends with its stop token).
@@ -65,13 +92,14 @@ def decode(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: i
     cache.layers = [_growing(layer) for layer in cache.layers]
     groups = prefix_groups(input_ids, attention_mask) if share_prefix and batch > 1 else [(list(range(batch)), 0)]
     blocks = _plan(input_ids, attention_mask, groups, prefixes, namespace)
+    chunks = Chunks(prefill_slice)
     if any(shared for _, shared, _ in blocks):
-        out, mask, positions = _prefill_grouped(model, input_ids, attention_mask, blocks, cache, prefixes, namespace)
+        args = (model, input_ids, attention_mask, blocks, cache, prefixes, namespace, chunks)
+        out, mask, positions = yield from _prefill_grouped(*args)
     else:
         mask = attention_mask
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)  # fmt: skip
+        out = yield from chunks.forward(model, input_ids, mask, positions, cache)
     if prefixes is not None and prefixes.max_bytes:
         _keep_prompts(input_ids, attention_mask, mask, cache, prefixes, namespace)
     next_pos = positions[:, -1:] + 1
@@ -106,6 +134,7 @@ def decode(model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: i
             mask = _trim_left_padding(mask, cache)
         tokens = torch.tensor([new[row][-1] for row in rows], device=input_ids.device)
         mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+        yield DECODING
         out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache,
                     use_cache=True)  # fmt: skip
         next_pos = next_pos + 1
@@ -125,7 +154,9 @@ def common_prefix(input_ids: Any, attention_mask: Any) -> int:
     return min(shared, shortest - 1)
 
 
-def prefix_groups(input_ids: Any, attention_mask: Any, min_shared: int = MIN_SHARED_PREFIX) -> list[tuple[list[int], int]]:
+def prefix_groups(
+    input_ids: Any, attention_mask: Any, min_shared: int = MIN_SHARED_PREFIX
+) -> list[tuple[list[int], int]]:
     """Partition the rows into groups that share a leading run of tokens: ``[(rows, shared length), ...]``.
 
     Rows sorted by their tokens put alike prompts next to each other; the cut into runs minimizes the tokens
@@ -205,21 +236,34 @@ def _plan(input_ids: Any, attention_mask: Any, groups: list[tuple[list[int], int
             stored[id(kv)][0].append(r)
         if computed:
             first = computed[0]
-            kv = prefixes.get(namespace, input_ids[first, starts[first] : starts[first] + shared].tolist()) if shared else None
+            kv = (
+                prefixes.get(namespace, input_ids[first, starts[first] : starts[first] + shared].tolist())
+                if shared
+                else None
+            )
             blocks.append((computed, shared, kv))
     return blocks
 
 
-def _prefill_grouped(model: Any, input_ids: Any, attention_mask: Any, blocks: list[tuple[list[int], int, KV | None]],
-                     cache: Any, prefixes: PrefixStore | None = None, namespace: Hashable = None):  # fmt: skip
+def _prefill_grouped(
+    model: Any,
+    input_ids: Any,
+    attention_mask: Any,
+    blocks: list[tuple[list[int], int, KV | None]],
+    cache: Any,
+    prefixes: PrefixStore | None = None,
+    namespace: Hashable = None,
+    chunks: Chunks | None = None,
+):
     """Prefill each block's shared tokens once (one row, unless stored), then every row's own tokens on top, in
     one batch.
 
     The rows are laid out as [padding | their block's shared tokens | padding | own tokens]: the shared KV of
     each block is right-aligned in a block as wide as the longest, the mask hides the padding and the
     position ids continue from the block's prefix, so each row sees exactly its own prompt.
-    Returns (model output, attention mask, position ids) as a plain prefill would.
+    Returns (model output, attention mask, position ids) as a plain prefill would; a generator (see `decode_steps`).
     """
+    chunks = chunks or Chunks(None)
     import torch
     from transformers import DynamicCache
 
@@ -238,8 +282,9 @@ def _prefill_grouped(model: Any, input_ids: Any, attention_mask: Any, blocks: li
         if kv is None:
             prefix = input_ids[rows[0] : rows[0] + 1, starts[rows[0]] : starts[rows[0]] + s]
             own_cache = DynamicCache(config=model.config)
-            model(input_ids=prefix, position_ids=torch.arange(s, device=prefix.device)[None],
-                  past_key_values=own_cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+            positions = torch.arange(s, device=prefix.device)[None]
+            yield from chunks.forward(model, prefix, None, positions, own_cache)
+            yield PREFILL
             kv = [(layer.keys[0], layer.values[0]) for layer in own_cache.layers]
             if prefixes is not None and prefixes.max_bytes:
                 prefixes.put(namespace, prefix[0].tolist(), kv, _nbytes(kv))
@@ -263,8 +308,7 @@ def _prefill_grouped(model: Any, input_ids: Any, attention_mask: Any, blocks: li
     offset = torch.tensor(shared_of, device=own_mask.device)[:, None]
     positions = (offset + own_mask.long().cumsum(-1) - 1).clamp(min=0)
     positions = torch.maximum(positions, offset)
-    out = model(input_ids=own_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
-                logits_to_keep=1)  # fmt: skip
+    out = yield from chunks.forward(model, own_ids, mask, positions, cache)
     return out, mask, positions
 
 

@@ -9,6 +9,7 @@ torch and transformers are imported when an engine is built, never when this mod
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -27,9 +28,12 @@ from cotune.lm.adapters import check_base_model
 from cotune.lm.base import LM, Completion, GenerationConfig, Messages, truncate_at_stop
 from cotune.lm.batching import BatchWorker
 from cotune.lm.cache import RequestCache, request_key
-from cotune.lm.decode import decode
+from cotune.lm.decode import decode_steps
 from cotune.lm.head import contiguous_head_input
+from cotune.lm.prefill import PassTimer
 from cotune.lm.prefix_store import PrefixStore
+from cotune.lm.sampling import seeded_sampler as _seeded_sampler
+from cotune.lm.stops import stop_processor
 from cotune.lm.weights import AdapterWeights
 
 
@@ -83,8 +87,8 @@ class HFEngine:
         max_batch_size: the most requests per ``generate``. 64 holds a whole 50-example evaluation in one
             batch: CPU decoding is overhead-bound at small batches, so fewer, larger batches finish sooner.
         batch_wait_ms: how long the worker waits for more requests after the first one arrives.
-        decoder: "cotune" (`cotune.lm.decode`: finished rows leave the batch) or "transformers" (its
-            ``generate``; also used for requests with stop strings). Greedy outputs are the same.
+        decoder: "cotune" (`cotune.lm.decode`: finished rows leave the batch, and other batches take turns
+            with this one) or "transformers" (its ``generate``, one call per batch). Greedy outputs are the same.
         merge_adapters: run an adapter as a merged copy of the weights, at the base model's speed (see
             `cotune.lm.weights`); False applies it as PEFT layers on the shared base model.
         prefix_cache_mb: memory for prompt prefixes' keys and values kept across calls (`PrefixStore`: a
@@ -130,6 +134,7 @@ class HFEngine:
         self.generate_seconds = 0.0
         self._grammar = None
         self.prefixes = PrefixStore(max_bytes=int(prefix_cache_mb * (1 << 20)))
+        self.passes = PassTimer()  # times the steps, so a long prefill takes the thread a slice at a time
         # The worker thread holds the engine only weakly: once no LM uses it, the model is freed and the
         # thread stops, even if nobody called close() (experiments load many models in one process).
         run = weakref.WeakMethod(self._run)
@@ -191,23 +196,44 @@ class HFEngine:
             from transformers import LogitsProcessorList
 
             kwargs["logits_processor"] = LogitsProcessorList(processors)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            self.generate_calls += 1
-            if self.decoder == "cotune" and not config.stop:
-                new = decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=config.max_tokens,
-                             stop_ids=sorted(self.eos_ids), processors=processors, prefixes=self.prefixes,
-                             namespace=adapter_key)  # fmt: skip
-            else:  # transformers' own loop (stop strings are matched there)
+        self.generate_calls += 1
+        if self.decoder == "cotune":
+            if config.stop:  # matched a step at a time here, not in generate's one long call (cotune.lm.stops)
+                processors.append(stop_processor(self.tokenizer, config.stop, min(self.eos_ids)))
+            steps = decode_steps(
+                model,
+                enc["input_ids"],
+                enc["attention_mask"],
+                max_new_tokens=config.max_tokens,
+                stop_ids=sorted(self.eos_ids),
+                processors=processors,
+                prefixes=self.prefixes,
+                namespace=adapter_key,
+                prefill_slice=self.passes.slice,
+            )
+            # Other batches run between steps (BatchWorker), so the time counted is this batch's steps only.
+            new, elapsed = yield from self.passes.run(steps, lambda: self._step_context(adapter_key, adapter_path))
+        else:  # transformers' own loop, in one step
+            t0 = time.perf_counter()
+            with torch.inference_mode():
                 out = model.generate(**enc, generation_config=self._generation_config(config), **kwargs)
-                new = out[:, enc["input_ids"].shape[1] :].tolist()
-        elapsed = time.perf_counter() - t0
+            new = out[:, enc["input_ids"].shape[1] :].tolist()
+            elapsed = time.perf_counter() - t0
         self.generate_seconds += elapsed
         seconds = elapsed / len(payloads)
         prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
         return [
             self._completion(ids, n_prompt, config, seconds) for ids, n_prompt in zip(new, prompt_lens, strict=True)
         ]
+
+    @contextlib.contextmanager
+    def _step_context(self, adapter_key: str | None, adapter_path: str | None):
+        import torch
+
+        with torch.inference_mode():
+            if not self.weights.merge:  # PEFT layers on the shared model: another batch may have switched them
+                self.weights.model_for(adapter_key, adapter_path)
+            yield
 
     @property
     def grammar(self):
@@ -385,41 +411,3 @@ def _eos_ids(model, tokenizer) -> set[int]:
     if tokenizer.eos_token_id is not None:
         found.add(tokenizer.eos_token_id)
     return found
-
-
-def _seeded_sampler(seeds: list[int], temperature: float, top_p: float, device: str, min_p: float = 0.0):
-    """A logits processor that samples each row with its own seeded generator and forces that token.
-
-    torch's global RNG would make a row's sample depend on which other requests shared its batch;
-    one generator per request keeps reruns reproducible however requests were coalesced.
-    """
-    import torch
-    from transformers import LogitsProcessor
-
-    class SeededSampling(LogitsProcessor):
-        def __init__(self):
-            self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-
-        def __call__(self, input_ids, scores):
-            return self.step(range(len(self.generators)), None, scores)
-
-        def step(self, live, last, scores):
-            """Sample each live row (``live``: the batch rows of ``scores``' rows) with its own generator."""
-            picks = self.draw(live, scores)
-            forced = torch.full_like(scores, float("-inf"))
-            forced[torch.arange(len(picks)), torch.tensor(picks)] = 0.0
-            return forced
-
-        def draw(self, live, scores) -> list[int]:
-            """One token for each row of ``scores`` (batch row ``live[j]`` for row j), from its own generator."""
-            probs = torch.softmax(scores.float() / temperature, dim=-1)
-            if min_p > 0:
-                probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
-            if top_p < 1.0:
-                sorted_probs, idx = probs.sort(dim=-1, descending=True)
-                # Drop tokens once the mass before them already reaches top_p (the first always stays).
-                drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
-                probs = probs.scatter(-1, idx, sorted_probs.masked_fill(drop, 0.0))
-            return [int(torch.multinomial(probs[j], 1, generator=self.generators[i])) for j, i in enumerate(live)]
-
-    return SeededSampling()

@@ -8,7 +8,9 @@ runs on ``lm.with_adapter(path)``. With ``runtime_lora=True`` the server also ha
 (``POST /v1/load_lora_adapter``, ``POST /v1/unload_lora_adapter``; see `cotune.lm.server_models`).
 
 The request body checks live in `cotune.lm.server_protocol`, the served models in
-`cotune.lm.server_models`, access rules and limits in `cotune.lm.server_policy`; this module is the HTTP.
+`cotune.lm.server_models`, access rules and limits in `cotune.lm.server_policy`, what a request may cost
+before it reaches the model in `cotune.lm.server_admission`, running it in `cotune.lm.server_runner`, and
+connection deadlines in `cotune.lm.server_connections`; this module is the HTTP.
 
 Example:
     >>> from cotune.lm.fake import FakeLM
@@ -23,32 +25,34 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import socket
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from cotune.errors import ConfigError
 from cotune.events import EventSink, emit
 from cotune.lm.base import LM
+from cotune.lm.server_admission import Admission
+from cotune.lm.server_connections import ConnectionTable
+from cotune.lm.server_handle import ServerHandle, bind_of, url_of
 from cotune.lm.server_models import LORA_ENDPOINTS, ServedModels
-from cotune.lm.server_policy import Refusal, ServerLimits, ServerPolicy
+from cotune.lm.server_policy import ServerLimits, ServerPolicy
 from cotune.lm.server_protocol import (  # noqa: F401 - response_constraint is public here too
     RequestError,
     check_max_tokens,
     completion_body,
+    internal_error,
     parse_request,
+    read_body,
     refuse_connection,
     response_constraint,
 )
+from cotune.lm.server_runner import Runner
 
 logger = logging.getLogger("cotune.server")
 
 MAX_BODY_BYTES = ServerLimits.max_body_bytes
-_DIGITS = re.compile(r"[0-9]{1,12}")  # ASCII only: str.isdigit() accepts "²", which int() refuses
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -60,15 +64,32 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def setup(self) -> None:
-        self.timeout = self.server.policy.limits.read_timeout  # a slow or idle client cannot hold a thread
+        self.timeout = self.server.policy.limits.read_timeout  # each read; the whole request has a deadline too
         super().setup()
+
+    def handle_one_request(self) -> None:
+        self.server.connections.waiting(self.connection)  # the next head has head_timeout seconds to arrive
+        super().handle_one_request()
+
+    def _admit(self, t0: float) -> bool:
+        """After the head: the access checks, then the body's deadline. False when the request is done with:
+        refused (and the connection closed, so a caller without access holds no thread), or already cut."""
+        refusal = self.server.policy.check(self.headers, self.command)
+        if not self.server.connections.reading_body(self.connection, trusted=refusal is None):
+            self.close_connection = True  # its head came too late, or its place went to a new connection
+            return False
+        if refusal is not None:
+            self.close_connection = True
+            self._answer(refusal.status, RequestError(refusal.status, refusal.message).body(), t0, refusal.headers)
+            return False
+        return True
 
     def do_GET(self) -> None:
         t0 = time.perf_counter()
         path = self.path.split("?", 1)[0].rstrip("/")
-        if (refusal := self.server.policy.check(self.headers, "GET")) is not None:
-            self._refuse(refusal, t0)
+        if not self._admit(t0):
             return
+        self.server.connections.busy(self.connection)
         if path == "/health":
             status, body = 200, {"status": "ok", "models": list(self.server.models)}
         elif path == "/v1/models":
@@ -81,14 +102,23 @@ class _Handler(BaseHTTPRequestHandler):
         t0 = time.perf_counter()
         path = self.path.split("?", 1)[0].rstrip("/")
         name, completion = None, None
-        if (refusal := self.server.policy.check(self.headers, "POST")) is not None:
-            self.close_connection = True  # the body was not read
-            self._refuse(refusal, t0)
+        if not self._admit(t0):
             return
         headers: dict[str, str] = {}
         body: dict[str, Any] | str
         try:
-            raw = self._body()
+            try:
+                raw = read_body(
+                    self.headers,
+                    self.rfile,
+                    self.server.policy.limits.max_body_bytes,
+                    late=lambda: self.server.connections.expired(self.connection),
+                    read_timeout=self.server.policy.limits.read_timeout,
+                )
+            except RequestError:
+                self.close_connection = True  # where the next request would start is unknown
+                raise
+            self.server.connections.busy(self.connection)
             lora = path in LORA_ENDPOINTS and self.server.models.runtime_lora
             if path != "/v1/chat/completions" and not lora:
                 raise RequestError(404, self._no_endpoint(path))
@@ -103,37 +133,16 @@ class _Handler(BaseHTTPRequestHandler):
                 name, lm, messages, overrides = parse_request(request, self.server.models.snapshot(),
                                                               self.server.models.default)  # fmt: skip
                 check_max_tokens(overrides, self.server.policy.token_cap(lm))
+                self.server.admission.check(lm, messages, overrides)  # before it takes a slot or the model's time
                 lm = self.server.for_request(name, overrides)
-                completion = self.server.generate(lm, messages, overrides)
+                completion = self.server.runner.generate(lm, messages, overrides)
                 status, body = 200, completion_body(name, completion)
         except RequestError as e:
             status, body = e.status, e.body()
             headers = e.headers
-        except Exception as e:  # the model failed: answer 500 so clients retry, and keep serving
-            logger.exception("request to %s failed", path)
-            status, body = 500, RequestError(500, f"{type(e).__name__}: {e}").body()
+        except Exception:  # the model failed: answer 500 so clients retry, and keep serving
+            status, body = 500, internal_error(logger, f"POST {path}").body()
         self._answer(status, body, t0, headers, model=name, completion=completion)
-
-    def _refuse(self, refusal: Refusal, t0: float) -> None:
-        self._answer(refusal.status, RequestError(refusal.status, refusal.message).body(), t0, refusal.headers)
-
-    def _body(self) -> bytes:
-        length = self.headers.get("Content-Length")
-        if length is None:
-            self.close_connection = True  # the body's end is unknown, so the connection cannot be reused
-            raise RequestError(411, "send the request body with a Content-Length header")
-        if not _DIGITS.fullmatch(length.strip()):
-            self.close_connection = True
-            raise RequestError(400, f"Content-Length must be a number of bytes, got {length[:40]!r}")
-        limit = self.server.policy.limits.max_body_bytes
-        if int(length) > limit:
-            self.close_connection = True
-            raise RequestError(413, f"request body of {int(length)} bytes is over the limit of {limit}")
-        data = self.rfile.read(int(length))
-        if len(data) < int(length):
-            self.close_connection = True
-            raise RequestError(400, f"the body ended after {len(data)} of the {int(length)} bytes announced")
-        return data
 
     def _no_endpoint(self, path: str) -> str:
         lora = "".join(f", POST {e}" for e in LORA_ENDPOINTS) if self.server.models.runtime_lora else ""
@@ -152,6 +161,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(key, value)
             self.send_header("Content-Type", "text/plain; charset=utf-8" if text else "application/json")
             self.send_header("Content-Length", str(len(blob)))
+            if self.close_connection:  # tell the client not to reuse it
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(blob)
         except OSError:  # the client went away (or the server is closing); nothing left to tell it
@@ -182,9 +193,13 @@ class _Server(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self.models, self.events, self.policy = models, events, policy
         self.started = time.time()
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(policy.limits.max_concurrent)
+        limits = policy.limits
+        self.connections = ConnectionTable(limits.max_connections, limits.head_timeout, limits.read_timeout)
+        # socketserver's listen backlog is 5: under a burst of connections the kernel drops the rest, and their
+        # clients (one with the key among them) retry after seconds
+        self.request_queue_size = max(64, limits.max_connections)
+        self.admission = Admission(limits, models.base)
+        self.runner = Runner(self.admission)
         super().__init__(address, _Handler)
 
     def for_request(self, name: str, overrides: Mapping[str, Any]) -> LM:
@@ -193,56 +208,28 @@ class _Server(ThreadingHTTPServer):
         sampled = overrides.get("temperature", self.models.base.config.temperature) > 0
         return self.models.pick(name, cached=not sampled or "rollout_id" in overrides)
 
-    def generate(self, lm: LM, messages: list[dict[str, str]], overrides: dict[str, Any]) -> Any:
-        """Run one generation within the limits: a free slot (else 503) and a deadline (else 504). A generation
-        past its deadline keeps its slot until it ends, so abandoned work still counts against the limit."""
-        limits = self.policy.limits
-        if not self._slots.acquire(blocking=False):
-            raise RequestError(503, f"the server is busy ({limits.max_concurrent} requests in progress); retry",
-                               headers={"Retry-After": "1"})
-        outcome: dict[str, Any] = {}
-        done = threading.Event()
-
-        def work() -> None:
-            try:
-                outcome["completion"] = lm(messages, **overrides)
-            except BaseException as e:  # noqa: BLE001 - handed to the request's thread
-                outcome["error"] = e
-            finally:
-                self._slots.release()
-                done.set()
-
-        threading.Thread(target=work, name="cotune-server-generate", daemon=True).start()
-        if not done.wait(limits.request_timeout):
-            raise RequestError(504, f"the generation took longer than the server's limit of {limits.request_timeout:g} s")
-        error = outcome.get("error")
-        if isinstance(error, ConfigError):  # a value the backend refuses (e.g. max_tokens over its limit)
-            raise RequestError(400, str(error)) from None
-        if error is not None:
-            raise error
-        return outcome["completion"]
-
     def process_request(self, request: Any, client_address: Any) -> None:
-        with self._open_lock:
-            full = len(self._open) >= self.policy.limits.max_connections
-            if not full:
-                self._open.add(request)
-        if full:  # answered here, without a thread: a flood of connections cannot start a thread each
+        if not self.connections.admit(request):  # answered without a thread: a flood cannot start one each
             refuse_connection(request, self.policy.limits.max_connections)
-            self.shutdown_request(request)
+            super().shutdown_request(request)
             return
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
-        with self._open_lock:
-            self._open.discard(request)
+        self.connections.remove(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints the traceback to stderr; a connection that broke mid-request is routine here.
+        logger.debug("connection from %s ended with an error", client_address, exc_info=True)
+
+    def server_close(self) -> None:
+        self.connections.close()
+        super().server_close()
 
     def close_connections(self) -> None:
         """End idle keep-alive connections, whose threads would otherwise wait for a next request."""
-        with self._open_lock:
-            open_now = list(self._open)
-        for sock in open_now:
+        for sock in self.connections.sockets():
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -272,21 +259,6 @@ def build_server(
     policy = ServerPolicy.create(host, api_key=api_key, allowed_origins=allowed_origins, limits=limits)
     models = ServedModels(lm, model_name or lm.model, adapters, runtime_lora=runtime_lora)
     return _Server((host, port), models, events, policy)
-
-
-def _bind(server: _Server) -> str:
-    """What the socket is bound to, as given: "0.0.0.0:8000" means every interface."""
-    host, port = server.server_address[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _url(server: _Server) -> str:
-    host, port = server.server_address[:2]
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1" if host != "::" else "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}/v1"
 
 
 def serve(
@@ -320,10 +292,26 @@ def serve(
             clients can load adapter folders *from this machine's disk* while it serves; off by default,
             as vLLM keeps it off without ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``.
     """
-    server = build_server(lm, host, port, model_name=model_name, adapters=adapters, events=events,
-                          api_key=api_key, allowed_origins=allowed_origins, limits=limits, runtime_lora=runtime_lora)
-    emit(events, "server.start", url=_url(server), bind=_bind(server), models=list(server.models),
-         api_key=bool(server.policy.api_key))
+    server = build_server(
+        lm,
+        host,
+        port,
+        model_name=model_name,
+        adapters=adapters,
+        events=events,
+        api_key=api_key,
+        allowed_origins=allowed_origins,
+        limits=limits,
+        runtime_lora=runtime_lora,
+    )
+    emit(
+        events,
+        "server.start",
+        url=url_of(server),
+        bind=bind_of(server),
+        models=list(server.models),
+        api_key=bool(server.policy.api_key),
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -331,51 +319,7 @@ def serve(
     finally:
         server.server_close()
         server.close_connections()
-        emit(events, "server.stop", url=_url(server))
-
-
-class ServerHandle:
-    """A server running in a background thread. ``url`` is the base URL for OpenAI clients (ends in /v1)."""
-
-    def __init__(self, server: _Server):
-        self._server = server
-        self.host, self.port = server.server_address[:2]
-        self.url = _url(server)
-        self._closed = False
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.name = f"cotune-server-{self.port}"
-        self._thread.start()
-
-    @property
-    def models(self) -> list[str]:
-        """The names served now (the base model first; adapters loaded at runtime included)."""
-        return list(self._server.models)
-
-    @property
-    def requests_by_model(self) -> dict[str, int]:
-        """Chat-completion requests answered or attempted so far, per model name they named."""
-        return dict(self._server.models.requests)
-
-    def close(self) -> None:
-        """Stop serving, close the socket and idle connections; requests in progress are abandoned."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join()
-        self._server.server_close()
-        self._server.close_connections()
-        emit(self._server.events, "server.stop", url=self.url)
-
-    def __enter__(self) -> ServerHandle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"ServerHandle(url={self.url!r}, models={self.models!r})"
+        emit(events, "server.stop", url=url_of(server))
 
 
 def start_server(
@@ -392,9 +336,25 @@ def start_server(
     runtime_lora: bool = False,
 ) -> ServerHandle:
     """Like `serve`, but in a background thread; returns a handle with ``url``, ``port`` and ``close()``."""
-    server = build_server(lm, host, port, model_name=model_name, adapters=adapters, events=events,
-                          api_key=api_key, allowed_origins=allowed_origins, limits=limits, runtime_lora=runtime_lora)
+    server = build_server(
+        lm,
+        host,
+        port,
+        model_name=model_name,
+        adapters=adapters,
+        events=events,
+        api_key=api_key,
+        allowed_origins=allowed_origins,
+        limits=limits,
+        runtime_lora=runtime_lora,
+    )
     handle = ServerHandle(server)
-    emit(events, "server.start", url=handle.url, bind=_bind(server), models=handle.models,
-         api_key=bool(server.policy.api_key))
+    emit(
+        events,
+        "server.start",
+        url=handle.url,
+        bind=bind_of(server),
+        models=handle.models,
+        api_key=bool(server.policy.api_key),
+    )
     return handle

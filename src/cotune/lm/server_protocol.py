@@ -6,16 +6,19 @@ Errors are OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``) a
 from __future__ import annotations
 
 import json
+import logging
+import re
 import socket
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO
 
 from cotune.lm.base import LM
 from cotune.program.grammar import Constraint
 
 ROLES = ("system", "user", "assistant")
+_DIGITS = re.compile(r"[0-9]{1,12}")  # ASCII only: str.isdigit() accepts "²", which int() refuses
 
 
 class RequestError(Exception):
@@ -38,6 +41,54 @@ class RequestError(Exception):
     def body(self) -> dict[str, Any]:
         kind = self.kind or ("invalid_request_error" if self.status < 500 else "server_error")
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+def read_body(headers: Any, rfile: BinaryIO, limit: int, *, late: Callable[[], bool], read_timeout: float) -> bytes:
+    """The request body, framed by exactly one Content-Length header.
+
+    Args:
+        headers: the request's headers (an ``email.message.Message``: repeated headers are all kept).
+        rfile: the connection's input.
+        limit: the most bytes accepted.
+        late: whether the connection was cut for missing its deadline (the read then ended early).
+        read_timeout: that deadline, for the message.
+
+    Raises:
+        RequestError: 411 no Content-Length; 400 a malformed or repeated one, a Transfer-Encoding (its framing
+            and Content-Length's could disagree: the leftover bytes would be read as a next request), or a body
+            that ended early; 413 a body over ``limit``; 408 one that did not arrive in time. After any of them
+            the connection must be closed: where the next request starts is unknown.
+    """
+    lengths = headers.get_all("Content-Length") or []
+    if headers.get("Transfer-Encoding") is not None:
+        raise RequestError(400, "Transfer-Encoding is not accepted here; send the body with a Content-Length header")
+    if not lengths:
+        raise RequestError(411, "send the request body with a Content-Length header")
+    if len(lengths) > 1:
+        raise RequestError(400, f"send one Content-Length header, got {len(lengths)}: {', '.join(lengths)[:80]}")
+    length = lengths[0]
+    if not _DIGITS.fullmatch(length.strip()):
+        raise RequestError(400, f"Content-Length must be a number of bytes, got {length[:40]!r}")
+    size = int(length)
+    if size > limit:
+        raise RequestError(413, f"request body of {size} bytes is over the limit of {limit}")
+    try:
+        data = rfile.read(size)
+    except TimeoutError:  # no byte for read_timeout seconds
+        data = None
+    if data is None or (len(data) < size and late()):
+        raise RequestError(408, f"the request body did not arrive within {read_timeout:g} s")
+    if len(data) < size:
+        raise RequestError(400, f"the body ended after {len(data)} of the {size} bytes announced")
+    return data
+
+
+def internal_error(logger: logging.Logger, what: str) -> RequestError:
+    """The 500 for a failure inside the server: logged with its traceback under an id that the client gets,
+    never its text (it can hold paths, parts of prompts, or the model's internals). Call it in an ``except``."""
+    ref = uuid.uuid4().hex[:12]
+    logger.exception("%s failed (error id %s)", what, ref)
+    return RequestError(500, f"the server failed to answer this request (error id {ref}); its log has the details")
 
 
 def parse_request(body: Any, models: Mapping[str, LM], default: str) -> tuple[str, LM, list[dict[str, str]], dict]:
