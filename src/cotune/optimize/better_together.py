@@ -8,6 +8,10 @@ traces, then bootstrap demos again with the fine-tuned model so the prompts fit 
 plugs in through `StepHooks`: the experiment runner restores finished steps, names each step's optimizer
 (its Θ writes into the step's folder), evaluates and saves each finished step, and lets a failed step end
 its branch only — so every `cotune run` goes through this class.
+
+A prompt step that keeps its starting program (the best candidate did not beat it beyond the valset's noise)
+hands that candidate to a following weight step (`StepResult.handoff`): Θ keeps only the runs that pass the
+metric, so the candidate's demos can only widen what its samples get right.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pydantic import Field
 from cotune.data.example import Example
 from cotune.errors import ConfigError
 from cotune.evaluate.compare import paired_gain
-from cotune.evaluate.evaluate import evaluate
+from cotune.evaluate.evaluate import EvaluationResult, evaluate
 from cotune.evaluate.metrics import Metric
 from cotune.events import EventSink, emit
 from cotune.optimize.base import Events, Examples, Optimizer, require_valset
@@ -238,14 +242,16 @@ class BetterTogether(Optimizer):
         seconds = time.perf_counter() - t0
         scored = self._score(current, valset, name, events) if valset is not None else None
         score = scored.score if scored is not None else None
-        result = StepResult(len(steps), kind, name, current, score, info, seconds, steps)
-        result.val_scores = scored.scores() if scored is not None else None
-        result.handoff = handoff
+        val_scores = scored.scores() if scored is not None else None
+        result = StepResult(len(steps), kind, name, current, score, info, seconds, steps, val_scores=val_scores,
+                            handoff=handoff)  # fmt: skip
         hooks.finished(result)
         emit(events, "step.done", strategy=name, kind=kind, index=len(steps), val_score=score)
         return result
 
-    def _score(self, program: Program, valset: Sequence[Example], name: str, events: EventSink | None):
+    def _score(
+        self, program: Program, valset: Sequence[Example], name: str, events: EventSink | None
+    ) -> EvaluationResult:
         return evaluate(program, valset, self.metric, num_threads=self.num_threads, events=events,
                         description=f"score {name}")
 
