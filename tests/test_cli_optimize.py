@@ -152,7 +152,8 @@ def test_medprompt_is_timed_on_the_program_and_the_estimate_printed(tmp_path):
     program = MultipleChoiceQA().bind(FakeLM(["Reasoning: r.\nAnswer: (A)"]))
     buffer = io.StringIO()
     opt = MedPrompt(choice_match, embedder=TfidfEmbedder(), m=3)
-    optimize_cmds.say_how_long(opt, program, data, data[:4], "dev", 2, Console(file=buffer, width=400))
+    narrow = Console(file=buffer, width=80)  # a narrow log: the line stays whole
+    optimize_cmds.say_how_long(opt, program, data, data[:4], "dev", 2, narrow)
     assert re.match(
         r"medprompt: about \d+ s on this machine \(self-generation: 12 runs x [\d.]+ s; ensemble on dev: 12 runs x "
         r"[\d.]+ s\)\. Shorter: -P m=1 \(about \d+ s\), --eval-split '' \(about \d+ s, no dev score\)\.$",

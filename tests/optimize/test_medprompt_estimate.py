@@ -52,6 +52,8 @@ def test_the_estimate_is_runs_times_measured_seconds_and_offers_smaller_ensemble
     assert work.seconds == 474.0
     assert work.shorter == (("-P m=3", 24.0 + 90 * 3.0), ("-P m=1", 24.0 + 30 * 3.0))
     assert plan_medprompt(medprompt(m=2), TRAIN, TEST, plain=2.0, with_demos=3.0).shorter == (("-P m=1", 114.0),)
+    cached = plan_medprompt(medprompt(), TRAIN, TEST, plain=2.0, with_demos=3.0, cached=4)
+    assert cached.phases[0].runs == 8 and cached.shorter[-1] == ("-P m=1", 16.0 + 90.0)
     alone = plan_medprompt(medprompt(m=1), TRAIN, [], plain=2.0, with_demos=3.0)  # no evaluation afterwards
     assert [p.name for p in alone.phases] == ["self-generation"] and alone.shorter == ()
 
@@ -94,13 +96,22 @@ def test_measuring_times_prompts_with_k_demos_and_self_generation_reuses_the_tim
     opt = medprompt(k=3, m=5)
     work = measure_medprompt(opt, MultipleChoiceQA().bind(lm), TRAIN, TEST, num_threads=1, clock=clock)
     plain, ensemble = work.phases
-    assert (plain.runs, ensemble.runs) == (12, 150)
+    assert (plain.runs, ensemble.runs) == (12 - 2, 150)  # the two runs timed are in the request cache now
     assert ensemble.seconds_per_run > plain.seconds_per_run > 1.0  # three demos make the prompt longer
-    demo_turns = max(len(messages) for messages, _ in lm.calls)
-    assert demo_turns == 1 + 2 * 3 + 1  # system, three demos as user/assistant pairs, the question
+    shown = max((messages for messages, _ in lm.calls), key=len)
+    assert len(shown) == 1 + 2 * 3 + 1  # system, three demos as user/assistant pairs, the question
+    # the untimed batch's passing run (question 0: the fake model always answers (A)) is a demo with its
+    # reasoning, as the ensemble's self-generated demos are; labeled examples fill up the rest
+    assert [m["content"].startswith("Reasoning: first.") for m in shown[2:7:2]] == [True, False, False]
     sent = len(lm.calls)
     opt.compile(MultipleChoiceQA().bind(lm), trainset=TRAIN)
     assert len(lm.calls) - sent == len(TRAIN) - 2  # the warm-up run and the timed batch came from the cache
+
+
+def test_without_a_request_cache_the_timed_runs_are_run_again():
+    clock = Clock()
+    work = measure_medprompt(medprompt(), MultipleChoiceQA().bind(clock.lm()), TRAIN, TEST, num_threads=2, clock=clock)
+    assert [p.runs for p in work.phases] == [12, 150]
 
 
 def test_nothing_measured_when_everything_is_cached(tmp_path):

@@ -120,7 +120,7 @@ def say_how_long(
         work = measure_medprompt(opt, program, trainset, evalset, num_threads=threads)
     if work is None:  # the request cache answered: a repeated command, fast anyway
         return
-    console.print(estimate_line(work, evaluate_on), highlight=False)
+    console.print(estimate_line(work, evaluate_on), highlight=False, soft_wrap=True)  # one line in a log, too
 
 
 def estimate_line(work: Any, evaluate_on: str | None) -> str:

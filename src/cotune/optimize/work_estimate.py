@@ -2,10 +2,11 @@
 
 The program runs are counted from the data and the hyperparameters (`MedPrompt.planned_runs`). The seconds
 a run takes are measured, on this machine and model, as it is now: the same defaults take minutes on an idle
-machine and an hour on a busy one, so no constant would be right within 2x. Two batches of training
-examples are timed, run as many at a time as the optimizer will run them: the program as it is (what the
-self-generation runs; with the request cache on, those answers are reused by it), and the program showing
-``k`` labeled demos (the length of the ensemble's kNN prompts).
+machine and an hour on a busy one, so no constant would be right within 2x. Batches of training examples are
+timed, run as many at a time as the optimizer will run them: the program as it is (what the self-generation
+runs; with the request cache on, it reuses those answers), and the program showing ``k`` demos with their
+reasoning (as long as the ensemble's kNN prompts) — see `measure_medprompt`. On a machine shared with other
+work the speed changes from batch to batch, and so does the estimate's error.
 
 Example:
     >>> from cotune.optimize.medprompt import MedPrompt
@@ -23,7 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cotune.data.example import Example
-from cotune.evaluate.evaluate import evaluate
+from cotune.evaluate.evaluate import Row, evaluate
+from cotune.evaluate.metrics import passes
 from cotune.optimize.bootstrap import with_demos
 from cotune.optimize.labeled import labeled_demos
 from cotune.optimize.medprompt import MedPrompt
@@ -58,15 +60,22 @@ class WorkEstimate:
 
 
 def plan_medprompt(
-    opt: MedPrompt, trainset: Sequence[Example], evalset: Sequence[Example], *, plain: float, with_demos: float
+    opt: MedPrompt,
+    trainset: Sequence[Example],
+    evalset: Sequence[Example],
+    *,
+    plain: float,
+    with_demos: float,
+    cached: int = 0,
 ) -> WorkEstimate:
     """The work of ``opt.compile`` on ``trainset`` and of evaluating its ensemble on ``evalset``, given the
-    measured seconds of a run without demos (``plain``: self-generation) and with ``k`` demos (the ensemble)."""
+    measured seconds of a run without demos (``plain``: self-generation) and with ``k`` demos (the ensemble);
+    ``cached``: self-generation runs the request cache already holds (the timed ones)."""
 
     def phases(m: int) -> tuple[Phase, ...]:
         runs = opt.clone(m=m).planned_runs(trainset, evalset)
         out = (
-            Phase("self-generation", runs["self-generation"], plain),
+            Phase("self-generation", max(0, runs["self-generation"] - cached), plain),
             Phase("ensemble", runs["ensemble"], with_demos),
         )
         return tuple(p for p in out if p.runs)
@@ -85,19 +94,39 @@ def measure_medprompt(
     clock: Callable[[], float] = time.monotonic,
 ) -> WorkEstimate | None:
     """`plan_medprompt` with the seconds per run measured on ``program`` (bound to its LM); None when the
-    request cache answered every timed run, so nothing was measured (a repeated command is fast anyway)."""
-    if len(trainset) < 2:
+    request cache answered every timed run, so nothing was measured (a repeated command is fast anyway).
+
+    Three batches of ``num_threads`` training examples run: one untimed (the first batch pays one-time costs:
+    kernels for new shapes, grammar compilation), one timed as the self-generation runs them (with the
+    request cache on, the self-generation reuses both), and the timed examples again showing ``k`` demos
+    as the ensemble does: passing runs of the first two batches with their reasoning, filled up with labeled
+    examples. The last costs one batch more than `compile` would run.
+    """
+    n = min(num_threads, len(trainset))
+    warm, timed = (trainset[:n], trainset[n : 2 * n]) if len(trainset) >= 2 * n else ([], trainset[:n])
+    rows = list(evaluate(program, warm, opt.metric, num_threads=num_threads, max_errors=None).rows) if warm else []
+    plain, timed_rows = _timed(program, timed, opt.metric, num_threads, clock)
+    demos = _demos(program, rows + timed_rows, trainset, opt)
+    with_k, _ = _timed(with_demos(program, demos), timed, opt.metric, num_threads, clock)
+    if plain is None or with_k is None:
         return None
-    batch = list(trainset[1 : 1 + num_threads])
-    # The first run pays one-time costs (kernels, grammar compilation) that no later run pays again.
-    evaluate(program, trainset[:1], opt.metric, num_threads=1, max_errors=None)
-    plain = seconds_per_run(program, batch, opt.metric, num_threads=num_threads, clock=clock)
-    pool = list(trainset[1 + len(batch) :]) or list(trainset)
-    shown = with_demos(program, {name: labeled_demos(p, pool, opt.k) for name, p in program.named_predictors()})
-    demos = seconds_per_run(shown, batch, opt.metric, num_threads=num_threads, clock=clock)
-    if plain is None or demos is None:
-        return None
-    return plan_medprompt(opt, trainset, evalset, plain=plain, with_demos=demos)
+    caches = all(p.lm is None or p.lm.cache is not None for p in program.predictors())
+    cached = len(warm) + len(timed) if caches else 0
+    return plan_medprompt(opt, trainset, evalset, plain=plain, with_demos=with_k, cached=cached)
+
+
+def _demos(program: Program, rows: Sequence[Row], trainset: Sequence[Example], opt: MedPrompt) -> dict[str, list]:
+    """Up to ``opt.k`` demos per predictor: calls of passing runs (with their reasoning), then labeled ones."""
+    threshold = opt.bootstrap.metric_threshold if opt.bootstrap is not None else None
+    demos: dict[str, list[Example]] = {name: [] for name, _ in program.named_predictors()}
+    for row in rows:
+        if row.error is None and passes(row.score, threshold):
+            for step in row.trace:
+                if step.outputs is not None and step.predictor in demos and len(demos[step.predictor]) < opt.k:
+                    demos[step.predictor].append(Example({**step.inputs, **step.outputs}))
+    for name, predictor in program.named_predictors():
+        demos[name] += labeled_demos(predictor, trainset, opt.k - len(demos[name]))
+    return demos
 
 
 def seconds_per_run(
@@ -110,16 +139,20 @@ def seconds_per_run(
 ) -> float | None:
     """Wall seconds per example of ``program`` on ``examples`` run ``num_threads`` at a time, as if no call
     were a cache hit (the time is shared among the calls sent); None when every call was one."""
+    return _timed(program, examples, metric, num_threads, clock)[0]
+
+
+def _timed(program, examples, metric, num_threads, clock) -> tuple[float | None, list[Row]]:
     lms = {id(p.lm): p.lm for p in program.predictors() if p.lm is not None}.values()
     before = [(lm.usage.calls, lm.usage.cache_hits) for lm in lms]
     start = clock()
-    evaluate(program, examples, metric, num_threads=num_threads, max_errors=None)
+    rows = list(evaluate(program, examples, metric, num_threads=num_threads, max_errors=None).rows)
     elapsed = clock() - start
     calls = sum(lm.usage.calls - c for lm, (c, _) in zip(lms, before, strict=True))
     hits = sum(lm.usage.cache_hits - h for lm, (_, h) in zip(lms, before, strict=True))
     if not examples or calls <= hits:
-        return None
-    return elapsed / (calls - hits) * calls / len(examples)
+        return None, rows
+    return elapsed / (calls - hits) * calls / len(examples), rows
 
 
 __all__ = ["Phase", "WorkEstimate", "measure_medprompt", "plan_medprompt", "seconds_per_run"]
