@@ -90,22 +90,34 @@ def test_seconds_per_run_is_measured_and_cache_hits_measure_nothing(tmp_path):
     assert half == pytest.approx((clock.now - before) / 2)
 
 
-def test_measuring_times_prompts_with_k_demos_and_self_generation_reuses_the_timed_runs(tmp_path):
+def test_measuring_times_prompts_with_k_demos_each_and_self_generation_reuses_the_timed_runs(tmp_path):
     clock = Clock()
     lm = clock.lm(cache=RequestCache(tmp_path / "c.sqlite"))
     opt = medprompt(k=3, m=5)
-    work = measure_medprompt(opt, MultipleChoiceQA().bind(lm), TRAIN, TEST, num_threads=1, clock=clock)
+    work = measure_medprompt(opt, MultipleChoiceQA().bind(lm), TRAIN, TEST, num_threads=2, clock=clock)
     plain, ensemble = work.phases
-    assert (plain.runs, ensemble.runs) == (12 - 2, 150)  # the two runs timed are in the request cache now
+    assert (plain.runs, ensemble.runs) == (12 - 4, 150)  # the four runs timed are in the request cache now
     assert ensemble.seconds_per_run > plain.seconds_per_run > 1.0  # three demos make the prompt longer
-    shown = max((messages for messages, _ in lm.calls), key=len)
-    assert len(shown) == 1 + 2 * 3 + 1  # system, three demos as user/assistant pairs, the question
-    # the untimed batch's passing run (question 0: the fake model always answers (A)) is a demo with its
-    # reasoning, as the ensemble's self-generated demos are; labeled examples fill up the rest
-    assert [m["content"].startswith("Reasoning: first.") for m in shown[2:7:2]] == [True, False, False]
+    shown = [messages for messages, _ in lm.calls if len(messages) == 1 + 2 * 3 + 1]  # system, 3 demos, question
+    assert len(shown) == 2
+    # each timed question is shown its own demos, as kNN shows each its nearest: a batch sharing them would
+    # compute them once for all rows and time too little
+    assert shown[0][1:-1] != shown[1][1:-1]
     sent = len(lm.calls)
     opt.compile(MultipleChoiceQA().bind(lm), trainset=TRAIN)
-    assert len(lm.calls) - sent == len(TRAIN) - 2  # the warm-up run and the timed batch came from the cache
+    assert len(lm.calls) - sent == len(TRAIN) - 4  # the warm-up batch and the timed batch came from the cache
+
+
+def test_the_demo_pool_has_passing_runs_with_their_reasoning_then_labeled_examples():
+    from cotune.evaluate import evaluate
+    from cotune.optimize.work_estimate import _pool
+
+    program = MultipleChoiceQA().bind(Clock().lm())
+    rows = evaluate(program, TRAIN[:3], choice_match, num_threads=1).rows  # only question 0's gold is (A)
+    [(name, predictor)] = program.named_predictors()
+    pool = _pool(predictor, name, rows, TRAIN, medprompt(), size=4)
+    assert [d.get("reasoning") for d in pool] == ["first.", None, None, None]
+    assert [d["question"] for d in pool] == [TRAIN[i]["question"] for i in (0, 0, 1, 2)]
 
 
 def test_without_a_request_cache_the_timed_runs_are_run_again():
