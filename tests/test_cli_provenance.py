@@ -127,7 +127,7 @@ def test_ctrl_c_in_eval_keeps_the_finished_rows(tmp_path, fake_model, monkeypatc
 
 
 def test_run_set_reaches_any_config_field_and_merges_into_the_yaml(tmp_path):
-    from cotune.cli.app import _params
+    from cotune.cli.options import parse_params as _params
 
     path = tmp_path / "exp.yaml"
     path.write_text("task: iris\nprompt:\n  num_candidates: 4\nweights:\n  lora: {r: 8}\n")

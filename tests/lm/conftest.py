@@ -28,3 +28,24 @@ def lora(tmp_path_factory):
     model.save_pretrained(str(folder))
     (folder / "cotune_adapter.json").write_text(json.dumps({"base_model": "smollm2-135m"}))
     return Path(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    """A tiny randomly initialized Llama (no weights loaded; pad token 0), for decoding tests."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    return transformers.LlamaForCausalLM(config).eval()

@@ -121,7 +121,7 @@ def test_sampling_by_rejection_draws_from_the_masked_distribution(lm):
     redraw that took the masked argmax instead would put ~all of them on "red", a distance of ~0.3)."""
     import torch
 
-    from cotune.lm.hf import _seeded_sampler
+    from cotune.lm.sampling import seeded_sampler as _seeded_sampler
     from cotune.program.grammar import constraint
 
     sig = Predict("question -> answer: Literal['red', 'green', 'blue']").signature

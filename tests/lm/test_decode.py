@@ -7,20 +7,17 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from cotune.lm.decode import MIN_SHARED_PREFIX, common_prefix, decode, prefix_groups  # noqa: E402
-from cotune.lm.hf import _seeded_sampler  # noqa: E402
+from cotune.lm.decode import decode  # noqa: E402
+from cotune.lm.prefix_groups import MIN_SHARED_PREFIX, common_prefix, prefix_groups  # noqa: E402
 from cotune.lm.prefix_store import PrefixStore  # noqa: E402
+from cotune.lm.sampling import seeded_sampler as _seeded_sampler  # noqa: E402
 
 PAD = 0
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                      bos_token_id=None, eos_token_id=None, pad_token_id=PAD)  # fmt: skip
-    return transformers.LlamaForCausalLM(config).eval()
+def model(tiny_llama):
+    return tiny_llama
 
 
 def left_padded(prompts: list[list[int]]):

@@ -341,7 +341,7 @@ def test_an_adapter_missing_some_of_its_weights_is_refused(smol, random_lora, tm
 @pytest.mark.parametrize("min_p, allowed", [(0.0, {0, 1, 2, 3}), (0.2, {0, 1}), (0.5, {0})])
 def test_min_p_drops_the_unlikely_tail(min_p, allowed):
     torch = pytest.importorskip("torch")
-    from cotune.lm.hf import _seeded_sampler
+    from cotune.lm.sampling import seeded_sampler as _seeded_sampler
 
     # probabilities 0.6, 0.25, 0.1, 0.05 (at temperature 1): min_p 0.2 keeps those >= 0.12
     scores = torch.log(torch.tensor([[0.6, 0.25, 0.1, 0.05]])).repeat(200, 1)

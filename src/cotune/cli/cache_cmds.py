@@ -10,7 +10,10 @@ from rich.console import Console
 
 from cotune.errors import CacheError
 
-PathOpt = Annotated[Path | None, typer.Option("--path", help="The cache file. Default: $COTUNE_REQUEST_CACHE, else <cache dir>/requests.sqlite.")]
+PathOpt = Annotated[
+    Path | None,
+    typer.Option("--path", help="The cache file. Default: $COTUNE_REQUEST_CACHE, else <cache dir>/requests.sqlite."),
+]
 
 cache_app = typer.Typer(help="Show, verify or clear the request cache.", no_args_is_help=True)
 

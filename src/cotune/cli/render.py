@@ -105,7 +105,6 @@ class RichEvents:
             left = f"  [{done} nodes{eta}]"
         self.console.print(f"{where}: {what}  ({_clock(elapsed)} elapsed){left}", highlight=False, markup=False)
 
-
     def _eta(self, elapsed: float, rest: int) -> str:
         """The time left: each node left at the mean time of finished nodes of its kind (a Θ node costs several
         times a zero-shot one); until a kind has finished once, say so rather than guess."""
@@ -152,7 +151,9 @@ def evaluation_table(title: str, summary: dict[str, Any], context: dict[str, Any
     table.add_row("errors", str(summary["errors"]))
     table.add_row("format adherence", f"{summary['format_adherence']:.1%}")
     table.add_row("LM calls", f"{summary['usage']['calls']} ({summary['usage']['cache_hits']} from cache)")
-    table.add_row("tokens per call", f"{per_call['prompt_tokens']:.0f} prompt, {per_call['completion_tokens']:.0f} completion")
+    table.add_row(
+        "tokens per call", f"{per_call['prompt_tokens']:.0f} prompt, {per_call['completion_tokens']:.0f} completion"
+    )
     table.add_row("wall time", f"{summary['seconds']:.1f} s")
     # Wall time over the calls that reached the model: a call's own latency includes its wait in a batch.
     table.add_row("wall time per uncached call", fmt_seconds(wall_per_uncached_call(summary), " s"))
@@ -178,7 +179,16 @@ def results_table(results: dict[str, Any]) -> Table:
     cfg = results["config"]
     seeds = len(cfg.get("seeds", []))
     table = Table(title=f"{cfg['task']} · {cfg['model']} · test accuracy over {seeds} seed(s)", title_justify="left")
-    for col in ("strategy", "test", "dev", "prompt tok/call", "wall s/uncached call", "format ok", "optimize s", "train s"):
+    for col in (
+        "strategy",
+        "test",
+        "dev",
+        "prompt tok/call",
+        "wall s/uncached call",
+        "format ok",
+        "optimize s",
+        "train s",
+    ):
         table.add_column(col, justify="right" if col != "strategy" else "left")
     rows = results["table"]
     best = max((r["test_mean"] for r in rows), default=None)

@@ -1,6 +1,6 @@
 """The work behind `cotune report` and `cotune advise`, plus the option types both commands share.
 
-Wiring (in cli/app.py)::
+Wiring (in cli/experiment_cli.py)::
 
     @app.command("report")
     def report_cmd(run_dirs: RunDirsArg, out_dir: OutDirOpt = None, calls_per_day: CallsPerDayOpt = DEFAULT_CALLS_PER_DAY,
@@ -22,13 +22,36 @@ from rich.table import Table
 from cotune.experiment import advisor as adv
 
 RunDirsArg = Annotated[list[Path], typer.Argument(help="One or more run directories written by `cotune run`.")]
-OutDirOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Folder for report.md/report.html (default: the first run directory).")]
-CallsPerDayOpt = Annotated[float, typer.Option("--calls-per-day", min=0, help="Requests per day the program will serve.")]
-PromptPriceOpt = Annotated[float, typer.Option("--price-prompt", min=0, help="Price per 1M prompt tokens (default is a placeholder: set yours).")]
-CompletionPriceOpt = Annotated[float, typer.Option("--price-completion", min=0, help="Price per 1M completion tokens (placeholder default).")]
-TrainingPriceOpt = Annotated[float, typer.Option("--price-training-hour", min=0, help="Price per hour of optimization/training (placeholder default).")]
-HorizonOpt = Annotated[float, typer.Option("--horizon-days", min=1, help="Days over which one-off optimization/training costs are paid back.")]
-FinetunedFactorOpt = Annotated[float, typer.Option("--finetuned-price-factor", min=0, help="Token-price multiplier for fine-tuned programs (hosted fine-tunes often cost more per token).")]
+OutDirOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Folder for report.md/report.html (default: the first run directory)."),
+]
+CallsPerDayOpt = Annotated[
+    float, typer.Option("--calls-per-day", min=0, help="Requests per day the program will serve.")
+]
+PromptPriceOpt = Annotated[
+    float,
+    typer.Option("--price-prompt", min=0, help="Price per 1M prompt tokens (default is a placeholder: set yours)."),
+]
+CompletionPriceOpt = Annotated[
+    float, typer.Option("--price-completion", min=0, help="Price per 1M completion tokens (placeholder default).")
+]
+TrainingPriceOpt = Annotated[
+    float,
+    typer.Option("--price-training-hour", min=0, help="Price per hour of optimization/training (placeholder default)."),
+]
+HorizonOpt = Annotated[
+    float,
+    typer.Option("--horizon-days", min=1, help="Days over which one-off optimization/training costs are paid back."),
+]
+FinetunedFactorOpt = Annotated[
+    float,
+    typer.Option(
+        "--finetuned-price-factor",
+        min=0,
+        help="Token-price multiplier for fine-tuned programs (hosted fine-tunes often cost more per token).",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the advice as JSON instead of tables.")]
 MarkdownOpt = Annotated[bool, typer.Option("--markdown", help="Print the advice as Markdown instead of tables.")]
 
@@ -52,8 +75,14 @@ def run_report(
 
     if out_dir is not None:
         check_out_dir(out_dir)  # report.md, report.html and report-plots/ are replaced
-    prices = adv.Prices(calls_per_day, price_per_1m_prompt_tokens, price_per_1m_completion_tokens,
-                        price_per_training_hour, horizon_days, finetuned_price_factor)
+    prices = adv.Prices(
+        calls_per_day,
+        price_per_1m_prompt_tokens,
+        price_per_1m_completion_tokens,
+        price_per_training_hour,
+        horizon_days,
+        finetuned_price_factor,
+    )
     with console.status("writing the report ..."):
         md, html = write_report(run_dirs, out_dir, prices=prices)
     out.print(f"report: {md}")
@@ -76,9 +105,13 @@ def run_advise(
 ) -> adv.Advice:
     """Print the advisor's cost table, break-even volumes and recommendation (tables, JSON or Markdown)."""
     advice = adv.advise(
-        run_dirs, calls_per_day=calls_per_day, price_per_1m_prompt_tokens=price_per_1m_prompt_tokens,
-        price_per_1m_completion_tokens=price_per_1m_completion_tokens, price_per_training_hour=price_per_training_hour,
-        horizon_days=horizon_days, finetuned_price_factor=finetuned_price_factor,
+        run_dirs,
+        calls_per_day=calls_per_day,
+        price_per_1m_prompt_tokens=price_per_1m_prompt_tokens,
+        price_per_1m_completion_tokens=price_per_1m_completion_tokens,
+        price_per_training_hour=price_per_training_hour,
+        horizon_days=horizon_days,
+        finetuned_price_factor=finetuned_price_factor,
     )
     if as_json:
         out.print_json(json.dumps(advice.to_dict(), default=str))
