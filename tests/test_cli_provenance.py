@@ -135,11 +135,11 @@ def test_run_set_reaches_any_config_field_and_merges_into_the_yaml(tmp_path):
     cfg = commands.experiment_config(path, {"threads": 2} | settings)
     assert (cfg.prompt.optimizer, cfg.prompt.params, cfg.prompt.num_candidates) == ("knn", {"k": 5}, 4)
     # the YAML's and --set's LoRA fields over Iris's run defaults (top 8 layers, 10 epochs at 3e-3)
-    assert cfg.weights.lora == {"r": 8, "epochs": 3, "top_layers": 8, "learning_rate": 3e-3}
+    assert cfg.weights.params["lora"] == {"r": 8, "epochs": 3, "top_layers": 8, "learning_rate": 3e-3}
     assert cfg.seeds == [0, 1] and cfg.threads == 2
     with pytest.raises(ConfigError, match=r"prompt: optimizer 'knn' has no hyperparameter kk"):
         commands.experiment_config(None, _params(["prompt.optimizer=knn", "prompt.params.kk=5"], "--set"))
-    with pytest.raises(ConfigError, match="prompt.bogus: unknown field"):
+    with pytest.raises(ConfigError, match="prompt: optimizer 'bfrs' has no hyperparameter bogus; choose from: "):
         commands.experiment_config(None, _params(["prompt.bogus=1"], "--set"))
 
 

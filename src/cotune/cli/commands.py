@@ -129,11 +129,11 @@ def run_eval(
 def experiment_config(config_path: Path | None, overrides: dict[str, Any]) -> Any:
     """The YAML config (if any) with ``overrides`` on top; dotted keys (``--set prompt.params.k=5``) reach
     nested fields and are merged into them, not replacing their siblings."""
-    from cotune.experiment.config import ExperimentConfig
+    from cotune.experiment.config import ExperimentConfig, steps_with_params
     from cotune.optimize.registry import merge, nest
 
     base = ExperimentConfig.from_yaml(config_path).to_dict() if config_path else {}
-    return ExperimentConfig.from_dict(merge(base, nest(overrides)))
+    return ExperimentConfig.from_dict(merge(base, steps_with_params(nest(overrides))))
 
 
 def run_experiment(*, config_path: Path | None, resume: Path | None, overrides: dict, console: Console, out: Console,

@@ -218,14 +218,27 @@ def run_finetune(
     the_task = _task(task, data_dir, split_seed)
     from cotune.tasks import task_info
 
-    given = {"num_rollouts": rollouts, "rollout_temperature": rollout_temperature,
-             "stop_at_first_pass": stop_at_first_pass, "keep_demos": keep_demos}  # fmt: skip
-    task_defaults = dict(task_info(task).run_defaults.get("weights", {}))
-    named = {k: v for k, v in task_defaults.items() if k in given or k == "lora"}
-    named = merge(named, {k: v for k, v in given.items() if v is not None})
-    named = merge(named, dict(lora={"seed": seed, **lora}, metric_threshold=threshold, output_dir=str(out_dir),
-                              traces=str(traces) if traces else None, fill_with_labels=fill_with_labels,
-                              num_threads=threads, seed=seed, base_model=base_model))  # fmt: skip
+    # The named options are aliases of BootstrapFinetune's hyperparameters: over the task's measured run defaults,
+    # under -P; what none of them sets keeps the optimizer's own default.
+    aliases = {
+        "num_rollouts": rollouts,
+        "rollout_temperature": rollout_temperature,
+        "stop_at_first_pass": stop_at_first_pass,
+        "keep_demos": keep_demos,
+        "metric_threshold": threshold,
+        "fill_with_labels": fill_with_labels or None,  # a flag: absent is not "off"
+        "lora": lora or None,
+    }
+    this_run = {
+        "lora": {"seed": seed},
+        "output_dir": str(out_dir),
+        "traces": str(traces) if traces else None,
+        "num_threads": threads,
+        "seed": seed,
+        "base_model": base_model,
+    }
+    named = merge(dict(task_info(task).run_defaults.get("weights", {})), this_run)
+    named = merge(named, {k: v for k, v in aliases.items() if v is not None})
     if (trainer, processes) != ("local", 1):
         named["trainer"] = built
     opt = build_optimizer("finetune", the_task.metric, **merge(named, nest(params or {})))

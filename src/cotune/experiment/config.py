@@ -32,12 +32,19 @@ class PromptStep:
     """The Π step: any registered prompt optimizer and its own hyperparameters.
 
     ``params`` takes the optimizer's hyperparameters by name (``{k: 5}`` for knn; nested ones with dots or
-    mappings: ``{bootstrap.max_labeled_demos: 2}``). The fields below it are shortcuts for the paper's
-    defaults, given to the optimizers that take them; ``params`` wins over them.
+    mappings: ``{bootstrap.max_labeled_demos: 2}``); in YAML they may also sit beside ``optimizer``
+    (``prompt: {optimizer: knn, k: 5}``). The fields below ``params`` are shortcuts for the paper's defaults,
+    given to the optimizers that take them; ``params`` wins over them.
     """
 
-    optimizer: str = field(default="bfrs", metadata={"help": "a prompt optimizer: bfrs, bootstrap, gpo, knn, medprompt"})
-    params: dict[str, Any] = field(default_factory=dict, metadata={"help": "the optimizer's hyperparameters, e.g. {k: 5}"})
+    EXTRA_KEYS_GO_TO = "params"
+
+    optimizer: str = field(
+        default="bfrs", metadata={"help": "a prompt optimizer: bfrs, bootstrap, gpo, knn, medprompt"}
+    )
+    params: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "the optimizer's hyperparameters, e.g. {k: 5}"}
+    )
     num_candidates: int = field(default=6, metadata={"help": "candidate programs tried by random search"})
     max_bootstrapped_demos: int = field(default=3, metadata={"help": "demos from successful traces, per predictor"})
     max_labeled_demos: int = field(default=3, metadata={"help": "demos from labeled examples, per predictor"})
@@ -68,48 +75,39 @@ class PromptStep:
 
 @dataclass
 class WeightStep:
-    """The Θ step. ``lora`` holds `cotune.training.LoRAConfig` fields (validated by it); ``params`` any other
-    hyperparameter of the weights optimizer (wins over the fields)."""
+    """The Θ step: a weights optimizer and its hyperparameters, declared once, by the optimizer.
+
+    ``params`` takes any hyperparameter of the optimizer by name (for ``finetune``, `BootstrapFinetune`'s:
+    ``num_rollouts``, ``keep_demos``, ``lora: {r: 32, epochs: 5}``...), checked against its signature. In YAML
+    they may also sit beside ``optimizer`` (``weights: {num_rollouts: 3}``): a key of the step that is not one
+    of the fields below is a hyperparameter, as if under ``params``. ``trainer`` and ``processes`` choose what
+    trains the adapter.
+    """
+
+    EXTRA_KEYS_GO_TO = "params"
 
     optimizer: str = field(default="finetune", metadata={"help": "a weights optimizer: finetune"})
-    params: dict[str, Any] = field(default_factory=dict, metadata={"help": "the optimizer's hyperparameters"})
-    lora: dict[str, Any] = field(default_factory=dict, metadata={"help": "LoRAConfig fields, e.g. {r: 32, epochs: 5}"})
-    metric_threshold: float | None = field(
-        default=None, metadata={"help": "keep traces scoring at least this (default: full marks)"}
+    params: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "the optimizer's hyperparameters, e.g. {num_rollouts: 3, lora: {r: 8}}"}
     )
-    num_rollouts: int = field(default=1, metadata={"help": "rollouts per training example"})
-    rollout_temperature: float = field(default=0.7, metadata={"help": "sampling temperature of rollouts after the first"})
-    rollout_min_p: float = field(default=0.0, metadata={"help": "min-p of the sampled rollouts (0: off)"})
-    stop_at_first_pass: bool = field(
-        default=False, metadata={"help": "no more rollouts for an example once one of its runs passed"}
-    )
-    init: str = field(default="base", metadata={"help": "'base' (train from the base model) or 'continue'"})
-    fill_with_labels: bool = field(
-        default=False,
-        metadata={"help": "also train on the gold labels of training examples no run got right (not in the paper)"},
-    )
-    keep_demos: bool = field(default=True, metadata={"help": "train on prompts with the few-shot demos (False: without)"})
     trainer: str = field(
         default="local",
-        metadata={"help": "what trains the adapter: local (cotune's loop) or trl (TRL through accelerate; cotune[trl])"},
+        metadata={
+            "help": "what trains the adapter: local (cotune's loop) or trl (TRL through accelerate; cotune[trl])"
+        },
     )
     processes: int = field(
         default=1, metadata={"help": "data-parallel training processes (trainer trl; lora.batch_size is per process)"}
     )
 
     def optimizer_params(self) -> dict[str, Any]:
-        from cotune.optimize.registry import merge, nest
+        from cotune.optimize.registry import nest
         from cotune.training.trainer import build_trainer
 
-        fields = {
-            "lora": dict(self.lora), "metric_threshold": self.metric_threshold, "num_rollouts": self.num_rollouts,
-            "rollout_temperature": self.rollout_temperature, "rollout_min_p": self.rollout_min_p,
-            "stop_at_first_pass": self.stop_at_first_pass, "init": self.init,
-            "fill_with_labels": self.fill_with_labels, "keep_demos": self.keep_demos,
-        }  # fmt: skip
+        params = nest(self.params)
         if (self.trainer, self.processes) != ("local", 1):
-            fields["trainer"] = build_trainer(self.trainer, processes=self.processes)
-        return merge(fields if self.optimizer == "finetune" else {}, nest(self.params))
+            params["trainer"] = build_trainer(self.trainer, processes=self.processes)
+        return params
 
     def check(self) -> list[str]:
         from cotune.training.trainer import build_trainer
@@ -146,7 +144,7 @@ def _with_task_defaults(data: dict[str, Any]) -> dict[str, Any]:
         defaults = task_info(task).run_defaults if isinstance(task, str) else {}
     except ConfigError:  # an unknown task: the field check names it
         defaults = {}
-    return merge(copy.deepcopy(dict(defaults)), data)
+    return merge(steps_with_params(copy.deepcopy(dict(defaults))), steps_with_params(data))
 
 
 def _no_metric(example: Any, prediction: Any) -> float:  # stands in for the task's metric while checking
@@ -166,8 +164,15 @@ class ExperimentConfig:
 
     task: str = field(default="iris", metadata={"help": "built-in task name"})
     model: str = field(default="smollm2-135m", metadata={"help": "registry name, folder, .gguf or hub id"})
-    strategies: list[str] = field(default_factory=lambda: list(DEFAULT_STRATEGIES), metadata={"help": "e.g. [zero-shot, p, w, p-w-p]"})
-    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "optimizer seeds, or their count N (seeds 0..N-1, as --seeds N); the mean over them is reported"})
+    strategies: list[str] = field(
+        default_factory=lambda: list(DEFAULT_STRATEGIES), metadata={"help": "e.g. [zero-shot, p, w, p-w-p]"}
+    )
+    seeds: list[int] = field(
+        default_factory=lambda: [0],
+        metadata={
+            "help": "optimizer seeds, or their count N (seeds 0..N-1, as --seeds N); the mean over them is reported"
+        },
+    )
     data_dir: str | None = field(default=None, metadata={"help": "task data folder (gsm8k, hotpotqa)"})
     out_dir: str = field(default="runs", metadata={"help": "parent folder of run directories"})
     name: str | None = field(default=None, metadata={"help": "run directory name (default: date-task-model)"})
@@ -179,8 +184,18 @@ class ExperimentConfig:
     threads: int = field(default=64, metadata={"help": "parallel examples (a local model batches them)"})
     max_tokens: int | None = field(default=None, metadata={"help": "cap on generated tokens per call"})
     cache: bool = field(default=True, metadata={"help": "use the persistent request cache"})
-    dtype: str = field(default="auto", metadata={"help": "local model weights: auto, float32, bfloat16, float16 or int8 (CPU: int8 Linear weights, ~2x faster decoding, slightly different answers)"})
-    ray: str | None = field(default=None, metadata={"help": "run the nodes as Ray tasks: local (a Ray cluster on this machine), auto or a cluster address (ray://HOST:10001, HOST:6379); needs cotune[ray]"})
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "local model weights: auto, float32, bfloat16, float16 or int8 (CPU: int8 Linear weights, ~2x faster decoding, slightly different answers)"
+        },
+    )
+    ray: str | None = field(
+        default=None,
+        metadata={
+            "help": "run the nodes as Ray tasks: local (a Ray cluster on this machine), auto or a cluster address (ray://HOST:10001, HOST:6379); needs cotune[ray]"
+        },
+    )
     prompt: PromptStep = field(default_factory=PromptStep)
     weights: WeightStep = field(default_factory=WeightStep)
 
@@ -211,7 +226,9 @@ class ExperimentConfig:
         if self.dtype not in LOCAL_DTYPES:
             errors.append(f"dtype: {self.dtype!r} is not one of {', '.join(LOCAL_DTYPES)}")
         if self.ray is not None and not _RAY_ADDRESS.fullmatch(self.ray):
-            errors.append(f"ray: {self.ray!r} is not a Ray cluster; valid: local, auto, ray://HOST:PORT, HOST:PORT (or null: no Ray)")
+            errors.append(
+                f"ray: {self.ray!r} is not a Ray cluster; valid: local, auto, ray://HOST:PORT, HOST:PORT (or null: no Ray)"
+            )
         for name in ("train_size", "dev_size", "test_size", "max_tokens"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -250,8 +267,10 @@ class ExperimentConfig:
         try:
             data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
         except UnicodeDecodeError as e:
-            raise ConfigError(f"{path} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset "
-                              f"{e.start}); save it as UTF-8") from None
+            raise ConfigError(
+                f"{path} is not UTF-8 text (byte {e.object[e.start : e.start + 1]!r} at offset "
+                f"{e.start}); save it as UTF-8"
+            ) from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from None
         if not isinstance(data, dict):
@@ -265,7 +284,8 @@ def _build(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
         return None
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    extra_to = getattr(cls, "EXTRA_KEYS_GO_TO", None)
+    data, kwargs = _extras_into(data, fields, extra_to), {}
     for key, value in data.items():
         if key not in fields:
             errors.append(f"{prefix}{key}: unknown field; valid fields: {', '.join(fields)}")
@@ -286,6 +306,32 @@ def _build(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
     except TypeError as e:
         errors.append(f"{prefix or 'config'}: {e}")
         return None
+
+
+def steps_with_params(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with each step's extra keys moved under its ``params``. Each source (task defaults, YAML,
+    ``--set``) is normalized before they are merged, so a later source wins over an earlier one whichever way
+    it spells a hyperparameter."""
+    out = dict(data)
+    for key, cls in (("prompt", PromptStep), ("weights", WeightStep)):
+        if isinstance(out.get(key), dict):
+            out[key] = _extras_into(out[key], {f.name: f for f in dataclasses.fields(cls)}, cls.EXTRA_KEYS_GO_TO)
+    return out
+
+
+def _extras_into(data: dict[str, Any], fields: dict[str, Any], extra_to: str | None) -> dict[str, Any]:
+    """A step's keys that are not its fields, moved under its ``params`` (which win over them): the optimizer's
+    hyperparameters, checked by its own declared schema."""
+    extras = {k: v for k, v in data.items() if k not in fields}
+    if not extra_to or not extras:
+        return data
+    from cotune.optimize.registry import merge, nest
+
+    given = data.get(extra_to) or {}
+    if not isinstance(given, dict):
+        return data  # the field check names the bad value
+    kept = {k: v for k, v in data.items() if k in fields}
+    return kept | {extra_to: merge(nest(extras), nest(given))}
 
 
 def _coerce(value: Any, hint: Any) -> tuple[Any, bool]:
@@ -322,7 +368,9 @@ def _coerce(value: Any, hint: Any) -> tuple[Any, bool]:
             return int(value), True
         return value, isinstance(value, int)
     if hint is float:
-        return (float(value), True) if isinstance(value, (int, float)) and not isinstance(value, bool) else (value, False)
+        return (
+            (float(value), True) if isinstance(value, (int, float)) and not isinstance(value, bool) else (value, False)
+        )
     if hint is str:
         return value, isinstance(value, str)
     return value, True
