@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 from cotune.errors import ConfigError, UnknownChoiceError
 from cotune.lm.cache import RequestCache, open_cache, request_key
+from cotune.lm.constraint import Constraint
 from cotune.lm.usage import Usage, UsageMeter
-from cotune.program.grammar import Constraint
 
 T = TypeVar("T")
 
@@ -38,7 +38,7 @@ class GenerationConfig:
         stop: strings that end the completion (not included in it).
         rollout_id: distinguishes otherwise identical requests, so the cache does not return the same
             sample twice; used when collecting several rollouts per example.
-        constraint: what the completion must look like (a `cotune.program.grammar.Constraint`), for
+        constraint: what the completion must look like (a `cotune.lm.constraint.Constraint`), for
             backends that constrain decoding; others ignore it. Part of the cache key.
     """
 

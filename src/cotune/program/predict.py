@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from cotune.data.example import Example
 from cotune.errors import ConfigError, ParseError, UnknownChoiceError
+from cotune.lm.constraint import Constraint
 from cotune.program import trace
 from cotune.program.adapter import FormatAdapter, TextAdapter
-from cotune.program.grammar import Constraint
 from cotune.program.prediction import Prediction
 from cotune.program.signature import Signature, ensure_signature
 
@@ -148,7 +148,9 @@ class Predict:
                 )
             raise
         if recorder is not None:
-            recorder.add(trace.TraceStep(recorder.name_of(self), kept_inputs, outputs, messages, completion.text, usage))
+            recorder.add(
+                trace.TraceStep(recorder.name_of(self), kept_inputs, outputs, messages, completion.text, usage)
+            )
         return Prediction(outputs)
 
     # -- state ---------------------------------------------------------------------------------------
