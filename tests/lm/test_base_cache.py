@@ -1,5 +1,5 @@
 """The request cache, run both ways it is offered: a backend's ``cache=`` argument and `CachedLM`
-wrapped around an uncached backend (one implementation, `cotune.lm.cached.through_cache`)."""
+wrapped around an uncached backend (one implementation, `cotune.lm.cache.through_cache`)."""
 
 import copy
 import threading
@@ -9,7 +9,7 @@ import pytest
 
 from cotune.errors import ConfigError, UnknownChoiceError
 from cotune.lm import CachedLM, FakeLM, GenerationConfig, RequestCache
-from cotune.lm.base import truncate_at_stop
+from cotune.lm.completion import truncate_at_stop
 from cotune.lm.openai_compat import OpenAICompatible
 from cotune.lm.registry import from_spec
 from cotune.lm.server_models import ServedModels

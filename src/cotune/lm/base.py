@@ -2,7 +2,7 @@
 
 A backend implements one method, ``_generate(batch, config) -> list[Completion]``. The base class adds
 usage totals, per-call overrides, a safe ``deepcopy`` and the ``cache=`` argument, which puts the request
-cache of `cotune.lm.cached` (the one `CachedLM` wraps any LM in) in front of ``_generate``.
+cache of `cotune.lm.cache` (the one `CachedLM` wraps any LM in) in front of ``_generate``.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from cotune.errors import ConfigError, UnknownChoiceError
-from cotune.lm.cache import RequestCache, open_cache, request_key
+from cotune.lm.cache import RequestCache, open_cache, request_key, through_cache
+from cotune.lm.completion import Completion, Messages
 from cotune.lm.constraint import Constraint
 from cotune.lm.usage import Usage, UsageMeter
 
 T = TypeVar("T")
-
-Messages = list[dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -90,25 +89,6 @@ class Capabilities:
     adapters: bool = False
     runtime_adapters: bool = False
     structured_output: str | None = None
-
-
-@dataclass
-class Completion:
-    """One generated reply and what it cost."""
-
-    text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-    cached: bool = False
-    finish_reason: str = "stop"
-    unconstrained: bool = False  # asked for with a constraint the backend could not apply (sent free)
-
-
-def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """Cut ``text`` at the first stop string; returns (text, whether it was cut)."""
-    cut = min((i for s in stop if (i := text.find(s)) >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 class LM(ABC):
@@ -199,8 +179,6 @@ class LM(ABC):
         if self.cache is None:
             results = self._send(batch, config)
         else:
-            from cotune.lm.cached import through_cache  # cached.py builds on this module
-
             results = through_cache(
                 self.cache, batch, lambda m: self.cache_key(m, config), lambda todo: self._send(todo, config)
             )

@@ -1,8 +1,9 @@
 """`CachedLM`: any LM behind a `RequestCache`, so a request answered before is not sent again.
 
-`through_cache` is the one place requests are looked up and stored. `CachedLM` puts it in front of any
-LM; backends built with ``cache=`` (``load(name, cache=True)``, ``OpenAICompatible(..., cache=...)``) use
-it too, with the same keys (the LM's ``cache_key``), so a cache file written one way answers the other.
+`cotune.lm.cache.through_cache` is the one place requests are looked up and stored. `CachedLM` puts it
+in front of any LM; backends built with ``cache=`` (``load(name, cache=True)``,
+``OpenAICompatible(..., cache=...)``) use it too, with the same keys (the LM's ``cache_key``), so a cache
+file written one way answers the other.
 
 Example:
     >>> import pathlib, tempfile
@@ -17,40 +18,13 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cotune.lm.base import LM, Completion, GenerationConfig, Messages
-from cotune.lm.cache import RequestCache, open_cache
+from cotune.lm.base import LM, GenerationConfig
+from cotune.lm.cache import RequestCache, open_cache, through_cache
+from cotune.lm.completion import Completion, Messages
 from cotune.lm.usage import UsageMeter
-
-
-def through_cache(
-    cache: RequestCache,
-    batch: Sequence[Messages],
-    key: Callable[[Messages], str | None],
-    send: Callable[[list[Messages]], list[Completion]],
-) -> list[Completion]:
-    """Answer ``batch`` in order: from ``cache`` where ``key(messages)`` is stored (``cached=True``, 0 s),
-    the rest with one call of ``send``, whose completions are stored under their keys. A None key (the
-    LM cannot tell now what would answer, e.g. a server that cannot be asked which model it runs) is
-    neither looked up nor stored."""
-    keys = [key(m) for m in batch]
-    results: list[Completion | None] = [None] * len(batch)
-    todo = []
-    for i, k in enumerate(keys):
-        hit = cache.get(k) if k is not None else None
-        if hit is not None:
-            results[i] = Completion(**{**hit, "seconds": 0.0, "cached": True})
-        else:
-            todo.append(i)
-    if todo:
-        for i, c in zip(todo, send([batch[i] for i in todo]), strict=True):
-            results[i] = c
-            if keys[i] is not None:
-                cache.put(keys[i], {k: v for k, v in dataclasses.asdict(c).items() if k != "cached"})
-    return results  # type: ignore[return-value]
 
 
 def _wrapped(name: str) -> Any:

@@ -18,8 +18,9 @@ from typing import Any
 from cotune.errors import CotuneError, LMError
 from cotune.lm.adapters import adapter_id as _adapter_id
 from cotune.lm.adapters import check_base_model
-from cotune.lm.base import LM, Completion, GenerationConfig, Messages
+from cotune.lm.base import LM, GenerationConfig
 from cotune.lm.cache import RequestCache, request_key
+from cotune.lm.completion import Completion, Messages
 from cotune.lm.engine import DTYPES, HFEngine, resolve_device, resolve_dtype  # noqa: F401 (their old home)
 
 
