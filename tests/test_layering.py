@@ -98,3 +98,21 @@ def _circles(package: str) -> list[list[str]]:
 @pytest.mark.parametrize("package", sorted(set(LAYER) - {"experiment"} - LAYERS[0]))
 def test_no_import_circles_inside_a_package(package):
     assert _circles(f"cotune.{package}") == []
+
+
+def _private_imports(module: str) -> set[str]:
+    """``_name``s ``module`` takes from another cotune module (aliasing a public name to ``_x`` is fine)."""
+    return {
+        f"{node.module}.{a.name}"
+        for node in ast.walk(ast.parse(MODULES[module].read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cotune")
+        for a in node.names
+        if a.name.startswith("_") and not a.name.startswith("__")
+    }
+
+
+# experiment is left out until its Ray grid stops borrowing the runner's private hooks.
+@pytest.mark.parametrize("package", sorted(set(LAYER) - {"experiment"} - LAYERS[0]))
+def test_no_private_name_is_imported_from_another_module(package):
+    found = {f"{m}: {name}" for m in GRAPH if m.startswith(f"cotune.{package}.") for name in _private_imports(m)}
+    assert found == set()
