@@ -8,13 +8,16 @@ cache of `cotune.lm.cache` (the one `CachedLM` wraps any LM in) in front of ``_g
 from __future__ import annotations
 
 import dataclasses
+import enum
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from cotune.errors import ConfigError, UnknownChoiceError
+from cotune.lm.adapters import relative_adapter
 from cotune.lm.cache import RequestCache, open_cache, request_key, through_cache
 from cotune.lm.completion import Completion, Messages
 from cotune.lm.constraint import Constraint
@@ -72,6 +75,13 @@ class GenerationConfig:
         return dataclasses.asdict(self)
 
 
+class AdapterAddress(enum.Enum):
+    """How a backend's adapter is addressed: a folder on this machine, or a name a server knows."""
+
+    FOLDER = "folder"
+    SERVED_NAME = "served_name"
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend can do, declared by its class: optimizers ask this instead of probing attributes.
@@ -105,6 +115,17 @@ class LM(ABC):
     # How this backend can constrain a completion: "grammar" (EBNF and JSON schemas, decoded locally),
     # "json_schema" (a server's structured outputs), or None (free text, parsed leniently).
     structured_output: str | None = None
+    # Whether predictors constrain their completions by default (``LM.__init__`` sets it; a backend that
+    # does not call it does not constrain).
+    constrained: bool = False
+    cache: RequestCache | None = None
+    # What an adapter is to this backend, so a saved result names it the way it can be loaded again.
+    adapter_address: AdapterAddress = AdapterAddress.FOLDER
+    # The local engine that computes answers (`cotune.lm.engine.HFEngine`), for a server to prepare work
+    # off the model's thread; None for backends without one.
+    engine: Any = None
+    # The most tokens of prompt and completion together, where the backend knows it.
+    context_length: int | None = None
     # Whether adapters can be loaded into the running backend (a server with vLLM's runtime LoRA API).
     runtime_adapters: bool = False
     # The local folder of the base weights, for backends that have one (the trainer loads the same base).
@@ -137,6 +158,27 @@ class LM(ABC):
 
     def with_adapter(self, adapter: str | None) -> LM:
         raise ConfigError(f"the {self.backend} backend cannot load adapters")
+
+    def adapter_ref(self, base_dir: str | Path) -> str | None:
+        """This LM's adapter as a file in ``base_dir`` should name it: a folder relative to ``base_dir`` (so
+        the folder can move), a served name as it is, None without an adapter."""
+        if self.adapter_address is AdapterAddress.FOLDER:
+            return relative_adapter(self.adapter, base_dir)
+        return self.adapter
+
+    def served_identity(self) -> dict[str, Any] | None:
+        """What a server reports running under this model's name (``id``, ``root``...); None where the
+        backend is not a server or the server does not say."""
+        return None
+
+    def count_prompt_tokens(self, messages: Messages) -> int | None:
+        """The prompt's length in tokens as the model will see it; None where the backend cannot tell
+        without its model's thread."""
+        return None
+
+    def close(self) -> None:
+        """Release what the backend holds (a model, connections); nothing by default."""
+        return None
 
     def runtime_lora(self) -> Any:
         """The backend's runtime adapter loading (`cotune.lm.runtime_lora.RuntimeLoRA`), where

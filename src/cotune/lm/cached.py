@@ -35,10 +35,10 @@ def _wrapped(name: str) -> Any:
 class CachedLM(LM):
     """``lm`` with a request cache in front.
 
-    Everything but the cache is ``lm``'s: its identity (``model``, ``adapter``, ``cache_key``, ``spec()``,
-    so saved programs do not change), ``capabilities``, ``config``, ``constrained``, and its own methods
-    and attributes (``close()``, ``engine``, ...). ``usage`` counts every call, cache hits apart, while
-    ``lm.usage`` counts only the requests sent to it.
+    Everything `LM` declares but the cache is ``lm``'s: its identity (``model``, ``adapter``, ``cache_key``,
+    ``spec()``, so saved programs do not change), ``capabilities``, ``config``, ``constrained``, ``engine``,
+    ``close()``... A backend's own attributes beyond those (a FakeLM's ``calls``) are read on ``lm``.
+    ``usage`` counts every call, cache hits apart, while ``lm.usage`` counts only the requests sent to it.
 
     Args:
         lm: the model that answers what the cache does not.
@@ -75,17 +75,20 @@ class CachedLM(LM):
         """``lm.with_adapter(adapter)`` behind the same cache (the adapter is part of the key)."""
         return CachedLM(self.lm.with_adapter(adapter), self.cache)
 
-    # -- the wrapped LM's identity and settings (read through, never copied) ------------------------------
+    # -- the wrapped LM's identity, settings and declared capabilities (read through, never copied) -------
     backend = _wrapped("backend")
     model = _wrapped("model")
     adapter = _wrapped("adapter")
     adapter_id = _wrapped("adapter_id")
+    adapter_address = _wrapped("adapter_address")
     config = _wrapped("config")
     constrained = _wrapped("constrained")
     structured_output = _wrapped("structured_output")
     runtime_adapters = _wrapped("runtime_adapters")
     model_path = _wrapped("model_path")
     capabilities = _wrapped("capabilities")
+    engine = _wrapped("engine")
+    context_length = _wrapped("context_length")
 
     def spec(self) -> dict[str, Any]:
         return self.lm.spec()
@@ -99,12 +102,15 @@ class CachedLM(LM):
     def cache_key(self, messages: Messages, config: GenerationConfig) -> str | None:
         return self.lm.cache_key(messages, config)
 
-    def __getattr__(self, name: str) -> Any:
-        # Reached only for names CachedLM lacks: the wrapped backend's own (close, engine, url, calls...).
-        # Private names stay unforwarded, so copy and pickle see a plain object while it is half built.
-        if name.startswith("_") or name == "lm":
-            raise AttributeError(name)
-        return getattr(self.lm, name)
+    def served_identity(self) -> dict[str, Any] | None:
+        return self.lm.served_identity()
+
+    def count_prompt_tokens(self, messages: Messages) -> int | None:
+        return self.lm.count_prompt_tokens(messages)
+
+    def close(self) -> None:
+        """Close the wrapped LM (the cache stays open: it may be shared)."""
+        self.lm.close()
 
     def __repr__(self) -> str:
         return f"CachedLM({self.lm!r}, {self.cache!r})"

@@ -91,6 +91,12 @@ class HFLM(LM):
     def engine(self) -> HFEngine:
         return self._engine
 
+    @property
+    def context_length(self) -> int | None:
+        """The model's ``max_position_embeddings`` (None where its config does not say)."""
+        value = getattr(self._engine.model.config, "max_position_embeddings", None)
+        return value if isinstance(value, int) and value > 0 else None
+
     def run_compute(self, fn: Callable[[], Any]) -> Any:
         """``fn`` on the engine's model thread: one team of compute threads in the process."""
         return self._engine.call(fn)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from cotune.errors import ConfigError, LMConnectionError, LMError, LMTimeoutError
-from cotune.lm.base import LM, GenerationConfig
+from cotune.lm.base import LM, AdapterAddress, GenerationConfig
 from cotune.lm.cache import RequestCache, request_key
 from cotune.lm.completion import Completion, Messages, truncate_at_stop
 from cotune.lm.credentials import ENV_KEY, may_send_env_key, redact_url
@@ -82,6 +82,7 @@ class OpenAICompatible(LM):
     backend = "openai"
     structured_output = "json_schema"  # sent as response_format; dropped (once, with a warning) if refused
     runtime_adapters = True  # vLLM's runtime LoRA API, where the server has it on (see `runtime_lora`)
+    adapter_address = AdapterAddress.SERVED_NAME  # an adapter is the name the server loaded it under
 
     def __init__(
         self,

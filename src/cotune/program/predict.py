@@ -99,8 +99,10 @@ class Predict:
 
     def structured_output(self) -> str | None:
         """How this predictor's calls are constrained on its LM: "grammar", "json_schema" or None."""
-        on = self.constrained if self.constrained is not None else getattr(self.lm, "constrained", False)
-        return getattr(self.lm, "structured_output", None) if on else None
+        if self.lm is None:
+            return None
+        on = self.constrained if self.constrained is not None else self.lm.constrained
+        return self.lm.structured_output if on else None
 
     def constraint(self) -> Constraint | None:
         """The `Constraint` sent with each call, or None when the completion is free."""
