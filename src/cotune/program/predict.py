@@ -17,7 +17,7 @@ from cotune.program.adapter import FormatAdapter, TextAdapter
 from cotune.program.prediction import Prediction
 from cotune.program.signature import Signature, ensure_signature
 
-if TYPE_CHECKING:  # the LM protocol lives in a higher layer; predictors only call it
+if TYPE_CHECKING:  # annotations only: predictors call the LM they are bound to
     from cotune.lm.base import LM
 
 
