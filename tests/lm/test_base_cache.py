@@ -1,5 +1,5 @@
 """The request cache, run both ways it is offered: a backend's ``cache=`` argument and `CachedLM`
-wrapped around an uncached backend (one implementation, `cotune.lm.cached.through_cache`)."""
+wrapped around an uncached backend (one implementation, `cotune.lm.cache.through_cache`)."""
 
 import copy
 import threading
@@ -9,7 +9,7 @@ import pytest
 
 from cotune.errors import ConfigError, UnknownChoiceError
 from cotune.lm import CachedLM, FakeLM, GenerationConfig, RequestCache
-from cotune.lm.base import truncate_at_stop
+from cotune.lm.completion import truncate_at_stop
 from cotune.lm.openai_compat import OpenAICompatible
 from cotune.lm.registry import from_spec
 from cotune.lm.server_models import ServedModels
@@ -31,6 +31,11 @@ def make(request):
     return request.param
 
 
+def sent(lm):
+    """The requests that reached the FakeLM (a backend's own attribute: read on the wrapped LM)."""
+    return lm.lm.calls if isinstance(lm, CachedLM) else lm.calls
+
+
 def counting_lm(make, cache):
     return make(lambda messages, config: f"answer t={config.temperature} r={config.rollout_id}", cache)
 
@@ -39,7 +44,7 @@ def test_cache_hit_skips_the_model(make, tmp_path):
     cache = RequestCache(tmp_path / "c.sqlite")
     lm = counting_lm(make, cache)
     first, second = lm(MSG), lm(MSG)
-    assert len(lm.calls) == 1
+    assert len(sent(lm)) == 1
     assert second.text == first.text and second.cached and not first.cached
     usage = lm.usage
     assert usage.calls == 2 and usage.cache_hits == 1 and usage.prompt_tokens == 2 * first.prompt_tokens
@@ -49,7 +54,7 @@ def test_cache_persists_across_instances(make, tmp_path):
     path = tmp_path / "c.sqlite"
     counting_lm(make, RequestCache(path))(MSG)
     again = counting_lm(make, RequestCache(path))
-    assert again(MSG).cached and again.calls == []
+    assert again(MSG).cached and sent(again) == []
 
 
 @pytest.mark.parametrize(
@@ -75,7 +80,7 @@ def test_cache_can_be_switched_off(make):
     lm = counting_lm(make, cache=None)
     lm(MSG)
     lm(MSG)
-    assert len(lm.calls) == 2 and lm.usage.cache_hits == 0
+    assert len(sent(lm)) == 2 and lm.usage.cache_hits == 0
 
 
 def test_cache_is_thread_safe(make, tmp_path):
@@ -135,12 +140,37 @@ def test_the_wrapper_is_the_wrapped_lm_but_for_the_cache(tmp_path):
     assert (lm.backend, lm.model, lm.adapter, lm.adapter_id) == ("fake", "m", "ad", "ad")
     assert lm.spec() == inner.spec() and lm.capabilities == inner.capabilities
     assert lm.config.max_tokens == 9 and lm.constrained and lm.structured_output == "grammar"
-    assert lm.calls is inner.calls  # the backend's own attributes come through
+    assert lm.adapter_address is inner.adapter_address and lm.adapter_ref(tmp_path) == inner.adapter_ref(tmp_path)
     assert copy.deepcopy(lm) is lm  # programs are copied, models shared
     assert repr(lm) == f"CachedLM(FakeLM('m', adapter='ad'), {cache!r})"
     tuned = lm.with_adapter("other")
     assert isinstance(tuned, CachedLM) and tuned.cache is cache and tuned.adapter == "other"
     assert CachedLM(inner, cache=False).cache is None
+
+
+def test_the_wrapper_forwards_what_lm_declares_and_nothing_else(tmp_path):
+    class Local(FakeLM):
+        context_length = 50
+        engine = "the engine"
+
+        def count_prompt_tokens(self, messages):
+            return 7
+
+        def close(self):
+            self.closed = True
+
+    inner = Local(["a"])
+    lm = CachedLM(inner, RequestCache(tmp_path / "c.sqlite"))
+    assert (lm.context_length, lm.engine, lm.count_prompt_tokens(MSG), lm.served_identity()) == (
+        50,
+        "the engine",
+        7,
+        None,
+    )
+    lm.close()
+    assert inner.closed
+    with pytest.raises(AttributeError):
+        _ = lm.calls  # a FakeLM's own attribute: read it on lm.lm
 
 
 def test_a_wrapped_server_lm_keeps_its_cache_key_and_spec(tmp_path):

@@ -180,7 +180,7 @@ def test_capabilities_are_declared_by_the_backends():
 def test_concurrent_requests_all_fall_back_when_the_server_refuses_structured_outputs(server):
     # Several requests are refused at once; each must retry without response_format, not only the first.
     lm = OpenAICompatible("toy", base_url=server.url, cache=False, max_concurrency=8)
-    from cotune.program.grammar import Constraint
+    from cotune.lm.constraint import Constraint
 
     rule = Constraint(grammar=(), json_schema='{"type": "object"}')
     with pytest.warns(UserWarning, match="rejected structured outputs"):

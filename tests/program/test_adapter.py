@@ -7,9 +7,10 @@ import pytest
 
 import cotune as ct
 from cotune.lm import FakeLM
+from cotune.lm.constraint import Constraint
 from cotune.program import format as fmt
 from cotune.program.adapter import TextAdapter
-from cotune.program.grammar import Constraint, constraint
+from cotune.program.grammar import constraint
 from cotune.program.signature import Signature
 
 DEMOS = [{"question": "1 + 1?", "answer": "2"}]

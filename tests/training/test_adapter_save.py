@@ -9,7 +9,7 @@ import os
 import pytest
 
 import cotune.files as files
-from cotune.training.lora import _save
+from cotune.training.adapter_folder import save_adapter
 
 
 class Model:
@@ -29,9 +29,9 @@ class Model:
 
 def test_a_full_disk_names_the_adapter_and_leaves_the_old_one_whole(tmp_path):
     target = tmp_path / "adapter"
-    _save(Model(), {"n": 1}, target)
+    save_adapter(Model(), {"n": 1}, target)
     with pytest.raises(OSError) as info:
-        _save(Model(full=True), {"n": 2}, target)
+        save_adapter(Model(full=True), {"n": 2}, target)
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
     assert sorted(os.listdir(tmp_path)) == ["adapter"]  # no .adapter.saving-<pid> left behind
     assert (target / "adapter_model.safetensors").read_bytes() == b"weights"
@@ -44,6 +44,6 @@ def test_scratch_folders_of_killed_saves_are_cleared_and_files_are_fsynced(tmp_p
     synced = []
     real = os.fsync
     monkeypatch.setattr(files.os, "fsync", lambda fd: synced.append(fd) or real(fd))
-    _save(Model(), {"n": 1}, tmp_path / "adapter")
+    save_adapter(Model(), {"n": 1}, tmp_path / "adapter")
     assert sorted(os.listdir(tmp_path)) == ["adapter"]
     assert len(synced) >= 3  # the two adapter files and the metadata, then the folders

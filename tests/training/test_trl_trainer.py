@@ -15,7 +15,8 @@ from cotune.experiment.config import ExperimentConfig
 from cotune.training import ChatExample, LoRAConfig, TrainResult, read_adapter_metadata
 from cotune.training.scoped import torch_threads
 from cotune.training.trainer import TRAINERS, build_trainer, resolve_trainer
-from cotune.training.trl_trainer import Job, TRLTrainer
+from cotune.training.trl_job import Job
+from cotune.training.trl_trainer import TRLTrainer
 
 
 def iris_example(length: float) -> ChatExample:  # short, so the integration test stays short

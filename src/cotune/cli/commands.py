@@ -109,7 +109,7 @@ def run_eval(
     context = {"task": task, "split": f"{split} ({len(dataset)} examples, split seed {seed})", "model": lm.model}
     if adapters:
         context["adapter"] = ", ".join(adapters)
-    served = lm.served_identity() if getattr(lm, "cache", None) is not None and hasattr(lm, "served_identity") else None
+    served = lm.served_identity() if lm.cache is not None else None
     if served:  # what the server runs under that name: the cache answers only for these weights
         context["served weights"] = served.get("root") or served.get("id")
     if program_path:

@@ -24,7 +24,6 @@ from cotune.experiment.data_check import check_data
 from cotune.experiment.program_files import bind_saved, copy_program, read_program_state, save_program
 from cotune.experiment.results import summarize
 from cotune.experiment.rundir import RunDir
-from cotune.lm.registry import relative_adapter
 from cotune.optimize.base import Optimizer
 from cotune.optimize.better_together import BetterTogether, StepHooks, StepResult
 from cotune.optimize.strategy import node_prefixes, parse_strategies, strategy_name
@@ -291,7 +290,7 @@ class _NodeHooks(StepHooks):
             "train_seconds": train_seconds,
             "cumulative_optimize_seconds": prev.get("cumulative_optimize_seconds", 0.0) + step.seconds,
             "cumulative_train_seconds": prev.get("cumulative_train_seconds", 0.0) + train_seconds,
-            "adapter": relative_adapter(getattr(lm, "adapter", None), run.path) if lm.backend != "openai" else lm.adapter,
+            "adapter": lm.adapter_ref(run.path),
             "program": str((node / "program.json").relative_to(run.path)),
             "handoff": HANDOFF_FILE if step.handoff is not None else None,
             "info": step.info,

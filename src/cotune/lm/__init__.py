@@ -3,9 +3,10 @@
 Backends that need torch or transformers are imported only when used.
 """
 
-from cotune.lm.base import LM, Completion, GenerationConfig
+from cotune.lm.base import LM, GenerationConfig
 from cotune.lm.cache import RequestCache
 from cotune.lm.cached import CachedLM
+from cotune.lm.completion import Completion
 from cotune.lm.fake import FakeLM
 from cotune.lm.usage import Usage
 
@@ -33,4 +34,17 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'cotune.lm' has no attribute {name!r}")
 
 
-__all__ = ["LM", "CachedLM", "Completion", "FakeLM", "GenerationConfig", "HFLM", "OpenAICompatible", "RequestCache", "Usage", "from_spec", "list_models", "load"]
+__all__ = [
+    "LM",
+    "CachedLM",
+    "Completion",
+    "FakeLM",
+    "GenerationConfig",
+    "HFLM",
+    "OpenAICompatible",
+    "RequestCache",
+    "Usage",
+    "from_spec",
+    "list_models",
+    "load",
+]

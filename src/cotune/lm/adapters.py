@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from cotune.errors import ConfigError
@@ -78,3 +79,10 @@ def _same_path(a: str | None, b: str) -> bool:
         return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
     except OSError:
         return False
+
+
+def relative_adapter(adapter: str | None, base_dir: str | Path) -> str | None:
+    """The adapter path to save in a file in ``base_dir``: relative to it (so the folder can move)."""
+    if adapter is None:
+        return None
+    return os.path.relpath(os.path.abspath(adapter), os.path.abspath(base_dir))

@@ -2,26 +2,28 @@
 
 A backend implements one method, ``_generate(batch, config) -> list[Completion]``. The base class adds
 usage totals, per-call overrides, a safe ``deepcopy`` and the ``cache=`` argument, which puts the request
-cache of `cotune.lm.cached` (the one `CachedLM` wraps any LM in) in front of ``_generate``.
+cache of `cotune.lm.cache` (the one `CachedLM` wraps any LM in) in front of ``_generate``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from cotune.errors import ConfigError, UnknownChoiceError
-from cotune.lm.cache import RequestCache, open_cache, request_key
+from cotune.lm.adapters import relative_adapter
+from cotune.lm.cache import RequestCache, open_cache, request_key, through_cache
+from cotune.lm.completion import Completion, Messages
+from cotune.lm.constraint import Constraint
 from cotune.lm.usage import Usage, UsageMeter
-from cotune.program.grammar import Constraint
 
 T = TypeVar("T")
-
-Messages = list[dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class GenerationConfig:
         stop: strings that end the completion (not included in it).
         rollout_id: distinguishes otherwise identical requests, so the cache does not return the same
             sample twice; used when collecting several rollouts per example.
-        constraint: what the completion must look like (a `cotune.program.grammar.Constraint`), for
+        constraint: what the completion must look like (a `cotune.lm.constraint.Constraint`), for
             backends that constrain decoding; others ignore it. Part of the cache key.
     """
 
@@ -73,6 +75,13 @@ class GenerationConfig:
         return dataclasses.asdict(self)
 
 
+class AdapterAddress(enum.Enum):
+    """How a backend's adapter is addressed: a folder on this machine, or a name a server knows."""
+
+    FOLDER = "folder"
+    SERVED_NAME = "served_name"
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend can do, declared by its class: optimizers ask this instead of probing attributes.
@@ -92,25 +101,6 @@ class Capabilities:
     structured_output: str | None = None
 
 
-@dataclass
-class Completion:
-    """One generated reply and what it cost."""
-
-    text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-    cached: bool = False
-    finish_reason: str = "stop"
-    unconstrained: bool = False  # asked for with a constraint the backend could not apply (sent free)
-
-
-def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """Cut ``text`` at the first stop string; returns (text, whether it was cut)."""
-    cut = min((i for s in stop if (i := text.find(s)) >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
 class LM(ABC):
     """Base class of every backend.
 
@@ -125,6 +115,17 @@ class LM(ABC):
     # How this backend can constrain a completion: "grammar" (EBNF and JSON schemas, decoded locally),
     # "json_schema" (a server's structured outputs), or None (free text, parsed leniently).
     structured_output: str | None = None
+    # Whether predictors constrain their completions by default (``LM.__init__`` sets it; a backend that
+    # does not call it does not constrain).
+    constrained: bool = False
+    cache: RequestCache | None = None
+    # What an adapter is to this backend, so a saved result names it the way it can be loaded again.
+    adapter_address: AdapterAddress = AdapterAddress.FOLDER
+    # The local engine that computes answers (`cotune.lm.engine.HFEngine`), for a server to prepare work
+    # off the model's thread; None for backends without one.
+    engine: Any = None
+    # The most tokens of prompt and completion together, where the backend knows it.
+    context_length: int | None = None
     # Whether adapters can be loaded into the running backend (a server with vLLM's runtime LoRA API).
     runtime_adapters: bool = False
     # The local folder of the base weights, for backends that have one (the trainer loads the same base).
@@ -157,6 +158,27 @@ class LM(ABC):
 
     def with_adapter(self, adapter: str | None) -> LM:
         raise ConfigError(f"the {self.backend} backend cannot load adapters")
+
+    def adapter_ref(self, base_dir: str | Path) -> str | None:
+        """This LM's adapter as a file in ``base_dir`` should name it: a folder relative to ``base_dir`` (so
+        the folder can move), a served name as it is, None without an adapter."""
+        if self.adapter_address is AdapterAddress.FOLDER:
+            return relative_adapter(self.adapter, base_dir)
+        return self.adapter
+
+    def served_identity(self) -> dict[str, Any] | None:
+        """What a server reports running under this model's name (``id``, ``root``...); None where the
+        backend is not a server or the server does not say."""
+        return None
+
+    def count_prompt_tokens(self, messages: Messages) -> int | None:
+        """The prompt's length in tokens as the model will see it; None where the backend cannot tell
+        without its model's thread."""
+        return None
+
+    def close(self) -> None:
+        """Release what the backend holds (a model, connections); nothing by default."""
+        return None
 
     def runtime_lora(self) -> Any:
         """The backend's runtime adapter loading (`cotune.lm.runtime_lora.RuntimeLoRA`), where
@@ -199,8 +221,6 @@ class LM(ABC):
         if self.cache is None:
             results = self._send(batch, config)
         else:
-            from cotune.lm.cached import through_cache  # cached.py builds on this module
-
             results = through_cache(
                 self.cache, batch, lambda m: self.cache_key(m, config), lambda todo: self._send(todo, config)
             )

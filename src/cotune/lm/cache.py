@@ -8,17 +8,19 @@ model again (for sampling several rollouts of the same prompt).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from cotune.errors import CacheError
+from cotune.lm.completion import Completion, Messages
 
 LOCK_TIMEOUT_S = 30.0
 
@@ -46,6 +48,33 @@ def open_cache(cache: RequestCache | bool | None) -> RequestCache | None:
     None for no cache."""
     # Not `cache or None`: an empty cache has len() == 0 and would be dropped.
     return RequestCache() if cache is True else (None if cache is False else cache)
+
+
+def through_cache(
+    cache: RequestCache,
+    batch: Sequence[Messages],
+    key: Callable[[Messages], str | None],
+    send: Callable[[list[Messages]], list[Completion]],
+) -> list[Completion]:
+    """Answer ``batch`` in order: from ``cache`` where ``key(messages)`` is stored (``cached=True``, 0 s),
+    the rest with one call of ``send``, whose completions are stored under their keys. A None key (the
+    LM cannot tell now what would answer, e.g. a server that cannot be asked which model it runs) is
+    neither looked up nor stored."""
+    keys = [key(m) for m in batch]
+    results: list[Completion | None] = [None] * len(batch)
+    todo = []
+    for i, k in enumerate(keys):
+        hit = cache.get(k) if k is not None else None
+        if hit is not None:
+            results[i] = Completion(**{**hit, "seconds": 0.0, "cached": True})
+        else:
+            todo.append(i)
+    if todo:
+        for i, c in zip(todo, send([batch[i] for i in todo]), strict=True):
+            results[i] = c
+            if keys[i] is not None:
+                cache.put(keys[i], {k: v for k, v in dataclasses.asdict(c).items() if k != "cached"})
+    return results  # type: ignore[return-value]
 
 
 def _disk_full(error: sqlite3.Error) -> bool:

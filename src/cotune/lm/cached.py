@@ -1,8 +1,9 @@
 """`CachedLM`: any LM behind a `RequestCache`, so a request answered before is not sent again.
 
-`through_cache` is the one place requests are looked up and stored. `CachedLM` puts it in front of any
-LM; backends built with ``cache=`` (``load(name, cache=True)``, ``OpenAICompatible(..., cache=...)``) use
-it too, with the same keys (the LM's ``cache_key``), so a cache file written one way answers the other.
+`cotune.lm.cache.through_cache` is the one place requests are looked up and stored. `CachedLM` puts it
+in front of any LM; backends built with ``cache=`` (``load(name, cache=True)``,
+``OpenAICompatible(..., cache=...)``) use it too, with the same keys (the LM's ``cache_key``), so a cache
+file written one way answers the other.
 
 Example:
     >>> import pathlib, tempfile
@@ -17,40 +18,13 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cotune.lm.base import LM, Completion, GenerationConfig, Messages
-from cotune.lm.cache import RequestCache, open_cache
+from cotune.lm.base import LM, GenerationConfig
+from cotune.lm.cache import RequestCache, open_cache, through_cache
+from cotune.lm.completion import Completion, Messages
 from cotune.lm.usage import UsageMeter
-
-
-def through_cache(
-    cache: RequestCache,
-    batch: Sequence[Messages],
-    key: Callable[[Messages], str | None],
-    send: Callable[[list[Messages]], list[Completion]],
-) -> list[Completion]:
-    """Answer ``batch`` in order: from ``cache`` where ``key(messages)`` is stored (``cached=True``, 0 s),
-    the rest with one call of ``send``, whose completions are stored under their keys. A None key (the
-    LM cannot tell now what would answer, e.g. a server that cannot be asked which model it runs) is
-    neither looked up nor stored."""
-    keys = [key(m) for m in batch]
-    results: list[Completion | None] = [None] * len(batch)
-    todo = []
-    for i, k in enumerate(keys):
-        hit = cache.get(k) if k is not None else None
-        if hit is not None:
-            results[i] = Completion(**{**hit, "seconds": 0.0, "cached": True})
-        else:
-            todo.append(i)
-    if todo:
-        for i, c in zip(todo, send([batch[i] for i in todo]), strict=True):
-            results[i] = c
-            if keys[i] is not None:
-                cache.put(keys[i], {k: v for k, v in dataclasses.asdict(c).items() if k != "cached"})
-    return results  # type: ignore[return-value]
 
 
 def _wrapped(name: str) -> Any:
@@ -61,10 +35,10 @@ def _wrapped(name: str) -> Any:
 class CachedLM(LM):
     """``lm`` with a request cache in front.
 
-    Everything but the cache is ``lm``'s: its identity (``model``, ``adapter``, ``cache_key``, ``spec()``,
-    so saved programs do not change), ``capabilities``, ``config``, ``constrained``, and its own methods
-    and attributes (``close()``, ``engine``, ...). ``usage`` counts every call, cache hits apart, while
-    ``lm.usage`` counts only the requests sent to it.
+    Everything `LM` declares but the cache is ``lm``'s: its identity (``model``, ``adapter``, ``cache_key``,
+    ``spec()``, so saved programs do not change), ``capabilities``, ``config``, ``constrained``, ``engine``,
+    ``close()``... A backend's own attributes beyond those (a FakeLM's ``calls``) are read on ``lm``.
+    ``usage`` counts every call, cache hits apart, while ``lm.usage`` counts only the requests sent to it.
 
     Args:
         lm: the model that answers what the cache does not.
@@ -101,17 +75,20 @@ class CachedLM(LM):
         """``lm.with_adapter(adapter)`` behind the same cache (the adapter is part of the key)."""
         return CachedLM(self.lm.with_adapter(adapter), self.cache)
 
-    # -- the wrapped LM's identity and settings (read through, never copied) ------------------------------
+    # -- the wrapped LM's identity, settings and declared capabilities (read through, never copied) -------
     backend = _wrapped("backend")
     model = _wrapped("model")
     adapter = _wrapped("adapter")
     adapter_id = _wrapped("adapter_id")
+    adapter_address = _wrapped("adapter_address")
     config = _wrapped("config")
     constrained = _wrapped("constrained")
     structured_output = _wrapped("structured_output")
     runtime_adapters = _wrapped("runtime_adapters")
     model_path = _wrapped("model_path")
     capabilities = _wrapped("capabilities")
+    engine = _wrapped("engine")
+    context_length = _wrapped("context_length")
 
     def spec(self) -> dict[str, Any]:
         return self.lm.spec()
@@ -125,12 +102,15 @@ class CachedLM(LM):
     def cache_key(self, messages: Messages, config: GenerationConfig) -> str | None:
         return self.lm.cache_key(messages, config)
 
-    def __getattr__(self, name: str) -> Any:
-        # Reached only for names CachedLM lacks: the wrapped backend's own (close, engine, url, calls...).
-        # Private names stay unforwarded, so copy and pickle see a plain object while it is half built.
-        if name.startswith("_") or name == "lm":
-            raise AttributeError(name)
-        return getattr(self.lm, name)
+    def served_identity(self) -> dict[str, Any] | None:
+        return self.lm.served_identity()
+
+    def count_prompt_tokens(self, messages: Messages) -> int | None:
+        return self.lm.count_prompt_tokens(messages)
+
+    def close(self) -> None:
+        """Close the wrapped LM (the cache stays open: it may be shared)."""
+        self.lm.close()
 
     def __repr__(self) -> str:
         return f"CachedLM({self.lm!r}, {self.cache!r})"

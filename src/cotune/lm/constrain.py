@@ -25,7 +25,7 @@ from collections import OrderedDict
 from typing import Any
 
 from cotune.errors import ConfigError
-from cotune.program.grammar import Constraint
+from cotune.lm.constraint import Constraint
 
 INSTALL_HINT = "pip install 'cotune[hf]' (it brings xgrammar)"
 

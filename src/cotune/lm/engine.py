@@ -21,8 +21,9 @@ from typing import Any
 
 from cotune.errors import ConfigError, UnknownChoiceError
 from cotune.hardware import bf16_is_fast
-from cotune.lm.base import Completion, GenerationConfig, Messages, truncate_at_stop
+from cotune.lm.base import GenerationConfig
 from cotune.lm.batching import BatchWorker
+from cotune.lm.completion import Completion, Messages, truncate_at_stop
 from cotune.lm.decode import decode_steps
 from cotune.lm.head import contiguous_head_input
 from cotune.lm.prefill import PassTimer

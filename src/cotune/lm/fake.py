@@ -7,8 +7,9 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from cotune.lm.base import LM, Completion, GenerationConfig, Messages, truncate_at_stop
+from cotune.lm.base import LM, GenerationConfig
 from cotune.lm.cache import RequestCache
+from cotune.lm.completion import Completion, Messages, truncate_at_stop
 
 
 class FakeLM(LM):
@@ -65,8 +66,14 @@ class FakeLM(LM):
 
     def with_adapter(self, adapter: str | None) -> FakeLM:
         """A FakeLM that answers the same way but reports another adapter (handy in optimizer tests)."""
-        new = FakeLM(self._fn, name=self._name, adapter=adapter, cache=self.cache, config=self.config,
-                     structured_output=self.structured_output)
+        new = FakeLM(
+            self._fn,
+            name=self._name,
+            adapter=adapter,
+            cache=self.cache,
+            config=self.config,
+            structured_output=self.structured_output,
+        )
         new.calls = self.calls
         return new
 

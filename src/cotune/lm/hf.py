@@ -18,8 +18,9 @@ from typing import Any
 from cotune.errors import CotuneError, LMError
 from cotune.lm.adapters import adapter_id as _adapter_id
 from cotune.lm.adapters import check_base_model
-from cotune.lm.base import LM, Completion, GenerationConfig, Messages
+from cotune.lm.base import LM, GenerationConfig
 from cotune.lm.cache import RequestCache, request_key
+from cotune.lm.completion import Completion, Messages
 from cotune.lm.engine import DTYPES, HFEngine, resolve_device, resolve_dtype  # noqa: F401 (their old home)
 
 
@@ -89,6 +90,12 @@ class HFLM(LM):
     @property
     def engine(self) -> HFEngine:
         return self._engine
+
+    @property
+    def context_length(self) -> int | None:
+        """The model's ``max_position_embeddings`` (None where its config does not say)."""
+        value = getattr(self._engine.model.config, "max_position_embeddings", None)
+        return value if isinstance(value, int) and value > 0 else None
 
     def run_compute(self, fn: Callable[[], Any]) -> Any:
         """``fn`` on the engine's model thread: one team of compute threads in the process."""

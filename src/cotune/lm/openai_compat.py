@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from cotune.errors import ConfigError, LMConnectionError, LMError, LMTimeoutError
-from cotune.lm.base import LM, Completion, GenerationConfig, Messages, truncate_at_stop
+from cotune.lm.base import LM, AdapterAddress, GenerationConfig
 from cotune.lm.cache import RequestCache, request_key
+from cotune.lm.completion import Completion, Messages, truncate_at_stop
 from cotune.lm.credentials import ENV_KEY, may_send_env_key, redact_url
 from cotune.lm.http_pool import HTTPPool, error_message, parse_retry_after
 from cotune.lm.served_model import UNASKED, ServedModel
@@ -81,6 +82,7 @@ class OpenAICompatible(LM):
     backend = "openai"
     structured_output = "json_schema"  # sent as response_format; dropped (once, with a warning) if refused
     runtime_adapters = True  # vLLM's runtime LoRA API, where the server has it on (see `runtime_lora`)
+    adapter_address = AdapterAddress.SERVED_NAME  # an adapter is the name the server loaded it under
 
     def __init__(
         self,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 
 from cotune.errors import ConfigError, UnknownChoiceError
 from cotune.events import EventSink
+from cotune.lm.adapters import relative_adapter  # noqa: F401 (its old home: saved-program code imports it here)
 from cotune.lm.base import LM
 from cotune.lm.cache import default_cache_dir
 from cotune.lm.convert import concat_verified, convert_once, file_key, is_converted
@@ -260,9 +260,7 @@ def opened(lm: LM | str | Path | None, *, like: LM | None = None) -> Iterator[LM
     try:
         yield loaded
     finally:
-        close = getattr(loaded, "close", None)
-        if close is not None:
-            close()
+        loaded.close()
 
 
 def from_spec(spec: dict[str, Any], *, like: LM | None = None, base_dir: str | Path | None = None, **kwargs: Any) -> LM:
@@ -314,13 +312,6 @@ def resolve_adapter(adapter: str | None, base_dir: str | Path | None) -> str | N
     if adapter is None or base_dir is None or Path(adapter).is_absolute():
         return adapter
     return str(Path(base_dir) / adapter)
-
-
-def relative_adapter(adapter: str | None, base_dir: str | Path) -> str | None:
-    """The adapter path to save in a file in ``base_dir``: relative to it (so the folder can move)."""
-    if adapter is None:
-        return None
-    return os.path.relpath(os.path.abspath(adapter), os.path.abspath(base_dir))
 
 
 def list_models() -> list[dict[str, Any]]:

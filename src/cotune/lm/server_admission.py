@@ -12,8 +12,8 @@ client waits. So, in the request's own thread:
 - **long prompts**: a local engine serving clients cuts its prefills into finer slices (`cotune.lm.prefill`),
   so a short request waits behind a long prompt about as long as it takes to decode a few tokens.
 
-Backends tell their prompt size through ``count_prompt_tokens(messages)`` when they have it; a transformers
-model (``lm.engine``) is counted with a private copy of its tokenizer: the model's thread changes its
+Backends tell their prompt size through ``LM.count_prompt_tokens`` when they can; a transformers model
+(``LM.engine``) is counted with a private copy of its tokenizer: the model's thread changes its
 tokenizer's padding settings for each batch, and a fast tokenizer shared across threads can fail or pad
 wrong.
 """
@@ -50,7 +50,7 @@ class Admission:
 
     def __init__(self, limits: ServerLimits, lm: LM | None = None):
         self.limits = limits
-        passes = getattr(getattr(lm, "engine", None), "passes", None)  # adapters share their base model's engine
+        passes = getattr(lm.engine, "passes", None) if lm is not None else None  # shared by its adapters
         if passes is not None:
             passes.interactive = True
         self._compiling = threading.Lock()  # one grammar compile at a time: each may take a core for a while
@@ -95,7 +95,7 @@ class Admission:
             RequestError: 400 a schema the grammar engine cannot compile.
         """
         constraint = overrides.get("constraint")
-        engine = getattr(lm, "engine", None)
+        engine = lm.engine
         if constraint is None or not hasattr(engine, "grammar"):
             return
         try:
@@ -106,10 +106,10 @@ class Admission:
 
     def prompt_tokens(self, lm: LM, messages: list[dict[str, str]]) -> int | None:
         """The prompt's length in tokens as the model will see it; None when the backend cannot tell."""
-        count = getattr(lm, "count_prompt_tokens", None)
-        if callable(count):
-            return int(count(messages))
-        engine = getattr(lm, "engine", None)
+        count = lm.count_prompt_tokens(messages)
+        if count is not None:
+            return int(count)
+        engine = lm.engine
         if engine is None or getattr(engine, "tokenizer", None) is None:
             return None
         with self._counters_lock:

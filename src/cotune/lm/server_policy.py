@@ -176,12 +176,6 @@ class ServerPolicy:
 
 
 def context_length(lm: Any) -> int | None:
-    """The model's context length where the backend tells it (``context_length``, or a transformers
-    config's ``max_position_embeddings``); None otherwise."""
-    value = getattr(lm, "context_length", None)
-    if value is None:
-        try:
-            value = lm.engine.model.config.max_position_embeddings
-        except AttributeError:
-            value = None
+    """The model's context length where the backend tells it (``LM.context_length``); None otherwise."""
+    value = lm.context_length
     return int(value) if isinstance(value, int) and value > 0 else None

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
 
 from cotune.lm.base import LM
-from cotune.program.grammar import Constraint
+from cotune.lm.constraint import Constraint
 
 ROLES = ("system", "user", "assistant")
 _DIGITS = re.compile(r"[0-9]{1,12}")  # ASCII only: str.isdigit() accepts "²", which int() refuses

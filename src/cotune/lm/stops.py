@@ -4,7 +4,7 @@ transformers' ``generate`` matches stop strings itself, but it runs a batch to i
 generation with a stop string would hold the model's thread (`cotune.lm.batching`) for all of it. Here each
 row's latest tokens are decoded after every step; once they contain a stop string, the row is made to write
 its end token next, as ``generate`` would have stopped it there. The completion's text is cut at the stop
-string afterwards (`cotune.lm.base.truncate_at_stop`), and its token count is the same as ``generate``'s.
+string afterwards (`cotune.lm.completion.truncate_at_stop`), and its token count is the same as ``generate``'s.
 
 The tokens decoded are the last ``4 × (longest stop) + 8``: a stop string is found at the step that finishes
 it, when it spans at most that many tokens (4: a character can take up to four byte tokens), and a few tokens

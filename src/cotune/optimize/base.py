@@ -20,6 +20,7 @@ from typing import Any
 from cotune.data.example import Example
 from cotune.errors import ConfigError
 from cotune.events import EventSink
+from cotune.optimize.params import check_hyperparameters
 from cotune.program.program import Program
 
 Examples = Sequence[Example]  # a trainset or valset
@@ -58,10 +59,16 @@ class Optimizer(ABC):
         Raises:
             ConfigError: a bad value, named with the valid range or choices.
         """
-        from cotune.optimize.params import check_hyperparameters
-
-        check_hyperparameters(self)
+        self._check_declared()
         self.check_relations()
+
+    def _check_declared(self) -> None:
+        """This optimizer's declared hyperparameters, then those of the optimizers it holds (relations are
+        checked by each one's own ``compile``)."""
+        check_hyperparameters(self)
+        for value in self.get_params().values():
+            if isinstance(value, Optimizer):
+                value._check_declared()
 
     def check_relations(self) -> None:
         """Constraints between hyperparameters that no single annotation states (override where needed)."""

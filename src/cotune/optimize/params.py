@@ -87,14 +87,13 @@ def describe(cls: type) -> dict[str, str]:
 
 
 def check_hyperparameters(optimizer: Any) -> None:
-    """Validate ``optimizer``'s hyperparameters against its declared schema; nested optimizers too.
+    """Validate ``optimizer``'s hyperparameters against its declared schema (those of optimizers it holds
+    are checked by `cotune.optimize.base.Optimizer.check_params`, which calls this on each).
 
     Raises:
         UnknownChoiceError: a value outside a parameter's choices (the choices are listed).
         ConfigError: every other bad value, all at once: ``name must be <what failed>, got <value>``.
     """
-    from cotune.optimize.base import Optimizer
-
     cls = type(optimizer)
     problems = []
     for name, (adapter, words) in schema(cls).items():
@@ -111,9 +110,6 @@ def check_hyperparameters(optimizer: Any) -> None:
             problems.append(
                 f"{name} must be {short}, got {value!r}" + (f" ({name} must be {words})" if short != words else "")
             )
-            continue
-        if isinstance(value, Optimizer):
-            check_hyperparameters(value)
     if problems:
         raise ConfigError(f"{cls.__name__}: " + "; ".join(problems))
 

@@ -148,7 +148,7 @@ class Rollouts:
         lm = _lm_of(teacher)
         self._provenance = {
             "program": teacher.fingerprint() if isinstance(teacher, Program) else None,
-            "model": lm.spec() if lm is not None and hasattr(lm, "spec") else None,
+            "model": lm.spec() if lm is not None else None,
             "seed": seed,
         }
         self._runs: dict[tuple[int, int], Future[Trace]] = {}

@@ -70,7 +70,8 @@ def weights_target(lm: LM, *, base_model: str | Path | None, init: str, events: 
             "student to a local model, e.g. cotune.lm.load('smollm2-135m'), or to an OpenAI-compatible server "
             "and pass base_model="
         )
-    where = getattr(lm, "base_url", "the server")
+    runtime = lm.runtime_lora()
+    where = runtime.base_url
     if base_model is None:
         raise ConfigError(
             f"the program is bound to model {lm.model!r} at {where}: the adapter trains on a local copy of the same "
@@ -84,7 +85,6 @@ def weights_target(lm: LM, *, base_model: str | Path | None, init: str, events: 
     from cotune.lm.registry import MODELS, resolve
     from cotune.lm.runtime_lora import describe, same_base_model
 
-    runtime = lm.runtime_lora()
     runtime.check()
     entry = runtime.served_model(lm.model)
     path, name = resolve(base_model, events=events)

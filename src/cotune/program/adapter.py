@@ -23,8 +23,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from cotune.lm.constraint import Constraint
 from cotune.program import format as fmt
-from cotune.program.grammar import Constraint, constraint
+from cotune.program.grammar import constraint
 from cotune.program.signature import Signature
 
 Messages = list[dict[str, str]]

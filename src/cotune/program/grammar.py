@@ -23,32 +23,13 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
 
+from cotune.lm.constraint import Constraint
 from cotune.program.signature import Field, Signature
 from cotune.program.types import FieldType
 
 # Widths that keep numbers finite (a small model can otherwise repeat digits until max_tokens).
 INT_DIGITS, FRACTION_DIGITS = 15, 6
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """What a completion must look like (hashable: it is part of a request's cache key and batch group).
-
-    Attributes:
-        grammar: segments to concatenate, each ``("ebnf", text)`` or ``("json_schema", text)``.
-        json_schema: the outputs as a JSON object schema (JSON text), for servers.
-        budget_tokens: free-text tokens allowed before ``budget_exit`` is forced; None: no budget.
-        budget_exit: the text forced when the budget runs out (``"\\nAnswer:"``).
-        reserve_tokens: tokens kept, out of ``max_tokens``, for what follows ``budget_exit``.
-    """
-
-    grammar: tuple[tuple[str, str], ...]
-    json_schema: str
-    budget_tokens: int | None = None
-    budget_exit: str | None = None
-    reserve_tokens: int = 0
 
 
 @functools.lru_cache(maxsize=256)  # built once per signature and budget, not on every call
@@ -160,4 +141,4 @@ def _token_estimate(f: Field) -> int:
     return label + 128
 
 
-__all__ = ["Constraint", "constraint", "json_schema"]
+__all__ = ["constraint", "json_schema"]

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from cotune.data.example import Example
 from cotune.errors import ConfigError, ParseError, UnknownChoiceError
+from cotune.lm.constraint import Constraint
 from cotune.program import trace
 from cotune.program.adapter import FormatAdapter, TextAdapter
-from cotune.program.grammar import Constraint
 from cotune.program.prediction import Prediction
 from cotune.program.signature import Signature, ensure_signature
 
-if TYPE_CHECKING:  # the LM protocol lives in a higher layer; predictors only call it
+if TYPE_CHECKING:  # annotations only: predictors call the LM they are bound to
     from cotune.lm.base import LM
 
 
@@ -99,8 +99,10 @@ class Predict:
 
     def structured_output(self) -> str | None:
         """How this predictor's calls are constrained on its LM: "grammar", "json_schema" or None."""
-        on = self.constrained if self.constrained is not None else getattr(self.lm, "constrained", False)
-        return getattr(self.lm, "structured_output", None) if on else None
+        if self.lm is None:
+            return None
+        on = self.constrained if self.constrained is not None else self.lm.constrained
+        return self.lm.structured_output if on else None
 
     def constraint(self) -> Constraint | None:
         """The `Constraint` sent with each call, or None when the completion is free."""
@@ -148,7 +150,9 @@ class Predict:
                 )
             raise
         if recorder is not None:
-            recorder.add(trace.TraceStep(recorder.name_of(self), kept_inputs, outputs, messages, completion.text, usage))
+            recorder.add(
+                trace.TraceStep(recorder.name_of(self), kept_inputs, outputs, messages, completion.text, usage)
+            )
         return Prediction(outputs)
 
     # -- state ---------------------------------------------------------------------------------------

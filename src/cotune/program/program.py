@@ -111,7 +111,7 @@ class Program:
         """Prompts per predictor, the class path, and the LM binding: ``lm`` when the predictors share one
         LM, else ``lms`` with one spec per predictor (e.g. one adapter each after ``multitask=False``)."""
         named = self.named_predictors()
-        specs = {name: p.lm.spec() if p.lm is not None and hasattr(p.lm, "spec") else None for name, p in named}
+        specs = {name: p.lm.spec() if p.lm is not None else None for name, p in named}
         shared = len({json.dumps(s, sort_keys=True, default=str) for s in specs.values()}) <= 1
         state = {
             "format_version": FORMAT_VERSION,

@@ -17,10 +17,8 @@ restored afterwards.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -31,8 +29,8 @@ from typing import Any
 
 from cotune.errors import TrainingError
 from cotune.events import EventSink, Progress, emit
-from cotune.files import write_dir_atomic
 from cotune.lm.adapters import METADATA_FILE
+from cotune.training.adapter_folder import check_output_dir, library_versions, save_adapter
 from cotune.training.config import LoRAConfig
 from cotune.training.forward import batch_logits, checked_trunk, sharing_holds
 from cotune.training.memory import MemoryWatch
@@ -109,7 +107,7 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
     import torch
 
     device = training_device(config, torch)
-    _check_output_dir(output_dir)
+    check_output_dir(output_dir)
     t_start = time.perf_counter()
 
     # -- setup ----------------------------------------------------------------------------------------
@@ -136,8 +134,14 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
     trunk = checked_trunk(model, tokenized, pad_id, config, device)
     share = sharing_holds(model, tokenized, trunk, pad_id, config, device)
     emit(
-        events, "finetune.start", examples=len(tokenized), dropped=n_dropped, steps=total_steps, device=device,
-        trainable_params=sum(p.numel() for p in trainable), frozen_trunk_layers=trunk.first if trunk else 0,
+        events,
+        "finetune.start",
+        examples=len(tokenized),
+        dropped=n_dropped,
+        steps=total_steps,
+        device=device,
+        trainable_params=sum(p.numel() for p in trainable),
+        frozen_trunk_layers=trunk.first if trunk else 0,
         shared_prefix=share,
     )
 
@@ -183,7 +187,7 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
     )
     metadata = adapter_metadata(result, config, base_model_path=base_model_path, base_model=base_model,
                                 init_adapter=init_adapter)  # fmt: skip
-    _save(model, metadata, output_dir)
+    save_adapter(model, metadata, output_dir)
     emit(events, "finetune.done", adapter=str(output_dir), final_loss=final_loss, steps=result.steps)
     # ---- cleanup: drop the training copy of the model now rather than whenever the caller lets go.
     del model, optimizer
@@ -208,33 +212,9 @@ def adapter_metadata(
         "steps": result.steps,
         "n_examples": result.n_examples,
         "device": result.device,
-        "versions": _versions(),
+        "versions": library_versions(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     } | extra
-
-
-def _check_output_dir(output_dir: Path) -> None:
-    """Refuse, before training, to overwrite a folder that holds anything but an adapter."""
-    if output_dir.exists() and (
-        not output_dir.is_dir() or (any(output_dir.iterdir()) and not (output_dir / "adapter_config.json").is_file())
-    ):
-        raise TrainingError(f"{output_dir} exists and is not an adapter folder; choose another output_dir")
-
-
-def _save(model: Any, metadata: dict[str, Any], output_dir: Path) -> None:
-    """Write the adapter into a scratch folder, fsync it and swap it in (`write_dir_atomic`), so a killed run
-    never leaves half an adapter and the old one stays whole until the new one is in place."""
-
-    def write(scratch: Path) -> None:
-        try:
-            model.save_pretrained(str(scratch))
-        except Exception as e:
-            if not isinstance(e, OSError) and "No space left on device" in str(e):  # safetensors' own error type
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(output_dir)) from e
-            raise
-        (scratch / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-
-    write_dir_atomic(output_dir, write)
 
 
 def read_adapter_metadata(path: str | Path) -> dict[str, Any]:
@@ -323,11 +303,3 @@ def _oom_message(config: LoRAConfig, e: BaseException) -> str:
         f"(raise gradient_accumulation_steps to keep the effective batch), lower max_length, or set "
         f"gradient_checkpointing=True ({type(e).__name__}: {e})"
     )
-
-
-def _versions() -> dict[str, str]:
-    import peft
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}

@@ -30,7 +30,7 @@ from typing import Any
 from cotune.errors import CotuneError, TrainingError
 from cotune.events import EventSink
 from cotune.training.lora import TrainResult
-from cotune.training.trl_trainer import Job, Report
+from cotune.training.trl_job import Job, Report
 
 EVENT_PREFIX = "cotune-event "
 STDERR_TAIL_LINES = 40

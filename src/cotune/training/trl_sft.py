@@ -18,12 +18,13 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from cotune.errors import TrainingError
+from cotune.training.adapter_folder import check_output_dir, library_versions, save_adapter
 from cotune.training.config import LoRAConfig
-from cotune.training.lora import TrainResult, _check_output_dir, _save, _versions, adapter_metadata, training_errors
+from cotune.training.lora import TrainResult, adapter_metadata, training_errors
 from cotune.training.memory import MemoryWatch
 from cotune.training.setup import load_for_training, training_device
 from cotune.training.sft_data import ChatExample, TokenizedExample, data_hash, tokenize
-from cotune.training.trl_trainer import Job, Report
+from cotune.training.trl_job import Job, Report
 
 
 def train_sft(job: Job, report: Report) -> TrainResult | None:
@@ -33,7 +34,7 @@ def train_sft(job: Job, report: Report) -> TrainResult | None:
     """
     config, output_dir = job.config, Path(job.output_dir)
     device = training_device(config, torch)
-    _check_output_dir(output_dir)
+    check_output_dir(output_dir)
     t_start = time.perf_counter()
     bf16 = config.trains_in_bf16(device)
 
@@ -68,9 +69,9 @@ def train_sft(job: Job, report: Report) -> TrainResult | None:
     metadata = adapter_metadata(
         result, config, base_model_path=job.base_model_path, base_model=job.base_model, init_adapter=job.init_adapter,
         trainer={"name": "trl", "processes": job.processes, "packing": job.packing, "bf16": bf16},
-        versions=_versions() | _trl_versions(),
+        versions=library_versions() | _trl_versions(),
     )  # fmt: skip
-    _save(trainer.model, metadata, output_dir)
+    save_adapter(trainer.model, metadata, output_dir)
     report.done(adapter=str(output_dir), final_loss=final_loss, steps=result.steps)
     return result
 

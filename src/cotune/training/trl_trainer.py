@@ -33,14 +33,14 @@ import importlib.util
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cotune.errors import ConfigError, TrainingError
-from cotune.events import EventSink, Progress, emit
+from cotune.events import EventSink
 from cotune.training.config import LoRAConfig
 from cotune.training.lora import TrainResult
 from cotune.training.scoped import torch_threads
 from cotune.training.sft_data import ChatExample
+from cotune.training.trl_job import Job, Report
 
 INSTALL_HINT = "pip install 'cotune[trl]'"
 
@@ -90,10 +90,12 @@ class TRLTrainer:
         job = Job(list(examples), str(base_model_path), str(output_dir), config, base_model,
                   str(init_adapter) if init_adapter else None, self.processes, self.packing)  # fmt: skip
         if self.processes > 1:
+            # Imported here, not at the top: the launched processes run trl_launch with ``python -m``, which
+            # warns when the package's import has already loaded the module it is about to run.
             from cotune.training.trl_launch import launch
 
             return launch(job, events)
-        from cotune.training.trl_sft import train_sft
+        from cotune.training.trl_sft import train_sft  # torch and transformers: imported only to train
 
         report = Report(events)
         try:
@@ -103,57 +105,6 @@ class TRLTrainer:
             report.close()
         assert result is not None  # one process is the main process
         return result
-
-
-@dataclass
-class Job:
-    """One training job: what `train_sft` needs, and what the job file of a launched run holds."""
-
-    examples: list[ChatExample]
-    base_model_path: str
-    output_dir: str
-    config: LoRAConfig
-    base_model: str | None = None
-    init_adapter: str | None = None
-    processes: int = 1
-    packing: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "examples": [ex.to_dict() for ex in self.examples], "base_model_path": self.base_model_path,
-            "output_dir": self.output_dir, "config": self.config.to_dict(), "base_model": self.base_model,
-            "init_adapter": self.init_adapter, "processes": self.processes, "packing": self.packing,
-        }  # fmt: skip
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Job:
-        return cls(**(d | {"examples": [ChatExample.from_dict(e) for e in d["examples"]],
-                           "config": LoRAConfig.from_dict(d["config"])}))  # fmt: skip
-
-
-class Report:
-    """Training progress as cotune events: ``finetune.start``, a ``finetune`` bar whose postfix carries each
-    step's loss, ``finetune.done``. A launched run sends the same calls over its output (`trl_launch`)."""
-
-    def __init__(self, events: EventSink | None):
-        self.events, self.bar = events, None
-
-    def start(self, **fields: Any) -> None:
-        emit(self.events, "finetune.start", **fields)
-        self.bar = Progress(self.events, "finetune", total=fields.get("steps")).__enter__()
-
-    def step(self, loss: float, lr: float | None = None) -> None:
-        if self.bar is not None:
-            self.bar.advance(loss=round(loss, 4), lr=lr)
-
-    def done(self, **fields: Any) -> None:
-        self.close()
-        emit(self.events, "finetune.done", **fields)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
 
 
 @contextlib.contextmanager
