@@ -65,13 +65,15 @@ def run_eval(
 
     program = the_task.program()
     if saved is not None:
+        from cotune.lm.registry import spec_runs_here
+
         program = program_for_state(program, saved)  # the saved class decides: MedPrompt's ensemble is rebuilt
         program.load_state(saved)
         specs = [s for s in (saved.get("lm"), *(saved.get("lms") or {}).values()) if s]
         first = specs[0] if specs else {}
-        if model is None and first.get("backend") == "hf" and not saved.get("lms"):
+        if model is None and spec_runs_here(first) and not saved.get("lms"):
             program.bind(load_model(first["model"], cache=cache, console=console, adapter=first.get("adapter")))
-        elif model is None and first.get("backend") == "hf":  # one load of the base; each predictor its adapter
+        elif model is None and spec_runs_here(first):  # one load of the base; each predictor its adapter
             bind_saved(program, saved, load_model(first["model"], cache=cache, console=console))
         elif model is None and first:
             from cotune.lm.registry import from_spec

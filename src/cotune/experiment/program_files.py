@@ -20,20 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cotune.files import write_json_atomic
-from cotune.lm.registry import relative_adapter, resolve_adapter
+from cotune.lm.registry import relative_adapter, resolve_adapter, spec_adapter_is_folder
 from cotune.program.program import Program, read_state
 
 if TYPE_CHECKING:
     from cotune.lm.base import LM
 
-# Backends whose adapter is a folder on this machine; an "openai" adapter is a name the server knows.
-_PATH_ADAPTERS = ("hf", "fake")
-
-
 def _path_specs(state: dict[str, Any]) -> list[dict[str, Any]]:
     """The LM specs in ``state`` (the shared ``lm`` and each predictor's in ``lms``) whose adapter is a path."""
     specs = [state.get("lm"), *(state.get("lms") or {}).values()]
-    return [s for s in specs if isinstance(s, dict) and s.get("adapter") and s.get("backend") in _PATH_ADAPTERS]
+    return [s for s in specs if isinstance(s, dict) and spec_adapter_is_folder(s)]
 
 
 def _map_adapters(state: dict[str, Any], change: Any) -> dict[str, Any]:

@@ -302,6 +302,23 @@ def from_spec(spec: dict[str, Any], *, like: LM | None = None, base_dir: str | P
     return OpenAICompatible(model=spec["model"], base_url=spec["base_url"], adapter=spec.get("adapter"), **kwargs)
 
 
+# What a saved spec's backend means for the code that reads it: weights loaded in this process (so several
+# predictors share one load of the base), and an adapter that is a folder on this machine (saved relative to
+# the program file) rather than a name a server knows.
+_LOCAL_BACKENDS = ("hf",)
+_FOLDER_ADAPTER_BACKENDS = ("hf", "fake")
+
+
+def spec_runs_here(spec: dict[str, Any] | None) -> bool:
+    """Whether a saved LM spec loads its weights in this process (a local model, not a server)."""
+    return bool(spec) and spec.get("backend") in _LOCAL_BACKENDS
+
+
+def spec_adapter_is_folder(spec: dict[str, Any] | None) -> bool:
+    """Whether a saved LM spec's adapter is a folder on this machine (its path moves with the program file)."""
+    return bool(spec) and bool(spec.get("adapter")) and spec.get("backend") in _FOLDER_ADAPTER_BACKENDS
+
+
 def resolve_adapter(adapter: str | None, base_dir: str | Path | None) -> str | None:
     """A saved adapter path made usable from anywhere: relative paths are relative to ``base_dir``.
 
