@@ -12,6 +12,7 @@ from typing import Any
 from cotune.errors import ConfigError
 from cotune.experiment.results import summarize
 from cotune.experiment.run_data import RunData
+from cotune.optimize.strategy import StepKind, parse_strategy
 
 # Placeholders near list prices of hosted small models and of one rented GPU hour (USD); a user should
 # pass their own. Training price is per hour of the machine that optimizes and trains.
@@ -143,7 +144,7 @@ def run_table(run: RunData) -> list[dict[str, Any]]:
 
 
 def cost_row(run: RunData, row: dict[str, Any], prices: Prices) -> CostRow:
-    finetuned = "w" in row["strategy"].split("-")
+    finetuned = StepKind.WEIGHTS in parse_strategy(row["strategy"])
     factor = prices.finetuned_price_factor if finetuned else 1.0
     per_lm_call = (
         (
