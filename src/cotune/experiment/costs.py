@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from cotune.errors import ConfigError
+from cotune.experiment.node_record import node_records
 from cotune.experiment.results import summarize
 from cotune.experiment.run_data import RunData
 from cotune.optimize.strategy import StepKind, parse_strategy
@@ -131,12 +132,12 @@ class Advice:
 
 def run_table(run: RunData) -> list[dict[str, Any]]:
     """The run's Table-1 rows, each with the mean test-set size ``test_n`` added."""
-    nodes, strategies = run.nodes, run.strategies
-    table = run.results.get("table") or summarize(nodes, strategies)
+    nodes = node_records(run.nodes)
+    table = run.results.get("table") or summarize(nodes, run.strategies)
     out = []
     for row in table:
-        ns = [n["test"].get("n", 0) for n in nodes if n["strategy"] == row["strategy"]]
-        dev_ns = [n["dev"].get("n", 0) for n in nodes if n["strategy"] == row["strategy"] and "dev" in n]
+        ns = [n.test.get("n", 0) for n in nodes if n.strategy == row["strategy"]]
+        dev_ns = [n.dev.get("n", 0) for n in nodes if n.strategy == row["strategy"]]
         out.append(
             row | {"test_n": sum(ns) / len(ns) if ns else 0.0, "dev_n": sum(dev_ns) / len(dev_ns) if dev_ns else 0.0}
         )

@@ -20,6 +20,7 @@ from typing import Any
 from cotune.experiment import advisor as adv
 from cotune.experiment import plots
 from cotune.experiment.costs import fmt_seconds
+from cotune.experiment.node_record import node_records
 from cotune.experiment.report_blocks import (
     Block,
     Code,
@@ -34,7 +35,7 @@ from cotune.experiment.report_blocks import (
 )
 from cotune.experiment.rundir import RunDir
 from cotune.files import write_text_atomic
-from cotune.optimize.strategy import StepKind, last_kind, parse_strategy, strategy_name
+from cotune.optimize.strategy import StepKind, parse_strategy, strategy_name
 
 MAX_DEMOS, MAX_VALUE_CHARS, MAX_INSTRUCTION_CHARS = 6, 240, 2000
 
@@ -166,17 +167,17 @@ def build_report(runs: list[adv.RunData], prices: adv.Prices) -> list[Block]:
 def theta_coverage(run: adv.RunData) -> Table | None:
     """One row per Θ node (strategy ending in w, per seed): kept runs, examples covered, per-class coverage."""
     rows = []
-    for n in run.nodes:
-        cov = (n.get("info") or {}).get("coverage_")
-        if not cov or last_kind(parse_strategy(n["strategy"])) is not StepKind.WEIGHTS:
+    for n in node_records(run.nodes):
+        cov = n.info.get("coverage_")
+        if not cov or n.kind is not StepKind.WEIGHTS:
             continue
         classes = "; ".join(
             f"{field}: " + ", ".join(f"{c} {v['covered']}/{v['total']}" for c, v in by.items())
             for field, by in cov.get("by_class", {}).items()
         )
         ex = cov["examples"]
-        kept = n["info"].get("n_passed_", "?")
-        rows.append([n["strategy"], str(n["seed"]), str(kept), f"{ex['covered']}/{ex['total']}", classes or "–"])
+        kept = n.info.get("n_passed_", "?")
+        rows.append([n.strategy, str(n.seed), str(kept), f"{ex['covered']}/{ex['total']}", classes or "–"])
     if not rows:
         return None
     return Table([f"{run.label}: strategy", "seed", "kept runs", "examples covered", "per class"], rows, css="coverage")

@@ -23,6 +23,7 @@ from cotune.evaluate.evaluate import evaluate
 from cotune.events import Event, EventSink, Progress, emit
 from cotune.experiment.config import ExperimentConfig
 from cotune.experiment.data_check import check_data
+from cotune.experiment.node_record import NodeRecord
 from cotune.experiment.program_files import bind_saved, copy_program, read_program_state, save_program
 from cotune.experiment.ray_grid import check_ray_inputs, run_on_ray
 from cotune.experiment.results import summarize
@@ -163,10 +164,11 @@ class Runner:
         }
 
     @staticmethod
-    def _finished(run: RunDir, seed: int, name: str, events: EventSink) -> dict[str, Any] | None:
+    def _finished(run: RunDir, seed: int, name: str, events: EventSink) -> NodeRecord | None:
         """The node's record, or None to (re)do it; a corrupt record is set aside and the step redone."""
         try:
-            return run.finished(seed, name)
+            data = run.finished(seed, name)
+            return None if data is None else NodeRecord.from_json(data)
         except ConfigError as e:
             run.forget(seed, name)
             emit(events, "node.corrupt", seed=seed, strategy=name, error=str(e))
@@ -269,24 +271,24 @@ class _NodeHooks(StepHooks):
         self.runner, self.run, self.task, self.lm, self.seed = runner, run, task, lm, seed
         self.factory, self.failures, self.bar, self.events = factory, failures, bar, events
         self.only = only
-        self.records: dict[Steps, dict[str, Any]] = {}
+        self.records: dict[Steps, NodeRecord] = {}
 
     def restore(self, steps: Steps) -> Program | None:
         name = strategy_name(steps)
         if self.only is not None and steps != self.only:  # an ancestor of the one node to run: done already
-            record = self.run.finished(self.seed, name)
-            if record is None:
+            data = self.run.finished(self.seed, name)
+            if data is None:
                 raise ConfigError(f"seed {self.seed} {name} is not finished; {strategy_name(self.only)} builds on it")
-            return self._load(steps, record)
+            return self._load(steps, NodeRecord.from_json(data))
         record = self.runner._finished(self.run, self.seed, name, self.events)
         if record is None:
             return None
         program = self._load(steps, record)
         emit(self.events, "node.skipped", seed=self.seed, strategy=name, reason="finished earlier")
-        self.bar.advance(seed=self.seed, strategy=name, test=record["test"]["score"])
+        self.bar.advance(seed=self.seed, strategy=name, test=record.test["score"])
         return program
 
-    def _load(self, steps: Steps, record: dict[str, Any]) -> Program:
+    def _load(self, steps: Steps, record: NodeRecord) -> Program:
         """A finished node's saved program, bound to this process's LM (and its adapter)."""
         self.records[steps] = record
         return self._read(self.run.node_dir(self.seed, strategy_name(steps)) / "program.json")
@@ -322,30 +324,27 @@ class _NodeHooks(StepHooks):
             result.save(node / f"eval-{split}.json")
             evals[split] = result.summary()
         lm = program.predictors()[0].lm
-        prev = self.records.get(step.steps[:-1], {}) if step.steps else {}
-        record = {
-            "seed": seed,
-            "strategy": name,
-            "steps": list(step.steps),
-            "kind": step.kind,
-            "parent": strategy_name(step.steps[:-1]) if step.steps else None,
-            "dev": evals["dev"],
-            "test": evals["test"],
-            "optimize_seconds": step.seconds,
-            "train_seconds": train_seconds,
-            "cumulative_optimize_seconds": prev.get("cumulative_optimize_seconds", 0.0) + step.seconds,
-            "cumulative_train_seconds": prev.get("cumulative_train_seconds", 0.0) + train_seconds,
-            "adapter": relative_adapter(getattr(lm, "adapter", None), run.path) if lm.backend != "openai" else lm.adapter,
-            "program": str((node / "program.json").relative_to(run.path)),
-            "handoff": HANDOFF_FILE if step.handoff is not None else None,
-            "info": step.info,
-        }
-        run.finish(seed, name, record)
+        prev = self.records.get(step.steps[:-1]) if step.steps else None
+        record = NodeRecord(
+            seed=seed,
+            strategy=name,
+            steps=step.steps,
+            dev=evals["dev"],
+            test=evals["test"],
+            step_seconds=step.seconds,
+            step_train_seconds=train_seconds,
+            cumulative_seconds=(prev.cumulative_seconds if prev else 0.0) + step.seconds,
+            cumulative_train_seconds=(prev.cumulative_train_seconds if prev else 0.0) + train_seconds,
+            adapter=relative_adapter(getattr(lm, "adapter", None), run.path) if lm.backend != "openai" else lm.adapter,
+            program=str((node / "program.json").relative_to(run.path)),
+            handoff=HANDOFF_FILE if step.handoff is not None else None,
+            info=step.info,
+        )
+        run.finish(seed, name, record.to_json())
         # logged only once node.json is on disk: a node.done in the log is a finished node
-        emit(self.events, "node.done", seed=seed, strategy=name, dev=record["dev"]["score"],
-             test=record["test"]["score"])  # fmt: skip
+        emit(self.events, "node.done", seed=seed, strategy=name, dev=record.dev["score"], test=record.test["score"])
         self.records[step.steps] = record
-        self.bar.advance(seed=seed, strategy=name, test=record["test"]["score"])
+        self.bar.advance(seed=seed, strategy=name, test=record.test["score"])
 
     def failed(self, steps: Steps, error: Exception | None) -> bool:
         name = strategy_name(steps)
