@@ -94,8 +94,7 @@ def _circles(package: str) -> list[list[str]]:
     return found
 
 
-# experiment is left out until its runner and Ray grid are untied (they import each other).
-@pytest.mark.parametrize("package", sorted(set(LAYER) - {"experiment"} - LAYERS[0]))
+@pytest.mark.parametrize("package", sorted(set(LAYER) - LAYERS[0]))
 def test_no_import_circles_inside_a_package(package):
     assert _circles(f"cotune.{package}") == []
 
@@ -111,8 +110,7 @@ def _private_imports(module: str) -> set[str]:
     }
 
 
-# experiment is left out until its Ray grid stops borrowing the runner's private hooks.
-@pytest.mark.parametrize("package", sorted(set(LAYER) - {"experiment"} - LAYERS[0]))
+@pytest.mark.parametrize("package", sorted(set(LAYER) - LAYERS[0]))
 def test_no_private_name_is_imported_from_another_module(package):
     found = {f"{m}: {name}" for m in GRAPH if m.startswith(f"cotune.{package}.") for name in _private_imports(m)}
     assert found == set()

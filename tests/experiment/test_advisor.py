@@ -12,7 +12,9 @@ from cotune.experiment.advisor import (
     dominated_by,
     fmt_volume,
 )
+from cotune.experiment.costs import cost_row, run_table
 from cotune.experiment.report import advice_markdown
+from cotune.experiment.run_data import load_runs
 
 from .test_report import make_run
 
@@ -32,8 +34,13 @@ from .test_report import make_run
     ],
 )
 def test_break_even_arithmetic(c_f, once_f, c_p, once_p, days, expected):
-    got = break_even_calls_per_day(cost_per_call_finetuned=c_f, one_off_finetuned=once_f,
-                                   cost_per_call_prompted=c_p, one_off_prompted=once_p, horizon_days=days)
+    got = break_even_calls_per_day(
+        cost_per_call_finetuned=c_f,
+        one_off_finetuned=once_f,
+        cost_per_call_prompted=c_p,
+        one_off_prompted=once_p,
+        horizon_days=days,
+    )
     if expected is None:
         assert got is None
     else:
@@ -42,17 +49,32 @@ def test_break_even_arithmetic(c_f, once_f, c_p, once_p, days, expected):
         assert once_f + days * got * c_f == pytest.approx(once_p + days * got * c_p)
 
 
-@pytest.mark.parametrize("v, text", [(None, "never"), (0.0, "any volume"), (1000.0000000002, "1,000 calls/day"), (1040.2, "1,041 calls/day")])
+@pytest.mark.parametrize(
+    "v, text", [(None, "never"), (0.0, "any volume"), (1000.0000000002, "1,000 calls/day"), (1040.2, "1,041 calls/day")]
+)
 def test_fmt_volume(v, text):
     assert fmt_volume(v) == text
 
 
 def test_cost_arithmetic(tmp_path):
-    run = make_run(tmp_path, "a", {"p": [(0.5, 0.5)], "p-w": [(0.6, 0.6)]}, tokens={"p": 1000, "p-w": 200},
-                   completion={"p": 100, "p-w": 100}, optimize={"p": 1800, "p-w": 5400}, train={"p-w": 3600},
-                   calls_per_example=2)
-    advice = advise(run, calls_per_day=10_000, price_per_1m_prompt_tokens=0.15, price_per_1m_completion_tokens=0.6,
-                    price_per_training_hour=2.0, horizon_days=30)
+    run = make_run(
+        tmp_path,
+        "a",
+        {"p": [(0.5, 0.5)], "p-w": [(0.6, 0.6)]},
+        tokens={"p": 1000, "p-w": 200},
+        completion={"p": 100, "p-w": 100},
+        optimize={"p": 1800, "p-w": 5400},
+        train={"p-w": 3600},
+        calls_per_example=2,
+    )
+    advice = advise(
+        run,
+        calls_per_day=10_000,
+        price_per_1m_prompt_tokens=0.15,
+        price_per_1m_completion_tokens=0.6,
+        price_per_training_hour=2.0,
+        horizon_days=30,
+    )
     p, pw = advice.rows
     assert p.calls_per_example == pytest.approx(2)
     assert p.cost_per_request == pytest.approx(2 * (1000 * 0.15 + 100 * 0.6) / 1e6)
@@ -65,8 +87,14 @@ def test_cost_arithmetic(tmp_path):
     assert (be.finetuned, be.prompted) == ("p-w", "p")
     assert be.calls_per_day == pytest.approx((3.0 - 1.0) / (30 * (p.cost_per_request - pw.cost_per_request)))
     # at that volume both cost the same over the horizon
-    again = advise(run, calls_per_day=be.calls_per_day, price_per_1m_prompt_tokens=0.15,
-                   price_per_1m_completion_tokens=0.6, price_per_training_hour=2.0, horizon_days=30)
+    again = advise(
+        run,
+        calls_per_day=be.calls_per_day,
+        price_per_1m_prompt_tokens=0.15,
+        price_per_1m_completion_tokens=0.6,
+        price_per_training_hour=2.0,
+        horizon_days=30,
+    )
     assert again.rows[0].horizon_cost == pytest.approx(again.rows[1].horizon_cost)
 
 
@@ -84,20 +112,35 @@ def test_training_time_is_never_counted_below_the_training_alone(tmp_path):
 
 # -- the recommendation follows the evidence ---------------------------------------------------------------
 def _scenario_finetune_wins(tmp_path):
-    return make_run(tmp_path, "win", {
-        "zero-shot": [(0.3, 0.30)] * 3,
-        "p": [(0.6, 0.60), (0.6, 0.61), (0.6, 0.62)],
-        "p-w": [(0.8, 0.85), (0.8, 0.86), (0.8, 0.87)],
-        "p-w-p": [(0.9, 0.88), (0.9, 0.90), (0.9, 0.92)],
-    }, tokens={"zero-shot": 80, "p": 400, "p-w": 400, "p-w-p": 420}, optimize={"p": 60, "p-w": 1200, "p-w-p": 1300}, n=200)
+    return make_run(
+        tmp_path,
+        "win",
+        {
+            "zero-shot": [(0.3, 0.30)] * 3,
+            "p": [(0.6, 0.60), (0.6, 0.61), (0.6, 0.62)],
+            "p-w": [(0.8, 0.85), (0.8, 0.86), (0.8, 0.87)],
+            "p-w-p": [(0.9, 0.88), (0.9, 0.90), (0.9, 0.92)],
+        },
+        tokens={"zero-shot": 80, "p": 400, "p-w": 400, "p-w-p": 420},
+        optimize={"p": 60, "p-w": 1200, "p-w-p": 1300},
+        n=200,
+    )
 
 
 def _scenario_tie(tmp_path):
-    return make_run(tmp_path, "tie", {
-        "zero-shot": [(0.3, 0.30)] * 3,
-        "p": [(0.8, 0.80), (0.8, 0.85), (0.8, 0.90)],
-        "w": [(0.8, 0.82), (0.8, 0.84), (0.8, 0.86)],
-    }, tokens={"zero-shot": 80, "p": 500, "w": 80}, optimize={"p": 60, "w": 3600}, train={"w": 3000}, n=100)
+    return make_run(
+        tmp_path,
+        "tie",
+        {
+            "zero-shot": [(0.3, 0.30)] * 3,
+            "p": [(0.8, 0.80), (0.8, 0.85), (0.8, 0.90)],
+            "w": [(0.8, 0.82), (0.8, 0.84), (0.8, 0.86)],
+        },
+        tokens={"zero-shot": 80, "p": 500, "w": 80},
+        optimize={"p": 60, "w": 3600},
+        train={"w": 3000},
+        n=100,
+    )
 
 
 def _scenario_finetune_worse(tmp_path, w_tokens=600, with_pw=True):
@@ -109,8 +152,14 @@ def _scenario_finetune_worse(tmp_path, w_tokens=600, with_pw=True):
     }
     if not with_pw:
         del scores["p-w"]
-    return make_run(tmp_path, f"worse-{w_tokens}", scores, tokens={"zero-shot": 80, "p": 500, "w": w_tokens, "p-w": 500},
-                    optimize={"p": 60, "w": 3600, "p-w": 3700}, n=100)
+    return make_run(
+        tmp_path,
+        f"worse-{w_tokens}",
+        scores,
+        tokens={"zero-shot": 80, "p": 500, "w": w_tokens, "p-w": 500},
+        optimize={"p": 60, "w": 3600, "p-w": 3700},
+        n=100,
+    )
 
 
 def _check_not_dominated(advice):
@@ -127,7 +176,9 @@ def test_recommends_fine_tuning_when_the_gap_is_beyond_the_noise(tmp_path):
     assert rec.text.startswith("Fine-tune: p-w-p (90.0 ± 2.0%) beats the best prompt-only strategy p (61.0 ± 1.0%)")
     assert "Prompt optimization first: p lifts zero-shot from 30.0% to 61.0%" in rec.text
     assert "one seed" not in rec.text
-    assert "p-w-p never becomes cheaper than p: p-w-p does not cost less per request than p (420 vs 400 prompt" in rec.text
+    assert (
+        "p-w-p never becomes cheaper than p: p-w-p does not cost less per request than p (420 vs 400 prompt" in rec.text
+    )
     _check_not_dominated(advice)
 
 
@@ -152,7 +203,9 @@ def test_never_recommends_a_worse_and_more_expensive_fine_tune(tmp_path):
     advice = advise(_scenario_finetune_worse(tmp_path), calls_per_day=1_000_000)
     (rec,) = advice.recommendations
     assert rec.strategy == "p"
-    assert rec.text.startswith("Stay with prompt optimization: p (80.0 ± 1.0%). The best fine-tuned strategy, p-w (61.0 ± 1.0%)")
+    assert rec.text.startswith(
+        "Stay with prompt optimization: p (80.0 ± 1.0%). The best fine-tuned strategy, p-w (61.0 ± 1.0%)"
+    )
     assert "switch only if" not in rec.text  # p-w is not cheaper either
     _check_not_dominated(advice)
 
@@ -162,13 +215,22 @@ def test_a_cheaper_but_worse_fine_tune_is_mentioned_not_recommended(tmp_path):
     (rec,) = advice.recommendations
     assert rec.strategy == "p"
     assert "w (41.0 ± 1.0%), is 40.0 points less accurate on dev" in rec.text  # issue 12 #5: chosen on dev
-    assert "w is cheaper ($13.50 vs $81.00 per day" in rec.text and "switch only if that accuracy loss is acceptable" in rec.text
+    assert (
+        "w is cheaper ($13.50 vs $81.00 per day" in rec.text
+        and "switch only if that accuracy loss is acceptable" in rec.text
+    )
     _check_not_dominated(advice)
 
 
 def test_one_seed_estimates_the_noise_from_the_test_set(tmp_path):
-    run = make_run(tmp_path, "one", {"p": [(0.8, 0.80)], "w": [(0.8, 0.84)]}, tokens={"p": 500, "w": 500},
-                   optimize={"w": 600}, n=50)
+    run = make_run(
+        tmp_path,
+        "one",
+        {"p": [(0.8, 0.80)], "w": [(0.8, 0.84)]},
+        tokens={"p": 500, "w": 500},
+        optimize={"w": 600},
+        n=50,
+    )
     (rec,) = advise(run).recommendations
     # issue 12 #5: compared on dev: gap 0 points < sampling error sqrt(2 * .8*.2/50) = 8.0 points
     assert "same within the noise" in rec.text and "±8.0 points" in rec.text
@@ -232,6 +294,18 @@ def test_run_advise_prints_tables_and_json(tmp_path):
 def test_run_report_writes_both_files(tmp_path):
     run = _scenario_tie(tmp_path)
     out = Console(record=True, width=200)
-    md, html = run_report([run], out_dir=tmp_path / "rep", calls_per_day=1_000_000, console=Console(quiet=True), out=out)
+    md, html = run_report(
+        [run], out_dir=tmp_path / "rep", calls_per_day=1_000_000, console=Console(quiet=True), out=out
+    )
     assert md.exists() and html.exists() and str(md) in out.export_text()
     assert "1,000,000 requests/day" in md.read_text()
+
+
+@pytest.mark.parametrize(
+    ("strategy", "finetuned"),
+    [("p-w", True), ("prompt-weights", True), ("W", True), ("prompt", False), ("zero-shot", False)],
+)
+def test_a_weight_step_is_found_however_the_strategy_is_written(tmp_path, strategy, finetuned):
+    run = load_runs([make_run(tmp_path, "a", {"p": [(0.5, 0.5)]})])[0]
+    row = run_table(run)[0] | {"strategy": strategy}
+    assert cost_row(run, row, Prices()).finetuned is finetuned

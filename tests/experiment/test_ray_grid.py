@@ -3,20 +3,25 @@ sequential run. The tests marked integration share one local Ray cluster and run
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from cotune.cli.app import app
 from cotune.errors import ConfigError
+from cotune.events import Event, Progress
+from cotune.experiment import ray_grid
 from cotune.experiment.config import ExperimentConfig, PromptStep
 from cotune.experiment.rundir import RunDir
 from cotune.experiment.runner import Runner, default_optimizer_factory
+from cotune.optimize.strategy import StrategyTree, parse_strategies, strategy_name
 
 # what must match between a Ray run and a sequential one (timings differ)
 SAME = ("strategy", "seeds", "test_mean", "test_std", "dev_mean", "dev_std", "format_adherence",
@@ -82,6 +87,13 @@ def test_importing_cotune_and_the_grid_does_not_import_ray():
             "print('ray' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_grid_is_handed_the_runner_and_does_not_import_it():
+    tree = ast.parse(Path(ray_grid.__file__).read_text())
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert "cotune.experiment.runner" not in imported
 
 
 # -- on a local Ray cluster ----------------------------------------------------------------------------
@@ -178,3 +190,45 @@ def test_a_worker_killed_mid_node_leaves_the_run_resumable(ray_cluster, tmp_path
     }
     skipped = [(e["seed"], e["strategy"]) for e in RunDir.open(run.path).events() if e["event"] == "node.skipped"]
     assert sorted(skipped) == [(0, "p"), (0, "zero-shot"), (1, "zero-shot")]
+
+
+def fake_node_runner(fails: str):
+    """A node runner that reports each node as the runner would and fails the node named ``fails``; a
+    closure, so Ray ships it by value."""
+
+    def run_node(cfg, task, lm, run, seed, steps, failures, bar, events):
+        name = strategy_name(steps)
+        assert (task, lm) == ("task", f"lm for {cfg.model}")  # what the builder made in this worker
+        events(Event("node.done", {"seed": seed, "strategy": name}))
+        if name == fails:
+            failures.append({"seed": seed, "strategy": name, "kind": "training", "error": "no trace passed"})
+        bar.advance(seed=seed, strategy=name)
+        return name != fails
+
+    return run_node
+
+
+@pytest.mark.integration
+def test_the_grid_runs_the_nodes_with_what_it_is_handed(ray_cluster, tmp_path):
+    """No model: the grid walks the tree with the builder and node runner it is given, and a failed node's
+    descendants go to the failure recorder, as `BetterTogether.run_tree` skips them."""
+    cfg = dataclasses.replace(tiny(tmp_path, "fake"), model="fake-model", strategies=["p-w", "w-p", "w-w"])
+    tree = StrategyTree(parse_strategies(cfg.strategies))
+    seen, failures, recorded = [], [], []
+
+    def build(c):
+        return "task", f"lm for {c.model}"
+
+    def failed(seed, steps, error):
+        recorded.append((seed, strategy_name(steps), error))
+
+    with Progress(seen.append, "experiment", total=len(tree) * 2) as bar:
+        run = RunDir(tmp_path)
+        ray_grid.run_on_ray(
+            cfg, run, tree, failures, bar, seen.append, build=build, run_node=fake_node_runner("w"), failed=failed
+        )
+    done = {(e.fields["seed"], e.fields["strategy"]) for e in seen if e.name == "node.done"}
+    assert done == {(seed, s) for seed in (0, 1) for s in ("zero-shot", "p", "w", "p-w")}
+    assert failures == [{"seed": s, "strategy": "w", "kind": "training", "error": "no trace passed"} for s in (0, 1)]
+    assert sorted(recorded) == [(s, n, None) for s in (0, 1) for n in ("w-p", "w-w")]
+    assert sum(e.name == "progress.advance" for e in seen) == 8

@@ -6,8 +6,8 @@ import pytest
 from cotune.errors import ConfigError
 from cotune.experiment.config import ExperimentConfig
 from cotune.experiment.rundir import RunDir
-from cotune.experiment.runner import Runner, node_prefixes
-from cotune.optimize.strategy import parse_strategies, parse_strategy, strategy_name
+from cotune.experiment.runner import Runner
+from cotune.optimize.strategy import node_prefixes, parse_strategies, parse_strategy, strategy_name
 
 from .fakes import FakeTask, factory, fake_lm
 

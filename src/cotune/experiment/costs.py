@@ -10,8 +10,10 @@ from decimal import Decimal
 from typing import Any
 
 from cotune.errors import ConfigError
+from cotune.experiment.node_record import node_records
 from cotune.experiment.results import summarize
 from cotune.experiment.run_data import RunData
+from cotune.optimize.strategy import StepKind, parse_strategy
 
 # Placeholders near list prices of hosted small models and of one rented GPU hour (USD); a user should
 # pass their own. Training price is per hour of the machine that optimizes and trains.
@@ -130,12 +132,12 @@ class Advice:
 
 def run_table(run: RunData) -> list[dict[str, Any]]:
     """The run's Table-1 rows, each with the mean test-set size ``test_n`` added."""
-    nodes, strategies = run.nodes, run.strategies
-    table = run.results.get("table") or summarize(nodes, strategies)
+    nodes = node_records(run.nodes)
+    table = run.results.get("table") or summarize(nodes, run.strategies)
     out = []
     for row in table:
-        ns = [n["test"].get("n", 0) for n in nodes if n["strategy"] == row["strategy"]]
-        dev_ns = [n["dev"].get("n", 0) for n in nodes if n["strategy"] == row["strategy"] and "dev" in n]
+        ns = [n.test.get("n", 0) for n in nodes if n.strategy == row["strategy"]]
+        dev_ns = [n.dev.get("n", 0) for n in nodes if n.strategy == row["strategy"]]
         out.append(
             row | {"test_n": sum(ns) / len(ns) if ns else 0.0, "dev_n": sum(dev_ns) / len(dev_ns) if dev_ns else 0.0}
         )
@@ -143,7 +145,7 @@ def run_table(run: RunData) -> list[dict[str, Any]]:
 
 
 def cost_row(run: RunData, row: dict[str, Any], prices: Prices) -> CostRow:
-    finetuned = "w" in row["strategy"].split("-")
+    finetuned = StepKind.WEIGHTS in parse_strategy(row["strategy"])
     factor = prices.finetuned_price_factor if finetuned else 1.0
     per_lm_call = (
         (

@@ -2,10 +2,11 @@
 
 `Runner` hands its nodes here when the config sets ``ray`` (``cotune run --ray [ADDRESS]``). This process,
 the driver, holds the run lock and submits each node once its parent has finished, so the seeds run in
-parallel and so do a seed's branches (Π and Θ after zero-shot). A task builds the task and LM from the config
-in its worker (the LM is not shipped; the request cache on disk is shared) and runs its one node through
-`Runner.run_seed` — `BetterTogether.run_tree` with the same hooks as a run without Ray — writing into the
-same run directory, which every Ray node must see (a shared filesystem). The driver collects the outcomes;
+parallel and so do a seed's branches (Π and Θ after zero-shot), as `StrategyTree.children` lists them. A task
+builds the task and LM from the config in its worker (the LM is not shipped; the request cache on disk is
+shared) and runs its one node with the `NodeRunner` that `Runner` hands in — `Runner.run_seed`, i.e.
+`BetterTogether.run_tree` with the same hooks as a run without Ray — writing into the same run directory,
+which every Ray node must see (a shared filesystem). The driver collects the outcomes;
 the table, ``results.json`` and the best program are then made by `Runner` as always, and a run that was
 killed resumes the same way, with or without Ray. A worker that dies mid-node is an infrastructure failure
 of that node (its branch waits for a resume); any other error stops the run, as it would without Ray.
@@ -26,20 +27,26 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from cotune.errors import ConfigError, CotuneError, InfrastructureError
 from cotune.events import Event, EventSink
+from cotune.experiment.config import ExperimentConfig
 from cotune.experiment.rundir import RunDir
-from cotune.optimize.strategy import node_prefixes, strategy_name
-
-if TYPE_CHECKING:
-    from cotune.experiment.runner import Runner
+from cotune.optimize.strategy import StepKind, Steps, StrategyTree, last_kind, strategy_name
 
 INSTALL = "pip install 'cotune[ray]'"
-# Share of one GPU a node takes, by its last step ("" is zero-shot): training wants a whole one.
-GPU_SHARE = {"w": 1.0, "p": 0.25, "": 0.25}
+# Share of one GPU a node takes, by its own step (None: zero-shot): training wants a whole one.
+GPU_SHARE = {StepKind.WEIGHTS: 1.0, StepKind.PROMPT: 0.25, None: 0.25}
+
+# In a worker: builds the task and LM from the config (once per worker and config).
+Builder = Callable[[ExperimentConfig], tuple[Any, Any]]
+# In a worker: (config, task, lm, run, seed, steps, failures, bar, events) -> True if the node finished; its
+# ancestors are finished in the run. It reports to ``failures``, ``bar`` and ``events`` as a run without Ray.
+NodeRunner = Callable[[ExperimentConfig, Any, Any, RunDir, int, Steps, list[dict[str, Any]], Any, EventSink], bool]
+# On the driver: (seed, steps, error) records a node that failed (error) or was skipped (None).
+FailureRecorder = Callable[[int, Steps, Exception | None], None]
 # The config fields a worker builds its task and LM from: a worker keeps them for its next node.
 _BUILD_FIELDS = ("task", "data_dir", "split_seed", "train_size", "dev_size", "test_size", "model", "cache")
 
@@ -55,21 +62,21 @@ def require_ray() -> Any:
     return ray
 
 
-def check_ray_runner(runner: Runner) -> None:
+def check_ray_inputs(*, lm: Any, task: Any) -> None:
     """Fail before any work: Ray must be installed, and the workers build the task and LM from the config."""
     require_ray()
-    if runner.lm is not None or runner.task is not None:
+    if lm is not None or task is not None:
         raise ConfigError("with `ray` set the workers build the task and LM from the config: don't pass lm= or task= "
                           "(or set ray to null)")  # fmt: skip
 
 
-def node_resources(kind: str, cluster: dict[str, float], n_seeds: int) -> dict[str, Any]:
-    """Ray task options for a node whose last step is ``kind`` ("p", "w"; "" for zero-shot).
+def node_resources(kind: StepKind | None, cluster: dict[str, float], n_seeds: int) -> dict[str, Any]:
+    """Ray task options for a node whose own step is ``kind`` (None for zero-shot).
 
     Example:
-        >>> node_resources("w", {"CPU": 16, "GPU": 2}, 3)
+        >>> node_resources(StepKind.WEIGHTS, {"CPU": 16, "GPU": 2}, 3)
         {'num_cpus': 1, 'num_gpus': 1.0, 'max_calls': 1}
-        >>> node_resources("p", {"CPU": 16}, 3)
+        >>> node_resources(StepKind.PROMPT, {"CPU": 16}, 3)
         {'num_cpus': 5}
     """
     if cluster.get("GPU", 0) >= 1:
@@ -100,25 +107,34 @@ def connected(address: str) -> Iterator[Any]:
         ray.shutdown()
 
 
-def run_on_ray(runner: Runner, run: RunDir, strategies: list[tuple[str, ...]], failures: list[dict[str, Any]],
-               bar: Any, events: EventSink) -> None:  # fmt: skip
-    """Every seed's nodes as Ray tasks into ``run``, each submitted once its parent finished; ``failures``,
-    ``bar`` and ``events`` get what `Runner.run_seed` gives them, in the same order."""
-    from cotune.experiment.runner import _NodeHooks
-
-    cfg = runner.config
-    prefixes = node_prefixes(strategies)
-    children = {p: [c for c in prefixes if c and c[:-1] == p] for p in prefixes}
+def run_on_ray(
+    cfg: ExperimentConfig,
+    run: RunDir,
+    tree: StrategyTree,
+    failures: list[dict[str, Any]],
+    bar: Any,
+    events: EventSink,
+    *,
+    build: Builder,
+    run_node: NodeRunner,
+    failed: FailureRecorder,
+) -> None:
+    """Every seed's nodes of ``tree`` as Ray tasks into ``run``, each submitted once its parent finished, each
+    run by ``run_node`` on what ``build`` made in its worker (both must pickle: Ray ships them). ``failures``,
+    ``bar`` and ``events`` get what ``run_node`` gives them, in the same order as a run without Ray; a node
+    whose worker died, and the descendants of a node that did not finish, go to ``failed``."""
     with connected(cfg.ray) as ray:
         cluster = ray.cluster_resources()
         box = ray.remote(num_cpus=0)(_EventBox).remote()
         node = ray.remote(_run_node)
         config, pending = cfg.to_dict(), {}
 
-        def submit(seed: int, steps: tuple[str, ...]) -> None:
-            options = node_resources(steps[-1] if steps else "", cluster, len(cfg.seeds))
-            ref = node.options(max_retries=0, name=f"cotune seed {seed} {strategy_name(steps)}", **options).remote(
-                config, str(run.path), seed, steps, runner.optimizer_factory, box)  # fmt: skip
+        def submit(seed: int, steps: Steps) -> None:
+            options = node_resources(last_kind(steps), cluster, len(cfg.seeds))
+            name = f"cotune seed {seed} {strategy_name(steps)}"
+            ref = node.options(max_retries=0, name=name, **options).remote(
+                config, str(run.path), seed, steps, build, run_node, box
+            )
             pending[ref] = (seed, steps)
 
         def drain() -> None:
@@ -133,23 +149,21 @@ def run_on_ray(runner: Runner, run: RunDir, strategies: list[tuple[str, ...]], f
                 drain()
                 for ref in ready:
                     seed, steps = pending.pop(ref)
-                    hooks = _NodeHooks(runner, run, None, None, seed, None, failures, bar, events)
-                    if _collect(ray, ref, steps, hooks):
-                        for child in children[steps]:
+                    if _collect(ray, ref, bar, failures, lambda error, s=seed, n=steps: failed(s, n, error)):
+                        for child in tree.children(steps):
                             submit(seed, child)
                     else:  # as in run_tree: a failed node's descendants are skipped
-                        for later in prefixes:
-                            if len(later) > len(steps) and later[: len(steps)] == steps:
-                                hooks.failed(later, None)
+                        for later in tree.descendants(steps):
+                            failed(seed, later, None)
         except BaseException:
             for ref in pending:  # an error that stops the run, or Ctrl-C: stop the other nodes too
                 ray.cancel(ref, force=True)
             raise
-    position = {strategy_name(p): i for i, p in enumerate(prefixes)}
+    position = {strategy_name(steps): tree.position(steps) for steps in tree}
     failures.sort(key=lambda f: (cfg.seeds.index(f["seed"]), position[f["strategy"]]))
 
 
-def _collect(ray: Any, ref: Any, steps: tuple[str, ...], hooks: Any) -> bool:
+def _collect(ray: Any, ref: Any, bar: Any, failures: list[dict[str, Any]], died: Callable[[Exception], None]) -> bool:
     """A node task's outcome passed on to the driver's bar and failures; True if the node is finished."""
     try:
         outcome = ray.get(ref)
@@ -158,12 +172,11 @@ def _collect(ray: Any, ref: Any, steps: tuple[str, ...], hooks: Any) -> bool:
         raise cause if isinstance(cause, CotuneError) else e from None
     except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError,
             ray.exceptions.LocalRayletDiedError) as e:  # fmt: skip
-        error = InfrastructureError(f"the Ray worker running it died ({type(e).__name__}: {str(e)[:300]})")
-        hooks.failed(steps, error)
+        died(InfrastructureError(f"the Ray worker running it died ({type(e).__name__}: {str(e)[:300]})"))
         return False
     for postfix in outcome["advances"]:
-        hooks.bar.advance(**postfix)
-    hooks.failures.extend(outcome["failures"])
+        bar.advance(**postfix)
+    failures.extend(outcome["failures"])
     return outcome["finished"]
 
 
@@ -172,31 +185,27 @@ def _collect(ray: Any, ref: Any, steps: tuple[str, ...], hooks: Any) -> bool:
 _HELD: dict[str, tuple[Any, Any]] = {}  # this worker's task and LM, kept for its next node
 
 
-def _run_node(config: dict[str, Any], run_path: str, seed: int, steps: tuple[str, ...], factory: Any,
-              box: Any) -> dict[str, Any]:  # fmt: skip
+def _run_node(
+    config: dict[str, Any], run_path: str, seed: int, steps: Steps, build: Builder, run_node: NodeRunner, box: Any
+) -> dict[str, Any]:
     """A Ray task: one node of one seed, on a task and LM built from ``config`` in this worker."""
     import ray
-
-    from cotune.experiment.config import ExperimentConfig
-    from cotune.experiment.runner import Runner
 
     cfg = ExperimentConfig.from_dict({**config, "ray": None})  # in here, the node runs in this process
     key = json.dumps([config.get(k) for k in _BUILD_FIELDS] + [ray.get_gpu_ids()], default=str)
     if key not in _HELD:
         _HELD.clear()
-        builder = Runner(cfg)
-        _HELD[key] = (builder._load_task(), builder._load_lm())
+        _HELD[key] = build(cfg)
     task, lm = _HELD[key]
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
     if cpus and "torch" in sys.modules:  # torch's threads to this task's CPUs, not the machine's
         sys.modules["torch"].set_num_threads(max(1, int(cpus)))
     sink, bar, failures = _Forward(box), _Advances(), []
     try:
-        runner = Runner(cfg, lm=lm, task=task, optimizer_factory=factory)
-        done = runner.run_seed(RunDir(run_path), seed, [steps], failures, bar, sink, only=steps)
+        finished = run_node(cfg, task, lm, RunDir(run_path), seed, steps, failures, bar, sink)
     finally:
         sink.flush()
-    return {"finished": steps in done, "failures": failures, "advances": bar.calls}
+    return {"finished": finished, "failures": failures, "advances": bar.calls}
 
 
 class _EventBox:

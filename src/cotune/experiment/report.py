@@ -20,6 +20,7 @@ from typing import Any
 from cotune.experiment import advisor as adv
 from cotune.experiment import plots
 from cotune.experiment.costs import fmt_seconds
+from cotune.experiment.node_record import node_records
 from cotune.experiment.report_blocks import (
     Block,
     Code,
@@ -34,7 +35,7 @@ from cotune.experiment.report_blocks import (
 )
 from cotune.experiment.rundir import RunDir
 from cotune.files import write_text_atomic
-from cotune.optimize.strategy import parse_strategy, strategy_name
+from cotune.optimize.strategy import StepKind, parse_strategy, strategy_name
 
 MAX_DEMOS, MAX_VALUE_CHARS, MAX_INSTRUCTION_CHARS = 6, 240, 2000
 
@@ -83,33 +84,60 @@ def build_report(runs: list[adv.RunData], prices: adv.Prices) -> list[Block]:
 
     blocks += [Heading(2, "Test accuracy by strategy", "accuracy"), Para(_seeds_note(runs, tables))]
     blocks.append(accuracy_matrix(runs, strategies, tables))
-    blocks += [Heading(2, "Last step against the best step picked on dev", "best-step"),
-               Para("Each multi-step strategy ends with its last step; picking instead the step with the best dev "
-                    "score (per seed, ties to the later step) gives this test accuracy, with the steps picked.")]
+    blocks += [
+        Heading(2, "Last step against the best step picked on dev", "best-step"),
+        Para(
+            "Each multi-step strategy ends with its last step; picking instead the step with the best dev "
+            "score (per seed, ties to the later step) gives this test accuracy, with the steps picked."
+        ),
+    ]
     blocks.append(best_step_table(runs, strategies))
 
-    blocks += [Heading(2, "Score by step", "steps"),
-               Para("Each line follows a strategy's chain of steps from zero-shot (step 0); points are the mean "
-                    "test accuracy over seeds, bars the std. Strategies sharing a prefix share its points.")]
+    blocks += [
+        Heading(2, "Score by step", "steps"),
+        Para(
+            "Each line follows a strategy's chain of steps from zero-shot (step 0); points are the mean "
+            "test accuracy over seeds, bars the std. Strategies sharing a prefix share its points."
+        ),
+    ]
     step_tables = []
     for i, r in enumerate(runs):  # figures side by side first, then their numbers
         series, table = score_by_step(r, colors)
         steps = max((len(s.points) for s in series), default=1)
         labels = ["0 zero-shot", *(str(k) for k in range(1, steps))]
-        blocks.append(Figure(f"score-by-step-{i + 1}", plots.line_chart(series, title=f"Score by step: {r.label}", x_labels=labels),
-                             f"Test accuracy after each step, {r.label}."))
+        blocks.append(
+            Figure(
+                f"score-by-step-{i + 1}",
+                plots.line_chart(series, title=f"Score by step: {r.label}", x_labels=labels),
+                f"Test accuracy after each step, {r.label}.",
+            )
+        )
         step_tables += [Para(f"{r.label}: dev / test accuracy (%) after each step, mean over seeds."), table]
     blocks += step_tables
 
-    blocks += [Heading(2, "Accuracy against prompt tokens per call", "tokens"),
-               Para("Up and to the left is better: as accurate with a shorter prompt. Numbers are in the cost table.")]
+    blocks += [
+        Heading(2, "Accuracy against prompt tokens per call", "tokens"),
+        Para("Up and to the left is better: as accurate with a shorter prompt. Numbers are in the cost table."),
+    ]
     for i, r in enumerate(runs):
-        points = [plots.Point(s, row["prompt_tokens_per_call"], row["test_mean"], row["test_std"] or None, colors[s],
-                              fmt_seconds(row["seconds_per_call"], " s wall per uncached call"))
-                  for s, row in tables[r.label].items()]
-        blocks.append(Figure(f"accuracy-vs-tokens-{i + 1}",
-                             plots.scatter_chart(points, title=f"Accuracy vs prompt tokens: {r.label}"),
-                             f"One point per strategy, {r.label}."))
+        points = [
+            plots.Point(
+                s,
+                row["prompt_tokens_per_call"],
+                row["test_mean"],
+                row["test_std"] or None,
+                colors[s],
+                fmt_seconds(row["seconds_per_call"], " s wall per uncached call"),
+            )
+            for s, row in tables[r.label].items()
+        ]
+        blocks.append(
+            Figure(
+                f"accuracy-vs-tokens-{i + 1}",
+                plots.scatter_chart(points, title=f"Accuracy vs prompt tokens: {r.label}"),
+                f"One point per strategy, {r.label}.",
+            )
+        )
 
     blocks += [Heading(2, "Cost and recommendation: prompt or fine-tune?", "cost"), Para(adv.assumptions_text(prices))]
     blocks.append(Table(adv.COST_HEADER, adv.cost_cells(advice), css="cost"))
@@ -120,9 +148,13 @@ def build_report(runs: list[adv.RunData], prices: adv.Prices) -> list[Block]:
 
     coverage = [t for r in runs if (t := theta_coverage(r)) is not None]
     if coverage:
-        blocks += [Heading(2, "What the Θ steps learned from", "coverage"),
-                   Para("A Θ step trains on the runs that passed; these are the training examples they cover, "
-                        "overall and per class of the answer. A class with no kept run cannot be learned.")]
+        blocks += [
+            Heading(2, "What the Θ steps learned from", "coverage"),
+            Para(
+                "A Θ step trains on the runs that passed; these are the training examples they cover, "
+                "overall and per class of the answer. A class with no kept run cannot be learned."
+            ),
+        ]
         blocks += coverage
 
     blocks += [Heading(2, "Learned prompts", "prompts")]
@@ -135,17 +167,17 @@ def build_report(runs: list[adv.RunData], prices: adv.Prices) -> list[Block]:
 def theta_coverage(run: adv.RunData) -> Table | None:
     """One row per Θ node (strategy ending in w, per seed): kept runs, examples covered, per-class coverage."""
     rows = []
-    for n in run.nodes:
-        cov = (n.get("info") or {}).get("coverage_")
-        if not cov or parse_strategy(n["strategy"])[-1] != "w":
+    for n in node_records(run.nodes):
+        cov = n.info.get("coverage_")
+        if not cov or n.kind is not StepKind.WEIGHTS:
             continue
         classes = "; ".join(
             f"{field}: " + ", ".join(f"{c} {v['covered']}/{v['total']}" for c, v in by.items())
             for field, by in cov.get("by_class", {}).items()
         )
         ex = cov["examples"]
-        kept = n["info"].get("n_passed_", "?")
-        rows.append([n["strategy"], str(n["seed"]), str(kept), f"{ex['covered']}/{ex['total']}", classes or "–"])
+        kept = n.info.get("n_passed_", "?")
+        rows.append([n.strategy, str(n.seed), str(kept), f"{ex['covered']}/{ex['total']}", classes or "–"])
     if not rows:
         return None
     return Table([f"{run.label}: strategy", "seed", "kept runs", "examples covered", "per class"], rows, css="coverage")
@@ -166,7 +198,11 @@ def accuracy_matrix(runs: list[adv.RunData], strategies: list[str], tables: dict
 
 def best_step_table(runs: list[adv.RunData], strategies: list[str]) -> Table:
     multi = [s for s in strategies if len(parse_strategy(s)) > 1]
-    t = Table(["strategy", *(f"{r.label}: last" for r in runs), *(f"{r.label}: best on dev" for r in runs)], [], css="best-step")
+    t = Table(
+        ["strategy", *(f"{r.label}: last" for r in runs), *(f"{r.label}: best on dev" for r in runs)],
+        [],
+        css="best-step",
+    )
     for s in multi:
         last, best = [], []
         for r in runs:
@@ -231,7 +267,12 @@ def learned_prompts(run: adv.RunData) -> list[Block]:
         seen[key] = s
         for name, p in predictors.items():
             demos = p.get("demos", [])
-            blocks.append(Para(f"{name} ({_signature(p.get('signature', {}))}), {len(demos)} demo{'' if len(demos) == 1 else 's'}.", lead="Predictor "))
+            blocks.append(
+                Para(
+                    f"{name} ({_signature(p.get('signature', {}))}), {len(demos)} demo{'' if len(demos) == 1 else 's'}.",
+                    lead="Predictor ",
+                )
+            )
             blocks.append(Code(_truncate(p.get("instruction", ""), MAX_INSTRUCTION_CHARS) or "(no instruction)"))
             if demos:
                 blocks.append(Code(_demos_text(demos)))
@@ -241,7 +282,11 @@ def learned_prompts(run: adv.RunData) -> list[Block]:
 # -- rendering (advisor tables for `cotune advise`) --------------------------------------------------------
 def advice_markdown(advice: adv.Advice) -> str:
     """The advisor's cost and break-even tables and recommendation as Markdown (for `cotune advise`)."""
-    parts = [md_escape(adv.assumptions_text(advice.prices)), "", markdown_table(adv.COST_HEADER, adv.cost_cells(advice))]
+    parts = [
+        md_escape(adv.assumptions_text(advice.prices)),
+        "",
+        markdown_table(adv.COST_HEADER, adv.cost_cells(advice)),
+    ]
     if advice.break_even:
         parts += ["", markdown_table(adv.BREAK_EVEN_HEADER, adv.break_even_cells(advice))]
     for rec in advice.recommendations:
@@ -296,8 +341,11 @@ def _signature(sig: dict[str, Any]) -> str:
 def _demos_text(demos: list[dict[str, Any]]) -> str:
     parts = []
     for i, d in enumerate(demos[:MAX_DEMOS], start=1):
-        fields = [f"  {k}: {_truncate(str(v), MAX_VALUE_CHARS)}".replace("\n", "\n    ")
-                  for k, v in d.items() if not str(k).startswith("_")]
+        fields = [
+            f"  {k}: {_truncate(str(v), MAX_VALUE_CHARS)}".replace("\n", "\n    ")
+            for k, v in d.items()
+            if not str(k).startswith("_")
+        ]
         parts.append(f"demo {i}\n" + "\n".join(fields))
     if len(demos) > MAX_DEMOS:
         parts.append(f"… and {len(demos) - MAX_DEMOS} more demos")

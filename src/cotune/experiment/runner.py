@@ -5,13 +5,15 @@ and Θ once for Θ and Θ→Π. The steps are run by `cotune.optimize.better_tog
 (one tree per seed); this module adds the run directory through `StepHooks`: every node (a strategy
 prefix) is optimized from its parent, saved, and evaluated on dev and test before it is marked finished,
 finished nodes are reloaded on resume, and a failed node ends its branch only. With ``config.ray`` each node
-runs as a Ray task through the same `Runner.run_seed` (`cotune.experiment.ray_grid`).
+runs as a Ray task (`cotune.experiment.ray_grid`), which this module hands `run_node` — the same
+`Runner.run_seed` for one node — and `build_task_and_lm`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +23,20 @@ from cotune.evaluate.evaluate import evaluate
 from cotune.events import Event, EventSink, Progress, emit
 from cotune.experiment.config import ExperimentConfig
 from cotune.experiment.data_check import check_data
+from cotune.experiment.node_record import NodeRecord
 from cotune.experiment.program_files import bind_saved, copy_program, read_program_state, save_program
+from cotune.experiment.ray_grid import check_ray_inputs, run_on_ray
 from cotune.experiment.results import summarize
 from cotune.experiment.rundir import RunDir
 from cotune.optimize.base import Optimizer
 from cotune.optimize.better_together import BetterTogether, StepHooks, StepResult
-from cotune.optimize.strategy import node_prefixes, parse_strategies, strategy_name
+from cotune.optimize.strategy import StepKind, Steps, StrategyTree, last_kind, parse_strategies, strategy_name
 from cotune.program.program import Program, program_for_state
 
 # A prompt step that kept its start saves the candidate it hands to a following weight step here
 HANDOFF_FILE = "handoff-program.json"
-# (kind "p"/"w", seed, node directory) -> a built optimizer
-OptimizerFactory = Callable[[str, int, Path], Optimizer]
+# (the step's kind, seed, node directory) -> a built optimizer
+OptimizerFactory = Callable[[StepKind, int, Path], Optimizer]
 
 
 class Runner:
@@ -60,9 +64,7 @@ class Runner:
         self.optimizer_factory = optimizer_factory
         self.user_events = events
         if self.config.ray:  # the nodes run as Ray tasks that build their own task and LM (ray_grid.py)
-            from cotune.experiment.ray_grid import check_ray_runner
-
-            check_ray_runner(self)
+            check_ray_inputs(lm=lm, task=task)
 
     # -- entry points --------------------------------------------------------------------------------
     def start(self) -> RunDir:
@@ -92,21 +94,33 @@ class Runner:
             if self.user_events is not None:
                 self.user_events(e)
 
-        task = self.task or self._load_task()
+        task = self.task or task_from_config(cfg)
         if not cfg.ray:  # Ray workers load their own
             self.task = task
         check_data(run, task, cfg.task)  # a resume on other data than the run started with stops here
         strategies = parse_strategies(cfg.strategies)
-        prefixes = node_prefixes(strategies)
+        tree = StrategyTree(strategies)
 
-        emit(events, "run.start", run_dir=str(run.path), task=cfg.task, model=cfg.model, nodes=len(prefixes) * len(cfg.seeds),
-             node_kinds=[_kind(p) for p in prefixes] * len(cfg.seeds))  # fmt: skip
+        emit(events, "run.start", run_dir=str(run.path), task=cfg.task, model=cfg.model, nodes=len(tree) * len(cfg.seeds),
+             node_kinds=[_kind(p) for p in tree] * len(cfg.seeds))  # fmt: skip
         failures: list[dict[str, Any]] = []
-        with Progress(events, "experiment", total=len(prefixes) * len(cfg.seeds)) as bar:
+        with Progress(events, "experiment", total=len(tree) * len(cfg.seeds)) as bar:
             if cfg.ray:  # every node a Ray task, seeds and branches in parallel; the same run_seed inside
-                from cotune.experiment.ray_grid import run_on_ray
 
-                run_on_ray(self, run, strategies, failures, bar, events)
+                def failed(seed: int, steps: Steps, error: Exception | None) -> None:
+                    _NodeHooks(self, run, None, None, seed, None, failures, bar, events).failed(steps, error)
+
+                run_on_ray(
+                    cfg,
+                    run,
+                    tree,
+                    failures,
+                    bar,
+                    events,
+                    build=build_task_and_lm,
+                    run_node=partial(run_node, self.optimizer_factory),
+                    failed=failed,
+                )
             else:
                 for seed in cfg.seeds:
                     self.run_seed(run, seed, strategies, failures, bar, events)
@@ -139,26 +153,33 @@ class Runner:
             selection = comparison.to_dict() | {"best_by_dev": best["strategy"]}
             best = best if comparison.significant else start
         path = copy_program(run.path / best["program"], run.path / "best-program.json")
-        return {"strategy": best["strategy"], "seed": best["seed"], "dev": best["dev"]["score"],
-                "test": best["test"]["score"], "program": path.name, "selection": selection}
+        return {
+            "strategy": best["strategy"],
+            "seed": best["seed"],
+            "dev": best["dev"]["score"],
+            "test": best["test"]["score"],
+            "program": path.name,
+            "selection": selection,
+        }
 
     @staticmethod
-    def _finished(run: RunDir, seed: int, name: str, events: EventSink) -> dict[str, Any] | None:
+    def _finished(run: RunDir, seed: int, name: str, events: EventSink) -> NodeRecord | None:
         """The node's record, or None to (re)do it; a corrupt record is set aside and the step redone."""
         try:
-            return run.finished(seed, name)
+            data = run.finished(seed, name)
+            return None if data is None else NodeRecord.from_json(data)
         except ConfigError as e:
             run.forget(seed, name)
             emit(events, "node.corrupt", seed=seed, strategy=name, error=str(e))
             return None
 
-    def run_seed(self, run: RunDir, seed: int, strategies: list[tuple[str, ...]], failures: list[dict[str, Any]],
-                 bar: Any, events: EventSink, only: tuple[str, ...] | None = None) -> dict[tuple[str, ...], StepResult]:  # fmt: skip
+    def run_seed(self, run: RunDir, seed: int, strategies: list[Steps], failures: list[dict[str, Any]],
+                 bar: Any, events: EventSink, only: Steps | None = None) -> dict[Steps, StepResult]:  # fmt: skip
         """One seed's strategy tree into ``run``; ``only``: just that node, its ancestors (finished by
         then) read back from ``run`` — how a Ray task runs one node. Returns `BetterTogether.run_tree`'s steps."""
         cfg = self.config
-        self.task = task = self.task or self._load_task()
-        self.lm = lm = self.lm or self._load_lm()
+        self.task = task = self.task or task_from_config(cfg)
+        self.lm = lm = self.lm or lm_from_config(cfg)
         base = task.program().bind(lm)
         if cfg.max_tokens:
             for p in base.predictors():
@@ -170,17 +191,43 @@ class Runner:
         return driver.run_tree(base, strategies if only is None else [only], trainset=task.train, events=events,
                                hooks=hooks)  # fmt: skip
 
-    def _load_task(self):
-        from cotune.tasks import load_task
 
-        cfg = self.config
-        sizes = {k: v for k, v in (("train", cfg.train_size), ("dev", cfg.dev_size), ("test", cfg.test_size)) if v}
-        return load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.split_seed, **sizes)
+def task_from_config(cfg: ExperimentConfig) -> Any:
+    """The config's task, split as it says."""
+    from cotune.tasks import load_task
 
-    def _load_lm(self):
-        from cotune.lm.registry import load
+    sizes = {k: v for k, v in (("train", cfg.train_size), ("dev", cfg.dev_size), ("test", cfg.test_size)) if v}
+    return load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.split_seed, **sizes)
 
-        return load(self.config.model, cache=self.config.cache, dtype=self.config.dtype)
+
+def lm_from_config(cfg: ExperimentConfig) -> Any:
+    """The config's model, on its request cache."""
+    from cotune.lm.registry import load
+
+    return load(cfg.model, cache=cfg.cache, dtype=cfg.dtype)
+
+
+def build_task_and_lm(cfg: ExperimentConfig) -> tuple[Any, Any]:
+    """What a Ray worker builds from the config before it runs nodes (`cotune.experiment.ray_grid`)."""
+    return task_from_config(cfg), lm_from_config(cfg)
+
+
+def run_node(
+    factory: OptimizerFactory | None,
+    cfg: ExperimentConfig,
+    task: Any,
+    lm: Any,
+    run: RunDir,
+    seed: int,
+    steps: Steps,
+    failures: list[dict[str, Any]],
+    bar: Any,
+    events: EventSink,
+) -> bool:
+    """One node of one seed, its ancestors finished in ``run``, as `Runner.run_seed` runs it (how a Ray
+    worker runs its node); True if it finished."""
+    runner = Runner(cfg, lm=lm, task=task, optimizer_factory=factory)
+    return steps in runner.run_seed(run, seed, [steps], failures, bar, events, only=steps)
 
 
 def split_sizes(task: Any) -> dict[str, int]:
@@ -189,7 +236,7 @@ def split_sizes(task: Any) -> dict[str, int]:
 
 
 def failure_kind(error: BaseException) -> str | None:
-    """"training" or "infrastructure" for a failure that ends one node and not the run; None otherwise."""
+    """The kind of a failure that ends one node and not the run, "training" or "infrastructure"; else None."""
     if isinstance(error, TrainingError):
         return "training"
     if isinstance(error, InfrastructureError) or is_infrastructure_error(error):
@@ -201,12 +248,11 @@ def default_optimizer_factory(cfg: ExperimentConfig, metric: Any) -> OptimizerFa
     """The config's Π and Θ optimizers from the registry, seeded per run seed; Θ writes its adapter in the node."""
     from cotune.optimize.registry import build_optimizer
 
-    def factory(kind: str, seed: int, node: Path) -> Optimizer:
-        if kind not in ("p", "w"):
-            raise ConfigError(f"unknown step kind {kind!r}; valid: p, w")
-        step = cfg.prompt if kind == "p" else cfg.weights
+    def factory(kind: StepKind | str, seed: int, node: Path) -> Optimizer:
+        kind = StepKind.parse(kind)
+        step = {StepKind.PROMPT: cfg.prompt, StepKind.WEIGHTS: cfg.weights}[kind]
         params = step.optimizer_params() | {"num_threads": cfg.threads, "seed": seed}
-        if kind == "w":
+        if kind is StepKind.WEIGHTS:
             params |= {"lora": {"seed": seed, **params.get("lora", {})}, "output_dir": str(node)}
         return build_optimizer(step.optimizer, metric, **params)
 
@@ -220,28 +266,28 @@ class _NodeHooks(StepHooks):
 
     def __init__(self, runner: Runner, run: RunDir, task: Any, lm: Any, seed: int, factory: OptimizerFactory | None,
                  failures: list[dict[str, Any]], bar: Any, events: EventSink,
-                 only: tuple[str, ...] | None = None) -> None:  # fmt: skip
+                 only: Steps | None = None) -> None:  # fmt: skip
         self.runner, self.run, self.task, self.lm, self.seed = runner, run, task, lm, seed
         self.factory, self.failures, self.bar, self.events = factory, failures, bar, events
         self.only = only
-        self.records: dict[tuple[str, ...], dict[str, Any]] = {}
+        self.records: dict[Steps, NodeRecord] = {}
 
-    def restore(self, steps: tuple[str, ...]) -> Program | None:
+    def restore(self, steps: Steps) -> Program | None:
         name = strategy_name(steps)
         if self.only is not None and steps != self.only:  # an ancestor of the one node to run: done already
-            record = self.run.finished(self.seed, name)
-            if record is None:
+            data = self.run.finished(self.seed, name)
+            if data is None:
                 raise ConfigError(f"seed {self.seed} {name} is not finished; {strategy_name(self.only)} builds on it")
-            return self._load(steps, record)
+            return self._load(steps, NodeRecord.from_json(data))
         record = self.runner._finished(self.run, self.seed, name, self.events)
         if record is None:
             return None
         program = self._load(steps, record)
         emit(self.events, "node.skipped", seed=self.seed, strategy=name, reason="finished earlier")
-        self.bar.advance(seed=self.seed, strategy=name, test=record["test"]["score"])
+        self.bar.advance(seed=self.seed, strategy=name, test=record.test["score"])
         return program
 
-    def _load(self, steps: tuple[str, ...], record: dict[str, Any]) -> Program:
+    def _load(self, steps: Steps, record: NodeRecord) -> Program:
         """A finished node's saved program, bound to this process's LM (and its adapter)."""
         self.records[steps] = record
         return self._read(self.run.node_dir(self.seed, strategy_name(steps)) / "program.json")
@@ -250,15 +296,15 @@ class _NodeHooks(StepHooks):
         state = read_program_state(path)
         return bind_saved(program_for_state(self.task.program(), state).load_state(state), state, self.lm)
 
-    def restore_handoff(self, steps: tuple[str, ...]) -> Program | None:
+    def restore_handoff(self, steps: Steps) -> Program | None:
         path = self.run.node_dir(self.seed, strategy_name(steps)) / HANDOFF_FILE
         return self._read(path) if path.is_file() else None
 
-    def start(self, steps: tuple[str, ...]) -> None:
+    def start(self, steps: Steps) -> None:
         self.run.node_dir(self.seed, strategy_name(steps)).mkdir(parents=True, exist_ok=True)
         emit(self.events, "node.start", seed=self.seed, strategy=strategy_name(steps))
 
-    def optimizer(self, kind: str, steps: tuple[str, ...]) -> Optimizer:
+    def optimizer(self, kind: StepKind, steps: Steps) -> Optimizer:
         return self.factory(kind, self.seed, self.run.node_dir(self.seed, strategy_name(steps)))
 
     def finished(self, step: StepResult) -> None:
@@ -277,32 +323,29 @@ class _NodeHooks(StepHooks):
             result.save(node / f"eval-{split}.json")
             evals[split] = result.summary()
         lm = program.predictors()[0].lm
-        prev = self.records.get(step.steps[:-1], {}) if step.steps else {}
-        record = {
-            "seed": seed,
-            "strategy": name,
-            "steps": list(step.steps),
-            "kind": step.kind,
-            "parent": strategy_name(step.steps[:-1]) if step.steps else None,
-            "dev": evals["dev"],
-            "test": evals["test"],
-            "optimize_seconds": step.seconds,
-            "train_seconds": train_seconds,
-            "cumulative_optimize_seconds": prev.get("cumulative_optimize_seconds", 0.0) + step.seconds,
-            "cumulative_train_seconds": prev.get("cumulative_train_seconds", 0.0) + train_seconds,
-            "adapter": lm.adapter_ref(run.path),
-            "program": str((node / "program.json").relative_to(run.path)),
-            "handoff": HANDOFF_FILE if step.handoff is not None else None,
-            "info": step.info,
-        }
-        run.finish(seed, name, record)
+        prev = self.records.get(step.steps[:-1]) if step.steps else None
+        record = NodeRecord(
+            seed=seed,
+            strategy=name,
+            steps=step.steps,
+            dev=evals["dev"],
+            test=evals["test"],
+            step_seconds=step.seconds,
+            step_train_seconds=train_seconds,
+            cumulative_seconds=(prev.cumulative_seconds if prev else 0.0) + step.seconds,
+            cumulative_train_seconds=(prev.cumulative_train_seconds if prev else 0.0) + train_seconds,
+            adapter=lm.adapter_ref(run.path),
+            program=str((node / "program.json").relative_to(run.path)),
+            handoff=HANDOFF_FILE if step.handoff is not None else None,
+            info=step.info,
+        )
+        run.finish(seed, name, record.to_json())
         # logged only once node.json is on disk: a node.done in the log is a finished node
-        emit(self.events, "node.done", seed=seed, strategy=name, dev=record["dev"]["score"],
-             test=record["test"]["score"])  # fmt: skip
+        emit(self.events, "node.done", seed=seed, strategy=name, dev=record.dev["score"], test=record.test["score"])
         self.records[step.steps] = record
-        self.bar.advance(seed=seed, strategy=name, test=record["test"]["score"])
+        self.bar.advance(seed=seed, strategy=name, test=record.test["score"])
 
-    def failed(self, steps: tuple[str, ...], error: Exception | None) -> bool:
+    def failed(self, steps: Steps, error: Exception | None) -> bool:
         name = strategy_name(steps)
         if error is None:  # its parent failed: nothing to build on
             self.failures.append({"seed": self.seed, "strategy": name, "kind": "skipped",
@@ -326,6 +369,7 @@ def _dev_scores(run: RunDir, node: dict[str, Any]) -> list[float]:
     return [row["score"] for row in sorted(data["rows"], key=lambda row: row["index"])]
 
 
-def _kind(steps: tuple[str, ...]) -> str:
-    """What a node costs like: its last step ("p" or "w"), or "eval" for zero-shot (evaluations only)."""
-    return steps[-1] if steps else "eval"
+def _kind(steps: Steps) -> str:
+    """What a node costs like: its own step's letter, or "eval" for zero-shot (evaluations only)."""
+    kind = last_kind(steps)
+    return kind.value if kind else "eval"

@@ -34,7 +34,7 @@ from cotune.evaluate.metrics import Metric
 from cotune.events import EventSink, emit
 from cotune.optimize.base import Events, Examples, Optimizer, require_valset
 from cotune.optimize.params import NonNegative, Positive
-from cotune.optimize.strategy import STEP_LETTERS, node_prefixes, parse_strategy, strategy_name
+from cotune.optimize.strategy import StepKind, Steps, StrategyTree, last_kind, parse_strategy, strategy_name
 from cotune.program.program import Program
 
 
@@ -44,45 +44,45 @@ class StepResult:
     its optimizer learned (JSON-ready ``name_`` attributes) and how long it took."""
 
     index: int
-    kind: str  # "p" or "w"; "" for the starting program
+    kind: StepKind | None  # None for the starting program
     strategy: str  # the prefix up to and including this step, e.g. "p-w"
     program: Program = field(compare=False)
     val_score: float | None = 0.0
     info: dict[str, Any] = field(default_factory=dict, compare=False)  # timings inside: a record, not identity
     seconds: float = field(default=0.0, compare=False)
-    steps: tuple[str, ...] = ()
+    steps: Steps = ()
     restored: bool = False  # finished earlier (`StepHooks.restore`), not recomputed
     val_scores: list[float] | None = field(default=None, compare=False, repr=False)  # per example, for paired tests
     # What a following weight step builds on instead of ``program`` (the optimizer's ``handoff_program_``)
     handoff: Program | None = field(default=None, compare=False, repr=False)
 
-    def base_for(self, kind: str) -> Program:
+    def base_for(self, kind: StepKind) -> Program:
         """The program a child step of ``kind`` starts from: a weight step takes the hand-off, if any."""
-        return self.handoff if kind == "w" and self.handoff is not None else self.program
+        return self.handoff if kind is StepKind.WEIGHTS and self.handoff is not None else self.program
 
 
 class StepHooks:
     """What a driver of `BetterTogether.run_tree` plugs in; these defaults change nothing."""
 
-    def restore(self, steps: tuple[str, ...]) -> Program | None:
+    def restore(self, steps: Steps) -> Program | None:
         """The program of a step finished earlier (it is not recomputed), or None to run it."""
         return None
 
-    def restore_handoff(self, steps: tuple[str, ...]) -> Program | None:
+    def restore_handoff(self, steps: Steps) -> Program | None:
         """A restored step's hand-off to a following weight step (`StepResult.handoff`), if it had one."""
         return None
 
-    def start(self, steps: tuple[str, ...]) -> None:
+    def start(self, steps: Steps) -> None:
         """A step is about to run."""
 
-    def optimizer(self, kind: str, steps: tuple[str, ...]) -> Optimizer | None:
+    def optimizer(self, kind: StepKind, steps: Steps) -> Optimizer | None:
         """The optimizer for this step; None: a clone of `BetterTogether`'s ``prompt`` / ``weights``."""
         return None
 
     def finished(self, step: StepResult) -> None:
         """A step ran (its children have not); an exception here counts as the step's failure."""
 
-    def failed(self, steps: tuple[str, ...], error: Exception | None) -> bool:
+    def failed(self, steps: Steps, error: Exception | None) -> bool:
         """A step failed (``error``) or was skipped because its parent failed (None). True: go on without
         its branch; False: re-raise."""
         return False
@@ -159,10 +159,12 @@ class BetterTogether(Optimizer):
         self.num_threads = num_threads
         self.min_gain_se = min_gain_se
 
-    def _optimizer_for(self, kind: str) -> Optimizer:
-        opt = self.prompt if kind == "p" else self.weights
+    def _optimizer_for(self, kind: StepKind) -> Optimizer:
+        opt = {StepKind.PROMPT: self.prompt, StepKind.WEIGHTS: self.weights}[kind]
         if opt is None:
-            raise ConfigError(f"strategy {self.strategy!r} has a {STEP_LETTERS[kind]} step but no `{STEP_LETTERS[kind]}=` optimizer was given")
+            raise ConfigError(
+                f"strategy {self.strategy!r} has a {kind.word} step but no `{kind.word}=` optimizer was given"
+            )
         return opt
 
     def compile(
@@ -191,31 +193,34 @@ class BetterTogether(Optimizer):
     def run_tree(
         self,
         program: Program,
-        strategies: Sequence[tuple[str, ...]],
+        strategies: Sequence[Steps],
         *,
         trainset: Examples,
         valset: Examples | None = None,
         events: Events = None,
         hooks: StepHooks | None = None,
-    ) -> dict[tuple[str, ...], StepResult]:
+    ) -> dict[Steps, StepResult]:
         """Every prefix of every strategy, each once, parents before children, from ``program``.
 
         Each step gets a fresh optimizer (a clone, or the hooks' own), the trainset split by `split_for_step`,
         and, with a ``valset``, a score on it. Returns the finished steps by prefix (``()`` is ``program``
-        itself, copied); a step whose failure the hooks accept is missing, and so is its branch.
+        itself, copied); a step whose failure the hooks accept is missing, and so is its branch (each of
+        its descendants is passed to ``hooks.failed`` with no error, as `StrategyTree.descendants` lists them).
         """
         hooks = hooks or StepHooks()
-        done: dict[tuple[str, ...], StepResult] = {}
-        for steps in node_prefixes(list(strategies)):
-            name = strategy_name(steps)
-            if steps and steps[:-1] not in done:  # its parent failed: nothing to build on
-                if not hooks.failed(steps, None):
-                    raise ConfigError(f"step {name} has no parent result")
+        tree = StrategyTree(parse_strategy(s) for s in strategies)  # letters as written, or `StepKind`s
+        done: dict[Steps, StepResult] = {}
+        skipped: set[Steps] = set()
+        for steps in tree:
+            if steps in skipped:
                 continue
             restored = hooks.restore(steps)
             if restored is not None:
-                done[steps] = StepResult(len(steps), steps[-1] if steps else "", name, restored, None, steps=steps,
-                                         restored=True, handoff=hooks.restore_handoff(steps))  # fmt: skip
+                handoff = hooks.restore_handoff(steps)
+                name = strategy_name(steps)
+                done[steps] = StepResult(
+                    len(steps), last_kind(steps), name, restored, None, steps=steps, restored=True, handoff=handoff
+                )
                 continue
             try:
                 parent = program if not steps else done[steps[:-1]].base_for(steps[-1])
@@ -223,15 +228,20 @@ class BetterTogether(Optimizer):
             except Exception as e:
                 if not hooks.failed(steps, e):
                     raise
+                for later in tree.descendants(steps):  # nothing to build on
+                    if later not in skipped and not hooks.failed(later, None):
+                        raise ConfigError(f"step {strategy_name(later)} has no parent result") from e
+                    skipped.add(later)
         return done
 
     def _step(self, parent, steps, trainset, valset, events, hooks) -> StepResult:
-        name, kind = strategy_name(steps), steps[-1] if steps else ""
+        name, kind = strategy_name(steps), last_kind(steps)
+        letter = kind.value if kind else ""  # events keep "" for the starting program
         hooks.start(steps)
-        emit(events, "step.start", strategy=name, kind=kind, index=len(steps))
+        emit(events, "step.start", strategy=name, kind=letter, index=len(steps))
         t0 = time.perf_counter()
         info: dict[str, Any] = {}
-        if steps:
+        if kind is not None:
             optimizer = hooks.optimizer(kind, steps) or self._optimizer_for(kind).clone()
             train, val = split_for_step(optimizer, trainset, self.inner_val_ratio)
             current = optimizer.compile(parent, trainset=train, valset=val, events=events)
@@ -246,14 +256,15 @@ class BetterTogether(Optimizer):
         result = StepResult(len(steps), kind, name, current, score, info, seconds, steps, val_scores=val_scores,
                             handoff=handoff)  # fmt: skip
         hooks.finished(result)
-        emit(events, "step.done", strategy=name, kind=kind, index=len(steps), val_score=score)
+        emit(events, "step.done", strategy=name, kind=letter, index=len(steps), val_score=score)
         return result
 
     def _score(
         self, program: Program, valset: Sequence[Example], name: str, events: EventSink | None
     ) -> EvaluationResult:
-        return evaluate(program, valset, self.metric, num_threads=self.num_threads, events=events,
-                        description=f"score {name}")
+        return evaluate(
+            program, valset, self.metric, num_threads=self.num_threads, events=events, description=f"score {name}"
+        )
 
 
 def learned_attributes(optimizer: Optimizer, max_chars: int = 200_000) -> dict[str, Any]:
