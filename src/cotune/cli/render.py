@@ -13,6 +13,7 @@ from rich.table import Table
 from cotune.events import Event
 from cotune.experiment.costs import fmt_seconds
 from cotune.experiment.results import wall_per_uncached_call
+from cotune.optimize.strategy import StepKind, last_kind, parse_strategy
 
 
 class RichEvents:
@@ -117,11 +118,12 @@ class RichEvents:
         return f"about {_clock(left)} left"
 
 
-_KIND_NAMES = {"p": "Π (p)", "w": "Θ (w)", "eval": "zero-shot"}
+_KIND_NAMES = {StepKind.PROMPT: "Π (p)", StepKind.WEIGHTS: "Θ (w)", "eval": "zero-shot"}
 
 
 def _node_kind(strategy: str) -> str:
-    return strategy.split("-")[-1] if strategy and strategy != "zero-shot" else "eval"
+    """The kind of a node's own step, as the run's ``node_kinds`` name it ("eval" for zero-shot)."""
+    return last_kind(parse_strategy(strategy)) or "eval"
 
 
 def _clock(seconds: float) -> str:
