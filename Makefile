@@ -11,7 +11,7 @@ UV := $(VENV)/bin/uv pip install --quiet --python $(PY) --constraint constraints
 # What a run and the tests import: their bytecode is written once, here (even where PYTHONDONTWRITEBYTECODE is set).
 WARM_IMPORTS := import torch, transformers, peft, trl, accelerate, xgrammar, ray, httpx, pydantic, yaml, pytest, xdist; \
 	from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, Qwen2ForCausalLM; \
-	import cotune.cli, cotune.lm.hf, cotune.training.lora, cotune.lm.constrain
+	import cotune.cli, cotune.lm.engine.hf, cotune.training.lora, cotune.lm.engine.constrain
 
 # The install and the browser (for the report test) download at the same time.
 MAKEFLAGS += --jobs=2

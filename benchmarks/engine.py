@@ -9,7 +9,7 @@ Prompt sets (the exact messages cotune's programs send): ``iris`` (zero-shot cha
 
 - ``cotune``: `cotune.evaluate` of the task's program (constrained decoding, the default), request cache
   off, ``--threads`` threads coalesced by the engine; ``cotune-transformers``: the same with the engine's
-  decoding loop switched to transformers' ``generate`` (what cotune ran before ``cotune.lm.decode``).
+  decoding loop switched to transformers' ``generate`` (what cotune ran before ``cotune.lm.engine.decode``).
 - ``generate``: a bare ``model.generate`` on the same weights and dtype, all prompts in one batch, free text
   (in a child process with its own copy of the model, see `in_child`).
 - ``llamacpp``: llama.cpp's server (xllamacpp, the embedded Q4_1 GGUF; in a child process started for each set,

@@ -126,8 +126,8 @@ def outage(work: Path, kind: str, seconds: float) -> dict[str, Any]:
     from cotune.experiment.config import ExperimentConfig
     from cotune.experiment.runner import Runner
     from cotune.lm import FakeLM
-    from cotune.lm.openai_compat import OpenAICompatible
-    from cotune.lm.server import start_server
+    from cotune.lm.remote.openai_compat import OpenAICompatible
+    from cotune.serve.server import start_server
     from cotune.tasks import load_task
 
     logging.getLogger("cotune.server").setLevel(logging.CRITICAL)

@@ -6,7 +6,7 @@ The built-in Iris program on SmolLM2-135M (request cache off), the 50 training f
 up to 15 runs sampled at temperature 2 until one passes (Iris's run defaults). ``one at a time`` runs rollout r
 on the flowers no earlier rollout passed, so late rounds hold a dozen calls; ``grouped`` (the default) runs
 several rollouts of the remaining flowers in one round, about as many calls as the first, and keeps the
-same traces; ``grouped, prompts kept`` adds the engine's prefix store (`cotune.lm.prefix_store`: a flower's
+same traces; ``grouped, prompts kept`` adds the engine's prefix store (`cotune.lm.engine.prefix_store`: a flower's
 prompt computed in round 0 is not computed again). All in one process, one after the other. Writes ``benchmarks/results/rollouts.json``.
 """
 

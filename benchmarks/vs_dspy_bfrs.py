@@ -8,7 +8,7 @@
 downgrades them, restore the versions in constraints.txt with ``pip install --no-deps``: both libraries
 still import and this benchmark still runs.)
 
-One process starts an OpenAI-compatible server on 127.0.0.1 over SmolLM2-135M (``cotune.lm.server``, no
+One process starts an OpenAI-compatible server on 127.0.0.1 over SmolLM2-135M (``cotune.serve.server``, no
 server-side cache, batching across concurrent requests) and both libraries talk to it over HTTP:
 
 - cotune: ``OpenAICompatible`` with a fresh, empty `RequestCache`, the task's `IrisClassifier`
@@ -100,7 +100,7 @@ def _version(name: str) -> str | None:
 def run_cotune(task, trainset, valset, testset, url: str, args: argparse.Namespace) -> dict[str, Any]:
     from cotune.evaluate import evaluate
     from cotune.lm.cache import RequestCache
-    from cotune.lm.openai_compat import OpenAICompatible
+    from cotune.lm.remote.openai_compat import OpenAICompatible
     from cotune.optimize.registry import build_optimizer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dspy is not importable ({e}); install it with: .venv/bin/pip install dspy", file=sys.stderr)
         return 2
     import cotune.lm.registry
-    from cotune.lm.server import start_server
+    from cotune.serve.server import start_server
     from cotune.tasks import load_task
 
     task = load_task("iris", seed=args.seed)

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from cotune.experiment.program_files import save_program
-from cotune.lm.openai_compat import OpenAICompatible
+from cotune.lm.remote.openai_compat import OpenAICompatible
 from cotune.tasks import load_task
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX")

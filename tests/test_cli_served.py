@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from cotune.lm import FakeLM
-from cotune.lm.server import start_server
+from cotune.serve.server import start_server
 
 
 def cotune(*args):

@@ -10,8 +10,8 @@ from rich.console import Console
 
 import cotune.cli.commands as commands
 from cotune.lm import FakeLM
-from cotune.lm.openai_compat import OpenAICompatible
-from cotune.lm.server import start_server
+from cotune.lm.remote.openai_compat import OpenAICompatible
+from cotune.serve.server import start_server
 from cotune.tasks import load_task
 
 

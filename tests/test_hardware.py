@@ -48,7 +48,7 @@ def test_without_cpuinfo_it_races_a_matmul(monkeypatch):
 
 
 def test_auto_dtype_follows_the_hardware(monkeypatch):
-    from cotune.lm import engine as hf
+    from cotune.lm.engine import hf_engine as hf
 
     monkeypatch.setattr(hf, "bf16_is_fast", lambda device: False)
     assert hf.resolve_dtype("auto", "cpu") == "float32"

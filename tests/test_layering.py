@@ -17,6 +17,7 @@ LAYERS = [
     {"data", "retrieve"},
     {"lm"},
     {"program"},
+    {"serve"},
     {"evaluate", "training", "tasks"},
     {"optimize"},
     {"experiment"},
@@ -114,3 +115,46 @@ def _private_imports(module: str) -> set[str]:
 def test_no_private_name_is_imported_from_another_module(package):
     found = {f"{m}: {name}" for m in GRAPH if m.startswith(f"cotune.{package}.") for name in _private_imports(m)}
     assert found == set()
+
+
+def _package_of(module: str) -> str:
+    """``cotune.lm``'s part a module belongs to: its engine, its remote client, or the core."""
+    for part in ("cotune.lm.engine", "cotune.lm.remote"):
+        if module == part or module.startswith(part + "."):
+            return part
+    return "cotune.lm" if module == "cotune.lm" or module.startswith("cotune.lm.") else module
+
+
+def test_the_local_engine_and_the_remote_client_never_import_each_other():
+    crossing = {
+        f"{m} -> {d}"
+        for m, deps in GRAPH.items()
+        for d in deps
+        if {_package_of(m), _package_of(d)} == {"cotune.lm.engine", "cotune.lm.remote"}
+    }
+    assert crossing == set()
+
+
+def _top_level_imports(module: str) -> set[str]:
+    """The cotune modules ``module`` imports when it is imported (not inside a function)."""
+    tree = ast.parse(MODULES[module].read_text())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+    return names & MODULES.keys()
+
+
+def test_the_lm_core_reaches_the_engine_and_the_remote_client_only_when_a_model_is_loaded():
+    """The core (protocol, cache, registry) loads a backend's module inside the function that builds it, so
+    ``import cotune.lm`` stays light and neither backend's code is needed to use the other."""
+    eager = {
+        f"{m} -> {d}"
+        for m in GRAPH
+        if _package_of(m) == "cotune.lm"
+        for d in _top_level_imports(m)
+        if _package_of(d) in ("cotune.lm.engine", "cotune.lm.remote")
+    }
+    assert eager == set()

@@ -10,9 +10,9 @@ import pytest
 from cotune.errors import ConfigError, UnknownChoiceError
 from cotune.lm import CachedLM, FakeLM, GenerationConfig, RequestCache
 from cotune.lm.completion import truncate_at_stop
-from cotune.lm.openai_compat import OpenAICompatible
 from cotune.lm.registry import from_spec
-from cotune.lm.server_models import ServedModels
+from cotune.lm.remote.openai_compat import OpenAICompatible
+from cotune.serve.models import ServedModels
 
 MSG = [{"role": "user", "content": "hello there"}]
 

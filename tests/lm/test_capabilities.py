@@ -7,7 +7,7 @@ import httpx
 from cotune.lm import FakeLM
 from cotune.lm.base import LM, AdapterAddress
 from cotune.lm.completion import Completion
-from cotune.lm.openai_compat import OpenAICompatible
+from cotune.lm.remote.openai_compat import OpenAICompatible
 from cotune.program.predict import Predict
 
 MSG = [{"role": "user", "content": "hi"}]

@@ -11,12 +11,12 @@ from __future__ import annotations
 import pytest
 
 from cotune.lm.base import GenerationConfig
-from cotune.lm.openai_compat import OpenAICompatible
-from cotune.lm.server import start_server
+from cotune.lm.remote.openai_compat import OpenAICompatible
 from cotune.optimize.better_together import BetterTogether
 from cotune.optimize.bootstrap import BootstrapFewShot
 from cotune.optimize.finetune import BootstrapFinetune
 from cotune.optimize.random_search import BootstrapFewShotWithRandomSearch
+from cotune.serve.server import start_server
 from cotune.training import LoRAConfig
 
 

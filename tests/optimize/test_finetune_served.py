@@ -12,9 +12,9 @@ from fake_tasks import Parity, metric, parity_data, parity_lm
 
 from cotune.errors import ConfigError
 from cotune.evaluate import evaluate
-from cotune.lm.openai_compat import OpenAICompatible
-from cotune.lm.server import start_server
+from cotune.lm.remote.openai_compat import OpenAICompatible
 from cotune.optimize.finetune import BootstrapFinetune
+from cotune.serve.server import start_server
 from cotune.training import LoRAConfig, TrainResult, data_hash
 
 

@@ -27,7 +27,7 @@ def _bind(the_task: Any, model: str | None, cache: bool, console: Console, base_
     """The task's program on the model (loaded after the optimizer is built and checked): local, or the model
     named ``model`` on the server at ``base_url``."""
     if base_url:
-        from cotune.lm.openai_compat import OpenAICompatible
+        from cotune.lm.remote.openai_compat import OpenAICompatible
 
         return the_task.program().bind(OpenAICompatible(model or DEFAULT_MODEL, base_url=base_url, cache=cache))
     return the_task.program().bind(load_model(model or DEFAULT_MODEL, cache=cache, console=console))

@@ -50,8 +50,8 @@ def serve_cmd(
     with --runtime-lora also vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter)."""
     from cotune.cli.commands import load_model
     from cotune.errors import ConfigError
-    from cotune.lm.server import serve
-    from cotune.lm.server_policy import ServerPolicy
+    from cotune.serve.policy import ServerPolicy
+    from cotune.serve.server import serve
 
     adapters = {}
     for item in adapter or []:

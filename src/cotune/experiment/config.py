@@ -154,7 +154,7 @@ def _no_metric(example: Any, prediction: Any) -> float:  # stands in for the tas
 # Each seed runs every strategy; far past this a count is a typo, and its list alone would take gigabytes.
 MAX_SEEDS = 1000
 
-# what `cotune.lm.engine.HFEngine` takes (kept here so a config is checked without importing torch)
+# what `cotune.lm.engine.hf_engine.HFEngine` takes (kept here so a config is checked without importing torch)
 LOCAL_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 
 

@@ -20,7 +20,7 @@ def load(name: str = "smollm2-135m", **kwargs):
 
 def __getattr__(name: str):
     if name == "HFLM":
-        from cotune.lm.hf import HFLM
+        from cotune.lm.engine.hf import HFLM
 
         return HFLM
     if name in ("from_spec", "list_models"):
@@ -28,7 +28,7 @@ def __getattr__(name: str):
 
         return getattr(registry, name)
     if name == "OpenAICompatible":
-        from cotune.lm.openai_compat import OpenAICompatible
+        from cotune.lm.remote.openai_compat import OpenAICompatible
 
         return OpenAICompatible
     raise AttributeError(f"module 'cotune.lm' has no attribute {name!r}")

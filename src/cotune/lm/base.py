@@ -121,7 +121,7 @@ class LM(ABC):
     cache: RequestCache | None = None
     # What an adapter is to this backend, so a saved result names it the way it can be loaded again.
     adapter_address: AdapterAddress = AdapterAddress.FOLDER
-    # The local engine that computes answers (`cotune.lm.engine.HFEngine`), for a server to prepare work
+    # The local engine that computes answers (`cotune.lm.engine.hf_engine.HFEngine`), for a server to prepare work
     # off the model's thread; None for backends without one.
     engine: Any = None
     # The most tokens of prompt and completion together, where the backend knows it.
@@ -181,7 +181,7 @@ class LM(ABC):
         return None
 
     def runtime_lora(self) -> Any:
-        """The backend's runtime adapter loading (`cotune.lm.runtime_lora.RuntimeLoRA`), where
+        """The backend's runtime adapter loading (`cotune.lm.remote.runtime_lora.RuntimeLoRA`), where
         ``capabilities.runtime_adapters`` says it has one."""
         raise ConfigError(f"the {self.backend} backend cannot load adapters at runtime")
 

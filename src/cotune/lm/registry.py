@@ -225,7 +225,7 @@ def load(
         name: a registry name (see `list_models`), a transformers folder, a ``.gguf`` file, or a hub id.
         adapter: a LoRA adapter folder to apply.
         device: "cpu", "cuda"...; None picks CUDA when available.
-        dtype: "auto", "bfloat16", "float32", "float16" or "int8" (CPU; see `cotune.lm.quantize`).
+        dtype: "auto", "bfloat16", "float32", "float16" or "int8" (CPU; see `cotune.lm.engine.quantize`).
         cache: a `RequestCache`, True for the default one, False for none.
         events: receives conversion events the first time a GGUF is converted.
         **kwargs: passed to `HFLM` (``max_batch_size``, ``batch_wait_ms``, ``config``).
@@ -235,7 +235,7 @@ def load(
         ConfigError: a missing optional package (the message gives the pip command), a bad path or adapter.
     """
     path, display = resolve(name, events=events)
-    from cotune.lm.hf import HFLM
+    from cotune.lm.engine.hf import HFLM
 
     return HFLM(path, name=display, adapter=adapter, device=device, dtype=dtype, cache=cache, **kwargs)
 
@@ -268,7 +268,7 @@ def from_spec(spec: dict[str, Any], *, like: LM | None = None, base_dir: str | P
 
     A spec may come from a file someone else wrote, so it is not trusted with credentials: an "openai"
     spec gets ``$OPENAI_API_KEY`` only when its ``base_url`` is the user's ``$OPENAI_BASE_URL`` (see
-    `cotune.lm.credentials`); pass ``api_key=`` to choose.
+    `cotune.lm.remote.credentials`); pass ``api_key=`` to choose.
 
     Args:
         spec: the saved spec: ``backend``, ``model``, ``adapter`` (and ``base_url`` for "openai").
@@ -295,8 +295,8 @@ def from_spec(spec: dict[str, Any], *, like: LM | None = None, base_dir: str | P
         return like.with_adapter(spec.get("adapter"))
     if backend == "hf":
         return load(spec["model"], adapter=spec.get("adapter"), **{"dtype": spec.get("dtype", "auto"), **kwargs})
-    from cotune.lm.credentials import key_for_saved_url
-    from cotune.lm.openai_compat import OpenAICompatible
+    from cotune.lm.remote.credentials import key_for_saved_url
+    from cotune.lm.remote.openai_compat import OpenAICompatible
 
     kwargs.setdefault("api_key", key_for_saved_url(spec["base_url"]))
     return OpenAICompatible(model=spec["model"], base_url=spec["base_url"], adapter=spec.get("adapter"), **kwargs)

@@ -40,10 +40,10 @@ class ServedWeights:
     lm: LM
     path: str
     name: str
-    runtime: Any  # cotune.lm.runtime_lora.RuntimeLoRA
+    runtime: Any  # cotune.lm.remote.runtime_lora.RuntimeLoRA
 
     def bind(self, adapter_path: str, events: EventSink | None = None) -> LM:
-        from cotune.lm.runtime_lora import adapter_name
+        from cotune.lm.remote.runtime_lora import adapter_name
 
         served = adapter_name(self.lm.model, adapter_id(adapter_path))
         self.runtime.load(served, adapter_path)
@@ -83,7 +83,7 @@ def weights_target(lm: LM, *, base_model: str | Path | None, init: str, events: 
             f"{lm.adapter!r} at {where}; use init='base'"
         )
     from cotune.lm.registry import MODELS, resolve
-    from cotune.lm.runtime_lora import describe, same_base_model
+    from cotune.lm.remote.runtime_lora import describe, same_base_model
 
     runtime.check()
     entry = runtime.served_model(lm.model)

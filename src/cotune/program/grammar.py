@@ -4,7 +4,7 @@
 - ``grammar``: the ``Label: value`` format of `cotune.program.format`, as EBNF (with JSON-schema segments
   for JSON-typed fields): the labels in order, free text where a field is ``str`` (several lines allowed
   before the last field, as reasoning needs), a number where it is a number, one of the choices where it
-  is a choice, and nothing after the last field. Local models decode under it (`cotune.lm.hf`).
+  is a choice, and nothing after the last field. Local models decode under it (`cotune.lm.engine.hf`).
 - ``json_schema``: the outputs as one JSON object, for servers whose structured outputs take a schema.
 
 A reasoning budget caps the free text of the first field: once a row has generated ``budget_tokens``

@@ -1,0 +1,279 @@
+"""`HFEngine`: a loaded transformers model, its tokenizer, and the one thread that computes with them.
+
+Every `cotune.lm.engine.hf.HFLM` on an engine submits its requests to that thread (a `BatchWorker`), so calls from
+many threads become batched decoding, LMs that differ only in their adapter share one copy of the base
+weights, and other torch work for the model (training an adapter: `HFEngine.call`) runs there too.
+
+torch and transformers are imported when an engine is built, never when this module is imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import time
+import weakref
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cotune.errors import ConfigError, UnknownChoiceError
+from cotune.hardware import bf16_is_fast
+from cotune.lm.base import GenerationConfig
+from cotune.lm.completion import Completion, Messages, truncate_at_stop
+from cotune.lm.engine.batching import BatchWorker
+from cotune.lm.engine.decode import decode_steps
+from cotune.lm.engine.head import contiguous_head_input
+from cotune.lm.engine.prefill import PassTimer
+from cotune.lm.engine.prefix_store import PrefixStore
+from cotune.lm.engine.sampling import seeded_sampler as _seeded_sampler
+from cotune.lm.engine.stops import stop_processor
+from cotune.lm.engine.weights import AdapterWeights
+
+
+@dataclass(frozen=True, eq=False)
+class ComputeCall:
+    """A function for the model thread (`HFEngine.call`): a batch key equal only to itself, so it runs alone."""
+
+    fn: Callable[[], Any]
+
+
+DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float32": "float32", "fp32": "float32",
+          "float16": "float16", "fp16": "float16", "int8": "int8"}  # fmt: skip
+DECODERS = ("cotune", "transformers")
+
+
+def resolve_device(device: str | None) -> str:
+    """``None`` → "cuda" when available, else "cpu"."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU; use device='cpu'")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """Canonical torch dtype name for ``dtype`` ("auto", "bf16", "float32", ...) on ``device``."""
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        # bf16 where the CPU computes it natively: emulated, a bf16 matrix product over many rows (prefill)
+        # is several times slower than float32 (cotune.hardware, benchmarks/engine.py).
+        return "bfloat16" if bf16_is_fast("cpu") else "float32"
+    if dtype not in DTYPES:
+        raise UnknownChoiceError("dtype", dtype, [*DTYPES, "auto"])
+    return DTYPES[dtype]
+
+
+class HFEngine:
+    """A loaded model + tokenizer and the worker thread that runs every generation on them.
+
+    Args:
+        path: a local transformers folder (or a hub id, for users who are online).
+        device: "cpu", "cuda", "cuda:1"...; None picks CUDA when available.
+        dtype: "auto" (CUDA: bf16 where supported; CPU: bf16 only with bf16 instructions, else float32),
+            "bfloat16", "float32", "float16", or "int8" (CPU: float32 with int8 Linear weights, about 2× faster
+            decoding; answers differ slightly, see `cotune.lm.engine.quantize`).
+        max_batch_size: the most requests per ``generate``. 64 holds a whole 50-example evaluation in one
+            batch: CPU decoding is overhead-bound at small batches, so fewer, larger batches finish sooner.
+        batch_wait_ms: how long the worker waits for more requests after the first one arrives.
+        decoder: "cotune" (`cotune.lm.engine.decode`: finished rows leave the batch, and other batches take turns
+            with this one) or "transformers" (its ``generate``, one call per batch). Greedy outputs are the same.
+        merge_adapters: run an adapter as a merged copy of the weights, at the base model's speed (see
+            `cotune.lm.engine.weights`); False applies it as PEFT layers on the shared base model.
+        prefix_cache_mb: memory for prompt prefixes' keys and values kept across calls (`PrefixStore`: a
+            prompt sent again, e.g. the next round of Θ's rollouts, computes only its last token); 0 turns it off.
+
+    Raises:
+        ConfigError: the folder cannot be loaded, or its tokenizer has no chat template; int8 off the CPU or
+            with ``merge_adapters=False`` (PEFT layers cannot wrap int8 layers).
+        UnknownChoiceError: an unknown ``decoder`` or ``dtype``.
+    """
+
+    def __init__(self, path: str | Path, *, device: str | None = None, dtype: str = "auto",
+                 max_batch_size: int = 64, batch_wait_ms: float = 5.0, decoder: str = "cotune",
+                 merge_adapters: bool = True, prefix_cache_mb: int = 512):  # fmt: skip
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if decoder not in DECODERS:
+            raise UnknownChoiceError("decoder", decoder, DECODERS)
+        self.path = str(path)
+        self.decoder = decoder
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        int8 = self.dtype == "int8"
+        if int8 and not merge_adapters:
+            raise ConfigError("dtype 'int8' needs merge_adapters=True: PEFT layers cannot wrap int8 layers")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32 if int8 else self.dtype)
+        except OSError as e:
+            raise ConfigError(f"cannot load a transformers model from {self.path!r}: {e}") from e
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(f"the tokenizer of {self.path!r} has no chat template; cotune needs a chat model")
+        self.tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model = contiguous_head_input(model.to(self.device).eval())  # merged adapter copies inherit it
+        # int8: adapters merge into (a copy of) the float32 weights, which are then quantized the same way
+        self.weights = AdapterWeights(model, merge=merge_adapters, prepare=_int8(self.device) if int8 else None)
+        self.model = self.weights.base
+        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self.generate_calls = 0
+        self.generate_seconds = 0.0
+        self._grammar = None
+        self.prefixes = PrefixStore(max_bytes=int(prefix_cache_mb * (1 << 20)))
+        self.passes = PassTimer()  # times the steps, so a long prefill takes the thread a slice at a time
+        # The worker thread holds the engine only weakly: once no LM uses it, the model is freed and the
+        # thread stops, even if nobody called close() (experiments load many models in one process).
+        run = weakref.WeakMethod(self._run)
+        self._worker_name = f"cotune-hf-{Path(self.path).name}"
+        self._worker = BatchWorker(lambda key, payloads: run()(key, payloads), max_batch_size=max_batch_size,
+                                   wait_ms=batch_wait_ms, name=self._worker_name)  # fmt: skip
+        weakref.finalize(self, self._worker.close, wait=False)
+
+    @property
+    def stats(self):
+        """`cotune.lm.engine.batching.BatchStats`: batches run and requests served."""
+        return self._worker.stats
+
+    def submit(self, key: Hashable, payloads: Sequence[Any]):
+        return self._worker.submit(key, payloads)
+
+    def close(self) -> None:
+        """Finish queued requests and stop the worker; later calls raise `LMError`."""
+        self._worker.close()
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the model thread, after the requests queued before it, and return its result
+        (see `cotune.lm.base.LM.run_compute`); from the model thread itself, at once."""
+        if threading.current_thread().name == self._worker_name:
+            return fn()
+        return self._worker.submit(ComputeCall(fn), [None])[0].result()
+
+    # -- everything below runs on the worker thread, the only one that touches the model --------------
+
+    def _run(self, key: tuple, payloads: list[tuple[Messages, int]]) -> list[Completion]:
+        import torch
+
+        if isinstance(key, ComputeCall):  # `call`: not a generation
+            return [key.fn()]
+        config, adapter_key, adapter_path = key
+        model = self.weights.model_for(adapter_key, adapter_path)
+        texts = [self._render(messages) for messages, _ in payloads]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        kwargs: dict[str, Any] = {}
+        if config.stop:
+            kwargs["tokenizer"] = self.tokenizer  # generate needs it to match stop strings
+        processors = []
+        sampler = None
+        if config.temperature > 0:
+            seeds = [seed for _, seed in payloads]
+            sampler = _seeded_sampler(seeds, config.temperature, config.top_p, self.device, config.min_p)
+        if config.constraint is not None:
+            # A plain temperature sampler draws inside the grammar's processor (a refused draw is redrawn from
+            # the masked distribution); with top-p or min-p the whole mask comes first, then the sampler.
+            plain = sampler is not None and config.top_p >= 1.0 and not config.min_p
+            processors.append(self.grammar.processor(config.constraint, len(payloads), config.max_tokens,
+                                                     sampler=sampler if plain else None,
+                                                     optimistic=None if plain or sampler is None else False))  # fmt: skip
+            if plain:
+                sampler = None
+        if sampler is not None:
+            processors.append(sampler)
+        if processors:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
+        self.generate_calls += 1
+        if self.decoder == "cotune":
+            if config.stop:  # matched a step at a time here, not in generate's one long call (cotune.lm.engine.stops)
+                processors.append(stop_processor(self.tokenizer, config.stop, min(self.eos_ids)))
+            steps = decode_steps(
+                model,
+                enc["input_ids"],
+                enc["attention_mask"],
+                max_new_tokens=config.max_tokens,
+                stop_ids=sorted(self.eos_ids),
+                processors=processors,
+                prefixes=self.prefixes,
+                namespace=adapter_key,
+                prefill_slice=self.passes.slice,
+            )
+            # Other batches run between steps (BatchWorker), so the time counted is this batch's steps only.
+            new, elapsed = yield from self.passes.run(steps, lambda: self._step_context(adapter_key, adapter_path))
+        else:  # transformers' own loop, in one step
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                out = model.generate(**enc, generation_config=self._generation_config(config), **kwargs)
+            new = out[:, enc["input_ids"].shape[1] :].tolist()
+            elapsed = time.perf_counter() - t0
+        self.generate_seconds += elapsed
+        seconds = elapsed / len(payloads)
+        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+        return [
+            self._completion(ids, n_prompt, config, seconds) for ids, n_prompt in zip(new, prompt_lens, strict=True)
+        ]
+
+    @contextlib.contextmanager
+    def _step_context(self, adapter_key: str | None, adapter_path: str | None):
+        import torch
+
+        with torch.inference_mode():
+            if not self.weights.merge:  # PEFT layers on the shared model: another batch may have switched them
+                self.weights.model_for(adapter_key, adapter_path)
+            yield
+
+    @property
+    def grammar(self):
+        """The `cotune.lm.engine.constrain.GrammarEngine` of this model's tokenizer (built on first use)."""
+        if self._grammar is None:
+            from cotune.lm.engine.constrain import GrammarEngine
+
+            vocab = max(self.model.config.vocab_size, len(self.tokenizer))
+            self._grammar = GrammarEngine(self.tokenizer, vocab, sorted(self.eos_ids))
+        return self._grammar
+
+    def _render(self, messages: Messages) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _generation_config(self, config: GenerationConfig):
+        from transformers import GenerationConfig as HFGenerationConfig
+
+        # Sampling is done by our seeded logits processor, so generate itself always runs greedy.
+        return HFGenerationConfig(
+            max_new_tokens=config.max_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=sorted(self.eos_ids),
+            stop_strings=list(config.stop) or None,
+        )
+
+    def _completion(self, ids: list[int], n_prompt: int, config: GenerationConfig, seconds: float) -> Completion:
+        ends = self.eos_ids | {self.tokenizer.pad_token_id}
+        n = next((i for i, t in enumerate(ids) if t in ends), len(ids))
+        text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
+        text, cut = truncate_at_stop(text, config.stop)
+        reason = "length" if n >= config.max_tokens and not cut else "stop"
+        return Completion(text, prompt_tokens=int(n_prompt), completion_tokens=n, seconds=seconds, finish_reason=reason)
+
+
+def _int8(device: str):
+    from cotune.lm.engine.quantize import quantize_int8
+
+    return functools.partial(quantize_int8, device=device)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    found = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        found.add(tokenizer.eos_token_id)
+    return found

@@ -1,0 +1,102 @@
+"""BatchWorker jobs: batch functions that yield between steps share the worker thread, so a short batch
+arriving behind a long one does not wait for all of it; without a model."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from cotune.lm.engine.batching import BatchWorker, _Job, next_job
+
+
+class Stepper:
+    """A generator batch function: key "long:N" or "short:N" takes N steps of ``step_s`` seconds each."""
+
+    def __init__(self, step_s: float = 0.002):
+        self.step_s = step_s
+        self.log: list[str] = []  # the key of each step run, in order
+        self.started = threading.Event()
+
+    def __call__(self, key, payloads):
+        for _ in range(int(key.split(":")[1])):
+            self.started.set()
+            time.sleep(self.step_s)
+            self.log.append(key)
+            yield
+        return [f"{key}/{p}" for p in payloads]
+
+
+def test_a_short_batch_behind_a_long_one_finishes_first():
+    run = Stepper()
+    worker = BatchWorker(run, wait_ms=0, slice_ms=5)
+    long = worker.submit("long:400", ["a"])  # about 0.8 s of steps
+    assert run.started.wait(5)
+    short = worker.submit("short:3", ["b"])
+    assert short[0].result(5) == "short:3/b"
+    assert not long[0].done()  # it was not waited for
+    assert long[0].result(10) == "long:400/a"
+    # The short batch ran within a slice or two of arriving, not after the 400 steps.
+    first_short = run.log.index("short:3")
+    assert run.log[first_short:].count("long:400") > 300
+    worker.close()
+
+
+def test_the_job_with_the_least_model_time_runs_unless_one_waited_too_long():
+    def job(used, last):
+        return _Job(batch=[], steps=iter(()), last=last, used=used)
+
+    long, short, newer = job(used=5.0, last=9.9), job(used=0.2, last=9.95), job(used=0.2, last=9.99)
+    assert next_job([long, short, newer], now=10.0, starve=1.0) is short  # least time; the oldest of equals
+    # A stream of short jobs would keep a long one waiting; after ``starve`` seconds it runs.
+    long.last = 8.9
+    assert next_job([long, short, newer], now=10.0, starve=1.0) is long
+
+
+def test_a_job_that_caught_up_keeps_the_thread_for_a_slice_more():
+    def job(used):
+        return _Job(batch=[], steps=iter(()), last=10.0, used=used)
+
+    long, short = job(used=0.8), job(used=1.0)  # the short one has caught up with the long one
+    assert next_job([long, short], now=10.0, starve=5.0, current=short, keep=0.5) is short
+    short.used = 1.4  # a slice past it: they take turns again
+    assert next_job([long, short], now=10.0, starve=5.0, current=short, keep=0.5) is long
+    assert next_job([long, short], now=10.0, starve=5.0, current=None, keep=0.5) is long
+
+
+def test_max_jobs_one_runs_batches_one_after_another():
+    run = Stepper()
+    worker = BatchWorker(run, wait_ms=0, max_jobs=1)
+    long = worker.submit("long:50", ["a"])
+    assert run.started.wait(5)
+    short = worker.submit("short:2", ["b"])
+    assert short[0].result(5) == "short:2/b" and long[0].done()
+    assert run.log == ["long:50"] * 50 + ["short:2"] * 2
+    worker.close()
+
+
+def test_a_failing_step_fails_its_own_batch_only():
+    def run(key, payloads):
+        yield
+        if key == "bad":
+            raise RuntimeError("boom")
+        yield
+        return payloads
+
+    worker = BatchWorker(run, wait_ms=0)
+    bad, good = worker.submit("bad", [1, 2]), worker.submit("good", [3])
+    for f in bad:
+        with pytest.raises(RuntimeError, match="boom"):
+            f.result(5)
+    assert good[0].result(5) == 3
+    assert worker.submit("good", [4])[0].result(5) == 4  # the worker goes on
+    worker.close()
+
+
+def test_close_finishes_jobs_in_progress():
+    run = Stepper()
+    worker = BatchWorker(run, wait_ms=0)
+    futures = worker.submit("long:30", ["a"]) + worker.submit("short:2", ["b"])
+    worker.close()
+    assert [f.result(0) for f in futures] == ["long:30/a", "short:2/b"]
