@@ -7,8 +7,12 @@ import pytest
 
 
 def cotune(*args):
-    return subprocess.run([sys.executable, "-c", "from cotune.cli import main; main()", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", "from cotune.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize(

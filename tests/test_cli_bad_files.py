@@ -16,8 +16,13 @@ from cotune.lm.cache import RequestCache
 def cotune(*args, env=None):
     import os
 
-    return subprocess.run([sys.executable, "-c", "from cotune.cli import main; main()", *args],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-c", "from cotune.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def one_clear_line(result, *parts):

@@ -38,9 +38,21 @@ def fake_model(monkeypatch):
 def optimize(tmp_path, seed, **kw):
     console, out, _ = consoles()
     path = kw.pop("out_path", tmp_path / f"p{seed}.json")
-    optimize_cmds.run_optimize(task="iris", optimizer="bootstrap", model="fake", out_path=path, params={},
-                               data_dir=None, threads=1, seed=seed, cache=False, evaluate_on=None,
-                               console=console, out=out, **kw)
+    optimize_cmds.run_optimize(
+        task="iris",
+        optimizer="bootstrap",
+        model="fake",
+        out_path=path,
+        params={},
+        data_dir=None,
+        threads=1,
+        seed=seed,
+        cache=False,
+        evaluate_on=None,
+        console=console,
+        out=out,
+        **kw,
+    )
     return path
 
 
@@ -65,8 +77,20 @@ def as_hf(path):
 
 def evaluate_cli(program, **kw):
     console, out, buf = consoles()
-    commands.run_eval(task="iris", model=None, split="test", limit=None, program_path=program, out_path=None,
-                      data_dir=None, threads=1, cache=False, console=console, out=out, **kw)
+    commands.run_eval(
+        task="iris",
+        model=None,
+        split="test",
+        limit=None,
+        program_path=program,
+        out_path=None,
+        data_dir=None,
+        threads=1,
+        cache=False,
+        console=console,
+        out=out,
+        **kw,
+    )
     return " ".join(buf.getvalue().split())
 
 
@@ -99,9 +123,21 @@ def test_outputs_are_not_overwritten_without_force(tmp_path, fake_model):
     (out_dir / "adapter").mkdir(parents=True)
     console, out, _ = consoles()
     with pytest.raises(ConfigError, match="already exist.*--force"):
-        optimize_cmds.run_finetune(task="iris", model="fake", out_dir=out_dir, lora={}, traces=None, threshold=None,
-                                   data_dir=None, threads=1, seed=0, cache=False, evaluate_on=None,
-                                   console=console, out=out)
+        optimize_cmds.run_finetune(
+            task="iris",
+            model="fake",
+            out_dir=out_dir,
+            lora={},
+            traces=None,
+            threshold=None,
+            data_dir=None,
+            threads=1,
+            seed=0,
+            cache=False,
+            evaluate_on=None,
+            console=console,
+            out=out,
+        )
 
 
 def test_ctrl_c_in_eval_keeps_the_finished_rows(tmp_path, fake_model, monkeypatch):
@@ -115,13 +151,25 @@ def test_ctrl_c_in_eval_keeps_the_finished_rows(tmp_path, fake_model, monkeypatc
                 calls["n"] += 1
                 if calls["n"] == 4:
                     raise KeyboardInterrupt
+
         return real(*args, events=sink, **kw)
 
     monkeypatch.setattr(commands, "evaluate", interrupted)
     console, out, _ = consoles()
     with pytest.raises(KeyboardInterrupt):
-        commands.run_eval(task="iris", model=None, split="test", limit=None, program_path=program,
-                          out_path=tmp_path / "rows.json", data_dir=None, threads=1, cache=False, console=console, out=out)
+        commands.run_eval(
+            task="iris",
+            model=None,
+            split="test",
+            limit=None,
+            program_path=program,
+            out_path=tmp_path / "rows.json",
+            data_dir=None,
+            threads=1,
+            cache=False,
+            console=console,
+            out=out,
+        )
     saved = json.loads((tmp_path / "rows.json").read_text())
     assert 4 <= saved["n"] < 50 and len(saved["rows"]) == saved["n"]
 

@@ -52,8 +52,9 @@ class DataError(CotuneError):
 class ParseError(CotuneError):
     """A completion that lacks an output field, or whose value does not fit the field's type. Keeps the raw text."""
 
-    def __init__(self, message: str, *, raw: str, missing: Iterable[str] = (), field: str | None = None,
-                 value: str | None = None):  # fmt: skip
+    def __init__(
+        self, message: str, *, raw: str, missing: Iterable[str] = (), field: str | None = None, value: str | None = None
+    ):
         self.raw, self.missing = raw, list(missing)
         self.field, self.value = field, value  # a field whose value did not fit its type, and that value
         super().__init__(message)

@@ -24,28 +24,56 @@ ALL = ["zero-shot", "p", "w", "p-w", "w-p", "p-w-p"]
 def summary(score, *, n=50, prompt_tokens=100.0, completion_tokens=10.0, calls_per_example=1.0, seconds=0.5, fmt=1.0):
     calls = round(n * calls_per_example)
     return {
-        "score": score, "n": n, "metric": "exact", "parse_failures": 0, "errors": 0, "format_adherence": fmt,
+        "score": score,
+        "n": n,
+        "metric": "exact",
+        "parse_failures": 0,
+        "errors": 0,
+        "format_adherence": fmt,
         "seconds": seconds * calls,
-        "usage": {"calls": calls, "prompt_tokens": prompt_tokens * calls, "completion_tokens": completion_tokens * calls,
-                  "seconds": seconds * calls, "cache_hits": 0},
+        "usage": {
+            "calls": calls,
+            "prompt_tokens": prompt_tokens * calls,
+            "completion_tokens": completion_tokens * calls,
+            "seconds": seconds * calls,
+            "cache_hits": 0,
+        },
         "usage_per_call": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "seconds": seconds},
         "usage_by_predictor": {},
     }
 
 
-def make_run(root: Path, name: str, scores: dict[str, list], *, task="iris", model="smollm2-135m",
-             tokens: dict[str, float] | None = None, completion: dict[str, float] | None = None,
-             optimize: dict[str, float] | None = None, train: dict[str, float] | None = None,
-             demos: dict[str, list[dict]] | None = None, instruction: dict[str, str] | None = None,
-             n: int = 50, calls_per_example: float = 1.0, fmt: dict[str, float] | None = None,
-             info: dict[str, dict] | None = None) -> Path:
+def make_run(
+    root: Path,
+    name: str,
+    scores: dict[str, list],
+    *,
+    task="iris",
+    model="smollm2-135m",
+    tokens: dict[str, float] | None = None,
+    completion: dict[str, float] | None = None,
+    optimize: dict[str, float] | None = None,
+    train: dict[str, float] | None = None,
+    demos: dict[str, list[dict]] | None = None,
+    instruction: dict[str, str] | None = None,
+    n: int = 50,
+    calls_per_example: float = 1.0,
+    fmt: dict[str, float] | None = None,
+    info: dict[str, dict] | None = None,
+) -> Path:
     """A finished run directory. ``scores[strategy]`` is one (dev, test) pair per seed, seeds 0, 1, ...;
     every prefix of every strategy must be given (the runner computes them too)."""
     tokens, completion = tokens or {}, completion or {}
     optimize, train, demos, instruction, fmt = optimize or {}, train or {}, demos or {}, instruction or {}, fmt or {}
     strategies = list(scores)
-    cfg = ExperimentConfig(task=task, model=model, strategies=strategies,
-                           seeds=list(range(len(next(iter(scores.values()))))), out_dir=str(root), name=name)
+    cfg = ExperimentConfig(
+        task=task,
+        model=model,
+        strategies=strategies,
+        seeds=list(range(len(next(iter(scores.values()))))),
+        out_dir=str(root),
+        name=name,
+    )
     run = RunDir.create(root, name, cfg.to_dict())
     nodes = []
     for s, pairs in scores.items():
@@ -53,28 +81,57 @@ def make_run(root: Path, name: str, scores: dict[str, list], *, task="iris", mod
         for seed, (dev, test) in enumerate(pairs):
             node = run.node_dir(seed, s)
             adapter = str(node / "adapter") if "w" in steps else None
-            state = {"predictors": {"answer": {
-                "signature": {"inputs": [{"name": "question"}], "outputs": [{"name": "answer"}], "instructions": ""},
-                "instruction": instruction.get(s, f"Answer the question. [{s}]"),
-                "demos": demos.get(s, []), "config": {}}},
+            state = {
+                "predictors": {
+                    "answer": {
+                        "signature": {
+                            "inputs": [{"name": "question"}],
+                            "outputs": [{"name": "answer"}],
+                            "instructions": "",
+                        },
+                        "instruction": instruction.get(s, f"Answer the question. [{s}]"),
+                        "demos": demos.get(s, []),
+                        "config": {},
+                    }
+                },
                 "lm": {"backend": "fake", "model": model, "adapter": adapter},
-                "metadata": {"task": task, "strategy": s, "seed": seed}}
+                "metadata": {"task": task, "strategy": s, "seed": seed},
+            }
             write_json(node / "program.json", state)
-            kw = dict(n=n, prompt_tokens=tokens.get(s, 100.0), completion_tokens=completion.get(s, 10.0),
-                      calls_per_example=calls_per_example, fmt=fmt.get(s, 1.0))
+            kw = dict(
+                n=n,
+                prompt_tokens=tokens.get(s, 100.0),
+                completion_tokens=completion.get(s, 10.0),
+                calls_per_example=calls_per_example,
+                fmt=fmt.get(s, 1.0),
+            )
             record = {
-                "seed": seed, "strategy": s, "steps": list(steps), "kind": steps[-1] if steps else "",
+                "seed": seed,
+                "strategy": s,
+                "steps": list(steps),
+                "kind": steps[-1] if steps else "",
                 "parent": strategy_name(steps[:-1]) if steps else None,
-                "dev": summary(dev, **kw), "test": summary(test, **kw),
-                "optimize_seconds": 0.0, "train_seconds": 0.0,
-                "cumulative_optimize_seconds": optimize.get(s, 0.0), "cumulative_train_seconds": train.get(s, 0.0),
-                "adapter": adapter, "program": str((node / "program.json").relative_to(run.path)),
+                "dev": summary(dev, **kw),
+                "test": summary(test, **kw),
+                "optimize_seconds": 0.0,
+                "train_seconds": 0.0,
+                "cumulative_optimize_seconds": optimize.get(s, 0.0),
+                "cumulative_train_seconds": train.get(s, 0.0),
+                "adapter": adapter,
+                "program": str((node / "program.json").relative_to(run.path)),
                 "info": (info or {}).get(s, {}),
             }
             run.finish(seed, s, record)
             nodes.append(record)
-    run.write_results({"config": cfg.to_dict(), "run_dir": str(run.path), "strategies": strategies,
-                       "nodes": nodes, "table": summarize(nodes, strategies)})
+    run.write_results(
+        {
+            "config": cfg.to_dict(),
+            "run_dir": str(run.path),
+            "strategies": strategies,
+            "nodes": nodes,
+            "table": summarize(nodes, strategies),
+        }
+    )
     return run.path
 
 
@@ -94,14 +151,25 @@ def svgs(html: str) -> list[ET.Element]:
 
 
 def series_points(svg: ET.Element) -> dict[str, int]:
-    return {g.get("data-series"): len(g.findall(f".//{SVG}circle")) for g in svg.iter(f"{SVG}g") if g.get("class") == "series"}
+    return {
+        g.get("data-series"): len(g.findall(f".//{SVG}circle"))
+        for g in svg.iter(f"{SVG}g")
+        if g.get("class") == "series"
+    }
 
 
 # -- tests -------------------------------------------------------------------------------------------------
 def test_theta_steps_show_the_coverage_of_their_kept_traces(tmp_path):
-    cov = {"examples": {"covered": 38, "total": 50},
-           "by_class": {"species": {"setosa": {"covered": 16, "total": 16}, "versicolor": {"covered": 14, "total": 17},
-                                    "virginica": {"covered": 8, "total": 17}}}}
+    cov = {
+        "examples": {"covered": 38, "total": 50},
+        "by_class": {
+            "species": {
+                "setosa": {"covered": 16, "total": 16},
+                "versicolor": {"covered": 14, "total": 17},
+                "virginica": {"covered": 8, "total": 17},
+            }
+        },
+    }
     info = {"w": {"coverage_": cov, "n_passed_": 41}, "p-w": {"coverage_": cov, "n_passed_": 40}}
     md, _ = write_report(make_run(tmp_path, "a", THREE_SEEDS, info=info))
     text = md.read_text()
@@ -177,11 +245,18 @@ def test_score_by_step_plot_follows_each_strategy_chain(tmp_path):
 
 
 def test_scatter_places_points_by_prompt_tokens(tmp_path):
-    run = make_run(tmp_path, "a", {"zero-shot": [(0.2, 0.2)], "p": [(0.8, 0.8)], "p-w": [(0.8, 0.9)]},
-                   tokens={"zero-shot": 50, "p": 400, "p-w": 400})
+    run = make_run(
+        tmp_path,
+        "a",
+        {"zero-shot": [(0.2, 0.2)], "p": [(0.8, 0.8)], "p-w": [(0.8, 0.9)]},
+        tokens={"zero-shot": 50, "p": 400, "p-w": 400},
+    )
     scatter = svgs(write_report(run)[1].read_text())[1]
-    xs = {g.get("data-series"): float(g.find(f"{SVG}circle").get("cx")) for g in scatter.iter(f"{SVG}g")
-          if g.get("class") == "series"}
+    xs = {
+        g.get("data-series"): float(g.find(f"{SVG}circle").get("cx"))
+        for g in scatter.iter(f"{SVG}g")
+        if g.get("class") == "series"
+    }
     assert xs["zero-shot"] < xs["p"] == xs["p-w"]
     labels = [t.text for t in scatter.iter(f"{SVG}text") if t.get("class") == "label"]
     assert sorted(labels) == ["p", "p-w", "zero-shot"]
@@ -195,9 +270,15 @@ def test_best_step_on_dev_against_last_step(tmp_path):
 
 def test_demos_and_instructions_are_escaped(tmp_path):
     evil = "<script>alert('x')</script>"
-    run = make_run(tmp_path, "a", {"zero-shot": [(0.2, 0.2)], "p": [(0.5, 0.5)]},
-                   demos={"p": [{"question": evil, "answer": "a" * 1000}] + [{"question": str(i), "answer": "1"} for i in range(8)]},
-                   instruction={"p": "Use ``` fences & <b>bold</b>"})
+    run = make_run(
+        tmp_path,
+        "a",
+        {"zero-shot": [(0.2, 0.2)], "p": [(0.5, 0.5)]},
+        demos={
+            "p": [{"question": evil, "answer": "a" * 1000}] + [{"question": str(i), "answer": "1"} for i in range(8)]
+        },
+        instruction={"p": "Use ``` fences & <b>bold</b>"},
+    )
     md_path, html_path = write_report(run)
     html = html_path.read_text()
     assert "<script" not in html and "<b>bold" not in html
@@ -213,7 +294,12 @@ def test_demos_and_instructions_are_escaped(tmp_path):
 
 
 def test_identical_prompts_are_not_repeated(tmp_path):
-    run = make_run(tmp_path, "a", {"zero-shot": [(0.2, 0.2)], "w": [(0.3, 0.3)]}, instruction={"w": "Answer the question. [zero-shot]"})
+    run = make_run(
+        tmp_path,
+        "a",
+        {"zero-shot": [(0.2, 0.2)], "w": [(0.3, 0.3)]},
+        instruction={"w": "Answer the question. [zero-shot]"},
+    )
     md = write_report(run)[0].read_text()
     assert "Same instructions and demos as zero-shot (the weights may differ)." in md
     assert "adapter " in md  # the w node names its adapter
@@ -248,7 +334,9 @@ def test_report_on_a_real_runner_run(tmp_path):
     results = run.results()
     md = md_path.read_text()
     for row in results["table"]:
-        assert re.search(rf"\| {re.escape(row['strategy'])} \| (\*\*)?{100 * row['test_mean']:.1f} ± {100 * row['test_std']:.1f}", md)
+        assert re.search(
+            rf"\| {re.escape(row['strategy'])} \| (\*\*)?{100 * row['test_mean']:.1f} ± {100 * row['test_std']:.1f}", md
+        )
     line = svgs(html_path.read_text())[0]
     assert series_points(line) == {"zero-shot": 1, "p": 2, "w": 2, "p-w": 3, "w-p": 3, "p-w-p": 4}
     assert "[p]" in md  # the learned instruction from the fake prompt optimizer
@@ -263,7 +351,9 @@ def test_not_a_run_dir_is_a_config_error(tmp_path):
         write_report(tmp_path / "a")
 
 
-@pytest.mark.parametrize("cell, shown", [("a|b", r"a\|b"), ("x*y_z", r"x\*y\_z"), ("<i>", r"\<i\>"), ("two\nlines", "two lines")])
+@pytest.mark.parametrize(
+    "cell, shown", [("a|b", r"a\|b"), ("x*y_z", r"x\*y\_z"), ("<i>", r"\<i\>"), ("two\nlines", "two lines")]
+)
 def test_markdown_table_escapes_cells(cell, shown):
     assert markdown_table(["h"], [[cell]]).splitlines()[2] == f"| {shown} |"
 

@@ -18,8 +18,16 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(CHROMIUM is None, reason="chromium is not on PATH (Debian: apt-get install chromium)"),
 ]
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 # Test-only harness: loads the report's own markup, then measures what the browser laid out. The report
 # itself carries no script; this copy adds one at the end so `--dump-dom` returns the measurements.
@@ -42,16 +50,27 @@ document.body.appendChild(pre);
 
 
 def chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'profile'}", *args], capture_output=True,
-                          text=True, timeout=120, env={"HOME": str(tmp), "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'profile'}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"HOME": str(tmp), "PATH": "/usr/bin:/bin"},
+    )
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs")
-    a = make_run(root, "a", THREE_SEEDS, tokens={"zero-shot": 80, "p": 420, "w": 80, "p-w": 420, "w-p": 430, "p-w-p": 425},
-                 optimize={"p": 60, "w": 600, "p-w": 660, "w-p": 650, "p-w-p": 700}, train={"w": 500, "p-w": 500, "w-p": 500, "p-w-p": 500},
-                 demos={"p": [{"question": "<script>document.title='pwned'</script>", "answer": "4"}]})
+    a = make_run(
+        root,
+        "a",
+        THREE_SEEDS,
+        tokens={"zero-shot": 80, "p": 420, "w": 80, "p-w": 420, "w-p": 430, "p-w-p": 425},
+        optimize={"p": 60, "w": 600, "p-w": 660, "w-p": 650, "p-w-p": 700},
+        train={"w": 500, "p-w": 500, "w-p": 500, "p-w-p": 500},
+        demos={"p": [{"question": "<script>document.title='pwned'</script>", "answer": "4"}]},
+    )
     b = make_run(root, "b", {k: [(d * 0.8, t * 0.7) for d, t in v] for k, v in THREE_SEEDS.items()}, task="gsm8k")
     return write_report([a, b], root / "report")[1]
 
@@ -63,7 +82,9 @@ def test_dom_has_the_table_and_the_plots_with_their_series(report, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     dom = done.stdout
     assert "<title>cotune report: iris, gsm8k</title>" in dom  # the demo's script did not run
-    probe = json.loads(dom.split('<pre id="probe">', 1)[1].split("</pre>", 1)[0].replace("&quot;", '"').replace("&amp;", "&"))
+    probe = json.loads(
+        dom.split('<pre id="probe">', 1)[1].split("</pre>", 1)[0].replace("&quot;", '"').replace("&amp;", "&")
+    )
 
     tables = {t["cls"]: t for t in probe["tables"]}
     assert tables["matrix"]["rows"] == 6 and tables["matrix"]["h"] > 100

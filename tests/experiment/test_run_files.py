@@ -49,12 +49,19 @@ def interrupt_at_start_of(name):
 def test_a_moved_run_resumes_from_another_directory(tmp_path, monkeypatch):
     (tmp_path / "a").mkdir()
     monkeypatch.chdir(tmp_path / "a")
-    reference = Runner(config(tmp_path / "ref"), lm=adapter_lm(), task=FakeTask(), optimizer_factory=factory(Counter())).start()
+    reference = Runner(
+        config(tmp_path / "ref"), lm=adapter_lm(), task=FakeTask(), optimizer_factory=factory(Counter())
+    ).start()
     truth = {n["strategy"]: n["test"]["score"] for n in reference.nodes()}
     assert truth["w-p"] == 1.0
 
-    first = Runner(config("runs"), lm=adapter_lm(), task=FakeTask(), optimizer_factory=factory(Counter()),
-                   events=interrupt_at_start_of("w-p"))
+    first = Runner(
+        config("runs"),
+        lm=adapter_lm(),
+        task=FakeTask(),
+        optimizer_factory=factory(Counter()),
+        events=interrupt_at_start_of("w-p"),
+    )
     with pytest.raises(KeyboardInterrupt):
         first.start()
     saved = json.loads((tmp_path / "a/runs/run/seed-0/w/program.json").read_text())

@@ -24,7 +24,9 @@ def test_p_w_p_on_iris_end_to_end_and_resume(tmp_path):
         prompt=PromptStep(num_candidates=2, max_bootstrapped_demos=2, max_labeled_demos=2),
         # threshold 0: fine-tune on every trace that parsed, so the test does not hinge on how many
         # answers a 135M model gets right; the pipeline (traces → LoRA → adapter → Π again) is what is tested
-        weights=WeightStep(metric_threshold=0.0, lora={"r": 8, "alpha": 16, "epochs": 1, "batch_size": 4, "max_length": 384}),
+        weights=WeightStep(
+            metric_threshold=0.0, lora={"r": 8, "alpha": 16, "epochs": 1, "batch_size": 4, "max_length": 384}
+        ),
     )
     run = Runner(cfg).start()
     results = run.results()

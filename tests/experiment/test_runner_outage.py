@@ -28,12 +28,15 @@ def down_for_test_questions(down: set[str]):
 
 def test_an_outage_fails_the_node_and_resume_scores_it_truly(tmp_path):
     cfg = config(tmp_path)
-    reference = Runner(config(tmp_path / "ref"), lm=fake_lm(), task=FakeTask(), optimizer_factory=factory(Counter())).start()
+    reference = Runner(
+        config(tmp_path / "ref"), lm=fake_lm(), task=FakeTask(), optimizer_factory=factory(Counter())
+    ).start()
     truth = {n["strategy"]: n["test"]["score"] for n in reference.nodes()}
 
     # 3 of the 6 test questions (14..19) hit an unreachable server while the "p" node is evaluated
-    run = Runner(cfg, lm=down_for_test_questions({"15", "17", "19"}), task=FakeTask(),
-                 optimizer_factory=factory(Counter())).start()
+    run = Runner(
+        cfg, lm=down_for_test_questions({"15", "17", "19"}), task=FakeTask(), optimizer_factory=factory(Counter())
+    ).start()
     results = run.results()
     assert [n["strategy"] for n in results["nodes"]] == ["zero-shot"]  # "p" was not kept with a wrong score
     (failure,) = results["failures"]

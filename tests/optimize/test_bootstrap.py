@@ -228,4 +228,3 @@ def test_a_students_demo_selector_does_not_hide_the_new_demos():
     assert len(compiled.label.messages(number="3", last_digit="3")) == 4  # system, demo pair, question
     labeled = LabeledFewShot(k=1).compile(program, trainset=parity_data([2]))
     assert labeled.label.demo_selector is None
-

@@ -51,7 +51,9 @@ FACTORIES: list[tuple[str, Factory]] = [
     ("bootstrap", lambda s, seed: BootstrapFewShot(s.metric, max_bootstrapped_demos=2, max_labeled_demos=4, seed=seed)),
     (
         "bootstrap_rounds",
-        lambda s, seed: BootstrapFewShot(s.metric, max_bootstrapped_demos=3, max_rounds=2, teacher_labeled_demos=2, seed=seed),
+        lambda s, seed: BootstrapFewShot(
+            s.metric, max_bootstrapped_demos=3, max_rounds=2, teacher_labeled_demos=2, seed=seed
+        ),
     ),
     ("bfrs", lambda s, seed: BootstrapFewShotWithRandomSearch(s.metric, num_candidates=6, seed=seed)),
     (
@@ -70,8 +72,10 @@ FACTORIES: list[tuple[str, Factory]] = [
     (
         "better_together",
         lambda s, seed: BetterTogether(
-            s.metric, prompt=BootstrapFewShotWithRandomSearch(s.metric, num_candidates=3, seed=seed),
-            weights=LabeledFewShot(k=2, seed=seed), strategy="p,w,p",
+            s.metric,
+            prompt=BootstrapFewShotWithRandomSearch(s.metric, num_candidates=3, seed=seed),
+            weights=LabeledFewShot(k=2, seed=seed),
+            strategy="p,w,p",
         ),
     ),
 ]
@@ -99,7 +103,11 @@ def learned(opt: Optimizer) -> dict:
 
 def _without_timing(value):
     if isinstance(value, dict):
-        return {k: _without_timing(v) for k, v in value.items() if k not in ("seconds", "usage", "usage_per_call", "usage_by_predictor")}
+        return {
+            k: _without_timing(v)
+            for k, v in value.items()
+            if k not in ("seconds", "usage", "usage_per_call", "usage_by_predictor")
+        }
     if isinstance(value, list):
         return [_without_timing(v) for v in value]
     if hasattr(value, "to_dict"):

@@ -212,7 +212,9 @@ def test_contract_params_round_trip_and_seeded_determinism(trained, tmp_path):
 # -- integration: the real SmolLM2-135M learns from a rule-based teacher's Iris traces --------------------
 def rule_teacher(messages) -> str:
     """A FakeLM that classifies Iris by petal length and width (about 95% right) in the program's format."""
-    fields = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in messages[-1]["content"].splitlines())}
+    fields = {
+        k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in messages[-1]["content"].splitlines())
+    }
     length, width = float(fields["petal length"]), float(fields["petal width"])
     species = "setosa" if length < 2.5 else ("versicolor" if width < 1.75 else "virginica")
     return f"Reasoning: petal length {length} cm and width {width} cm.\nSpecies: {species}"
@@ -331,9 +333,13 @@ def test_label_traces_in_a_file_are_used_only_with_fill_with_labels(trained, tmp
     lm = ct.FakeLM(lambda m: "Label: even")
     lm.model_path = "/models/fake"
     program, data = Classify().bind(lm), parity_data(range(100, 104))
-    path = save_traces(tmp_path / "t.jsonl", collect_traces(program, data, metric) + labeled_traces(program, data, skip=[0, 2]))
+    path = save_traces(
+        tmp_path / "t.jsonl", collect_traces(program, data, metric) + labeled_traces(program, data, skip=[0, 2])
+    )
     BootstrapFinetune(metric, traces=path, output_dir=tmp_path / "a").compile(program, trainset=data)
-    BootstrapFinetune(metric, traces=path, fill_with_labels=True, output_dir=tmp_path / "b").compile(program, trainset=data)
+    BootstrapFinetune(metric, traces=path, fill_with_labels=True, output_dir=tmp_path / "b").compile(
+        program, trainset=data
+    )
     assert [len(call["examples"]) for call in trained] == [2, 4]
     assert len(load_traces(tmp_path / "b" / "traces.jsonl")) == 6  # the file's traces, not doubled
 

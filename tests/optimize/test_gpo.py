@@ -304,7 +304,9 @@ def test_candidates_are_scored_on_the_valset_only():
     seen = []
     train, val = data(range(100, 140)), data(range(40))
     opt = gpo(minibatch_size=8, num_steps=2)
-    opt.compile(QA().bind(make_lm(lambda f, c: add_keyword(f["Current Instruction"]), seen)), trainset=train, valset=val)
+    opt.compile(
+        QA().bind(make_lm(lambda f, c: add_keyword(f["Current Instruction"]), seen)), trainset=train, valset=val
+    )
     assert seen and set(seen) <= set(range(40))  # the task LM never saw a training question
     assert set(seen) == set(range(40))  # the final confirmation covers the full valset
 
@@ -457,8 +459,18 @@ def test_gpo_on_iris_with_smollm2_end_to_end(tmp_path):
         p.config = {"max_tokens": 48}
     # Small on purpose: 2 CPU cores. A 135M model is a weak optimizer; most of its proposals are expected to
     # be rejected, and the test checks the machinery, not the gain.
-    opt = GPO(task.metric, num_steps=2, candidates_per_step=2, minibatch_size=4, max_retries=0, num_task_examples=1,
-              budget_start=12, budget_end=6, retrieval="relevance", seed=0)
+    opt = GPO(
+        task.metric,
+        num_steps=2,
+        candidates_per_step=2,
+        minibatch_size=4,
+        max_retries=0,
+        num_task_examples=1,
+        budget_start=12,
+        budget_end=6,
+        retrieval="relevance",
+        seed=0,
+    )
     best = opt.compile(program, trainset=task.train[:6], valset=task.dev[:4])
 
     traj = opt.trajectory_["classify"]
@@ -466,7 +478,9 @@ def test_gpo_on_iris_with_smollm2_end_to_end(tmp_path):
     before = replay_currents(traj)
     for entry in traj[1:]:
         assert entry["budget"] == [12, 6][entry["step"] - 1]
-        assert word_edit_distance(before[entry["step"]], entry["instruction"]) == entry["edit_distance"] <= entry["budget"]
+        assert (
+            word_edit_distance(before[entry["step"]], entry["instruction"]) == entry["edit_distance"] <= entry["budget"]
+        )
     # max_retries=0: each of the 2 x 2 candidates was scored, a duplicate, or rejected exactly once
     assert len(traj) - 1 + sum(opt.rejected_["classify"].values()) == 2 * 2
     assert best.classify.instruction == opt.best_instructions_["classify"]

@@ -72,7 +72,10 @@ def test_trial_scores_match_the_model():
     # Right only on even numbers: zero-shot gets the even half of the valset right.
     opt, _ = bfrs(parity_lm("02468"), num_candidates=3)
     assert opt.trials_[0]["kind"] == "zero_shot" and opt.trials_[0]["score"] == pytest.approx(0.5)
-    assert opt.trials_[0]["demo_counts"] == {"digit": {"bootstrapped": 0, "labeled": 0}, "label": {"bootstrapped": 0, "labeled": 0}}
+    assert opt.trials_[0]["demo_counts"] == {
+        "digit": {"bootstrapped": 0, "labeled": 0},
+        "label": {"bootstrapped": 0, "labeled": 0},
+    }
     assert opt.trials_[1]["demo_counts"]["label"] == {"bootstrapped": 0, "labeled": 3}
     assert opt.trials_[2]["demo_counts"]["label"] == {"bootstrapped": 3, "labeled": 0}
     assert all(set(t) >= {"kind", "seed", "demo_counts", "demos", "score", "eval", "index"} for t in opt.trials_)

@@ -48,7 +48,9 @@ def test_rounds_run_together_sample_under_their_own_ids_and_are_remembered():
     by_round = runs.run_rounds(items, [0, 1, 2])
     assert [[t.example_index for t in ts] for ts in by_round] == [[0, 1, 2]] * 3
     assert [(ts[0].rollout_id, ts[0].temperature, ts[0].seed) for ts in by_round] == [
-        (0, None, 2), (2001, 0.9, 2), (2002, 0.9, 2)
+        (0, None, 2),
+        (2001, 0.9, 2),
+        (2002, 0.9, 2),
     ]
     configs = Counter((c.temperature, c.rollout_id, c.min_p) for _, c in lm.calls)
     assert configs == {(0.0, 0, 0.0): 6, (0.9, 2001, 0.1): 6, (0.9, 2002, 0.1): 6}  # two predictors x 3 examples
@@ -72,6 +74,7 @@ def test_bootstrap_keeps_its_traces_as_records_of_example_round_score_and_steps(
     opt = BootstrapFewShot(metric, max_bootstrapped_demos=2, max_labeled_demos=0, max_rounds=2)
     opt.compile(Parity().bind(lm), trainset=parity_data([2, 3]))
     assert [{k: t[k] for k in ("example", "round", "score")} for t in opt.traces_] == [
-        {"example": 0, "round": 0, "score": 1.0}, {"example": 1, "round": 1, "score": 1.0}
+        {"example": 0, "round": 0, "score": 1.0},
+        {"example": 1, "round": 1, "score": 1.0},
     ]
     assert [[s.predictor for s in t["steps"]] for t in opt.traces_] == [["digit", "label"]] * 2

@@ -48,9 +48,16 @@ COT = ChainOfThought("question -> answer: float").signature
         (
             Signature.parse("q -> ok: bool, n: int, xs: list[int], tags: list[str], note"),
             # a last text field ends at its line's end: the newline is allowed, then nothing more
-            ['Ok: true\nN: -3\nXs: [1, 2]\nTags: ["a b", "c"]\nNote: fine', 'Ok: false\nN: 0\nXs: []\nTags: []\nNote: a\n'],
-            ["Ok: yes\nN: 1\nXs: []\nTags: []\nNote: x", "Ok: true\nN: 1.5\nXs: []\nTags: []\nNote: x",
-             "Ok: true\nN: 1\nXs: []\nTags: []\nNote:  x", "Ok: true\nN: 1\nXs: []\nTags: []\nNote: x\ny"],
+            [
+                'Ok: true\nN: -3\nXs: [1, 2]\nTags: ["a b", "c"]\nNote: fine',
+                "Ok: false\nN: 0\nXs: []\nTags: []\nNote: a\n",
+            ],
+            [
+                "Ok: yes\nN: 1\nXs: []\nTags: []\nNote: x",
+                "Ok: true\nN: 1.5\nXs: []\nTags: []\nNote: x",
+                "Ok: true\nN: 1\nXs: []\nTags: []\nNote:  x",
+                "Ok: true\nN: 1\nXs: []\nTags: []\nNote: x\ny",
+            ],
         ),
         (
             Signature.parse("q -> data: json, answer: Literal['a', 'b']"),

@@ -63,7 +63,9 @@ def test_ties_are_broken_by_corpus_order():
     assert r("apple", k=1) == ["apple pie"]  # no title: the passage is the text
 
 
-@pytest.mark.parametrize("corpus,message", [([], "empty corpus"), ([{"title": "x"}], "corpus item 0"), ([3], "corpus item 0")])
+@pytest.mark.parametrize(
+    "corpus,message", [([], "empty corpus"), ([{"title": "x"}], "corpus item 0"), ([3], "corpus item 0")]
+)
 def test_bad_corpus_is_a_data_error(corpus, message):
     with pytest.raises(DataError, match=message):
         BM25Retriever(corpus)
@@ -117,7 +119,10 @@ def hotpot():
     "question,gold",
     [
         ("Were Scott Derrickson and Ed Wood of the same nationality?", ["Scott Derrickson", "Ed Wood"]),
-        ("Are the Laleli Mosque and Esma Sultan Mansion located in the same neighborhood?", ["Laleli Mosque", "Esma Sultan Mansion"]),
+        (
+            "Are the Laleli Mosque and Esma Sultan Mansion located in the same neighborhood?",
+            ["Laleli Mosque", "Esma Sultan Mansion"],
+        ),
         ("What science fantasy young adult series, told in first person, has companion books?", ["Animorphs"]),
     ],
 )

@@ -188,7 +188,9 @@ def test_hf_hub_name_reads_train_and_test_through_load_hf(monkeypatch):
 
     def fake_load_hf(name, *, split, config, inputs, transform, limit):
         calls.append((name, split, config, limit))
-        rows = [transform(_row(i if split == "train" else 100 + i)) for i in range(40 if split == "train" else 10)][:limit]
+        rows = [transform(_row(i if split == "train" else 100 + i)) for i in range(40 if split == "train" else 10)][
+            :limit
+        ]
         return Dataset([Example(r).with_inputs(*inputs) for r in rows])
 
     monkeypatch.setattr(gsm8k, "load_hf", fake_load_hf)

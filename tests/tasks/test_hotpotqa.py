@@ -84,7 +84,11 @@ def test_forward_accumulates_deduplicated_context():
     pred = program(question="Where?")
     assert retriever.calls == [("first query", 3), ("second query", 3)]
     assert pred.answer == "Country 1"
-    assert pred.context == ["Shared | in every hop", "first query | about first query", "second query | about second query"]
+    assert pred.context == [
+        "Shared | in every hop",
+        "first query | about first query",
+        "second query | about second query",
+    ]
 
 
 def test_trace_names_each_hop_and_the_answer_sees_all_passages(folder):
@@ -92,7 +96,9 @@ def test_trace_names_each_hop_and_the_answer_sees_all_passages(folder):
     result = evaluate(task.program().bind(FakeLM(_fake_lm)), task.test[:2], task.metric, num_threads=2)
     steps = result.rows[0].trace
     assert [s.predictor for s in steps] == ["queries[0]", "queries[1]", "answer"]
-    assert steps[0].inputs["context"] == [] and len(steps[2].inputs["context"]) == len(result.rows[0].prediction["context"])
+    assert steps[0].inputs["context"] == [] and len(steps[2].inputs["context"]) == len(
+        result.rows[0].prediction["context"]
+    )
 
 
 def test_deepcopy_shares_the_retriever(folder):
@@ -137,7 +143,9 @@ def test_gold_recall(passages, gold, recall):
     assert gold_recall(passages, gold) == recall
 
 
-@pytest.mark.parametrize("prediction,recall", [({"context": ["T | x"]}, 1.0), ({"answer": "x"}, 0.0), ({"context": "T | x"}, 0.0)])
+@pytest.mark.parametrize(
+    "prediction,recall", [({"context": ["T | x"]}, 1.0), ({"answer": "x"}, 0.0), ({"context": "T | x"}, 0.0)]
+)
 def test_retrieval_recall_reads_the_prediction_context(prediction, recall):
     assert retrieval_recall({"gold_titles": ["T"]}, prediction) == recall
 
@@ -153,7 +161,9 @@ def test_splits_are_disjoint_seeded_and_stable(folder):
     assert (len(task.train), len(task.dev), len(task.test)) == (10, 5, 10)
     questions = [ex.question for split in ("train", "dev", "test") for ex in task.split(split)]
     assert len(set(questions)) == 25
-    assert [list(task.split(s)) for s in ("train", "dev", "test")] == [list(again.split(s)) for s in ("train", "dev", "test")]
+    assert [list(task.split(s)) for s in ("train", "dev", "test")] == [
+        list(again.split(s)) for s in ("train", "dev", "test")
+    ]
     assert list(task.test) != list(other.test)
     small = _load(folder, seed=1, train=2)
     assert list(small.test) == list(task.test) and list(small.dev) == list(task.dev)
@@ -241,5 +251,8 @@ def test_saved_program_loads_into_a_fresh_one(folder, tmp_path):
     program.queries[1].instruction = "Search for the bridge entity."
     program.answer.demos = [task.train[0].copy(context=["A | b"])]
     fresh = task.program().load(program.save(tmp_path / "p.json"), bind_saved_lm=False)
-    assert fresh.queries[1].instruction == "Search for the bridge entity." and fresh.queries[0].instruction != fresh.queries[1].instruction
+    assert (
+        fresh.queries[1].instruction == "Search for the bridge entity."
+        and fresh.queries[0].instruction != fresh.queries[1].instruction
+    )
     assert fresh.answer.demos[0]["answer"] == task.train[0].answer

@@ -81,7 +81,12 @@ def test_task_info_reports_actual_sizes_and_fields():
 
 @pytest.mark.parametrize(
     "given,error",
-    [({"val": 3}, UnknownChoiceError), ({"train": -1}, ConfigError), ({"dev": 2.5}, ConfigError), ({"test": True}, ConfigError)],
+    [
+        ({"val": 3}, UnknownChoiceError),
+        ({"train": -1}, ConfigError),
+        ({"dev": 2.5}, ConfigError),
+        ({"test": True}, ConfigError),
+    ],
 )
 def test_bad_sizes_are_refused(given, error):
     with pytest.raises(error):
@@ -96,7 +101,9 @@ def test_family_members_are_loaded_by_family_colon_subtask(monkeypatch):
     """The extension point BBH uses: a family module receives the subtask name."""
     calls = []
     module = types.ModuleType("cotune_test_family")
-    module.INFO = TaskInfo("fam", "a family", ("input",), ("target",), {"train": 1, "dev": 1, "test": 1}, "em", family=True)
+    module.INFO = TaskInfo(
+        "fam", "a family", ("input",), ("target",), {"train": 1, "dev": 1, "test": 1}, "em", family=True
+    )
 
     def load(*, subtask, data_dir, seed, **sizes):
         calls.append((subtask, data_dir, seed, sizes))

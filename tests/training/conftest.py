@@ -38,8 +38,18 @@ def tiny_model(tmp_path, smol_path):
         if family == "llama":
             model = LlamaForCausalLM(LlamaConfig(**sizes))
         else:
-            model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=4, n_head=4,
-                                               n_positions=512, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+            model = GPT2LMHeadModel(
+                GPT2Config(
+                    vocab_size=len(tokenizer),
+                    n_embd=32,
+                    n_layer=4,
+                    n_head=4,
+                    n_positions=512,
+                    resid_pdrop=0.0,
+                    embd_pdrop=0.0,
+                    attn_pdrop=0.0,
+                )
+            )
         folder = tmp_path / family
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)

@@ -82,7 +82,9 @@ def test_refusals_that_need_no_model(tmp_path):
 
     if not torch.cuda.is_available():
         with pytest.raises(TrainingError, match="device='cuda' but torch sees no CUDA device"):
-            train_lora(EXAMPLES, base_model_path=tmp_path, output_dir=tmp_path / "out", config=LoRAConfig(device="cuda"))
+            train_lora(
+                EXAMPLES, base_model_path=tmp_path, output_dir=tmp_path / "out", config=LoRAConfig(device="cuda")
+            )
     with pytest.raises(ConfigError, match="device='gpu'"):
         LoRAConfig(device="gpu")
     with pytest.raises(TrainingError, match="no cotune_adapter.json"):

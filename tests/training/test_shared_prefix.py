@@ -96,7 +96,9 @@ def test_smollm2_shared_prefix_logits_and_gradients_equal_the_plain_forward(smol
     config = LoRAConfig(bf16=False)  # float32, as the model is loaded: no autocast on a CUDA GPU either
     grads = []
     projected = []  # positions each call of the output head projects
-    hook = model.get_output_embeddings().register_forward_hook(lambda m, a, out: projected.append(a[0].shape[:-1].numel()))
+    hook = model.get_output_embeddings().register_forward_hook(
+        lambda m, a, out: projected.append(a[0].shape[:-1].numel())
+    )
     for share in (True, False):
         model.zero_grad()
         logits, targets = forward.batch_logits(model, batch, [0, 1, 2, 3], None, tokenizer.pad_token_id or 0, config,

@@ -51,7 +51,10 @@ def test_cached_trunk_trains_exactly_like_the_full_forward(tmp_path, tiny_model,
 
     from safetensors.torch import load_file
 
-    a, b = load_file(tmp_path / "cached" / "adapter_model.safetensors"), load_file(tmp_path / "full" / "adapter_model.safetensors")
+    a, b = (
+        load_file(tmp_path / "cached" / "adapter_model.safetensors"),
+        load_file(tmp_path / "full" / "adapter_model.safetensors"),
+    )
     assert a.keys() == b.keys() and all(".layers.2." in k or ".layers.3." in k for k in a)
     assert all((a[k] - b[k]).abs().max() < 1e-4 for k in a)
 
@@ -80,10 +83,14 @@ def test_layer_list_and_first_trained_layer(tmp_path, tiny_model):
     with top_only(peft, 3):
         assert list(getattr(parent, name)) == [layers[3]]
     assert getattr(parent, name) is layers  # restored
-    full = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    full = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tmp_path / "llama"), LoraConfig(r=2, target_modules=["q_proj"])
+    )
     assert first_trained_layer(full) == 0
-    head = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "llama"),
-                          LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[3], modules_to_save=["lm_head"]))
+    head = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tmp_path / "llama"),
+        LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[3], modules_to_save=["lm_head"]),
+    )
     assert first_trained_layer(head) is None  # a trained head outside the layers: no cache
     from transformers import AutoTokenizer
 

@@ -138,8 +138,15 @@ def experiment_config(config_path: Path | None, overrides: dict[str, Any]) -> An
     return ExperimentConfig.from_dict(merge(base, steps_with_params(nest(overrides))))
 
 
-def run_experiment(*, config_path: Path | None, resume: Path | None, overrides: dict, console: Console, out: Console,
-                   ray: str | None = None) -> None:  # fmt: skip
+def run_experiment(
+    *,
+    config_path: Path | None,
+    resume: Path | None,
+    overrides: dict,
+    console: Console,
+    out: Console,
+    ray: str | None = None,
+) -> None:
     """Run (or resume) an experiment and print its table; ``ray``: run the nodes as Ray tasks on that cluster
     ("local", "auto", an address), also when resuming (it overrides the saved config's)."""
     from cotune.cli.out_paths import check_out_dir

@@ -24,8 +24,9 @@ def check_out_file(path: Path, *, force: bool | None = None, flag: str = "--out"
         ConfigError: naming the path, what is wrong with it and what to do.
     """
     if path.is_dir():
-        raise ConfigError(f"{flag} {path} is a folder, and {flag} takes a file here; give a file path such as "
-                          f"{path / 'result.json'}")  # fmt: skip
+        raise ConfigError(
+            f"{flag} {path} is a folder, and {flag} takes a file here; give a file path such as {path / 'result.json'}"
+        )
     _check_folder(path.parent, path, flag)
     if force is not None:
         refuse_overwrite([path], force, flag)

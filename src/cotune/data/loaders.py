@@ -68,7 +68,9 @@ def load_csv(
         for row in _decoded(reader, path):
             lineno = reader.line_num
             if None in row:
-                raise DataError(f"row has more cells than the header's {len(reader.fieldnames or [])}", path=path, line=lineno)
+                raise DataError(
+                    f"row has more cells than the header's {len(reader.fieldnames or [])}", path=path, line=lineno
+                )
             if any(v is None for v in row.values()):
                 raise DataError("row has fewer cells than the header", path=path, line=lineno)
             examples.append(_make(row, path, lineno, inputs, required, transform))
@@ -85,8 +87,10 @@ def _utf8_lines(path: Path):
                 yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(
-                    f"not UTF-8 text (byte {raw[e.start:e.start + 1]!r} at column {e.start + 1}); "
-                    "save the file as UTF-8", path=path, line=lineno,
+                    f"not UTF-8 text (byte {raw[e.start : e.start + 1]!r} at column {e.start + 1}); "
+                    "save the file as UTF-8",
+                    path=path,
+                    line=lineno,
                 ) from None
 
 
@@ -98,8 +102,9 @@ def _decoded(reader: csv.DictReader, path: Path):
         except StopIteration:
             return
         except UnicodeDecodeError as e:
-            raise DataError(f"not UTF-8 text ({e.reason}); save the file as UTF-8", path=path,
-                            line=reader.line_num + 1) from None
+            raise DataError(
+                f"not UTF-8 text ({e.reason}); save the file as UTF-8", path=path, line=reader.line_num + 1
+            ) from None
         yield row
 
 

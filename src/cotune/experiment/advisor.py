@@ -56,8 +56,14 @@ def advise(
     Raises:
         ConfigError: a path is not a finished run directory, or a price is negative.
     """
-    prices = Prices(calls_per_day, price_per_1m_prompt_tokens, price_per_1m_completion_tokens,
-                    price_per_training_hour, horizon_days, finetuned_price_factor)
+    prices = Prices(
+        calls_per_day,
+        price_per_1m_prompt_tokens,
+        price_per_1m_completion_tokens,
+        price_per_training_hour,
+        horizon_days,
+        finetuned_price_factor,
+    )
     return advise_runs(load_runs(run_dirs), prices)
 
 
@@ -74,8 +80,21 @@ def advise_runs(runs: Sequence[RunData], prices: Prices) -> Advice:
 
 
 # -- rendering -------------------------------------------------------------------------------------------
-COST_HEADER = ["run", "strategy", "test acc. (%)", "format ok", "prompt tok/call", "compl. tok/call", "LM calls/req.",
-               "wall s / uncached call", "train (s)", "optimize (s)", "cost/day", "one-off", "total over horizon"]
+COST_HEADER = [
+    "run",
+    "strategy",
+    "test acc. (%)",
+    "format ok",
+    "prompt tok/call",
+    "compl. tok/call",
+    "LM calls/req.",
+    "wall s / uncached call",
+    "train (s)",
+    "optimize (s)",
+    "cost/day",
+    "one-off",
+    "total over horizon",
+]
 BREAK_EVEN_HEADER = ["run", "fine-tuned", "vs prompt-only", "test acc. (%)", "break-even", "why"]
 
 
@@ -84,31 +103,60 @@ def cost_cells(advice: Advice) -> list[list[str]]:
     out = []
     for r in advice.rows:
         acc = f"{100 * r.test_mean:.1f} ± {100 * r.test_std:.1f}" if r.seeds > 1 else f"{100 * r.test_mean:.1f}"
-        out.append([r.label, r.strategy, acc, f"{100 * r.format_adherence:.0f}%", f"{r.prompt_tokens_per_call:,.0f}",
-                    f"{r.completion_tokens_per_call:,.0f}", f"{r.calls_per_example:.2g}", fmt_seconds(r.seconds_per_call),
-                    f"{r.train_seconds:,.0f}", f"{r.optimize_seconds:,.0f}", fmt_money(r.cost_per_day),
-                    fmt_money(r.one_off_cost), fmt_money(r.horizon_cost)])
+        out.append(
+            [
+                r.label,
+                r.strategy,
+                acc,
+                f"{100 * r.format_adherence:.0f}%",
+                f"{r.prompt_tokens_per_call:,.0f}",
+                f"{r.completion_tokens_per_call:,.0f}",
+                f"{r.calls_per_example:.2g}",
+                fmt_seconds(r.seconds_per_call),
+                f"{r.train_seconds:,.0f}",
+                f"{r.optimize_seconds:,.0f}",
+                fmt_money(r.cost_per_day),
+                fmt_money(r.one_off_cost),
+                fmt_money(r.horizon_cost),
+            ]
+        )
     return out
 
 
 def break_even_cells(advice: Advice) -> list[list[str]]:
-    return [[b.label, b.finetuned, b.prompted, f"{100 * b.finetuned_accuracy:.1f} vs {100 * b.prompted_accuracy:.1f}",
-             fmt_volume(b.calls_per_day), b.reason] for b in advice.break_even]
+    return [
+        [
+            b.label,
+            b.finetuned,
+            b.prompted,
+            f"{100 * b.finetuned_accuracy:.1f} vs {100 * b.prompted_accuracy:.1f}",
+            fmt_volume(b.calls_per_day),
+            b.reason,
+        ]
+        for b in advice.break_even
+    ]
 
 
 def assumptions_text(prices: Prices) -> str:
-    text = (f"Projected at {prices.calls_per_day:,.0f} requests/day, {fmt_price(prices.price_per_1m_prompt_tokens)} per 1M "
-            f"prompt tokens, {fmt_price(prices.price_per_1m_completion_tokens)} per 1M completion tokens, "
-            f"{fmt_price(prices.price_per_training_hour)} per optimization/training hour, one-off costs over "
-            f"{prices.horizon_days:g} days")
+    text = (
+        f"Projected at {prices.calls_per_day:,.0f} requests/day, {fmt_price(prices.price_per_1m_prompt_tokens)} per 1M "
+        f"prompt tokens, {fmt_price(prices.price_per_1m_completion_tokens)} per 1M completion tokens, "
+        f"{fmt_price(prices.price_per_training_hour)} per optimization/training hour, one-off costs over "
+        f"{prices.horizon_days:g} days"
+    )
     if prices.finetuned_price_factor != 1:
         text += f", token prices × {prices.finetuned_price_factor:g} for fine-tuned programs"
     defaults = Prices()
     if (prices.price_per_1m_prompt_tokens, prices.price_per_1m_completion_tokens, prices.price_per_training_hour) == (
-        defaults.price_per_1m_prompt_tokens, defaults.price_per_1m_completion_tokens, defaults.price_per_training_hour
+        defaults.price_per_1m_prompt_tokens,
+        defaults.price_per_1m_completion_tokens,
+        defaults.price_per_training_hour,
     ):
         text += " (placeholder prices: pass your own)"
-    return text + ". Accuracy is on the test split, mean ± std over seeds (strategies are chosen on dev); optimization time includes training."
+    return (
+        text
+        + ". Accuracy is on the test split, mean ± std over seeds (strategies are chosen on dev); optimization time includes training."
+    )
 
 
 __all__ = [

@@ -99,7 +99,9 @@ def line_chart(
         for (x, y, value, err), (step, *_rest) in zip(pts, s.points, strict=True):
             body.append(_error_bar(frame, x, value, err, s.color))
             tip = f"{s.name}, step {int(step)}: {_pct(value)}" + (f" ± {_pct(err)}" if err else "")
-            body.append(f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{s.color}"><title>{escape(tip)}</title></circle>')
+            body.append(
+                f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{s.color}"><title>{escape(tip)}</title></circle>'
+            )
         body.append("</g>")
         frame.parts.append("".join(body))
     _legend(frame, [(s.name, s.color) for s in series], top=frame.py(0) + 56)
@@ -123,7 +125,9 @@ def scatter_chart(
     _y_axis_percent(frame, y_label)
     for t in ticks:
         x = frame.px(t)
-        frame.parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{frame.py(0):.1f}" y2="{frame.py(0) + 4:.1f}" stroke="#444"/>')
+        frame.parts.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{frame.py(0):.1f}" y2="{frame.py(0) + 4:.1f}" stroke="#444"/>'
+        )
         frame.parts.append(_text(x, frame.py(0) + 16, f"{t:g}", anchor="middle"))
     frame.parts.append(_text(frame.px(ticks[-1] / 2), frame.py(0) + 34, x_label, anchor="middle"))
     placed: list[tuple[float, float, float, float]] = []
@@ -135,7 +139,7 @@ def scatter_chart(
         frame.parts.append(
             f'<g class="series" data-series="{escape(p.label)}">{_error_bar(frame, x, p.y, p.yerr, p.color)}'
             f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{p.color}"><title>{escape(tip)}</title></circle>'
-            f'{_text(lx, ly, p.label, css="label")}</g>'
+            f"{_text(lx, ly, p.label, css='label')}</g>"
         )
     return _close(frame)
 

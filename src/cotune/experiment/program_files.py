@@ -26,6 +26,7 @@ from cotune.program.program import Program, read_state
 if TYPE_CHECKING:
     from cotune.lm.base import LM
 
+
 def _path_specs(state: dict[str, Any]) -> list[dict[str, Any]]:
     """The LM specs in ``state`` (the shared ``lm`` and each predictor's in ``lms``) whose adapter is a path."""
     specs = [state.get("lm"), *(state.get("lms") or {}).values()]

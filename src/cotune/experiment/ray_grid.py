@@ -66,8 +66,10 @@ def check_ray_inputs(*, lm: Any, task: Any) -> None:
     """Fail before any work: Ray must be installed, and the workers build the task and LM from the config."""
     require_ray()
     if lm is not None or task is not None:
-        raise ConfigError("with `ray` set the workers build the task and LM from the config: don't pass lm= or task= "
-                          "(or set ray to null)")  # fmt: skip
+        raise ConfigError(
+            "with `ray` set the workers build the task and LM from the config: don't pass lm= or task= "
+            "(or set ray to null)"
+        )
 
 
 def node_resources(kind: StepKind | None, cluster: dict[str, float], n_seeds: int) -> dict[str, Any]:
@@ -96,11 +98,17 @@ def connected(address: str) -> Iterator[Any]:
     env = {k: v for k, v in os.environ.items() if k.startswith("COTUNE_")}  # the same request cache and folders
     local = address == "local"
     try:
-        ray.init(address=None if local else address, runtime_env={"env_vars": env} if env else None,
-                 include_dashboard=False if local else None, log_to_driver=False)  # fmt: skip
+        ray.init(
+            address=None if local else address,
+            runtime_env={"env_vars": env} if env else None,
+            include_dashboard=False if local else None,
+            log_to_driver=False,
+        )
     except ConnectionError as e:
-        raise InfrastructureError(f"can't reach the Ray cluster at {address!r} ({e}); start one (`ray start --head`) "
-                                  "or pass --ray alone for a local one") from None  # fmt: skip
+        raise InfrastructureError(
+            f"can't reach the Ray cluster at {address!r} ({e}); start one (`ray start --head`) "
+            "or pass --ray alone for a local one"
+        ) from None
     try:
         yield ray
     finally:
@@ -170,8 +178,12 @@ def _collect(ray: Any, ref: Any, bar: Any, failures: list[dict[str, Any]], died:
     except ray.exceptions.RayTaskError as e:  # the node raised what the runner does not accept: stop
         cause = getattr(e, "cause", None)
         raise cause if isinstance(cause, CotuneError) else e from None
-    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError,
-            ray.exceptions.LocalRayletDiedError) as e:  # fmt: skip
+    except (
+        ray.exceptions.WorkerCrashedError,
+        ray.exceptions.NodeDiedError,
+        ray.exceptions.OutOfMemoryError,
+        ray.exceptions.LocalRayletDiedError,
+    ) as e:
         died(InfrastructureError(f"the Ray worker running it died ({type(e).__name__}: {str(e)[:300]})"))
         return False
     for postfix in outcome["advances"]:

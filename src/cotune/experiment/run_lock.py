@@ -61,14 +61,15 @@ class RunLock:
                 holder = f.read().strip() or "another process"
                 f.close()
                 raise RunInUseError(
-                    f"run directory {self.folder} is in use by {holder}; wait for it to finish or stop it, "
-                    "then resume",
+                    f"run directory {self.folder} is in use by {holder}; wait for it to finish or stop it, then resume",
                     holder=holder,
                 ) from None
             f.seek(0)
             f.truncate()
             command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]
-            f.write(f"process {os.getpid()} on {socket.gethostname()} ({command!r}, since {dt.datetime.now():%Y-%m-%d %H:%M:%S})")
+            f.write(
+                f"process {os.getpid()} on {socket.gethostname()} ({command!r}, since {dt.datetime.now():%Y-%m-%d %H:%M:%S})"
+            )
             f.flush()
             self._file, self._depth = f, 1
 

@@ -81,7 +81,9 @@ class RunDir:
     def open(cls, path: str | Path) -> RunDir:
         run = cls(path)
         if not (run.path / cls.CONFIG).is_file():
-            raise ConfigError(f"{run.path} is not a run directory (no {cls.CONFIG}); pass the folder `cotune run` created")
+            raise ConfigError(
+                f"{run.path} is not a run directory (no {cls.CONFIG}); pass the folder `cotune run` created"
+            )
         return run
 
     @staticmethod
@@ -89,7 +91,9 @@ class RunDir:
         return f"{dt.date.today().isoformat()}-{task}-{Path(model).name}"
 
     def config(self) -> dict[str, Any]:
-        config = read_json(self.path / self.CONFIG, "it holds the run's settings: restore it from a backup, or start a new run")
+        config = read_json(
+            self.path / self.CONFIG, "it holds the run's settings: restore it from a backup, or start a new run"
+        )
         if not isinstance(config, dict):
             raise ConfigError(f"{self.path / self.CONFIG} is corrupt (not a JSON object); restore it from a backup")
         return config
@@ -140,5 +144,7 @@ class RunDir:
     def results(self) -> dict[str, Any]:
         path = self.path / self.RESULTS
         if not path.is_file():
-            raise ConfigError(f"{self.path} has no {self.RESULTS} yet; run `cotune run --resume {self.path}` to finish it")
+            raise ConfigError(
+                f"{self.path} has no {self.RESULTS} yet; run `cotune run --resume {self.path}` to finish it"
+            )
         return read_json(path)

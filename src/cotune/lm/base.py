@@ -131,8 +131,13 @@ class LM(ABC):
     # The local folder of the base weights, for backends that have one (the trainer loads the same base).
     model_path: str | None = None
 
-    def __init__(self, *, cache: RequestCache | bool | None = True, config: GenerationConfig | None = None,
-                 constrained: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        *,
+        cache: RequestCache | bool | None = True,
+        config: GenerationConfig | None = None,
+        constrained: bool = True,
+    ):
         self.cache: RequestCache | None = open_cache(cache)
         self.config = config or GenerationConfig()
         self.constrained = constrained

@@ -340,18 +340,20 @@ def list_models() -> list[dict[str, Any]]:
     rows = []
     for source in MODELS.values():
         converted = is_converted(source.folder)
-        rows.append({
-            "name": source.name,
-            "description": source.description,
-            "parameters": source.parameters,
-            "source": source.source,
-            "install": source.install,
-            "installed": source.package_dirs() is not None,
-            "converted": converted,
-            "path": str(source.folder),
-            "size": sum(f.stat().st_size for f in source.folder.rglob("*") if f.is_file()) if converted else None,
-            "default": source.name == DEFAULT_MODEL,
-        })  # fmt: skip
+        rows.append(
+            {
+                "name": source.name,
+                "description": source.description,
+                "parameters": source.parameters,
+                "source": source.source,
+                "install": source.install,
+                "installed": source.package_dirs() is not None,
+                "converted": converted,
+                "path": str(source.folder),
+                "size": sum(f.stat().st_size for f in source.folder.rglob("*") if f.is_file()) if converted else None,
+                "default": source.name == DEFAULT_MODEL,
+            }
+        )
     return rows
 
 

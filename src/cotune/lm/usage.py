@@ -19,8 +19,9 @@ class Usage:
     cache_hits: int = 0
     unconstrained: int = 0
 
-    def add_call(self, prompt_tokens: int, completion_tokens: int, seconds: float, cached: bool,
-                 unconstrained: bool = False) -> None:  # fmt: skip
+    def add_call(
+        self, prompt_tokens: int, completion_tokens: int, seconds: float, cached: bool, unconstrained: bool = False
+    ) -> None:
         self.calls += 1
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
@@ -48,7 +49,9 @@ class Usage:
         u = cls()
         for s in steps:
             d = s["usage"] if isinstance(s, dict) else s.usage
-            u.add_call(d.get("prompt_tokens", 0), d.get("completion_tokens", 0), d.get("seconds", 0.0), d.get("cached", False))
+            u.add_call(
+                d.get("prompt_tokens", 0), d.get("completion_tokens", 0), d.get("seconds", 0.0), d.get("cached", False)
+            )
         return u
 
 
@@ -59,8 +62,9 @@ class UsageMeter:
         self._usage = Usage()
         self._lock = threading.Lock()
 
-    def add(self, prompt_tokens: int, completion_tokens: int, seconds: float, cached: bool,
-            unconstrained: bool = False) -> None:  # fmt: skip
+    def add(
+        self, prompt_tokens: int, completion_tokens: int, seconds: float, cached: bool, unconstrained: bool = False
+    ) -> None:
         with self._lock:
             self._usage.add_call(prompt_tokens, completion_tokens, seconds, cached, unconstrained)
 

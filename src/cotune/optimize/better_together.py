@@ -253,8 +253,9 @@ class BetterTogether(Optimizer):
         scored = self._score(current, valset, name, events) if valset is not None else None
         score = scored.score if scored is not None else None
         val_scores = scored.scores() if scored is not None else None
-        result = StepResult(len(steps), kind, name, current, score, info, seconds, steps, val_scores=val_scores,
-                            handoff=handoff)  # fmt: skip
+        result = StepResult(
+            len(steps), kind, name, current, score, info, seconds, steps, val_scores=val_scores, handoff=handoff
+        )
         hooks.finished(result)
         emit(events, "step.done", strategy=name, kind=letter, index=len(steps), val_score=score)
         return result

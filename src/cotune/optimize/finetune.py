@@ -166,8 +166,9 @@ class BootstrapFinetune(Optimizer):
         groups = {MULTITASK_ADAPTER: list(named)} if self.multitask else {n: [n] for n in named}
         bases = {g: self._student_lm(names, named) for g, names in groups.items()}
         # Before any trace or training step: a server that cannot take the adapter must fail now.
-        targets = {g: weights_target(lm, base_model=self.base_model, init=self.init, events=events)
-                   for g, lm in bases.items()}  # fmt: skip
+        targets = {
+            g: weights_target(lm, base_model=self.base_model, init=self.init, events=events) for g, lm in bases.items()
+        }
 
         traces = self._traces(program, trainset, events)
         passed = passing(traces, self.metric_threshold)
@@ -181,8 +182,14 @@ class BootstrapFinetune(Optimizer):
         self.passed_by_predictor_ = count_by_predictor(kept, named)
         runs = [t for t in kept if t.source == "run"]
         self.coverage_ = coverage(runs, trainset, _class_fields(named.values())) if self.traces is None else None
-        emit(events, "finetune.traces", total=len(traces), passed=len(kept), by_predictor=self.passed_by_predictor_,
-             coverage=self.coverage_)  # fmt: skip
+        emit(
+            events,
+            "finetune.traces",
+            total=len(traces),
+            passed=len(kept),
+            by_predictor=self.passed_by_predictor_,
+            coverage=self.coverage_,
+        )
         if not kept:
             raise TrainingError(
                 f"0 of {len(traces)} traces passed the metric; try a prompt step first or lower the threshold"
@@ -245,11 +252,18 @@ class BootstrapFinetune(Optimizer):
         if not trainset:
             raise ConfigError("BootstrapFinetune needs a non-empty trainset (or traces=FILE)")
         return collect_traces(
-            self.teacher if self.teacher is not None else program, trainset, self.metric,
-            num_rollouts=self.num_rollouts, temperature=self.rollout_temperature,
-            num_threads=self.num_threads, seed=self.seed, stop_at_first_pass=self.stop_at_first_pass,
-            threshold=self.metric_threshold, min_p=self.rollout_min_p, events=events,
-        )  # fmt: skip
+            self.teacher if self.teacher is not None else program,
+            trainset,
+            self.metric,
+            num_rollouts=self.num_rollouts,
+            temperature=self.rollout_temperature,
+            num_threads=self.num_threads,
+            seed=self.seed,
+            stop_at_first_pass=self.stop_at_first_pass,
+            threshold=self.metric_threshold,
+            min_p=self.rollout_min_p,
+            events=events,
+        )
 
     def _fill(self, program, trainset, passed, kept, events) -> list[Trace]:
         """Label traces for the training examples no kept run covers; with a traces file, the file's own."""
@@ -258,8 +272,11 @@ class BootstrapFinetune(Optimizer):
         covered = {t.example_index for t in kept}
         filled = labeled_traces(program, trainset, skip=covered)
         if not filled and len(covered) < len(trainset):
-            emit(events, "finetune.labels_unused",
-                 reason="no predictor takes only the examples' inputs and outputs only their labels")  # fmt: skip
+            emit(
+                events,
+                "finetune.labels_unused",
+                reason="no predictor takes only the examples' inputs and outputs only their labels",
+            )
         emit(events, "finetune.labels", covered_by_runs=len(covered), filled=len(filled))
         return filled
 
@@ -279,7 +296,11 @@ class BootstrapFinetune(Optimizer):
         return default_cache_dir() / "adapters" / f"{model}-{digest}"
 
     def _train(
-        self, examples: list[ChatExample], target: LocalWeights | ServedWeights, out: Path, config: LoRAConfig,
+        self,
+        examples: list[ChatExample],
+        target: LocalWeights | ServedWeights,
+        out: Path,
+        config: LoRAConfig,
         events: EventSink | None,
     ) -> TrainResult:
         init_adapter = target.lm.adapter if self.init == "continue" else None
@@ -289,9 +310,14 @@ class BootstrapFinetune(Optimizer):
         # in the process, and every generation after the training slower (`LM.run_compute`).
         return target.lm.run_compute(
             lambda: trainer.train(
-                examples, base_model_path=target.path, output_dir=out, config=config, base_model=target.name,
-                init_adapter=init_adapter, events=events,
-            )  # fmt: skip
+                examples,
+                base_model_path=target.path,
+                output_dir=out,
+                config=config,
+                base_model=target.name,
+                init_adapter=init_adapter,
+                events=events,
+            )
         )
 
 

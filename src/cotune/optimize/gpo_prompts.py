@@ -16,7 +16,9 @@ from cotune.program.signature import Signature
 
 # The current instruction comes last, right before the reply: small models continue what they read last,
 # and it is the text to change.
-PROPOSER_SIGNATURE = "task_examples, past_instructions, current_score, edit_budget, current_instruction -> new_instruction"
+PROPOSER_SIGNATURE = (
+    "task_examples, past_instructions, current_score, edit_budget, current_instruction -> new_instruction"
+)
 
 _CONTEXT = (
     "You improve the instruction that tells a language model how to solve a task. You see examples of the "

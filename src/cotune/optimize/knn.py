@@ -142,7 +142,9 @@ class KNNSelector:
         self.pool = list(pool)
         self.vectors = np.asarray(vectors, dtype=np.float32)
         if self.vectors.ndim != 2 or len(self.vectors) != len(self.pool):
-            raise ConfigError(f"kNN index has {self.vectors.shape[0] if self.vectors.ndim else 0} vectors for {len(self.pool)} demos")
+            raise ConfigError(
+                f"kNN index has {self.vectors.shape[0] if self.vectors.ndim else 0} vectors for {len(self.pool)} demos"
+            )
         self.k, self.fields = k, list(fields)
         self.spec = dict(spec) if spec is not None else embedder_spec(embedder)
         self.texts = [demo_text(d, self.fields) for d in self.pool]
@@ -294,7 +296,9 @@ class KNNFewShot(Optimizer):
         emit(events, "knn.done", k=self.k, pools=self.pool_sizes_)
         return student
 
-    def _pools(self, program: Program, trainset: Sequence[Example], events: EventSink | None) -> dict[str, list[Example]]:
+    def _pools(
+        self, program: Program, trainset: Sequence[Example], events: EventSink | None
+    ) -> dict[str, list[Example]]:
         """Each predictor's demo pool; sets ``pool_sizes_``, ``n_passed_``, ``n_run_``."""
         generate = self.demos != "labeled" and (self.metric is not None or self.bootstrap is not None)
         generated: dict[str, list[Example]] = {}

@@ -73,8 +73,16 @@ class Trace:
     @classmethod
     def from_row(cls, row: Row, example_index: int, **provenance: Any) -> Trace:
         """The trace of an evaluated example (`evaluate`'s `Row`); ``provenance``: rollout_id, temperature..."""
-        return cls(example_index, row.inputs, row.labels, row.prediction, row.score, list(row.trace), error=row.error,
-                   **provenance)  # fmt: skip
+        return cls(
+            example_index,
+            row.inputs,
+            row.labels,
+            row.prediction,
+            row.score,
+            list(row.trace),
+            error=row.error,
+            **provenance,
+        )
 
     def passed(self, threshold: float | None = None) -> bool:
         """Whether the run counts as a success: score >= ``threshold`` (None: full marks, score >= 1)."""
@@ -195,14 +203,22 @@ class Rollouts:
                     errors = [r for r in result.rows if r.error_kind == "exception"]
                     if len(errors) == len(result.rows):
                         # Parse failures are the model's fault; an exception on every example is a bug to show.
-                        raise EvaluationError(f"the teacher program raised on all {len(errors)} examples; "
-                                              f"first: {errors[0].error}")  # fmt: skip
+                        raise EvaluationError(
+                            f"the teacher program raised on all {len(errors)} examples; first: {errors[0].error}"
+                        )
         return [[self._runs[(key, round_)].result() for key, _ in items] for round_ in rounds]
 
     def _run_claim(self, round_: int, mine: list[Item], threads: int) -> EvaluationResult:
         try:
-            result = evaluate(self.program(round_), [ex for _, ex in mine], self.metric, num_threads=threads,
-                              max_errors=self.max_errors, events=self.events, description=self.describe(round_))  # fmt: skip
+            result = evaluate(
+                self.program(round_),
+                [ex for _, ex in mine],
+                self.metric,
+                num_threads=threads,
+                max_errors=self.max_errors,
+                events=self.events,
+                description=self.describe(round_),
+            )
         except BaseException as e:
             for key, _ in mine:
                 self._runs[(key, round_)].set_exception(e)
@@ -251,8 +267,17 @@ def collect_traces(
     def describe(r: int) -> str:
         return "collect traces" if num_rollouts == 1 else f"collect traces (rollout {r + 1}/{num_rollouts})"
 
-    runs = Rollouts(teacher, metric, temperature=temperature, min_p=min_p, seed=seed, num_threads=num_threads,
-                    max_errors=10, events=events, describe=describe)  # fmt: skip
+    runs = Rollouts(
+        teacher,
+        metric,
+        temperature=temperature,
+        min_p=min_p,
+        seed=seed,
+        num_threads=num_threads,
+        max_errors=10,
+        events=events,
+        describe=describe,
+    )
     traces: list[Trace] = []
     todo: list[Item] = list(enumerate(examples))
     fill = min(len(examples), ROUND_FILL)

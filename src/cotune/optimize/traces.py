@@ -70,8 +70,19 @@ def labeled_traces(program: Program | Any, examples: Sequence[Example], *, skip:
             completion = fmt.render_fields(sig.outputs, outputs)
             steps.append(TraceStep(name, kept, outputs, p.messages(**kept), completion))
         if steps:
-            out.append(Trace(i, dict(inputs), dict(labels), dict(labels), 1.0, steps, rollout_id=-1,
-                             program=fingerprint, source="labels"))
+            out.append(
+                Trace(
+                    i,
+                    dict(inputs),
+                    dict(labels),
+                    dict(labels),
+                    1.0,
+                    steps,
+                    rollout_id=-1,
+                    program=fingerprint,
+                    source="labels",
+                )
+            )
     return out
 
 
@@ -160,8 +171,9 @@ def load_traces(path: str | Path) -> list[Trace]:
                 d = json.loads(line)
                 version = d.get("format_version", FORMAT_VERSION)
                 if version != FORMAT_VERSION:
-                    raise DataError(f"traces format_version {version}; this cotune reads {FORMAT_VERSION}",
-                                    path=path, line=lineno)
+                    raise DataError(
+                        f"traces format_version {version}; this cotune reads {FORMAT_VERSION}", path=path, line=lineno
+                    )
                 traces.append(Trace.from_dict(d))
             except DataError:
                 raise

@@ -51,8 +51,9 @@ class ServedWeights:
         return self.lm.with_adapter(served)
 
 
-def weights_target(lm: LM, *, base_model: str | Path | None, init: str, events: EventSink | None = None
-                   ) -> LocalWeights | ServedWeights:  # fmt: skip
+def weights_target(
+    lm: LM, *, base_model: str | Path | None, init: str, events: EventSink | None = None
+) -> LocalWeights | ServedWeights:
     """The target for a student bound to ``lm``.
 
     Raises:

@@ -26,8 +26,17 @@ class ChainOfThought(Predict):
         ('2 and 2.', '4')
     """
 
-    def __init__(self, signature: str | Signature, *, reasoning_desc: str = REASONING_DESC,
-                 reasoning_budget: int | None = REASONING_BUDGET, **kwargs: Any):  # fmt: skip
+    def __init__(
+        self,
+        signature: str | Signature,
+        *,
+        reasoning_desc: str = REASONING_DESC,
+        reasoning_budget: int | None = REASONING_BUDGET,
+        **kwargs: Any,
+    ):
         base = ensure_signature(signature)
-        super().__init__(base.prepend_output("reasoning", reasoning_desc, required=False),
-                         reasoning_budget=reasoning_budget, **kwargs)  # fmt: skip
+        super().__init__(
+            base.prepend_output("reasoning", reasoning_desc, required=False),
+            reasoning_budget=reasoning_budget,
+            **kwargs,
+        )

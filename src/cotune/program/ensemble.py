@@ -90,7 +90,13 @@ class ChoiceShuffleEnsemble(Program):
     """
 
     def __init__(
-        self, program: Program, *, m: int = 5, options_field: str = "options", answer_field: str = "answer", seed: int = 0
+        self,
+        program: Program,
+        *,
+        m: int = 5,
+        options_field: str = "options",
+        answer_field: str = "answer",
+        seed: int = 0,
     ):
         _check_m(m)
         self.program = program
@@ -130,11 +136,13 @@ class ChoiceShuffleEnsemble(Program):
             raise first_error  # every run failed to parse: a parse failure of the ensemble, raw text kept
         cast = [v for v in votes if v is not None]
         winner = _winner(cast)
-        return Prediction({
-            self.answer_field: "" if winner is None else LETTERS[winner],
-            "agreement": 0.0 if winner is None else cast.count(winner) / len(votes),
-            "votes": [None if v is None else LETTERS[v] for v in votes],
-        })  # fmt: skip
+        return Prediction(
+            {
+                self.answer_field: "" if winner is None else LETTERS[winner],
+                "agreement": 0.0 if winner is None else cast.count(winner) / len(votes),
+                "votes": [None if v is None else LETTERS[v] for v in votes],
+            }
+        )
 
     # -- state: the ensemble's settings travel with the inner program's prompts ----------------------
     def dump_state(self) -> dict[str, Any]:

@@ -144,8 +144,11 @@ def parse(signature: Signature, text: str) -> dict[str, Any]:
             shown = value if isinstance(value, str) else json.dumps(value, default=str)
             raise ParseError(
                 f"output field {f.name!r} has value {_clip(shown)!r}, which is not {f.type.describe()} ({e})",
-                raw=text, missing=[f.name], field=f.name, value=shown,
-            )  # fmt: skip
+                raw=text,
+                missing=[f.name],
+                field=f.name,
+                value=shown,
+            )
     missing = [f.name for f in signature.outputs if f.required and f.name not in found]
     if missing:
         raise ParseError(f"completion lacks output field(s) {', '.join(missing)}", raw=text, missing=missing)

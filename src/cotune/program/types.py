@@ -89,9 +89,7 @@ class FieldType:
         m = re.fullmatch(r"list\[(.*)\]", s, re.DOTALL)
         if m:
             return cls("list", item=cls.parse(m.group(1)))
-        raise TypeSpecError(
-            f"unknown type {s!r}; use str, int, float, bool, list[<type>], json or Literal['a', 'b']"
-        )
+        raise TypeSpecError(f"unknown type {s!r}; use str, int, float, bool, list[<type>], json or Literal['a', 'b']")
 
     @classmethod
     def from_annotation(cls, annotation: Any) -> FieldType:

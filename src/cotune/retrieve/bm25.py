@@ -92,7 +92,9 @@ class BM25Retriever:
             elif isinstance(item, Mapping) and "text" in item:
                 title, text = str(item.get("title") or ""), str(item["text"])
             else:
-                raise DataError(f"corpus item {i} must be a string or a mapping with 'text' (and 'title'), got {item!r:.80}")
+                raise DataError(
+                    f"corpus item {i} must be a string or a mapping with 'text' (and 'title'), got {item!r:.80}"
+                )
             self.titles.append(title)
             self.texts.append(text)
         if not self.texts:

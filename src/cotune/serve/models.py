@@ -82,10 +82,20 @@ class ServedModels:
         root = self.base.model_path or self.base.model
         with self._lock:
             paths = dict(self._paths)
-        cards = [{"id": self.default, "object": "model", "created": created, "owned_by": "cotune", "root": root,
-                  "parent": None}]  # fmt: skip
-        cards += [{"id": n, "object": "model", "created": created, "owned_by": "cotune", "root": p,
-                   "parent": self.default} for n, p in paths.items()]  # fmt: skip
+        cards = [
+            {
+                "id": self.default,
+                "object": "model",
+                "created": created,
+                "owned_by": "cotune",
+                "root": root,
+                "parent": None,
+            }
+        ]
+        cards += [
+            {"id": n, "object": "model", "created": created, "owned_by": "cotune", "root": p, "parent": self.default}
+            for n, p in paths.items()
+        ]
         return cards
 
     def handle_lora(self, path: str, body: Any) -> str:
@@ -102,8 +112,9 @@ class ServedModels:
                 raise RequestError(400, "Both 'lora_name' and 'lora_path' must be provided.", kind="InvalidUserInput")
             return self.load(name, folder)
         if not isinstance(name, str) or not name:
-            raise RequestError(400, "either 'lora_name' and 'lora_int_id' needs to be provided.",
-                               kind="InvalidUserInput")  # fmt: skip
+            raise RequestError(
+                400, "either 'lora_name' and 'lora_int_id' needs to be provided.", kind="InvalidUserInput"
+            )
         return self.unload(name)
 
     def load(self, name: str, folder: str) -> str:
@@ -116,8 +127,9 @@ class ServedModels:
             lm = self.base.with_adapter(folder)  # checks its base model; the weights load on first use
         except ConfigError as e:
             kind, status = ("NotFoundError", 404) if "not a LoRA adapter folder" in str(e) else ("BadRequestError", 400)
-            raise RequestError(status, f"No adapter found for {folder}: {e}" if status == 404 else str(e),
-                               kind=kind) from None  # fmt: skip
+            raise RequestError(
+                status, f"No adapter found for {folder}: {e}" if status == 404 else str(e), kind=kind
+            ) from None
         with self._lock:
             if name in self._models:  # another request loaded the same name meanwhile
                 raise RequestError(400, f"The lora adapter '{name}' has already been loaded.", kind="InvalidUserInput")

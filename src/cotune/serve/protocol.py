@@ -163,9 +163,10 @@ def response_constraint(fmt: Any, lm: LM) -> Constraint | None:
     """
     if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
         raise RequestError(
-            400, "'response_format' must be {\"type\": \"text\" | \"json_object\" | \"json_schema\", ...}",
+            400,
+            '\'response_format\' must be {"type": "text" | "json_object" | "json_schema", ...}',
             param="response_format",
-        )  # fmt: skip
+        )
     if fmt["type"] == "text":
         return None
     if lm.capabilities.structured_output != "grammar":

@@ -130,8 +130,9 @@ class _Handler(BaseHTTPRequestHandler):
                 status, body = 200, self.server.models.handle_lora(path, request)
                 name = request["lora_name"]
             else:
-                name, lm, messages, overrides = parse_request(request, self.server.models.snapshot(),
-                                                              self.server.models.default)  # fmt: skip
+                name, lm, messages, overrides = parse_request(
+                    request, self.server.models.snapshot(), self.server.models.default
+                )
                 check_max_tokens(overrides, self.server.policy.token_cap(lm))
                 self.server.admission.check(lm, messages, overrides)  # before it takes a slot or the model's time
                 lm = self.server.for_request(name, overrides)

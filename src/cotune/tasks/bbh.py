@@ -126,7 +126,9 @@ class BBHSolver(Program):
     """One chain-of-thought predictor, ``solve``: question → reasoning → answer (free-text subtasks)."""
 
     def __init__(self, instruction: str | None = None):
-        sig = Signature.parse("question -> answer", instruction or FREE_TEXT_INSTRUCTION, answer="the final answer only")
+        sig = Signature.parse(
+            "question -> answer", instruction or FREE_TEXT_INSTRUCTION, answer="the final answer only"
+        )
         self.solve = ChainOfThought(sig)
 
     def forward(self, question: str) -> Prediction:
@@ -181,7 +183,9 @@ def read_examples(path: Path) -> tuple[list[Example], bool, int]:
     examples, dropped = [], 0
     for row, opts in parsed:
         if not multiple_choice:
-            examples.append(Example(question=str(row["input"]).strip(), answer=str(row["target"]).strip()).with_inputs("question"))
+            examples.append(
+                Example(question=str(row["input"]).strip(), answer=str(row["target"]).strip()).with_inputs("question")
+            )
             continue
         letter = _TARGET_LETTER.match(str(row["target"]).strip())
         if opts is None or letter is None or LETTERS.index(letter.group(1)) >= len(opts[1]):
@@ -192,9 +196,7 @@ def read_examples(path: Path) -> tuple[list[Example], bool, int]:
     return examples, multiple_choice, dropped
 
 
-def load(
-    *, subtask: str | None = None, data_dir: str | Path | None = None, seed: int = 0, **sizes: int | None
-) -> Task:
+def load(*, subtask: str | None = None, data_dir: str | Path | None = None, seed: int = 0, **sizes: int | None) -> Task:
     """Load one BBH subtask (see the module docstring for fields and splits).
 
     Args:
@@ -210,8 +212,10 @@ def load(
     if subtask not in SUBTASKS:
         error = UnknownChoiceError("bbh subtask", subtask, SUBTASKS)
         if subtask is None:  # the bare family name
-            error.args = (f"bbh is a family of {len(SUBTASKS)} tasks: name one as bbh:<subtask>; "
-                          f"choose one of: {', '.join(error.choices)}",)  # fmt: skip
+            error.args = (
+                f"bbh is a family of {len(SUBTASKS)} tasks: name one as bbh:<subtask>; "
+                f"choose one of: {', '.join(error.choices)}",
+            )
         raise error
     given_test = sizes.get("test")
     n = resolve_sizes("bbh", INFO.sizes, sizes)

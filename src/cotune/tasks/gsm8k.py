@@ -90,7 +90,11 @@ def parse_row(row: dict[str, Any]) -> dict[str, Any]:
     gold = gold.strip().replace(",", "")
     if not sep or parse_number(gold) is None:
         raise ValueError(f"answer has no '#### <number>' ending: {row['answer']!r:.80}")
-    return {"question": str(row["question"]).strip(), "answer": gold, "reasoning": _CALCULATOR.sub("", solution).strip()}
+    return {
+        "question": str(row["question"]).strip(),
+        "answer": gold,
+        "reasoning": _CALCULATOR.sub("", solution).strip(),
+    }
 
 
 def read_split(source: Path | str, split: str, limit: int | None = None) -> Dataset:

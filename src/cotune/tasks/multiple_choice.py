@@ -193,9 +193,12 @@ def load_multiple_choice(
         (['3', '4', '5'], 'B', ['options', 'question'])
     """
     transform = row_reader(
-        question_field=question_field, options_field=options_field, answer_field=answer_field,
-        option_fields=option_fields, separator=separator,
-    )  # fmt: skip
+        question_field=question_field,
+        options_field=options_field,
+        answer_field=answer_field,
+        option_fields=option_fields,
+        separator=separator,
+    )
     required = list(INPUTS) + ["answer"]
     text = str(source)
     if text.startswith(HF_PREFIX) or Path(text).is_dir():

@@ -52,9 +52,7 @@ def task_info(name: str) -> TaskInfo:
     return _module(name).INFO
 
 
-def load_task(
-    name: str, *, data_dir: str | os.PathLike[str] | None = None, seed: int = 0, **sizes: int | None
-) -> Task:
+def load_task(name: str, *, data_dir: str | os.PathLike[str] | None = None, seed: int = 0, **sizes: int | None) -> Task:
     """Load a built-in task with its splits, program and metrics.
 
     Args:

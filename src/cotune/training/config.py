@@ -98,9 +98,7 @@ class LoRAConfig:
             "faster there, see LoRAConfig.trains_in_bf16). False always trains in float32."
         },
     )
-    device: str = field(
-        default="auto", metadata={"help": "'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'."}
-    )
+    device: str = field(default="auto", metadata={"help": "'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'."})
     num_threads: int | None = field(
         default=None,
         metadata={

@@ -52,8 +52,9 @@ def checked_trunk(model, tokenized, pad_id, config: LoRAConfig, device: str) -> 
     first = first_trained_layer(model)
     if not first:
         return None
-    trunk = TrunkCache.build(model, first, tokenized, pad_id, device, config.batch_size,
-                             checkpointing=config.gradient_checkpointing)
+    trunk = TrunkCache.build(
+        model, first, tokenized, pad_id, device, config.batch_size, checkpointing=config.gradient_checkpointing
+    )
     if trunk is None:
         return None
     indices = list(range(min(config.batch_size, len(tokenized))))
@@ -61,8 +62,9 @@ def checked_trunk(model, tokenized, pad_id, config: LoRAConfig, device: str) -> 
         return trunk
     warnings.warn(
         "the frozen-trunk cache does not reproduce this model's forward; training through every layer",
-        RuntimeWarning, stacklevel=2,
-    )  # fmt: skip
+        RuntimeWarning,
+        stacklevel=2,
+    )
     return None
 
 
@@ -84,8 +86,10 @@ def sharing_holds(model, tokenized, trunk, pad_id, config: LoRAConfig, device: s
     if not holds:
         warnings.warn(
             "running the shared prompt prefix once does not reproduce this model's forward; every row runs its "
-            "whole sequence", RuntimeWarning, stacklevel=2,
-        )  # fmt: skip
+            "whole sequence",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return holds
 
 

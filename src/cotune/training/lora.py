@@ -156,8 +156,9 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
             for start in range(0, len(batches), config.gradient_accumulation_steps):
                 group = batches[start : start + config.gradient_accumulation_steps]
                 t0 = time.perf_counter()
-                loss = _optimizer_step(model, optimizer, scheduler, tokenized, group, trunk, pad_id, config, device,
-                                       share)  # fmt: skip
+                loss = _optimizer_step(
+                    model, optimizer, scheduler, tokenized, group, trunk, pad_id, config, device, share
+                )
                 step_seconds.append(time.perf_counter() - t0)
                 if not math.isfinite(loss):
                     raise TrainingError(
@@ -185,8 +186,9 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
         n_dropped=n_dropped,
         step_seconds=step_seconds,
     )
-    metadata = adapter_metadata(result, config, base_model_path=base_model_path, base_model=base_model,
-                                init_adapter=init_adapter)  # fmt: skip
+    metadata = adapter_metadata(
+        result, config, base_model_path=base_model_path, base_model=base_model, init_adapter=init_adapter
+    )
     save_adapter(model, metadata, output_dir)
     emit(events, "finetune.done", adapter=str(output_dir), final_loss=final_loss, steps=result.steps)
     # ---- cleanup: drop the training copy of the model now rather than whenever the caller lets go.
@@ -195,9 +197,14 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
 
 
 def adapter_metadata(
-    result: TrainResult, config: LoRAConfig, *, base_model_path: str | Path, base_model: str | None = None,
-    init_adapter: str | Path | None = None, **extra: Any,
-) -> dict[str, Any]:  # fmt: skip
+    result: TrainResult,
+    config: LoRAConfig,
+    *,
+    base_model_path: str | Path,
+    base_model: str | None = None,
+    init_adapter: str | Path | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """What ``cotune_adapter.json`` holds: base model, training data hash, hyperparameters, losses, versions;
     ``extra`` adds trainer-specific entries (e.g. the trainer's name and its library versions)."""
     return {
@@ -266,8 +273,9 @@ def _optimizer_step(model, optimizer, scheduler, tokenized, group, trunk, pad_id
     total = 0.0
     with training_errors(config):
         for batch in group:
-            logits, targets = batch_logits(model, [tokenized[i] for i in batch], batch, trunk, pad_id, config,
-                                            device, share)  # fmt: skip
+            logits, targets = batch_logits(
+                model, [tokenized[i] for i in batch], batch, trunk, pad_id, config, device, share
+            )
             loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / n_tokens
             loss.backward()
             total += loss.item()

@@ -51,8 +51,13 @@ def load_for_training(base_model_path: str | Path, init_adapter: str | Path | No
             else:
                 target = _target_modules(model, config)
                 lora = LoraConfig(
-                    r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=target,
-                    task_type="CAUSAL_LM", bias="none", layers_to_transform=_top_layers(model, config),
+                    r=config.r,
+                    lora_alpha=config.alpha,
+                    lora_dropout=config.dropout,
+                    target_modules=target,
+                    task_type="CAUSAL_LM",
+                    bias="none",
+                    layers_to_transform=_top_layers(model, config),
                 )
                 # peft draws its initial weights from torch's default generator: keep that generator's state
                 # as it was, then draw the adapter's A matrices again from a generator of our own.
@@ -78,7 +83,9 @@ def _target_modules(model: Any, config: LoRAConfig) -> str | list[str]:
         return config.target_modules
     found = decoder_layers(model)
     if found is None:
-        raise TrainingError("top_layers needs a model with a list of decoder layers; this one has none that cotune finds")
+        raise TrainingError(
+            "top_layers needs a model with a list of decoder layers; this one has none that cotune finds"
+        )
     return sorted({n.rsplit(".", 1)[-1] for n, m in found[2].named_modules() if isinstance(m, torch.nn.Linear)})
 
 

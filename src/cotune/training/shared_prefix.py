@@ -44,15 +44,19 @@ def shared_length(batch: Sequence[TokenizedExample], min_shared: int = MIN_SHARE
     return n if n >= min_shared else 0
 
 
-def prefix_logits(model: Any, shared: int, mask: Any, keep: Any, *, input_ids: Any = None,
-                  inputs_embeds: Any = None) -> Any:  # fmt: skip
+def prefix_logits(
+    model: Any, shared: int, mask: Any, keep: Any, *, input_ids: Any = None, inputs_embeds: Any = None
+) -> Any:
     """The model's logits at the ``keep`` positions of a right-padded batch whose first ``shared`` tokens are
     the same in every row, those computed once. Give the batch as ``input_ids`` or ``inputs_embeds``."""
     import torch
 
     rows, width = mask.shape
-    head, tail = ({"input_ids": input_ids[:1, :shared]}, {"input_ids": input_ids[:, shared:]}) if input_ids is not None \
-        else ({"inputs_embeds": inputs_embeds[:1, :shared]}, {"inputs_embeds": inputs_embeds[:, shared:]})  # fmt: skip
+    head, tail = (
+        ({"input_ids": input_ids[:1, :shared]}, {"input_ids": input_ids[:, shared:]})
+        if input_ids is not None
+        else ({"inputs_embeds": inputs_embeds[:1, :shared]}, {"inputs_embeds": inputs_embeds[:, shared:]})
+    )
     # No logits from the prefix (an all-False mask): its cache is what the rows need. `logits_to_keep=1` would
     # project one position, and torch's matmul of that (1, 1, hidden) view copied the transposed output head
     # (113 MB on SmolLM2) into a batched product: ~90 ms of a 0.6 s training step (measured under bf16 autocast).
@@ -61,8 +65,15 @@ def prefix_logits(model: Any, shared: int, mask: Any, keep: Any, *, input_ids: A
     cache = prefix.past_key_values
     cache.batch_repeat_interleave(rows)
     positions = torch.arange(shared, width, device=mask.device)
-    out = model(**tail, attention_mask=mask, position_ids=positions[None].expand(rows, -1), cache_position=positions,
-                past_key_values=cache, use_cache=True, logits_to_keep=keep[:, shared:])  # fmt: skip
+    out = model(
+        **tail,
+        attention_mask=mask,
+        position_ids=positions[None].expand(rows, -1),
+        cache_position=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=keep[:, shared:],
+    )
     return out.logits
 
 

@@ -53,10 +53,16 @@ class Trainer(Protocol):
     name: str
 
     def train(
-        self, examples: Sequence[ChatExample], *, base_model_path: str | Path, output_dir: str | Path,
-        config: LoRAConfig, base_model: str | None = None, init_adapter: str | Path | None = None,
+        self,
+        examples: Sequence[ChatExample],
+        *,
+        base_model_path: str | Path,
+        output_dir: str | Path,
+        config: LoRAConfig,
+        base_model: str | None = None,
+        init_adapter: str | Path | None = None,
         events: EventSink | None = None,
-    ) -> TrainResult: ...  # fmt: skip
+    ) -> TrainResult: ...
 
 
 @dataclass(frozen=True)
@@ -66,12 +72,25 @@ class LocalTrainer:
     name: str = "local"
 
     def train(
-        self, examples: Sequence[ChatExample], *, base_model_path: str | Path, output_dir: str | Path,
-        config: LoRAConfig, base_model: str | None = None, init_adapter: str | Path | None = None,
+        self,
+        examples: Sequence[ChatExample],
+        *,
+        base_model_path: str | Path,
+        output_dir: str | Path,
+        config: LoRAConfig,
+        base_model: str | None = None,
+        init_adapter: str | Path | None = None,
         events: EventSink | None = None,
-    ) -> TrainResult:  # fmt: skip
-        return train_lora(examples, base_model_path=base_model_path, output_dir=output_dir, config=config,
-                          base_model=base_model, init_adapter=init_adapter, events=events)  # fmt: skip
+    ) -> TrainResult:
+        return train_lora(
+            examples,
+            base_model_path=base_model_path,
+            output_dir=output_dir,
+            config=config,
+            base_model=base_model,
+            init_adapter=init_adapter,
+            events=events,
+        )
 
 
 TRAINERS: dict[str, type] = {"local": LocalTrainer, "trl": TRLTrainer}

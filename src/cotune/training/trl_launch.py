@@ -71,9 +71,22 @@ def launch(job: Job, events: EventSink | None = None) -> TrainResult:
 
 
 def _command(job: Job, folder: Path, cpu: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(job.processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port())]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(job.processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+    ]
     if cpu:
         threads = job.config.num_threads or max(1, (os.cpu_count() or 1) // job.processes)
         cmd += ["--num_cpu_threads_per_process", str(threads)]
@@ -92,9 +105,10 @@ def _environment(job: Job, cpu: bool) -> dict[str, str]:
 def _run(cmd: list[str], env: dict[str, str], folder: Path, report: Report) -> tuple[int, str]:
     """Run the launcher; relay the main process's progress lines to ``report``; keep the end of stderr."""
     stderr_path = folder / "stderr.txt"
-    with stderr_path.open("w") as stderr, subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True, bufsize=1
-    ) as proc:  # fmt: skip
+    with (
+        stderr_path.open("w") as stderr,
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True, bufsize=1) as proc,
+    ):
         assert proc.stdout is not None
         for line in proc.stdout:
             if line.startswith(EVENT_PREFIX):

@@ -46,8 +46,9 @@ def train_sft(job: Job, report: Report) -> TrainResult | None:
         tokenizer, model = load_for_training(job.base_model_path, job.init_adapter, config, device)
         tokenized, n_dropped = _tokenized(job.examples, tokenizer, config.max_length)
         trainer = _sft_trainer(model, tokenizer, tokenized, args)
-        steps = _Steps(report, config, examples=len(tokenized), dropped=n_dropped, device=device,
-                       processes=job.processes)  # fmt: skip
+        steps = _Steps(
+            report, config, examples=len(tokenized), dropped=n_dropped, device=device, processes=job.processes
+        )
         trainer.add_callback(steps)
 
         # -- train ------------------------------------------------------------------------------------
@@ -61,16 +62,29 @@ def train_sft(job: Job, report: Report) -> TrainResult | None:
     per_epoch = max(1, trainer.state.max_steps // config.epochs)
     final_loss = sum(losses[-per_epoch:]) / len(losses[-per_epoch:])
     result = TrainResult(
-        adapter_path=str(output_dir), losses=losses, final_loss=final_loss, seconds=time.perf_counter() - t_start,
-        steps=len(losses), n_examples=len(tokenized), n_tokens=sum(len(t) for t in tokenized),
-        peak_memory_bytes=memory.peak, device=device, data_hash=data_hash(job.examples),
-        n_truncated=sum(t.truncated for t in tokenized), n_dropped=n_dropped, step_seconds=steps.seconds,
-    )  # fmt: skip
+        adapter_path=str(output_dir),
+        losses=losses,
+        final_loss=final_loss,
+        seconds=time.perf_counter() - t_start,
+        steps=len(losses),
+        n_examples=len(tokenized),
+        n_tokens=sum(len(t) for t in tokenized),
+        peak_memory_bytes=memory.peak,
+        device=device,
+        data_hash=data_hash(job.examples),
+        n_truncated=sum(t.truncated for t in tokenized),
+        n_dropped=n_dropped,
+        step_seconds=steps.seconds,
+    )
     metadata = adapter_metadata(
-        result, config, base_model_path=job.base_model_path, base_model=job.base_model, init_adapter=job.init_adapter,
+        result,
+        config,
+        base_model_path=job.base_model_path,
+        base_model=job.base_model,
+        init_adapter=job.init_adapter,
         trainer={"name": "trl", "processes": job.processes, "packing": job.packing, "bf16": bf16},
         versions=library_versions() | _trl_versions(),
-    )  # fmt: skip
+    )
     save_adapter(trainer.model, metadata, output_dir)
     report.done(adapter=str(output_dir), final_loss=final_loss, steps=result.steps)
     return result

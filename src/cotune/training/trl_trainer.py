@@ -75,10 +75,16 @@ class TRLTrainer:
         require_trl()
 
     def train(
-        self, examples: Sequence[ChatExample], *, base_model_path: str | Path, output_dir: str | Path,
-        config: LoRAConfig, base_model: str | None = None, init_adapter: str | Path | None = None,
+        self,
+        examples: Sequence[ChatExample],
+        *,
+        base_model_path: str | Path,
+        output_dir: str | Path,
+        config: LoRAConfig,
+        base_model: str | None = None,
+        init_adapter: str | Path | None = None,
         events: EventSink | None = None,
-    ) -> TrainResult:  # fmt: skip
+    ) -> TrainResult:
         """Train and save the adapter; see `cotune.training.lora.train_lora` for the arguments.
 
         Raises:
@@ -87,8 +93,16 @@ class TRLTrainer:
         """
         if not examples:
             raise TrainingError("no training examples: nothing to fine-tune on")
-        job = Job(list(examples), str(base_model_path), str(output_dir), config, base_model,
-                  str(init_adapter) if init_adapter else None, self.processes, self.packing)  # fmt: skip
+        job = Job(
+            list(examples),
+            str(base_model_path),
+            str(output_dir),
+            config,
+            base_model,
+            str(init_adapter) if init_adapter else None,
+            self.processes,
+            self.packing,
+        )
         if self.processes > 1:
             # Imported here, not at the top: the launched processes run trl_launch with ``python -m``, which
             # warns when the package's import has already loaded the module it is about to run.

@@ -95,9 +95,16 @@ class TrunkCache:
 
     @classmethod
     def build(
-        cls, model: Any, first: int, examples: Sequence[TokenizedExample], pad_id: int, device: str,
-        batch_size: int, max_bytes: int = DEFAULT_MAX_BYTES, checkpointing: bool = False,
-    ) -> TrunkCache | None:  # fmt: skip
+        cls,
+        model: Any,
+        first: int,
+        examples: Sequence[TokenizedExample],
+        pad_id: int,
+        device: str,
+        batch_size: int,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        checkpointing: bool = False,
+    ) -> TrunkCache | None:
         """Run the frozen layers once over ``examples``; None when the states would exceed ``max_bytes``."""
         import torch
 
@@ -148,8 +155,9 @@ class TrunkCache:
             states.requires_grad_(True)
         with top_only(self.model, self.first):
             if shared:
-                return kept_logits(prefix_logits(self.model, shared, mask, keep, inputs_embeds=states),
-                                   keep[:, shared:])  # fmt: skip
+                return kept_logits(
+                    prefix_logits(self.model, shared, mask, keep, inputs_embeds=states), keep[:, shared:]
+                )
             logits = self.model(inputs_embeds=states, attention_mask=mask, logits_to_keep=keep).logits
         return kept_logits(logits, keep)
 

@@ -74,8 +74,14 @@ def test_an_explicit_key_is_sent(recorder):
 
 @pytest.mark.parametrize(
     "url, sent",
-    [("http://10.0.0.5:8000/v1", False), ("http://example.com/v1", False), ("https://example.com/v1", True),
-     ("http://127.0.0.1:8000/v1", True), ("http://localhost:8000/v1", True), ("http://[::1]:8000/v1", True)],
+    [
+        ("http://10.0.0.5:8000/v1", False),
+        ("http://example.com/v1", False),
+        ("https://example.com/v1", True),
+        ("http://127.0.0.1:8000/v1", True),
+        ("http://localhost:8000/v1", True),
+        ("http://[::1]:8000/v1", True),
+    ],
 )
 def test_the_environment_key_never_travels_over_plain_http_to_another_machine(url, sent, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
@@ -85,8 +91,12 @@ def test_the_environment_key_never_travels_over_plain_http_to_another_machine(ur
 
 @pytest.mark.parametrize(
     "url, shown",
-    [("http://user:pa55@host:8000/v1", "http://host:8000/v1"), ("https://tok@h/v1", "https://h/v1"),
-     ("http://h/v1?api_key=pa55&x=1", "http://h/v1?api_key=***&x=1"), ("http://h/v1", "http://h/v1")],
+    [
+        ("http://user:pa55@host:8000/v1", "http://host:8000/v1"),
+        ("https://tok@h/v1", "https://h/v1"),
+        ("http://h/v1?api_key=pa55&x=1", "http://h/v1?api_key=***&x=1"),
+        ("http://h/v1", "http://h/v1"),
+    ],
 )
 def test_redact_url(url, shown):
     assert redact_url(url) == shown

@@ -98,8 +98,9 @@ class GrammarEngine:
                 self._compiled.popitem(last=False)
         return compiled
 
-    def processor(self, constraint: Constraint, rows: int, max_tokens: int, sampler: Any = None,
-                  optimistic: bool | None = None) -> Any:  # fmt: skip
+    def processor(
+        self, constraint: Constraint, rows: int, max_tokens: int, sampler: Any = None, optimistic: bool | None = None
+    ) -> Any:
         """A transformers ``LogitsProcessor`` for one batch of ``rows`` requests under ``constraint``.
 
         Args:
@@ -139,12 +140,25 @@ def _tokenizer_info(xgr: Any, tokenizer: Any, vocab_size: int, stop_token_ids: l
     for i in special:
         if i < vocab_size:
             encoded[i] = ""
-    return xgr.TokenizerInfo(encoded, detected.vocab_type, vocab_size=vocab_size, stop_token_ids=stop_token_ids,
-                             add_prefix_space=detected.add_prefix_space)  # fmt: skip
+    return xgr.TokenizerInfo(
+        encoded,
+        detected.vocab_type,
+        vocab_size=vocab_size,
+        stop_token_ids=stop_token_ids,
+        add_prefix_space=detected.add_prefix_space,
+    )
 
 
-def _masker(engine: GrammarEngine, compiled: Any, rows: int, exit_ids: list[int], exit_text: str,
-            limit: int | None, sampler: Any = None, optimistic: bool = True) -> Any:  # fmt: skip
+def _masker(
+    engine: GrammarEngine,
+    compiled: Any,
+    rows: int,
+    exit_ids: list[int],
+    exit_text: str,
+    limit: int | None,
+    sampler: Any = None,
+    optimistic: bool = True,
+) -> Any:
     import torch
     from transformers import LogitsProcessor
 

@@ -133,14 +133,20 @@ def decode_steps(
         tokens = torch.tensor([new[row][-1] for row in rows], device=input_ids.device)
         mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
         yield DECODING
-        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache,
-                    use_cache=True)  # fmt: skip
+        out = model(
+            input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True
+        )
         next_pos = next_pos + 1
     return new
 
 
-def _plan(input_ids: Any, attention_mask: Any, groups: list[tuple[list[int], int]], prefixes: PrefixStore | None,
-          namespace: Hashable) -> list[tuple[list[int], int, KV | None]]:  # fmt: skip
+def _plan(
+    input_ids: Any,
+    attention_mask: Any,
+    groups: list[tuple[list[int], int]],
+    prefixes: PrefixStore | None,
+    namespace: Hashable,
+) -> list[tuple[list[int], int, KV | None]]:
     """Where each row's prefix comes from: ``[(rows, prefix length, stored keys and values or None), ...]``.
 
     A row whose prompt starts with a stored prefix at least as long as its group's shared tokens starts from
@@ -245,8 +251,9 @@ def _prefill_grouped(
     return out, mask, positions
 
 
-def _keep_prompts(input_ids: Any, attention_mask: Any, mask: Any, cache: Any, prefixes: PrefixStore,
-                  namespace: Hashable) -> None:  # fmt: skip
+def _keep_prompts(
+    input_ids: Any, attention_mask: Any, mask: Any, cache: Any, prefixes: PrefixStore, namespace: Hashable
+) -> None:
     """Store each prompt but its last token (a later call of the same prompt then computes one token) from the
     prefilled cache, whose real columns of a row are its prompt's tokens in order (``mask``)."""
     starts = (attention_mask.shape[1] - attention_mask.sum(dim=1)).tolist()
@@ -319,7 +326,10 @@ def _growing_class() -> type:
             if self.buffers is None or n == 0:
                 return False
             keys, values = self.buffers
-            return (self.keys.data_ptr() == keys.data_ptr() and self.values.data_ptr() == values.data_ptr()
-                    and self.keys.shape[0] == keys.shape[0])  # fmt: skip
+            return (
+                self.keys.data_ptr() == keys.data_ptr()
+                and self.values.data_ptr() == values.data_ptr()
+                and self.keys.shape[0] == keys.shape[0]
+            )
 
     return GrowingLayer

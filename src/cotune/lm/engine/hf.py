@@ -42,19 +42,46 @@ class HFLM(LM):
     backend = "hf"
     structured_output = "grammar"
 
-    def __init__(self, path: str | Path, *, name: str | None = None, adapter: str | Path | None = None,
-                 device: str | None = None, dtype: str = "auto", max_batch_size: int = 64,
-                 batch_wait_ms: float = 5.0, cache: RequestCache | bool | None = True,
-                 config: GenerationConfig | None = None, constrained: bool = True, decoder: str = "cotune",
-                 merge_adapters: bool = True, prefix_cache_mb: int = 512):  # fmt: skip
-        engine = HFEngine(path, device=device, dtype=dtype, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
-                          decoder=decoder, merge_adapters=merge_adapters, prefix_cache_mb=prefix_cache_mb)  # fmt: skip
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        adapter: str | Path | None = None,
+        device: str | None = None,
+        dtype: str = "auto",
+        max_batch_size: int = 64,
+        batch_wait_ms: float = 5.0,
+        cache: RequestCache | bool | None = True,
+        config: GenerationConfig | None = None,
+        constrained: bool = True,
+        decoder: str = "cotune",
+        merge_adapters: bool = True,
+        prefix_cache_mb: int = 512,
+    ):
+        engine = HFEngine(
+            path,
+            device=device,
+            dtype=dtype,
+            max_batch_size=max_batch_size,
+            batch_wait_ms=batch_wait_ms,
+            decoder=decoder,
+            merge_adapters=merge_adapters,
+            prefix_cache_mb=prefix_cache_mb,
+        )
         self._setup(engine, name or str(path), adapter, cache=cache, config=config, constrained=constrained)
 
     @classmethod
-    def from_engine(cls, engine: HFEngine, *, name: str | None = None, adapter: str | Path | None = None,
-                    cache: RequestCache | bool | None = True, config: GenerationConfig | None = None,
-                    constrained: bool = True) -> HFLM:  # fmt: skip
+    def from_engine(
+        cls,
+        engine: HFEngine,
+        *,
+        name: str | None = None,
+        adapter: str | Path | None = None,
+        cache: RequestCache | bool | None = True,
+        config: GenerationConfig | None = None,
+        constrained: bool = True,
+    ) -> HFLM:
         """An HFLM on an existing engine (shares its weights and worker thread)."""
         lm = cls.__new__(cls)
         lm._setup(engine, name or engine.path, adapter, cache=cache, config=config, constrained=constrained)
@@ -119,13 +146,25 @@ class HFLM(LM):
         Raises:
             ConfigError: not an adapter folder, or its ``cotune_adapter.json`` names another base model.
         """
-        return HFLM.from_engine(self._engine, name=self._name, adapter=adapter, cache=self.cache, config=self.config,
-                                constrained=self.constrained)  # fmt: skip
+        return HFLM.from_engine(
+            self._engine,
+            name=self._name,
+            adapter=adapter,
+            cache=self.cache,
+            config=self.config,
+            constrained=self.constrained,
+        )
 
     def cache_key(self, messages: Messages, config: GenerationConfig) -> str:
         # dtype changes greedy outputs (bf16 vs fp32 logits), so it is part of what answers a request.
-        return request_key(backend=self.backend, model=self.model, adapter=self.adapter_id, dtype=self.dtype,
-                           messages=messages, config=config.to_dict())  # fmt: skip
+        return request_key(
+            backend=self.backend,
+            model=self.model,
+            adapter=self.adapter_id,
+            dtype=self.dtype,
+            messages=messages,
+            config=config.to_dict(),
+        )
 
     def _generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:
         # Length-sorted, so a large batch splits into chunks of similar length (less padding).

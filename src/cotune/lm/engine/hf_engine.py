@@ -40,8 +40,15 @@ class ComputeCall:
     fn: Callable[[], Any]
 
 
-DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float32": "float32", "fp32": "float32",
-          "float16": "float16", "fp16": "float16", "int8": "int8"}  # fmt: skip
+DTYPES = {
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "int8": "int8",
+}
 DECODERS = ("cotune", "transformers")
 
 
@@ -96,9 +103,18 @@ class HFEngine:
         UnknownChoiceError: an unknown ``decoder`` or ``dtype``.
     """
 
-    def __init__(self, path: str | Path, *, device: str | None = None, dtype: str = "auto",
-                 max_batch_size: int = 64, batch_wait_ms: float = 5.0, decoder: str = "cotune",
-                 merge_adapters: bool = True, prefix_cache_mb: int = 512):  # fmt: skip
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: str | None = None,
+        dtype: str = "auto",
+        max_batch_size: int = 64,
+        batch_wait_ms: float = 5.0,
+        decoder: str = "cotune",
+        merge_adapters: bool = True,
+        prefix_cache_mb: int = 512,
+    ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -135,8 +151,12 @@ class HFEngine:
         # thread stops, even if nobody called close() (experiments load many models in one process).
         run = weakref.WeakMethod(self._run)
         self._worker_name = f"cotune-hf-{Path(self.path).name}"
-        self._worker = BatchWorker(lambda key, payloads: run()(key, payloads), max_batch_size=max_batch_size,
-                                   wait_ms=batch_wait_ms, name=self._worker_name)  # fmt: skip
+        self._worker = BatchWorker(
+            lambda key, payloads: run()(key, payloads),
+            max_batch_size=max_batch_size,
+            wait_ms=batch_wait_ms,
+            name=self._worker_name,
+        )
         weakref.finalize(self, self._worker.close, wait=False)
 
     @property
@@ -181,9 +201,15 @@ class HFEngine:
             # A plain temperature sampler draws inside the grammar's processor (a refused draw is redrawn from
             # the masked distribution); with top-p or min-p the whole mask comes first, then the sampler.
             plain = sampler is not None and config.top_p >= 1.0 and not config.min_p
-            processors.append(self.grammar.processor(config.constraint, len(payloads), config.max_tokens,
-                                                     sampler=sampler if plain else None,
-                                                     optimistic=None if plain or sampler is None else False))  # fmt: skip
+            processors.append(
+                self.grammar.processor(
+                    config.constraint,
+                    len(payloads),
+                    config.max_tokens,
+                    sampler=sampler if plain else None,
+                    optimistic=None if plain or sampler is None else False,
+                )
+            )
             if plain:
                 sampler = None
         if sampler is not None:
