@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cotune.experiment.program_files import save_program
 from cotune.lm.remote.openai_compat import OpenAICompatible
+from cotune.program.saved import save_program
 from cotune.tasks import load_task
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX")

@@ -11,6 +11,7 @@ import cotune as ct
 from cotune.errors import ConfigError, TrainingError, UnknownChoiceError
 from cotune.optimize.finetune import BootstrapFinetune
 from cotune.optimize.traces import load_traces, save_traces
+from cotune.program.saved import read_program_state
 from cotune.training import LoRAConfig, TrainResult, data_hash
 
 
@@ -201,8 +202,9 @@ def test_contract_params_round_trip_and_seeded_determinism(trained, tmp_path):
     assert trained[0]["examples"] == trained[1]["examples"]
     path = runs[0].save(tmp_path / "program.json")
     saved = json.loads(path.read_text())["lm"]
-    assert saved["adapter"] == str(tmp_path / "adapter")  # the saved program records its weights
-    fresh = Parity().load(path, lm=student_lm(adapter=saved["adapter"]))
+    assert saved["adapter"] == "adapter"  # the saved program records its weights, relative to the file
+    assert read_program_state(path)["lm"]["adapter"] == str(tmp_path / "adapter")
+    fresh = Parity().load(path, lm=student_lm(adapter=str(tmp_path / "adapter")))
     assert fresh.dump_state() == runs[0].dump_state()
     save_traces(tmp_path / "x.jsonl", [])  # an empty file is a valid (empty) artifact
     with pytest.raises(TrainingError, match="0 of 0 traces passed"):
@@ -345,8 +347,8 @@ def test_label_traces_in_a_file_are_used_only_with_fill_with_labels(trained, tmp
 
 
 def test_one_adapter_per_predictor_saves_and_loads_each_predictor_on_its_own(trained, tmp_path, monkeypatch):
-    from cotune.experiment.program_files import bind_saved, read_program_state, save_program
     from cotune.lm import registry
+    from cotune.program.saved import bind_saved, read_program_state, save_program
 
     lm = student_lm("01234")
     tuner = BootstrapFinetune(metric, multitask=False, output_dir=tmp_path / "run")

@@ -11,7 +11,7 @@ from cotune.evaluate import evaluate
 from cotune.lm import FakeLM
 from cotune.lm.cache import RequestCache
 from cotune.program.ensemble import ChoiceShuffleEnsemble, choice_permutations, program_for_state
-from cotune.program.program import read_state
+from cotune.program.saved import read_state
 from cotune.tasks.multiple_choice import MultipleChoiceQA, choice_match, mc_example
 
 OPTIONS = ["red", "green", "blue", "yellow"]

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from cotune.errors import ConfigError
-from cotune.experiment.program_files import read_program_state
 from cotune.program.program import FORMAT_VERSION
+from cotune.program.saved import read_program_state
 from cotune.tasks import load_task
 
 

@@ -37,8 +37,8 @@ def run_eval(
 ) -> None:
     from cotune.cli.out_paths import check_out_file
     from cotune.cli.provenance import seen_in_optimization, split_for_eval
-    from cotune.experiment.program_files import bind_saved, read_program_state
     from cotune.program.program import program_for_state
+    from cotune.program.saved import bind_saved, read_program_state
     from cotune.tasks import load_task
 
     if out_path is not None:

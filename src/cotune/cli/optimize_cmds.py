@@ -13,7 +13,7 @@ from cotune.cli.out_paths import check_out_dir, check_out_file
 from cotune.cli.provenance import split_metadata
 from cotune.cli.render import RichEvents, evaluation_table
 from cotune.evaluate import evaluate
-from cotune.experiment.program_files import save_program
+from cotune.program.saved import save_program
 
 
 def _task(task: str, data_dir: Path | None, split_seed: int):

@@ -14,12 +14,12 @@ from cotune.evaluate.evaluate import evaluate
 from cotune.events import EventSink, emit
 from cotune.experiment.config import ExperimentConfig
 from cotune.experiment.node_record import NodeRecord
-from cotune.experiment.program_files import bind_saved, read_program_state, save_program
 from cotune.experiment.rundir import RunDir
 from cotune.optimize.base import Optimizer
 from cotune.optimize.better_together import StepHooks, StepResult
 from cotune.optimize.strategy import StepKind, Steps, strategy_name
 from cotune.program.program import Program, program_for_state
+from cotune.program.saved import bind_saved, read_program_state, save_program
 
 # A prompt step that kept its start saves the candidate it hands to a following weight step here
 HANDOFF_FILE = "handoff-program.json"

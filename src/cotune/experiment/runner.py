@@ -21,13 +21,13 @@ from cotune.events import Event, EventSink, Progress, emit
 from cotune.experiment.config import ExperimentConfig
 from cotune.experiment.data_check import check_data
 from cotune.experiment.node_hooks import NodeHooks, OptimizerFactory
-from cotune.experiment.program_files import copy_program
 from cotune.experiment.ray_grid import check_ray_inputs, run_on_ray
 from cotune.experiment.results import summarize
 from cotune.experiment.rundir import RunDir
 from cotune.optimize.base import Optimizer
 from cotune.optimize.better_together import BetterTogether, StepResult
 from cotune.optimize.strategy import StepKind, Steps, StrategyTree, last_kind, parse_strategies, strategy_name
+from cotune.program.saved import copy_program
 
 
 class Runner:

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from cotune.errors import ConfigError
 from cotune.program.predict import Predict
-from cotune.program.saved_check import FORMAT_VERSION, check_state
+from cotune.program.saved import read_state, save_program
+from cotune.program.saved_check import FORMAT_VERSION
 
 if TYPE_CHECKING:
     from cotune.lm.base import LM
@@ -131,14 +132,10 @@ class Program:
         return self
 
     def save(self, path: str | Path, **metadata: Any) -> Path:
-        """Write instructions, demos and the LM binding (model, adapter) as JSON; ``metadata`` is kept too."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = self.dump_state() | {"metadata": metadata}
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(state, indent=2, ensure_ascii=False, default=str))
-        tmp.replace(path)
-        return path
+        """Write instructions, demos and the LM binding (model, adapter) as JSON, atomically; an adapter folder
+        is recorded relative to the file, so the file and its run folder can move together. ``metadata`` is
+        kept too."""
+        return save_program(self, path, **metadata)
 
     def load(self, path: str | Path, *, lm: LM | None = None, bind_saved_lm: bool = True) -> Program:
         """Restore state saved by `save` into this program (same structure) and bind an LM.
@@ -208,32 +205,6 @@ def program_for_state(program: Program, state: dict[str, Any]) -> Program:
     if isinstance(cls, type) and issubclass(cls, Program) and callable(wrap):
         return wrap(program, state)
     return program
-
-
-def read_state(path: str | Path) -> dict[str, Any]:
-    """The state saved at ``path``, checked field by field (see `cotune.program.saved_check`).
-
-    Raises:
-        ConfigError: no file, not UTF-8, not JSON, or a bad field (named), or a newer format_version.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"no saved program at {path}")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(
-            f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); cotune writes program "
-            "files in UTF-8: re-save it as UTF-8"
-        ) from None
-    try:
-        state = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not a saved program (invalid JSON: {e.msg}, line {e.lineno})") from None
-    if not isinstance(state, dict) or "predictors" not in state:
-        raise ConfigError(f"{path} is not a saved cotune program (no 'predictors' key)")
-    return check_state(state, path)
 
 
 def _copy_structure(obj: Any, memo: dict[int, Any]) -> Any:

@@ -1,9 +1,12 @@
-"""Program files that stay valid when their folder moves: adapter paths are saved relative to the file.
+"""A saved program on disk, in one place: its JSON state, its LM binding, and adapter folders recorded relative
+to the file, so a program file and the run folder around it stay valid when they move.
 
-`Program.save` records the adapter path as the LM holds it (often relative to the working directory,
-``runs/run/seed-0/w/adapter``), which breaks as soon as the run folder moves or a command runs from
-elsewhere. Run directories and CLI outputs save programs with `save_program` instead (atomically), and
-read them back with `read_program_state`, which turns the relative path into a usable one.
+`Program.save` and `Program.load` use it, and so do run directories (the runner, `cotune eval`): `save_program`
+writes atomically with relative adapter paths, `read_program_state` reads a file back checked field by field
+(`cotune.program.saved_check`) with its adapter paths made usable from the working directory, `bind_saved`
+binds a program as it was bound (one adapter for all predictors, or one per predictor), and `copy_program`
+copies a file to another folder with its adapter paths rewritten. Functions take any object with
+``dump_state()``/``named_predictors()``: this module is below `cotune.program.program`, which uses it.
 
 Example:
     >>> import tempfile, pathlib
@@ -16,15 +19,43 @@ Example:
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cotune.errors import ConfigError
 from cotune.files import write_json_atomic
 from cotune.lm.registry import relative_adapter, resolve_adapter, spec_adapter_is_folder
-from cotune.program.program import Program, read_state
+from cotune.program.saved_check import check_state
 
 if TYPE_CHECKING:
     from cotune.lm.base import LM
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """The state saved at ``path``, checked field by field (see `cotune.program.saved_check`).
+
+    Raises:
+        ConfigError: no file, not UTF-8, not JSON, or a bad field (named), or a newer format_version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no saved program at {path}")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); cotune writes program "
+            "files in UTF-8: re-save it as UTF-8"
+        ) from None
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not a saved program (invalid JSON: {e.msg}, line {e.lineno})") from None
+    if not isinstance(state, dict) or "predictors" not in state:
+        raise ConfigError(f"{path} is not a saved cotune program (no 'predictors' key)")
+    return check_state(state, path)
 
 
 def _path_specs(state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -53,8 +84,9 @@ def relocate(state: dict[str, Any], to_dir: str | Path, from_dir: str | Path | N
     return _map_adapters(state, change)
 
 
-def save_program(program: Program, path: str | Path, **metadata: Any) -> Path:
-    """Like `Program.save`, but atomic and with the adapter path relative to the file's folder."""
+def save_program(program: Any, path: str | Path, **metadata: Any) -> Path:
+    """``program``'s state and ``metadata`` at ``path``, atomically, its adapter paths relative to the file's folder
+    (`Program.save`)."""
     path = Path(path)
     state = program.dump_state() | {"metadata": metadata}
     return write_json_atomic(path, relocate(state, path.parent))
@@ -74,7 +106,7 @@ def read_program_state(path: str | Path) -> dict[str, Any]:
     return _map_adapters(read_state(path), lambda adapter: resolve_adapter(adapter, path.parent))
 
 
-def bind_saved(program: Program, state: dict[str, Any], lm: LM) -> Program:
+def bind_saved(program: Any, state: dict[str, Any], lm: LM) -> Any:
     """Bind ``program`` as ``state`` was bound, on ``lm``'s weights: each predictor gets its saved adapter
     (``lms``), or all get the shared one (``lm``), or ``lm`` itself when none was saved."""
     per_predictor = state.get("lms") or {}
