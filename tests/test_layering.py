@@ -21,6 +21,7 @@ LAYERS = [
     {"evaluate", "training", "tasks"},
     {"optimize"},
     {"experiment"},
+    {"report"},
     {"cli"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
@@ -54,6 +55,12 @@ GRAPH = {m: _imports(m) for m in MODULES}
 def _layer(module: str) -> int | None:
     parts = module.split(".")
     return LAYER.get(parts[1]) if len(parts) > 1 else None
+
+
+def test_every_package_has_a_layer():
+    """A package left out of LAYERS would escape the check below (its layer is None)."""
+    packages = {m.split(".")[1] for m in MODULES if m.count(".") >= 1}
+    assert packages - set(LAYER) == set()
 
 
 def test_no_module_imports_from_a_layer_above_its_own():

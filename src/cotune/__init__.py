@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "optimize": "cotune.optimize",
     "experiment": "cotune.experiment",
+    "report": "cotune.report",
     "Optimizer": "cotune.optimize.base",
     "LabeledFewShot": "cotune.optimize.labeled",
     "BootstrapFewShot": "cotune.optimize.bootstrap",

@@ -107,7 +107,7 @@ def _torn_write_text(self, data, *args, **kwargs):
 
 
 def test_run_files_are_written_atomically(tmp_path, monkeypatch):
-    from cotune.experiment.report import write_report
+    from cotune.report.build import write_report
 
     run = Runner(config(tmp_path), lm=adapter_lm(), task=FakeTask(), optimizer_factory=factory(Counter())).start()
     write_report([run.path])

@@ -196,7 +196,7 @@ def run_experiment(
     failures = results.get("failures", [])
     for f in failures:
         console.print(f"[yellow]seed {f['seed']} {f['strategy']}: {f['error']}[/]", highlight=False)
-    from cotune.experiment.report import write_report
+    from cotune.report.build import write_report
 
     md, html = write_report([run.path])
     out.print(f"report: {md}\n        {html}")

@@ -11,8 +11,8 @@ from typer.core import TyperCommand
 
 from cotune.cli import report_cmds as rc
 from cotune.cli.options import DataDirOpt, NoCacheOpt, TaskOpt, ThreadsOpt, console, out, parse_params
-from cotune.experiment import advisor as adv
 from cotune.experiment.config import DEFAULT_STRATEGIES
+from cotune.report import advisor as adv
 
 
 def eval_cmd(

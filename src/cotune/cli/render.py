@@ -11,9 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cotune.events import Event
-from cotune.experiment.costs import fmt_seconds
 from cotune.experiment.results import wall_per_uncached_call
 from cotune.optimize.strategy import StepKind, last_kind, parse_strategy
+from cotune.report.costs import fmt_seconds
 
 
 class RichEvents:

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cotune.experiment import advisor as adv
+from cotune.report import advisor as adv
 
 RunDirsArg = Annotated[list[Path], typer.Argument(help="One or more run directories written by `cotune run`.")]
 OutDirOpt = Annotated[
@@ -71,7 +71,7 @@ def run_report(
 ) -> tuple[Path, Path]:
     """Write the Markdown and HTML report and print where they are, with the recommendation."""
     from cotune.cli.out_paths import check_out_dir
-    from cotune.experiment.report import write_report
+    from cotune.report.build import write_report
 
     if out_dir is not None:
         check_out_dir(out_dir)  # report.md, report.html and report-plots/ are replaced
@@ -116,7 +116,7 @@ def run_advise(
     if as_json:
         out.print_json(json.dumps(advice.to_dict(), default=str))
     elif as_markdown:
-        from cotune.experiment.report import advice_markdown
+        from cotune.report.build import advice_markdown
 
         out.print(advice_markdown(advice), markup=False, highlight=False)
     else:

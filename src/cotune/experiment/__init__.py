@@ -1,4 +1,4 @@
-"""Experiments: configs, resumable run directories, the runner, reports and the advisor."""
+"""Experiments: configs, resumable run directories, the runner and the results table it prints."""
 
 from cotune.experiment.config import ExperimentConfig, PromptStep, WeightStep
 

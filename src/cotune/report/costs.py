@@ -12,8 +12,8 @@ from typing import Any
 from cotune.errors import ConfigError
 from cotune.experiment.node_record import node_records
 from cotune.experiment.results import summarize
-from cotune.experiment.run_data import RunData
 from cotune.optimize.strategy import StepKind, parse_strategy
+from cotune.report.run_data import RunData
 
 # Placeholders near list prices of hosted small models and of one rented GPU hour (USD); a user should
 # pass their own. Training price is per hour of the machine that optimizes and trains.

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from cotune.experiment.costs import (
+from cotune.experiment.rundir import RunDir
+from cotune.report.costs import (
     DEFAULT_CALLS_PER_DAY,
     DEFAULT_HORIZON_DAYS,
     DEFAULT_PRICE_PER_1M_COMPLETION_TOKENS,
@@ -36,9 +37,8 @@ from cotune.experiment.costs import (
     fmt_volume,
     run_table,
 )
-from cotune.experiment.recommend import dominated_by, recommend
-from cotune.experiment.run_data import RunData, load_runs
-from cotune.experiment.rundir import RunDir
+from cotune.report.recommend import dominated_by, recommend
+from cotune.report.run_data import RunData, load_runs
 
 
 def advise(

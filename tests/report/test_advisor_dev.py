@@ -1,6 +1,6 @@
 """Finding 5 (issue 12): the advisor chooses on dev, as the runner does, and reports test."""
 
-from cotune.experiment.advisor import advise
+from cotune.report.advisor import advise
 
 from .test_report import make_run
 

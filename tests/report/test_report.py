@@ -8,13 +8,12 @@ import pytest
 
 from cotune.errors import ConfigError
 from cotune.experiment.config import ExperimentConfig
-from cotune.experiment.report import markdown_table, write_report
 from cotune.experiment.results import summarize
 from cotune.experiment.rundir import RunDir, write_json
 from cotune.experiment.runner import Runner
 from cotune.optimize.strategy import parse_strategy, strategy_name
-
-from .fakes import FakeTask, factory, fake_lm
+from cotune.report.build import markdown_table, write_report
+from experiment.fakes import FakeTask, factory, fake_lm
 
 SVG = "{http://www.w3.org/2000/svg}"
 ALL = ["zero-shot", "p", "w", "p-w", "w-p", "p-w-p"]

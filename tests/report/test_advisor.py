@@ -5,16 +5,17 @@ from rich.console import Console
 
 from cotune.cli.report_cmds import run_advise, run_report
 from cotune.errors import ConfigError
-from cotune.experiment.advisor import (
+from cotune.report.advisor import (
+    COST_HEADER,
     Prices,
     advise,
     break_even_calls_per_day,
     dominated_by,
     fmt_volume,
 )
-from cotune.experiment.costs import cost_row, run_table
-from cotune.experiment.report import advice_markdown
-from cotune.experiment.run_data import load_runs
+from cotune.report.build import advice_markdown
+from cotune.report.costs import cost_row, run_table
+from cotune.report.run_data import load_runs
 
 from .test_report import make_run
 
@@ -309,3 +310,7 @@ def test_a_weight_step_is_found_however_the_strategy_is_written(tmp_path, strate
     run = load_runs([make_run(tmp_path, "a", {"p": [(0.5, 0.5)]})])[0]
     row = run_table(run)[0] | {"strategy": strategy}
     assert cost_row(run, row, Prices()).finetuned is finetuned
+
+
+def test_the_latency_header_says_what_the_column_is():
+    assert "wall s / uncached call" in COST_HEADER

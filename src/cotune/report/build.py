@@ -17,11 +17,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cotune.experiment import advisor as adv
-from cotune.experiment import plots
-from cotune.experiment.costs import fmt_seconds
 from cotune.experiment.node_record import node_records
-from cotune.experiment.report_blocks import (
+from cotune.experiment.rundir import RunDir
+from cotune.files import write_text_atomic
+from cotune.optimize.strategy import StepKind, parse_strategy, strategy_name
+from cotune.report import advisor as adv
+from cotune.report import plots
+from cotune.report.blocks import (
     Block,
     Code,
     Figure,
@@ -33,9 +35,7 @@ from cotune.experiment.report_blocks import (
     to_html,
     to_markdown,
 )
-from cotune.experiment.rundir import RunDir
-from cotune.files import write_text_atomic
-from cotune.optimize.strategy import StepKind, parse_strategy, strategy_name
+from cotune.report.costs import fmt_seconds
 
 MAX_DEMOS, MAX_VALUE_CHARS, MAX_INSTRUCTION_CHARS = 6, 240, 2000
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from cotune.experiment.costs import BreakEven, CostRow, Prices, Recommendation, fmt_money, fmt_volume
+from cotune.report.costs import BreakEven, CostRow, Prices, Recommendation, fmt_money, fmt_volume
 
 
 def _selection(r: CostRow) -> tuple[float, float, float]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cotune.experiment.report import write_report
+from cotune.report.build import write_report
 
 from .test_report import THREE_SEEDS, make_run
 
