@@ -165,9 +165,25 @@ def targets(segments: list[dict[str, Any]], phases: list[str], rng: random.Rando
         k = rng.randrange(len(mine))
         seg = segments[mine[k]]
         out.append(
-            {"phase": phase, "occurrence": k, "length_s": seg["end"] - seg["start"], "at": rng.uniform(0.1, 0.9)}
+            {
+                "phase": phase,
+                "occurrence": k,
+                "start_s": seg["start"],
+                "length_s": seg["end"] - seg["start"],
+                "at": rng.uniform(0.1, 0.9),
+            }
         )
     return out
+
+
+def kill_moment(target: dict[str, Any], entered_s: float) -> float:
+    """When to kill a trial that entered the target segment ``entered_s`` seconds after its launch: the target's
+    fraction of the segment, the segment's length scaled by the trial's pace against the reference's up to it
+    (a machine busier or quieter than during the reference runs every phase slower or faster alike; unscaled, a
+    kill aimed at a phase of a slow reference lands after that phase in a faster trial)."""
+    pace = entered_s / target["start_s"] if target.get("start_s") else 1.0
+    pace = min(max(pace, 0.05), 20.0)
+    return entered_s + target["at"] * target["length_s"] * pace
 
 
 def kill_trial(
@@ -183,7 +199,7 @@ def kill_trial(
             segments = timeline(read_events(run), child.started, time.time(), child.spoke)
             mine = [s for s in segments if s["phase"] == target["phase"]]
             if len(mine) > target["occurrence"]:
-                kill_at = child.started + mine[target["occurrence"]]["start"] + target["at"] * target["length_s"]
+                kill_at = child.started + kill_moment(target, mine[target["occurrence"]]["start"])
         if kill_at is not None and time.time() >= kill_at:
             child.kill()
             break

@@ -85,6 +85,14 @@ def test_targets_pick_a_segment_of_each_phase_and_skip_phases_never_seen(fault_k
     assert all(0.1 <= t["at"] <= 0.9 for t in picked)
 
 
+def test_a_kill_moment_follows_the_trials_pace(fault_kill):
+    # the reference entered training 100 s in, and trained 40 s; the kill aims at half of it
+    target = {"phase": "training", "occurrence": 0, "start_s": 100.0, "length_s": 40.0, "at": 0.5}
+    assert fault_kill.kill_moment(target, 100.0) == 120.0  # the same pace: 20 s into training
+    assert fault_kill.kill_moment(target, 25.0) == 30.0  # four times faster: 5 s in, not 20 (after training)
+    assert fault_kill.kill_moment(target | {"start_s": 0.0}, 3.0) == 23.0  # a phase at launch: unscaled
+
+
 def test_kills_in_every_phase_lose_and_redo_nothing(fault_kill, tmp_path):
     phases = ("model load", "rollouts", "report")
     result = fault_kill.kill_nine(fake_launch, tmp_path, dict(os.environ), 3, seed=1, timeout_s=60, phases=phases)
