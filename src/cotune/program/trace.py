@@ -27,7 +27,11 @@ _active: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("cotun
 
 @dataclass
 class TraceStep:
-    """One predictor call: what went in, what came out, and what it cost."""
+    """One predictor call: what went in, what came out, and what it cost.
+
+    ``zero_shot`` holds the messages the predictor renders for the same inputs without its demos, when
+    they differ from ``messages`` (None: the call showed no demos); see `without_demos`.
+    """
 
     predictor: str
     inputs: dict[str, Any]
@@ -36,6 +40,15 @@ class TraceStep:
     completion: str
     usage: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    zero_shot: list[dict[str, str]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.zero_shot == self.messages:  # e.g. demos without answers, which are not shown
+            self.zero_shot = None
+
+    def without_demos(self) -> list[dict[str, str]]:
+        """The messages of this call had the predictor shown no demos."""
+        return self.messages if self.zero_shot is None else self.zero_shot
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
