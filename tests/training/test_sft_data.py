@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 import cotune as ct
+from cotune.errors import DataError
 from cotune.evaluate import evaluate
 from cotune.lm import FakeLM
 from cotune.program.trace import TraceStep
@@ -80,6 +81,21 @@ def test_without_demos_the_recorded_zero_shot_prompt_is_used_not_a_cut_by_positi
     plain = TraceStep("b", {"x": "1"}, {"y": "2"}, zero_shot, "Y: 2")
     assert [e.chat for e in chat_examples([[with_demos, plain]], keep_demos=False)] == [zero_shot, zero_shot]
     assert [e.chat for e in chat_examples([[with_demos, plain]])] == [sent, zero_shot]
+
+
+def test_old_traces_without_a_recorded_zero_shot_prompt_train_with_demos_only():
+    sent = [{"role": "system", "content": "S"}, {"role": "user", "content": "d"}, {"role": "assistant", "content": "a"},
+            {"role": "user", "content": "now"}]  # fmt: skip
+    old = {"predictor": "qa", "inputs": {"q": "now"}, "outputs": {"a": "b"}, "messages": sent, "completion": "A: b"}
+    step = TraceStep.from_dict(old)
+    assert [e.chat for e in chat_examples([[step]])] == [sent]
+    with pytest.raises(DataError, match="predictor 'qa' comes from traces written by an older cotune"):
+        chat_examples([[step]], keep_demos=False)
+    again = TraceStep.from_dict(step.to_dict())  # written to a new traces file, it stays unknown
+    with pytest.raises(DataError, match="older cotune"):
+        chat_examples([[again]], keep_demos=False)
+    new = TraceStep.from_dict(TraceStep("qa", {"q": "now"}, {"a": "b"}, sent, "A: b").to_dict())
+    assert [e.chat for e in chat_examples([[new]], keep_demos=False)] == [sent]  # a call without demos
 
 
 def test_data_hash_identifies_the_data():
