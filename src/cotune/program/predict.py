@@ -54,8 +54,9 @@ class Predict:
             (on by default). False lets the model write freely; the lenient parser reads it.
         reasoning_budget: caps the tokens of the first output field when it is free text followed by
             other fields (`ChainOfThought` sets it), so a constrained run always reaches its answer.
-        adapter: the format of the call (messages, constraint, parsing, and labels as a completion; see `cotune.program.adapter`);
-            None for `TextAdapter`. Not saved with the program: it is code, kept by `load_state`.
+        adapter: the format of the call (messages, constraint, parsing, and labels written as a completion;
+            see `cotune.program.adapter`); None for `TextAdapter`. Not saved with the program: it is code,
+            kept by `load_state`.
 
     Example:
         >>> from cotune.lm.fake import FakeLM
