@@ -131,3 +131,21 @@ def test_a_bare_predictor_can_be_the_teacher():
     assert [(t.steps[0].predictor, t.rollout_id, t.score) for t in traces] == [("self", 0, 1.0), ("self", 1, 1.0)]
     assert [c.rollout_id for _, c in lm.calls] == [0, 1] and qa.config == {}
     assert traces[0].program is None and traces[0].model == lm.spec()
+
+
+@pytest.mark.parametrize(
+    "structured_output, completion, demo_answer",
+    [("grammar", "Answer: 4", "Answer: 2"), ("json_schema", '{"answer": "4"}', '{"answer": "2"}')],
+)
+def test_labels_are_written_as_the_predictor_would_answer(structured_output, completion, demo_answer):
+    import cotune as ct
+    from cotune.optimize.traces import labeled_traces
+
+    qa = ct.Predict("question -> answer", demos=[{"question": "1+1?", "answer": "2"}])
+    qa.bind(ct.FakeLM(["unused"], structured_output=structured_output))
+    data = [ct.Example(question="2+2?", answer="4").with_inputs("question")]
+    (step,) = labeled_traces(qa, data)[0].steps
+    # a server constraining to a JSON schema answers with a JSON object, as the demo turns show it
+    assert step.completion == completion and step.messages[2] == {"role": "assistant", "content": demo_answer}
+    assert step.messages == qa.messages(question="2+2?") and step.zero_shot == qa.zero_shot_messages(question="2+2?")
+    assert qa.adapter.parse(qa.signature, step.completion) == {"answer": "4"}

@@ -6,12 +6,14 @@ from __future__ import annotations
 import pytest
 
 import cotune as ct
+from cotune.errors import ConfigError
 from cotune.lm import FakeLM
 from cotune.lm.constraint import Constraint
 from cotune.program import format as fmt
 from cotune.program.adapter import TextAdapter
 from cotune.program.grammar import constraint
 from cotune.program.signature import Signature
+from cotune.program.trace import record
 
 DEMOS = [{"question": "1 + 1?", "answer": "2"}]
 
@@ -91,3 +93,32 @@ def test_the_adapter_is_not_saved_and_survives_load_and_copy(tmp_path):
     restored = QA(adapter=Recording()).load(path, lm=FakeLM(["<answer>b</answer>"]))
     assert isinstance(restored.qa.adapter, Recording) and restored(question="?").answer == "b"
     assert isinstance(custom.deepcopy().qa.adapter, Recording)
+
+
+def test_a_traced_call_records_its_prompt_without_demos_as_its_adapter_renders_it():
+    qa = ct.Predict("question -> answer", instruction="Answer.", demos=DEMOS).bind(FakeLM(["Answer: 4"] * 2))
+    with record() as rec:
+        qa(question="2 + 2?")
+        qa.demos = []
+        qa(question="2 + 2?")
+    signature = Signature.parse("question -> answer")
+    with_demos, without = rec.steps
+    assert with_demos.messages == fmt.render(signature, "Answer.", DEMOS, {"question": "2 + 2?"})
+    assert with_demos.zero_shot == fmt.render(signature, "Answer.", [], {"question": "2 + 2?"}) == without.messages
+    assert without.zero_shot is None and without.without_demos() == with_demos.without_demos()
+    assert qa.zero_shot_messages(question="2 + 2?") == without.messages
+
+
+def test_the_text_adapter_writes_a_completion_as_its_demos_answer():
+    signature = Signature.parse("question -> answer: int").prepend_output("reasoning", "think", required=False)
+    adapter = TextAdapter()
+    assert adapter.completion(signature, {"answer": 4}) == "Answer: 4"
+    assert adapter.completion(signature, {"reasoning": "a\nb", "answer": 4}) == "Reasoning:\na\nb\nAnswer: 4"
+    assert adapter.completion(signature, {"answer": 4}, structured_output="json_schema") == '{"answer": 4}'
+    assert adapter.parse(signature, adapter.completion(signature, {"answer": 4})) == {"answer": 4}
+
+
+def test_a_predictor_whose_adapter_has_no_completion_names_the_method():
+    qa = ct.Predict("question -> answer", adapter=Recording())
+    with pytest.raises(ConfigError, match=r"Recording cannot write labels as a completion: give it a completion\("):
+        qa.completion({"answer": "4"})

@@ -4,10 +4,11 @@ from pathlib import Path
 import pytest
 
 import cotune as ct
+from cotune.errors import DataError
 from cotune.evaluate import evaluate
 from cotune.lm import FakeLM
 from cotune.program.trace import TraceStep
-from cotune.training.sft_data import IGNORE_INDEX, ChatExample, chat_examples, data_hash, strip_demos, tokenize
+from cotune.training.sft_data import IGNORE_INDEX, ChatExample, chat_examples, data_hash, tokenize
 
 
 class TwoStep(ct.Program):
@@ -72,12 +73,29 @@ def test_duplicates_failed_calls_and_other_predictors_are_left_out():
     assert [e.predictor for e in chat_examples([[ok, other]], predictors=["b"])] == ["b"]
 
 
-def test_strip_demos_keeps_system_and_current_input():
-    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "d"}, {"role": "assistant", "content": "a"},
+def test_without_demos_the_recorded_zero_shot_prompt_is_used_not_a_cut_by_position():
+    # demos inside the system message (another adapter's layout): only the adapter knows where they are
+    sent = [{"role": "system", "content": "S + demo"}, {"role": "user", "content": "now"}]
+    zero_shot = [{"role": "system", "content": "S"}, {"role": "user", "content": "now"}]
+    with_demos = TraceStep("a", {"x": "1"}, {"y": "2"}, sent, "Y: 2", zero_shot=zero_shot)
+    plain = TraceStep("b", {"x": "1"}, {"y": "2"}, zero_shot, "Y: 2")
+    assert [e.chat for e in chat_examples([[with_demos, plain]], keep_demos=False)] == [zero_shot, zero_shot]
+    assert [e.chat for e in chat_examples([[with_demos, plain]])] == [sent, zero_shot]
+
+
+def test_old_traces_without_a_recorded_zero_shot_prompt_train_with_demos_only():
+    sent = [{"role": "system", "content": "S"}, {"role": "user", "content": "d"}, {"role": "assistant", "content": "a"},
             {"role": "user", "content": "now"}]  # fmt: skip
-    assert strip_demos(msgs) == [msgs[0], msgs[-1]]
-    assert strip_demos(msgs[1:]) == [msgs[-1]]
-    assert strip_demos([]) == []
+    old = {"predictor": "qa", "inputs": {"q": "now"}, "outputs": {"a": "b"}, "messages": sent, "completion": "A: b"}
+    step = TraceStep.from_dict(old)
+    assert [e.chat for e in chat_examples([[step]])] == [sent]
+    with pytest.raises(DataError, match="predictor 'qa' comes from traces written by an older cotune"):
+        chat_examples([[step]], keep_demos=False)
+    again = TraceStep.from_dict(step.to_dict())  # written to a new traces file, it stays unknown
+    with pytest.raises(DataError, match="older cotune"):
+        chat_examples([[again]], keep_demos=False)
+    new = TraceStep.from_dict(TraceStep("qa", {"q": "now"}, {"a": "b"}, sent, "A: b").to_dict())
+    assert [e.chat for e in chat_examples([[new]], keep_demos=False)] == [sent]  # a call without demos
 
 
 def test_data_hash_identifies_the_data():

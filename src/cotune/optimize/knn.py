@@ -8,7 +8,8 @@ rebuilds the selector from that state without embedding the pool again; at infer
 its own inputs (one text) and shows the k nearest demos, the nearest last, right before the question.
 
 The texts embedded are the predictor's input fields as ``name: value`` lines, for demos and queries
-alike. A demo whose inputs equal the query's is never shown (it would hold the very answer, e.g. when a
+alike. Only the embedder reads them (they rank the demos; the LM never sees them), so they do not follow
+the predictor's format adapter, which renders the demos chosen. A demo whose inputs equal the query's is never shown (it would hold the very answer, e.g. when a
 later optimizer runs the program on its training examples).
 
 Example:

@@ -36,10 +36,14 @@ def labeled_traces(program: Program | Any, examples: Sequence[Example], *, skip:
 
     A predictor call can be written this way when every input the predictor takes is an input of the
     example and every required output is one of its labels: the prompt is exactly what the predictor
-    would send (its instruction and demos), the completion is the labels in the predictor's output
-    format, with optional outputs (a chain of thought's reasoning) left out. In a multi-step program the
+    would send (its instruction and demos; without them too, see `TraceStep.zero_shot`), the completion
+    is the labels as the predictor's format adapter writes them (`Predict.completion`), with optional
+    outputs (a chain of thought's reasoning) left out. In a multi-step program the
     later predictors take intermediate values (retrieved passages, earlier answers) and are left out.
     Returns [] when no predictor qualifies.
+
+    Raises:
+        ConfigError: a qualifying predictor's adapter cannot write a completion (`Predict.completion`).
 
     Example:
         >>> from cotune.data import Example
@@ -49,7 +53,6 @@ def labeled_traces(program: Program | Any, examples: Sequence[Example], *, skip:
         >>> [(t.source, t.steps[0].completion) for t in labeled_traces(cot, data)]
         [('labels', 'Answer: 4')]
     """
-    from cotune.program import format as fmt
     from cotune.program.predict import Predict
 
     named = {"self": program} if isinstance(program, Predict) else dict(program.named_predictors())
@@ -67,8 +70,8 @@ def labeled_traces(program: Program | Any, examples: Sequence[Example], *, skip:
                 continue
             kept = {k: inputs[k] for k in sig.input_names}
             outputs = {f.name: labels[f.name] for f in sig.outputs if f.name in labels}
-            completion = fmt.render_fields(sig.outputs, outputs)
-            steps.append(TraceStep(name, kept, outputs, p.messages(**kept), completion))
+            messages, zero_shot = p.messages(**kept), p.zero_shot_messages(**kept)
+            steps.append(TraceStep(name, kept, outputs, messages, p.completion(outputs), zero_shot=zero_shot))
         if steps:
             out.append(
                 Trace(

@@ -3,9 +3,15 @@ its completion must look like, and how the completion is read back into fields.
 
 `TextAdapter`, the default, is cotune's ``Label: value`` format (`cotune.program.format`) with its grammar
 (`cotune.program.grammar`), and the JSON variant of that format for servers that constrain completions
-to a JSON schema. A predictor takes another with ``Predict(..., adapter=...)``: any object with the three
+to a JSON schema. A predictor takes another with ``Predict(..., adapter=...)``: any object with the
 methods of `FormatAdapter`. The adapter is code, like the LM a program is bound to, so it is not saved
 with the program; a program built with one keeps it when it loads a saved state.
+
+The adapter is the only thing that renders a call, for prompting and fine-tuning alike: a Θ step trains
+on the messages the adapter rendered at inference (with or without the demos, see
+`cotune.training.sft_data`), and on gold labels written as the completion the adapter renders for them
+(`FormatAdapter.completion`). An adapter without ``completion`` prompts and parses as usual; only
+training on labels (``BootstrapFinetune(fill_with_labels=True)``) needs it and says so.
 
 Example:
     >>> from cotune.lm.fake import FakeLM
@@ -60,6 +66,14 @@ class FormatAdapter(Protocol):
         """
         ...
 
+    def completion(
+        self, signature: Signature, outputs: Mapping[str, Any], *, structured_output: str | None = None
+    ) -> str:
+        """The completion an LM answering with these ``outputs`` writes in this format (those present; an
+        optional output may be missing), so that `parse` reads them back. What a Θ step trains on for a
+        gold label; only that needs it."""
+        ...
+
 
 class TextAdapter:
     """cotune's ``Label: value`` format: `cotune.program.format` renders and parses it, and
@@ -82,6 +96,13 @@ class TextAdapter:
 
     def parse(self, signature: Signature, text: str) -> dict[str, Any]:
         return fmt.parse(signature, text)
+
+    def completion(
+        self, signature: Signature, outputs: Mapping[str, Any], *, structured_output: str | None = None
+    ) -> str:
+        # As the demos' answers are rendered: the JSON object where the server constrains to a schema.
+        render = fmt.render_json if structured_output == "json_schema" else fmt.render_fields
+        return render(signature.outputs, outputs)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -54,8 +54,9 @@ class Predict:
             (on by default). False lets the model write freely; the lenient parser reads it.
         reasoning_budget: caps the tokens of the first output field when it is free text followed by
             other fields (`ChainOfThought` sets it), so a constrained run always reaches its answer.
-        adapter: the format of the call (messages, constraint, parsing; see `cotune.program.adapter`);
-            None for `TextAdapter`. Not saved with the program: it is code, kept by `load_state`.
+        adapter: the format of the call (messages, constraint, parsing, and labels written as a completion;
+            see `cotune.program.adapter`); None for `TextAdapter`. Not saved with the program: it is code,
+            kept by `load_state`.
 
     Example:
         >>> from cotune.lm.fake import FakeLM
@@ -112,12 +113,32 @@ class Predict:
 
     def messages(self, **inputs: Any) -> list[dict[str, str]]:
         """The exact messages this predictor sends for ``inputs``."""
+        return self._render(self.demos_for(inputs), inputs)
+
+    def zero_shot_messages(self, **inputs: Any) -> list[dict[str, str]]:
+        """The messages this predictor sends for ``inputs`` once its demos are gone: what a Θ step that
+        strips demos trains on, and what the program it returns sends."""
+        return self._render((), inputs)
+
+    def completion(self, outputs: Mapping[str, Any]) -> str:
+        """The completion that answers with ``outputs`` in this predictor's format (its adapter's), as its
+        LM would write it: what a Θ step trains on for gold labels.
+
+        Raises:
+            ConfigError: the adapter cannot render one (it has no ``completion`` method).
+        """
+        render = getattr(self.adapter, "completion", None)
+        if render is None:
+            raise ConfigError(
+                f"the format adapter {type(self.adapter).__name__} cannot write labels as a completion: give it a "
+                "completion(signature, outputs, *, structured_output=None) method (see "
+                "cotune.program.adapter.FormatAdapter), or train on runs only (fill_with_labels=False)"
+            )
+        return render(self.signature, outputs, structured_output=self.structured_output())
+
+    def _render(self, demos: Sequence[Mapping[str, Any]], inputs: Mapping[str, Any]) -> list[dict[str, str]]:
         return self.adapter.messages(
-            self.signature,
-            self.instruction,
-            self.demos_for(inputs),
-            inputs,
-            structured_output=self.structured_output(),
+            self.signature, self.instruction, demos, inputs, structured_output=self.structured_output()
         )
 
     def __call__(self, **inputs: Any) -> Prediction:
@@ -126,7 +147,8 @@ class Predict:
     def forward(self, **inputs: Any) -> Prediction:
         if self.lm is None:
             raise ConfigError("this predictor is not bound to an LM; call program.bind(lm) first")
-        messages = self.messages(**inputs)
+        demos = self.demos_for(inputs)  # once: a kNN selector embeds the inputs to choose them
+        messages = self._render(demos, inputs)
         overrides = dict(self.config)
         rule = self.constraint()
         if rule is not None:
@@ -141,18 +163,23 @@ class Predict:
         }
         recorder = trace.current()
         kept_inputs = {k: inputs[k] for k in self.signature.input_names}
+
+        def step(outputs: dict[str, Any] | None, error: str | None = None) -> trace.TraceStep:
+            # The call's prompt without its demos too, rendered by the same adapter: what a Θ step that
+            # strips demos trains on (a trace cannot tell demo turns from others in the messages alone).
+            zero_shot = self._render((), inputs) if demos else None
+            return trace.TraceStep(
+                recorder.name_of(self), kept_inputs, outputs, messages, completion.text, usage, error, zero_shot
+            )
+
         try:
             outputs = self.adapter.parse(self.signature, completion.text)
         except ParseError as e:
             if recorder is not None:
-                recorder.add(
-                    trace.TraceStep(recorder.name_of(self), kept_inputs, None, messages, completion.text, usage, str(e))
-                )
+                recorder.add(step(None, str(e)))
             raise
         if recorder is not None:
-            recorder.add(
-                trace.TraceStep(recorder.name_of(self), kept_inputs, outputs, messages, completion.text, usage)
-            )
+            recorder.add(step(outputs))
         return Prediction(outputs)
 
     # -- state ---------------------------------------------------------------------------------------

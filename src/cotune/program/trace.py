@@ -22,12 +22,18 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cotune.errors import DataError
+
 _active: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("cotune_trace", default=None)
 
 
 @dataclass
 class TraceStep:
-    """One predictor call: what went in, what came out, and what it cost."""
+    """One predictor call: what went in, what came out, and what it cost.
+
+    ``zero_shot`` holds the messages the predictor renders for the same inputs without its demos, when
+    they differ from ``messages`` (None: the call showed no demos); see `without_demos`.
+    """
 
     predictor: str
     inputs: dict[str, Any]
@@ -36,13 +42,38 @@ class TraceStep:
     completion: str
     usage: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    zero_shot: list[dict[str, str]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.zero_shot == self.messages:  # e.g. demos without answers, which are not shown
+            self.zero_shot = None
+        self._zero_shot_recorded = True  # False: read from a file written before calls recorded it
+
+    def without_demos(self) -> list[dict[str, str]]:
+        """The messages of this call had the predictor shown no demos.
+
+        Raises:
+            DataError: the step was read from traces written before calls recorded their prompt without demos.
+        """
+        if not self._zero_shot_recorded:
+            raise DataError(
+                f"a call of predictor {self.predictor!r} comes from traces written by an older cotune, which did not "
+                "record its prompt without demos; keep the demos (the same prompts when the calls showed none) "
+                "or collect the traces again"
+            )
+        return self.messages if self.zero_shot is None else self.zero_shot
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self._zero_shot_recorded:  # written again (a run reusing a traces file), it stays unknown
+            del d["zero_shot"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TraceStep:
-        return cls(**d)
+        step = cls(**d)
+        step._zero_shot_recorded = "zero_shot" in d
+        return step
 
 
 class Recorder:

@@ -7,7 +7,7 @@ torch, transformers, peft and trl are imported only when training runs.
 
 from cotune.training.config import LoRAConfig
 from cotune.training.lora import TrainResult, read_adapter_metadata, train_lora
-from cotune.training.sft_data import ChatExample, chat_examples, data_hash, strip_demos, tokenize
+from cotune.training.sft_data import ChatExample, chat_examples, data_hash, tokenize
 from cotune.training.trainer import LocalTrainer, Trainer, build_trainer, resolve_trainer
 from cotune.training.trl_trainer import TRLTrainer
 
@@ -23,7 +23,6 @@ __all__ = [
     "data_hash",
     "read_adapter_metadata",
     "resolve_trainer",
-    "strip_demos",
     "tokenize",
     "train_lora",
 ]

@@ -8,14 +8,17 @@ what inference sends, so the fine-tuned program runs on the prompts it was train
 the second prompt step re-bootstraps demos for a model that has learned to read demo turns. Stripping
 them (``keep_demos=False``) trains on zero-shot prompts: shorter sequences and a cheaper program to
 serve, and `BootstrapFinetune` then returns a program without demos so inference still matches training.
-Measured once on Iris with SmolLM2-135M (six labeled demos, 21 passing traces, lr 3e-4): 0.38 test
-accuracy keeping the demos, 0.36 stripping them: equal within noise, at ~3.5x fewer tokens per example.
+The zero-shot prompt is the one the predictor's format adapter rendered for the call without its demos
+(``TraceStep.zero_shot``, recorded with the call), never the sent messages cut by position: where the
+demos sit is the adapter's business. Measured once on Iris with SmolLM2-135M (six labeled demos,
+21 passing traces, lr 3e-4): 0.38 test accuracy keeping the demos, 0.36 stripping them: equal within
+noise, at ~3.5x fewer tokens per example.
 
 Example:
     >>> from cotune.program.trace import TraceStep
     >>> msgs = [{"role": "system", "content": "Answer."}, {"role": "user", "content": "Q: 1"},
     ...         {"role": "assistant", "content": "A: 1"}, {"role": "user", "content": "Q: 2"}]
-    >>> step = TraceStep("qa", {"q": "2"}, {"a": "2"}, msgs, "A: 2")
+    >>> step = TraceStep("qa", {"q": "2"}, {"a": "2"}, msgs, "A: 2", zero_shot=[msgs[0], msgs[-1]])
     >>> [len(ex.messages) for ex in chat_examples([[step]]) + chat_examples([[step]], keep_demos=False)]
     [4, 2]
 """
@@ -58,16 +61,6 @@ class ChatExample:
         return cls.create(d["messages"], d["completion"], d.get("predictor", "self"))
 
 
-def strip_demos(messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
-    """The system message and the final user turn, without the demo turns in between.
-
-    Predictors render demos as user/assistant pairs between the system message and the current input
-    (see `cotune.program.format.render`), so dropping everything in between removes exactly the demos.
-    """
-    head = [dict(messages[0])] if messages and messages[0].get("role") == "system" else []
-    return head + [dict(messages[-1])] if messages else []
-
-
 def chat_examples(
     traces: Iterable[Sequence[TraceStep]],
     *,
@@ -88,7 +81,7 @@ def chat_examples(
         for step in steps:
             if step.error is not None or (wanted is not None and step.predictor not in wanted):
                 continue
-            messages = step.messages if keep_demos else strip_demos(step.messages)
+            messages = step.messages if keep_demos else step.without_demos()
             ex = ChatExample.create(messages, step.completion, step.predictor)
             if ex not in seen:
                 seen.add(ex)
