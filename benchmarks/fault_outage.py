@@ -122,7 +122,18 @@ def iris_answer(messages: list[dict[str, str]]) -> str:
 
 
 def outage(work: Path, kind: str, seconds: float) -> dict[str, Any]:
-    """A healthy run for the true scores, a run through an outage of ``kind``, and its resume."""
+    """A healthy run for the true scores, a run through an outage of ``kind``, and its resume. The server's
+    log is quiet meanwhile (the failures are the point) and as it was afterwards: tests run this in-process."""
+    server_log = logging.getLogger("cotune.server")
+    level = server_log.level
+    server_log.setLevel(logging.CRITICAL)
+    try:
+        return _outage(work, kind, seconds)
+    finally:
+        server_log.setLevel(level)
+
+
+def _outage(work: Path, kind: str, seconds: float) -> dict[str, Any]:
     from cotune.experiment.config import ExperimentConfig
     from cotune.experiment.runner import Runner
     from cotune.lm import FakeLM
@@ -130,7 +141,6 @@ def outage(work: Path, kind: str, seconds: float) -> dict[str, Any]:
     from cotune.serve.server import start_server
     from cotune.tasks import load_task
 
-    logging.getLogger("cotune.server").setLevel(logging.CRITICAL)
     task = load_task("iris", train=10, dev=6, test=6)
     # A read timeout of a fifth of the outage: the client's attempts (one retry for a timeout, two for the
     # rest) are spent before the server is back, so the step fails rather than waiting the outage out.

@@ -5,6 +5,7 @@ server is back gives the score a healthy server gives. cotune's own server over 
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ def fault_outage(monkeypatch):
 @pytest.mark.parametrize("kind", ["refused", "500", "503", "timeout"])
 def test_an_outage_fails_the_step_and_the_resume_scores_it_truly(fault_outage, tmp_path, kind):
     result = fault_outage.outage(tmp_path, kind, seconds=3.0)
+    assert logging.getLogger("cotune.server").level == logging.NOTSET  # as it was: later tests read the log
     assert result["outage_started"]
     (failure,) = result["failures_during_outage"]
     assert failure["strategy"] == "p" and failure["kind"] == "infrastructure", failure

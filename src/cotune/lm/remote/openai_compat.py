@@ -28,7 +28,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -235,6 +235,9 @@ class OpenAICompatible(LM):
         interrupted = False
         try:
             futures = [pool.submit(complete, m) for m in batch]
+            pending = set(futures)
+            while pending:  # in short waits: a Ctrl-C is seen within one, whatever the lock wait does with it
+                _, pending = wait(pending, timeout=0.25)
             return [f.result() for f in futures]  # type: ignore[misc]
         except KeyboardInterrupt:
             # Ctrl-C: do not wait out the requests in flight (up to their read timeouts); they are abandoned
