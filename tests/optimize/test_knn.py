@@ -12,8 +12,9 @@ from cotune.data import Dataset, Example
 from cotune.errors import ConfigError, UnknownChoiceError
 from cotune.lm import FakeLM
 from cotune.optimize.bootstrap import BootstrapFewShot
-from cotune.optimize.knn import KNNFewShot, KNNSelector, attach_embedder, demo_text
+from cotune.optimize.knn import KNNFewShot, attach_embedder
 from cotune.program import ChainOfThought, Program
+from cotune.program.selectors import KNNSelector, demo_text
 from cotune.retrieve.embed import TfidfEmbedder
 
 ANGLES = [0, 30, 60, 90, 120, 180, 270]

@@ -10,10 +10,11 @@ import pytest
 from cotune.errors import ConfigError, UnknownChoiceError
 from cotune.evaluate import evaluate
 from cotune.lm import FakeLM
-from cotune.optimize.knn import KNNFewShot, KNNSelector
+from cotune.optimize.knn import KNNFewShot
 from cotune.optimize.medprompt import MedPrompt
 from cotune.optimize.registry import build_optimizer
 from cotune.program.ensemble import ChoiceShuffleEnsemble
+from cotune.program.selectors import KNNSelector
 from cotune.retrieve.embed import TfidfEmbedder
 from cotune.tasks.multiple_choice import MultipleChoiceQA, choice_match, mc_example
 

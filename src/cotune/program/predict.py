@@ -21,9 +21,8 @@ if TYPE_CHECKING:  # annotations only: predictors call the LM they are bound to
     from cotune.lm.base import LM
 
 
-# Demo selectors saved with a predictor, by the "kind" in their state -> "module:Class". Imported only when
-# a saved selector is loaded, so the program layer does not depend on the optimizers that build them.
-SELECTORS = {"knn": "cotune.optimize.knn:KNNSelector"}
+# Demo selectors saved with a predictor, by the "kind" in their state (`cotune.program.selectors`).
+SELECTORS = ("knn",)
 
 
 def load_selector(state: Mapping[str, Any], demos: list[Example]) -> Any:
@@ -32,13 +31,12 @@ def load_selector(state: Mapping[str, Any], demos: list[Example]) -> Any:
     Raises:
         UnknownChoiceError: a selector kind this version does not know.
     """
-    import importlib
-
     kind = state.get("kind")
     if kind not in SELECTORS:
         raise UnknownChoiceError("demo selector", kind, SELECTORS)
-    module, name = SELECTORS[kind].split(":")
-    return getattr(importlib.import_module(module), name).from_state(state, demos)
+    from cotune.program.selectors import KNNSelector  # numpy and the embedders: only when a program has one
+
+    return KNNSelector.from_state(state, demos)
 
 
 class Predict:
