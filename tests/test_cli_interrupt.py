@@ -127,3 +127,15 @@ def test_a_second_ctrl_c_prints_no_traceback(tmp_path, slow_server):
     assert seconds < 5, (seconds, stderr)
     assert proc.returncode in (130, -signal.SIGINT), stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+
+
+def test_main_run_in_process_puts_the_ctrl_c_handler_back(monkeypatch):
+    import signal
+
+    import cotune.cli  # noqa: F401
+
+    cli = sys.modules["cotune.cli.app"]  # the package's `app` attribute is the Typer app itself
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(cli, "app", lambda **kw: None)
+    cli.main()
+    assert signal.getsignal(signal.SIGINT) is before

@@ -149,3 +149,13 @@ def _finetune(tmp_path: Path, params: dict) -> WithKnob:
             force=True,
         )
     return built.value.optimizer
+
+
+def test_a_weight_step_built_in_python_takes_hyperparameters_by_name():
+    from cotune.experiment.config import WeightStep
+
+    assert WeightStep(knob=3).params == {"knob": 3}
+    assert WeightStep(knob=3, params={"knob": 4}).params == {"knob": 4}  # params wins, as in YAML
+    assert WeightStep(**{"lora.r": 8}, params={"lora": {"epochs": 2}}).params == {"lora": {"r": 8, "epochs": 2}}
+    step = WeightStep(knob=2)
+    assert ExperimentConfig.from_dict({"task": "gsm8k", "weights": {"knob": 2}}).weights == step

@@ -80,3 +80,5 @@ def main() -> None:
         if sigint.received and e.code == 130:  # typer turns the KeyboardInterrupt into this exit
             interrupted(console)
         raise
+    finally:
+        sigint.uninstall()

@@ -25,11 +25,17 @@ class SigInt:
 
     def __init__(self) -> None:
         self.received = False
+        self.previous: Any = None
 
     def install(self) -> SigInt:
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self)
+            self.previous = signal.signal(signal.SIGINT, self)
         return self
+
+    def uninstall(self) -> None:
+        """Put back the handler `install` replaced (for a caller that runs `main` in its own process)."""
+        if self.previous is not None and signal.getsignal(signal.SIGINT) is self:
+            signal.signal(signal.SIGINT, self.previous)
 
     def __call__(self, signum: int, frame: Any) -> None:
         if self.received:

@@ -7,13 +7,12 @@ import copy
 import dataclasses
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cotune.errors import ConfigError, UnknownChoiceError
+from cotune.experiment.config_build import build_dataclass, extras_into
 from cotune.tasks.base import HF_PREFIX
 
 DEFAULT_STRATEGIES = ["zero-shot", "p", "w", "p-p", "w-w", "p-w", "w-p", "p-w-p"]
@@ -73,7 +72,7 @@ class PromptStep:
         return errors or _check_optimizer("prompt", self.optimizer, self.optimizer_params())
 
 
-@dataclass
+@dataclass(init=False)
 class WeightStep:
     """The Θ step: a weights optimizer and its hyperparameters, declared once, by the optimizer.
 
@@ -99,6 +98,21 @@ class WeightStep:
     processes: int = field(
         default=1, metadata={"help": "data-parallel training processes (trainer trl; lora.batch_size is per process)"}
     )
+
+    def __init__(
+        self,
+        optimizer: str = "finetune",
+        params: dict[str, Any] | None = None,
+        trainer: str = "local",
+        processes: int = 1,
+        **hyperparameters: Any,
+    ) -> None:
+        """``WeightStep(num_rollouts=3)`` is ``WeightStep(params={"num_rollouts": 3})``, as in YAML (``params``
+        wins where both name one)."""
+        from cotune.optimize.registry import merge, nest
+
+        self.optimizer, self.trainer, self.processes = optimizer, trainer, processes
+        self.params = merge(nest(hyperparameters), nest(params or {})) if hyperparameters else dict(params or {})
 
     def optimizer_params(self) -> dict[str, Any]:
         from cotune.optimize.registry import nest
@@ -250,7 +264,7 @@ class ExperimentConfig:
         ``run_defaults`` (`cotune.tasks.TaskInfo`), then the defaults above. The saved run config holds them all."""
         errors: list[str] = []
         data = _with_task_defaults(_seeds_as_list(data))
-        cfg = _build(cls, data, "", errors)
+        cfg = build_dataclass(cls, data, "", errors)
         if cfg is not None:
             errors += cfg.check()
         if errors:
@@ -278,36 +292,6 @@ class ExperimentConfig:
         return cls.from_dict(data)
 
 
-def _build(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
-    if not isinstance(data, dict):
-        errors.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
-        return None
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    extra_to = getattr(cls, "EXTRA_KEYS_GO_TO", None)
-    data, kwargs = _extras_into(data, fields, extra_to), {}
-    for key, value in data.items():
-        if key not in fields:
-            errors.append(f"{prefix}{key}: unknown field; valid fields: {', '.join(fields)}")
-            continue
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            built = _build(hint, value, f"{prefix}{key}.", errors)
-            if built is not None:
-                kwargs[key] = built
-            continue
-        coerced, ok = _coerce(value, hint)
-        if not ok:
-            errors.append(f"{prefix}{key}: expected {_type_name(hint)}, got {value!r}")
-            continue
-        kwargs[key] = coerced
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        errors.append(f"{prefix or 'config'}: {e}")
-        return None
-
-
 def steps_with_params(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with each step's extra keys moved under its ``params``. Each source (task defaults, YAML,
     ``--set``) is normalized before they are merged, so a later source wins over an earlier one whichever way
@@ -315,69 +299,8 @@ def steps_with_params(data: dict[str, Any]) -> dict[str, Any]:
     out = dict(data)
     for key, cls in (("prompt", PromptStep), ("weights", WeightStep)):
         if isinstance(out.get(key), dict):
-            out[key] = _extras_into(out[key], {f.name: f for f in dataclasses.fields(cls)}, cls.EXTRA_KEYS_GO_TO)
+            out[key] = extras_into(out[key], {f.name: f for f in dataclasses.fields(cls)}, cls.EXTRA_KEYS_GO_TO)
     return out
-
-
-def _extras_into(data: dict[str, Any], fields: dict[str, Any], extra_to: str | None) -> dict[str, Any]:
-    """A step's keys that are not its fields, moved under its ``params`` (which win over them): the optimizer's
-    hyperparameters, checked by its own declared schema."""
-    extras = {k: v for k, v in data.items() if k not in fields}
-    if not extra_to or not extras:
-        return data
-    from cotune.optimize.registry import merge, nest
-
-    given = data.get(extra_to) or {}
-    if not isinstance(given, dict):
-        return data  # the field check names the bad value
-    kept = {k: v for k, v in data.items() if k in fields}
-    return kept | {extra_to: merge(nest(extras), nest(given))}
-
-
-def _coerce(value: Any, hint: Any) -> tuple[Any, bool]:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(hint):
-            v, ok = _coerce(value, arg)
-            if ok:
-                return v, True
-        return value, False
-    if hint is type(None):
-        return value, value is None
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if isinstance(value, (str, int)) and not isinstance(value, bool):
-            value = value.split(",") if isinstance(value, str) else [value]
-        if not isinstance(value, list):
-            return value, False
-        out = []
-        for v in value:
-            c, ok = _coerce(v.strip() if isinstance(v, str) else v, item)
-            if not ok:
-                return value, False
-            out.append(c)
-        return out, True
-    if origin is dict:
-        return value, isinstance(value, dict)
-    if hint is bool:
-        return value, isinstance(value, bool)
-    if hint is int:
-        if isinstance(value, bool):
-            return value, False
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value), True
-        return value, isinstance(value, int)
-    if hint is float:
-        return (
-            (float(value), True) if isinstance(value, (int, float)) and not isinstance(value, bool) else (value, False)
-        )
-    if hint is str:
-        return value, isinstance(value, str)
-    return value, True
-
-
-def _type_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "")
 
 
 def _seeds_as_list(data: dict[str, Any]) -> dict[str, Any]:

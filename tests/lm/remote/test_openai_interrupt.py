@@ -14,8 +14,17 @@ import pytest
 from cotune.lm.remote.openai_compat import OpenAICompatible
 
 
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handling for the test's length: what a user's process has (the CLI's handler raises
+    the same way), whatever handler an earlier test in this process left installed."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="pthread_kill is POSIX")
-def test_ctrl_c_does_not_wait_for_the_requests_in_flight():
+def test_ctrl_c_does_not_wait_for_the_requests_in_flight(python_ctrl_c):
     release = threading.Event()
     arrived = threading.Semaphore(0)
 
