@@ -65,6 +65,14 @@ def test_a_job_that_caught_up_keeps_the_thread_for_a_slice_more():
     assert next_job([long, short], now=10.0, starve=5.0, current=None, keep=0.5) is long
 
 
+def test_a_job_that_has_not_run_starts_before_a_young_current_one():
+    def job(used):
+        return _Job(batch=[], steps=iter(()), last=10.0, used=used)
+
+    young, new = job(used=0.1), job(used=0.0)  # a long generation began 0.1 s ago; a small request arrives
+    assert next_job([young, new], now=10.0, starve=5.0, current=young, keep=0.5) is new
+
+
 def test_max_jobs_one_runs_batches_one_after_another():
     run = Stepper()
     worker = BatchWorker(run, wait_ms=0, max_jobs=1)

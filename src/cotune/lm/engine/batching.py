@@ -64,6 +64,8 @@ def next_job(jobs: Sequence[_Job], now: float, starve: float, current: _Job | No
     if starved:
         return min(starved, key=lambda j: j.last)
     best = min(jobs, key=lambda j: j.used)
+    if best.used == 0.0:  # a job that has not run yet starts now: it has caught up with nothing
+        return best
     if current is not None and current in jobs and best.used > current.used - keep:
         return current
     return best
