@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cotune.errors import ConfigError, UnknownChoiceError
-from cotune.experiment.config_build import build_dataclass, extras_into
+from cotune.experiment.config_build import build_dataclass
 from cotune.tasks.base import HF_PREFIX
 
 DEFAULT_STRATEGIES = ["zero-shot", "p", "w", "p-p", "w-w", "p-w", "w-p", "p-w-p"]
@@ -35,8 +35,6 @@ class PromptStep:
     (``prompt: {optimizer: knn, k: 5}``). The fields below ``params`` are shortcuts for the paper's defaults,
     given to the optimizers that take them; ``params`` wins over them.
     """
-
-    EXTRA_KEYS_GO_TO = "params"
 
     optimizer: str = field(
         default="bfrs", metadata={"help": "a prompt optimizer: bfrs, bootstrap, gpo, knn, medprompt"}
@@ -82,8 +80,6 @@ class WeightStep:
     of the fields below is a hyperparameter, as if under ``params``. ``trainer`` and ``processes`` choose what
     trains the adapter.
     """
-
-    EXTRA_KEYS_GO_TO = "params"
 
     optimizer: str = field(default="finetune", metadata={"help": "a weights optimizer: finetune"})
     params: dict[str, Any] = field(
@@ -299,8 +295,21 @@ def steps_with_params(data: dict[str, Any]) -> dict[str, Any]:
     out = dict(data)
     for key, cls in (("prompt", PromptStep), ("weights", WeightStep)):
         if isinstance(out.get(key), dict):
-            out[key] = extras_into(out[key], {f.name: f for f in dataclasses.fields(cls)}, cls.EXTRA_KEYS_GO_TO)
+            out[key] = _extras_into_params(out[key], {f.name for f in dataclasses.fields(cls)})
     return out
+
+
+def _extras_into_params(data: dict[str, Any], fields: set[str]) -> dict[str, Any]:
+    """A step's keys that are not its fields, moved under its ``params`` (which win over them): the optimizer's
+    hyperparameters, checked by its own declared schema."""
+    extras = {k: v for k, v in data.items() if k not in fields}
+    given = data.get("params") or {}
+    if not extras or not isinstance(given, dict):  # a bad params value: the field check names it
+        return data
+    from cotune.optimize.registry import merge, nest
+
+    kept = {k: v for k, v in data.items() if k in fields}
+    return kept | {"params": merge(nest(extras), nest(given))}
 
 
 def _seeds_as_list(data: dict[str, Any]) -> dict[str, Any]:

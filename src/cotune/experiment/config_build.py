@@ -1,7 +1,5 @@
 """Typed dataclasses from nested mappings (YAML, ``--set``): each field's value coerced to its annotation, every
-error collected with its dotted path, so an invalid config reports all its problems at once. A class with an
-``EXTRA_KEYS_GO_TO`` attribute (a step of `cotune.experiment.config`) takes the keys it does not declare as
-entries of that mapping field: an optimizer's hyperparameters, checked by the optimizer itself."""
+error collected with its dotted path, so an invalid config reports all its problems at once."""
 
 from __future__ import annotations
 
@@ -17,8 +15,7 @@ def build_dataclass(cls: type, data: Any, prefix: str, errors: list[str]) -> Any
         return None
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    extra_to = getattr(cls, "EXTRA_KEYS_GO_TO", None)
-    data, kwargs = extras_into(data, fields, extra_to), {}
+    kwargs = {}
     for key, value in data.items():
         if key not in fields:
             errors.append(f"{prefix}{key}: unknown field; valid fields: {', '.join(fields)}")
@@ -39,21 +36,6 @@ def build_dataclass(cls: type, data: Any, prefix: str, errors: list[str]) -> Any
     except TypeError as e:
         errors.append(f"{prefix or 'config'}: {e}")
         return None
-
-
-def extras_into(data: dict[str, Any], fields: dict[str, Any], extra_to: str | None) -> dict[str, Any]:
-    """A step's keys that are not its fields, moved under its ``params`` (which win over them): the optimizer's
-    hyperparameters, checked by its own declared schema."""
-    extras = {k: v for k, v in data.items() if k not in fields}
-    if not extra_to or not extras:
-        return data
-    from cotune.optimize.registry import merge, nest
-
-    given = data.get(extra_to) or {}
-    if not isinstance(given, dict):
-        return data  # the field check names the bad value
-    kept = {k: v for k, v in data.items() if k in fields}
-    return kept | {extra_to: merge(nest(extras), nest(given))}
 
 
 def _coerce(value: Any, hint: Any) -> tuple[Any, bool]:
