@@ -13,7 +13,7 @@ import cotune
 SRC = pathlib.Path(cotune.__file__).parent
 # Lowest first; packages on one layer may use each other, never one above.
 LAYERS = [
-    {"files", "events", "errors", "hardware"},
+    {"files", "events", "errors", "hardware", "params"},
     {"data", "retrieve"},
     {"lm"},
     {"program"},

@@ -23,7 +23,7 @@ from cotune.experiment.runner import default_optimizer_factory
 from cotune.lm import FakeLM
 from cotune.optimize import registry
 from cotune.optimize.finetune import BootstrapFinetune
-from cotune.optimize.params import Positive
+from cotune.params import Positive
 
 
 class Built(Exception):

@@ -12,9 +12,9 @@ from cotune.lm import FakeLM
 from cotune.optimize.base import Optimizer
 from cotune.optimize.better_together import BetterTogether
 from cotune.optimize.bootstrap import BootstrapFewShot
-from cotune.optimize.params import describe
 from cotune.optimize.random_search import BootstrapFewShotWithRandomSearch
 from cotune.optimize.registry import build_optimizer, optimizer_class, optimizer_names
+from cotune.params import describe
 from cotune.program import Predict, Program
 
 
@@ -122,7 +122,7 @@ def test_an_annotation_that_does_not_resolve_goes_unchecked_instead_of_breaking_
     exec(  # a user's optimizer whose annotation names a type imported for type checking only
         "from __future__ import annotations\n"
         "from cotune.optimize.base import Optimizer\n"
-        "from cotune.optimize.params import Positive\n"
+        "from cotune.params import Positive\n"
         "class Mine(Optimizer):\n"
         "    def __init__(self, helper: NotImportedHere = None, k: Positive = 1):\n"
         "        self.helper, self.k = helper, k\n"

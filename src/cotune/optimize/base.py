@@ -4,7 +4,7 @@
 ``compile(program, *, trainset, valset)`` takes data and returns a NEW program, never mutating its input;
 what the search learned lands in trailing-underscore attributes (``trials_``, ``best_score_``).
 
-Hyperparameters are declared once, by the annotations of ``__init__`` (see `cotune.optimize.params`), and
+Hyperparameters are declared once, by the annotations of ``__init__`` (see `cotune.params`), and
 checked here before every ``compile``: a subclass writes no checks of its own beyond relations between
 parameters (`Optimizer.check_relations`).
 """
@@ -20,7 +20,7 @@ from typing import Any
 from cotune.data.example import Example
 from cotune.errors import ConfigError
 from cotune.events import EventSink
-from cotune.optimize.params import check_hyperparameters
+from cotune.params import check_hyperparameters
 from cotune.program.program import Program
 
 Examples = Sequence[Example]  # a trainset or valset

@@ -33,8 +33,8 @@ from cotune.evaluate.evaluate import EvaluationResult, evaluate
 from cotune.evaluate.metrics import Metric
 from cotune.events import EventSink, emit
 from cotune.optimize.base import Events, Examples, Optimizer, require_valset
-from cotune.optimize.params import NonNegative, Positive
 from cotune.optimize.strategy import StepKind, Steps, StrategyTree, last_kind, parse_strategy, strategy_name
+from cotune.params import NonNegative, Positive
 from cotune.program.program import Program
 
 

@@ -19,8 +19,8 @@ from cotune.evaluate.metrics import Metric, passes
 from cotune.events import EventSink, Progress, emit
 from cotune.optimize.base import Events, Examples, Optimizer
 from cotune.optimize.labeled import labeled_demos
-from cotune.optimize.params import Count, Fraction, NonNegative, Positive
 from cotune.optimize.rollouts import SEED_STRIDE, Item, Rollouts, Trace
+from cotune.params import Count, Fraction, NonNegative, Positive
 from cotune.program.program import Program
 
 

@@ -21,10 +21,10 @@ from cotune.evaluate.metrics import Metric
 from cotune.events import EventSink, emit
 from cotune.lm.cache import default_cache_dir
 from cotune.optimize.base import Optimizer
-from cotune.optimize.params import Fraction, NonNegative, OpenFraction, Positive
 from cotune.optimize.rollouts import Trace, collect_traces
 from cotune.optimize.traces import count_by_predictor, coverage, labeled_traces, load_traces, passing, save_traces
 from cotune.optimize.weights_target import LocalWeights, ServedWeights, weights_target
+from cotune.params import Fraction, NonNegative, OpenFraction, Positive
 from cotune.program.predict import Predict
 from cotune.program.program import Program
 from cotune.training.config import LoRAConfig

@@ -45,7 +45,7 @@ from cotune.optimize import gpo_prompts as prompts
 from cotune.optimize.base import Events, Examples, Optimizer, require_valset
 from cotune.optimize.edit import BUDGET_KINDS, normalize_instruction, word_edit_distance, words
 from cotune.optimize.edit import edit_budget as budget_at
-from cotune.optimize.params import Count, NonNegative, Positive
+from cotune.params import Count, NonNegative, Positive
 from cotune.program.program import Program
 
 RETRIEVAL_MODES = ("relevance", "recency", "topk", "none")

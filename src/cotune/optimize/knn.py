@@ -39,8 +39,8 @@ from cotune.events import EventSink, emit
 from cotune.optimize.base import Events, Examples, Optimizer
 from cotune.optimize.bootstrap import BootstrapFewShot
 from cotune.optimize.labeled import labeled_demos
-from cotune.optimize.params import Positive
 from cotune.optimize.self_cot import self_generated_demos
+from cotune.params import Positive
 from cotune.program.program import Program
 from cotune.program.selectors import KNNSelector, demo_text, embedder_from_spec, embedder_spec, fixed_for
 from cotune.retrieve.embed import Embedder

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from cotune.data.example import Example
 from cotune.optimize.base import Events, Examples, Optimizer
-from cotune.optimize.params import Count
+from cotune.params import Count
 from cotune.program.predict import Predict
 from cotune.program.program import Program
 

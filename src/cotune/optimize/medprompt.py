@@ -37,7 +37,7 @@ from cotune.events import emit
 from cotune.optimize.base import Events, Examples, Optimizer
 from cotune.optimize.bootstrap import BootstrapFewShot
 from cotune.optimize.knn import KNNFewShot
-from cotune.optimize.params import Positive
+from cotune.params import Positive
 from cotune.program.ensemble import ChoiceShuffleEnsemble
 from cotune.program.program import Program
 from cotune.retrieve.embed import Embedder

@@ -23,8 +23,8 @@ from cotune.events import EventSink, Progress, emit
 from cotune.optimize.base import Events, Examples, Optimizer, require_valset
 from cotune.optimize.bootstrap import BootstrapFewShot, collect_demos, with_demos
 from cotune.optimize.labeled import labeled_demos
-from cotune.optimize.params import NonNegative, Positive
 from cotune.optimize.rollouts import Rollouts
+from cotune.params import NonNegative, Positive
 from cotune.program.program import Program
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from cotune.errors import ConfigError, UnknownChoiceError
 from cotune.evaluate.metrics import Metric
 from cotune.optimize.base import Optimizer
-from cotune.optimize.params import annotations
+from cotune.params import annotations
 
 
 @dataclass(frozen=True)

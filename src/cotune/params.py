@@ -6,12 +6,9 @@ pydantic (strict: ``1.5`` is not an integer, ``True`` is not a number) before ``
 the bad value and the valid range or choices. Parameters that are themselves optimizers are checked in turn.
 
 Example:
-    >>> from cotune.optimize.base import Optimizer
-    >>> class Demo(Optimizer):
+    >>> class Demo:
     ...     def __init__(self, k: Positive = 3, mode: Literal["a", "b"] = "a"):
     ...         self.k, self.mode = k, mode
-    ...     def compile(self, program, *, trainset, valset=None, events=None):
-    ...         return program
     >>> check_hyperparameters(Demo(k=0))
     Traceback (most recent call last):
     ...
@@ -86,6 +83,15 @@ def describe(cls: type) -> dict[str, str]:
     return {name: words for name, (_, words) in schema(cls).items()}
 
 
+def value_problems(obj: Any, prefix: str = "") -> list[str]:
+    """Each declared parameter of ``type(obj)`` whose value on ``obj`` breaks its rule, in words:
+    ``"k must be >= 1, got 0 (k must be an integer >= 1)"``, or for a parameter with choices
+    ``"mode: unknown mode 'c'; choose one of: a, b"``; names are written after ``prefix`` (``"weights."``). A
+    parameter that ``obj`` does not hold as an attribute is skipped. A dataclass declares its parameters by its
+    fields' annotations (its generated ``__init__`` carries them), an optimizer by its ``__init__``'s."""
+    return [message for _, message, _ in _broken(obj, prefix)]
+
+
 def check_hyperparameters(optimizer: Any) -> None:
     """Validate ``optimizer``'s hyperparameters against its declared schema (those of optimizers it holds
     are checked by `cotune.optimize.base.Optimizer.check_params`, which calls this on each).
@@ -94,24 +100,35 @@ def check_hyperparameters(optimizer: Any) -> None:
         UnknownChoiceError: a value outside a parameter's choices (the choices are listed).
         ConfigError: every other bad value, all at once: ``name must be <what failed>, got <value>``.
     """
-    cls = type(optimizer)
     problems = []
+    for _, message, unknown in _broken(optimizer, ""):
+        if unknown is not None:
+            raise unknown
+        problems.append(message)
+    if problems:
+        raise ConfigError(f"{type(optimizer).__name__}: " + "; ".join(problems))
+
+
+def _broken(obj: Any, prefix: str) -> list[tuple[str, str, UnknownChoiceError | None]]:
+    cls = type(obj)
+    out = []
     for name, (adapter, words) in schema(cls).items():
-        if not hasattr(optimizer, name):
+        if not hasattr(obj, name):
             continue
-        value = getattr(optimizer, name)
+        value = getattr(obj, name)
         try:
             adapter.validate_python(value, strict=True)
         except ValidationError as e:
+            label = f"{prefix}{name}"
             choices = _choices(annotations(cls)[name])
             if choices and isinstance(value, str):
-                raise UnknownChoiceError(name, value, choices) from None
+                unknown = UnknownChoiceError(label, value, choices)
+                out.append((name, f"{label}: {unknown}", unknown))
+                continue
             short = _short(e, words)
-            problems.append(
-                f"{name} must be {short}, got {value!r}" + (f" ({name} must be {words})" if short != words else "")
-            )
-    if problems:
-        raise ConfigError(f"{cls.__name__}: " + "; ".join(problems))
+            why = f" ({label} must be {words})" if short != words else ""
+            out.append((name, f"{label} must be {short}, got {value!r}{why}", None))
+    return out
 
 
 # -- annotations → validators and words --------------------------------------------------------------
