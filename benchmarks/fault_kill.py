@@ -38,7 +38,7 @@ PROGRESS_PHASES = (  # description prefix -> phase
     ("seed ", "evaluation"),
     ("score ", "evaluation"),
     ("collect traces", "rollouts"),
-    ("teacher round", "rollouts"),
+    ("teacher rollout", "rollouts"),
     ("finetune", "training"),
     ("bootstrap", "prompt search"),
     ("candidate", "prompt search"),

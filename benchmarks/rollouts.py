@@ -32,13 +32,13 @@ def main() -> None:
     ct.evaluate(program, task.train[:8], task.metric, num_threads=8)  # warm-up: grammar compiled, threads up
     store, rows, keys = lm.engine.prefixes, [], {}
     capacity = store.max_bytes
-    grouped = traces_mod.ROUND_FILL
+    grouped = traces_mod.ROLLOUT_FILL
     for name, fill, keep in (
         ("one at a time", 1, False),
         ("grouped", grouped, False),
         ("grouped, prompts kept", grouped, True),
     ):
-        traces_mod.ROUND_FILL = fill
+        traces_mod.ROLLOUT_FILL = fill
         store.clear()
         store.max_bytes = capacity if keep else 0
         t0 = time.perf_counter()

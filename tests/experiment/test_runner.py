@@ -200,7 +200,7 @@ def test_every_run_goes_through_better_together(tmp_path, monkeypatch):
 
 
 def test_the_default_factory_runs_registered_prompt_optimizers_end_to_end(tmp_path):
-    for name, params in (("bfrs", {"num_candidates": 3}), ("bootstrap", {"max_rounds": 2})):
+    for name, params in (("bfrs", {"num_candidates": 3}), ("bootstrap", {"num_rollouts": 2})):
         cfg = ExperimentConfig.from_dict({"task": "fake", "strategies": ["p"], "out_dir": str(tmp_path), "name": name,
                                           "threads": 2, "prompt": {"optimizer": name, "params": params}})  # fmt: skip
         run = Runner(cfg, lm=fake_lm(), task=FakeTask()).start()

@@ -69,24 +69,24 @@ def test_stops_once_enough_traces_passed():
     assert sorted(seen_numbers(lm)) == ["2", "3"]
 
 
-def test_later_rounds_sample_with_new_rollout_id_and_temperature():
+def test_later_rollouts_sample_with_new_rollout_id_and_temperature():
     # Wrong at temperature 0; right for 3 and 5 once sampled with rollout id 1.
     def right_when(number, config, messages):
         return config.temperature == 0.5 and config.rollout_id == 1 and number in {"3", "5"}
 
     lm = parity_lm(right_when=right_when)
-    opt, compiled = compile_parity(lm, [2, 3, 5], max_bootstrapped_demos=2, max_rounds=2, round_temperature=0.5)
+    opt, compiled = compile_parity(lm, [2, 3, 5], max_bootstrapped_demos=2, num_rollouts=2, rollout_temperature=0.5)
     calls = [(fields_of(m[-1]["content"])["number"], c.temperature, c.rollout_id) for m, c in lm.calls]
     assert {(t, r) for _, t, r in calls} == {(0.0, 0), (0.5, 1)}
     assert sorted(n for n, _, r in calls if r == 0) == ["2", "2", "3", "3", "5", "5"]  # two predictors each
-    assert sorted(n for n, _, r in calls if r == 1) == ["2", "2", "3", "3", "5", "5"]  # all failed round 0
-    assert [t["round"] for t in opt.traces_] == [1, 1]
+    assert sorted(n for n, _, r in calls if r == 1) == ["2", "2", "3", "3", "5", "5"]  # all failed rollout 0
+    assert [t["rollout"] for t in opt.traces_] == [1, 1]
     assert [d["number"] for d in compiled.label.demos] == ["3", "5"]
     # The learned program keeps the student's decoding settings, not the teacher's sampling.
     assert compiled.label.config == {} and compiled.digit.config == {}
 
 
-def test_single_round_never_samples():
+def test_a_single_rollout_never_samples():
     lm = parity_lm("0")
     compile_parity(lm, [1, 2, 3], max_bootstrapped_demos=2)
     assert {c.rollout_id for _, c in lm.calls} == {0}
@@ -173,11 +173,11 @@ def test_unbound_teacher_runs_on_the_students_model():
 @pytest.mark.parametrize(
     "params, match",
     [
-        ({"max_rounds": 0}, "max_rounds"),
+        ({"num_rollouts": 0}, "num_rollouts"),
         ({"max_bootstrapped_demos": -1}, "max_bootstrapped_demos"),
         ({"max_labeled_demos": 1.5}, "max_labeled_demos"),
         ({"num_threads": 0}, "num_threads"),
-        ({"round_temperature": -0.1}, "round_temperature"),
+        ({"rollout_temperature": -0.1}, "rollout_temperature"),
     ],
 )
 def test_bad_hyperparameters_name_themselves(params, match):

@@ -52,7 +52,7 @@ FACTORIES: list[tuple[str, Factory]] = [
     (
         "bootstrap_rounds",
         lambda s, seed: BootstrapFewShot(
-            s.metric, max_bootstrapped_demos=3, max_rounds=2, teacher_labeled_demos=2, seed=seed
+            s.metric, max_bootstrapped_demos=3, num_rollouts=2, teacher_labeled_demos=2, seed=seed
         ),
     ),
     ("bfrs", lambda s, seed: BootstrapFewShotWithRandomSearch(s.metric, num_candidates=6, seed=seed)),

@@ -39,7 +39,7 @@ def test_planned_runs_counts_self_generation_and_one_run_per_option_order():
     assert medprompt(m=5).planned_runs(TRAIN, few)["ensemble"] == 2 + 5
     assert medprompt(m=1).planned_runs(TRAIN, few)["ensemble"] == 2
     # later rounds re-run only the failures: the count is an upper bound
-    rounds = medprompt(bootstrap=BootstrapFewShot(choice_match, max_rounds=3))
+    rounds = medprompt(bootstrap=BootstrapFewShot(choice_match, num_rollouts=3))
     assert rounds.planned_runs(TRAIN, TEST)["self-generation"] == 36
 
 

@@ -16,7 +16,8 @@ from cotune.optimize.finetune import BootstrapFinetune
 from cotune.optimize.gpo import GPO
 from cotune.optimize.knn import KNNFewShot
 from cotune.optimize.random_search import BootstrapFewShotWithRandomSearch
-from cotune.optimize.registry import OPTIMIZERS, build_optimizer, nest, optimizer_names
+from cotune.optimize.registry import OPTIMIZERS, build_optimizer, nest, optimizer_class, optimizer_names
+from cotune.params import describe
 from cotune.training.config import LoRAConfig
 
 
@@ -110,11 +111,11 @@ def test_yaml_refuses_bad_parameters_at_load_time_with_the_valid_ones():
 
 def test_nested_parameters_by_dots_or_mappings():
     assert nest({"a.b": 1, "a": {"c": 2}, "d": 3}) == {"a": {"b": 1, "c": 2}, "d": 3}
-    dotted = build_optimizer("bfrs", metric, **{"bootstrap.max_rounds": 2}, num_threads=3, seed=4)
-    mapped = build_optimizer("bfrs", metric, bootstrap={"max_rounds": 2}, num_threads=3, seed=4)
+    dotted = build_optimizer("bfrs", metric, **{"bootstrap.num_rollouts": 2}, num_threads=3, seed=4)
+    mapped = build_optimizer("bfrs", metric, bootstrap={"num_rollouts": 2}, num_threads=3, seed=4)
     assert repr(dotted) == repr(mapped)
     boot = dotted.bootstrap
-    assert (boot.max_rounds, boot.max_bootstrapped_demos, boot.max_labeled_demos) == (2, 3, 3)  # BFRS's defaults
+    assert (boot.num_rollouts, boot.max_bootstrapped_demos, boot.max_labeled_demos) == (2, 3, 3)  # BFRS's defaults
     assert (boot.metric, boot.num_threads, boot.seed) == (metric, 3, 4)
     assert build_optimizer("knn", metric, seed=1).seed == 1  # knn takes no num_threads: dropped
     with pytest.raises(ConfigError, match="bfrs.bootstrap.*no hyperparameter max_demos"):
@@ -123,3 +124,14 @@ def test_nested_parameters_by_dots_or_mappings():
         build_optimizer("finetune", metric, lora={"rank": 8})
     with pytest.raises(UnknownChoiceError, match="bfrs, bootstrap, finetune, gpo, knn, medprompt"):
         build_optimizer("bfrss", metric)
+
+
+def test_teacher_reruns_have_one_name_and_the_old_one_points_to_it():
+    """Bootstrap and fine-tuning both call the teacher's re-runs rollouts; a config with the old bootstrap name
+    is told the new one."""
+    for name in ("bootstrap", "finetune"):
+        assert {"num_rollouts", "rollout_temperature"} <= set(describe(optimizer_class(name)))
+    with pytest.raises(ConfigError, match=r"no hyperparameter max_rounds \(max_rounds is now num_rollouts\)"):
+        build_optimizer("bootstrap", metric, max_rounds=2)
+    with pytest.raises(ConfigError, match=r"round_temperature is now rollout_temperature"):
+        build_optimizer("bfrs", metric, **{"bootstrap.round_temperature": 0.5})

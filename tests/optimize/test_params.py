@@ -23,8 +23,8 @@ from cotune.program import Predict, Program
     [
         (
             "bootstrap",
-            {"max_rounds": 0},
-            "BootstrapFewShot: max_rounds must be >= 1, got 0 (max_rounds must be an integer >= 1)",
+            {"num_rollouts": 0},
+            "BootstrapFewShot: num_rollouts must be >= 1, got 0 (num_rollouts must be an integer >= 1)",
         ),
         ("bootstrap", {"max_labeled_demos": 1.5}, "max_labeled_demos must be an integer >= 0, got 1.5"),
         ("bootstrap", {"metric_threshold": 1.5}, "metric_threshold must be in [0, 1], got 1.5"),
@@ -65,14 +65,14 @@ def test_every_registered_optimizer_checks_before_any_model_call():
 
 def test_declarations_read_as_words():
     words = describe(BootstrapFewShot)
-    assert words["max_rounds"] == "an integer >= 1" and words["metric_threshold"] == "a number in [0, 1] or None"
+    assert words["num_rollouts"] == "an integer >= 1" and words["metric_threshold"] == "a number in [0, 1] or None"
     assert words["teacher"] == "a Program or None" and words["metric"] == "a function"
     assert describe(BootstrapFewShotWithRandomSearch)["bootstrap"] == "a BootstrapFewShot or None"
 
 
 def test_bfrs_holds_a_bootstrap_and_checks_it():
-    opt = BootstrapFewShotWithRandomSearch(metric, bootstrap=BootstrapFewShot(metric, max_rounds=0))
-    with pytest.raises(ConfigError, match="BootstrapFewShot: max_rounds must be >= 1"):
+    opt = BootstrapFewShotWithRandomSearch(metric, bootstrap=BootstrapFewShot(metric, num_rollouts=0))
+    with pytest.raises(ConfigError, match="BootstrapFewShot: num_rollouts must be >= 1"):
         opt.check_params()
     assert "max_labeled_demos" not in describe(BootstrapFewShotWithRandomSearch)  # not copied: held
 

@@ -18,7 +18,7 @@ VAL = list(range(500, 512))
 
 
 BOOTSTRAP_PARAMS = {"max_bootstrapped_demos", "max_labeled_demos", "metric_threshold", "teacher",
-                    "teacher_labeled_demos", "max_rounds", "round_temperature"}  # fmt: skip
+                    "teacher_labeled_demos", "num_rollouts", "rollout_temperature"}  # fmt: skip
 
 
 def bfrs(lm, *, train=TRAIN, val=VAL, **params):

@@ -40,26 +40,26 @@ def test_rollouts_shared_by_threads_run_each_example_once():
     assert results["a"][4] is results["b"][0]
 
 
-def test_rounds_run_together_sample_under_their_own_ids_and_are_remembered():
+def test_rollouts_run_together_sample_under_their_own_ids_and_are_remembered():
     lm = parity_lm("02468")
     program = Parity().bind(lm)
     runs = Rollouts(program, metric, temperature=0.9, min_p=0.1, seed=2, num_threads=4)
     items = list(enumerate(parity_data([10, 11, 12])))
-    by_round = runs.run_rounds(items, [0, 1, 2])
-    assert [[t.example_index for t in ts] for ts in by_round] == [[0, 1, 2]] * 3
-    assert [(ts[0].rollout_id, ts[0].temperature, ts[0].seed) for ts in by_round] == [
+    by_rollout = runs.run_rollouts(items, [0, 1, 2])
+    assert [[t.example_index for t in ts] for ts in by_rollout] == [[0, 1, 2]] * 3
+    assert [(ts[0].rollout_id, ts[0].temperature, ts[0].seed) for ts in by_rollout] == [
         (0, None, 2),
         (2001, 0.9, 2),
         (2002, 0.9, 2),
     ]
     configs = Counter((c.temperature, c.rollout_id, c.min_p) for _, c in lm.calls)
     assert configs == {(0.0, 0, 0.0): 6, (0.9, 2001, 0.1): 6, (0.9, 2002, 0.1): 6}  # two predictors x 3 examples
-    assert runs.run(items[1:], 2) == by_round[2][1:] and len(lm.calls) == 18  # already run: nothing sent
-    assert by_round[0][0].program == program.fingerprint() and by_round[0][0].model == lm.spec()
+    assert runs.run(items[1:], 2) == by_rollout[2][1:] and len(lm.calls) == 18  # already run: nothing sent
+    assert by_rollout[0][0].program == program.fingerprint() and by_rollout[0][0].model == lm.spec()
     assert program.label.config == {} and program.digit.config == {}  # the teacher is left alone
 
 
-def test_a_round_where_every_example_raised_is_a_bug_to_show():
+def test_a_rollout_where_every_example_raised_is_a_bug_to_show():
     class Broken(Parity):
         def forward(self, number):
             raise RuntimeError("retriever down")
@@ -69,12 +69,12 @@ def test_a_round_where_every_example_raised_is_a_bug_to_show():
         runs.run(list(enumerate(parity_data([1, 2]))), 0)
 
 
-def test_bootstrap_keeps_its_traces_as_records_of_example_round_score_and_steps():
+def test_bootstrap_keeps_its_traces_as_records_of_example_rollout_score_and_steps():
     lm = parity_lm(right_when=lambda number, config, messages: config.rollout_id == 1 or number == "2")
-    opt = BootstrapFewShot(metric, max_bootstrapped_demos=2, max_labeled_demos=0, max_rounds=2)
+    opt = BootstrapFewShot(metric, max_bootstrapped_demos=2, max_labeled_demos=0, num_rollouts=2)
     opt.compile(Parity().bind(lm), trainset=parity_data([2, 3]))
-    assert [{k: t[k] for k in ("example", "round", "score")} for t in opt.traces_] == [
-        {"example": 0, "round": 0, "score": 1.0},
-        {"example": 1, "round": 1, "score": 1.0},
+    assert [{k: t[k] for k in ("example", "rollout", "score")} for t in opt.traces_] == [
+        {"example": 0, "rollout": 0, "score": 1.0},
+        {"example": 1, "rollout": 1, "score": 1.0},
     ]
     assert [[s.predictor for s in t["steps"]] for t in opt.traces_] == [["digit", "label"]] * 2

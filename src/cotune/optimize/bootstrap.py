@@ -79,8 +79,8 @@ class Bootstrapped:
 
 def trace_record(trace: Trace) -> dict[str, Any]:
     """A bootstrap trace as `BootstrapFewShot.traces_` keeps it (and run records save it)."""
-    round_ = trace.rollout_id % SEED_STRIDE  # bootstrap samples with seed 0: the rollout id is the round
-    return {"example": trace.example_index, "round": round_, "score": trace.score, "steps": trace.steps}
+    rollout = trace.rollout_id % SEED_STRIDE  # bootstrap samples with seed 0: the id is the rollout's number
+    return {"example": trace.example_index, "rollout": rollout, "score": trace.score, "steps": trace.steps}
 
 
 def collect_demos(
@@ -91,14 +91,14 @@ def collect_demos(
     threshold: float | None,
     max_bootstrapped_demos: int,
     max_labeled_demos: int,
-    max_rounds: int,
+    num_rollouts: int,
     seed: int,
     events: EventSink | None = None,
 ) -> Bootstrapped:
     """Bootstrap demos for every predictor of ``student`` from teacher runs over ``items``, in order.
 
     Examples run in chunks of ``runs.num_threads`` (parallel within a chunk) until enough traces passed;
-    within a chunk, failures are re-run for up to ``max_rounds - 1`` more rounds. Traces are taken in
+    within a chunk, failures are re-run for up to ``num_rollouts - 1`` more rollouts. Traces are taken in
     ``items`` order, so the result does not depend on thread timing.
     """
     names = [n for n, _ in student.named_predictors()]
@@ -112,9 +112,9 @@ def collect_demos(
             todo, start = list(items[start : start + chunk]), start + chunk
             position = {key: i for i, (key, _) in enumerate(todo)}
             found: list[Trace] = []
-            for round_ in range(max_rounds):
-                traces = runs.run(todo, round_)
-                n_run += len(todo) if round_ == 0 else 0
+            for rollout in range(num_rollouts):
+                traces = runs.run(todo, rollout)
+                n_run += len(todo) if rollout == 0 else 0
                 failed = []
                 for (key, ex), trace in zip(todo, traces, strict=True):
                     if passes(trace.score, threshold):
@@ -122,7 +122,7 @@ def collect_demos(
                         passing_keys.add(key)
                     else:
                         failed.append((key, ex))
-                if round_ == 0:
+                if rollout == 0:
                     bar.advance(len(todo), passed=len(passed) + len(found))
                 if not failed or len(passed) + len(found) >= max_bootstrapped_demos:
                     break
@@ -165,8 +165,9 @@ class BootstrapFewShot(Optimizer):
         max_bootstrapped_demos: the most bootstrapped demos per predictor (= passing traces used).
         max_labeled_demos: the most demos per predictor in total; labeled examples fill what bootstrapping
             left (so 16 with 4 bootstrapped adds up to 12 labeled).
-        max_rounds: tries per failed example; later rounds sample at ``round_temperature``.
-        round_temperature: sampling temperature of rounds after the first.
+        num_rollouts: teacher runs per example (the word `BootstrapFinetune` uses too): the first is greedy,
+            the later ones re-run only the examples that have not passed yet, sampling at ``rollout_temperature``.
+        rollout_temperature: sampling temperature of the rollouts after the first.
         num_threads: parallel teacher runs (a local model batches concurrent calls).
         seed: order of the labeled fill-up (and of the teacher's labeled demos).
 
@@ -196,8 +197,8 @@ class BootstrapFewShot(Optimizer):
         teacher_labeled_demos: Count = 0,
         max_bootstrapped_demos: Count = 4,
         max_labeled_demos: Count = 16,
-        max_rounds: Positive = 1,
-        round_temperature: NonNegative = 0.7,
+        num_rollouts: Positive = 1,
+        rollout_temperature: NonNegative = 0.7,
         num_threads: Positive = 8,
         seed: int = 0,
     ):
@@ -207,8 +208,8 @@ class BootstrapFewShot(Optimizer):
         self.teacher_labeled_demos = teacher_labeled_demos
         self.max_bootstrapped_demos = max_bootstrapped_demos
         self.max_labeled_demos = max_labeled_demos
-        self.max_rounds = max_rounds
-        self.round_temperature = round_temperature
+        self.num_rollouts = num_rollouts
+        self.rollout_temperature = rollout_temperature
         self.num_threads = num_threads
         self.seed = seed
 
@@ -229,7 +230,7 @@ class BootstrapFewShot(Optimizer):
             threshold=self.metric_threshold,
             max_bootstrapped_demos=self.max_bootstrapped_demos,
             max_labeled_demos=self.max_labeled_demos,
-            max_rounds=self.max_rounds,
+            num_rollouts=self.num_rollouts,
             seed=self.seed,
             events=events,
         )
@@ -243,7 +244,7 @@ class BootstrapFewShot(Optimizer):
     def teacher_rollouts(self, student: Program, trainset: Sequence[Example], seed: int) -> Rollouts:
         """The teacher's runs that bootstraps of ``student`` share (``seed`` orders the teacher's labeled demos)."""
         teacher = build_teacher(student, self.teacher, trainset, self.teacher_labeled_demos, seed)
-        return Rollouts(teacher, self.metric, temperature=self.round_temperature, num_threads=self.num_threads)
+        return Rollouts(teacher, self.metric, temperature=self.rollout_temperature, num_threads=self.num_threads)
 
 
 def with_demos(program: Program, demos: Mapping[str, list[Example]]) -> Program:

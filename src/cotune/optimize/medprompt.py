@@ -50,7 +50,7 @@ class MedPrompt(Optimizer):
         metric: decides which self-generated runs are kept (``(example, prediction) -> float``).
         k: demos per question (kNN).
         m: ensemble runs per question (option orders); 1 turns the ensemble off.
-        bootstrap: a configured `BootstrapFewShot` for the self-generation (threshold, rounds, threads);
+        bootstrap: a configured `BootstrapFewShot` for the self-generation (threshold, rollouts, threads);
             default ``BootstrapFewShot(metric, num_threads=num_threads, seed=seed)``.
         embedder: the kNN `Embedder`; default MiniLM when installed, else TF-IDF.
         options_field / answer_field: the input holding the options list / the output naming the choice.
@@ -114,8 +114,8 @@ class MedPrompt(Optimizer):
     def planned_runs(self, trainset: Examples, evalset: Sequence[Example] = ()) -> dict[str, int]:
         """Program runs that `compile` and an evaluation of its result on ``evalset`` make, by phase.
 
-        "self-generation": each training example once a round; later rounds re-run only the failures, so
-        with ``bootstrap.max_rounds`` > 1 this is an upper bound. "ensemble": each evaluated question once
+        "self-generation": each training example once a rollout; later rollouts re-run only the failures, so
+        with ``bootstrap.num_rollouts`` > 1 this is an upper bound. "ensemble": each evaluated question once
         per option order (``m``, or every order when its options have fewer). The demos cost no runs.
 
         Example:
@@ -124,7 +124,7 @@ class MedPrompt(Optimizer):
             >>> MedPrompt(lambda ex, p: 1.0, m=5).planned_runs([two] * 50, [two, six])
             {'self-generation': 50, 'ensemble': 7}
         """
-        rounds = self.bootstrap.max_rounds if self.bootstrap is not None else 1
+        rounds = self.bootstrap.num_rollouts if self.bootstrap is not None else 1
         orders = sum(min(self.m, math.factorial(len(ex.get(self.options_field) or [None]))) for ex in evalset)
         return {"self-generation": len(trainset) * rounds, "ensemble": orders}
 

@@ -90,8 +90,8 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
         num_candidates: how many candidates to try (paper: 6 = zero-shot, labeled, bootstrap, 3 shuffled).
         bootstrap: the `BootstrapFewShot` every bootstrapped candidate runs: its metric and
             ``metric_threshold`` decide which traces pass, its ``teacher``, ``teacher_labeled_demos``,
-            ``max_rounds``, ``round_temperature`` and ``num_threads`` run the teacher (once per training
-            example and round, shared by all candidates), its ``max_bootstrapped_demos`` and
+            ``num_rollouts``, ``rollout_temperature`` and ``num_threads`` run the teacher (once per training
+            example and rollout, shared by all candidates), its ``max_bootstrapped_demos`` and
             ``max_labeled_demos`` are each candidate's demo budget; the candidates' own seeds replace its
             ``seed``. Default: ``BootstrapFewShot(metric, **DEFAULT_BOOTSTRAP, num_threads=num_threads)``
             (the paper's 3 bootstrapped + 3 labeled demos).
@@ -258,7 +258,7 @@ class BootstrapFewShotWithRandomSearch(Optimizer):
                 threshold=shared.bootstrap.metric_threshold,
                 max_bootstrapped_demos=cand.max_bootstrapped_demos,
                 max_labeled_demos=cand.max_labeled_demos,
-                max_rounds=shared.bootstrap.max_rounds,
+                num_rollouts=shared.bootstrap.num_rollouts,
                 seed=cand.seed,
                 events=events,
             )

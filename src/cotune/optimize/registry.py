@@ -52,6 +52,8 @@ OPTIMIZERS: dict[str, Entry] = {
                       "LoRA on the program's own successful traces (the paper's Θ)"),
 }  # fmt: skip
 
+# hyperparameters that were renamed: an old config names the new spelling in its error
+RENAMED = {"max_rounds": "num_rollouts", "round_temperature": "rollout_temperature"}
 COMMON_PARAMS = ("num_threads", "seed")  # given to every optimizer by the CLI and the runner; dropped where unknown
 
 
@@ -107,9 +109,11 @@ def _build(cls: type[Optimizer], name: str, metric: Metric, params: dict[str, An
             params.pop(common, None)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
+        renamed = [f"{old} is now {RENAMED[old]}" for old in unknown if RENAMED.get(old) in accepted]
         raise ConfigError(
-            f"optimizer {name!r} has no hyperparameter {', '.join(unknown)}; choose from: "
-            f"{', '.join(p for p in accepted if p != 'metric')}"
+            f"optimizer {name!r} has no hyperparameter {', '.join(unknown)}"
+            + (f" ({'; '.join(renamed)})" if renamed else "")
+            + f"; choose from: {', '.join(p for p in accepted if p != 'metric')}"
         )
     hints = annotations(cls)
     for key, value in list(params.items()):

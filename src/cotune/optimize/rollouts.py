@@ -1,9 +1,9 @@
-"""Rollouts: a teacher program run over training examples in rounds, one `Trace` per run on one example.
+"""Rollouts: a teacher program run over training examples several times, one `Trace` per run on one example.
 
 Bootstrapping (few-shot demos, Π) and trace collection (fine-tuning, Θ) both run a teacher this way:
-round 0 decodes as the teacher is configured, later rounds sample. `Rollouts` runs the rounds and
-remembers every run, so callers that share it never run an example twice in a round; `collect_traces`
-runs every example for a number of rounds, grouped so that each round fills a local engine's batch.
+rollout 0 decodes as the teacher is configured, later rollouts sample. `Rollouts` runs them and remembers
+every run, so callers that share it never run an example twice in one rollout; `collect_traces` runs every
+example for a number of rollouts, grouped so that each group fills a local engine's batch.
 
 Example:
     >>> from cotune.data import Example
@@ -35,8 +35,8 @@ from cotune.program.program import Program
 from cotune.program.trace import TraceStep
 
 FORMAT_VERSION = 1
-ROUND_FILL = 64  # calls per round that sampled rollouts are grouped up to (a local engine's batch)
-SEED_STRIDE = 1000  # a sampled round's rollout id is seed * SEED_STRIDE + round
+ROLLOUT_FILL = 64  # calls that sampled rollouts are grouped up to (a local engine's batch)
+SEED_STRIDE = 1000  # sampled rollout r of a seed runs under rollout id seed * SEED_STRIDE + r
 
 Item = tuple[int, Example]  # (index in the training set, example): the key of a run
 
@@ -49,7 +49,7 @@ class Trace:
         example_index: position of the example in the training set.
         inputs / labels: the example, so the file stands on its own.
         steps: every predictor call, with the exact messages sent and the raw completion.
-        rollout_id: 0 for the teacher's own decoding; ``seed * 1000 + round`` for a sampled round.
+        rollout_id: 0 for the teacher's own decoding; ``seed * 1000 + rollout`` for a sampled rollout.
         temperature: the sampling temperature of a rollout (None: the teacher's own setting).
         program: the teacher's `Program.fingerprint()` (its prompts); model: its ``lm.spec()``.
         source: "run" (the teacher ran) or "labels" (written from the example's gold labels, see
@@ -119,22 +119,22 @@ class Trace:
 
 
 class Rollouts:
-    """Runs a teacher on training examples in rounds, remembering every run by (example key, round).
+    """Runs a teacher on training examples, one rollout at a time or several at once, remembering every run by (example key, rollout).
 
-    Round 0 decodes as the teacher is configured; round r > 0 samples at ``temperature`` (with ``min_p``
-    when > 0) under rollout id ``seed * 1000 + r``, so a caching LM answers afresh in every round, and the
+    Rollout 0 decodes as the teacher is configured; rollout r > 0 samples at ``temperature`` (with ``min_p``
+    when > 0) under rollout id ``seed * 1000 + r``, so a caching LM answers afresh in every rollout, and the
     same again for the same seed. Callers sharing one `Rollouts` (the candidates of a random search) run
-    an example once per round even when they ask for it at the same time: each runs what it claimed,
+    an example once per rollout even when they ask for it at the same time: each runs what it claimed,
     then waits for what others claimed. Thread-safe; the teacher is never mutated.
 
     Args:
         teacher: a program, or a bare predictor.
         metric: scores each run.
-        num_threads: parallel runs (shared by the rounds that run at the same time).
-        max_errors: `evaluate`'s limit on exceptions per round; None records them all, but a round in
+        num_threads: parallel runs (shared by the rollouts that run at the same time).
+        max_errors: `evaluate`'s limit on exceptions per rollout; None records them all, but a rollout in
             which every example raised is a broken program and raises `EvaluationError`.
-        events: progress events of each round's evaluation.
-        describe: the description of round r's evaluation (progress, errors).
+        events: progress events of each rollout's evaluation.
+        describe: the description of rollout r's evaluation (progress, errors).
     """
 
     def __init__(
@@ -148,7 +148,7 @@ class Rollouts:
         num_threads: int = 8,
         max_errors: int | None = None,
         events: EventSink | None = None,
-        describe: Callable[[int], str] = lambda r: f"teacher round {r}",
+        describe: Callable[[int], str] = lambda r: f"teacher rollout {r}",
     ):
         self.teacher, self.metric = teacher, metric
         self.temperature, self.min_p, self.seed = temperature, min_p, seed
@@ -163,33 +163,33 @@ class Rollouts:
         self._programs: dict[int, Any] = {0: teacher}
         self._lock = threading.Lock()
 
-    def rollout_id(self, round_: int) -> int:
-        return 0 if round_ == 0 else self.seed * SEED_STRIDE + round_
+    def rollout_id(self, rollout: int) -> int:
+        return 0 if rollout == 0 else self.seed * SEED_STRIDE + rollout
 
-    def program(self, round_: int) -> Any:
-        """The teacher as round ``round_`` runs it (a sampling copy after round 0)."""
+    def program(self, rollout: int) -> Any:
+        """The teacher as rollout number ``rollout`` runs it (a sampling copy after rollout 0)."""
         with self._lock:
-            if round_ not in self._programs:
-                rollout_id = self.rollout_id(round_)
-                self._programs[round_] = sampling_copy(self.teacher, self.temperature, rollout_id, self.min_p)
-            return self._programs[round_]
+            if rollout not in self._programs:
+                rollout_id = self.rollout_id(rollout)
+                self._programs[rollout] = sampling_copy(self.teacher, self.temperature, rollout_id, self.min_p)
+            return self._programs[rollout]
 
-    def run(self, items: Sequence[Item], round_: int) -> list[Trace]:
-        """The traces of ``items`` in ``round_``, running (in parallel) those nobody ran yet."""
-        return self.run_rounds(items, [round_])[0]
+    def run(self, items: Sequence[Item], rollout: int) -> list[Trace]:
+        """The traces of ``items`` in ``rollout``, running (in parallel) those nobody ran yet."""
+        return self.run_rollouts(items, [rollout])[0]
 
-    def run_rounds(self, items: Sequence[Item], rounds: Sequence[int]) -> list[list[Trace]]:
-        """The traces of ``items`` in each of ``rounds`` (one list per round); the rounds run at the same time."""
+    def run_rollouts(self, items: Sequence[Item], rollouts: Sequence[int]) -> list[list[Trace]]:
+        """The traces of ``items`` in each of ``rollouts`` (one list per rollout); the rollouts run at the same time."""
         claims: list[tuple[int, list[Item]]] = []
         with self._lock:
-            for round_ in rounds:
+            for rollout in rollouts:
                 mine = []
                 for key, ex in items:
-                    if (key, round_) not in self._runs:
-                        self._runs[(key, round_)] = Future()
+                    if (key, rollout) not in self._runs:
+                        self._runs[(key, rollout)] = Future()
                         mine.append((key, ex))
                 if mine:
-                    claims.append((round_, mine))
+                    claims.append((rollout, mine))
         if claims:
             # Run everything this call claimed before waiting on other callers: no claim waits on another.
             threads = max(1, self.num_threads // len(claims))  # the calls in flight stay at num_threads
@@ -206,29 +206,29 @@ class Rollouts:
                         raise EvaluationError(
                             f"the teacher program raised on all {len(errors)} examples; first: {errors[0].error}"
                         )
-        return [[self._runs[(key, round_)].result() for key, _ in items] for round_ in rounds]
+        return [[self._runs[(key, rollout)].result() for key, _ in items] for rollout in rollouts]
 
-    def _run_claim(self, round_: int, mine: list[Item], threads: int) -> EvaluationResult:
+    def _run_claim(self, rollout: int, mine: list[Item], threads: int) -> EvaluationResult:
         try:
             result = evaluate(
-                self.program(round_),
+                self.program(rollout),
                 [ex for _, ex in mine],
                 self.metric,
                 num_threads=threads,
                 max_errors=self.max_errors,
                 events=self.events,
-                description=self.describe(round_),
+                description=self.describe(rollout),
             )
         except BaseException as e:
             for key, _ in mine:
-                self._runs[(key, round_)].set_exception(e)
+                self._runs[(key, rollout)].set_exception(e)
             raise
         provenance = self._provenance | {
-            "rollout_id": self.rollout_id(round_),
-            "temperature": None if round_ == 0 else self.temperature,
+            "rollout_id": self.rollout_id(rollout),
+            "temperature": None if rollout == 0 else self.temperature,
         }
         for (key, _), row in zip(mine, result.rows, strict=True):
-            self._runs[(key, round_)].set_result(Trace.from_row(row, key, **provenance))
+            self._runs[(key, rollout)].set_result(Trace.from_row(row, key, **provenance))
         return result
 
 
@@ -249,7 +249,7 @@ def collect_traces(
     """Run ``teacher`` on every example ``num_rollouts`` times and return every run as a `Trace`.
 
     Rollout 0 decodes as the teacher is configured (usually greedy); rollouts 1..k-1 are the sampled
-    rounds of `Rollouts` (at ``temperature``, rollout ids ``seed * 1000 + r``, with ``min_p`` when > 0,
+    rollouts of `Rollouts` (at ``temperature``, rollout ids ``seed * 1000 + r``, with ``min_p`` when > 0,
     see `cotune.lm.GenerationConfig`), so the request cache returns the same samples for the same seed
     and new ones for another seed. The teacher is never mutated. With ``stop_at_first_pass``, an example
     gets no more rollouts once one of its runs passed (`Trace.passed` with ``threshold``): many samples
@@ -280,17 +280,17 @@ def collect_traces(
     )
     traces: list[Trace] = []
     todo: list[Item] = list(enumerate(examples))
-    fill = min(len(examples), ROUND_FILL)
+    fill = min(len(examples), ROLLOUT_FILL)
     r = 0
     while r < num_rollouts and todo:
-        # Rollouts after the first are sampled several at a time when few examples are left, so each round
+        # Rollouts after the first are sampled several at a time when few examples are left, so each group
         # is about as large as the first (a local engine batches them); with stop_at_first_pass the runs
         # after an example's first pass are dropped, so the traces are those of one rollout at a time.
         width = 1 if r == 0 else min(num_rollouts - r, max(1, -(-fill // len(todo))))
-        rounds = list(range(r, r + width))
-        passed: dict[int, int] = {}  # example index → the first rollout of this round that passed
-        for rollout, round_traces in zip(rounds, runs.run_rounds(todo, rounds), strict=True):
-            for trace in round_traces:
+        group = list(range(r, r + width))
+        passed: dict[int, int] = {}  # example index → the first rollout of this group that passed
+        for rollout, rollout_traces in zip(group, runs.run_rollouts(todo, group), strict=True):
+            for trace in rollout_traces:
                 index = trace.example_index
                 if stop_at_first_pass and passed.get(index, rollout) < rollout:
                     continue  # one rollout at a time would not have run this one
@@ -330,4 +330,4 @@ def _lm_of(program: Any) -> Any:
     return getattr(program, "lm", None)
 
 
-__all__ = ["ROUND_FILL", "Rollouts", "Trace", "collect_traces", "sampling_copy"]
+__all__ = ["ROLLOUT_FILL", "Rollouts", "Trace", "collect_traces", "sampling_copy"]
