@@ -103,3 +103,20 @@ def test_a_results_file_without_wall_time_is_refused(tmp_path):
     assert not (tmp_path / "r.json").exists()
     kept = bench.write_results(tmp_path / "s.json", {"benchmark": "x", "wall_seconds": 7.5})
     assert json.loads(kept.read_text())["wall_seconds"] == 7.5
+
+
+def test_make_run_splits_the_run_into_setup_and_nodes_from_its_event_log(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    make_run = importlib.import_module("make_run")
+    lines = [
+        {"time": 100.0, "event": "run.start"},
+        {"time": 112.5, "event": "node.start", "strategy": "zero-shot"},
+        {"time": 118.0, "event": "node.done", "strategy": "zero-shot"},
+        {"time": 118.0, "event": "node.start", "strategy": "w"},
+        {"time": 119.0, "event": "progress.start", "id": 3, "description": "finetune"},
+        {"time": 180.25, "event": "node.done", "strategy": "w"},
+        {"time": 180.25, "event": "node.start", "strategy": "p-w"},  # never done: left out
+    ]
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert make_run.phases(events) == {"setup": 12.5, "zero-shot": 5.5, "w": 62.2}

@@ -1,0 +1,94 @@
+"""`make run` timed as a new user meets it: a fresh clone, the install, then the main job on an empty cache.
+
+    .venv/bin/python benchmarks/make_run.py              # clone HEAD, `make` the venv, `make run` (~5-10 min)
+    .venv/bin/python benchmarks/make_run.py --no-clone   # this checkout's venv, the run alone (empty cache)
+
+The run gets a cache folder of its own (``COTUNE_CACHE_DIR``): no converted model and no cached request from an
+earlier run, as on a fresh machine. Each phase's time is read from the run's event log (model load until the
+first node starts, then each node), so the JSON says where the minutes go. The install reads the machine's
+package registries and local wheels: its time depends on them more than on cotune.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import RESULTS, ROOT, arguments, write_results
+
+
+def main() -> None:
+    ap = arguments(__doc__, RESULTS / "make_run.json")
+    ap.add_argument("--no-clone", action="store_true", help="time the run in this checkout (its venv installed)")
+    ap.add_argument("--keep", action="store_true", help="keep the clone, the cache and the run folder")
+    args = ap.parse_args()
+    started = time.perf_counter()
+    scratch = Path(tempfile.mkdtemp(prefix="cotune-make-run-"))
+    try:
+        result = _measure(scratch, clone=not args.no_clone)
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+    write_results(args.out, {"benchmark": "make_run", **result}, started=started)
+    print(json.dumps({k: result[k] for k in ("install_seconds", "run_seconds", "total_seconds")}, indent=2))
+
+
+def _measure(scratch: Path, *, clone: bool) -> dict[str, Any]:
+    checkout = scratch / "cotune" if clone else ROOT
+    if clone:
+        subprocess.run(["git", "clone", "--quiet", str(ROOT), str(checkout)], check=True)
+    env = {**os.environ, "COTUNE_CACHE_DIR": str(scratch / "cache")}
+    env.pop("COTUNE_REQUEST_CACHE", None)
+    install = _timed(["make", ".venv/.installed"], checkout, env) if clone else None
+    before = set((checkout / "runs").glob("*")) if (checkout / "runs").is_dir() else set()
+    run_seconds = _timed(["make", "run"], checkout, env)
+    made = sorted(set((checkout / "runs").glob("*")) - before)
+    if len(made) != 1:
+        raise SystemExit(f"expected one new run folder under {checkout / 'runs'}, found {made}")
+    run_dir = made[0]
+    table = json.loads((run_dir / "results.json").read_text())
+    if not clone:  # the run folder is this checkout's: moved out of the way of the user's runs
+        shutil.move(str(run_dir), scratch / run_dir.name)
+        run_dir = scratch / run_dir.name
+    return {
+        "clone": clone,
+        "cache": "empty: a cache folder of the run's own",
+        "install_seconds": install,
+        "run_seconds": run_seconds,
+        "total_seconds": round((install or 0.0) + run_seconds, 1),
+        "phases": phases(run_dir / "events.jsonl"),
+        "table": {n["strategy"]: {"test": n["test"]["score"], "dev": n["dev"]["score"]} for n in table["nodes"]},
+        "strategies": table["strategies"],
+    }
+
+
+def _timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(command, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL)
+    return round(time.perf_counter() - t0, 1)
+
+
+def phases(events_file: Path) -> dict[str, float]:
+    """Seconds from the run's start to its first node (loading the model and the data), then of each node
+    (its step and its dev and test evaluations), from the event log."""
+    events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]
+    start = next(e["time"] for e in events if e["event"] == "run.start")
+    out: dict[str, float] = {}
+    opened: dict[str, float] = {}
+    for e in events:
+        if e["event"] == "node.start":
+            out.setdefault("setup", round(e["time"] - start, 1))
+            opened[e["strategy"]] = e["time"]
+        elif e["event"] == "node.done" and e["strategy"] in opened:
+            out[e["strategy"]] = round(e["time"] - opened.pop(e["strategy"]), 1)
+    return out
+
+
+if __name__ == "__main__":
+    main()
