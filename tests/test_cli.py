@@ -24,6 +24,11 @@ def cotune(*args):
         (["optimize", "--optimizer", "bfrz"], "unknown optimizer 'bfrz'; choose one of: bfrs"),
         (["run", "--strategies", "p-x"], "unknown step 'x'"),
         (["run", "--resume", "/nonexistent/run"], "not a run directory"),
+        (
+            ["run", "--set", "dtype=int4"],
+            "dtype: unknown dtype 'int4'; choose one of: auto, bfloat16, float16, float32",
+        ),
+        (["run", "--set", "prompt.num_candidates=0"], "prompt.num_candidates must be >= 1, got 0"),
         (["serve", "--adapter", "no-equals-sign"], "NAME=PATH"),
         (["serve", "--host", "0.0.0.0"], "binding '0.0.0.0' exposes the model to the network, so it needs an API key"),
     ],

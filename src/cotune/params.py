@@ -19,7 +19,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -45,8 +47,12 @@ _SCALARS = {int: "an integer", float: "a number", bool: "true or false", str: "t
 def schema(cls: type) -> dict[str, tuple[TypeAdapter, str]]:
     """Parameter name → (strict validator, the rule in words) from ``cls.__init__``'s annotations."""
     hints = annotations(cls)
+    if dataclasses.is_dataclass(cls):  # its fields, also where it writes its own ``__init__``
+        names = [f.name for f in dataclasses.fields(cls)]
+    else:
+        names = list(inspect.signature(cls.__init__).parameters)
     out: dict[str, tuple[TypeAdapter, str]] = {}
-    for name in inspect.signature(cls.__init__).parameters:
+    for name in names:
         if name == "self" or name not in hints:
             continue
         out[name] = (TypeAdapter(_checkable(hints[name])), rule(hints[name]))
@@ -55,19 +61,24 @@ def schema(cls: type) -> dict[str, tuple[TypeAdapter, str]]:
 
 @cache
 def annotations(cls: type) -> dict[str, Any]:
-    """``cls.__init__``'s parameter annotations, resolved; one that does not resolve (a name imported for type
-    checking only) is left out, and so goes unchecked."""
-    init = cls.__init__
+    """``cls.__init__``'s parameter annotations (a dataclass's: its fields'), resolved; one that does not
+    resolve (a name imported for type checking only) is left out, and so goes unchecked."""
+    if dataclasses.is_dataclass(cls):
+        owner: Any = cls
+        sources = [(vars(k).get("__annotations__", {}), vars(sys.modules[k.__module__])) for k in cls.__mro__[::-1]]
+    else:
+        owner = cls.__init__
+        sources = [(getattr(owner, "__annotations__", {}), getattr(owner, "__globals__", {}))]
     try:
-        return typing.get_type_hints(init, include_extras=True)
+        return typing.get_type_hints(owner, include_extras=True)
     except Exception:  # resolve them one by one, keeping those that can be
-        namespace = getattr(init, "__globals__", {})
         out = {}
-        for name, annotation in getattr(init, "__annotations__", {}).items():
-            try:
-                out[name] = typing.get_type_hints(_Holder(annotation), namespace, include_extras=True)["x"]
-            except Exception:
-                continue
+        for declared, namespace in sources:
+            for name, annotation in declared.items():
+                try:
+                    out[name] = typing.get_type_hints(_Holder(annotation), namespace, include_extras=True)["x"]
+                except Exception:
+                    continue
         return out
 
 
@@ -88,7 +99,7 @@ def value_problems(obj: Any, prefix: str = "") -> list[str]:
     ``"k must be >= 1, got 0 (k must be an integer >= 1)"``, or for a parameter with choices
     ``"mode: unknown mode 'c'; choose one of: a, b"``; names are written after ``prefix`` (``"weights."``). A
     parameter that ``obj`` does not hold as an attribute is skipped. A dataclass declares its parameters by its
-    fields' annotations (its generated ``__init__`` carries them), an optimizer by its ``__init__``'s."""
+    fields' annotations (also one that writes its own ``__init__``), an optimizer by its ``__init__``'s."""
     return [message for _, message, _ in _broken(obj, prefix)]
 
 
@@ -122,7 +133,7 @@ def _broken(obj: Any, prefix: str) -> list[tuple[str, str, UnknownChoiceError | 
             label = f"{prefix}{name}"
             choices = _choices(annotations(cls)[name])
             if choices and isinstance(value, str):
-                unknown = UnknownChoiceError(label, value, choices)
+                unknown = UnknownChoiceError(name, value, choices)
                 out.append((name, f"{label}: {unknown}", unknown))
                 continue
             short = _short(e, words)

@@ -72,7 +72,7 @@ def test_without_trl_the_error_gives_the_pip_command(without_trl, make):
 @pytest.mark.parametrize(
     "weights, message",
     [
-        ({"trainer": "trl", "processes": 0}, "weights.processes: must be >= 1, got 0"),
+        ({"trainer": "trl", "processes": 0}, "weights.processes must be >= 1, got 0"),
         ({"trainer": "deepspeed"}, "weights.trainer: unknown trainer 'deepspeed'; choose one of: local, trl"),
         ({"processes": 2}, "weights.trainer: trainer 'local' trains in one process; processes=2 needs trainer: trl"),
     ],

@@ -1,5 +1,9 @@
 # Run with: cotune run --config exp.yaml   (YAML fields map one to one onto these dataclasses)
-"""Typed experiment configuration. Invalid configs report all their errors at once."""
+"""Typed experiment configuration. Invalid configs report all their errors at once.
+
+Each field's rule is its annotation (`cotune.params` types: ``Positive``, ``Literal[...]``...), checked by
+`cotune.params.value_problems` as an optimizer's hyperparameters are; ``check()`` adds only what one field's type
+cannot say: the strategies parse, the seeds' count, a Ray address, the named optimizer and trainer build."""
 
 from __future__ import annotations
 
@@ -9,10 +13,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from cotune.errors import ConfigError, UnknownChoiceError
 from cotune.experiment.config_build import build_dataclass
+from cotune.params import Count, Positive, value_problems
 from cotune.tasks.base import HF_PREFIX
 
 DEFAULT_STRATEGIES = ["zero-shot", "p", "w", "p-p", "w-w", "p-w", "w-p", "p-w-p"]
@@ -42,10 +49,10 @@ class PromptStep:
     params: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "the optimizer's hyperparameters, e.g. {k: 5}"}
     )
-    num_candidates: int = field(default=6, metadata={"help": "candidate programs tried by random search"})
-    max_bootstrapped_demos: int = field(default=3, metadata={"help": "demos from successful traces, per predictor"})
-    max_labeled_demos: int = field(default=3, metadata={"help": "demos from labeled examples, per predictor"})
-    gpo_steps: int = field(default=4, metadata={"help": "GPO optimization steps (optimizer=gpo)"})
+    num_candidates: Positive = field(default=6, metadata={"help": "candidate programs tried by random search"})
+    max_bootstrapped_demos: Count = field(default=3, metadata={"help": "demos from successful traces, per predictor"})
+    max_labeled_demos: Count = field(default=3, metadata={"help": "demos from labeled examples, per predictor"})
+    gpo_steps: Positive = field(default=4, metadata={"help": "GPO optimization steps (optimizer=gpo)"})
 
     def optimizer_params(self) -> dict[str, Any]:
         """The hyperparameters to build the optimizer with: the shortcuts that apply, then ``params``."""
@@ -60,14 +67,8 @@ class PromptStep:
         return merge(shortcuts, nest(self.params))
 
     def check(self) -> list[str]:
-        errors = []
-        for name in ("num_candidates", "gpo_steps"):
-            if getattr(self, name) < 1:
-                errors.append(f"prompt.{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("max_bootstrapped_demos", "max_labeled_demos"):
-            if getattr(self, name) < 0:
-                errors.append(f"prompt.{name}: must be >= 0, got {getattr(self, name)}")
-        return errors or _check_optimizer("prompt", self.optimizer, self.optimizer_params())
+        # the optimizer is built from the fields, so only once they hold
+        return value_problems(self, "prompt.") or _check_optimizer("prompt", self.optimizer, self.optimizer_params())
 
 
 @dataclass(init=False)
@@ -91,7 +92,7 @@ class WeightStep:
             "help": "what trains the adapter: local (cotune's loop) or trl (TRL through accelerate; cotune[trl])"
         },
     )
-    processes: int = field(
+    processes: Positive = field(
         default=1, metadata={"help": "data-parallel training processes (trainer trl; lora.batch_size is per process)"}
     )
 
@@ -122,8 +123,9 @@ class WeightStep:
     def check(self) -> list[str]:
         from cotune.training.trainer import build_trainer
 
-        if self.processes < 1:
-            return [f"weights.processes: must be >= 1, got {self.processes}"]
+        problems = value_problems(self, "weights.")
+        if problems:  # the trainer and the optimizer are built from the fields, so only once they hold
+            return problems
         try:
             build_trainer(self.trainer, processes=self.processes)
         except ConfigError as e:
@@ -165,7 +167,7 @@ def _no_metric(example: Any, prediction: Any) -> float:  # stands in for the tas
 MAX_SEEDS = 1000
 
 # what `cotune.lm.engine.hf_engine.HFEngine` takes (kept here so a config is checked without importing torch)
-LOCAL_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
+LocalDtype = Literal["auto", "float32", "bfloat16", "float16", "int8"]
 
 
 @dataclass
@@ -187,14 +189,16 @@ class ExperimentConfig:
     out_dir: str = field(default="runs", metadata={"help": "parent folder of run directories"})
     name: str | None = field(default=None, metadata={"help": "run directory name (default: date-task-model)"})
     split_seed: int = field(default=0, metadata={"help": "seed of the train/dev/test split (fixed across seeds)"})
-    train_size: int | None = field(default=None, metadata={"help": "override the task's train size"})
-    dev_size: int | None = field(default=None, metadata={"help": "override the task's dev size"})
-    test_size: int | None = field(default=None, metadata={"help": "override the task's test size"})
-    inner_val_ratio: float = field(default=0.7, metadata={"help": "share of train that Π steps validate on"})
-    threads: int = field(default=64, metadata={"help": "parallel examples (a local model batches them)"})
-    max_tokens: int | None = field(default=None, metadata={"help": "cap on generated tokens per call"})
+    train_size: Positive | None = field(default=None, metadata={"help": "override the task's train size"})
+    dev_size: Positive | None = field(default=None, metadata={"help": "override the task's dev size"})
+    test_size: Positive | None = field(default=None, metadata={"help": "override the task's test size"})
+    inner_val_ratio: Annotated[float, Field(gt=0, lt=1)] = field(
+        default=0.7, metadata={"help": "share of train that Π steps validate on"}
+    )
+    threads: Positive = field(default=64, metadata={"help": "parallel examples (a local model batches them)"})
+    max_tokens: Positive | None = field(default=None, metadata={"help": "cap on generated tokens per call"})
     cache: bool = field(default=True, metadata={"help": "use the persistent request cache"})
-    dtype: str = field(
+    dtype: LocalDtype = field(
         default="auto",
         metadata={
             "help": "local model weights: auto, float32, bfloat16, float16 or int8 (CPU: int8 Linear weights, ~2x faster decoding, slightly different answers)"
@@ -217,7 +221,7 @@ class ExperimentConfig:
     def check(self) -> list[str]:
         from cotune.optimize.strategy import parse_strategy
 
-        errors = []
+        errors = value_problems(self)
         for s in self.strategies:
             try:
                 parse_strategy(s)
@@ -229,20 +233,10 @@ class ExperimentConfig:
             errors.append("seeds: at least one is needed")
         elif len(self.seeds) > MAX_SEEDS:
             errors.append(f"seeds: at most {MAX_SEEDS} seeds, got {len(self.seeds)}")
-        if not 0 < self.inner_val_ratio < 1:
-            errors.append(f"inner_val_ratio: must be in (0, 1), got {self.inner_val_ratio}")
-        if self.threads < 1:
-            errors.append(f"threads: must be >= 1, got {self.threads}")
-        if self.dtype not in LOCAL_DTYPES:
-            errors.append(f"dtype: {self.dtype!r} is not one of {', '.join(LOCAL_DTYPES)}")
         if self.ray is not None and not _RAY_ADDRESS.fullmatch(self.ray):
             errors.append(
                 f"ray: {self.ray!r} is not a Ray cluster; valid: local, auto, ray://HOST:PORT, HOST:PORT (or null: no Ray)"
             )
-        for name in ("train_size", "dev_size", "test_size", "max_tokens"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                errors.append(f"{name}: must be >= 1, got {v}")
         return errors + self.prompt.check() + self.weights.check()
 
     def validate(self) -> ExperimentConfig:

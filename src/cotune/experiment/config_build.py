@@ -1,12 +1,17 @@
 """Typed dataclasses from nested mappings (YAML, ``--set``): each field's value coerced to its annotation, every
-error collected with its dotted path, so an invalid config reports all its problems at once."""
+error collected with its dotted path, so an invalid config reports all its problems at once.
+
+Only the type is coerced here (``"4"`` to 4, ``1`` to 1.0, ``"a,b"`` to a list); the constraints an annotation
+carries (``Positive``, ``Literal[...]``) are checked by the dataclass itself, with `cotune.params.value_problems`."""
 
 from __future__ import annotations
 
 import dataclasses
 import types
 import typing
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from cotune.params import rule
 
 
 def build_dataclass(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
@@ -14,7 +19,7 @@ def build_dataclass(cls: type, data: Any, prefix: str, errors: list[str]) -> Any
         errors.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
         return None
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
@@ -27,10 +32,10 @@ def build_dataclass(cls: type, data: Any, prefix: str, errors: list[str]) -> Any
                 kwargs[key] = built
             continue
         coerced, ok = _coerce(value, hint)
-        if not ok:
-            errors.append(f"{prefix}{key}: expected {_type_name(hint)}, got {value!r}")
+        if not ok and not _has_choices(hint):
+            errors.append(f"{prefix}{key}: expected {_words(hint)}, got {value!r}")
             continue
-        kwargs[key] = coerced
+        kwargs[key] = coerced  # a value outside a field's choices is named, with them, by the schema check
     try:
         return cls(**kwargs)
     except TypeError as e:
@@ -40,6 +45,14 @@ def build_dataclass(cls: type, data: Any, prefix: str, errors: list[str]) -> Any
 
 def _coerce(value: Any, hint: Any) -> tuple[Any, bool]:
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return _coerce(value, typing.get_args(hint)[0])
+    if origin is Literal:  # a choice as its own type: "8" from the command line is the choice 8
+        for choice in typing.get_args(hint):
+            c, ok = _coerce(value, type(choice))
+            if ok and type(c) is type(choice) and c == choice:
+                return c, True
+        return value, False
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(hint):
             v, ok = _coerce(value, arg)
@@ -80,5 +93,24 @@ def _coerce(value: Any, hint: Any) -> tuple[Any, bool]:
     return value, True
 
 
-def _type_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "")
+def _words(hint: Any) -> str:
+    """What a field takes, in words: its rule ("an integer >= 1 or None"), and lists and mappings by shape."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        words = [_words(a) for a in args if a is not type(None)]
+        return " or ".join(words) + (" or None" if type(None) in args else "")
+    if origin is list:
+        return f"a list of {_words(typing.get_args(hint)[0])}"
+    if origin is dict:
+        return "a mapping"
+    return rule(hint)
+
+
+def _has_choices(hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return _has_choices(typing.get_args(hint)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_choices(a) for a in typing.get_args(hint))
+    return origin is Literal

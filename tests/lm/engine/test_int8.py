@@ -39,7 +39,9 @@ def test_int8_off_the_cpu_or_on_peft_layers_is_refused_before_loading():
 
 
 def test_experiment_config_names_a_bad_dtype_and_the_choices():
-    with pytest.raises(ConfigError, match="dtype: 'int4' is not one of auto, float32, bfloat16, float16, int8"):
+    with pytest.raises(
+        ConfigError, match="dtype: unknown dtype 'int4'; choose one of: auto, bfloat16, float16, float32, int8"
+    ):
         ExperimentConfig.from_dict({"dtype": "int4"})
     assert ExperimentConfig.from_dict({"dtype": "int8"}).dtype == "int8"
 
