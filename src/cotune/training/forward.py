@@ -93,7 +93,9 @@ def sharing_holds(model, tokenized, trunk, pad_id, training: TrainingConfig, dev
     return holds
 
 
-def _agrees(model, tokenized, indices, pad_id, training: TrainingConfig, device: str, fast: tuple, plain: tuple) -> bool:
+def _agrees(
+    model, tokenized, indices, pad_id, training: TrainingConfig, device: str, fast: tuple, plain: tuple
+) -> bool:
     """Whether the ``fast`` and ``plain`` paths ((trunk, share) each) give the same logits on the batch
     ``indices``, in eval mode (dropout off) and within the dtype's tolerance."""
     import torch

@@ -102,7 +102,9 @@ def train_lora(
     if not examples:
         raise TrainingError("no training examples: nothing to fine-tune on")
     with torch_threads(training.num_threads):
-        return _train(examples, Path(base_model_path), Path(output_dir), lora, training, base_model, init_adapter, events)
+        return _train(
+            examples, Path(base_model_path), Path(output_dir), lora, training, base_model, init_adapter, events
+        )
 
 
 def _train(examples, base_model_path, output_dir, lora, training, base_model, init_adapter, events) -> TrainResult:

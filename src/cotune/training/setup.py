@@ -25,7 +25,11 @@ def training_device(training: TrainingConfig, torch: Any) -> str:
 
 
 def load_for_training(
-    base_model_path: str | Path, init_adapter: str | Path | None, lora: LoRAConfig, training: TrainingConfig, device: str
+    base_model_path: str | Path,
+    init_adapter: str | Path | None,
+    lora: LoRAConfig,
+    training: TrainingConfig,
+    device: str,
 ):
     """A fresh training copy of the base model (the inference copy stays untouched), wrapped with a LoRA adapter
     of ``lora``'s shape (or ``init_adapter``, continued)."""
