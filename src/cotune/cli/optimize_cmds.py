@@ -239,7 +239,7 @@ def run_finetune(
         "base_model": base_model,
     }
     named = merge(upgrade_params("finetune", dict(task_info(task).run_defaults.get("weights", {}))), this_run)
-    named = merge(named, {k: v for k, v in aliases.items() if v is not None})
+    named = merge(named, upgrade_params("finetune", {k: v for k, v in aliases.items() if v is not None}))
     if (trainer, processes) != ("local", 1):
         named["trainer"] = built
     opt = build_optimizer("finetune", the_task.metric, **merge(named, upgrade_params("finetune", params or {})))
