@@ -92,7 +92,7 @@ class WeightStep:
         },
     )
     processes: int = field(
-        default=1, metadata={"help": "data-parallel processes (trainer trl; training.batch_size is per process)"}
+        default=1, metadata={"help": "data-parallel training processes (trainer trl; lora.batch_size is per process)"}
     )
 
     def __init__(
