@@ -51,7 +51,7 @@ CONFIG = {
     "threads": 6,
     "max_tokens": 48,
     "prompt": {"num_candidates": 2, "max_bootstrapped_demos": 1, "max_labeled_demos": 2},
-    "weights": {"fill_with_labels": True, "lora": {"epochs": 1, "r": 8, "alpha": 16, "batch_size": 4}},
+    "weights": {"fill_with_labels": True, "lora": {"r": 8, "alpha": 16}, "training": {"epochs": 1, "batch_size": 4}},
 }
 # --quick: fewer examples and rollouts, so a trial takes a fraction of the time; every phase is still there.
 # Its kills aim at the phases that write the most (the model cache, the adapter, the results).

@@ -46,8 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test", type=int, default=50, help="test examples scored per program")
     p.add_argument("--rollouts", type=int, default=4, help="runs per training example (1 greedy + sampled)")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the extra rollouts")
-    p.add_argument("--learning-rates", default=None, help="comma-separated; default: LoRAConfig's default")
-    p.add_argument("--epochs", type=int, default=None, help="default: LoRAConfig's default")
+    p.add_argument("--learning-rates", default=None, help="comma-separated; default: TrainingConfig's default")
+    p.add_argument("--epochs", type=int, default=None, help="default: TrainingConfig's default")
     p.add_argument(
         "--labeled-demos",
         type=int,
@@ -74,9 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.train, args.test, args.rollouts, args.overhead_reps = 30, 30, 3, 2
         args.epochs = args.epochs or 3
-    from cotune.training import LoRAConfig
+    from cotune.training import TrainingConfig
 
-    default = LoRAConfig()
+    default = TrainingConfig()
     args.learning_rates = (
         [float(x) for x in args.learning_rates.split(",")] if args.learning_rates else [default.learning_rate]
     )
@@ -95,7 +95,7 @@ def run_seed(lm, seed: int, args: argparse.Namespace, workdir: Path) -> dict[str
     from cotune.evaluate import evaluate
     from cotune.optimize.finetune import BootstrapFinetune
     from cotune.tasks import load_task
-    from cotune.training import LoRAConfig
+    from cotune.training import TrainingConfig
 
     task = load_task("iris", seed=seed)
     train, test = list(task.train)[: args.train], list(task.test)[: args.test]
@@ -116,10 +116,9 @@ def run_seed(lm, seed: int, args: argparse.Namespace, workdir: Path) -> dict[str
     traces = None
     out["finetune"] = []
     for lr in args.learning_rates:
-        lora = LoRAConfig(learning_rate=lr, epochs=args.epochs)
         tuner = BootstrapFinetune(
             task.metric,
-            lora=lora,
+            training=TrainingConfig(learning_rate=lr, epochs=args.epochs),
             num_rollouts=args.rollouts,
             rollout_temperature=args.temperature,
             output_dir=workdir / f"seed{seed}-lr{lr:g}",
@@ -167,7 +166,7 @@ def run_seed(lm, seed: int, args: argparse.Namespace, workdir: Path) -> dict[str
     return out
 
 
-def bare_peft_steps(examples, model_path: str, config, n_steps: int) -> list[float]:
+def bare_peft_steps(examples, model_path: str, lora, config, n_steps: int) -> list[float]:
     """The loop a user would write with transformers + PEFT; returns seconds per optimizer step."""
     import random
 
@@ -181,10 +180,10 @@ def bare_peft_steps(examples, model_path: str, config, n_steps: int) -> list[flo
     model = get_peft_model(
         model,
         LoraConfig(
-            r=config.r,
-            lora_alpha=config.alpha,
-            lora_dropout=config.dropout,
-            target_modules=config.target_modules,
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
             task_type="CAUSAL_LM",
         ),
     )
@@ -247,16 +246,20 @@ def labeled_examples(seed: int):
 
 
 def overhead(examples, model_path: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    from cotune.training import LoRAConfig, train_lora
+    from cotune.training import LoRAConfig, TrainingConfig, train_lora
 
     n = args.overhead_steps * 8
     examples = (list(examples) * (n // max(1, len(examples)) + 1))[:n]  # exactly overhead_steps batches of 8
-    config = LoRAConfig(epochs=1, warmup_ratio=0.0)
+    lora, config = LoRAConfig(), TrainingConfig(epochs=1, warmup_ratio=0.0)
     cotune_medians, bare_medians = [], []
     for rep in range(args.overhead_reps):
-        result = train_lora(examples, base_model_path=model_path, output_dir=workdir / f"overhead{rep}", config=config)
+        result = train_lora(
+            examples, base_model_path=model_path, output_dir=workdir / f"overhead{rep}", lora=lora, training=config
+        )
         cotune_medians.append(statistics.median(result.step_seconds[1:]))
-        bare_medians.append(statistics.median(bare_peft_steps(examples, model_path, config, args.overhead_steps)[1:]))
+        bare_medians.append(
+            statistics.median(bare_peft_steps(examples, model_path, lora, config, args.overhead_steps)[1:])
+        )
     c, b = statistics.median(cotune_medians), statistics.median(bare_medians)
     return {
         "cotune_seconds_per_step": c,

@@ -35,7 +35,7 @@ def main() -> None:
     import cotune as ct
     from cotune.program.trace import record
     from cotune.tasks import load_task
-    from cotune.training import LoRAConfig, train_lora
+    from cotune.training import LoRAConfig, TrainingConfig, train_lora
     from cotune.training.sft_data import chat_examples
 
     task = load_task("iris", seed=0)
@@ -51,19 +51,15 @@ def main() -> None:
     rows = []
     for top in args.top:
         for share in (False, True):
-            config = LoRAConfig(
-                r=32,
-                alpha=64,
-                dropout=0.0,
-                epochs=1,
-                batch_size=4,
-                learning_rate=3e-3,
-                top_layers=top or None,
-                share_prefix=share,
-            )
+            lora = LoRAConfig(r=32, alpha=64, dropout=0.0, top_layers=top or None)
+            training = TrainingConfig(epochs=1, batch_size=4, learning_rate=3e-3, share_prefix=share)
             with tempfile.TemporaryDirectory() as tmp:
                 result = train_lora(
-                    examples[:n_examples], base_model_path=lm.model_path, output_dir=Path(tmp) / "a", config=config
+                    examples[:n_examples],
+                    base_model_path=lm.model_path,
+                    output_dir=Path(tmp) / "a",
+                    lora=lora,
+                    training=training,
                 )
             per_step = sum(result.step_seconds[1:]) / max(1, len(result.step_seconds) - 1)
             rows.append(

@@ -33,7 +33,7 @@ def main() -> None:
     import cotune as ct
     from cotune.optimize.finetune import BootstrapFinetune
     from cotune.tasks import load_task
-    from cotune.training.config import LoRAConfig
+    from cotune.training.config import LoRAConfig, TrainingConfig
 
     task = load_task("iris", seed=args.seed)
     program = task.program().bind(ct.lm.load("smollm2-135m"))
@@ -44,18 +44,11 @@ def main() -> None:
     t0 = time.perf_counter()
     zero = ct.evaluate(program, task.test, task.metric, num_threads=args.threads)
     t1 = time.perf_counter()
-    lora = LoRAConfig(
-        r=32,
-        alpha=64,
-        dropout=0.0,
-        epochs=args.epochs,
-        batch_size=4,
-        learning_rate=args.lr,
-        top_layers=args.top_layers or None,
-    )
+    lora = LoRAConfig(r=32, alpha=64, dropout=0.0, top_layers=args.top_layers or None)
     tuner = BootstrapFinetune(
         task.metric,
         lora=lora,
+        training=TrainingConfig(epochs=args.epochs, batch_size=4, learning_rate=args.lr),
         num_rollouts=args.rollouts,
         rollout_temperature=args.temperature,
         stop_at_first_pass=True,

@@ -179,12 +179,17 @@ def test_run_set_reaches_any_config_field_and_merges_into_the_yaml(tmp_path):
 
     path = tmp_path / "exp.yaml"
     path.write_text("task: iris\nprompt:\n  num_candidates: 4\nweights:\n  lora: {r: 8}\n")
-    settings = _params(["prompt.optimizer=knn", "prompt.params.k=5", "weights.lora.epochs=3", "seeds=[0, 1]"], "--set")
+    settings = _params(["prompt.optimizer=knn", "prompt.params.k=5", "weights.training.epochs=3", "seeds=[0, 1]"],
+                       "--set")  # fmt: skip
     cfg = commands.experiment_config(path, {"threads": 2} | settings)
     assert (cfg.prompt.optimizer, cfg.prompt.params, cfg.prompt.num_candidates) == ("knn", {"k": 5}, 4)
-    # the YAML's and --set's LoRA fields over Iris's run defaults (top 8 layers, 10 epochs at 3e-3)
-    assert cfg.weights.params["lora"] == {"r": 8, "epochs": 3, "top_layers": 8, "learning_rate": 3e-3}
+    # the YAML's and --set's LoRA and training fields over Iris's run defaults (top 8 layers, 10 epochs at 3e-3)
+    assert cfg.weights.params["lora"] == {"r": 8, "top_layers": 8}
+    assert cfg.weights.params["training"] == {"epochs": 3, "learning_rate": 3e-3}
     assert cfg.seeds == [0, 1] and cfg.threads == 2
+    old = _params(["prompt.optimizer=knn", "prompt.params.k=5", "weights.lora.epochs=3", "seeds=[0, 1]"], "--set")
+    with pytest.warns(DeprecationWarning, match="lora.epochs is a training setting: write training.epochs"):
+        assert commands.experiment_config(path, {"threads": 2} | old) == cfg  # the spelling before the split
     with pytest.raises(ConfigError, match=r"prompt: optimizer 'knn' has no hyperparameter kk"):
         commands.experiment_config(None, _params(["prompt.optimizer=knn", "prompt.params.kk=5"], "--set"))
     with pytest.raises(ConfigError, match="prompt: optimizer 'bfrs' has no hyperparameter bogus; choose from: "):
@@ -201,7 +206,7 @@ def test_finetune_param_reaches_any_hyperparameter_and_is_checked_before_the_mod
 
     with pytest.raises(ConfigError, match="multitask must be true or false, got 'maybe'"):
         finetune(multitask="maybe")
-    with pytest.raises(ConfigError, match="invalid LoRAConfig: r=0"):
+    with pytest.raises(ConfigError, match=r"invalid LoRAConfig: r must be >= 1, got 0"):
         finetune(**{"lora.r": 0})  # -P lora.r=0 wins over --lora-r 8
     assert fake_model == []  # no model was loaded for a bad setting
 
@@ -223,14 +228,21 @@ def test_finetune_takes_the_tasks_run_defaults_for_what_no_option_sets(tmp_path,
 
     def finetune(**options):
         with pytest.raises(Built):
-            optimize_cmds.run_finetune(task="iris", model="fake", out_dir=tmp_path / "ft", lora={"epochs": 4},
-                                       traces=None, threshold=None, data_dir=None, threads=1, seed=0, cache=False,
-                                       evaluate_on=None, console=console, out=out, **options)  # fmt: skip
+            optimize_cmds.run_finetune(task="iris", model="fake", out_dir=tmp_path / "ft", lora={"r": 8},
+                                       training={"epochs": 4}, traces=None, threshold=None, data_dir=None, threads=1,
+                                       seed=0, cache=False, evaluate_on=None, console=console, out=out,
+                                       **options)  # fmt: skip
         return dict(seen)
 
     iris = finetune()
     assert (iris["num_rollouts"], iris["rollout_temperature"], iris["stop_at_first_pass"], iris["keep_demos"]) == (
         16, 2.0, True, False)  # fmt: skip
-    assert iris["lora"] == {"top_layers": 8, "epochs": 4, "learning_rate": 3e-3, "seed": 0}  # --epochs wins
+    assert iris["lora"] == {"top_layers": 8, "r": 8} and iris["seed"] == 0  # --lora-r over the run defaults
+    assert iris["training"] == {"epochs": 4, "learning_rate": 3e-3}  # --epochs wins
+    with pytest.warns(
+        DeprecationWarning, match="lora.learning_rate is a training setting: write training.learning_rate"
+    ):
+        old = finetune(params={"lora.learning_rate": 1e-4})  # -P in the spelling before the split
+    assert old["lora"] == {"top_layers": 8, "r": 8} and old["training"] == {"epochs": 4, "learning_rate": 1e-4}
     mine = finetune(rollouts=2, stop_at_first_pass=False, keep_demos=True)
     assert (mine["num_rollouts"], mine["stop_at_first_pass"], mine["keep_demos"]) == (2, False, True)

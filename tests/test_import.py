@@ -16,7 +16,7 @@ def test_public_optimizers_and_tasks_load_without_torch():
     code = (
         "import sys, cotune as ct;"
         "[getattr(ct, n) for n in ('tasks', 'BetterTogether', 'BootstrapFewShotWithRandomSearch', 'GPO',"
-        " 'BootstrapFinetune', 'LoRAConfig')];"
+        " 'BootstrapFinetune', 'LoRAConfig', 'TrainingConfig')];"
         "ct.tasks.load_task('iris');"
         "print(','.join(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
     )

@@ -31,6 +31,7 @@ _LAZY = {
     "ChoiceShuffleEnsemble": "cotune.program.ensemble",
     "MedPrompt": "cotune.optimize.medprompt",
     "LoRAConfig": "cotune.training.config",
+    "TrainingConfig": "cotune.training.config",
 }
 
 

@@ -155,6 +155,9 @@ def _checkable(hint: Any) -> Any:
         return Any
     if hint in _SCALARS or hint is type(None) or origin is Literal:
         return hint
+    if origin in (list, tuple):  # each item checked by its own annotation
+        item = _checkable(typing.get_args(hint)[0])
+        return list[item] if origin is list else tuple[item, ...]
     if origin is Callable or hint is Callable:
         return Callable
     if isinstance(hint, type) and not getattr(hint, "_is_protocol", False):
@@ -167,13 +170,21 @@ def rule(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin is Annotated:
         base, *meta = typing.get_args(hint)
-        return f"{rule(base)}{_bounds(meta)}"
+        words = f"{rule(base)}{_bounds(meta)}"
+        least = [
+            c.min_length for m in meta for c in getattr(m, "metadata", [m]) if isinstance(c, annotated_types.MinLen)
+        ]
+        if least == [1]:
+            return f"a non-empty {words[2:]}" if words.startswith("a ") else f"non-empty {words}"
+        return words + (f" of length >= {least[0]}" if least else "")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         words = [rule(a) for a in args if a is not type(None)]
         return " or ".join(words) + (" or None" if type(None) in args else "")
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (list, tuple):
+        return f"a list of {rule(typing.get_args(hint)[0])}"
     if hint is Any:
         return "any value"
     if hint in _SCALARS:

@@ -25,7 +25,9 @@ def test_p_w_p_on_iris_end_to_end_and_resume(tmp_path):
         # threshold 0: fine-tune on every trace that parsed, so the test does not hinge on how many
         # answers a 135M model gets right; the pipeline (traces → LoRA → adapter → Π again) is what is tested
         weights=WeightStep(
-            metric_threshold=0.0, lora={"r": 8, "alpha": 16, "epochs": 1, "batch_size": 4, "max_length": 384}
+            metric_threshold=0.0,
+            lora={"r": 8, "alpha": 16},
+            training={"epochs": 1, "batch_size": 4, "max_length": 384},
         ),
     )
     run = Runner(cfg).start()

@@ -17,7 +17,7 @@ from cotune.optimize.bootstrap import BootstrapFewShot
 from cotune.optimize.finetune import BootstrapFinetune
 from cotune.optimize.random_search import BootstrapFewShotWithRandomSearch
 from cotune.serve.server import start_server
-from cotune.training import LoRAConfig
+from cotune.training import LoRAConfig, TrainingConfig
 
 
 @pytest.mark.integration
@@ -42,7 +42,8 @@ def test_better_together_pwp_through_a_server_that_loads_the_adapter_at_runtime(
         demos = BootstrapFewShot(task.metric, max_bootstrapped_demos=1, max_labeled_demos=1, num_threads=8)
         prompt = BootstrapFewShotWithRandomSearch(task.metric, num_candidates=2, bootstrap=demos, num_threads=8)
         weights = BootstrapFinetune(
-            task.metric, base_model="smollm2-135m", lora=LoRAConfig(r=8, alpha=16, epochs=1, batch_size=4),
+            task.metric, base_model="smollm2-135m", lora=LoRAConfig(r=8, alpha=16),
+            training=TrainingConfig(epochs=1, batch_size=4),
             num_rollouts=3, rollout_temperature=1.0, stop_at_first_pass=True, output_dir=tmp_path / "theta", num_threads=8,
         )  # fmt: skip
         bt = BetterTogether(task.metric, prompt=prompt, weights=weights, strategy="p,w,p", num_threads=8)

@@ -3,6 +3,7 @@ what is trained on and how the result is bound; tests/training/test_lora_trainin
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fake_tasks import Parity, metric, parity_data, parity_lm
@@ -12,7 +13,7 @@ from cotune.errors import ConfigError, TrainingError, UnknownChoiceError
 from cotune.optimize.finetune import BootstrapFinetune
 from cotune.optimize.traces import load_traces, save_traces
 from cotune.program.saved import read_program_state
-from cotune.training import LoRAConfig, TrainResult, data_hash
+from cotune.training import LoRAConfig, TrainingConfig, TrainResult, data_hash
 
 
 def student_lm(right="01234", adapter=None):
@@ -28,9 +29,9 @@ def trained(monkeypatch):
     """Replace LoRA training by a recorder that writes an adapter folder."""
     calls = []
 
-    def fake_train_lora(examples, *, base_model_path, output_dir, config, base_model, init_adapter, events):
+    def fake_train_lora(examples, *, base_model_path, output_dir, lora, training, base_model, init_adapter, events):
         calls.append({"examples": list(examples), "base_model_path": base_model_path, "output_dir": Path(output_dir),
-                      "config": config, "base_model": base_model, "init_adapter": init_adapter})  # fmt: skip
+                      "lora": lora, "training": training, "base_model": base_model, "init_adapter": init_adapter})  # fmt: skip
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         return TrainResult(str(output_dir), [2.0, 1.0], 1.0, 0.1, 2, len(examples), 100, 0, "cpu", data_hash(examples))
 
@@ -42,7 +43,9 @@ def test_trains_one_adapter_on_the_passing_calls_and_binds_a_copy(trained, tmp_p
     lm = student_lm("01234")
     program = Parity().bind(lm)
     before = program.dump_state()
-    tuner = BootstrapFinetune(metric, lora=LoRAConfig(r=4, epochs=2), output_dir=tmp_path, seed=5)
+    tuner = BootstrapFinetune(
+        metric, lora=LoRAConfig(r=4), training=TrainingConfig(epochs=2), output_dir=tmp_path, seed=5
+    )
     tuned = tuner.compile(program, trainset=parity_data(range(100, 110)))
 
     assert len(trained) == 1
@@ -52,7 +55,8 @@ def test_trains_one_adapter_on_the_passing_calls_and_binds_a_copy(trained, tmp_p
     assert {e.predictor for e in call["examples"]} == {"digit", "label"}
     assert all(e.completion.startswith(("Reasoning:", "Label:")) for e in call["examples"])
     assert call["base_model_path"] == "/models/parity" and call["base_model"] == "fake"
-    assert call["config"] == LoRAConfig(r=4, epochs=2, seed=5) and call["init_adapter"] is None
+    assert call["lora"] == LoRAConfig(r=4) and call["training"] == TrainingConfig(epochs=2, seed=5)  # seed: the tuner's
+    assert call["init_adapter"] is None
     assert call["output_dir"] == tmp_path / "adapter"
 
     assert tuned is not program and program.dump_state() == before and program.lm is lm
@@ -137,10 +141,22 @@ def test_default_output_dir_is_named_by_content(trained, tmp_path, monkeypatch):
     monkeypatch.setenv("COTUNE_CACHE_DIR", str(tmp_path))
     a = BootstrapFinetune(metric)
     a.compile(Parity().bind(student_lm()), trainset=parity_data(range(100, 104)))
-    b = BootstrapFinetune(metric, lora=LoRAConfig(epochs=1))
+    b = BootstrapFinetune(metric, training=TrainingConfig(epochs=1))
     b.compile(Parity().bind(student_lm()), trainset=parity_data(range(100, 104)))
     assert Path(a.adapter_path_).parent.parent == tmp_path / "adapters"
     assert Path(a.adapter_path_).parent.name.startswith("fake-") and a.adapter_path_ != b.adapter_path_
+
+
+def test_the_adapter_cache_key_is_the_one_from_before_lora_and_training_were_split(tmp_path, monkeypatch):
+    """An adapter trained before the split is found again: both configs are hashed as the one config they were.
+    The two keys were computed by the code before the split (one LoRAConfig holding every setting)."""
+    monkeypatch.setenv("COTUNE_CACHE_DIR", str(tmp_path))
+    base = {"adapter": SimpleNamespace(model="HuggingFaceTB/SmolLM2-135M-Instruct", adapter_id=None)}
+    tuner = BootstrapFinetune(metric)
+    default = tuner._root([], LoRAConfig(), TrainingConfig(), base)
+    assert default == tmp_path / "adapters" / "HuggingFaceTB_SmolLM2-135M-Instruct-add49f829347"
+    lora = LoRAConfig(r=8, top_layers=4, target_modules=["q_proj", "v_proj"])
+    assert tuner._root([], lora, TrainingConfig(epochs=2, seed=5), base).name.endswith("-1f1f5037d670")
 
 
 @pytest.mark.parametrize(
@@ -149,6 +165,7 @@ def test_default_output_dir_is_named_by_content(trained, tmp_path, monkeypatch):
         ({"init": "scratch"}, UnknownChoiceError, "unknown init 'scratch'; choose one of: base, continue"),
         ({"metric_threshold": 2}, ConfigError, "metric_threshold must be in"),
         ({"lora": {"r": 8}}, ConfigError, "lora must be a LoRAConfig"),
+        ({"training": {"epochs": 3}}, ConfigError, "training must be a TrainingConfig"),
         ({"num_threads": 0}, ConfigError, "num_threads must be an integer >= 1"),
         ({"trainer": "deepspeed"}, UnknownChoiceError, "unknown trainer 'deepspeed'; choose one of: local, trl"),
         ({"trainer": 3}, ConfigError, "trainer must be a name \\(local, trl\\) or an object with `name` and `train"),
@@ -168,16 +185,16 @@ def test_a_trainer_object_gets_the_examples_and_its_adapter_is_bound(tmp_path):
         def __init__(self):
             self.calls = []
 
-        def train(self, examples, *, base_model_path, output_dir, config, base_model=None, init_adapter=None,
+        def train(self, examples, *, base_model_path, output_dir, lora, training, base_model=None, init_adapter=None,
                   events=None):  # fmt: skip
-            self.calls.append((len(examples), base_model_path, config.epochs))
+            self.calls.append((len(examples), base_model_path, lora.r, training.epochs))
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             return TrainResult(str(output_dir), [1.0], 1.0, 0.1, 1, len(examples), 10, 0, "cpu", data_hash(examples))
 
     trainer = Recorder()
-    tuner = BootstrapFinetune(metric, lora=LoRAConfig(epochs=2), output_dir=tmp_path, trainer=trainer)
+    tuner = BootstrapFinetune(metric, training=TrainingConfig(epochs=2), output_dir=tmp_path, trainer=trainer)
     tuned = tuner.compile(Parity().bind(student_lm("01234")), trainset=parity_data(range(100, 110)))
-    assert trainer.calls == [(10, "/models/parity", 2)]
+    assert trainer.calls == [(10, "/models/parity", 32, 2)]
     assert tuned.lm.adapter == str(tmp_path / "adapter") and tuner.train_result_.steps == 1
     assert "trainer=" in repr(tuner)
 
@@ -192,7 +209,8 @@ def test_a_student_without_local_weights_is_refused_before_collecting_traces(tra
 
 
 def test_contract_params_round_trip_and_seeded_determinism(trained, tmp_path):
-    tuner = BootstrapFinetune(metric, lora=LoRAConfig(r=8), num_rollouts=2, output_dir=tmp_path, seed=1)
+    tuner = BootstrapFinetune(metric, lora=LoRAConfig(r=8), training=TrainingConfig(epochs=2), num_rollouts=2,
+                              output_dir=tmp_path, seed=1)  # fmt: skip
     params = tuner.get_params()
     assert BootstrapFinetune(**params).get_params() == params
     assert not [k for k in vars(tuner) if k.endswith("_")]
@@ -244,8 +262,10 @@ def test_fine_tunes_smollm2_on_iris_traces_and_changes_its_predictions(tmp_path)
     with registry.load("smollm2-135m", dtype="float32", cache=False) as lm:
         student = IrisCoT().bind(lm)
         teacher = IrisCoT().bind(FakeLM(rule_teacher))
-        lora = LoRAConfig(r=8, alpha=16, epochs=1, batch_size=4, learning_rate=1e-3, warmup_ratio=0.0)  # 4 steps
-        tuner = BootstrapFinetune(task.metric, lora=lora, teacher=teacher, output_dir=tmp_path, num_threads=8)
+        lora = LoRAConfig(r=8, alpha=16)
+        training = TrainingConfig(epochs=1, batch_size=4, learning_rate=1e-3, warmup_ratio=0.0)  # 4 steps
+        tuner = BootstrapFinetune(task.metric, lora=lora, training=training, teacher=teacher, output_dir=tmp_path,
+                                  num_threads=8)  # fmt: skip
         tuned = tuner.compile(student, trainset=task.train)
 
         assert tuner.n_traces_ == 16 and tuner.passed_by_predictor_["classify"] == tuner.n_passed_ >= 14

@@ -23,7 +23,7 @@ def trained(monkeypatch):
     """Replace LoRA training by a recorder that writes an adapter folder (config + weights)."""
     calls = []
 
-    def fake_train_lora(examples, *, base_model_path, output_dir, config, base_model, init_adapter, events):
+    def fake_train_lora(examples, *, base_model_path, output_dir, lora, training, base_model, init_adapter, events):
         calls.append({"base_model_path": base_model_path, "base_model": base_model, "n": len(examples)})
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from cotune.optimize.knn import KNNFewShot
 from cotune.optimize.random_search import BootstrapFewShotWithRandomSearch
 from cotune.optimize.registry import OPTIMIZERS, build_optimizer, nest, optimizer_class, optimizer_names
 from cotune.params import describe
-from cotune.training.config import LoRAConfig
+from cotune.training.config import LoRAConfig, TrainingConfig
 
 
 def cli_names(tmp_path) -> list[str]:
@@ -82,22 +82,49 @@ def test_the_existing_yaml_form_still_builds_the_papers_steps(tmp_path):
     assert (boot.max_bootstrapped_demos, boot.max_labeled_demos, boot.num_threads, boot.seed) == (3, 2, 3, 5)
     tune = factory("w", 5, tmp_path / "node")
     assert isinstance(tune, BootstrapFinetune) and tune.metric_threshold == 0.5
-    # Iris's measured run defaults fill the LoRA fields the YAML leaves out (r is the YAML's)
-    assert tune.lora == LoRAConfig(r=8, seed=5, top_layers=8, epochs=10, learning_rate=3e-3)
+    # Iris's measured run defaults fill the LoRA fields the YAML leaves out (r is the YAML's); the seed is the run's
+    assert tune.lora == LoRAConfig(r=8, top_layers=8) and tune.seed == 5
+    assert tune.training == TrainingConfig(epochs=10, learning_rate=3e-3)
     assert tune.output_dir == str(tmp_path / "node")
 
 
 def test_a_tasks_run_defaults_fill_only_the_fields_a_config_leaves_out():
     from cotune.tasks import task_info
 
-    iris = ExperimentConfig.from_dict({"task": "iris", "weights": {"num_rollouts": 4, "lora": {"epochs": 3}}})
+    iris = ExperimentConfig.from_dict({"task": "iris", "weights": {"num_rollouts": 4, "training": {"epochs": 3}}})
     params = iris.weights.params
-    assert params["num_rollouts"] == 4 and params["lora"] == {"top_layers": 8, "epochs": 3, "learning_rate": 3e-3}
+    assert params["num_rollouts"] == 4 and params["lora"] == {"top_layers": 8}
+    assert params["training"] == {"epochs": 3, "learning_rate": 3e-3}
     assert params["rollout_temperature"] == task_info("iris").run_defaults["weights"]["rollout_temperature"] == 2.0
     assert params["stop_at_first_pass"] and not params["keep_demos"]
     gsm8k = ExperimentConfig.from_dict({"task": "gsm8k"})  # no run defaults: the optimizer's own
     assert gsm8k.weights.params == {}
     assert ExperimentConfig.from_dict(iris.to_dict()) == iris  # a saved config is complete: resume keeps it
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [{"lora": {"epochs": 3}}, {"params": {"lora": {"epochs": 3}}}, {"params": {"lora.epochs": 3}}],
+    ids=["beside-optimizer", "under-params", "dotted"],
+)
+def test_a_training_key_under_lora_in_yaml_moves_and_wins_over_the_tasks_run_defaults(weights):
+    """Iris's run defaults say training.epochs 10; the YAML's old spelling lora.epochs 3 is the later source, so
+    it wins (each source is moved to the new spelling before they are merged)."""
+    with pytest.warns(DeprecationWarning, match="lora.epochs is a training setting: write training.epochs"):
+        old = ExperimentConfig.from_dict({"task": "iris", "weights": weights})
+    assert old.weights.params["lora"] == {"top_layers": 8}
+    assert old.weights.params["training"] == {"epochs": 3, "learning_rate": 3e-3}
+    assert old == ExperimentConfig.from_dict({"task": "iris", "weights": {"training": {"epochs": 3}}})
+
+
+def test_build_optimizer_moves_a_training_key_under_lora_and_an_explicit_training_value_wins():
+    with pytest.warns(DeprecationWarning) as caught:
+        tune = build_optimizer("finetune", metric, lora={"r": 8, "epochs": 3, "batch_size": 2}, training={"epochs": 5})
+    assert [str(w.message) for w in caught] == [f"lora.{k} is a training setting: write training.{k}"
+                                                for k in ("epochs", "batch_size")]  # fmt: skip
+    assert tune.lora == LoRAConfig(r=8) and tune.training == TrainingConfig(epochs=5, batch_size=2)
+    with pytest.raises(ConfigError, match=r"finetune.training has no field r; choose from: epochs"):
+        build_optimizer("finetune", metric, training={"r": 8})
 
 
 def test_yaml_refuses_bad_parameters_at_load_time_with_the_valid_ones():

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from cotune.errors import ConfigError, TrainingError
-from cotune.training import ChatExample, LoRAConfig, data_hash, read_adapter_metadata, train_lora
+from cotune.training import ChatExample, LoRAConfig, TrainingConfig, data_hash, read_adapter_metadata, train_lora
+from cotune.training.config import flat_settings
 
 SYSTEM = "Given the petal length of an iris flower in cm, name its species.\n\nReply in exactly this format:\nSpecies: <name>"
 
@@ -24,9 +25,12 @@ EXAMPLES = [iris_example(x) for x in (1.4, 1.5, 4.0, 4.5, 5.6, 6.1, 1.3, 5.1)]
 @pytest.mark.integration
 def test_loss_goes_down_the_adapter_saves_with_metadata_and_changes_the_model(smol, tmp_path):
     events = []
-    config = LoRAConfig(r=8, alpha=16, epochs=3, batch_size=4, learning_rate=2e-3, warmup_ratio=0.0)
-    result = train_lora(EXAMPLES, base_model_path=smol.model_path, output_dir=tmp_path / "ad", config=config,
-                        base_model=smol.model, events=events.append)  # fmt: skip
+    lora, training = (
+        LoRAConfig(r=8, alpha=16),
+        TrainingConfig(epochs=3, batch_size=4, learning_rate=2e-3, warmup_ratio=0.0),
+    )
+    result = train_lora(EXAMPLES, base_model_path=smol.model_path, output_dir=tmp_path / "ad", lora=lora,
+                        training=training, base_model=smol.model, events=events.append)  # fmt: skip
 
     assert result.steps == 6 and len(result.losses) == 6
     assert result.final_loss < result.losses[0] / 2, result.losses
@@ -40,7 +44,7 @@ def test_loss_goes_down_the_adapter_saves_with_metadata_and_changes_the_model(sm
     }
     meta = read_adapter_metadata(folder)
     assert meta["base_model"] == "smollm2-135m" and meta["base_model_path"] == smol.model_path
-    assert meta["data_hash"] == data_hash(EXAMPLES) and meta["hyperparameters"] == config.to_dict()
+    assert meta["data_hash"] == data_hash(EXAMPLES) and meta["hyperparameters"] == flat_settings(lora, training)
     assert meta["final_loss"] == pytest.approx(result.final_loss) and meta["steps"] == 6
     assert json.loads((folder / "adapter_config.json").read_text())["r"] == 8  # unmerged PEFT adapter
 
@@ -53,7 +57,7 @@ def test_loss_goes_down_the_adapter_saves_with_metadata_and_changes_the_model(sm
 
     # continuing from the adapter starts where the first run ended, not from the base model's loss
     more = train_lora(EXAMPLES, base_model_path=smol.model_path, output_dir=tmp_path / "more",
-                      config=config.replace(epochs=1, batch_size=8), init_adapter=folder)  # fmt: skip
+                      lora=lora, training=training.replace(epochs=1, batch_size=8), init_adapter=folder)  # fmt: skip
     assert more.losses[0] < result.losses[0] / 2
     assert read_adapter_metadata(tmp_path / "more")["init_adapter"] == str(folder)
 
@@ -62,10 +66,10 @@ def test_loss_goes_down_the_adapter_saves_with_metadata_and_changes_the_model(sm
 def test_training_failures_name_their_cause(smol, tmp_path):
     with pytest.raises(TrainingError, match="PEFT refused the LoRA setup"):
         train_lora(EXAMPLES[:1], base_model_path=smol.model_path, output_dir=tmp_path / "x",
-                   config=LoRAConfig(target_modules=["no_such_layer"], epochs=1))  # fmt: skip
+                   lora=LoRAConfig(target_modules=["no_such_layer"]), training=TrainingConfig(epochs=1))  # fmt: skip
     with pytest.raises(TrainingError, match="longer than max_length=16"):
         train_lora(EXAMPLES[:1], base_model_path=smol.model_path, output_dir=tmp_path / "y",
-                   config=LoRAConfig(max_length=16, epochs=1))  # fmt: skip
+                   training=TrainingConfig(max_length=16, epochs=1))  # fmt: skip
 
 
 def test_refusals_that_need_no_model(tmp_path):
@@ -77,16 +81,18 @@ def test_refusals_that_need_no_model(tmp_path):
         train_lora(EXAMPLES, base_model_path=tmp_path, output_dir=tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     with pytest.raises(TrainingError, match="has no config.json"):
-        train_lora(EXAMPLES, base_model_path=tmp_path, output_dir=tmp_path / "out", config=LoRAConfig(device="cpu"))
+        train_lora(
+            EXAMPLES, base_model_path=tmp_path, output_dir=tmp_path / "out", training=TrainingConfig(device="cpu")
+        )
     import torch
 
     if not torch.cuda.is_available():
         with pytest.raises(TrainingError, match="device='cuda' but torch sees no CUDA device"):
             train_lora(
-                EXAMPLES, base_model_path=tmp_path, output_dir=tmp_path / "out", config=LoRAConfig(device="cuda")
+                EXAMPLES, base_model_path=tmp_path, output_dir=tmp_path / "out", training=TrainingConfig(device="cuda")
             )
-    with pytest.raises(ConfigError, match="device='gpu'"):
-        LoRAConfig(device="gpu")
+    with pytest.raises(ConfigError, match="unknown device 'gpu'; choose one of: auto, cpu, cuda"):
+        TrainingConfig(device="gpu")
     with pytest.raises(TrainingError, match="no cotune_adapter.json"):
         read_adapter_metadata(tmp_path)
 
@@ -147,7 +153,7 @@ def test_training_leaves_process_wide_state_alone(tmp_path):
     python_state, torch_state, threads = random.getstate(), torch.get_rng_state(), torch.get_num_threads()
     with pytest.raises(TrainingError, match="has no config.json"):  # fails after setup, before loading weights
         train_lora(EXAMPLES, base_model_path=tmp_path, output_dir=tmp_path / "out",
-                   config=LoRAConfig(device="cpu", seed=7, num_threads=max(1, threads - 1) if threads > 1 else 2))  # fmt: skip
+                   training=TrainingConfig(device="cpu", seed=7, num_threads=max(1, threads - 1) if threads > 1 else 2))  # fmt: skip
     assert random.getstate() == python_state
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert torch.get_num_threads() == threads
@@ -199,14 +205,17 @@ def test_same_seed_same_adapter_and_the_callers_random_state_is_untouched(smol, 
     torch = pytest.importorskip("torch")
     from safetensors.torch import load_file
 
-    config = LoRAConfig(r=4, alpha=8, epochs=1, batch_size=2, learning_rate=1e-3, warmup_ratio=0.0)
+    lora, training = (
+        LoRAConfig(r=4, alpha=8),
+        TrainingConfig(epochs=1, batch_size=2, learning_rate=1e-3, warmup_ratio=0.0),
+    )
     random.seed(5)
     torch.manual_seed(5)
     python_state, torch_state = random.getstate(), torch.get_rng_state()
     runs = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         result = train_lora(EXAMPLES[:4], base_model_path=smol.model_path, output_dir=tmp_path / name,
-                            config=config.replace(seed=seed))  # fmt: skip
+                            lora=lora, training=training.replace(seed=seed))  # fmt: skip
         runs[name] = (result.losses, load_file(str(tmp_path / name / "adapter_model.safetensors")))
     assert random.getstate() == python_state and torch.equal(torch.get_rng_state(), torch_state)
     assert runs["a"][0] == runs["b"][0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cotune.training import ChatExample, LoRAConfig, forward, train_lora
+from cotune.training import ChatExample, LoRAConfig, TrainingConfig, forward, train_lora
 from cotune.training import shared_prefix as shared_mod
 from cotune.training.sft_data import IGNORE_INDEX, TokenizedExample
 from cotune.training.shared_prefix import shared_length
@@ -47,10 +47,12 @@ def train(folder, out, monkeypatch, *, share: bool, **lora):
     monkeypatch.setattr(forward, "prefix_logits", counted)
     monkeypatch.setattr("cotune.training.trunk.prefix_logits", counted)
     # float32: the two paths agree to float rounding, not to bf16 rounding (the default on a CUDA GPU with bf16)
-    config = LoRAConfig(r=4, alpha=8, epochs=2, batch_size=3, learning_rate=5e-3, warmup_ratio=0.0, share_prefix=share,
-                        bf16=False, **lora)  # fmt: skip
+    training = TrainingConfig(
+        epochs=2, batch_size=3, learning_rate=5e-3, warmup_ratio=0.0, share_prefix=share, bf16=False
+    )
     events = []
-    result = train_lora(EXAMPLES, base_model_path=folder, output_dir=out, config=config, events=events.append)
+    result = train_lora(EXAMPLES, base_model_path=folder, output_dir=out, lora=LoRAConfig(r=4, alpha=8, **lora),
+                        training=training, events=events.append)  # fmt: skip
     monkeypatch.undo()
     assert next(e for e in events if e.name == "finetune.start").fields["shared_prefix"] is share
     return result, calls
@@ -93,7 +95,7 @@ def test_smollm2_shared_prefix_logits_and_gradients_equal_the_plain_forward(smol
     batch = [tokenize(e, tokenizer, 256) for e in EXAMPLES[:4]]
     n = shared_length(batch)
     assert n >= 40  # the system prompt and the chat template's start
-    config = LoRAConfig(bf16=False)  # float32, as the model is loaded: no autocast on a CUDA GPU either
+    config = TrainingConfig(bf16=False)  # float32, as the model is loaded: no autocast on a CUDA GPU either
     grads = []
     projected = []  # positions each call of the output head projects
     hook = model.get_output_embeddings().register_forward_hook(

@@ -12,7 +12,7 @@ import pytest
 
 from cotune.errors import ConfigError, TrainingError, UnknownChoiceError
 from cotune.experiment.config import ExperimentConfig
-from cotune.training import ChatExample, LoRAConfig, TrainResult, read_adapter_metadata
+from cotune.training import ChatExample, LoRAConfig, TrainingConfig, TrainResult, read_adapter_metadata
 from cotune.training.scoped import torch_threads
 from cotune.training.trainer import TRAINERS, build_trainer, resolve_trainer
 from cotune.training.trl_job import Job
@@ -31,8 +31,9 @@ def iris_example(length: float) -> ChatExample:  # short, so the integration tes
 EXAMPLES = [iris_example(x) for x in (1.4, 1.5, 4.0, 4.5, 5.6, 6.1, 1.3, 5.1)]
 # One thread a process: on a CPU shared with other jobs, more threads than cores is several times slower.
 # float32 (as on any CPU): one and two processes agree to float rounding, not to bf16 rounding.
-CONFIG = LoRAConfig(r=8, alpha=16, target_modules=["q_proj", "v_proj"], epochs=1, batch_size=4, learning_rate=5e-3,
-                    warmup_ratio=0.0, max_length=64, device="cpu", num_threads=1, bf16=False)  # fmt: skip
+LORA = LoRAConfig(r=8, alpha=16, target_modules=["q_proj", "v_proj"])
+TRAINING = TrainingConfig(epochs=1, batch_size=4, learning_rate=5e-3, warmup_ratio=0.0, max_length=64, device="cpu",
+                          num_threads=1, bf16=False)  # fmt: skip
 
 
 @pytest.fixture
@@ -96,11 +97,12 @@ def test_run_config_without_trl_says_how_to_install(without_trl):
 
 def test_no_examples_is_refused(tmp_path):
     with pytest.raises(TrainingError, match="no training examples"):
-        TRLTrainer().train([], base_model_path=tmp_path, output_dir=tmp_path / "out", config=CONFIG)
+        TRLTrainer().train([], base_model_path=tmp_path, output_dir=tmp_path / "out", lora=LORA, training=TRAINING)
 
 
 def test_job_round_trips_through_its_file_form():
-    job = Job(EXAMPLES[:2], "/m", "/out", CONFIG.replace(target_modules=["q_proj"]), "smol", None, 2, True)
+    job = Job(EXAMPLES[:2], "/m", "/out", LORA.replace(target_modules=["q_proj"]), TRAINING, "smol", None, 2, True)
+    assert job.to_dict()["lora"]["target_modules"] == ["q_proj"] and job.to_dict()["training"]["epochs"] == 1
     assert Job.from_dict(json.loads(json.dumps(job.to_dict()))) == job
 
 
@@ -119,7 +121,7 @@ def test_a_failing_process_raises_with_the_end_of_its_error_output(monkeypatch, 
 
     _stand_in(monkeypatch, "import sys\nprint('noise ' * 10, file=sys.stderr)\nsys.exit('gloo: connection refused')")
     with pytest.raises(TrainingError, match=r"(?s)2 processes failed \(exit code 1\).*gloo: connection refused"):
-        launch(Job(EXAMPLES, str(tmp_path), str(tmp_path / "out"), CONFIG, processes=2))
+        launch(Job(EXAMPLES, str(tmp_path), str(tmp_path / "out"), LORA, TRAINING, processes=2))
 
 
 def test_a_cotune_error_in_a_process_is_raised_as_it_was(monkeypatch, tmp_path):
@@ -128,7 +130,7 @@ def test_a_cotune_error_in_a_process_is_raised_as_it_was(monkeypatch, tmp_path):
     _stand_in(monkeypatch, "open(FOLDER + '/error-1.txt', 'w').write('all 8 examples are longer than max_length=16')\n"
                            "raise SystemExit(1)")  # fmt: skip
     with pytest.raises(TrainingError, match="^all 8 examples are longer than max_length=16$"):
-        launch(Job(EXAMPLES, str(tmp_path), str(tmp_path / "out"), CONFIG, processes=2))
+        launch(Job(EXAMPLES, str(tmp_path), str(tmp_path / "out"), LORA, TRAINING, processes=2))
 
 
 def test_progress_lines_become_events_and_the_result_file_a_train_result(monkeypatch, tmp_path):
@@ -143,7 +145,7 @@ def test_progress_lines_become_events_and_the_result_file_a_train_result(monkeyp
     code += f"open(FOLDER + '/result.json', 'w').write({json.dumps(fields)!r})\n"
     _stand_in(monkeypatch, code)
     events = []
-    got = launch(Job(EXAMPLES, str(tmp_path), str(tmp_path / "out"), CONFIG, processes=2), events.append)
+    got = launch(Job(EXAMPLES, str(tmp_path), str(tmp_path / "out"), LORA, TRAINING, processes=2), events.append)
     assert got == result
     assert [e.name for e in events] == ["finetune.start", "progress.start", "progress.advance", "progress.advance",
                                         "progress.end", "finetune.done"]  # fmt: skip
@@ -166,10 +168,10 @@ def test_two_cpu_processes_train_like_one_and_the_adapter_changes_the_model(smol
     pytest.importorskip("trl")
     kwargs = dict(base_model_path=smol.model_path, base_model=smol.model)
     t0 = time.perf_counter()
-    one = TRLTrainer().train(EXAMPLES, output_dir=tmp_path / "one", config=CONFIG, **kwargs)
+    one = TRLTrainer().train(EXAMPLES, output_dir=tmp_path / "one", lora=LORA, training=TRAINING, **kwargs)
     events = []
-    two = TRLTrainer(processes=2).train(EXAMPLES, output_dir=tmp_path / "two", config=CONFIG.replace(batch_size=2),
-                                        events=events.append, **kwargs)  # fmt: skip
+    two = TRLTrainer(processes=2).train(EXAMPLES, output_dir=tmp_path / "two", lora=LORA,
+                                        training=TRAINING.replace(batch_size=2), events=events.append, **kwargs)  # fmt: skip
     seconds = time.perf_counter() - t0
 
     assert one.steps == two.steps == 2 and one.n_examples == two.n_examples == 8

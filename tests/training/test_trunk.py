@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from cotune.errors import ConfigError, TrainingError
-from cotune.training import ChatExample, LoRAConfig, train_lora
+from cotune.training import ChatExample, LoRAConfig, TrainingConfig, train_lora
 from cotune.training import lora as lora_mod
 from cotune.training.trunk import TrunkCache, decoder_layers, first_trained_layer, top_only
 
@@ -31,9 +31,10 @@ def run(folder, out, monkeypatch=None, no_cache=False, **lora):
     if no_cache:
         monkeypatch.setattr(lora_mod, "checked_trunk", lambda *a, **k: None)
     # float32: the paths agree to float rounding, not to bf16 rounding (the default on a CUDA GPU with bf16)
-    config = LoRAConfig(r=4, alpha=8, epochs=2, batch_size=3, learning_rate=5e-3, warmup_ratio=0.0, bf16=False, **lora)
+    training = TrainingConfig(epochs=2, batch_size=3, learning_rate=5e-3, warmup_ratio=0.0, bf16=False)
     events = []
-    result = train_lora(EXAMPLES, base_model_path=folder, output_dir=out, config=config, events=events.append)
+    result = train_lora(EXAMPLES, base_model_path=folder, output_dir=out, lora=LoRAConfig(r=4, alpha=8, **lora),
+                        training=training, events=events.append)  # fmt: skip
     start = next(e for e in events if e.name == "finetune.start")
     return result, start.fields["frozen_trunk_layers"]
 
@@ -109,7 +110,9 @@ def test_too_many_top_layers_names_the_model_depth(tmp_path, tiny_model):
 
 
 def test_top_layers_must_be_a_positive_integer():
-    with pytest.raises(ConfigError, match=r"top_layers=0 \(must be an integer >= 1\)"):
+    with pytest.raises(
+        ConfigError, match=r"top_layers must be >= 1, got 0 \(top_layers must be an integer >= 1 or None\)"
+    ):
         LoRAConfig(top_layers=0)
     assert LoRAConfig(top_layers=4).to_dict()["top_layers"] == 4
 
@@ -118,10 +121,10 @@ def test_top_layers_must_be_a_positive_integer():
 def test_smollm2_top_layers_adapter_serves_and_changes_answers(smol_path, tmp_path):
     from cotune.lm import registry
 
-    config = LoRAConfig(r=8, alpha=16, epochs=3, batch_size=4, learning_rate=3e-3, warmup_ratio=0.0, top_layers=6)
+    training = TrainingConfig(epochs=3, batch_size=4, learning_rate=3e-3, warmup_ratio=0.0)
     events = []
-    result = train_lora(EXAMPLES, base_model_path=smol_path, output_dir=tmp_path / "ad", config=config,
-                        events=events.append)  # fmt: skip
+    result = train_lora(EXAMPLES, base_model_path=smol_path, output_dir=tmp_path / "ad",
+                        lora=LoRAConfig(r=8, alpha=16, top_layers=6), training=training, events=events.append)  # fmt: skip
     assert next(e for e in events if e.name == "finetune.start").fields["frozen_trunk_layers"] == 24
     assert result.final_loss < result.losses[0] / 2, result.losses
     lm = registry.load("smollm2-135m", dtype="float32", cache=False)

@@ -111,7 +111,7 @@ def run_cmd(
         list[str] | None,
         typer.Option(
             "--set",
-            help="Any config field as KEY=VALUE, dotted for nested ones (repeatable), e.g. --set prompt.optimizer=knn --set prompt.params.k=5 --set weights.lora.epochs=3.",
+            help="Any config field as KEY=VALUE, dotted for nested ones (repeatable), e.g. --set prompt.optimizer=knn --set prompt.params.k=5 --set weights.training.epochs=3.",
         ),
     ] = None,
     ray: Annotated[

@@ -176,23 +176,16 @@ def finetune_cmd(
     """Fine-tune a LoRA adapter on the program's own successful traces (bootstrap fine-tune)."""
     from cotune.cli.optimize_cmds import run_finetune
 
-    lora = {
-        k: v
-        for k, v in {
-            "r": lora_r,
-            "alpha": lora_alpha,
-            "epochs": epochs,
-            "learning_rate": lr,
-            "batch_size": batch_size,
-            "top_layers": top_layers,
-        }.items()
-        if v is not None
+    lora = {k: v for k, v in {"r": lora_r, "alpha": lora_alpha, "top_layers": top_layers}.items() if v is not None}
+    training = {
+        k: v for k, v in {"epochs": epochs, "learning_rate": lr, "batch_size": batch_size}.items() if v is not None
     }
     run_finetune(
         task=task,
         model=model,
         out_dir=out_dir,
         lora=lora,
+        training=training,
         traces=traces,
         threshold=threshold,
         data_dir=data_dir,

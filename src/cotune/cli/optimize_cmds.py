@@ -182,6 +182,7 @@ def run_finetune(
     model: str | None,
     out_dir: Path,
     lora: dict[str, Any],
+    training: dict[str, Any] | None = None,
     traces: Path | None,
     threshold: float | None,
     data_dir: Path | None,
@@ -208,7 +209,7 @@ def run_finetune(
     neither sets (None) comes from the task's measured run defaults (``weights``), then the optimizer's own.
     ``trainer`` and ``processes`` choose what trains the adapter (`cotune.training.trainer.build_trainer`)."""
     from cotune.errors import ConfigError
-    from cotune.optimize.registry import build_optimizer, merge, nest
+    from cotune.optimize.registry import build_optimizer, merge, upgrade_params
     from cotune.training.trainer import build_trainer
 
     built = build_trainer(trainer, processes=processes)  # an unknown name, a bad count or a missing trl: now
@@ -228,20 +229,20 @@ def run_finetune(
         "metric_threshold": threshold,
         "fill_with_labels": fill_with_labels or None,  # a flag: absent is not "off"
         "lora": lora or None,
+        "training": training or None,
     }
     this_run = {
-        "lora": {"seed": seed},
         "output_dir": str(out_dir),
         "traces": str(traces) if traces else None,
         "num_threads": threads,
         "seed": seed,
         "base_model": base_model,
     }
-    named = merge(dict(task_info(task).run_defaults.get("weights", {})), this_run)
-    named = merge(named, {k: v for k, v in aliases.items() if v is not None})
+    named = merge(upgrade_params("finetune", dict(task_info(task).run_defaults.get("weights", {}))), this_run)
+    named = merge(named, upgrade_params("finetune", {k: v for k, v in aliases.items() if v is not None}))
     if (trainer, processes) != ("local", 1):
         named["trainer"] = built
-    opt = build_optimizer("finetune", the_task.metric, **merge(named, nest(params or {})))
+    opt = build_optimizer("finetune", the_task.metric, **merge(named, upgrade_params("finetune", params or {})))
     program = _bind(the_task, model, cache, console, base_url)  # hyperparameters checked before the model loads
     events = RichEvents(console)
     try:

@@ -51,7 +51,7 @@ ParamOpt = Annotated[
         "--param",
         "-P",
         help="Optimizer hyperparameter NAME=VALUE (repeatable; dotted for nested ones), e.g. -P num_candidates=6, "
-        "-P bootstrap.max_labeled_demos=2, -P lora.r=8.",
+        "-P bootstrap.max_labeled_demos=2, -P lora.r=8, -P training.epochs=3.",
     ),
 ]
 

@@ -76,7 +76,7 @@ class WeightStep:
     """The Θ step: a weights optimizer and its hyperparameters, declared once, by the optimizer.
 
     ``params`` takes any hyperparameter of the optimizer by name (for ``finetune``, `BootstrapFinetune`'s:
-    ``num_rollouts``, ``keep_demos``, ``lora: {r: 32, epochs: 5}``...), checked against its signature. In YAML
+    ``num_rollouts``, ``keep_demos``, ``lora: {r: 32}``, ``training: {epochs: 5}``...), checked by its signature. In YAML
     they may also sit beside ``optimizer`` (``weights: {num_rollouts: 3}``): a key of the step that is not one
     of the fields below is a hyperparameter, as if under ``params``. ``trainer`` and ``processes`` choose what
     trains the adapter.
@@ -93,7 +93,8 @@ class WeightStep:
         },
     )
     processes: Positive = field(
-        default=1, metadata={"help": "data-parallel training processes (trainer trl; lora.batch_size is per process)"}
+        default=1,
+        metadata={"help": "data-parallel training processes (trainer trl; training.batch_size is per process)"},
     )
 
     def __init__(
@@ -283,14 +284,23 @@ class ExperimentConfig:
 
 
 def steps_with_params(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with each step's extra keys moved under its ``params``. Each source (task defaults, YAML,
-    ``--set``) is normalized before they are merged, so a later source wins over an earlier one whichever way
-    it spells a hyperparameter."""
+    """``data`` with each step's extra keys moved under its ``params``, spelled as its optimizer spells them
+    today (`cotune.optimize.registry.upgrade_params`). Each source (task defaults, YAML, ``--set``) is normalized
+    before they are merged, so a later source wins over an earlier one whichever way it spells a hyperparameter."""
     out = dict(data)
     for key, cls in (("prompt", PromptStep), ("weights", WeightStep)):
         if isinstance(out.get(key), dict):
-            out[key] = _extras_into_params(out[key], {f.name for f in dataclasses.fields(cls)})
+            out[key] = _upgraded(_extras_into_params(out[key], {f.name for f in dataclasses.fields(cls)}), cls)
     return out
+
+
+def _upgraded(step: dict[str, Any], cls: type) -> dict[str, Any]:
+    name, params = step.get("optimizer", cls.optimizer), step.get("params")
+    if not isinstance(name, str) or not isinstance(params, dict):  # the field checks name a bad value
+        return step
+    from cotune.optimize.registry import upgrade_params
+
+    return step | {"params": upgrade_params(name, params)}
 
 
 def _extras_into_params(data: dict[str, Any], fields: set[str]) -> dict[str, Any]:

@@ -235,7 +235,7 @@ def default_optimizer_factory(cfg: ExperimentConfig, metric: Any) -> OptimizerFa
         step = {StepKind.PROMPT: cfg.prompt, StepKind.WEIGHTS: cfg.weights}[kind]
         params = step.optimizer_params() | {"num_threads": cfg.threads, "seed": seed}
         if kind is StepKind.WEIGHTS:
-            params |= {"lora": {"seed": seed, **params.get("lora", {})}, "output_dir": str(node)}
+            params["output_dir"] = str(node)  # the training seed is ``seed`` (BootstrapFinetune sets it)
         return build_optimizer(step.optimizer, metric, **params)
 
     return factory

@@ -27,7 +27,7 @@ from cotune.optimize.weights_target import LocalWeights, ServedWeights, weights_
 from cotune.params import Fraction, NonNegative, OpenFraction, Positive
 from cotune.program.predict import Predict
 from cotune.program.program import Program
-from cotune.training.config import LoRAConfig
+from cotune.training.config import LoRAConfig, TrainingConfig, flat_settings, split_lora_settings
 from cotune.training.lora import TrainResult
 from cotune.training.sft_data import ChatExample, chat_examples
 from cotune.training.trainer import Trainer, resolve_trainer
@@ -41,7 +41,10 @@ class BootstrapFinetune(Optimizer):
 
     Args:
         metric: scores a run, ``(example, prediction) -> float`` in [0, 1].
-        lora: training hyperparameters (`LoRAConfig()` when None).
+        lora: the adapter's shape: rank, alpha, dropout, target modules, top layers (`LoRAConfig()` when None).
+        training: how it is trained: epochs, learning rate, batch size... (`TrainingConfig()` when None; its
+            ``seed`` is replaced by ``seed``). From a mapping (YAML, ``-P``), training keys written under
+            ``lora`` as before the split (``lora.epochs``) move here with a `DeprecationWarning`.
         metric_threshold: a run is kept when its score >= this; None keeps only full marks (score >= 1),
             because a half-right trace teaches half-wrong outputs.
         teacher: the program whose traces are learned (same predictor names); None uses the student.
@@ -68,7 +71,7 @@ class BootstrapFinetune(Optimizer):
             what inference sends). False trains on zero-shot prompts and returns a program without demos,
             so inference still matches training. See `cotune.training.sft_data`.
         num_threads: parallel examples while collecting traces.
-        seed: seeds the rollouts and the training (it replaces ``lora.seed``).
+        seed: seeds the rollouts and the training (it replaces ``training.seed``).
         base_model: for a student on an OpenAI-compatible server: a local copy of the served base model
             (registry name or folder) to train on; it must be the server's model, and the server must load
             adapters at runtime (vLLM ``--enable-lora`` with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``,
@@ -93,7 +96,7 @@ class BootstrapFinetune(Optimizer):
         >>> from cotune.tasks import load_task
         >>> task = load_task("iris")
         >>> program = task.program().bind(cotune.lm.load("smollm2-135m"))  # doctest: +SKIP
-        >>> tuner = BootstrapFinetune(task.metric, lora=LoRAConfig(epochs=3), output_dir="runs/iris-ft")
+        >>> tuner = BootstrapFinetune(task.metric, training=TrainingConfig(epochs=3), output_dir="runs/iris-ft")
         >>> tuned = tuner.compile(program, trainset=task.train)  # doctest: +SKIP
         >>> tuned.lm.adapter, tuner.passed_by_predictor_  # doctest: +SKIP
         ('runs/iris-ft/adapter', {'classify': 31})
@@ -106,6 +109,7 @@ class BootstrapFinetune(Optimizer):
         metric: Metric,
         *,
         lora: LoRAConfig | None = None,
+        training: TrainingConfig | None = None,
         metric_threshold: Fraction | None = None,
         teacher: Program | None = None,
         num_rollouts: Positive = 1,
@@ -125,6 +129,7 @@ class BootstrapFinetune(Optimizer):
     ):
         self.metric = metric
         self.lora = lora
+        self.training = training
         self.metric_threshold = metric_threshold
         self.teacher = teacher
         self.num_rollouts = num_rollouts
@@ -159,7 +164,7 @@ class BootstrapFinetune(Optimizer):
                 adapters at runtime; a served student without ``base_model``, or whose server runs another model.
             TrainingError: no trace passed the metric, or training failed (the cause is chained).
         """
-        config = (self.lora or LoRAConfig()).replace(seed=self.seed)
+        lora, training = self.lora or LoRAConfig(), (self.training or TrainingConfig()).replace(seed=self.seed)
         resolve_trainer(self.trainer)  # an unknown trainer fails before any trace is collected
         student = program.deepcopy() if isinstance(program, Program) else _copy_predict(program)
         named = _named(student)
@@ -196,7 +201,7 @@ class BootstrapFinetune(Optimizer):
                 + _failure_detail(traces, self.metric_threshold)
             )
 
-        root = self._root(traces, config, bases)
+        root = self._root(traces, lora, training, bases)
         self.traces_path_ = str(root / "traces.jsonl")
         if not self.traces or Path(self.traces).resolve() != Path(self.traces_path_).resolve():
             save_traces(self.traces_path_, traces)
@@ -208,7 +213,7 @@ class BootstrapFinetune(Optimizer):
             if not examples:  # one adapter per predictor, and this one has no successful call
                 emit(events, "finetune.skip", predictor=group, reason="no successful calls in the kept traces")
                 continue
-            results[group] = self._train(examples, targets[group], root / _slug(group), config, events)
+            results[group] = self._train(examples, targets[group], root / _slug(group), lora, training, events)
             paths[group] = results[group].adapter_path
             tuned = targets[group].bind(paths[group], events)
             for name in names:
@@ -224,6 +229,11 @@ class BootstrapFinetune(Optimizer):
         self.adapter_path_ = paths[MULTITASK_ADAPTER] if self.multitask else paths
         self.train_result_ = results[MULTITASK_ADAPTER] if self.multitask else results
         return student
+
+    @classmethod
+    def upgrade_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Training keys under ``lora`` (before `TrainingConfig` was split from `LoRAConfig`) move to ``training``."""
+        return split_lora_settings(params)
 
     # -- steps ----------------------------------------------------------------------------------------
     def _student_lm(self, names: list[str], named: dict[str, Predict]) -> Any:
@@ -280,13 +290,13 @@ class BootstrapFinetune(Optimizer):
         emit(events, "finetune.labels", covered_by_runs=len(covered), filled=len(filled))
         return filled
 
-    def _root(self, traces: list[Trace], config: LoRAConfig, bases: dict[str, Any]) -> Path:
+    def _root(self, traces: list[Trace], lora: LoRAConfig, training: TrainingConfig, bases: dict[str, Any]) -> Path:
         if self.output_dir is not None:
             return Path(self.output_dir)
         identity = {
             "traces": [t.key() for t in traces],
             "threshold": self.metric_threshold,
-            "lora": config.to_dict(),
+            "lora": flat_settings(lora, training),  # both, as one config held them: earlier adapters are found again
             "bases": {g: [lm.model, lm.adapter_id if self.init == "continue" else None] for g, lm in bases.items()},
             "multitask": self.multitask,
             "keep_demos": self.keep_demos,
@@ -300,7 +310,8 @@ class BootstrapFinetune(Optimizer):
         examples: list[ChatExample],
         target: LocalWeights | ServedWeights,
         out: Path,
-        config: LoRAConfig,
+        lora: LoRAConfig,
+        training: TrainingConfig,
         events: EventSink | None,
     ) -> TrainResult:
         init_adapter = target.lm.adapter if self.init == "continue" else None
@@ -313,7 +324,8 @@ class BootstrapFinetune(Optimizer):
                 examples,
                 base_model_path=target.path,
                 output_dir=out,
-                config=config,
+                lora=lora,
+                training=training,
                 base_model=target.name,
                 init_adapter=init_adapter,
                 events=events,

@@ -2,7 +2,8 @@
 
 ``build_optimizer(name, metric, **params)`` builds and checks one. Parameters may be nested with dots:
 ``bootstrap.max_labeled_demos=2`` (or ``bootstrap={"max_labeled_demos": 2}``) builds the `BootstrapFewShot`
-that BFRS, kNN and MedPrompt hold, with the same metric; ``lora.r=8`` builds a `LoRAConfig`.
+that BFRS, kNN and MedPrompt hold, with the same metric; ``lora.r=8`` builds a `LoRAConfig` and
+``training.epochs=3`` a `TrainingConfig`.
 
 Example:
     >>> opt = build_optimizer("bfrs", lambda ex, p: 1.0, num_candidates=4, **{"bootstrap.max_labeled_demos": 2})
@@ -78,6 +79,15 @@ def build_optimizer(name: str, metric: Metric, **params: Any) -> Optimizer:
     return _build(optimizer_class(name), name, metric, nest(params))
 
 
+def upgrade_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` of optimizer ``name``, nested (`nest`) and spelled as today (`Optimizer.upgrade_params`: a
+    moved hyperparameter moves, with a `DeprecationWarning`). Each source of hyperparameters (a task's run
+    defaults, YAML, ``-P``, a saved run config) is upgraded before it is merged with another, so the later
+    source wins whichever spelling each uses. An unknown name: ``params`` nested (its build names it)."""
+    nested = nest(params)
+    return optimizer_class(name).upgrade_params(nested) if name in OPTIMIZERS else nested
+
+
 def nest(params: dict[str, Any]) -> dict[str, Any]:
     """``{"a.b": 1, "a": {"c": 2}}`` → ``{"a": {"b": 1, "c": 2}}`` (dotted keys win over a dict's own)."""
     out: dict[str, Any] = {}
@@ -103,6 +113,7 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _build(cls: type[Optimizer], name: str, metric: Metric, params: dict[str, Any]) -> Optimizer:
+    params = cls.upgrade_params(params)
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     for common in COMMON_PARAMS:
         if common not in accepted:

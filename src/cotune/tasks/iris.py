@@ -41,7 +41,8 @@ INFO = TaskInfo(
             "rollout_temperature": 2.0,
             "stop_at_first_pass": True,
             "keep_demos": False,
-            "lora": {"top_layers": 8, "epochs": 10, "learning_rate": 3e-3},
+            "lora": {"top_layers": 8},
+            "training": {"epochs": 10, "learning_rate": 3e-3},
         },
     },  # fmt: skip
 )

@@ -1,54 +1,89 @@
-"""`LoRAConfig`: the hyperparameters of one LoRA fine-tune, with a help text and a range check per field.
+"""A LoRA fine-tune's settings, in two parts: the adapter's shape (`LoRAConfig`) and how it is trained
+(`TrainingConfig`). Each field's annotation is its rule (`cotune.params`): a config is checked when it is made,
+and every bad value is named at once.
 
 Example:
-    >>> LoRAConfig(r=16, alpha=32, gradient_accumulation_steps=2).effective_batch_size
+    >>> TrainingConfig(batch_size=4, gradient_accumulation_steps=2).effective_batch_size
     8
-    >>> LoRAConfig(r=0, learning_rate=2.0)
+    >>> LoRAConfig(r=0, dropout=1.0)
     Traceback (most recent call last):
     ...
-    cotune.errors.ConfigError: invalid LoRAConfig: r=0 (must be an integer >= 1); learning_rate=2.0 (must be > 0 and <= 1)
+    cotune.errors.ConfigError: invalid LoRAConfig: r must be >= 1, got 0 (r must be an integer >= 1); dropout must be in [0, 1), got 1.0 (dropout must be a number in [0, 1))
+    >>> LoRAConfig(epochs=3)
+    Traceback (most recent call last):
+    ...
+    cotune.errors.ConfigError: LoRAConfig has no field 'epochs': it is a setting of TrainingConfig, write TrainingConfig(epochs=3)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from cotune.errors import ConfigError, UnknownChoiceError
+from cotune.params import Count, NonNegative, OpenFraction, Positive, value_problems
 
-DEVICES = ("auto", "cpu", "cuda")
+Device = Literal["auto", "cpu", "cuda"]
+ModuleNames = Annotated[tuple[Annotated[str, Field(min_length=1)], ...], Field(min_length=1)]
+
+
+class _Settings:
+    """What both configs share: checked by their declared fields when made, copied with `replace`, written as
+    and read from plain mappings; a name that is not a field is refused, naming the valid ones (or the config
+    that has it)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        _check_names(cls, kwargs)  # before the generated __init__, whose TypeError would name no valid field
+        return super().__new__(cls)
+
+    def __post_init__(self) -> None:
+        problems = value_problems(self)
+        if problems:
+            raise ConfigError(f"invalid {type(self).__name__}: " + "; ".join(problems))
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Any:
+        return cls(**d)
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """Field name → help text (for CLI flags and docs)."""
+        return {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
 
 
 @dataclass(frozen=True)
-class LoRAConfig:
-    """How to train a LoRA adapter. Defaults are measured for SmolLM2-135M on CPU (see below).
+class LoRAConfig(_Settings):
+    """The shape of a LoRA adapter: its rank, scaling, dropout and the layers it adapts.
 
-    The paper (BetterTogether, 7–8B models on GPUs) used r=32, alpha=64, dropout 0, 5 epochs, lr 1e-5 and an
-    effective batch of 8. Here r, alpha and dropout are the paper's; lr 1e-3, batch 4 and 6 epochs are
-    measured on Iris (SmolLM2-135M, 50 training flowers with a gold completion that restates the petal
-    sizes, then "Species: ..."; test accuracy on 50 flowers): 6 epochs at batch 4 (78 steps) → 0.92 and
-    10 epochs at batch 8 (70 steps) → 0.92, but 5 epochs at batch 8 (35 steps) → 0.34 (one species for
-    every flower): the model needs ~70 steps at 1e-3 to learn the task. With the same settings, a
-    completion of the species alone reached 0.34-0.52: a reasoning that names the deciding inputs matters.
-    On the program's own traces the data, not the settings, is the limit: SmolLM2-135M's passing runs
-    on Iris name one or two species (see `cotune.optimize.finetune`), so the adapter learns those.
-    Use ~1e-5..1e-4 for 7-8B models.
+    The paper (BetterTogether, 7–8B models on GPUs) used r=32, alpha=64 and dropout 0; so do these defaults.
+    How the adapter is trained is `TrainingConfig`.
     """
 
-    r: int = field(default=32, metadata={"help": "LoRA rank: the inner dimension of each low-rank update (>= 1)."})
-    alpha: float = field(
+    r: Positive = field(default=32, metadata={"help": "LoRA rank: the inner dimension of each low-rank update (>= 1)."})
+    alpha: Annotated[float, Field(gt=0)] = field(
         default=64.0, metadata={"help": "LoRA scaling numerator; updates are scaled by alpha / r (> 0)."}
     )
-    dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
-    target_modules: str | tuple[str, ...] = field(
+    dropout: OpenFraction = field(default=0.0, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
+    target_modules: Literal["all-linear"] | ModuleNames = field(
         default="all-linear",
         metadata={
             "help": "Which linear layers get adapters: 'all-linear' (every linear layer except the output head) "
             "or module names such as ('q_proj', 'v_proj')."
         },
     )
-    top_layers: int | None = field(
+    top_layers: Positive | None = field(
         default=None,
         metadata={
             "help": "Adapt only the last N decoder layers (>= 1), or None for every layer. The frozen layers "
@@ -56,34 +91,62 @@ class LoRAConfig:
             "costs about N / (number of layers) of a full pass per step."
         },
     )
-    epochs: int = field(default=6, metadata={"help": "Passes over the training examples (>= 1)."})
-    learning_rate: float = field(
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, list):
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        super().__post_init__()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if isinstance(d["target_modules"], tuple):
+            d["target_modules"] = list(d["target_modules"])
+        return d
+
+
+@dataclass(frozen=True)
+class TrainingConfig(_Settings):
+    """How a LoRA adapter is trained. Defaults are measured for SmolLM2-135M on CPU (see below).
+
+    The paper (BetterTogether, 7–8B models on GPUs) used 5 epochs, lr 1e-5 and an effective batch of 8.
+    Here lr 1e-3, batch 4 and 6 epochs are measured on Iris (SmolLM2-135M, 50 training flowers with a gold
+    completion that restates the petal sizes, then "Species: ..."; test accuracy on 50 flowers): 6 epochs at
+    batch 4 (78 steps) → 0.92 and 10 epochs at batch 8 (70 steps) → 0.92, but 5 epochs at batch 8 (35 steps)
+    → 0.34 (one species for every flower): the model needs ~70 steps at 1e-3 to learn the task. With the same
+    settings, a completion of the species alone reached 0.34-0.52: a reasoning that names the deciding inputs
+    matters. On the program's own traces the data, not the settings, is the limit: SmolLM2-135M's passing runs
+    on Iris name one or two species (see `cotune.optimize.finetune`), so the adapter learns those.
+    Use ~1e-5..1e-4 for 7-8B models.
+    """
+
+    epochs: Positive = field(default=6, metadata={"help": "Passes over the training examples (>= 1)."})
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = field(
         default=1e-3,
         metadata={
             "help": "Peak AdamW learning rate, in (0, 1]. 1e-3 is measured for SmolLM2-135M on Iris (see the class "
             "docstring); the paper used 1e-5 for 7-8B models."
         },
     )
-    batch_size: int = field(default=4, metadata={"help": "Sequences per forward pass (>= 1)."})
-    gradient_accumulation_steps: int = field(
+    batch_size: Positive = field(default=4, metadata={"help": "Sequences per forward pass (>= 1)."})
+    gradient_accumulation_steps: Positive = field(
         default=1,
         metadata={"help": "Forward passes per optimizer step (>= 1); effective batch = batch_size × this."},
     )
-    max_length: int = field(
+    max_length: Annotated[int, Field(ge=16)] = field(
         default=1024,
         metadata={
             "help": "Most tokens per training sequence (>= 16); longer ones are cut at the end, and dropped "
             "when no completion token is left."
         },
     )
-    warmup_ratio: float = field(
+    warmup_ratio: OpenFraction = field(
         default=0.1, metadata={"help": "Share of optimizer steps with a linear learning-rate warm-up, in [0, 1)."}
     )
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (>= 0)."})
-    max_grad_norm: float | None = field(
+    weight_decay: NonNegative = field(default=0.0, metadata={"help": "AdamW weight decay (>= 0)."})
+    max_grad_norm: Annotated[float, Field(gt=0)] | None = field(
         default=1.0, metadata={"help": "Clip the gradient norm to this value (> 0), or None for no clipping."}
     )
-    seed: int = field(
+    seed: Count = field(
         default=0,
         metadata={
             "help": "Seeds the adapter initialization and the batch order (local generators: torch's and "
@@ -95,11 +158,11 @@ class LoRAConfig:
         metadata={
             "help": "Train in bf16 on a CUDA device that computes it natively: the frozen base weights held in bf16, "
             "the forward autocast to it, the adapter weights kept in float32. A CPU trains in float32 (measured "
-            "faster there, see LoRAConfig.trains_in_bf16). False always trains in float32."
+            "faster there, see TrainingConfig.trains_in_bf16). False always trains in float32."
         },
     )
-    device: str = field(default="auto", metadata={"help": "'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'."})
-    num_threads: int | None = field(
+    device: Device = field(default="auto", metadata={"help": "'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'."})
+    num_threads: Positive | None = field(
         default=None,
         metadata={
             "help": "CPU threads for training (set while training, restored after); None keeps torch's setting. "
@@ -117,53 +180,6 @@ class LoRAConfig:
             "(cotune.training.shared_prefix). Off with gradient_checkpointing."
         },
     )
-
-    def __post_init__(self) -> None:
-        if isinstance(self.target_modules, list):
-            object.__setattr__(self, "target_modules", tuple(self.target_modules))
-        problems = [f"{name}={getattr(self, name)!r} ({why})" for name, why in self._problems()]
-        if problems:
-            raise ConfigError("invalid LoRAConfig: " + "; ".join(problems))
-
-    def _problems(self) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-
-        def integer(name: str, low: int) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                out.append((name, f"must be an integer >= {low}"))
-
-        def number(name: str, ok: Any, why: str) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
-                out.append((name, why))
-
-        integer("r", 1)
-        number("alpha", lambda v: v > 0, "must be > 0")
-        number("dropout", lambda v: 0 <= v < 1, "must be in [0, 1)")
-        tm = self.target_modules
-        if not (tm == "all-linear" or (isinstance(tm, tuple) and tm and all(isinstance(m, str) and m for m in tm))):
-            out.append(("target_modules", "must be 'all-linear' or a non-empty list of module names"))
-        if self.top_layers is not None:
-            integer("top_layers", 1)
-        integer("epochs", 1)
-        number("learning_rate", lambda v: 0 < v <= 1, "must be > 0 and <= 1")
-        integer("batch_size", 1)
-        integer("gradient_accumulation_steps", 1)
-        integer("max_length", 16)
-        number("warmup_ratio", lambda v: 0 <= v < 1, "must be in [0, 1)")
-        number("weight_decay", lambda v: v >= 0, "must be >= 0")
-        if self.max_grad_norm is not None:
-            number("max_grad_norm", lambda v: v > 0, "must be > 0 or None")
-        integer("seed", 0)
-        if self.num_threads is not None:
-            integer("num_threads", 1)
-        for flag in ("bf16", "gradient_checkpointing", "share_prefix"):
-            if not isinstance(getattr(self, flag), bool):
-                out.append((flag, "must be True or False"))
-        if self.device not in DEVICES:
-            out.append(("device", f"must be one of: {', '.join(DEVICES)}"))
-        return out
 
     def trains_in_bf16(self, device: str) -> bool:
         """Whether training on ``device`` ("cpu", "cuda[:n]") uses bf16: the frozen base weights held in bf16 and
@@ -183,30 +199,51 @@ class LoRAConfig:
     def effective_batch_size(self) -> int:
         return self.batch_size * self.gradient_accumulation_steps
 
-    def replace(self, **changes: Any) -> LoRAConfig:
-        """A copy with ``changes`` applied (validated again)."""
-        _check_names(changes)
-        return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        if isinstance(d["target_modules"], tuple):
-            d["target_modules"] = list(d["target_modules"])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LoRAConfig:
-        _check_names(d)
-        return cls(**d)
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        """Field name → help text (for CLI flags and docs)."""
-        return {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
+TRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainingConfig))
 
 
-def _check_names(d: dict[str, Any]) -> None:
-    valid = {f.name for f in dataclasses.fields(LoRAConfig)}
-    for key in d:
-        if key not in valid:
-            raise UnknownChoiceError("LoRAConfig field", key, valid)
+def flat_settings(lora: LoRAConfig, training: TrainingConfig) -> dict[str, Any]:
+    """Both configs as one mapping, with the keys in the order one config held them before they were split:
+    what an adapter's metadata records and what names its cache folder, so both read as they did."""
+    return lora.to_dict() | training.to_dict()
+
+
+def split_lora_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` (a fine-tune's hyperparameters) with the training settings that its ``lora`` mapping holds
+    moved under ``training``: how they were written before the split (``lora: {r: 8, epochs: 3}``, ``-P
+    lora.epochs=3``, a run directory's saved config). Each moved key warns (`DeprecationWarning`) with its new
+    spelling; a key that ``training`` already gives wins over a moved one.
+
+    Raises:
+        ConfigError: a moved key while ``training`` is a `TrainingConfig` object (which holds every setting).
+    """
+    lora, training = params.get("lora"), params.get("training")
+    if not isinstance(lora, Mapping):
+        return dict(params)
+    moved = {k: v for k, v in lora.items() if k in TRAINING_FIELDS}
+    if not moved:
+        return dict(params)
+    for key in moved:
+        warnings.warn(f"lora.{key} is a training setting: write training.{key}", DeprecationWarning, stacklevel=2)
+    if isinstance(training, TrainingConfig):
+        raise ConfigError(
+            f"lora holds training settings ({', '.join(moved)}) and training is a TrainingConfig: set them there"
+        )
+    given = dict(training) if isinstance(training, Mapping) else {}
+    kept = {k: v for k, v in lora.items() if k not in moved}
+    return {**params, "lora": kept, "training": moved | given}
+
+
+def _check_names(cls: type, given: Mapping[str, Any]) -> None:
+    valid = [f.name for f in dataclasses.fields(cls)]
+    for key, value in given.items():
+        if key in valid:
+            continue
+        home = next((c for c in (LoRAConfig, TrainingConfig) if key in {f.name for f in dataclasses.fields(c)}), None)
+        if home is not None:
+            raise ConfigError(
+                f"{cls.__name__} has no field {key!r}: it is a setting of {home.__name__}, write "
+                f"{home.__name__}({key}={value!r})"
+            )
+        raise UnknownChoiceError(f"{cls.__name__} field", key, valid)

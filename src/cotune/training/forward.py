@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from cotune.training.config import LoRAConfig
+from cotune.training.config import TrainingConfig
 from cotune.training.sft_data import IGNORE_INDEX, TokenizedExample
 from cotune.training.shared_prefix import prefix_logits, shared_length
 from cotune.training.trunk import TrunkCache, collate_ids, first_trained_layer, kept_logits
@@ -26,12 +26,12 @@ def collate(batch: Sequence[TokenizedExample], pad_id: int, device: str, torch: 
     return ids, labels.to(device), mask
 
 
-def batch_logits(model, batch, indices, trunk, pad_id, config, device, share: bool = False) -> tuple[Any, Any]:
+def batch_logits(model, batch, indices, trunk, pad_id, training, device, share: bool = False) -> tuple[Any, Any]:
     """(float32 logits at the completion positions, their target ids) for one micro-batch; with ``share``
     the tokens every row starts with run once (`cotune.training.shared_prefix`)."""
     import torch
 
-    autocast = config.trains_in_bf16(device)
+    autocast = training.trains_in_bf16(device)
     ids, labels, mask = collate(batch, pad_id, device, torch)
     # Position t predicts token t+1: keep only positions whose next token is a completion token.
     keep = torch.zeros_like(labels, dtype=torch.bool)
@@ -46,19 +46,19 @@ def batch_logits(model, batch, indices, trunk, pad_id, config, device, share: bo
     return logits.float(), targets
 
 
-def checked_trunk(model, tokenized, pad_id, config: LoRAConfig, device: str) -> TrunkCache | None:
+def checked_trunk(model, tokenized, pad_id, training: TrainingConfig, device: str) -> TrunkCache | None:
     """A cache of the frozen layers' output when the adapter leaves the lower layers untouched and the cached
     path gives the full forward's logits on the first batch."""
     first = first_trained_layer(model)
     if not first:
         return None
     trunk = TrunkCache.build(
-        model, first, tokenized, pad_id, device, config.batch_size, checkpointing=config.gradient_checkpointing
+        model, first, tokenized, pad_id, device, training.batch_size, checkpointing=training.gradient_checkpointing
     )
     if trunk is None:
         return None
-    indices = list(range(min(config.batch_size, len(tokenized))))
-    if _agrees(model, tokenized, indices, pad_id, config, device, (trunk, False), (None, False)):
+    indices = list(range(min(training.batch_size, len(tokenized))))
+    if _agrees(model, tokenized, indices, pad_id, training, device, (trunk, False), (None, False)):
         return trunk
     warnings.warn(
         "the frozen-trunk cache does not reproduce this model's forward; training through every layer",
@@ -68,19 +68,19 @@ def checked_trunk(model, tokenized, pad_id, config: LoRAConfig, device: str) -> 
     return None
 
 
-def sharing_holds(model, tokenized, trunk, pad_id, config: LoRAConfig, device: str) -> bool:
+def sharing_holds(model, tokenized, trunk, pad_id, training: TrainingConfig, device: str) -> bool:
     """Whether training runs each micro-batch's shared prefix once: asked for (``share_prefix``, and no
     gradient checkpointing: checkpointed layers run without the KV cache it needs) and giving the plain
     forward's logits on the first batch that shares one (True when none does: then nothing is shared)."""
-    if not config.share_prefix or config.gradient_checkpointing:
+    if not training.share_prefix or training.gradient_checkpointing:
         return False
-    batch_size = config.batch_size
+    batch_size = training.batch_size
     batches = [list(range(i, min(i + batch_size, len(tokenized)))) for i in range(0, len(tokenized), batch_size)]
     indices = next((b for b in batches if shared_length([tokenized[i] for i in b])), None)
     if indices is None:
         return True
     try:
-        holds = _agrees(model, tokenized, indices, pad_id, config, device, (trunk, True), (trunk, False))
+        holds = _agrees(model, tokenized, indices, pad_id, training, device, (trunk, True), (trunk, False))
     except (TypeError, ValueError, RuntimeError):  # a model whose forward takes no cache or positions
         holds = False
     if not holds:
@@ -93,7 +93,9 @@ def sharing_holds(model, tokenized, trunk, pad_id, config: LoRAConfig, device: s
     return holds
 
 
-def _agrees(model, tokenized, indices, pad_id, config: LoRAConfig, device: str, fast: tuple, plain: tuple) -> bool:
+def _agrees(
+    model, tokenized, indices, pad_id, training: TrainingConfig, device: str, fast: tuple, plain: tuple
+) -> bool:
     """Whether the ``fast`` and ``plain`` paths ((trunk, share) each) give the same logits on the batch
     ``indices``, in eval mode (dropout off) and within the dtype's tolerance."""
     import torch
@@ -102,11 +104,11 @@ def _agrees(model, tokenized, indices, pad_id, config: LoRAConfig, device: str, 
     model.eval()
     try:
         with torch.no_grad():
-            a, _ = batch_logits(model, batch, indices, fast[0], pad_id, config, device, share=fast[1])
-            b, _ = batch_logits(model, batch, indices, plain[0], pad_id, config, device, share=plain[1])
+            a, _ = batch_logits(model, batch, indices, fast[0], pad_id, training, device, share=fast[1])
+            b, _ = batch_logits(model, batch, indices, plain[0], pad_id, training, device, share=plain[1])
     finally:
         model.train()
-    tolerance = 5e-2 if config.trains_in_bf16(device) else 1e-3
+    tolerance = 5e-2 if training.trains_in_bf16(device) else 1e-3
     return a.shape == b.shape and (a - b).abs().max().item() <= tolerance * max(1.0, b.abs().max().item())
 
 

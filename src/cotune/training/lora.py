@@ -10,7 +10,7 @@ with ``cotune_adapter.json`` beside it: base model, training data hash, hyperpar
 
 No process-wide state is changed: the seed drives a local ``torch.Generator`` (adapter initialization) and a
 local ``random.Random`` (batch order); torch's default generators are never seeded (LoRA dropout > 0 draws its
-masks from them), and the CPU thread count (``LoRAConfig.num_threads``) is set only while training and
+masks from them), and the CPU thread count (``TrainingConfig.num_threads``) is set only while training and
 restored afterwards.
 """
 
@@ -31,7 +31,7 @@ from cotune.errors import TrainingError
 from cotune.events import EventSink, Progress, emit
 from cotune.lm.adapters import METADATA_FILE
 from cotune.training.adapter_folder import check_output_dir, library_versions, save_adapter
-from cotune.training.config import LoRAConfig
+from cotune.training.config import LoRAConfig, TrainingConfig, flat_settings
 from cotune.training.forward import batch_logits, checked_trunk, sharing_holds
 from cotune.training.memory import MemoryWatch
 from cotune.training.scoped import torch_threads
@@ -76,7 +76,8 @@ def train_lora(
     *,
     base_model_path: str | Path,
     output_dir: str | Path,
-    config: LoRAConfig | None = None,
+    lora: LoRAConfig | None = None,
+    training: TrainingConfig | None = None,
     base_model: str | None = None,
     init_adapter: str | Path | None = None,
     events: EventSink | None = None,
@@ -87,7 +88,8 @@ def train_lora(
         examples: chat examples (see `cotune.training.sft_data.chat_examples`).
         base_model_path: a local Hugging Face model folder (weights + tokenizer).
         output_dir: where the adapter goes; created, and overwritten if it holds an adapter.
-        config: hyperparameters; `LoRAConfig()` by default.
+        lora: the adapter's shape; `LoRAConfig()` by default.
+        training: how it is trained; `TrainingConfig()` by default.
         base_model: the base model's name to record in the metadata (defaults to the path).
         init_adapter: continue training this adapter instead of starting a new one from the base model.
         events: receives a ``finetune`` progress bar whose postfix carries the loss.
@@ -96,43 +98,45 @@ def train_lora(
         TrainingError: no examples, every example too long, a config the model refuses (e.g. unknown
             target modules), out of memory, or a non-finite loss; the cause is chained.
     """
-    config = config or LoRAConfig()
+    lora, training = lora or LoRAConfig(), training or TrainingConfig()
     if not examples:
         raise TrainingError("no training examples: nothing to fine-tune on")
-    with torch_threads(config.num_threads):
-        return _train(examples, Path(base_model_path), Path(output_dir), config, base_model, init_adapter, events)
+    with torch_threads(training.num_threads):
+        return _train(
+            examples, Path(base_model_path), Path(output_dir), lora, training, base_model, init_adapter, events
+        )
 
 
-def _train(examples, base_model_path, output_dir, config, base_model, init_adapter, events) -> TrainResult:
+def _train(examples, base_model_path, output_dir, lora, training, base_model, init_adapter, events) -> TrainResult:
     import torch
 
-    device = training_device(config, torch)
+    device = training_device(training, torch)
     check_output_dir(output_dir)
     t_start = time.perf_counter()
 
     # -- setup ----------------------------------------------------------------------------------------
-    tokenizer, model = load_for_training(base_model_path, init_adapter, config, device)
+    tokenizer, model = load_for_training(base_model_path, init_adapter, lora, training, device)
     tokenized, n_dropped = [], 0
     for ex in examples:
-        t = tokenize(ex, tokenizer, config.max_length)
+        t = tokenize(ex, tokenizer, training.max_length)
         if t is None:
             n_dropped += 1
         else:
             tokenized.append(t)
     if not tokenized:
         raise TrainingError(
-            f"all {len(examples)} examples are longer than max_length={config.max_length} before their completion "
+            f"all {len(examples)} examples are longer than max_length={training.max_length} before their completion "
             "starts; raise max_length"
         )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    batches_per_epoch = math.ceil(len(tokenized) / config.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(total_steps, config.warmup_ratio))
-    trunk = checked_trunk(model, tokenized, pad_id, config, device)
-    share = sharing_holds(model, tokenized, trunk, pad_id, config, device)
+    optimizer = torch.optim.AdamW(trainable, lr=training.learning_rate, weight_decay=training.weight_decay)
+    batches_per_epoch = math.ceil(len(tokenized) / training.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / training.gradient_accumulation_steps)
+    total_steps = steps_per_epoch * training.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(total_steps, training.warmup_ratio))
+    trunk = checked_trunk(model, tokenized, pad_id, training, device)
+    share = sharing_holds(model, tokenized, trunk, pad_id, training, device)
     emit(
         events,
         "finetune.start",
@@ -147,23 +151,23 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
 
     # -- train ----------------------------------------------------------------------------------------
     model.train()
-    rng = random.Random(config.seed)
+    rng = random.Random(training.seed)
     losses: list[float] = []
     step_seconds: list[float] = []
     with Progress(events, "finetune", total=total_steps) as bar, MemoryWatch(device, torch) as memory:
-        for _epoch in range(config.epochs):
-            batches = _length_grouped_batches([len(t) for t in tokenized], config.batch_size, rng)
-            for start in range(0, len(batches), config.gradient_accumulation_steps):
-                group = batches[start : start + config.gradient_accumulation_steps]
+        for _epoch in range(training.epochs):
+            batches = _length_grouped_batches([len(t) for t in tokenized], training.batch_size, rng)
+            for start in range(0, len(batches), training.gradient_accumulation_steps):
+                group = batches[start : start + training.gradient_accumulation_steps]
                 t0 = time.perf_counter()
                 loss = _optimizer_step(
-                    model, optimizer, scheduler, tokenized, group, trunk, pad_id, config, device, share
+                    model, optimizer, scheduler, tokenized, group, trunk, pad_id, training, device, share
                 )
                 step_seconds.append(time.perf_counter() - t0)
                 if not math.isfinite(loss):
                     raise TrainingError(
                         f"the loss became {loss} at step {len(losses) + 1}; lower learning_rate "
-                        f"(now {config.learning_rate}) or turn off bf16"
+                        f"(now {training.learning_rate}) or turn off bf16"
                     )
                 losses.append(loss)
                 bar.advance(loss=round(loss, 4), lr=scheduler.get_last_lr()[0])
@@ -187,7 +191,7 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
         step_seconds=step_seconds,
     )
     metadata = adapter_metadata(
-        result, config, base_model_path=base_model_path, base_model=base_model, init_adapter=init_adapter
+        result, lora, training, base_model_path=base_model_path, base_model=base_model, init_adapter=init_adapter
     )
     save_adapter(model, metadata, output_dir)
     emit(events, "finetune.done", adapter=str(output_dir), final_loss=final_loss, steps=result.steps)
@@ -198,21 +202,23 @@ def _train(examples, base_model_path, output_dir, config, base_model, init_adapt
 
 def adapter_metadata(
     result: TrainResult,
-    config: LoRAConfig,
+    lora: LoRAConfig,
+    training: TrainingConfig,
     *,
     base_model_path: str | Path,
     base_model: str | None = None,
     init_adapter: str | Path | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """What ``cotune_adapter.json`` holds: base model, training data hash, hyperparameters, losses, versions;
-    ``extra`` adds trainer-specific entries (e.g. the trainer's name and its library versions)."""
+    """What ``cotune_adapter.json`` holds: base model, training data hash, hyperparameters (both configs in one
+    mapping, `flat_settings`), losses, versions; ``extra`` adds trainer-specific entries (e.g. the trainer's name
+    and its library versions)."""
     return {
         "base_model": base_model or str(base_model_path),
         "base_model_path": str(base_model_path),
         "init_adapter": str(init_adapter) if init_adapter else None,
         "data_hash": result.data_hash,
-        "hyperparameters": config.to_dict(),
+        "hyperparameters": flat_settings(lora, training),
         "final_loss": result.final_loss,
         "losses": result.losses,
         "train_seconds": result.seconds,
@@ -260,7 +266,7 @@ def _linear_schedule(total_steps: int, warmup_ratio: float):
     return factor
 
 
-def _optimizer_step(model, optimizer, scheduler, tokenized, group, trunk, pad_id, config, device, share) -> float:
+def _optimizer_step(model, optimizer, scheduler, tokenized, group, trunk, pad_id, training, device, share) -> float:
     """Forward/backward every micro-batch of ``group`` (lists of indices into ``tokenized``), then one
     optimizer step; with a ``trunk`` cache the micro-batches run through the trained top layers only.
 
@@ -271,16 +277,16 @@ def _optimizer_step(model, optimizer, scheduler, tokenized, group, trunk, pad_id
 
     n_tokens = sum(tokenized[i].n_completion_tokens for batch in group for i in batch)
     total = 0.0
-    with training_errors(config):
+    with training_errors(training):
         for batch in group:
             logits, targets = batch_logits(
-                model, [tokenized[i] for i in batch], batch, trunk, pad_id, config, device, share
+                model, [tokenized[i] for i in batch], batch, trunk, pad_id, training, device, share
             )
             loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / n_tokens
             loss.backward()
             total += loss.item()
-        if config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
+        if training.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], training.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -288,7 +294,7 @@ def _optimizer_step(model, optimizer, scheduler, tokenized, group, trunk, pad_id
 
 
 @contextlib.contextmanager
-def training_errors(config: LoRAConfig) -> Iterator[None]:
+def training_errors(training: TrainingConfig) -> Iterator[None]:
     """Training steps inside raise `TrainingError`: out of memory with what to lower, anything else from
     torch with the step's error (both trainers use it)."""
     import torch
@@ -296,18 +302,18 @@ def training_errors(config: LoRAConfig) -> Iterator[None]:
     try:
         yield
     except torch.OutOfMemoryError as e:
-        raise TrainingError(_oom_message(config, e)) from e
+        raise TrainingError(_oom_message(training, e)) from e
     except RuntimeError as e:
         if "out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower():
-            raise TrainingError(_oom_message(config, e)) from e
+            raise TrainingError(_oom_message(training, e)) from e
         raise TrainingError(f"training step failed: {e}") from e
     except MemoryError as e:
-        raise TrainingError(_oom_message(config, e)) from e
+        raise TrainingError(_oom_message(training, e)) from e
 
 
-def _oom_message(config: LoRAConfig, e: BaseException) -> str:
+def _oom_message(training: TrainingConfig, e: BaseException) -> str:
     return (
-        f"out of memory with batch_size={config.batch_size}, max_length={config.max_length}: lower batch_size "
+        f"out of memory with batch_size={training.batch_size}, max_length={training.max_length}: lower batch_size "
         f"(raise gradient_accumulation_steps to keep the effective batch), lower max_length, or set "
         f"gradient_checkpointing=True ({type(e).__name__}: {e})"
     )

@@ -13,7 +13,7 @@ adapter to the program or loading it into a server — does not depend on how th
   CPU processes over gloo; ``processes > 1`` runs ``accelerate launch`` on `cotune.training.trl_launch`),
   gradient accumulation, bf16 where the device computes it natively, optional packing. Same examples in,
   same adapter and metadata out, same loss: cotune tokenizes (completion tokens only) and TRL gets the
-  token ids. ``LoRAConfig.batch_size`` is per process.
+  token ids. ``TrainingConfig.batch_size`` is per process.
 
 A trainer is any object with ``name`` and this ``train`` method; pass it as ``BootstrapFinetune(trainer=...)``.
 
@@ -40,7 +40,7 @@ from typing import Protocol, runtime_checkable
 
 from cotune.errors import ConfigError, UnknownChoiceError
 from cotune.events import EventSink
-from cotune.training.config import LoRAConfig
+from cotune.training.config import LoRAConfig, TrainingConfig
 from cotune.training.lora import TrainResult, train_lora
 from cotune.training.sft_data import ChatExample
 from cotune.training.trl_trainer import TRLTrainer
@@ -48,7 +48,8 @@ from cotune.training.trl_trainer import TRLTrainer
 
 @runtime_checkable
 class Trainer(Protocol):
-    """Trains one LoRA adapter on chat examples (loss on the completions only) and saves it to ``output_dir``."""
+    """Trains one LoRA adapter of ``lora``'s shape on chat examples (loss on the completions only), as
+    ``training`` says, and saves it to ``output_dir``."""
 
     name: str
 
@@ -58,7 +59,8 @@ class Trainer(Protocol):
         *,
         base_model_path: str | Path,
         output_dir: str | Path,
-        config: LoRAConfig,
+        lora: LoRAConfig,
+        training: TrainingConfig,
         base_model: str | None = None,
         init_adapter: str | Path | None = None,
         events: EventSink | None = None,
@@ -77,7 +79,8 @@ class LocalTrainer:
         *,
         base_model_path: str | Path,
         output_dir: str | Path,
-        config: LoRAConfig,
+        lora: LoRAConfig,
+        training: TrainingConfig,
         base_model: str | None = None,
         init_adapter: str | Path | None = None,
         events: EventSink | None = None,
@@ -86,7 +89,8 @@ class LocalTrainer:
             examples,
             base_model_path=base_model_path,
             output_dir=output_dir,
-            config=config,
+            lora=lora,
+            training=training,
             base_model=base_model,
             init_adapter=init_adapter,
             events=events,
@@ -130,6 +134,6 @@ def resolve_trainer(spec: str | Trainer) -> Trainer:
     if not isinstance(spec, Trainer):
         raise ConfigError(
             f"trainer must be a name ({', '.join(sorted(TRAINERS))}) or an object with `name` and "
-            f"`train(examples, *, base_model_path, output_dir, config, ...)`; got {type(spec).__name__}"
+            f"`train(examples, *, base_model_path, output_dir, lora, training, ...)`; got {type(spec).__name__}"
         )
     return spec

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cotune.events import EventSink, Progress, emit
-from cotune.training.config import LoRAConfig
+from cotune.training.config import LoRAConfig, TrainingConfig
 from cotune.training.sft_data import ChatExample
 
 
@@ -19,7 +19,8 @@ class Job:
     examples: list[ChatExample]
     base_model_path: str
     output_dir: str
-    config: LoRAConfig
+    lora: LoRAConfig
+    training: TrainingConfig
     base_model: str | None = None
     init_adapter: str | None = None
     processes: int = 1
@@ -30,7 +31,8 @@ class Job:
             "examples": [ex.to_dict() for ex in self.examples],
             "base_model_path": self.base_model_path,
             "output_dir": self.output_dir,
-            "config": self.config.to_dict(),
+            "lora": self.lora.to_dict(),
+            "training": self.training.to_dict(),
             "base_model": self.base_model,
             "init_adapter": self.init_adapter,
             "processes": self.processes,
@@ -44,7 +46,8 @@ class Job:
                 d
                 | {
                     "examples": [ChatExample.from_dict(e) for e in d["examples"]],
-                    "config": LoRAConfig.from_dict(d["config"]),
+                    "lora": LoRAConfig.from_dict(d["lora"]),
+                    "training": TrainingConfig.from_dict(d["training"]),
                 }
             )
         )

@@ -2,7 +2,7 @@
 
     python -m cotune.training.trl_launch JOB.json
 
-The parent (`launch`) writes the job file (examples, LoRA config, paths), starts
+The parent (`launch`) writes the job file (examples, LoRA and training configs, paths), starts
 ``accelerate launch --multi_gpu --num_processes N -m cotune.training.trl_launch JOB.json`` and reads back the
 main process's `TrainResult` (``result.json`` beside the job file). Each process runs
 `cotune.training.trl_sft.train_sft` on its share of every batch; the main process reports progress as
@@ -45,7 +45,7 @@ def launch(job: Job, events: EventSink | None = None) -> TrainResult:
     """
     import torch
 
-    cpu = job.config.device == "cpu" or not torch.cuda.is_available()
+    cpu = job.training.device == "cpu" or not torch.cuda.is_available()
     if not cpu and torch.cuda.device_count() < job.processes:
         raise TrainingError(
             f"processes={job.processes}, but torch sees {torch.cuda.device_count()} CUDA device(s); use at most "
@@ -88,7 +88,7 @@ def _command(job: Job, folder: Path, cpu: bool) -> list[str]:
         str(_free_port()),
     ]
     if cpu:
-        threads = job.config.num_threads or max(1, (os.cpu_count() or 1) // job.processes)
+        threads = job.training.num_threads or max(1, (os.cpu_count() or 1) // job.processes)
         cmd += ["--num_cpu_threads_per_process", str(threads)]
     return cmd + ["-m", "cotune.training.trl_launch", str(folder / "job.json")]
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     from cotune.training.trl_sft import train_sft
 
     try:
-        with torch_threads(job.config.num_threads):
+        with torch_threads(job.training.num_threads):
             result = train_sft(job, _LineReport())
     except CotuneError as e:
         (job_path.parent / f"error-{rank}.txt").write_text(str(e))

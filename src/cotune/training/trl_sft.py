@@ -19,7 +19,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from cotune.errors import TrainingError
 from cotune.training.adapter_folder import check_output_dir, library_versions, save_adapter
-from cotune.training.config import LoRAConfig
+from cotune.training.config import TrainingConfig
 from cotune.training.lora import TrainResult, adapter_metadata, training_errors
 from cotune.training.memory import MemoryWatch
 from cotune.training.setup import load_for_training, training_device
@@ -32,34 +32,34 @@ def train_sft(job: Job, report: Report) -> TrainResult | None:
 
     The main process saves the adapter and returns the `TrainResult`; the others return None.
     """
-    config, output_dir = job.config, Path(job.output_dir)
-    device = training_device(config, torch)
+    training, output_dir = job.training, Path(job.output_dir)
+    device = training_device(training, torch)
     check_output_dir(output_dir)
     t_start = time.perf_counter()
-    bf16 = config.trains_in_bf16(device)
+    bf16 = training.trains_in_bf16(device)
 
     # -- setup ----------------------------------------------------------------------------------------
     with tempfile.TemporaryDirectory(prefix="cotune-trl-") as scratch:
         # The arguments come first: they start accelerate's process state, which picks this process's GPU.
         args = _sft_config(job, device, bf16, scratch)
         args.device  # noqa: B018 (set up now, before the model is moved to "cuda")
-        tokenizer, model = load_for_training(job.base_model_path, job.init_adapter, config, device)
-        tokenized, n_dropped = _tokenized(job.examples, tokenizer, config.max_length)
+        tokenizer, model = load_for_training(job.base_model_path, job.init_adapter, job.lora, training, device)
+        tokenized, n_dropped = _tokenized(job.examples, tokenizer, training.max_length)
         trainer = _sft_trainer(model, tokenizer, tokenized, args)
         steps = _Steps(
-            report, config, examples=len(tokenized), dropped=n_dropped, device=device, processes=job.processes
+            report, training, examples=len(tokenized), dropped=n_dropped, device=device, processes=job.processes
         )
         trainer.add_callback(steps)
 
         # -- train ------------------------------------------------------------------------------------
-        with training_errors(config), MemoryWatch(device, torch) as memory:
+        with training_errors(training), MemoryWatch(device, torch) as memory:
             trainer.train()
     if not trainer.accelerator.is_main_process:
         return None
 
     # -- save (main process) --------------------------------------------------------------------------
     losses = steps.losses
-    per_epoch = max(1, trainer.state.max_steps // config.epochs)
+    per_epoch = max(1, trainer.state.max_steps // training.epochs)
     final_loss = sum(losses[-per_epoch:]) / len(losses[-per_epoch:])
     result = TrainResult(
         adapter_path=str(output_dir),
@@ -78,7 +78,8 @@ def train_sft(job: Job, report: Report) -> TrainResult | None:
     )
     metadata = adapter_metadata(
         result,
-        config,
+        job.lora,
+        training,
         base_model_path=job.base_model_path,
         base_model=job.base_model,
         init_adapter=job.init_adapter,
@@ -105,28 +106,28 @@ def _tokenized(examples: Sequence[ChatExample], tokenizer: Any, max_length: int)
 def _sft_config(job: Job, device: str, bf16: bool, scratch: str) -> Any:
     from trl import SFTConfig
 
-    config = job.config
+    training = job.training
     return SFTConfig(
         output_dir=scratch,  # transformers wants one; nothing is saved there (save_strategy="no")
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        num_train_epochs=config.epochs,
-        learning_rate=config.learning_rate,
+        per_device_train_batch_size=training.batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        num_train_epochs=training.epochs,
+        learning_rate=training.learning_rate,
         lr_scheduler_type="linear",
-        warmup_steps=config.warmup_ratio,  # a float < 1 is a share of the steps
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm if config.max_grad_norm is not None else 0.0,  # 0: no clipping
+        warmup_steps=training.warmup_ratio,  # a float < 1 is a share of the steps
+        weight_decay=training.weight_decay,
+        max_grad_norm=training.max_grad_norm if training.max_grad_norm is not None else 0.0,  # 0: no clipping
         optim="adamw_torch",
-        seed=config.seed,
-        data_seed=config.seed,
+        seed=training.seed,
+        data_seed=training.seed,
         bf16=bf16,
         fp16=False,
         use_cpu=device == "cpu",
         ddp_backend="gloo" if device == "cpu" and job.processes > 1 else None,
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient every step
         average_tokens_across_devices=True,  # the loss: the mean over the completion tokens of every process
-        activation_checkpointing=config.gradient_checkpointing,  # TRL turns it on by default; cotune's config decides
-        max_length=config.max_length,
+        activation_checkpointing=training.gradient_checkpointing,  # TRL turns it on by default; cotune's config decides
+        max_length=training.max_length,
         packing=job.packing,
         dataloader_pin_memory=device != "cpu",
         logging_strategy="steps",
@@ -157,8 +158,8 @@ def _sft_trainer(model: Any, tokenizer: Any, tokenized: list[TokenizedExample], 
 class _Steps(TrainerCallback):
     """Collects each step's loss and time, reports them from the main process, stops on a non-finite loss."""
 
-    def __init__(self, report: Report, config: LoRAConfig, **start_fields: Any):
-        self.report, self.config, self.start_fields = report, config, start_fields
+    def __init__(self, report: Report, training: TrainingConfig, **start_fields: Any):
+        self.report, self.training, self.start_fields = report, training, start_fields
         self.losses: list[float] = []
         self.seconds: list[float] = []
         self._t0 = 0.0
@@ -181,7 +182,7 @@ class _Steps(TrainerCallback):
         if not math.isfinite(loss):
             raise TrainingError(
                 f"the loss became {loss} at step {len(self.losses) + 1}; lower learning_rate "
-                f"(now {self.config.learning_rate}) or turn off bf16"
+                f"(now {self.training.learning_rate}) or turn off bf16"
             )
         self.losses.append(loss)
         if state.is_world_process_zero:

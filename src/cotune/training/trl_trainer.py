@@ -7,9 +7,9 @@ completion tokens only) and handed to TRL pre-tokenized, so TRL applies no chat 
 itself; the model is cotune's training copy (`cotune.training.setup.load_for_training`: LoRA rank, alpha,
 dropout, target modules, ``top_layers``, a seeded initialization, or a continued adapter). What TRL adds:
 `accelerate` (data parallel over GPUs, or CPU processes over gloo), gradient accumulation, bf16 on a CUDA
-device that computes it natively (`LoRAConfig.trains_in_bf16`), and optional packing.
+device that computes it natively (`TrainingConfig.trains_in_bf16`), and optional packing.
 
-``LoRAConfig.batch_size`` is per process: one optimizer step sees ``batch_size × gradient_accumulation_steps
+``TrainingConfig.batch_size`` is per process: one optimizer step sees ``batch_size × gradient_accumulation_steps
 × processes`` sequences, and its loss is the mean over all their completion tokens (TRL counts the tokens
 of every process), like the local trainer's. ``processes > 1`` runs `cotune.training.trl_launch` under
 ``accelerate launch``; ``processes == 1`` trains here. Unlike the local trainer, transformers' ``Trainer``
@@ -36,7 +36,7 @@ from pathlib import Path
 
 from cotune.errors import ConfigError, TrainingError
 from cotune.events import EventSink
-from cotune.training.config import LoRAConfig
+from cotune.training.config import LoRAConfig, TrainingConfig
 from cotune.training.lora import TrainResult
 from cotune.training.scoped import torch_threads
 from cotune.training.sft_data import ChatExample
@@ -54,7 +54,7 @@ def require_trl() -> None:
 @dataclass(frozen=True)
 class TRLTrainer:
     """TRL's ``SFTTrainer`` through `accelerate`: ``processes`` data-parallel processes (one per GPU; on a
-    machine without CUDA, CPU processes over gloo), each with ``LoRAConfig.batch_size`` sequences a step.
+    machine without CUDA, CPU processes over gloo), each with ``TrainingConfig.batch_size`` sequences a step.
 
     Raises (when built):
         ConfigError: ``processes`` is not an integer >= 1, or trl is not installed (the pip command is named).
@@ -80,7 +80,8 @@ class TRLTrainer:
         *,
         base_model_path: str | Path,
         output_dir: str | Path,
-        config: LoRAConfig,
+        lora: LoRAConfig,
+        training: TrainingConfig,
         base_model: str | None = None,
         init_adapter: str | Path | None = None,
         events: EventSink | None = None,
@@ -97,7 +98,8 @@ class TRLTrainer:
             list(examples),
             str(base_model_path),
             str(output_dir),
-            config,
+            lora,
+            training,
             base_model,
             str(init_adapter) if init_adapter else None,
             self.processes,
@@ -113,7 +115,7 @@ class TRLTrainer:
 
         report = Report(events)
         try:
-            with torch_threads(config.num_threads), _global_rng_kept():
+            with torch_threads(training.num_threads), _global_rng_kept():
                 result = train_sft(job, report)
         finally:
             report.close()
