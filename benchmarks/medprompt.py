@@ -1,268 +1,271 @@
-"""MedPrompt ladder and GPO on BIG-Bench Hard multiple-choice tasks: test accuracy and tokens per question.
+"""MedPrompt ladder on BIG-Bench Hard multiple-choice tasks: accuracy, tokens and calls per question, rung by rung.
 
-    .venv/bin/python benchmarks/medprompt.py --quick                 # small splits, ~10-30 min on 2 CPU cores
-    .venv/bin/python benchmarks/medprompt.py                          # 30 train / 20 dev / 100 test a task
-    .venv/bin/python benchmarks/medprompt.py --model qwen2.5-coder-0.5b
+    .venv/bin/python benchmarks/medprompt.py --estimate     # the plan: calls and time per rung, loads nothing
+    .venv/bin/python benchmarks/medprompt.py --quick        # smoke run: 8 test questions on two tasks (~12 min)
+    .venv/bin/python benchmarks/medprompt.py --task-model qwen2.5-coder-1.5b     # the full ladder (1.2-2.5 h)
 
-The ladder (MedPrompt, Nori et al. 2023), each rung adding one technique:
+The full command runs the defaults: task model qwen2.5-coder-0.5b on date_understanding,
+logical_deduction_three_objects and hyperbaton, each split once (seed 0): 50 training questions (the demo pool,
+self-generated chains) and 50 test questions a task, 150 in all. First a zero-shot check: every task's
+zero-shot accuracy and answer distribution with ``--model``, printed and recorded. A task where that accuracy
+is at chance (its 95% interval reaches the chance level) runs its ladder with ``--task-model`` (the 1.5B:
+``pip install -e ".[qwen15]"``) on the first ``--task-model-test`` test questions; without ``--task-model`` it
+runs with ``--model`` anyway, with a warning. Every row names its model. The ladder (Nori et al. 2023), each
+rung adding one technique:
 
-    zero-shot        direct answer, no demos
-    few-shot         direct answer, k random labeled demos
-    + CoT            chain of thought, k random self-generated CoT demos (the model's own passing runs)
-    + kNN            chain of thought, the k self-generated demos nearest to each question (KNNFewShot)
-    + ensemble       + ChoiceShuffleEnsemble: m option orders, answers mapped back, majority vote
+    zero-shot     direct answer, no demos
+    few-shot      direct answer, k random labeled demos
+    + CoT         chain of thought, k random self-generated chains (the model's own passing runs on train)
+    + kNN         chain of thought, the k self-generated chains nearest to each question (KNNFewShot)
+    + ensemble    + ChoiceShuffleEnsemble: m option orders, answers mapped back, majority vote
 
-Instruction optimization on the same tasks (chain of thought, no demos): zero-shot vs an OPRO-style
-ablation (top-scoring past instructions, no edit budget) vs GPO (relevance retrieval, cosine budget).
+Per rung: test accuracy with its Wilson 95% interval, prompt and completion tokens and calls per question (all
+calls a question needs, so the ensemble shows its m-fold cost), parse failures, the answer distribution; per
+task the share of self-generated chains that passed. Pooled over tasks per model and rung in ``summary``.
 
-Per rung: test accuracy, prompt / completion tokens per question (all calls a question needs, so the
-ensemble shows its m-fold cost), calls per question, parse failures. One request cache per run, so the
-ensemble's first (original) order reuses the kNN rung's answers and self-generation runs once; the
-tokens are counted either way. Writes ``benchmarks/results/medprompt.json``.
+Resuming: every call goes through one request cache (``--cache``, default runs/medprompt-cache.sqlite); run the
+same command again after an interruption and it continues where it stopped. The results file is rewritten after
+each task, marked ``"complete": false`` until the last. Progress lines go to stderr.
+Writes ``benchmarks/results/medprompt.json``.
+
+Time (``--estimate``; speeds and token counts in benchmarks/ladder_estimate.py; 2-core bf16 CPU): the zero-shot
+check ~1 min a task; a ladder on the 0.5B with 50 questions makes 50 + 50 direct calls and 50 self-generation + 50
++ 50 + 200 chains of thought with 5 demos (hyperbaton's 2 options: 50 more, not 200), ~27 min for
+date_understanding, 34 for logical_deduction_three_objects, 12 for hyperbaton: 1.2 h in all. A task handed to
+the 1.5B (30 questions) takes 55, 63 or 30 min instead: 2.5 h if all three are.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench import RESULTS, ROOT, arguments, write_results
+from ladder_estimate import medprompt_plan, render, task_stats
+from ladders import (
+    CACHE_DIR,
+    answer_distribution,
+    at_chance,
+    chance_level,
+    default_loader,
+    open_cache,
+    pooled,
+    progress_events,
+    score_rung,
+    settings_of,
+    stderr_say,
+    table,
+    with_tokens,
+)
 
 DATA = ROOT / ".." / "shared" / "data" / "bbh"
-TASKS = ("hyperbaton", "logical_deduction_three_objects", "date_understanding")
+TASKS = ("date_understanding", "logical_deduction_three_objects", "hyperbaton")
 RUNGS = ("zero-shot", "few-shot", "+ CoT", "+ kNN", "+ ensemble")
-GPO_VARIANTS = ("zero-shot CoT", "OPRO-style", "GPO")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = arguments(__doc__, RESULTS / "medprompt.json")
-    p.add_argument("--model", default="smollm2-135m", help="registry name or path (cotune.lm.load)")
-    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated BBH multiple-choice subtasks")
+    p.add_argument("--model", default="qwen2.5-coder-0.5b", help="the task model and the zero-shot check's")
+    p.add_argument("--task-model", default=None, help="the ladder's model where --model is at chance (e.g. the 1.5B)")
+    p.add_argument("--task-model-when", choices=("at-chance", "always"), default="at-chance")
+    p.add_argument("--task-model-test", type=int, default=30, help="test questions a task run with --task-model")
+    p.add_argument("--tasks", default=None, help=f"comma-separated BBH multiple-choice subtasks ({','.join(TASKS)})")
     p.add_argument("--data-dir", type=Path, default=DATA)
+    p.add_argument("--cache", type=Path, default=CACHE_DIR / "medprompt-cache.sqlite", help="the run's request cache")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train", type=int, default=30, help="training examples (demo pool, GPO task examples)")
-    p.add_argument("--dev", type=int, default=20, help="GPO validation examples")
-    p.add_argument("--test", type=int, default=100, help="test examples per task")
+    p.add_argument("--train", type=int, default=50, help="training questions (demo pool, self-generated chains)")
+    p.add_argument("--test", type=int, default=50, help="test questions per task")
     p.add_argument("--k", type=int, default=5, help="demos per question")
     p.add_argument("--m", type=int, default=5, help="ensemble option orders")
-    p.add_argument("--cot-tokens", type=int, default=160, help="generation limit of chain-of-thought calls")
+    p.add_argument("--cot-tokens", type=int, default=256, help="generation limit of chain-of-thought calls")
     p.add_argument("--direct-tokens", type=int, default=24, help="generation limit of direct answers")
-    p.add_argument("--gpo-steps", type=int, default=4)
-    p.add_argument("--gpo-candidates", type=int, default=3)
-    p.add_argument("--gpo-minibatch", type=int, default=16)
-    p.add_argument("--no-gpo", action="store_true", help="skip the instruction-optimization part")
-    p.add_argument("--num-threads", type=int, default=8)
-    p.add_argument("--quick", action="store_true", help="10 train / 6 dev / 12 test, k=3, 2 GPO steps x 2 candidates")
+    p.add_argument("--embedder", choices=("default", "tfidf"), default="default", help="kNN's embedder")
+    p.add_argument("--num-threads", type=int, default=64, help="questions in flight (the engine batches them)")
+    p.add_argument("--dtype", default="auto", help="the models' dtype (cotune.lm.load)")
+    p.add_argument("--estimate", action="store_true", help="print the planned calls and time, run nothing")
+    p.add_argument("--quick", action="store_true", help="two tasks, 10 train / 8 test, k=3")
     args = p.parse_args(argv)
     if args.quick:
-        args.train, args.dev, args.test, args.k = 10, 6, 12, 3
-        args.gpo_steps, args.gpo_candidates, args.gpo_minibatch = 2, 2, 6
-    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        args.train, args.test, args.k, args.task_model_test = 10, 8, 3, 6
+        args.tasks = args.tasks or ",".join(TASKS[:2])
+    args.tasks = [t.strip() for t in (args.tasks or ",".join(TASKS)).split(",") if t.strip()]
     return args
 
 
-def with_tokens(program, limit: int):
-    for predictor in program.predictors():
-        predictor.config = {**predictor.config, "max_tokens": limit}
-    return program
+def programs(task: Any, lm: Any, args: argparse.Namespace) -> tuple[Any, Any]:
+    """The task's direct-answer and chain-of-thought programs on ``lm`` (answers: a choice of its letters)."""
+    from cotune.tasks.multiple_choice import MultipleChoiceQA
+
+    letters = max(len(ex["options"]) for ex in [*task.train, *task.dev, *task.test])
+    instruction = task.program().choose.instruction
+    direct = with_tokens(MultipleChoiceQA(instruction, cot=False, letters=letters).bind(lm), args.direct_tokens)
+    cot = with_tokens(MultipleChoiceQA(instruction, letters=letters).bind(lm), args.cot_tokens)
+    return direct, cot
 
 
-def score(name: str, program, testset, metric, args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
-    from cotune.evaluate import evaluate
-
-    result = evaluate(program, testset, metric, num_threads=args.num_threads, max_errors=None, description=name)
-    n, u = len(testset), result.usage
-    row = {
-        "rung": name,
-        "test_accuracy": result.score,
-        "prompt_tokens_per_question": u.prompt_tokens / n,
-        "completion_tokens_per_question": u.completion_tokens / n,
-        "tokens_per_question": (u.prompt_tokens + u.completion_tokens) / n,
-        "calls_per_question": u.calls / n,
-        "parse_failures": result.parse_failures,
-        "errors": result.errors,
-        "seconds": result.seconds,
-    } | extra
-    agreements = [r.prediction["agreement"] for r in result.rows if r.prediction and "agreement" in r.prediction]
-    if agreements:
-        row["mean_agreement"] = statistics.fmean(agreements)
-    print(
-        f"  {name:14s} acc {row['test_accuracy']:.3f}  tokens/q {row['tokens_per_question']:7.0f}  "
-        f"calls/q {row['calls_per_question']:.1f}  parse fails {row['parse_failures']}",
-        file=sys.stderr,
+def zero_shot_check(task: Any, lm: Any, args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
+    """Zero-shot accuracy and answer distribution of ``--model`` on the whole test split, against chance."""
+    direct, _ = programs(task, lm, args)
+    say(f"[zero-shot check] {task.name} with {args.model}")
+    row = score_rung(
+        "zero-shot", direct, task.test, task.metric, model=args.model, num_threads=args.num_threads, say=say
+    )
+    chance = chance_level(task.test)
+    row |= {"chance": chance, "at_chance": at_chance(row, chance), "gold": answer_distribution(task.test)}
+    say(
+        f"  answers {row['answers']}  gold {row['gold']}  chance {chance:.2f}{'  AT CHANCE' if row['at_chance'] else ''}"
     )
     return row
 
 
-def ladder(task, lm, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def ladder(task: Any, testset: Any, lm: Any, model: str, args: argparse.Namespace, say: Callable[[str], None]):
+    """The five rungs on ``testset``; returns the rows and what self-generation and kNN found."""
     from cotune.data import Example
     from cotune.optimize.bootstrap import BootstrapFewShot
     from cotune.optimize.knn import KNNFewShot
     from cotune.optimize.labeled import LabeledFewShot
     from cotune.optimize.self_cot import self_generated_demos
     from cotune.program.ensemble import ChoiceShuffleEnsemble
-    from cotune.tasks.multiple_choice import MultipleChoiceQA
 
-    instruction = task.program().choose.instruction
-    direct = with_tokens(MultipleChoiceQA(instruction, cot=False).bind(lm), args.direct_tokens)
-    cot = with_tokens(MultipleChoiceQA(instruction).bind(lm), args.cot_tokens)
-    rows = [score("zero-shot", direct, task.test, task.metric, args)]
+    direct, cot = programs(task, lm, args)
+    common = dict(model=model, num_threads=args.num_threads, say=say)
 
+    def step(i: int) -> None:
+        say(f"[medprompt] {task.name} rung {i}/{len(RUNGS)}: {RUNGS[i - 1]} ({model}, {len(testset)} questions)")
+
+    step(1)
+    rows = [score_rung("zero-shot", direct, testset, task.metric, **common)]
+    step(2)
     few = LabeledFewShot(k=args.k, seed=args.seed).compile(direct, trainset=task.train)
-    rows.append(score("few-shot", few, task.test, task.metric, args, demos=len(few.choose.demos)))
+    rows.append(score_rung("few-shot", few, testset, task.metric, demos=len(few.choose.demos), **common))
 
+    step(3)
     t0 = time.perf_counter()
     bootstrap = BootstrapFewShot(task.metric, num_threads=args.num_threads, seed=args.seed)
-    generated = self_generated_demos(cot, task.train, bootstrap=bootstrap)
-    generate_s = time.perf_counter() - t0
+    events = progress_events(say, "  self-generation")
+    generated = self_generated_demos(cot, task.train, bootstrap=bootstrap, events=events)
+    generate_s = round(time.perf_counter() - t0, 1)
     pool = generated.demos["choose"]
-    rng = random.Random(args.seed)
-    chosen = rng.sample(pool, min(args.k, len(pool)))
-    if len(chosen) < args.k:  # too few passing runs: labeled demos fill the rest
-        fill = LabeledFewShot(k=args.k - len(chosen), seed=args.seed).compile(cot, trainset=task.train).choose.demos
+    say(f"  self-generated chains: {generated.n_passed}/{generated.n_run} passed ({generate_s:.0f} s)")
+    chosen = random.Random(args.seed).sample(pool, min(args.k, len(pool)))
+    filled = args.k - len(chosen)
+    if filled:  # too few passing runs: labeled demos fill the rest
+        fill = LabeledFewShot(k=filled, seed=args.seed).compile(cot, trainset=task.train).choose.demos
         chosen += [Example(d) for d in fill]
     random_cot = cot.deepcopy()
     random_cot.choose.demos = chosen
-    rows.append(score("+ CoT", random_cot, task.test, task.metric, args, demos=len(chosen)))
+    rows.append(score_rung("+ CoT", random_cot, testset, task.metric, demos=len(chosen), labeled_fill=filled, **common))
 
-    knn_opt = KNNFewShot(args.k, bootstrap=bootstrap, seed=args.seed)  # same runs: answered from the cache
-    knn = knn_opt.compile(cot, trainset=task.train)
-    rows.append(score("+ kNN", knn, task.test, task.metric, args, demos=args.k))
+    step(4)
+    knn_opt = KNNFewShot(args.k, bootstrap=bootstrap, embedder=make_embedder(args.embedder), seed=args.seed)
+    knn = knn_opt.compile(cot, trainset=task.train)  # the same runs as above: answered by the cache
+    rows.append(score_rung("+ kNN", knn, testset, task.metric, demos=args.k, **common))
 
+    step(5)
     ensemble = ChoiceShuffleEnsemble(knn, m=args.m, seed=args.seed)
-    rows.append(score("+ ensemble", ensemble, task.test, task.metric, args, demos=args.k, m=args.m))
+    rows.append(score_rung("+ ensemble", ensemble, testset, task.metric, demos=args.k, m=args.m, **common))
     info = {
-        "self_generated": {"passed": generated.n_passed, "run": generated.n_run, "seconds": generate_s},
+        "self_generated": {
+            "passed": generated.n_passed,
+            "run": generated.n_run,
+            "share_passed": generated.n_passed / generated.n_run if generated.n_run else 0.0,
+            "seconds": generate_s,
+        },
         "knn_pool": knn_opt.pool_sizes_["choose"],
         "embedder": knn_opt.embedder_,
     }
     return rows, info
 
 
-def instruction_optimization(task, lm, args: argparse.Namespace) -> list[dict[str, Any]]:
-    from cotune.optimize.gpo import GPO
-    from cotune.tasks.multiple_choice import MultipleChoiceQA
+def make_embedder(kind: str) -> Any:
+    if kind == "tfidf":
+        from cotune.retrieve.embed import TfidfEmbedder
 
-    cot = with_tokens(MultipleChoiceQA(task.program().choose.instruction).bind(lm), args.cot_tokens)
-    rows = [score("zero-shot CoT", cot, task.test, task.metric, args)]
-    common = {
-        "num_steps": args.gpo_steps,
-        "candidates_per_step": args.gpo_candidates,
-        "minibatch_size": args.gpo_minibatch,
-        "num_threads": args.num_threads,
-        "seed": args.seed,
-    }
-    variants = {
-        "OPRO-style": GPO(task.metric, retrieval="topk", edit_budget="none", **common),
-        "GPO": GPO(task.metric, **common),
-    }
-    for name, optimizer in variants.items():
-        t0 = time.perf_counter()
-        best = optimizer.compile(cot, trainset=task.train, valset=task.dev)
-        compile_s = time.perf_counter() - t0
-        rows.append(
-            score(
-                name,
-                best,
-                task.test,
-                task.metric,
-                args,
-                compile_seconds=compile_s,
-                val_score=optimizer.best_score_,
-                instruction=best.choose.instruction,
-            )
-        )
-    return rows
+        return TfidfEmbedder()
+    return None  # MiniLM when installed, else TF-IDF
 
 
-def summarize(per_task: dict[str, dict[str, Any]], key: str, names: tuple[str, ...]) -> dict[str, Any]:
-    out = {}
-    for name in names:
-        rows = [r for t in per_task.values() for r in t.get(key, []) if r["rung"] == name]
-        if rows:
-            out[name] = {
-                "test_accuracy_mean": statistics.fmean(r["test_accuracy"] for r in rows),
-                "tokens_per_question_mean": statistics.fmean(r["tokens_per_question"] for r in rows),
-                "calls_per_question_mean": statistics.fmean(r["calls_per_question"] for r in rows),
-            }
-    return out
+def ladder_model(check: dict[str, Any], args: argparse.Namespace) -> tuple[str, int | None]:
+    """Which model runs a task's ladder and on how many test questions (None: all)."""
+    if args.task_model and (args.task_model_when == "always" or check["at_chance"]):
+        return args.task_model, args.task_model_test
+    return args.model, None
 
 
-def table(per_task: dict[str, dict[str, Any]], key: str, names: tuple[str, ...], title: str) -> str:
-    tasks = list(per_task)
-    head = f"| {title} | " + " | ".join(tasks) + " | mean acc | tokens/q |"
-    lines = [head, "|" + "---|" * (len(tasks) + 3)]
-    summary = summarize(per_task, key, names)
-    for name in names:
-        if name not in summary:
-            continue
-        cells = []
-        for t in tasks:
-            row = next((r for r in per_task[t].get(key, []) if r["rung"] == name), None)
-            cells.append("–" if row is None else f"{row['test_accuracy']:.2f}")
-        s = summary[name]
-        lines.append(
-            f"| {name} | "
-            + " | ".join(cells)
-            + f" | {s['test_accuracy_mean']:.3f} | {s['tokens_per_question_mean']:.0f} |"
-        )
-    return "\n".join(lines)
+def estimate(args: argparse.Namespace) -> str:
+    stats = {t: task_stats(args.data_dir, t) for t in args.tasks}
+    text = render(medprompt_plan(args, stats, args.model, args.test), f"MedPrompt ladder ({args.model})")
+    if args.task_model:
+        alt = medprompt_plan(args, stats, args.task_model, args.task_model_test)
+        title = f"\nper task switched to {args.task_model} ({args.task_model_test} questions), instead of the above"
+        text += render({t: rows[1:] for t, rows in alt.items()}, title)
+    return text
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any] | None = None) -> int:
+    """Run the check and the ladder; ``load_model(name, cache)`` loads a model (tests pass a FakeLM maker)."""
     args = parse_args(argv)
-    import cotune.lm
-    from cotune.lm.cache import RequestCache
+    say = stderr_say
+    if args.estimate:
+        print(estimate(args))
+        return 0
     from cotune.tasks import load_task
     from cotune.tasks.bbh import is_multiple_choice
 
-    t0 = time.perf_counter()
-    lm = cotune.lm.load(args.model)
-    load_s = time.perf_counter() - t0
+    started = time.perf_counter()
+    tasks = []
+    for name in args.tasks:
+        task = load_task(f"bbh:{name}", data_dir=args.data_dir, seed=args.seed, train=args.train, dev=0, test=args.test)
+        if not is_multiple_choice(task):
+            raise SystemExit(f"--tasks: bbh:{name} is not multiple choice (the ensemble shuffles options)")
+        tasks.append(task)
+    cache = open_cache(args.cache, say)
+    held = len(cache)
+    load = load_model or default_loader(args.dtype)
+    models = {args.model: load(args.model, cache)}
+    checks = {task.name: zero_shot_check(task, models[args.model], args, say) for task in tasks}
     per_task: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        lm.cache = RequestCache(Path(tmp) / "requests.sqlite")  # fresh per run: every call is made here
-        for subtask in args.tasks:
-            task = load_task(
-                f"bbh:{subtask}", data_dir=args.data_dir, seed=args.seed, train=args.train, dev=args.dev, test=args.test
+    report: dict[str, Any] = {}
+    for i, task in enumerate(tasks, 1):
+        model, n = ladder_model(checks[task.name], args)
+        if checks[task.name]["at_chance"] and model == args.model:
+            say(
+                f"warning: {args.model} is at chance on {task.name}; --task-model qwen2.5-coder-1.5b runs its ladder with the 1.5B"
             )
-            if not is_multiple_choice(task):
-                raise SystemExit(f"--tasks: bbh:{subtask} is not multiple choice")
-            print(
-                f"bbh:{subtask} ({len(task.train)} train / {len(task.dev)} dev / {len(task.test)} test)",
-                file=sys.stderr,
-            )
-            t1 = time.perf_counter()
-            rows, info = ladder(task, lm, args)
-            per_task[subtask] = {"ladder": rows, "info": info, "options": len(task.test[0]["options"])}
-            if not args.no_gpo:
-                per_task[subtask]["instructions"] = instruction_optimization(task, lm, args)
-            per_task[subtask]["seconds"] = time.perf_counter() - t1
-        lm.cache = None
-    report = {
-        "benchmark": "medprompt",
-        "model": args.model,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "model_load_seconds": load_s,
-        "summary": {
-            "ladder": summarize(per_task, "ladder", RUNGS),
-            "instructions": summarize(per_task, "instructions", GPO_VARIANTS),
-        },
-        "tasks": per_task,
-        "wall_seconds": time.perf_counter() - t0,
-    }
-    write_results(args.out, report)
-    print(table(per_task, "ladder", RUNGS, f"MedPrompt ladder ({args.model})"))
-    if not args.no_gpo:
-        print()
-        print(table(per_task, "instructions", GPO_VARIANTS, f"Instruction optimization ({args.model})"))
-    print(f"\nwrote {args.out} in {report['wall_seconds']:.0f} s")
+        if model not in models:
+            models[model] = load(model, cache)
+        testset = task.test if n is None else task.test[:n]
+        t0 = time.perf_counter()
+        rows, info = ladder(task, testset, models[model], model, args, say)
+        per_task[task.name] = {
+            "model": model,
+            "options": len(task.test[0]["options"]),
+            "zero_shot_check": checks[task.name],
+            "rungs": rows,
+            "seconds": round(time.perf_counter() - t0, 1),
+        } | info
+        report = {
+            "benchmark": "medprompt",
+            "complete": i == len(tasks),
+            "model": args.model,
+            "task_model": args.task_model,
+            "settings": settings_of(args),
+            "request_cache": {"path": str(args.cache), "calls_held_at_start": held},
+            "zero_shot_check": checks,
+            "summary": pooled([r for t in per_task.values() for r in t["rungs"]], RUNGS),
+            "tasks": per_task,
+        }
+        write_results(args.out, report, started=started)
+    for name, lm in models.items():
+        if name != args.model:
+            lm.close()
+    print(table(report["summary"], "MedPrompt ladder"))
+    print(f"\nwrote {args.out} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0
 
 
