@@ -1,8 +1,8 @@
 """GPO ladder on BIG-Bench Hard: what an optimizer LM's instructions add over none and over "think step by step".
 
     .venv/bin/python benchmarks/gpo_ladder.py --estimate     # the plan: calls and time per rung, loads nothing
-    .venv/bin/python benchmarks/gpo_ladder.py --quick        # smoke run: two tasks, 8 test questions (~25 min)
-    .venv/bin/python benchmarks/gpo_ladder.py                # the full ladder (~5 h)
+    .venv/bin/python benchmarks/gpo_ladder.py --quick        # smoke run: two tasks, 8 test questions (~30 min)
+    .venv/bin/python benchmarks/gpo_ladder.py                # the full ladder (~6.5 h)
 
 The full command is the defaults: task model qwen2.5-coder-0.5b, optimizer model qwen2.5-coder-1.5b (``pip
 install -e ".[qwen15]"``), tasks object_counting (free text), date_understanding and
@@ -21,15 +21,17 @@ for the optimizers the optimizer calls (every attempt, retries included), the pr
 unparsable, empty or duplicate (`GPO.rejected_`), the trajectory, and the calls and tokens of both models.
 
 Resuming: every call goes through one request cache (``--cache``, default runs/gpo_ladder-cache.sqlite); run
-the same command again after an interruption and it continues where it stopped. The results file is
-rewritten after each task, marked ``"complete": false`` until the last. Progress lines go to stderr.
-Writes ``benchmarks/results/gpo_ladder.json``.
+the same command again after an interruption and it continues where it stopped. The results file is rewritten
+after each phase and task, marked ``"complete": false`` until the last. Progress lines go to stderr. The empty
+and CoT rungs of every task run first, with the task model alone; the optimizer model is loaded after them (two
+local models in one process slow each other's generations). Writes ``benchmarks/results/gpo_ladder.json``.
 
 Time (``--estimate``; speeds and token counts in benchmarks/ladder_estimate.py; 2-core bf16 CPU): per task the
-empty and CoT rungs take ~5 min each (150 chains of thought in batches of 64); each optimizer ~42 min: 1 + 6 x 4
-mini-batch scorings of 16 dev questions (400 calls, scored one proposal at a time, so batches of 16: ~28 min), 136
+empty and CoT rungs take ~5 min each (150 chains of thought in batches of 64); each optimizer ~58 min: 1 + 6 x 4
+mini-batch scorings of 16 dev questions (400 calls, scored one proposal at a time, so in batches of 16), 136
 calls to confirm the best 3 on the rest of dev, the 150 test calls, and 24 proposals of the 1.5B (up to 72 with
-retries, ~6-16 min). Three tasks: 4.9 h, up to 5.9 h if every proposal is retried.
+retries), all 34/25 as long as alone with both models loaded. Three tasks: 6.4 h, up to 7.9 h if every proposal
+is retried; ``--steps 4`` makes it 5.0 h, ``--steps 4 --candidates 3`` 4.3 h.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from ladder_estimate import gpo_plan, render, task_stats
 from ladders import (
     CACHE_DIR,
     default_loader,
+    make_embedder,
     open_cache,
     pooled,
     progress_events,
@@ -145,41 +148,38 @@ def optimizer_record(gpo: Any) -> dict[str, Any]:
     }
 
 
-def run_task(
-    task: Any, lm: Any, optimizer_lm: Any, args: argparse.Namespace, embedder: Any, say: Callable[[str], None]
-) -> list[dict[str, Any]]:
-    """The four rungs on one task, each row with its instruction and edit distance from the start."""
+def rung_row(name: str, program: Any, task: Any, args: argparse.Namespace, say: Callable, **extra: Any) -> dict:
+    """A rung's row (see ladders.score_rung) with its instruction and word edit distance from the start."""
     from cotune.optimize.edit import word_edit_distance
 
-    start = STARTS[args.start]
+    instruction = next(iter(program.predictors())).instruction
+    distance = word_edit_distance(STARTS[args.start], instruction)
+    common = dict(model=args.model, num_threads=args.num_threads, say=say)
+    row = score_rung(name, program, task.test, task.metric, **common, instruction=instruction, **extra)
+    return row | {"edit_distance_from_start": distance}
+
+
+def baselines(task: Any, lm: Any, args: argparse.Namespace, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The empty and CoT rungs: no optimizer model needed."""
     rows = []
-
-    def row(name: str, program: Any, **extra: Any) -> dict[str, Any]:
-        instruction = next(iter(program.predictors())).instruction
-        return score_rung(
-            name,
-            program,
-            task.test,
-            task.metric,
-            model=args.model,
-            num_threads=args.num_threads,
-            say=say,
-            instruction=instruction,
-            edit_distance_from_start=word_edit_distance(start, instruction),
-            **extra,
-        )
-
-    for i, name in enumerate(RUNGS, 1):
+    for i, (name, instruction) in enumerate((("empty", ""), ("CoT", COT_INSTRUCTION)), 1):
         say(f"[gpo ladder] {task.name} rung {i}/{len(RUNGS)}: {name}")
-        if name in ("empty", "CoT"):
-            instruction = "" if name == "empty" else COT_INSTRUCTION
-            rows.append(row(name, program_with(task, instruction, lm, args.cot_tokens)))
-            continue
+        rows.append(rung_row(name, program_with(task, instruction, lm, args.cot_tokens), task, args, say))
+    return rows
+
+
+def optimized(
+    task: Any, lm: Any, optimizer_lm: Any, args: argparse.Namespace, embedder: Any, say: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """The OPRO-style and GPO rungs: each compiled from the start instruction, then evaluated on test."""
+    rows = []
+    for i, name in enumerate(RUNGS[2:], 3):
+        say(f"[gpo ladder] {task.name} rung {i}/{len(RUNGS)}: {name}")
         gpo = optimizer(name, task, args, optimizer_lm, embedder)
         task_before, opt_before = lm.usage, optimizer_lm.usage
         t0 = time.perf_counter()
         best = gpo.compile(
-            program_with(task, start, lm, args.cot_tokens),
+            program_with(task, STARTS[args.start], lm, args.cot_tokens),
             trainset=task.train,
             valset=task.dev,
             events=progress_events(say, f"  {name}"),
@@ -188,23 +188,19 @@ def run_task(
         usage = {"task_model": usage_delta(task_before, lm.usage)}
         if optimizer_lm is not lm:  # one LM for both: its calls are the task model's too
             usage["optimizer_model"] = usage_delta(opt_before, optimizer_lm.usage)
-        rows.append(row(name, best, compile_seconds=compile_s, compile_usage=usage, **optimizer_record(gpo)))
-        say(
-            f"  {name} instruction ({rows[-1]['edit_distance_from_start']} words from the start): {rows[-1]['instruction']!r}"
-        )
+        extra = dict(compile_seconds=compile_s, compile_usage=usage, **optimizer_record(gpo))
+        rows.append(rung_row(name, best, task, args, say, **extra))
+        say(f"  {name}: {rows[-1]['instruction']!r} ({rows[-1]['edit_distance_from_start']} words from the start)")
     return rows
 
 
-def make_embedder(kind: str) -> Any:
-    if kind == "tfidf":
-        from cotune.retrieve.embed import TfidfEmbedder
-
-        return TfidfEmbedder()
-    return None  # GPO's default: MiniLM when installed, else TF-IDF
-
-
 def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any] | None = None) -> int:
-    """Run the ladder; ``load_model(name, cache)`` loads a model (tests pass one that returns a FakeLM)."""
+    """Run the ladder; ``load_model(name, cache)`` loads a model (tests pass one that returns a FakeLM).
+
+    The empty and CoT rungs of every task run first, with the task model alone: a second local model in the
+    process slows the first one's generations (README, "Good to know"), so the optimizer model is loaded only
+    for the rungs that need it.
+    """
     args = parse_args(argv)
     say = stderr_say
     if args.estimate:
@@ -220,33 +216,40 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any]
     held = len(cache)
     load = load_model or default_loader(args.dtype)
     lm = load(args.model, cache)
-    optimizer_lm = lm if args.optimizer_model == args.model else load(args.optimizer_model, cache)
-    load_s = round(time.perf_counter() - started, 1)
-    embedder = make_embedder(args.embedder)
     per_task: dict[str, dict[str, Any]] = {}
-    report: dict[str, Any] = {}
-    for i, task in enumerate(tasks, 1):
-        kind = "multiple choice" if "options" in task.test[0] else "free text"
-        say(
-            f"{task.name} ({kind}; {len(task.train)} train / {len(task.dev)} dev / {len(task.test)} test) [{i}/{len(tasks)}]"
-        )
-        t0 = time.perf_counter()
-        rows = run_task(task, lm, optimizer_lm, args, embedder, say)
-        per_task[task.name] = {"kind": kind, "rungs": rows, "seconds": round(time.perf_counter() - t0, 1)}
-        all_rows = [r for t in per_task.values() for r in t["rungs"]]
+
+    def write(complete: bool) -> dict[str, Any]:
         report = {
             "benchmark": "gpo_ladder",
-            "complete": i == len(tasks),
+            "complete": complete,
             "model": args.model,
             "optimizer_model": args.optimizer_model,
             "start_instruction": STARTS[args.start],
             "settings": settings_of(args),
             "request_cache": {"path": str(args.cache), "calls_held_at_start": held},
-            "model_load_seconds": load_s,
-            "summary": pooled(all_rows, RUNGS),
+            "summary": pooled([r for t in per_task.values() for r in t["rungs"]], RUNGS),
             "tasks": per_task,
         }
         write_results(args.out, report, started=started)
+        return report
+
+    for i, task in enumerate(tasks, 1):
+        kind = "multiple choice" if "options" in task.test[0] else "free text"
+        n = f"{len(task.train)} train / {len(task.dev)} dev / {len(task.test)} test"
+        say(f"{task.name} ({kind}; {n}) [{i}/{len(tasks)}]")
+        t0 = time.perf_counter()
+        per_task[task.name] = {"kind": kind, "rungs": baselines(task, lm, args, say)}
+        per_task[task.name]["seconds"] = round(time.perf_counter() - t0, 1)
+        write(complete=False)
+
+    optimizer_lm = lm if args.optimizer_model == args.model else load(args.optimizer_model, cache)
+    embedder = make_embedder(args.embedder, lm)
+    for i, task in enumerate(tasks, 1):
+        say(f"{task.name}: the optimizers [{i}/{len(tasks)}]")
+        t0 = time.perf_counter()
+        per_task[task.name]["rungs"] += optimized(task, lm, optimizer_lm, args, embedder, say)
+        per_task[task.name]["seconds"] += round(time.perf_counter() - t0, 1)
+        report = write(complete=i == len(tasks))
     if optimizer_lm is not lm:
         optimizer_lm.close()
     print(table(report["summary"], f"GPO ladder ({args.model}, optimizer {args.optimizer_model})"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -212,6 +213,54 @@ def open_cache(path: Path, say: Callable[[str], None]) -> Any:
     held = len(cache)
     say(f"request cache {path}: {held} calls held" + (" (resuming)" if held else ""))
     return cache
+
+
+class OnModelThread:
+    """An embedder that computes on an LM's model thread (`LM.run_compute`) and keeps every vector it made.
+
+    torch work on any other thread (kNN's queries are embedded on evaluate's worker threads) starts another
+    OpenMP team, and a process with more OpenMP threads than cores makes every later generation slower (the
+    README's "Good to know"). So misses are computed on the model thread, and `embed` of texts seen before
+    answers from memory without queueing behind the engine's generations: embed a rung's queries once
+    before it runs (`warm`), and its calls never wait.
+    """
+
+    def __init__(self, inner: Any, lm: Any):
+        self.inner, self.lm = inner, lm
+        self._vectors: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        import numpy as np
+
+        texts = [str(t) for t in texts]
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        if missing or not texts:
+            vectors = self.lm.run_compute(lambda: self.inner.embed(missing))
+            with self._lock:
+                self._vectors.update(zip(missing, vectors, strict=True))
+            if not texts:
+                return vectors
+        with self._lock:
+            return np.stack([self._vectors[t] for t in texts])
+
+    def warm(self, texts: Sequence[str]) -> None:
+        """Embed ``texts`` now, in one call on the model thread."""
+        self.embed(list(texts))
+
+    def __repr__(self) -> str:
+        return f"{self.inner!r} on the model thread"
+
+
+def make_embedder(kind: str, lm: Any) -> Any:
+    """TF-IDF ("tfidf"), or the default embedder (MiniLM when installed) computing on ``lm``'s model thread."""
+    from cotune.retrieve.embed import TfidfEmbedder, default_embedder
+
+    if kind == "tfidf":
+        return TfidfEmbedder()
+    embedder = default_embedder()
+    return embedder if isinstance(embedder, TfidfEmbedder) else OnModelThread(embedder, lm)
 
 
 def default_loader(dtype: str = "auto") -> Callable[[str, Any], Any]:

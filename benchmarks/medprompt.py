@@ -49,10 +49,12 @@ from bench import RESULTS, ROOT, arguments, write_results
 from ladder_estimate import medprompt_plan, render, task_stats
 from ladders import (
     CACHE_DIR,
+    OnModelThread,
     answer_distribution,
     at_chance,
     chance_level,
     default_loader,
+    make_embedder,
     open_cache,
     pooled,
     progress_events,
@@ -162,12 +164,15 @@ def ladder(task: Any, testset: Any, lm: Any, model: str, args: argparse.Namespac
     rows.append(score_rung("+ CoT", random_cot, testset, task.metric, demos=len(chosen), labeled_fill=filled, **common))
 
     step(4)
-    knn_opt = KNNFewShot(args.k, bootstrap=bootstrap, embedder=make_embedder(args.embedder), seed=args.seed)
+    embedder = make_embedder(args.embedder, lm)
+    knn_opt = KNNFewShot(args.k, bootstrap=bootstrap, embedder=embedder, seed=args.seed)
     knn = knn_opt.compile(cot, trainset=task.train)  # the same runs as above: answered by the cache
+    ensemble = ChoiceShuffleEnsemble(knn, m=args.m, seed=args.seed)
+    if isinstance(embedder, OnModelThread):  # every query of both rungs, embedded before they run
+        embedder.warm(query_texts(testset, knn.choose.signature.input_names, ensemble.permutations))
     rows.append(score_rung("+ kNN", knn, testset, task.metric, demos=args.k, **common))
 
     step(5)
-    ensemble = ChoiceShuffleEnsemble(knn, m=args.m, seed=args.seed)
     rows.append(score_rung("+ ensemble", ensemble, testset, task.metric, demos=args.k, m=args.m, **common))
     info = {
         "self_generated": {
@@ -177,17 +182,22 @@ def ladder(task: Any, testset: Any, lm: Any, model: str, args: argparse.Namespac
             "seconds": generate_s,
         },
         "knn_pool": knn_opt.pool_sizes_["choose"],
-        "embedder": knn_opt.embedder_,
+        "embedder": repr(embedder),
     }
     return rows, info
 
 
-def make_embedder(kind: str) -> Any:
-    if kind == "tfidf":
-        from cotune.retrieve.embed import TfidfEmbedder
+def query_texts(testset: Any, fields: Any, orders: Callable[[Any], Any]) -> list[str]:
+    """What kNN embeds for each test question in each option order the ensemble asks (the first: kNN's own)."""
+    from cotune.program.choices import format_options
+    from cotune.program.selectors import demo_text
 
-        return TfidfEmbedder()
-    return None  # MiniLM when installed, else TF-IDF
+    texts = []
+    for ex in testset:
+        for order in orders(ex["options"]):
+            shown = [ex["options"][i] for i in order]
+            texts.append(demo_text({"question": ex["question"], "choices": format_options(shown)}, fields))
+    return texts
 
 
 def ladder_model(check: dict[str, Any], args: argparse.Namespace) -> tuple[str, int | None]:
@@ -229,16 +239,20 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any]
     load = load_model or default_loader(args.dtype)
     models = {args.model: load(args.model, cache)}
     checks = {task.name: zero_shot_check(task, models[args.model], args, say) for task in tasks}
+    chosen = {task.name: ladder_model(checks[task.name], args) for task in tasks}
+    # --model's ladders first, then --task-model's with --model closed: a second local model in the process
+    # slows the first one's generations (README, "Good to know")
+    tasks.sort(key=lambda task: chosen[task.name][0] != args.model)
     per_task: dict[str, dict[str, Any]] = {}
     report: dict[str, Any] = {}
     for i, task in enumerate(tasks, 1):
-        model, n = ladder_model(checks[task.name], args)
+        model, n = chosen[task.name]
         if checks[task.name]["at_chance"] and model == args.model:
-            say(
-                f"warning: {args.model} is at chance on {task.name}; --task-model qwen2.5-coder-1.5b runs its ladder with the 1.5B"
-            )
+            say(f"warning: {args.model} is at chance on {task.name}; --task-model NAME runs its ladder with NAME")
         if model not in models:
-            models[model] = load(model, cache)
+            for lm in models.values():
+                lm.close()
+            models = {model: load(model, cache)}
         testset = task.test if n is None else task.test[:n]
         t0 = time.perf_counter()
         rows, info = ladder(task, testset, models[model], model, args, say)
@@ -261,9 +275,8 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any]
             "tasks": per_task,
         }
         write_results(args.out, report, started=started)
-    for name, lm in models.items():
-        if name != args.model:
-            lm.close()
+    for lm in models.values():
+        lm.close()
     print(table(report["summary"], "MedPrompt ladder"))
     print(f"\nwrote {args.out} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0

@@ -28,7 +28,8 @@ def bench(monkeypatch):
 
 
 def write_bbh(root: Path, n: int = 24) -> Path:
-    """object_counting (free text) and date_understanding (3 options, the gold one never (A)): "a plus b"."""
+    """object_counting (free text), date_understanding (3 options) and hyperbaton (2), the gold option never
+    (A): "a plus b"."""
     free, mc = [], []
     for i in range(n):
         a, b = i % 7 + 1, i % 5 + 2
@@ -36,21 +37,23 @@ def write_bbh(root: Path, n: int = 24) -> Path:
         options = [a + b + 1, a + b, a + b + 2] if i % 2 else [a + b - 1, a + b + 3, a + b]
         lines = "\n".join(f"({'ABC'[j]}) {o}" for j, o in enumerate(options))
         mc.append({"input": f"What is {a} plus {b}?\nOptions:\n{lines}", "target": f"({'BC'[i % 2 == 0]})"})
+    two = [{"input": f"What is {i} plus 1?\nOptions:\n(A) {i}\n(B) {i + 1}", "target": "(B)"} for i in range(n)]
     (root / "bbh").mkdir(parents=True)
-    for name, rows in (("object_counting", free), ("date_understanding", mc)):
+    for name, rows in (("object_counting", free), ("date_understanding", mc), ("hyperbaton", two)):
         (root / "bbh" / f"{name}.json").write_text(json.dumps({"examples": rows}))
     return root
 
 
 def solver(skill: str):
-    """A task model: right always ("always"), never ("never": it says (A) or 0), or only when its
-    instruction says "carefully" ("instructed")."""
+    """A task model: right always ("always"), never ("never": it says (A) or 0), only when its instruction
+    says "carefully" ("instructed"), or only between two options ("two")."""
 
     def answer(messages):
         system, last = messages[0]["content"], messages[-1]["content"]
         a, b = map(int, re.search(r"What is (\d+) plus (\d+)", last).groups())
-        right = skill == "always" or (skill == "instructed" and "carefully" in system)
         shown = re.findall(r"^\(([A-Z])\) (.*)$", last, re.MULTILINE)
+        right = skill == "always" or (skill == "instructed" and "carefully" in system)
+        right = right or (skill == "two" and len(shown) == 2)
         if shown:
             said = "(" + (next(k for k, o in shown if o == str(a + b)) if right else "A") + ")"
         else:
@@ -74,9 +77,10 @@ class Models:
     model's connection fails (an interrupted run)."""
 
     def __init__(self, skills: dict[str, str], down_after: int | None = None):
-        self.skills, self.down_after, self.loaded = skills, down_after, {}
+        self.skills, self.down_after, self.loaded, self.log = skills, down_after, {}, []
 
     def __call__(self, name, cache):
+        self.log.append(f"load {name}")
         if self.skills[name] == "proposer":
             lm = FakeLM(proposer, name=name, cache=cache)
         else:
@@ -90,6 +94,7 @@ class Models:
                 return answer(messages)
 
             lm = FakeLM(maybe_down, name=name, cache=cache)
+        lm.close = lambda: self.log.append(f"close {name}")
         self.loaded[name] = lm
         return lm
 
@@ -306,3 +311,74 @@ def test_medprompt_plan_counts_the_calls_each_rung_makes(bench, tmp_path):
             assert p["calls"] + r["n"] == made
         else:
             assert p["calls"] - extra == made, p["rung"]
+
+
+def test_medprompt_runs_the_model_s_ladders_first_and_closes_it_before_loading_the_task_model(bench, tmp_path):
+    data = write_bbh(tmp_path / "data")
+    models = Models({"small": "two", "big": "always"})
+    tasks = ("--tasks", "date_understanding,hyperbaton", "--task-model", "big")
+    report = run_medprompt(bench, tmp_path, data, models, *tasks)
+    checks = report["zero_shot_check"]
+    assert checks["bbh:date_understanding"]["at_chance"] and not checks["bbh:hyperbaton"]["at_chance"]
+    assert list(report["tasks"]) == ["bbh:hyperbaton", "bbh:date_understanding"]
+    assert report["tasks"]["bbh:hyperbaton"]["model"] == "small"
+    assert report["tasks"]["bbh:date_understanding"]["model"] == "big"
+    assert models.log == ["load small", "close small", "load big", "close big"]  # never both at once
+    assert {(s["model"], s["rung"]) for s in report["summary"]} >= {("small", "+ kNN"), ("big", "+ kNN")}
+
+
+class BagOfWords:
+    """A deterministic embedder that records what it is asked to embed."""
+
+    def __init__(self):
+        self.asked: list[list[str]] = []
+
+    def embed(self, texts):
+        import numpy as np
+
+        self.asked.append(list(texts))
+        vectors = np.zeros((len(texts), 64), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in text.lower().split():
+                vectors[i, sum(map(ord, word)) % 64] += 1
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+
+
+class ComputeCountingLM(FakeLM):
+    def __init__(self):
+        super().__init__(["unused"])
+        self.computed = 0
+
+    def run_compute(self, fn):
+        self.computed += 1
+        return fn()
+
+
+def test_on_model_thread_embeds_only_unseen_texts_and_only_through_the_model_thread(bench):
+    inner, lm = BagOfWords(), ComputeCountingLM()
+    embedder = bench["ladders"].OnModelThread(inner, lm)
+    first = embedder.embed(["red apple", "green pear"])
+    again = embedder.embed(["green pear", "red apple"])
+    assert (lm.computed, inner.asked) == (1, [["red apple", "green pear"]])  # seen texts: from memory
+    assert (again[0] == first[1]).all() and (again[1] == first[0]).all()
+    embedder.embed(["red apple", "blue plum", "blue plum"])
+    assert (lm.computed, inner.asked[-1]) == (2, ["blue plum"])
+    assert embedder.embed([]).shape[0] == 0
+
+
+def test_medprompt_embeds_every_knn_and_ensemble_query_before_those_rungs_run(bench, tmp_path, monkeypatch):
+    data = write_bbh(tmp_path / "data")
+    inner = BagOfWords()
+    made = []
+
+    def embedder(kind, lm):
+        made.append(bench["ladders"].OnModelThread(inner, lm))
+        return made[-1]
+
+    monkeypatch.setattr(bench["medprompt"], "make_embedder", embedder)
+    report = run_medprompt(bench, tmp_path, data, Models({"small": "always"}))
+    # the demo pool at compile, then every query of the kNN and ensemble rungs at once: none left to
+    # embed on evaluate's threads (where torch would start another OpenMP team)
+    assert len(inner.asked) == 2
+    assert len(inner.asked[1]) == 10 * 3  # 10 test questions x 3 option orders
+    assert report["tasks"]["bbh:date_understanding"]["rungs"][3]["test_accuracy"] == 1.0
