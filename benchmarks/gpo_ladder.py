@@ -52,6 +52,7 @@ from ladders import (
     open_cache,
     pooled,
     progress_events,
+    require_models,
     score_rung,
     settings_of,
     stderr_say,
@@ -99,6 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.steps, args.candidates, args.minibatch, args.num_confirm = 2, 2, 4, 1
         args.tasks = args.tasks or ",".join(TASKS[:2])
     args.tasks = [t.strip() for t in (args.tasks or ",".join(TASKS)).split(",") if t.strip()]
+    if not args.tasks:
+        p.error(f"--tasks names no BBH subtask; e.g. --tasks {','.join(TASKS)}")
     return args
 
 
@@ -212,6 +215,8 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any]
     started = time.perf_counter()
     sizes = {"train": args.train, "dev": args.dev, "test": args.test}
     tasks = [load_task(f"bbh:{t}", data_dir=args.data_dir, seed=args.seed, **sizes) for t in args.tasks]
+    if load_model is None:
+        require_models(args.model, args.optimizer_model)
     cache = open_cache(args.cache, say)
     held = len(cache)
     load = load_model or default_loader(args.dtype)

@@ -56,16 +56,24 @@ def interval_fields(correct: float, n: int) -> dict[str, Any]:
     return {"test_accuracy": correct / n, "correct": correct, "n": n, "ci95": [round(low, 4), round(high, 4)]}
 
 
-def answer_distribution(predictions: Iterable[Mapping[str, Any] | None], field: str = "answer") -> dict[str, int]:
-    """How often each answer was given, most frequent first; a run without a parsed answer counts as "(none)".
+def answer_distribution(
+    predictions: Iterable[Mapping[str, Any] | None], field: str = "answer", top: int = 12
+) -> dict[str, int]:
+    """How often each answer was given, most frequent first; a run without a parsed answer counts as "(none)",
+    answers past the ``top`` most frequent (free text) together as "(other)".
 
     >>> answer_distribution([{"answer": "A"}, {"answer": "A"}, None, {"answer": "B"}])
     {'A': 2, '(none)': 1, 'B': 1}
+    >>> answer_distribution([{"answer": str(i % 3)} for i in range(7)], top=1)
+    {'0': 3, '(other)': 4}
     """
     counts = Counter(
         "(none)" if not p or p.get(field) in (None, "") else " ".join(str(p[field]).split()) for p in predictions
-    )
-    return dict(counts.most_common())
+    ).most_common()
+    shown = dict(counts[:top])
+    if len(counts) > top:
+        shown["(other)"] = sum(n for _, n in counts[top:])
+    return shown
 
 
 def chance_level(testset: Sequence[Mapping[str, Any]]) -> float:
@@ -261,6 +269,16 @@ def make_embedder(kind: str, lm: Any) -> Any:
         return TfidfEmbedder()
     embedder = default_embedder()
     return embedder if isinstance(embedder, TfidfEmbedder) else OnModelThread(embedder, lm)
+
+
+def require_models(*names: str) -> None:
+    """Fail now, before hours of work, where a model a later rung needs could not be loaded: an unknown name, or
+    a registered model neither converted nor installed (`cotune.lm.registry.check`; the message gives the pip
+    command)."""
+    from cotune.lm import registry
+
+    for name in names:
+        registry.check(name)
 
 
 def default_loader(dtype: str = "auto") -> Callable[[str, Any], Any]:

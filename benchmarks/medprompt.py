@@ -58,6 +58,7 @@ from ladders import (
     open_cache,
     pooled,
     progress_events,
+    require_models,
     score_rung,
     settings_of,
     stderr_say,
@@ -96,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.train, args.test, args.k, args.task_model_test = 10, 8, 3, 6
         args.tasks = args.tasks or ",".join(TASKS[:2])
     args.tasks = [t.strip() for t in (args.tasks or ",".join(TASKS)).split(",") if t.strip()]
+    if not args.tasks:
+        p.error(f"--tasks names no BBH subtask; e.g. --tasks {','.join(TASKS)}")
     return args
 
 
@@ -234,6 +237,8 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any]
         if not is_multiple_choice(task):
             raise SystemExit(f"--tasks: bbh:{name} is not multiple choice (the ensemble shuffles options)")
         tasks.append(task)
+    if load_model is None:
+        require_models(args.model, *([args.task_model] if args.task_model else []))
     cache = open_cache(args.cache, say)
     held = len(cache)
     load = load_model or default_loader(args.dtype)
@@ -244,7 +249,23 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any]
     # slows the first one's generations (README, "Good to know")
     tasks.sort(key=lambda task: chosen[task.name][0] != args.model)
     per_task: dict[str, dict[str, Any]] = {}
-    report: dict[str, Any] = {}
+
+    def write(complete: bool) -> dict[str, Any]:
+        report = {
+            "benchmark": "medprompt",
+            "complete": complete,
+            "model": args.model,
+            "task_model": args.task_model,
+            "settings": settings_of(args),
+            "request_cache": {"path": str(args.cache), "calls_held_at_start": held},
+            "zero_shot_check": checks,
+            "summary": pooled([r for t in per_task.values() for r in t["rungs"]], RUNGS),
+            "tasks": per_task,
+        }
+        write_results(args.out, report, started=started)
+        return report
+
+    report = write(complete=False)  # the check, kept even if a ladder is cut off
     for i, task in enumerate(tasks, 1):
         model, n = chosen[task.name]
         if checks[task.name]["at_chance"] and model == args.model:
@@ -256,27 +277,17 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any]
         testset = task.test if n is None else task.test[:n]
         t0 = time.perf_counter()
         rows, info = ladder(task, testset, models[model], model, args, say)
-        per_task[task.name] = {
-            "model": model,
-            "options": len(task.test[0]["options"]),
-            "zero_shot_check": checks[task.name],
-            "rungs": rows,
-            "seconds": round(time.perf_counter() - t0, 1),
-        } | info
-        report = {
-            "benchmark": "medprompt",
-            "complete": i == len(tasks),
-            "model": args.model,
-            "task_model": args.task_model,
-            "settings": settings_of(args),
-            "request_cache": {"path": str(args.cache), "calls_held_at_start": held},
-            "zero_shot_check": checks,
-            "summary": pooled([r for t in per_task.values() for r in t["rungs"]], RUNGS),
-            "tasks": per_task,
-        }
-        write_results(args.out, report, started=started)
+        per_task[task.name] = {"model": model, "options": len(task.test[0]["options"]), "rungs": rows} | info
+        per_task[task.name]["seconds"] = round(time.perf_counter() - t0, 1)
+        report = write(complete=i == len(tasks))
     for lm in models.values():
         lm.close()
+    for name, c in checks.items():
+        verdict = "at chance" if c["at_chance"] else "above chance"
+        print(
+            f"zero-shot check {name} ({args.model}): {c['test_accuracy']:.3f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}]"
+            f", chance {c['chance']:.2f}: {verdict}; answers {c['answers']}, gold {c['gold']}"
+        )
     print(table(report["summary"], "MedPrompt ladder"))
     print(f"\nwrote {args.out} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0

@@ -145,6 +145,16 @@ def test_pooled_summary_adds_the_questions_of_every_task_per_model_and_rung(benc
     assert (big["model"], big["n"]) == ("big", 10)  # never pooled with another model's questions
 
 
+def test_answer_distribution_counts_unparsed_runs_and_lumps_the_free_text_tail(bench):
+    distribution = bench["ladders"].answer_distribution
+    assert distribution([{"answer": "A"}, {"answer": " A "}, None, {"answer": ""}, {"answer": "B"}]) == {
+        "A": 2,
+        "(none)": 2,
+        "B": 1,
+    }
+    assert distribution([{"answer": str(i % 5)} for i in range(12)], top=2) == {"0": 3, "1": 3, "(other)": 6}
+
+
 def test_at_chance_when_the_interval_reaches_guessing(bench):
     ladders = bench["ladders"]
     test = [{"options": ["a", "b"]}, {"options": ["a", "b", "c", "d"]}]
@@ -235,6 +245,22 @@ def test_an_interrupted_gpo_ladder_resumes_from_its_cache_to_the_same_results(be
     rerun = Models({"task": "instructed", "opt": "proposer"})
     run_gpo(bench, tmp_path, data, rerun)  # the same command once more: all from the cache
     assert rerun.loaded["task"].calls == [] and rerun.loaded["opt"].calls == []
+
+
+def test_a_misspelt_optimizer_model_fails_before_any_model_loads_or_any_call(bench, tmp_path, monkeypatch):
+    from cotune.errors import UnknownChoiceError
+
+    data = write_bbh(tmp_path / "data")
+
+    def never(dtype):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(bench["gpo_ladder"], "default_loader", never)
+    argv = gpo_argv(tmp_path, data)
+    argv[argv.index("task")], argv[argv.index("opt")] = "smollm2-135m", "qwen2.5-coder-1.5bb"
+    with pytest.raises(UnknownChoiceError, match="qwen2.5-coder-1.5bb"):
+        bench["gpo_ladder"].main(argv)
+    assert not (tmp_path / "cache.sqlite").exists() and not (tmp_path / "gpo.json").exists()
 
 
 def test_gpo_ladder_estimate_loads_no_model(bench, tmp_path, capsys):
