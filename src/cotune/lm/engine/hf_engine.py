@@ -24,6 +24,7 @@ from cotune.hardware import bf16_is_fast
 from cotune.lm.base import GenerationConfig
 from cotune.lm.completion import Completion, Messages, truncate_at_stop
 from cotune.lm.engine.batching import BatchWorker
+from cotune.lm.engine.counters import EngineCounters
 from cotune.lm.engine.decode import decode_steps
 from cotune.lm.engine.head import contiguous_head_input
 from cotune.lm.engine.prefill import PassTimer
@@ -146,6 +147,7 @@ class HFEngine:
         self.generate_seconds = 0.0
         self._grammar = None
         self.prefixes = PrefixStore(max_bytes=int(prefix_cache_mb * (1 << 20)))
+        self.counters = EngineCounters()  # what the decoding loop computed (benchmarks read it)
         self.passes = PassTimer()  # times the steps, so a long prefill takes the thread a slice at a time
         # The worker thread holds the engine only weakly: once no LM uses it, the model is freed and the
         # thread stops, even if nobody called close() (experiments load many models in one process).
@@ -232,6 +234,7 @@ class HFEngine:
                 prefixes=self.prefixes,
                 namespace=adapter_key,
                 prefill_slice=self.passes.slice,
+                counters=self.counters,
             )
             # Other batches run between steps (BatchWorker), so the time counted is this batch's steps only.
             new, elapsed = yield from self.passes.run(steps, lambda: self._step_context(adapter_key, adapter_path))
