@@ -36,7 +36,9 @@ def run(args) -> dict[str, Any]:
 
     task = load_task("hotpotqa", data_dir=args.data_dir, seed=0, train=100, dev=50, test=200)
     questions = list(task.test)[: args.n]
-    lm = ct.lm.load(args.model, cache=False)
+    lm = ct.lm.load(
+        args.model, cache=False, **({} if args.batch_wait_ms is None else {"batch_wait_ms": args.batch_wait_ms})
+    )
     try:
         program = task.program().bind(lm)
         ct.evaluate(program, list(task.train)[:2], task.metric, num_threads=2, max_errors=3)  # warm-up
@@ -90,6 +92,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=64)
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
     parser.add_argument("--data-dir", type=Path, default=DATA)
+    parser.add_argument("--batch-wait-ms", type=float, help="the engine's batch wait (default: its own)")
     parser.add_argument("--label", default="run", help="the key this run is kept under in the results file")
     parser.add_argument("--compare", type=Path, help="a results file whose run's texts to compare with")
     args = parser.parse_args()
@@ -102,7 +105,9 @@ def main() -> None:
     if args.compare is not None:
         other = json.loads(args.compare.read_text())
         for label, theirs in other.get("runs", {}).items():
-            pairs = [(a, b) for x, y in zip(out["texts"], theirs["texts"], strict=False) for a, b in zip(x, y, strict=False)]
+            pairs = [
+                (a, b) for x, y in zip(out["texts"], theirs["texts"], strict=False) for a, b in zip(x, y, strict=False)
+            ]
             out.setdefault("same_texts_as", {})[label] = f"{sum(a == b for a, b in pairs)}/{len(pairs)}"
         print("same texts:", out.get("same_texts_as"))
     runs[args.label] = out

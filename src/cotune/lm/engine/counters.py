@@ -40,6 +40,20 @@ class EngineCounters:
 
     HISTORY = 20_000
 
+    def add_batch(self, batch: EngineCounters, prompt_lengths: list[int], new_tokens: int) -> None:
+        """Add one batch's counts (``batch``: its passes and steps) with its rows' prompt lengths."""
+        self.batches += 1
+        self.batch_sizes[len(prompt_lengths)] += 1
+        self.prompt_tokens += sum(prompt_lengths)
+        self.new_tokens += new_tokens
+        for name in ("prefill_tokens", "prefill_passes", "prefill_seconds", "reused_tokens"):
+            setattr(self, name, getattr(self, name) + getattr(batch, name))
+        for name in ("decode_steps", "decode_rows", "decode_seconds"):
+            setattr(self, name, getattr(self, name) + getattr(batch, name))
+        if len(self.history) < self.HISTORY:
+            row = (len(prompt_lengths), sum(prompt_lengths), max(prompt_lengths), batch.prefill_tokens)
+            self.history.append((*row, batch.decode_steps, new_tokens))
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["history"] = [list(h) for h in self.history]

@@ -94,14 +94,10 @@ def decode_steps(
     cache.layers = [_growing(layer) for layer in cache.layers]
     groups = prefix_groups(input_ids, attention_mask) if share_prefix and batch > 1 else [(list(range(batch)), 0)]
     blocks = _plan(input_ids, attention_mask, groups, prefixes, namespace)
-    chunks = Chunks(prefill_slice, counters)
-    if counters is not None:
-        counters.batches += 1
-        counters.batch_sizes[batch] += 1
-        lengths = attention_mask.sum(dim=1)
-        counters.prompt_tokens += int(lengths.sum())
-        reused_before = prefixes.stats.reused_tokens if prefixes is not None else 0
-        before = (counters.prefill_tokens, counters.decode_steps)
+    # This batch's own counts (other batches take turns with it), added to ``counters`` when it ends.
+    mine = EngineCounters() if counters is not None else None
+    chunks = Chunks(prefill_slice, mine)
+    reused_before = prefixes.stats.reused_tokens if prefixes is not None else 0
     if any(shared for _, shared, _ in blocks):
         args = (model, input_ids, attention_mask, blocks, cache, prefixes, namespace, chunks)
         out, mask, positions = yield from _prefill_grouped(*args)
@@ -109,8 +105,8 @@ def decode_steps(
         mask = attention_mask
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         out = yield from chunks.forward(model, input_ids, mask, positions, cache)
-    if counters is not None and prefixes is not None:
-        counters.reused_tokens += prefixes.stats.reused_tokens - reused_before
+    if mine is not None and prefixes is not None:
+        mine.reused_tokens += prefixes.stats.reused_tokens - reused_before
     if prefixes is not None and prefixes.max_bytes:
         _keep_prompts(input_ids, attention_mask, mask, cache, prefixes, namespace)
     next_pos = positions[:, -1:] + 1
@@ -150,17 +146,13 @@ def decode_steps(
         out = model(
             input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True
         )
-        if counters is not None:
-            counters.decode_steps += 1
-            counters.decode_rows += len(rows)
-            counters.decode_seconds += time.perf_counter() - t0
+        if mine is not None:
+            mine.decode_steps += 1
+            mine.decode_rows += len(rows)
+            mine.decode_seconds += time.perf_counter() - t0
         next_pos = next_pos + 1
     if counters is not None:
-        counters.new_tokens += sum(map(len, new))
-        if len(counters.history) < counters.HISTORY:
-            prefilled, steps = counters.prefill_tokens - before[0], counters.decode_steps - before[1]
-            row = (batch, int(lengths.sum()), int(lengths.max()), prefilled, steps, sum(map(len, new)))
-            counters.history.append(row)
+        counters.add_batch(mine, attention_mask.sum(dim=1).tolist(), sum(map(len, new)))
     return new
 
 
