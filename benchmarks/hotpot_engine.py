@@ -36,9 +36,8 @@ def run(args) -> dict[str, Any]:
 
     task = load_task("hotpotqa", data_dir=args.data_dir, seed=0, train=100, dev=50, test=200)
     questions = list(task.test)[: args.n]
-    lm = ct.lm.load(
-        args.model, cache=False, **({} if args.batch_wait_ms is None else {"batch_wait_ms": args.batch_wait_ms})
-    )
+    waits = {"batch_wait_ms": args.batch_wait_ms, "busy_wait_ms": args.busy_wait_ms}
+    lm = ct.lm.load(args.model, cache=False, **{k: v for k, v in waits.items() if v is not None})
     try:
         program = task.program().bind(lm)
         ct.evaluate(program, list(task.train)[:2], task.metric, num_threads=2, max_errors=3)  # warm-up
@@ -93,6 +92,9 @@ def main() -> None:
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
     parser.add_argument("--data-dir", type=Path, default=DATA)
     parser.add_argument("--batch-wait-ms", type=float, help="the engine's batch wait (default: its own)")
+    parser.add_argument(
+        "--busy-wait-ms", type=float, help="the wait while other batches run (default: the engine's, 0; 250 measured)"
+    )
     parser.add_argument("--label", default="run", help="the key this run is kept under in the results file")
     parser.add_argument("--compare", type=Path, help="a results file whose run's texts to compare with")
     args = parser.parse_args()

@@ -106,7 +106,9 @@ class BatchWorker:
             (at least ``wait_ms``). The thread is busy meanwhile, so waiting costs little, and a batch that starts
             with few rows runs as many decoding steps as a full one: callers that each finished a batch send
             their next requests over some milliseconds (HotPotQA's program retrieves passages between calls),
-            and a 5 ms wait cut 24 of them into batches of 5.
+            and a 5 ms wait cut 24 of them into batches of 5 (250 ms: 234 → 188 s on 24 HotPotQA questions,
+            benchmarks/hotpot_engine.py). 0 by default: a server's small request beside a long one would wait
+            that long before it starts.
 
     Raises:
         ConfigError: ``max_batch_size`` or ``max_jobs`` < 1, or a negative time.
@@ -122,7 +124,7 @@ class BatchWorker:
         max_jobs: int = 4,
         slice_ms: float = 500.0,
         starve_ms: float = 2000.0,
-        busy_wait_ms: float = 250.0,
+        busy_wait_ms: float = 0.0,
     ):
         if max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")

@@ -91,6 +91,8 @@ class HFEngine:
         max_batch_size: the most requests per ``generate``. 64 holds a whole 50-example evaluation in one
             batch: CPU decoding is overhead-bound at small batches, so fewer, larger batches finish sooner.
         batch_wait_ms: how long the worker waits for more requests after the first one arrives.
+        busy_wait_ms: the same wait while other batches run (`BatchWorker`): larger batches for programs whose
+            threads send their next calls milliseconds apart, at the cost of that much latency per batch.
         decoder: "cotune" (`cotune.lm.engine.decode`: finished rows leave the batch, and other batches take turns
             with this one) or "transformers" (its ``generate``, one call per batch). Greedy outputs are the same.
         merge_adapters: run an adapter as a merged copy of the weights, at the base model's speed (see
@@ -112,6 +114,7 @@ class HFEngine:
         dtype: str = "auto",
         max_batch_size: int = 64,
         batch_wait_ms: float = 5.0,
+        busy_wait_ms: float = 0.0,
         decoder: str = "cotune",
         merge_adapters: bool = True,
         prefix_cache_mb: int = 512,
@@ -157,6 +160,7 @@ class HFEngine:
             lambda key, payloads: run()(key, payloads),
             max_batch_size=max_batch_size,
             wait_ms=batch_wait_ms,
+            busy_wait_ms=busy_wait_ms,
             name=self._worker_name,
         )
         weakref.finalize(self, self._worker.close, wait=False)
