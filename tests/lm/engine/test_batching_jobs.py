@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from cotune.errors import ConfigError
 from cotune.lm.engine.batching import BatchWorker, _Job, next_job
 
 
@@ -30,7 +31,7 @@ class Stepper:
 
 def test_a_short_batch_behind_a_long_one_finishes_first():
     run = Stepper()
-    worker = BatchWorker(run, wait_ms=0, slice_ms=5)
+    worker = BatchWorker(run, wait_ms=0, slice_ms=5, busy_wait_ms=0)  # no waiting for more of its group
     long = worker.submit("long:400", ["a"])  # about 0.8 s of steps
     assert run.started.wait(5)
     short = worker.submit("short:3", ["b"])
@@ -108,3 +109,25 @@ def test_close_finishes_jobs_in_progress():
     futures = worker.submit("long:30", ["a"]) + worker.submit("short:2", ["b"])
     worker.close()
     assert [f.result(0) for f in futures] == ["long:30/a", "short:2/b"]
+
+
+def test_requests_arriving_apart_while_a_job_runs_start_as_one_batch():
+    # Callers send their next requests some milliseconds apart (work between calls); while the thread is busy
+    # with another job, they wait for each other rather than starting as batches of one or two.
+    run = Stepper(step_s=0.005)
+    worker = BatchWorker(run, wait_ms=1, slice_ms=5, busy_wait_ms=400)
+    long = worker.submit("long:100", ["a"])  # about 0.5 s of steps
+    assert run.started.wait(5)
+    futures = []
+    for i in range(4):
+        futures += worker.submit("short:2", [i])
+        time.sleep(0.03)
+    assert [f.result(5) for f in futures] == [f"short:2/{i}" for i in range(4)]
+    assert long[0].result(10) == "long:100/a"
+    assert worker.stats.batches == 2 and worker.stats.largest == 4
+    worker.close()
+
+
+def test_a_negative_busy_wait_is_refused():
+    with pytest.raises(ConfigError, match="busy_wait_ms"):
+        BatchWorker(lambda key, xs: xs, busy_wait_ms=-1)

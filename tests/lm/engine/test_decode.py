@@ -204,3 +204,19 @@ def test_the_store_keeps_the_most_recently_used_within_its_bytes():
     assert store.longest("ns", [2, 2, 2, 2], limit=3)[0] == 3 and store.longest("ns", [2, 2, 2, 2], limit=2) is None
     store.put("ns", [7] * 5, [("k", "v")], nbytes=101)  # larger than the whole store: not kept
     assert store.get("ns", [7] * 5) is None and PrefixStore(max_bytes=0).max_bytes == 0
+
+
+def test_counters_count_the_padding_the_prefill_computes_and_the_steps(model):
+    from cotune.lm.engine.counters import EngineCounters
+
+    ids, mask = left_padded(PROMPTS)
+    counters = EngineCounters()
+    with torch.inference_mode():
+        got = decode(model, ids, mask, max_new_tokens=6, stop_ids=[], share_prefix=False, counters=counters)
+    lengths = [len(p) for p in PROMPTS]
+    assert counters.batches == 1 and counters.batch_sizes == {len(PROMPTS): 1}
+    assert counters.prompt_tokens == sum(lengths)
+    assert counters.prefill_tokens == len(PROMPTS) * max(lengths)  # padding included
+    assert counters.decode_steps == 5 and counters.decode_rows == 5 * len(PROMPTS)  # the first token needs no step
+    assert counters.new_tokens == sum(map(len, got)) == 6 * len(PROMPTS)
+    assert counters.history == [(len(PROMPTS), sum(lengths), max(lengths), len(PROMPTS) * max(lengths), 5, 30)]

@@ -28,9 +28,11 @@ torch and transformers are imported when `decode` runs, never when this module i
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Generator, Hashable, Sequence
 from typing import Any
 
+from cotune.lm.engine.counters import EngineCounters
 from cotune.lm.engine.prefill import DECODING, PREFILL, Chunks
 from cotune.lm.engine.prefix_groups import prefix_groups
 from cotune.lm.engine.prefix_store import KV, PrefixStore
@@ -58,6 +60,7 @@ def decode_steps(
     prefixes: PrefixStore | None = None,
     namespace: Hashable = None,
     prefill_slice: float | None = None,
+    counters: EngineCounters | None = None,
 ) -> Generator[str, None, list[list[int]]]:
     """Generate up to ``max_new_tokens`` tokens for each row of a left-padded batch, yielding between steps
     (``PREFILL`` after a prefill chunk, ``DECODING`` before each decoding step's pass), so one thread can take
@@ -77,6 +80,7 @@ def decode_steps(
         prefill_slice: cut the prefill into chunks of about this many seconds each (sized from the speed of
             the chunks before), with a step between them: a long prompt then holds the thread a slice at a time.
             None: one pass (each of a grouped prefill's passes).
+        counters: an `EngineCounters` that adds up what this batch computes.
 
     Returns:
         The new tokens of each row, in batch order (a finished row's list ends with its stop token).
@@ -90,7 +94,10 @@ def decode_steps(
     cache.layers = [_growing(layer) for layer in cache.layers]
     groups = prefix_groups(input_ids, attention_mask) if share_prefix and batch > 1 else [(list(range(batch)), 0)]
     blocks = _plan(input_ids, attention_mask, groups, prefixes, namespace)
-    chunks = Chunks(prefill_slice)
+    # This batch's own counts (other batches take turns with it), added to ``counters`` when it ends.
+    mine = EngineCounters() if counters is not None else None
+    chunks = Chunks(prefill_slice, mine)
+    reused_before = prefixes.stats.reused_tokens if prefixes is not None else 0
     if any(shared for _, shared, _ in blocks):
         args = (model, input_ids, attention_mask, blocks, cache, prefixes, namespace, chunks)
         out, mask, positions = yield from _prefill_grouped(*args)
@@ -98,6 +105,8 @@ def decode_steps(
         mask = attention_mask
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         out = yield from chunks.forward(model, input_ids, mask, positions, cache)
+    if mine is not None and prefixes is not None:
+        mine.reused_tokens += prefixes.stats.reused_tokens - reused_before
     if prefixes is not None and prefixes.max_bytes:
         _keep_prompts(input_ids, attention_mask, mask, cache, prefixes, namespace)
     next_pos = positions[:, -1:] + 1
@@ -133,10 +142,17 @@ def decode_steps(
         tokens = torch.tensor([new[row][-1] for row in rows], device=input_ids.device)
         mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
         yield DECODING
+        t0 = time.perf_counter()
         out = model(
             input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True
         )
+        if mine is not None:
+            mine.decode_steps += 1
+            mine.decode_rows += len(rows)
+            mine.decode_seconds += time.perf_counter() - t0
         next_pos = next_pos + 1
+    if counters is not None:
+        counters.add_batch(mine, attention_mask.sum(dim=1).tolist(), sum(map(len, new)))
     return new
 
 

@@ -31,7 +31,8 @@ class HFLM(LM):
         path: a local Hugging Face model folder (see `cotune.lm.registry.load` for names and GGUF files).
         name: the name used in cache keys and specs (a registry name); defaults to ``path``.
         adapter: a LoRA adapter folder to apply (see `with_adapter`).
-        device, dtype, max_batch_size, batch_wait_ms, decoder, merge_adapters, prefix_cache_mb: see `HFEngine`.
+        device, dtype, max_batch_size, batch_wait_ms, busy_wait_ms, decoder, merge_adapters, prefix_cache_mb: see
+            `HFEngine`.
         cache: a `RequestCache`, True for the default one, False for none.
         config: default generation parameters.
 
@@ -52,6 +53,7 @@ class HFLM(LM):
         dtype: str = "auto",
         max_batch_size: int = 64,
         batch_wait_ms: float = 5.0,
+        busy_wait_ms: float = 0.0,
         cache: RequestCache | bool | None = True,
         config: GenerationConfig | None = None,
         constrained: bool = True,
@@ -65,6 +67,7 @@ class HFLM(LM):
             dtype=dtype,
             max_batch_size=max_batch_size,
             batch_wait_ms=batch_wait_ms,
+            busy_wait_ms=busy_wait_ms,
             decoder=decoder,
             merge_adapters=merge_adapters,
             prefix_cache_mb=prefix_cache_mb,

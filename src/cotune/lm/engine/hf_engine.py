@@ -24,6 +24,7 @@ from cotune.hardware import bf16_is_fast
 from cotune.lm.base import GenerationConfig
 from cotune.lm.completion import Completion, Messages, truncate_at_stop
 from cotune.lm.engine.batching import BatchWorker
+from cotune.lm.engine.counters import EngineCounters
 from cotune.lm.engine.decode import decode_steps
 from cotune.lm.engine.head import contiguous_head_input
 from cotune.lm.engine.prefill import PassTimer
@@ -90,6 +91,8 @@ class HFEngine:
         max_batch_size: the most requests per ``generate``. 64 holds a whole 50-example evaluation in one
             batch: CPU decoding is overhead-bound at small batches, so fewer, larger batches finish sooner.
         batch_wait_ms: how long the worker waits for more requests after the first one arrives.
+        busy_wait_ms: the same wait while other batches run (`BatchWorker`): larger batches for programs whose
+            threads send their next calls milliseconds apart, at the cost of that much latency per batch.
         decoder: "cotune" (`cotune.lm.engine.decode`: finished rows leave the batch, and other batches take turns
             with this one) or "transformers" (its ``generate``, one call per batch). Greedy outputs are the same.
         merge_adapters: run an adapter as a merged copy of the weights, at the base model's speed (see
@@ -111,6 +114,7 @@ class HFEngine:
         dtype: str = "auto",
         max_batch_size: int = 64,
         batch_wait_ms: float = 5.0,
+        busy_wait_ms: float = 0.0,
         decoder: str = "cotune",
         merge_adapters: bool = True,
         prefix_cache_mb: int = 512,
@@ -146,6 +150,7 @@ class HFEngine:
         self.generate_seconds = 0.0
         self._grammar = None
         self.prefixes = PrefixStore(max_bytes=int(prefix_cache_mb * (1 << 20)))
+        self.counters = EngineCounters()  # what the decoding loop computed (benchmarks read it)
         self.passes = PassTimer()  # times the steps, so a long prefill takes the thread a slice at a time
         # The worker thread holds the engine only weakly: once no LM uses it, the model is freed and the
         # thread stops, even if nobody called close() (experiments load many models in one process).
@@ -155,6 +160,7 @@ class HFEngine:
             lambda key, payloads: run()(key, payloads),
             max_batch_size=max_batch_size,
             wait_ms=batch_wait_ms,
+            busy_wait_ms=busy_wait_ms,
             name=self._worker_name,
         )
         weakref.finalize(self, self._worker.close, wait=False)
@@ -232,6 +238,7 @@ class HFEngine:
                 prefixes=self.prefixes,
                 namespace=adapter_key,
                 prefill_slice=self.passes.slice,
+                counters=self.counters,
             )
             # Other batches run between steps (BatchWorker), so the time counted is this batch's steps only.
             new, elapsed = yield from self.passes.run(steps, lambda: self._step_context(adapter_key, adapter_path))

@@ -22,6 +22,8 @@ from collections.abc import Callable, Generator
 from contextlib import AbstractContextManager
 from typing import Any
 
+from cotune.lm.engine.counters import EngineCounters
+
 PASSES, BATCH_PASSES = 8, 64  # a prefill slice, in fixed costs of a pass (see the module docstring)
 MIN_SLICE_S = 0.2  # the shortest slice (where passes are very quick: on a GPU)
 UNTIMED_PASS_S = 0.05  # the cost of a pass assumed before one was timed
@@ -70,9 +72,10 @@ class Chunks:
 
     FIRST = FLOOR = 128  # tokens in a first chunk (before any speed is known), and in the smallest
 
-    def __init__(self, slice: float | None):
+    def __init__(self, slice: float | None, counters: EngineCounters | None = None):
         self.slice, self.rate = slice, None  # rate: prompt tokens per second, measured
         self.passes = 0  # forward passes run (a chunked prefill runs several)
+        self.counters = counters
 
     def forward(self, model: Any, ids: Any, mask: Any, positions: Any, cache: Any) -> Generator[str, None, Any]:
         """``model`` on ``ids`` (``mask``: the attention mask of the cache's columns, then these; None: all
@@ -94,7 +97,8 @@ class Chunks:
     def _pass(self, model: Any, ids: Any, mask: Any, positions: Any, cache: Any, start: int, end: int) -> Any:
         self.passes += 1
         past = 0 if mask is None else mask.shape[1] - ids.shape[1]  # columns already in the cache
-        return model(
+        t0 = time.perf_counter()
+        out = model(
             input_ids=ids[:, start:end],
             attention_mask=None if mask is None else mask[:, : past + end],
             position_ids=positions[:, start:end],
@@ -102,3 +106,8 @@ class Chunks:
             use_cache=True,
             logits_to_keep=1,
         )
+        if self.counters is not None:
+            self.counters.prefill_passes += 1
+            self.counters.prefill_tokens += ids.shape[0] * (end - start)
+            self.counters.prefill_seconds += time.perf_counter() - t0
+        return out
