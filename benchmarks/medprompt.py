@@ -7,10 +7,11 @@
 The full command runs the defaults: task model qwen2.5-coder-0.5b on date_understanding,
 logical_deduction_three_objects and hyperbaton, each split once (seed 0): 50 training questions (the demo pool,
 self-generated chains) and 50 test questions a task, 150 in all. First a zero-shot check: every task's
-zero-shot accuracy and answer distribution with ``--model``, printed and recorded. A task where that accuracy
-is at chance (its 95% interval reaches the chance level) runs its ladder with ``--task-model`` (the 1.5B:
-``pip install -e ".[qwen15]"``) on the first ``--task-model-test`` test questions; without ``--task-model`` it
-runs with ``--model`` anyway, with a warning. Every row names its model. The ladder (Nori et al. 2023), each
+zero-shot accuracy and answer distribution with ``--model``, printed and recorded. Every task's ladder runs
+with ``--model``; a task where that accuracy is at chance (its 95% interval reaches the chance level) runs its
+ladder with ``--task-model`` as well (the 1.5B: ``pip install -e ".[qwen15]"``), on the first
+``--task-model-test`` test questions, after all of ``--model``'s (``tasks_on_task_model`` in the results;
+without ``--task-model``: a warning). Every row names its model. The ladder (Nori et al. 2023), each
 rung adding one technique:
 
     zero-shot     direct answer, no demos
@@ -31,8 +32,8 @@ Writes ``benchmarks/results/medprompt.json``.
 Time (``--estimate``; speeds and token counts in benchmarks/ladder_estimate.py; 2-core bf16 CPU): the zero-shot
 check ~1 min a task; a ladder on the 0.5B with 50 questions makes 50 + 50 direct calls and 50 self-generation + 50
 + 50 + 200 chains of thought with 5 demos (hyperbaton's 2 options: 50 more, not 200), ~27 min for
-date_understanding, 34 for logical_deduction_three_objects, 12 for hyperbaton: 1.2 h in all. A task handed to
-the 1.5B (30 questions) takes 55, 63 or 30 min instead: 2.5 h if all three are.
+date_understanding, 34 for logical_deduction_three_objects, 12 for hyperbaton: 1.2 h in all. A task at chance
+also run on the 1.5B (30 questions) takes 55, 63 or 30 min more: 2.5 h more if all three are.
 """
 
 from __future__ import annotations
@@ -74,8 +75,15 @@ RUNGS = ("zero-shot", "few-shot", "+ CoT", "+ kNN", "+ ensemble")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = arguments(__doc__, RESULTS / "medprompt.json")
     p.add_argument("--model", default="qwen2.5-coder-0.5b", help="the task model and the zero-shot check's")
-    p.add_argument("--task-model", default=None, help="the ladder's model where --model is at chance (e.g. the 1.5B)")
-    p.add_argument("--task-model-when", choices=("at-chance", "always"), default="at-chance")
+    p.add_argument(
+        "--task-model", default=None, help="a second ladder's model where --model is at chance (e.g. the 1.5B)"
+    )
+    p.add_argument(
+        "--task-model-when",
+        choices=("at-chance", "always"),
+        default="at-chance",
+        help="which tasks --task-model's ladder runs on as well",
+    )
     p.add_argument("--task-model-test", type=int, default=30, help="test questions a task run with --task-model")
     p.add_argument("--tasks", default=None, help=f"comma-separated BBH multiple-choice subtasks ({','.join(TASKS)})")
     p.add_argument("--data-dir", type=Path, default=DATA)
@@ -203,11 +211,17 @@ def query_texts(testset: Any, fields: Any, orders: Callable[[Any], Any]) -> list
     return texts
 
 
-def ladder_model(check: dict[str, Any], args: argparse.Namespace) -> tuple[str, int | None]:
-    """Which model runs a task's ladder and on how many test questions (None: all)."""
-    if args.task_model and (args.task_model_when == "always" or check["at_chance"]):
-        return args.task_model, args.task_model_test
-    return args.model, None
+def ladder_runs(
+    tasks: list[Any], checks: dict[str, Any], args: argparse.Namespace
+) -> list[tuple[Any, str, int | None]]:
+    """(task, model, test questions or None for all) of every ladder to run: each task's with ``--model``, then
+    ``--task-model``'s where ``--model`` is at chance (or on every task): all of one model's before the other's, as
+    a second local model in the process slows the first one's generations (README, "Good to know")."""
+    runs = [(task, args.model, None) for task in tasks]
+    if args.task_model:
+        wanted = [t for t in tasks if args.task_model_when == "always" or checks[t.name]["at_chance"]]
+        runs += [(task, args.task_model, args.task_model_test) for task in wanted]
+    return runs
 
 
 def estimate(args: argparse.Namespace) -> str:
@@ -215,7 +229,7 @@ def estimate(args: argparse.Namespace) -> str:
     text = render(medprompt_plan(args, stats, args.model, args.test), f"MedPrompt ladder ({args.model})")
     if args.task_model:
         alt = medprompt_plan(args, stats, args.task_model, args.task_model_test)
-        title = f"\nper task switched to {args.task_model} ({args.task_model_test} questions), instead of the above"
+        title = f"\nand where --model is at chance, {args.task_model} ({args.task_model_test} questions) as well"
         text += render({t: rows[1:] for t, rows in alt.items()}, title)
     return text
 
@@ -244,11 +258,8 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any]
     load = load_model or default_loader(args.dtype)
     models = {args.model: load(args.model, cache)}
     checks = {task.name: zero_shot_check(task, models[args.model], args, say) for task in tasks}
-    chosen = {task.name: ladder_model(checks[task.name], args) for task in tasks}
-    # --model's ladders first, then --task-model's with --model closed: a second local model in the process
-    # slows the first one's generations (README, "Good to know")
-    tasks.sort(key=lambda task: chosen[task.name][0] != args.model)
-    per_task: dict[str, dict[str, Any]] = {}
+    runs = ladder_runs(tasks, checks, args)
+    per_model: dict[str, dict[str, dict[str, Any]]] = {args.model: {}, args.task_model: {}}
 
     def write(complete: bool) -> dict[str, Any]:
         report = {
@@ -259,17 +270,19 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any]
             "settings": settings_of(args),
             "request_cache": {"path": str(args.cache), "calls_held_at_start": held},
             "zero_shot_check": checks,
-            "summary": pooled([r for t in per_task.values() for r in t["rungs"]], RUNGS),
-            "tasks": per_task,
+            "summary": pooled(
+                [r for ladders in per_model.values() for t in ladders.values() for r in t["rungs"]], RUNGS
+            ),
+            "tasks": per_model[args.model],
+            "tasks_on_task_model": per_model.get(args.task_model, {}) if args.task_model else {},
         }
         write_results(args.out, report, started=started)
         return report
 
     report = write(complete=False)  # the check, kept even if a ladder is cut off
-    for i, task in enumerate(tasks, 1):
-        model, n = chosen[task.name]
-        if checks[task.name]["at_chance"] and model == args.model:
-            say(f"warning: {args.model} is at chance on {task.name}; --task-model NAME runs its ladder with NAME")
+    for i, (task, model, n) in enumerate(runs, 1):
+        if checks[task.name]["at_chance"] and model == args.model and not args.task_model:
+            say(f"warning: {args.model} is at chance on {task.name}; --task-model NAME runs its ladder with NAME too")
         if model not in models:
             for lm in models.values():
                 lm.close()
@@ -277,9 +290,9 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any]
         testset = task.test if n is None else task.test[:n]
         t0 = time.perf_counter()
         rows, info = ladder(task, testset, models[model], model, args, say)
-        per_task[task.name] = {"model": model, "options": len(task.test[0]["options"]), "rungs": rows} | info
-        per_task[task.name]["seconds"] = round(time.perf_counter() - t0, 1)
-        report = write(complete=i == len(tasks))
+        done = {"model": model, "options": len(task.test[0]["options"]), "rungs": rows} | info
+        per_model[model][task.name] = done | {"seconds": round(time.perf_counter() - t0, 1)}
+        report = write(complete=i == len(runs))
     for lm in models.values():
         lm.close()
     for name, c in checks.items():

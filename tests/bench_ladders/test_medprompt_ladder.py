@@ -1,5 +1,5 @@
-"""The MedPrompt ladder (benchmarks/medprompt.py) on FakeLM models: the zero-shot check that hands an at-chance
-task to the larger model (and never holds both), the five rungs with their intervals, the share of
+"""The MedPrompt ladder (benchmarks/medprompt.py) on FakeLM models: the zero-shot check that runs an at-chance
+task on the larger model too (and never holds both), the five rungs with their intervals, the share of
 self-generated chains that passed, the planned calls against the calls made, and every kNN query embedded
 before its rungs run."""
 
@@ -27,7 +27,9 @@ def run_medprompt(bench, tmp_path, data, models, *extra) -> dict:
     return json.loads((tmp_path / "mp.json").read_text())
 
 
-def test_medprompt_check_records_the_answer_distribution_and_hands_an_at_chance_task_to_the_task_model(bench, tmp_path):
+def test_medprompt_check_records_the_answer_distribution_and_runs_an_at_chance_task_on_the_task_model_too(
+    bench, tmp_path
+):
     data = write_bbh(tmp_path / "data")
     models = Models({"small": "never", "big": "always"})
     report = run_medprompt(bench, tmp_path, data, models, "--task-model", "big", "--task-model-test", "4")
@@ -35,7 +37,9 @@ def test_medprompt_check_records_the_answer_distribution_and_hands_an_at_chance_
     assert check["model"] == "small" and check["n"] == 10 and check["test_accuracy"] == 0.0
     assert check["answers"] == {"A": 10} and set(check["gold"]) == {"B", "C"}
     assert check["chance"] == pytest.approx(1 / 3) and check["at_chance"]
-    task = report["tasks"]["bbh:date_understanding"]
+    small = report["tasks"]["bbh:date_understanding"]  # the model's own ladder, on every test question
+    assert small["model"] == "small" and all(r["model"] == "small" and r["n"] == 10 for r in small["rungs"])
+    task = report["tasks_on_task_model"]["bbh:date_understanding"]
     assert task["model"] == "big"
     rows = task["rungs"]
     assert [r["rung"] for r in rows] == ["zero-shot", "few-shot", "+ CoT", "+ kNN", "+ ensemble"]
@@ -43,7 +47,8 @@ def test_medprompt_check_records_the_answer_distribution_and_hands_an_at_chance_
     assert all(len(r["ci95"]) == 2 and r["ci95"][0] < 1.0 for r in rows)
     assert rows[-1]["calls_per_question"] == 3 and rows[-1]["cache_hits"] >= 4  # m orders, the first kNN's
     assert task["self_generated"] == {"passed": 8, "run": 8, "share_passed": 1.0, "seconds": pytest.approx(0, abs=5)}
-    assert [(s["model"], s["rung"]) for s in report["summary"]] == [("big", r) for r in bench["medprompt"].RUNGS]
+    rungs = bench["medprompt"].RUNGS
+    assert [(s["model"], s["rung"]) for s in report["summary"]] == [(m, r) for m in ("small", "big") for r in rungs]
 
 
 def test_medprompt_without_task_model_runs_an_at_chance_task_on_the_model_and_says_so(bench, tmp_path, capsys):
@@ -81,9 +86,10 @@ def test_medprompt_runs_the_model_s_ladders_first_and_closes_it_before_loading_t
     report = run_medprompt(bench, tmp_path, data, models, *tasks)
     checks = report["zero_shot_check"]
     assert checks["bbh:date_understanding"]["at_chance"] and not checks["bbh:hyperbaton"]["at_chance"]
-    assert list(report["tasks"]) == ["bbh:hyperbaton", "bbh:date_understanding"]
-    assert report["tasks"]["bbh:hyperbaton"]["model"] == "small"
-    assert report["tasks"]["bbh:date_understanding"]["model"] == "big"
+    assert list(report["tasks"]) == ["bbh:date_understanding", "bbh:hyperbaton"]
+    assert {t["model"] for t in report["tasks"].values()} == {"small"}
+    assert list(report["tasks_on_task_model"]) == ["bbh:date_understanding"]  # the one at chance
+    assert report["tasks_on_task_model"]["bbh:date_understanding"]["model"] == "big"
     assert models.log == ["load small", "close small", "load big", "close big"]  # never both at once
     assert {(s["model"], s["rung"]) for s in report["summary"]} >= {("small", "+ kNN"), ("big", "+ kNN")}
 
