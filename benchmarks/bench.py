@@ -57,12 +57,13 @@ def _shown(path: Path | None) -> str:
         return str(path)
 
 
-def commit() -> dict[str, Any]:
-    """The checkout's commit and whether it had uncommitted changes (None where git can't tell)."""
+def commit(where: Path = HERE) -> dict[str, Any]:
+    """The commit of the checkout holding ``where`` (this one by default) and whether it had uncommitted changes
+    (None where git can't tell)."""
 
     def git(*args: str) -> str | None:
         try:
-            out = subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True, timeout=10, check=True)
+            out = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=10, check=True)
         except (OSError, subprocess.SubprocessError):
             return None
         return out.stdout.strip()

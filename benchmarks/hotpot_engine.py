@@ -10,17 +10,20 @@ the wall time, the requests and their prompt and completion tokens, tokens/s, th
 (`BatchStats`) and its own accounting (`cotune.lm.engine.counters.EngineCounters`: batch sizes, prefill
 positions computed incl. padding vs real prompt tokens, decoding steps and rows, seconds in prefill vs
 decoding, one line per batch), and every completion's text, so two runs' outputs can be compared
-(``--compare`` another results file). Writes ``benchmarks/results/hotpot_engine.json``.
+(``--compare`` another results file). Each run records the commit of the code it ran (``PYTHONPATH=<another
+checkout>/src`` runs that checkout's engine, for a before/after in one file) and the load average before it.
+Writes ``benchmarks/results/hotpot_engine.json``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from bench import HERE, RESULTS, arguments, write_results
+from bench import HERE, RESULTS, arguments, commit, write_results
 
 DATA = HERE.parent.parent / "shared" / "data" / "hotpotqa"
 
@@ -45,6 +48,7 @@ def run(args) -> dict[str, Any]:
         engine.counters = EngineCounters()
         batches, requests = engine.stats.batches, engine.stats.requests
         before = lm.usage
+        load = os.getloadavg()
         t0 = time.perf_counter()
         result = ct.evaluate(program, questions, task.metric, num_threads=args.threads, max_errors=len(questions) + 1)
         wall = time.perf_counter() - t0
@@ -54,6 +58,8 @@ def run(args) -> dict[str, Any]:
         prompt = usage.prompt_tokens - before.prompt_tokens
         completion = usage.completion_tokens - before.completion_tokens
         return {
+            "cotune_source": commit(Path(ct.__file__).parent),  # a run of another checkout's code says which
+            "load_before": [round(x, 2) for x in load],
             "model": args.model,
             "dtype": lm.dtype,
             "questions": len(questions),
