@@ -20,7 +20,9 @@ class EngineCounters:
     ``prompt_tokens``: the rows' real prompt tokens; ``prefill_tokens``: positions the prefill passes computed
     (rows × columns, padding included; a shared prefix counts once); ``reused_tokens``: prompt tokens taken
     from stored prefixes. ``decode_rows``: rows carried by decoding steps (finished rows kept in the batch
-    count too); ``new_tokens``: the tokens the rows produced.
+    count too); ``new_tokens``: the tokens the rows produced. ``joined_rows``: rows that joined a batch while it
+    decoded (counted in its batch size and prompt tokens too); ``join_steps``: decoding steps at which rows joined
+    (each a prefill of the joiners, counted in the prefill counts).
     """
 
     batches: int = 0
@@ -34,6 +36,8 @@ class EngineCounters:
     decode_rows: int = 0
     decode_seconds: float = 0.0
     new_tokens: int = 0
+    joined_rows: int = 0
+    join_steps: int = 0
     # per batch, the first HISTORY: (rows, real prompt tokens, widest prompt, prefill positions computed,
     # decoding steps, new tokens)
     history: list[tuple[int, ...]] = field(default_factory=list)
@@ -48,7 +52,7 @@ class EngineCounters:
         self.new_tokens += new_tokens
         for name in ("prefill_tokens", "prefill_passes", "prefill_seconds", "reused_tokens"):
             setattr(self, name, getattr(self, name) + getattr(batch, name))
-        for name in ("decode_steps", "decode_rows", "decode_seconds"):
+        for name in ("decode_steps", "decode_rows", "decode_seconds", "joined_rows", "join_steps"):
             setattr(self, name, getattr(self, name) + getattr(batch, name))
         if len(self.history) < self.HISTORY:
             row = (len(prompt_lengths), sum(prompt_lengths), max(prompt_lengths), batch.prefill_tokens)

@@ -199,23 +199,23 @@ class HFEngine:
         if config.stop:
             kwargs["tokenizer"] = self.tokenizer  # generate needs it to match stop strings
         processors = []
-        sampler = None
+        sampler = grammar = None
         if config.temperature > 0:
             seeds = [seed for _, seed in payloads]
             sampler = _seeded_sampler(seeds, config.temperature, config.top_p, self.device, config.min_p)
+        seeded = sampler
         if config.constraint is not None:
             # A plain temperature sampler draws inside the grammar's processor (a refused draw is redrawn from
             # the masked distribution); with top-p or min-p the whole mask comes first, then the sampler.
             plain = sampler is not None and config.top_p >= 1.0 and not config.min_p
-            processors.append(
-                self.grammar.processor(
-                    config.constraint,
-                    len(payloads),
-                    config.max_tokens,
-                    sampler=sampler if plain else None,
-                    optimistic=None if plain or sampler is None else False,
-                )
+            grammar = self.grammar.processor(
+                config.constraint,
+                len(payloads),
+                config.max_tokens,
+                sampler=sampler if plain else None,
+                optimistic=None if plain or sampler is None else False,
             )
+            processors.append(grammar)
             if plain:
                 sampler = None
         if sampler is not None:
@@ -228,6 +228,20 @@ class HFEngine:
         if self.decoder == "cotune":
             if config.stop:  # matched a step at a time here, not in generate's one long call (cotune.lm.engine.stops)
                 processors.append(stop_processor(self.tokenizer, config.stop, min(self.eos_ids)))
+            prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+
+            def admit(joiners: list[tuple[Messages, int]]):
+                """Requests of this key that join the batch while it decodes (continuous batching)."""
+                texts = [self._render(messages) for messages, _ in joiners]
+                joined = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+                joined = joined.to(self.device)
+                if seeded is not None:  # each joiner samples from its own seed, as it would alone
+                    seeded.add_rows([seed for _, seed in joiners])
+                if grammar is not None:
+                    grammar.add_rows(len(joiners))
+                prompt_lens.extend(joined["attention_mask"].sum(dim=1).tolist())
+                return joined["input_ids"], joined["attention_mask"]
+
             steps = decode_steps(
                 model,
                 enc["input_ids"],
@@ -239,6 +253,7 @@ class HFEngine:
                 namespace=adapter_key,
                 prefill_slice=self.passes.slice,
                 counters=self.counters,
+                admit=admit,
             )
             # Other batches run between steps (BatchWorker), so the time counted is this batch's steps only.
             new, elapsed = yield from self.passes.run(steps, lambda: self._step_context(adapter_key, adapter_path))
@@ -248,9 +263,9 @@ class HFEngine:
                 out = model.generate(**enc, generation_config=self._generation_config(config), **kwargs)
             new = out[:, enc["input_ids"].shape[1] :].tolist()
             elapsed = time.perf_counter() - t0
+            prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
         self.generate_seconds += elapsed
-        seconds = elapsed / len(payloads)
-        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+        seconds = elapsed / len(new)
         return [
             self._completion(ids, n_prompt, config, seconds) for ids, n_prompt in zip(new, prompt_lens, strict=True)
         ]

@@ -1,0 +1,110 @@
+"""`HFEngine` batches that take joiners (continuous batching): greedy, seeded sampling, stop strings and grammar
+constraints give each joiner what it gets alone. A tiny randomly initialized Llama with SmolLM2's tokenizer
+(its files only: no weights are loaded)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from cotune.lm import registry  # noqa: E402
+from cotune.lm.base import GenerationConfig  # noqa: E402
+from cotune.lm.constraint import Constraint  # noqa: E402
+from cotune.lm.engine.batching import Open  # noqa: E402
+from cotune.lm.engine.hf_engine import HFEngine  # noqa: E402
+
+ANSWER = ("ebnf", 'root ::= "Reasoning: " [a-z ]{0,30} "\\nAnswer: " ("yes" | "no")')
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    source = registry.model_folder("smollm2-135m")
+    if not (source / "tokenizer.json").exists():
+        pytest.skip("SmolLM2's tokenizer is not installed")
+    folder = tmp_path_factory.mktemp("tiny")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (source / name).exists():
+            shutil.copy(source / name, folder / name)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(str(folder))
+    engine = HFEngine(folder, device="cpu", dtype="float32")
+    yield engine
+    engine.close()
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+QUESTIONS = ["Is the sky blue?", "Two plus two?", "Name a colour.", "What is a cat? Say it in a few words.", "Hi"]
+
+
+def run(engine, config, payloads, joins=None):
+    """``engine._run`` driven here, sending ``joins[k]`` (payloads) at its k-th open step; the completions' texts."""
+    joins = dict(joins or {})
+    steps = engine._run((config, None, None), payloads)
+    opened, sent = 0, None
+    try:
+        while True:
+            kind = steps.send(sent)
+            sent = None
+            if isinstance(kind, Open):
+                sent, opened = joins.pop(opened, None), opened + 1
+    except StopIteration as done:
+        assert not joins, f"joins never sent: {joins}"
+        return [c.text for c in done.value]
+
+
+def payloads(questions, seed0=0):
+    return [(user(q), seed0 + i) for i, q in enumerate(questions)]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        GenerationConfig(max_tokens=12),
+        GenerationConfig(max_tokens=12, stop=("ing",)),  # ends some joiners early
+        GenerationConfig(max_tokens=12, temperature=1.0, top_p=0.9),
+        GenerationConfig(max_tokens=24, constraint=Constraint(grammar=(ANSWER,), json_schema="{}")),
+        GenerationConfig(max_tokens=24, temperature=1.0, constraint=Constraint(grammar=(ANSWER,), json_schema="{}")),
+        GenerationConfig(
+            max_tokens=24,
+            temperature=1.0,
+            top_p=0.9,
+            constraint=Constraint(grammar=(ANSWER,), json_schema="{}", budget_tokens=4, budget_exit="\nAnswer:"),
+        ),
+    ],
+    ids=["greedy", "stop-string", "sampled", "grammar", "grammar-sampled", "grammar-budget-top-p"],
+)
+def test_joiners_get_what_they_get_alone(engine, config):
+    every = payloads(QUESTIONS)
+    got = run(engine, config, every[:2], joins={1: every[2:4], 4: every[4:]})
+    want = [run(engine, config, [p])[0] for p in every]
+    assert got == want
+    if config.stop:
+        assert sum(len(text) < len(want[0]) for text in got) >= 2  # rows ended at their stop string
+    if config.constraint is not None:
+        assert all("\nAnswer: " in text for text in got)
+
+
+def test_engine_counters_show_the_joins(engine):
+    before = (engine.counters.joined_rows, engine.counters.join_steps)
+    every = payloads(QUESTIONS)
+    run(engine, GenerationConfig(max_tokens=8), every[:2], joins={0: every[2:3], 2: every[3:]})
+    assert (engine.counters.joined_rows, engine.counters.join_steps) == (before[0] + 3, before[1] + 2)
