@@ -108,3 +108,18 @@ def test_engine_counters_show_the_joins(engine):
     every = payloads(QUESTIONS)
     run(engine, GenerationConfig(max_tokens=8), every[:2], joins={0: every[2:3], 2: every[3:]})
     assert (engine.counters.joined_rows, engine.counters.join_steps) == (before[0] + 3, before[1] + 2)
+
+
+def test_a_request_sent_while_a_batch_decodes_joins_it_through_the_worker(engine):
+    import time
+
+    config = GenerationConfig(max_tokens=300)  # long enough to be running when the second request arrives
+    key = (config, None, None)
+    joined, batches = engine.stats.joined, engine.stats.batches
+    first = engine.submit(key, payloads(QUESTIONS[:2]))
+    time.sleep(0.05)
+    assert not first[0].done()
+    second = engine.submit(key, payloads(QUESTIONS[2:3], seed0=2))
+    texts = [f.result(60).text for f in first + second]
+    assert engine.stats.joined - joined == 1 and engine.stats.batches - batches == 1
+    assert texts == [run(engine, config, [p])[0] for p in payloads(QUESTIONS[:3])]
