@@ -27,11 +27,11 @@ and CoT rungs of every task run first, with the task model alone; the optimizer 
 local models in one process slow each other's generations). Writes ``benchmarks/results/gpo_ladder.json``.
 
 Time (``--estimate``; speeds and token counts in benchmarks/ladder_estimate.py; 2-core bf16 CPU): per task the
-empty and CoT rungs take ~5 min each (150 chains of thought in batches of 64); each optimizer ~58 min: 1 + 6 x 4
-mini-batch scorings of 16 dev questions (400 calls, scored one proposal at a time, so in batches of 16), 136
-calls to confirm the best 3 on the rest of dev, the 150 test calls, and 24 proposals of the 1.5B (up to 72 with
-retries), all 34/25 as long as alone with both models loaded. Three tasks: 6.4 h, up to 7.9 h if every proposal
-is retried; ``--steps 4`` makes it 5.0 h, ``--steps 4 --candidates 3`` 4.3 h.
+empty and CoT rungs take ~5 min each (150 chains of thought in batches of 64); each optimizer ~45 min: 1 + 6 x 4
+mini-batch scorings of 16 dev questions (400 calls; a step's 4 proposals are scored together, in batches of 64),
+136 calls to confirm the best 3 on the rest of dev, the 150 test calls, and 24 proposals of the 1.5B (up to 72
+with retries), all 34/25 as long as alone with both models loaded. Three tasks: 4.8 h, up to 6.3 h if every
+proposal is retried (``--estimate`` with other ``--steps`` / ``--candidates`` gives theirs).
 """
 
 from __future__ import annotations

@@ -115,7 +115,9 @@ def gpo_plan(args: Any, stats: Mapping[str, TaskStats], test_sizes: Mapping[str,
         for name in ("OPRO-style", "GPO"):
             score = Work(mb, q, cot, args.num_threads, model=args.model)
             confirm = Work((1 + args.num_confirm) * (args.dev - mb), q, cot, args.num_threads, model=args.model)
-            candidates = [score] * (args.steps * args.candidates)
+            # GPO scores a step's candidates at the same time: one batch of mini-batch × candidates calls
+            step = Work(mb * args.candidates, q, cot, args.num_threads * args.candidates, model=args.model)
+            candidates = [step] * args.steps
             propose = Work(
                 args.candidates, PROPOSE_PROMPT, PROPOSE_COMPLETION, args.candidates, model=args.optimizer_model
             )

@@ -101,3 +101,12 @@ def test_plain_progress_time_left_weighs_each_node_by_its_kind(monkeypatch):
     assert "time left known after the first Θ (w) step" in node("p", 40)
     assert "[3/5 nodes, about 1m50s left]" in node("w", 100)  # one zero-shot (10 s) and one Θ node (100 s) left
     assert "[4/5 nodes, about 1m40s left]" in node("zero-shot", 10, seed=1)
+
+
+def test_an_old_config_spelling_is_one_warning_line_a_user_sees():
+    """A training setting written under ``lora`` (before LoRAConfig and TrainingConfig were split) still loads;
+    the CLI says its new spelling as one line, not as Python's two-line warning with a source path."""
+    result = cotune("run", "--task", "iris", "--set", "weights.lora.epochs=3", "--set", "threads=0")
+    assert result.returncode == 2
+    assert "warning: lora.epochs is a training setting: write training.epochs" in result.stderr + result.stdout
+    assert "FutureWarning" not in result.stderr and "split_lora_settings" not in result.stderr

@@ -188,7 +188,7 @@ def test_run_set_reaches_any_config_field_and_merges_into_the_yaml(tmp_path):
     assert cfg.weights.params["training"] == {"epochs": 3, "learning_rate": 3e-3}
     assert cfg.seeds == [0, 1] and cfg.threads == 2
     old = _params(["prompt.optimizer=knn", "prompt.params.k=5", "weights.lora.epochs=3", "seeds=[0, 1]"], "--set")
-    with pytest.warns(DeprecationWarning, match="lora.epochs is a training setting: write training.epochs"):
+    with pytest.warns(FutureWarning, match="lora.epochs is a training setting: write training.epochs"):
         assert commands.experiment_config(path, {"threads": 2} | old) == cfg  # the spelling before the split
     with pytest.raises(ConfigError, match=r"prompt: optimizer 'knn' has no hyperparameter kk"):
         commands.experiment_config(None, _params(["prompt.optimizer=knn", "prompt.params.kk=5"], "--set"))
@@ -239,9 +239,7 @@ def test_finetune_takes_the_tasks_run_defaults_for_what_no_option_sets(tmp_path,
         16, 2.0, True, False)  # fmt: skip
     assert iris["lora"] == {"top_layers": 8, "r": 8} and iris["seed"] == 0  # --lora-r over the run defaults
     assert iris["training"] == {"epochs": 4, "learning_rate": 3e-3}  # --epochs wins
-    with pytest.warns(
-        DeprecationWarning, match="lora.learning_rate is a training setting: write training.learning_rate"
-    ):
+    with pytest.warns(FutureWarning, match="lora.learning_rate is a training setting: write training.learning_rate"):
         old = finetune(params={"lora.learning_rate": 1e-4})  # -P in the spelling before the split
     assert old["lora"] == {"top_layers": 8, "r": 8} and old["training"] == {"epochs": 4, "learning_rate": 1e-4}
     mine = finetune(rollouts=2, stop_at_first_pass=False, keep_demos=True)

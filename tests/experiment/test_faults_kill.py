@@ -99,13 +99,20 @@ def test_kills_in_every_phase_lose_and_redo_nothing(fault_kill, tmp_path):
     assert result["kills"] == 3, result["trials"]
     assert result["survived"] == 3 and result["tables_equal"], result["trials"]
     assert result["nodes_lost"] == 0 and result["nodes_redone"] == 0
-    for trial in result["trials"]:
+    # On a loaded machine a run may end before its kill moment: that try is kept as missed (no phase, exit code
+    # recorded) and the target tried again, at most three tries in all.
+    landed = [t for t in result["trials"] if t["killed"]]
+    missed = [t for t in result["trials"] if not t["killed"]]
+    assert len(landed) == 3 and result["missed"] == len(missed) <= 6
+    assert all("exit_code" in t and "phase" not in t for t in missed)
+    for trial in landed:
         assert trial["phase"] in fault_kill.PHASES and trial["resume_completed"]
         assert trial["last_event"] is None or "event" in trial["last_event"]
-    assert len(list(tmp_path.glob("trial-*/run/results.json"))) == 3  # each trial its own run
+    # each try its own run, every one completed (a missed one by itself, a killed one by its resume)
+    assert len(list(tmp_path.glob("trial-*/run/results.json"))) == len(result["trials"])
     # the kills are aimed: most land in the phase they were aimed at (a loaded machine may shift one)
-    on_target = sum(t["phase"] == t["target"] for t in result["trials"])
-    assert on_target >= 2, [(t["target"], t["phase"]) for t in result["trials"]]
+    on_target = sum(t["phase"] == t["target"] for t in landed)
+    assert on_target >= 2, [(t["target"], t["phase"]) for t in landed]
 
 
 def test_a_trial_survives_only_when_its_resume_completes(fault_kill, tmp_path):

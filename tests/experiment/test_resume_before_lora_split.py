@@ -35,7 +35,7 @@ def old_config(tmp_path: Path) -> dict:
 def test_the_old_saved_config_is_the_run_the_new_yaml_describes(tmp_path):
     assert OLD["weights"]["lora"] == {"r": 32, "alpha": 64, "dropout": 0.0, "epochs": 3, "batch_size": 4,
                                       "learning_rate": 0.0002}  # fmt: skip
-    with pytest.warns(DeprecationWarning) as caught:
+    with pytest.warns(FutureWarning) as caught:
         old = ExperimentConfig.from_dict(old_config(tmp_path))
     assert [str(w.message) for w in caught] == [f"lora.{k} is a training setting: write training.{k}" for k in MOVED]
     new_yaml = ExperimentConfig.from_yaml(ROOT / "benchmarks" / "configs" / "hotpotqa.yaml").to_dict()
@@ -79,7 +79,7 @@ def test_an_old_run_directory_resumes_and_trains_with_its_saved_settings(tmp_pat
     (folder / RunDir.CONFIG).write_text(json.dumps(saved))
     lm = FakeLM(lambda messages, adapter=None: "Answer: " + messages[-1]["content"].split(": ", 1)[1])  # all right
     lm.model_path = "/models/fake"  # local weights, as a local model has; the fake trainer never reads them
-    with pytest.warns(DeprecationWarning) as caught:
+    with pytest.warns(FutureWarning) as caught:
         _, run = Runner.resume(folder, lm=lm, task=FakeTask())
     # once each, when the config is read (not again for every node that builds the optimizer)
     assert [str(w.message) for w in caught] == [f"lora.{k} is a training setting: write training.{k}" for k in MOVED]
@@ -102,7 +102,7 @@ def test_table1_resumes_an_old_run_directory_given_the_new_yaml(tmp_path, monkey
     (folder / RunDir.CONFIG).write_text(json.dumps(old_config(tmp_path)))
     new_yaml = ExperimentConfig.from_yaml(ROOT / "benchmarks" / "configs" / "hotpotqa.yaml").to_dict()
     args = argparse.Namespace(run_dir=str(folder), keep_cache=True)
-    with pytest.warns(DeprecationWarning):
+    with pytest.warns(FutureWarning):
         runner, run, resumed = table1.open_run(args, new_yaml | {"data_dir": str(tmp_path / "hotpotqa")})
     assert resumed and run.path == folder
     assert runner.config.weights.params["lora"] == {"r": 32, "alpha": 64, "dropout": 0.0}

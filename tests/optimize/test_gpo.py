@@ -488,3 +488,34 @@ def test_gpo_on_iris_with_smollm2_end_to_end(tmp_path):
     assert 0.0 <= opt.best_score_ == opt.confirmed_["classify"][best.classify.instruction] <= 1.0
     fresh = task.program().load(best.save(tmp_path / "gpo.json"), lm=lm)
     assert fresh.classify.instruction == best.classify.instruction
+
+
+def test_a_steps_candidates_are_scored_at_the_same_time():
+    """A local engine batches concurrent calls: the candidates of one step (and the confirmation's pool) are
+    evaluated together, so the task calls of different instructions are in flight at once."""
+    import threading
+    import time
+
+    lock, in_flight, overlap, proposed = threading.Lock(), {}, [], []
+
+    def respond(messages, config):
+        if is_meta(messages):
+            with lock:
+                proposed.append(None)
+                n = len(proposed)  # each proposal adds a different number of keywords
+            return f"New Instruction: {add_keyword(meta_fields(messages)['Current Instruction'], n)}"
+        instruction = instruction_of(messages)
+        with lock:
+            in_flight[instruction] = in_flight.get(instruction, 0) + 1
+            overlap.append(sum(1 for v in in_flight.values() if v))
+        time.sleep(0.01)
+        with lock:
+            in_flight[instruction] -= 1
+        n = int(messages[-1]["content"].split(": ")[1])
+        return f"Answer: {n if n % 4 < quality(instruction) else -1}"
+
+    opt = gpo(num_steps=1, candidates_per_step=3, num_threads=2, minibatch_size=8, max_retries=0, edit_budget="none")
+    opt.compile(QA().bind(FakeLM(respond)), trainset=TRAIN, valset=data(range(40)))
+    scored = [e for e in opt.trajectory_["answer"] if e["step"] == 1]
+    assert len(scored) >= 2  # at least two fresh candidates to score together
+    assert max(overlap) >= 2  # calls of two instructions were running at the same time

@@ -110,7 +110,7 @@ def test_a_tasks_run_defaults_fill_only_the_fields_a_config_leaves_out():
 def test_a_training_key_under_lora_in_yaml_moves_and_wins_over_the_tasks_run_defaults(weights):
     """Iris's run defaults say training.epochs 10; the YAML's old spelling lora.epochs 3 is the later source, so
     it wins (each source is moved to the new spelling before they are merged)."""
-    with pytest.warns(DeprecationWarning, match="lora.epochs is a training setting: write training.epochs"):
+    with pytest.warns(FutureWarning, match="lora.epochs is a training setting: write training.epochs"):
         old = ExperimentConfig.from_dict({"task": "iris", "weights": weights})
     assert old.weights.params["lora"] == {"top_layers": 8}
     assert old.weights.params["training"] == {"epochs": 3, "learning_rate": 3e-3}
@@ -118,7 +118,7 @@ def test_a_training_key_under_lora_in_yaml_moves_and_wins_over_the_tasks_run_def
 
 
 def test_build_optimizer_moves_a_training_key_under_lora_and_an_explicit_training_value_wins():
-    with pytest.warns(DeprecationWarning) as caught:
+    with pytest.warns(FutureWarning) as caught:
         tune = build_optimizer("finetune", metric, lora={"r": 8, "epochs": 3, "batch_size": 2}, training={"epochs": 5})
     assert [str(w.message) for w in caught] == [f"lora.{k} is a training setting: write training.{k}"
                                                 for k in ("epochs", "batch_size")]  # fmt: skip

@@ -112,7 +112,7 @@ def test_both_as_one_mapping_keep_the_order_of_the_config_before_the_split():
 
 def test_training_keys_under_lora_move_to_training_with_a_warning_naming_the_new_spelling():
     old = {"lora": {"r": 8, "epochs": 3, "learning_rate": 2e-4}, "num_rollouts": 3}
-    with pytest.warns(DeprecationWarning) as caught:
+    with pytest.warns(FutureWarning) as caught:
         new = split_lora_settings(old)
     assert new == {"lora": {"r": 8}, "training": {"epochs": 3, "learning_rate": 2e-4}, "num_rollouts": 3}
     assert [str(w.message) for w in caught] == [
@@ -123,7 +123,7 @@ def test_training_keys_under_lora_move_to_training_with_a_warning_naming_the_new
 
 
 def test_an_explicit_training_value_wins_over_a_moved_key():
-    with pytest.warns(DeprecationWarning) as caught:
+    with pytest.warns(FutureWarning) as caught:
         new = split_lora_settings({"lora": {"epochs": 3, "batch_size": 2}, "training": {"epochs": 5}})
     assert new == {"lora": {}, "training": {"epochs": 5, "batch_size": 2}}
     assert len(caught) == 2  # the overridden key warns too: its spelling is still the old one
@@ -139,7 +139,7 @@ def test_new_spellings_pass_without_a_warning():
 
 
 def test_a_moved_key_beside_a_training_config_object_is_refused_not_dropped():
-    with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match=r"lora holds training settings \(epochs\)"):
+    with pytest.warns(FutureWarning), pytest.raises(ConfigError, match=r"lora holds training settings \(epochs\)"):
         split_lora_settings({"lora": {"epochs": 3}, "training": TrainingConfig(epochs=5)})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Annotated
 
 import typer
@@ -56,13 +57,27 @@ app.command("tasks")(serve_cli.tasks_cmd)
 app.add_typer(cache_app, name="cache")
 
 
+def _warning_display(python_default):
+    """cotune's own warnings (an old config spelling) as one line, as errors are; others as Python shows them."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if f"{os.sep}cotune{os.sep}" in filename:
+            console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+        else:
+            python_default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main() -> None:
     # The CLI shows its own progress; silence the libraries' download/loading bars and advisories.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     sigint = SigInt().install()
     try:
-        app(standalone_mode=True)
+        with warnings.catch_warnings():  # restores the default display when the command ends
+            warnings.showwarning = _warning_display(warnings.showwarning)
+            app(standalone_mode=True)
     except CotuneError as e:
         console.print(
             f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True

@@ -74,7 +74,7 @@ class Optimizer(ABC):
     def upgrade_params(cls, params: dict[str, Any]) -> dict[str, Any]:
         """``params`` (hyperparameters read from a mapping: YAML, ``-P``, a run directory's saved config) as this
         optimizer spells them today; one whose hyperparameters moved overrides this to move them, with a
-        `DeprecationWarning` (see `cotune.optimize.registry.upgrade_params`)."""
+        `FutureWarning` (see `cotune.optimize.registry.upgrade_params`)."""
         return params
 
     def check_relations(self) -> None:

@@ -44,7 +44,7 @@ class BootstrapFinetune(Optimizer):
         lora: the adapter's shape: rank, alpha, dropout, target modules, top layers (`LoRAConfig()` when None).
         training: how it is trained: epochs, learning rate, batch size... (`TrainingConfig()` when None; its
             ``seed`` is replaced by ``seed``). From a mapping (YAML, ``-P``), training keys written under
-            ``lora`` as before the split (``lora.epochs``) move here with a `DeprecationWarning`.
+            ``lora`` as before the split (``lora.epochs``) move here with a `FutureWarning`.
         metric_threshold: a run is kept when its score >= this; None keeps only full marks (score >= 1),
             because a half-right trace teaches half-wrong outputs.
         teacher: the program whose traces are learned (same predictor names); None uses the student.

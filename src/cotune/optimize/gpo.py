@@ -251,12 +251,14 @@ class GPO(Optimizer):
         rejected = self.rejected_[name] = dict.fromkeys(REJECT_REASONS, 0)
         scores: dict[str, float] = {}  # the mini-batch is fixed, so one score per instruction
 
-        def score(instruction: str) -> float:
-            if instruction not in scores:
-                scores[instruction] = self._score(student, name, instruction, minibatch)
-            return scores[instruction]
+        def score(*instructions: str) -> list[float]:
+            """Each instruction's mini-batch score; the new ones scored at the same time, so a local engine
+            batches all of a step's candidates together (one at a time, each batch held 16 rows)."""
+            new = [text for text in dict.fromkeys(instructions) if text not in scores]
+            scores.update(zip(new, self._score_all(student, name, new, minibatch), strict=True))
+            return [scores[text] for text in instructions]
 
-        current, current_score = initial, score(initial)
+        current, (current_score,) = initial, score(initial)
         trajectory.append(
             dict(step=0, instruction=initial, score=current_score, budget=None, edit_distance=0, accepted=True)
         )
@@ -279,7 +281,8 @@ class GPO(Optimizer):
                 ]
                 proposals = [f.result() for f in futures]
             fresh = _deduplicate(proposals, [e["instruction"] for e in trajectory], rejected)
-            scored = [(text, dist, score(text)) for text, dist in fresh]
+            fresh_scores = score(*(text for text, _ in fresh))
+            scored = [(text, dist, s) for (text, dist), s in zip(fresh, fresh_scores, strict=True)]
             best = max(range(len(scored)), key=lambda i: (scored[i][2], -i), default=None)
             for i, (text, dist, s) in enumerate(scored):
                 trajectory.append(
@@ -334,6 +337,13 @@ class GPO(Optimizer):
             return _Proposal(text, distance, rejected)
         return _Proposal(None, None, rejected)
 
+    def _score_all(self, student, name: str, instructions: list[str], dataset: Sequence[Example]) -> list[float]:
+        """`_score` of each instruction, all at the same time."""
+        if len(instructions) <= 1:
+            return [self._score(student, name, text, dataset) for text in instructions]
+        with ThreadPoolExecutor(len(instructions)) as pool:
+            return list(pool.map(lambda text: self._score(student, name, text, dataset), instructions))
+
     def _score(self, student: Program, name: str, instruction: str, dataset: Sequence[Example]) -> float:
         candidate = student.deepcopy()
         candidate.predictor(name).instruction = instruction
@@ -346,9 +356,10 @@ class GPO(Optimizer):
         ranked = sorted(scores, key=lambda text: scores[text], reverse=True)  # stable: earlier first on ties
         pool = [initial] + [text for text in ranked if text != initial][: self.num_confirm]
         full_is_mini = len(minibatch) == len(valset)
-        confirmed = self.confirmed_[name] = {}
-        for text in pool:
-            confirmed[text] = scores[text] if full_is_mini else self._score(student, name, text, valset)
+        full = (
+            dict(zip(pool, self._score_all(student, name, pool, valset), strict=True)) if not full_is_mini else scores
+        )
+        confirmed = self.confirmed_[name] = {text: full[text] for text in pool}
         chosen = max(pool, key=lambda text: (confirmed[text], -pool.index(text)))
         emit(events, "gpo.confirm", predictor=name, scores=list(confirmed.values()), chosen=pool.index(chosen))
         return chosen, confirmed[chosen]

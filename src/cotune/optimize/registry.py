@@ -81,7 +81,7 @@ def build_optimizer(name: str, metric: Metric, **params: Any) -> Optimizer:
 
 def upgrade_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """``params`` of optimizer ``name``, nested (`nest`) and spelled as today (`Optimizer.upgrade_params`: a
-    moved hyperparameter moves, with a `DeprecationWarning`). Each source of hyperparameters (a task's run
+    moved hyperparameter moves, with a `FutureWarning`). Each source of hyperparameters (a task's run
     defaults, YAML, ``-P``, a saved run config) is upgraded before it is merged with another, so the later
     source wins whichever spelling each uses. An unknown name: ``params`` nested (its build names it)."""
     nested = nest(params)

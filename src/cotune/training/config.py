@@ -212,8 +212,9 @@ def flat_settings(lora: LoRAConfig, training: TrainingConfig) -> dict[str, Any]:
 def split_lora_settings(params: Mapping[str, Any]) -> dict[str, Any]:
     """``params`` (a fine-tune's hyperparameters) with the training settings that its ``lora`` mapping holds
     moved under ``training``: how they were written before the split (``lora: {r: 8, epochs: 3}``, ``-P
-    lora.epochs=3``, a run directory's saved config). Each moved key warns (`DeprecationWarning`) with its new
-    spelling; a key that ``training`` already gives wins over a moved one.
+    lora.epochs=3``, a run directory's saved config). Each moved key warns with its new spelling (a
+    `FutureWarning`: shown by default, so a CLI user with an old YAML sees it); a key that ``training`` already
+    gives wins over a moved one.
 
     Raises:
         ConfigError: a moved key while ``training`` is a `TrainingConfig` object (which holds every setting).
@@ -225,7 +226,7 @@ def split_lora_settings(params: Mapping[str, Any]) -> dict[str, Any]:
     if not moved:
         return dict(params)
     for key in moved:
-        warnings.warn(f"lora.{key} is a training setting: write training.{key}", DeprecationWarning, stacklevel=2)
+        warnings.warn(f"lora.{key} is a training setting: write training.{key}", FutureWarning, stacklevel=2)
     if isinstance(training, TrainingConfig):
         raise ConfigError(
             f"lora holds training settings ({', '.join(moved)}) and training is a TrainingConfig: set them there"

@@ -12,6 +12,19 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# what a batch's own counters hold, added to the totals when it ends
+PER_PASS = (
+    "prefill_tokens",
+    "prefill_passes",
+    "prefill_seconds",
+    "reused_tokens",
+    "decode_steps",
+    "decode_rows",
+    "decode_seconds",
+    "joined_rows",
+    "join_steps",
+)
+
 
 @dataclass
 class EngineCounters:
@@ -50,9 +63,7 @@ class EngineCounters:
         self.batch_sizes[len(prompt_lengths)] += 1
         self.prompt_tokens += sum(prompt_lengths)
         self.new_tokens += new_tokens
-        for name in ("prefill_tokens", "prefill_passes", "prefill_seconds", "reused_tokens"):
-            setattr(self, name, getattr(self, name) + getattr(batch, name))
-        for name in ("decode_steps", "decode_rows", "decode_seconds", "joined_rows", "join_steps"):
+        for name in PER_PASS:
             setattr(self, name, getattr(self, name) + getattr(batch, name))
         if len(self.history) < self.HISTORY:
             row = (len(prompt_lengths), sum(prompt_lengths), max(prompt_lengths), batch.prefill_tokens)
