@@ -92,6 +92,28 @@ def test_joiners_as_rows_end_at_different_steps(model):
     assert max(rows) > 2  # the joiners really ran with the batch
 
 
+def test_each_row_ends_at_its_own_token_limit_joiners_too(model):
+    limits = {tuple(p): n for p, n in zip(PROMPTS + [LONG], [3, 9, 5, 2, 7, 4], strict=True)}
+
+    def admit(prompts):
+        return (*left_padded(prompts), [limits[tuple(p)] for p in prompts])
+
+    ids, mask = left_padded(PROMPTS[:3])
+    steps = decode_steps(model, ids, mask, max_new_tokens=[3, 9, 5], stop_ids=[], admit=admit)
+    joins, opened, sent = {1: [PROMPTS[3], LONG], 4: [PROMPTS[4]]}, 0, None
+    with torch.inference_mode():
+        try:
+            while True:
+                kind = steps.send(sent)
+                sent, opened = (joins.pop(opened, None), opened + 1) if isinstance(kind, Open) else (None, opened)
+        except StopIteration as done:
+            got = done.value
+    assert not joins
+    prompts = PROMPTS[:3] + [PROMPTS[3], LONG, PROMPTS[4]]
+    assert [len(r) for r in got] == [limits[tuple(p)] for p in prompts]
+    assert got == [alone(model, p, max_new_tokens=limits[tuple(p)], stop_ids=[]) for p in prompts]
+
+
 def test_joiners_sharing_a_prefix_are_grouped_and_stored(model):
     store = PrefixStore(min_tokens=16)
     joiners = [SHARED + [5, 6], SHARED + [30, 31, 32]]
@@ -123,9 +145,14 @@ def test_sampled_joiners_draw_from_their_own_seeds(model):
         sampler.add_rows([seeds[tuple(p)] for p in prompts])
 
     got, _ = with_joiners(
-        model, PROMPTS[:2], {2: PROMPTS[2:4], 4: [PROMPTS[4]]}, on_admit=add, max_new_tokens=10, stop_ids=[],
+        model,
+        PROMPTS[:2],
+        {2: PROMPTS[2:4], 4: [PROMPTS[4]]},
+        on_admit=add,
+        max_new_tokens=10,
+        stop_ids=[],
         processors=[sampler],
-    )  # fmt: skip
+    )
     for p, tokens in zip(PROMPTS, got, strict=True):
         own = seeded_sampler([seeds[tuple(p)]], 1.5, 0.9, "cpu")
         assert tokens == alone(model, p, max_new_tokens=10, stop_ids=[], processors=[own])
@@ -152,9 +179,14 @@ def test_processors_see_joiners_with_no_last_token_at_first(model):
 def test_counters_count_joined_rows_and_join_steps(model):
     counters = EngineCounters()
     got, _ = with_joiners(
-        model, PROMPTS[:2], {1: [PROMPTS[2]], 3: PROMPTS[3:5]}, max_new_tokens=6, stop_ids=[], counters=counters,
+        model,
+        PROMPTS[:2],
+        {1: [PROMPTS[2]], 3: PROMPTS[3:5]},
+        max_new_tokens=6,
+        stop_ids=[],
+        counters=counters,
         share_prefix=False,
-    )  # fmt: skip
+    )
     assert counters.joined_rows == 3 and counters.join_steps == 2
     assert counters.batches == 1 and counters.batch_sizes == {5: 1}
     assert counters.prompt_tokens == sum(map(len, PROMPTS))

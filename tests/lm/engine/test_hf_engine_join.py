@@ -1,51 +1,23 @@
 """`HFEngine` batches that take joiners (continuous batching): greedy, seeded sampling, stop strings and grammar
 constraints give each joiner what it gets alone. A tiny randomly initialized Llama with SmolLM2's tokenizer
-(its files only: no weights are loaded)."""
+(conftest's ``tiny_engine``)."""
 
 from __future__ import annotations
-
-import shutil
 
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from cotune.lm import registry  # noqa: E402
 from cotune.lm.base import GenerationConfig  # noqa: E402
 from cotune.lm.constraint import Constraint  # noqa: E402
-from cotune.lm.engine.batching import Open  # noqa: E402
-from cotune.lm.engine.hf_engine import HFEngine  # noqa: E402
 
 ANSWER = ("ebnf", 'root ::= "Reasoning: " [a-z ]{0,30} "\\nAnswer: " ("yes" | "no")')
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    source = registry.model_folder("smollm2-135m")
-    if not (source / "tokenizer.json").exists():
-        pytest.skip("SmolLM2's tokenizer is not installed")
-    folder = tmp_path_factory.mktemp("tiny")
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (source / name).exists():
-            shutil.copy(source / name, folder / name)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    transformers.LlamaForCausalLM(config).save_pretrained(str(folder))
-    engine = HFEngine(folder, device="cpu", dtype="float32")
-    yield engine
-    engine.close()
+def engine(tiny_engine):
+    return tiny_engine
 
 
 def user(text: str) -> list[dict[str, str]]:
@@ -55,20 +27,15 @@ def user(text: str) -> list[dict[str, str]]:
 QUESTIONS = ["Is the sky blue?", "Two plus two?", "Name a colour.", "What is a cat? Say it in a few words.", "Hi"]
 
 
-def run(engine, config, payloads, joins=None):
-    """``engine._run`` driven here, sending ``joins[k]`` (payloads) at its k-th open step; the completions' texts."""
-    joins = dict(joins or {})
-    steps = engine._run((config, None, None), payloads)
-    opened, sent = 0, None
-    try:
-        while True:
-            kind = steps.send(sent)
-            sent = None
-            if isinstance(kind, Open):
-                sent, opened = joins.pop(opened, None), opened + 1
-    except StopIteration as done:
-        assert not joins, f"joins never sent: {joins}"
-        return [c.text for c in done.value]
+@pytest.fixture
+def run(drive):
+    """``run(engine, config, payloads, joins)``: `drive` with every row under ``config``; the texts."""
+
+    def texts(engine, config, rows, joins=None):
+        joins = {k: [(*p, config) for p in v] for k, v in (joins or {}).items()}
+        return [c.text for c in drive(engine, [(*p, config) for p in rows], joins)]
+
+    return texts
 
 
 def payloads(questions, seed0=0):
@@ -92,7 +59,7 @@ def payloads(questions, seed0=0):
     ],
     ids=["greedy", "stop-string", "sampled", "grammar", "grammar-sampled", "grammar-budget-top-p"],
 )
-def test_joiners_get_what_they_get_alone(engine, config):
+def test_joiners_get_what_they_get_alone(engine, run, config):
     every = payloads(QUESTIONS)
     got = run(engine, config, every[:2], joins={1: every[2:4], 4: every[4:]})
     want = [run(engine, config, [p])[0] for p in every]
@@ -103,23 +70,23 @@ def test_joiners_get_what_they_get_alone(engine, config):
         assert all("\nAnswer: " in text for text in got)
 
 
-def test_engine_counters_show_the_joins(engine):
+def test_engine_counters_show_the_joins(engine, run):
     before = (engine.counters.joined_rows, engine.counters.join_steps)
     every = payloads(QUESTIONS)
     run(engine, GenerationConfig(max_tokens=8), every[:2], joins={0: every[2:3], 2: every[3:]})
     assert (engine.counters.joined_rows, engine.counters.join_steps) == (before[0] + 3, before[1] + 2)
 
 
-def test_a_request_sent_while_a_batch_decodes_joins_it_through_the_worker(engine):
+def test_a_request_sent_while_a_batch_decodes_joins_it_through_the_worker(engine, run):
     import time
 
     config = GenerationConfig(max_tokens=300)  # long enough to be running when the second request arrives
-    key = (config, None, None)
+    key = engine.batch_key(config, None, None)
     joined, batches = engine.stats.joined, engine.stats.batches
-    first = engine.submit(key, payloads(QUESTIONS[:2]))
+    first = engine.submit(key, [(*p, config) for p in payloads(QUESTIONS[:2])])
     time.sleep(0.05)
     assert not first[0].done()
-    second = engine.submit(key, payloads(QUESTIONS[2:3], seed0=2))
+    second = engine.submit(key, [(*p, config) for p in payloads(QUESTIONS[2:3], seed0=2)])
     texts = [f.result(60).text for f in first + second]
     assert engine.stats.joined - joined == 1 and engine.stats.batches - batches == 1
     assert texts == [run(engine, config, [p])[0] for p in payloads(QUESTIONS[:3])]

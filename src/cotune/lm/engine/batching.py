@@ -2,10 +2,10 @@
 
 A local model is much faster per token on one batch of 8 than on 8 batches of 1, but `evaluate` runs a
 program in 8 threads that each ask for one completion at a time. `BatchWorker` sits between them: callers
-`submit` payloads under a *group key* (requests that may share one batch: same generation config, same
-adapter) and get futures; a single daemon thread takes the oldest request, waits a few milliseconds for
-more of its group, and runs them together. Nothing here knows about models, so the logic is tested
-with a plain function.
+`submit` payloads under a *group key* (requests that may share one batch: for a local model, the same
+weights, `cotune.lm.engine.hf_engine.HFEngine.batch_key`) and get futures; a single daemon thread takes the
+oldest request, waits a few milliseconds for more of its group, and runs them together. Nothing here knows
+about models, so the logic is tested with a plain function.
 
 A batch function may also be a generator function: it yields between steps (a chunk of prefill, a decoding
 step) and returns its results. Such batches are *jobs*, and several may be in progress at once (other

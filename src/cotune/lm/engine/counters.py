@@ -35,7 +35,8 @@ class EngineCounters:
     from stored prefixes. ``decode_rows``: rows carried by decoding steps (finished rows kept in the batch
     count too); ``new_tokens``: the tokens the rows produced. ``joined_rows``: rows that joined a batch while it
     decoded (counted in its batch size and prompt tokens too); ``join_steps``: decoding steps at which rows joined
-    (each a prefill of the joiners, counted in the prefill counts).
+    (each a prefill of the joiners, counted in the prefill counts). ``mixed_batches``: batches whose rows had
+    different generation settings (grammar, stop strings, token limits, sampling: `cotune.lm.engine.row_settings`).
     """
 
     batches: int = 0
@@ -51,6 +52,7 @@ class EngineCounters:
     new_tokens: int = 0
     joined_rows: int = 0
     join_steps: int = 0
+    mixed_batches: int = 0
     # per batch, the first HISTORY: (rows, real prompt tokens, widest prompt, prefill positions computed,
     # decoding steps, new tokens)
     history: list[tuple[int, ...]] = field(default_factory=list)

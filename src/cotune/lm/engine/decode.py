@@ -59,7 +59,7 @@ def decode_steps(
     input_ids: Any,
     attention_mask: Any,
     *,
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     stop_ids: Sequence[int],
     processors: Sequence[Any] = (),
     share_prefix: bool = True,
@@ -77,7 +77,7 @@ def decode_steps(
     Args:
         model: a transformers causal LM (called with ``past_key_values`` and ``position_ids``).
         input_ids, attention_mask: the left-padded prompts, ``[batch, length]``.
-        max_new_tokens: the most tokens per row.
+        max_new_tokens: the most tokens per row: one limit for every row, or each row's own.
         stop_ids: tokens that end a row (kept as its last token, like ``generate`` does).
         processors: objects with ``step(live, last, scores) -> scores``, applied in order.
         share_prefix: compute the tokens every prompt starts with (instruction, demos) once for the batch.
@@ -91,8 +91,9 @@ def decode_steps(
         admit: takes more rows into the running batch (continuous batching): before each decoding step's pass the
             batch yields `Open` (rows decoding) instead of ``DECODING``, and a value sent back there (the
             driver's new requests) is given to ``admit``, which returns their prompts ``(input_ids,
-            attention_mask)``, left-padded. They are prefilled after that step's pass and decode with the batch
-            from then on, numbered after the rows before them (``processors`` see them in ``live``, with
+            attention_mask)``, left-padded, and each joiner's token limit as a third item where
+            ``max_new_tokens`` is not one limit for every row. They are prefilled after that step's pass and
+            decode with the batch from then on, numbered after the rows before them (``processors`` see them in ``live``, with
             None as their ``last`` token the first time: ``admit`` extends the processors' per-row state).
             None, or a model whose cache layers are not plain dynamic ones (sliding windows): no joiners.
 
@@ -110,6 +111,7 @@ def decode_steps(
     joinable = admit is not None and all(is_growing(layer) for layer in cache.layers)
     logits, next_pos = out.logits[:, -1, :], positions[:, -1:] + 1
     batch = input_ids.shape[0]
+    limits = [max_new_tokens] * batch if isinstance(max_new_tokens, int) else list(max_new_tokens)
     prompt_lengths = attention_mask.sum(dim=1).tolist()
     rows = list(range(batch))  # the prompt in each row of the cache
     alive = list(range(batch))  # the cache rows still decoding
@@ -124,7 +126,7 @@ def decode_steps(
         keep = []
         for p, row, token in zip(alive, live, chosen, strict=True):
             new[row].append(token)
-            if token not in stops and len(new[row]) < max_new_tokens:
+            if token not in stops and len(new[row]) < limits[row]:
                 keep.append(p)
         if not keep:
             break
@@ -152,7 +154,8 @@ def decode_steps(
             mine.decode_seconds += time.perf_counter() - t0
         logits, next_pos = out.logits[:, -1, :], next_pos + 1
         if sent:
-            ids, join_mask = admit(sent)
+            ids, join_mask, *joiner_limits = admit(sent)
+            limits += joiner_limits[0] if joiner_limits else [max_new_tokens] * ids.shape[0]
             prompt_lengths += join_mask.sum(dim=1).tolist()
             join_out, join_mask, join_positions, join_cache = yield from prefill(ids, join_mask, chunks)
             # The rows still decoding, then the joiners: their keys and values right-aligned, their own positions.
