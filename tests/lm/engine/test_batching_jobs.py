@@ -9,7 +9,7 @@ import time
 import pytest
 
 from cotune.errors import ConfigError
-from cotune.lm.engine.batching import BatchWorker, Open, _Job, next_job
+from cotune.lm.engine.batching import BatchWorker, Finished, Open, _Job, next_job
 
 
 class Stepper:
@@ -211,4 +211,44 @@ def test_joiners_get_the_error_of_a_step_that_fails_after_they_joined():
     for f in first + joined:
         with pytest.raises(RuntimeError, match="boom"):
             f.result(5)
+    worker.close()
+
+
+def test_a_request_a_job_finishes_early_gets_its_result_at_once_a_joiner_too():
+    release = threading.Event()
+
+    def run(key, payloads):
+        rows = list(payloads)
+        yield Finished({1: "early/b"})
+        sent = None
+        while not sent:
+            time.sleep(0.002)
+            sent = yield Open(len(rows))
+        rows += sent
+        yield Finished({len(payloads): f"early/{sent[0]}"})  # the first joiner
+        release.wait(5)
+        return [f"{key}/{p}" for p in rows]
+
+    worker = BatchWorker(run, wait_ms=50, busy_wait_ms=0)
+    first = worker.submit("k", ["a", "b"])
+    assert first[1].result(5) == "early/b"
+    joined = worker.submit("k", ["c"])
+    assert joined[0].result(5) == "early/c"
+    assert not first[0].done()  # the job goes on
+    release.set()
+    assert [f.result(5) for f in first + joined] == ["k/a", "early/b", "early/c"]
+    assert (worker.stats.batches, worker.stats.requests, worker.stats.joined) == (1, 3, 1)
+    worker.close()
+
+
+def test_a_request_finished_early_keeps_its_result_when_the_job_then_fails():
+    def run(key, payloads):
+        yield Finished({0: "early"})
+        raise RuntimeError("boom")
+
+    worker = BatchWorker(run, wait_ms=50)
+    futures = worker.submit("k", ["a", "b"])
+    assert futures[0].result(5) == "early"
+    with pytest.raises(RuntimeError, match="boom"):
+        futures[1].result(5)
     worker.close()

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from cotune.lm.engine.batching import Open  # noqa: E402
+from cotune.lm.engine.batching import Finished, Open  # noqa: E402
 from cotune.lm.engine.counters import EngineCounters  # noqa: E402
 from cotune.lm.engine.decode import decode, decode_steps  # noqa: E402
 from cotune.lm.engine.prefix_store import PrefixStore  # noqa: E402
@@ -32,14 +32,18 @@ def left_padded(prompts: list[list[int]]):
     return ids, mask
 
 
-def with_joiners(model, first, joins, *, on_admit=None, **kwargs):
+def with_joiners(model, first, joins, *, on_admit=None, limits=None, **kwargs):
     """`decode_steps` on ``first``, sending ``joins[k]`` (prompts) at its k-th open step; the new tokens, and the
-    kind of every step it yielded."""
+    kind of every step it yielded. ``limits``: each prompt's token limit (by its tokens), else ``max_new_tokens``."""
     joins = dict(joins)
+    if limits is not None:
+        kwargs["max_new_tokens"] = [limits[tuple(p)] for p in first]
 
     def admit(prompts):
         if on_admit is not None:
             on_admit(prompts)
+        if limits is not None:
+            return (*left_padded(prompts), [limits[tuple(p)] for p in prompts])
         return left_padded(prompts)
 
     ids, mask = left_padded(first)
@@ -94,24 +98,27 @@ def test_joiners_as_rows_end_at_different_steps(model):
 
 def test_each_row_ends_at_its_own_token_limit_joiners_too(model):
     limits = {tuple(p): n for p, n in zip(PROMPTS + [LONG], [3, 9, 5, 2, 7, 4], strict=True)}
-
-    def admit(prompts):
-        return (*left_padded(prompts), [limits[tuple(p)] for p in prompts])
-
-    ids, mask = left_padded(PROMPTS[:3])
-    steps = decode_steps(model, ids, mask, max_new_tokens=[3, 9, 5], stop_ids=[], admit=admit)
-    joins, opened, sent = {1: [PROMPTS[3], LONG], 4: [PROMPTS[4]]}, 0, None
-    with torch.inference_mode():
-        try:
-            while True:
-                kind = steps.send(sent)
-                sent, opened = (joins.pop(opened, None), opened + 1) if isinstance(kind, Open) else (None, opened)
-        except StopIteration as done:
-            got = done.value
-    assert not joins
+    got, _ = with_joiners(model, PROMPTS[:3], {1: [PROMPTS[3], LONG], 4: [PROMPTS[4]]}, limits=limits, stop_ids=[])
     prompts = PROMPTS[:3] + [PROMPTS[3], LONG, PROMPTS[4]]
     assert [len(r) for r in got] == [limits[tuple(p)] for p in prompts]
     assert got == [alone(model, p, max_new_tokens=limits[tuple(p)], stop_ids=[]) for p in prompts]
+
+
+def test_per_row_limits_need_the_joiners_limits(model):
+    with pytest.raises(TypeError, match="joiners' token limits"):
+        with_joiners(model, PROMPTS[:2], {0: [PROMPTS[2]]}, max_new_tokens=[4, 4], stop_ids=[])
+
+
+def test_rows_that_end_before_the_batch_are_yielded_at_once(model):
+    limits = {tuple(p): n for p, n in zip(PROMPTS, [3, 9, 5, 2, 6], strict=True)}
+    joins = {1: [PROMPTS[3]], 2: [PROMPTS[4]]}
+    got, kinds = with_joiners(model, PROMPTS[:3], joins, limits=limits, stop_ids=[], finished=True)
+    assert [len(r) for r in got] == [3, 9, 5, 2, 6]
+    early = [k.results for k in kinds if isinstance(k, Finished)]
+    # rows 0, 3 (a joiner) and 2 end on their own; 1 and 4 at the batch's last step, returned with it
+    assert early == [{0: got[0]}, {3: got[3]}, {2: got[2]}]
+    _, kinds = with_joiners(model, PROMPTS[:3], joins, limits=limits, stop_ids=[])
+    assert not any(isinstance(k, Finished) for k in kinds)  # only when asked for
 
 
 def test_joiners_sharing_a_prefix_are_grouped_and_stored(model):

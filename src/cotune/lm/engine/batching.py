@@ -22,6 +22,9 @@ sent. The job then runs next, so a joiner starts no later than a batch of its ow
 with the model time of the least-served job (its old rows do not jump ahead of other groups' jobs, its new
 ones are not made to wait for the old rows' time).
 
+A job may also yield `Finished` with the results of some of its requests (by their place: its first requests,
+then its joiners in the order sent): their callers get them at once, not when the job's longest request ends.
+
 Example:
     >>> worker = BatchWorker(lambda key, xs: [f"{key}:{x}" for x in xs], max_batch_size=4)
     >>> [f.result() for f in worker.submit("k", [1, 2])]
@@ -57,6 +60,14 @@ class Open:
     """What a job yields at a step where it can take more requests of its key: it is running ``rows`` rows."""
 
     rows: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What a job yields when some of its requests are done before it: ``results`` by each request's place in the
+    job (its first requests, then its joiners in the order they were sent). Its return value still holds them."""
+
+    results: dict[int, Any]
 
 
 @dataclass
@@ -331,6 +342,10 @@ class BatchWorker:
                 return
             job.last = time.monotonic()
             job.used += job.last - t
+            if isinstance(out, Finished):
+                for i, result in out.results.items():
+                    if not job.batch[i].future.done():
+                        job.batch[i].future.set_result(result)
             opened = isinstance(out, Open) and job.room <= 0
             job.room = self.max_batch_size - out.rows if isinstance(out, Open) else 0
             if job.last >= end or not self._queue.empty() or (opened and job.room > 0 and waiting):
@@ -340,7 +355,8 @@ class BatchWorker:
         # Every failure must reach the callers, or their threads wait forever.
         self._count(batch)
         for r in batch:
-            r.future.set_exception(error)
+            if not r.future.done():  # a request done early (`Finished`) keeps its result
+                r.future.set_exception(error)
         if not isinstance(error, Exception):
             raise error
 
@@ -354,7 +370,8 @@ class BatchWorker:
             return
         self._count(batch)
         for r, result in zip(batch, results, strict=True):
-            r.future.set_result(result)
+            if not r.future.done():
+                r.future.set_result(result)
 
     def _count(self, batch: list[_Request]) -> None:
         self.stats.batches += 1

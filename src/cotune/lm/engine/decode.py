@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Generator, Hashable, Sequence
 from typing import Any
 
-from cotune.lm.engine.batching import Open
+from cotune.lm.engine.batching import Finished, Open
 from cotune.lm.engine.counters import EngineCounters
 from cotune.lm.engine.kv_cache import append_rows, growing, is_growing, trim_left_padding
 from cotune.lm.engine.prefill import DECODING, PREFILL, Chunks
@@ -67,7 +67,8 @@ def decode_steps(
     namespace: Hashable = None,
     prefill_slice: float | None = None,
     counters: EngineCounters | None = None,
-    admit: Callable[[Any], tuple[Any, Any]] | None = None,
+    admit: Callable[[Any], tuple[Any, ...]] | None = None,
+    finished: bool = False,
 ) -> Generator[Any, Any, list[list[int]]]:
     """Generate up to ``max_new_tokens`` tokens for each row of a left-padded batch, yielding between steps
     (``PREFILL`` after a prefill chunk, ``DECODING`` before each decoding step's pass), so one thread can take
@@ -96,6 +97,8 @@ def decode_steps(
             decode with the batch from then on, numbered after the rows before them (``processors`` see them in ``live``, with
             None as their ``last`` token the first time: ``admit`` extends the processors' per-row state).
             None, or a model whose cache layers are not plain dynamic ones (sliding windows): no joiners.
+        finished: yield `Finished` with the new tokens of the rows that end while others go on (by row), so
+            their callers need not wait for the batch's longest row.
 
     Returns:
         The new tokens of each row, in batch order, joiners after (a finished row's list ends with its stop token).
@@ -123,13 +126,17 @@ def decode_steps(
         for p in processors:
             scores = p.step(live, last, scores)
         chosen = scores.argmax(dim=-1).tolist()
-        keep = []
+        keep, ended = [], []
         for p, row, token in zip(alive, live, chosen, strict=True):
             new[row].append(token)
             if token not in stops and len(new[row]) < limits[row]:
                 keep.append(p)
+            else:
+                ended.append(row)
         if not keep:
             break
+        if finished and ended:
+            yield Finished({row: new[row] for row in ended})
         last = [new[rows[p]][-1] for p in keep]
         alive = keep
         # Finished rows stay in the batch (fed their last token, their output unread) until half of it is
@@ -155,6 +162,8 @@ def decode_steps(
         logits, next_pos = out.logits[:, -1, :], next_pos + 1
         if sent:
             ids, join_mask, *joiner_limits = admit(sent)
+            if not joiner_limits and not isinstance(max_new_tokens, int):
+                raise TypeError("admit must return the joiners' token limits where max_new_tokens is per row")
             limits += joiner_limits[0] if joiner_limits else [max_new_tokens] * ids.shape[0]
             prompt_lengths += join_mask.sum(dim=1).tolist()
             join_out, join_mask, join_positions, join_cache = yield from prefill(ids, join_mask, chunks)

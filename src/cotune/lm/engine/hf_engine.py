@@ -24,7 +24,7 @@ from cotune.hardware import bf16_is_fast
 from cotune.lm.base import GenerationConfig
 from cotune.lm.completion import Completion, Messages, truncate_at_stop
 from cotune.lm.engine import row_settings
-from cotune.lm.engine.batching import BatchWorker
+from cotune.lm.engine.batching import BatchWorker, Finished
 from cotune.lm.engine.counters import EngineCounters
 from cotune.lm.engine.decode import decode_steps
 from cotune.lm.engine.head import contiguous_head_input
@@ -207,6 +207,7 @@ class HFEngine:
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         configs = [config for _, _, config in payloads]
         self.generate_calls += 1
+        early: dict[int, Completion] = {}  # rows that ended before the batch, answered then
         if shared is None:
             rows = row_settings.RowProcessors(self._settings_processors)
             rows.add_rows(configs, [seed for _, seed, _ in payloads])
@@ -234,9 +235,15 @@ class HFEngine:
                 prefill_slice=self.passes.slice,
                 counters=self.counters,
                 admit=admit,
+                finished=True,
             )
+
+            def complete(row: int, tokens: list[int], elapsed: float) -> Completion:
+                early[row] = self._completion(tokens, prompt_lens[row], configs[row], elapsed / len(configs))
+                return early[row]
+
             # Other batches run between steps (BatchWorker), so the time counted is this batch's steps only.
-            new, elapsed = yield from self.passes.run(steps, lambda: self._step_context(adapter_key, adapter_path))
+            new, elapsed = yield from self._decode(steps, adapter_key, adapter_path, complete)
             if len(rows.groups) > 1:
                 self.counters.mixed_batches += 1
         else:  # transformers' own loop, in one step, under the batch's one config
@@ -256,9 +263,26 @@ class HFEngine:
         self.generate_seconds += elapsed
         seconds = elapsed / len(new)
         return [
-            self._completion(ids, n_prompt, config, seconds)
-            for ids, n_prompt, config in zip(new, prompt_lens, configs, strict=True)
+            early[row] if row in early else self._completion(ids, n_prompt, config, seconds)
+            for row, (ids, n_prompt, config) in enumerate(zip(new, prompt_lens, configs, strict=True))
         ]
+
+    def _decode(self, steps, adapter_key: str | None, adapter_path: str | None, complete):
+        """`PassTimer.run` over a batch's ``steps``, passing up the rows that end before the batch as completions
+        (``complete(row, tokens, seconds so far)``) at once: their callers (a program's thread, a server's client)
+        go on while the batch's longest row decodes, and may send their next request into it."""
+        run = self.passes.run(steps, lambda: self._step_context(adapter_key, adapter_path))
+        sent, elapsed = None, 0.0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                kind = run.send(sent)
+            except StopIteration as done:
+                return done.value
+            elapsed += time.perf_counter() - t0
+            if isinstance(kind, Finished):
+                kind = Finished({row: complete(row, tokens, elapsed) for row, tokens in kind.results.items()})
+            sent = yield kind
 
     def _settings_processors(self, config: GenerationConfig, seeds):
         """The processors of a group of rows that share ``config`` in a batch of cotune's decoder."""
