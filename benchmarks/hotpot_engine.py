@@ -87,7 +87,8 @@ def summary(out: dict[str, Any]) -> str:
         f" completion {out['completion_tokens']} ({out['completion_tokens_per_s']} tok/s); batches {e['batches']} "
         f"sizes {e['batch_sizes']}; prefill {e['prefill_tokens']} positions for {e['prompt_tokens']} prompt tokens "
         f"({e['reused_tokens']} reused) in {e['prefill_seconds']} s, {e['prefill_passes']} passes; decoding "
-        f"{e['decode_steps']} steps, {e['decode_rows']} rows for {e['new_tokens']} tokens in {e['decode_seconds']} s"
+        f"{e['decode_steps']} steps, {e['decode_rows']} rows for {e['new_tokens']} tokens in {e['decode_seconds']} s; "
+        f"{e.get('joined_rows', 0)} rows joined running batches at {e.get('join_steps', 0)} steps"
     )
 
 

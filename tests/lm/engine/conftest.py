@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,60 @@ def tiny_llama():
         pad_token_id=0,
     )
     return transformers.LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tmp_path_factory):
+    """An `HFEngine` on a tiny randomly initialized Llama with SmolLM2's tokenizer (its files only: no weights are
+    loaded), float32 on the CPU."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from cotune.lm.engine.hf_engine import HFEngine
+
+    source = registry.model_folder("smollm2-135m")
+    if not (source / "tokenizer.json").exists():
+        pytest.skip("SmolLM2's tokenizer is not installed")
+    folder = tmp_path_factory.mktemp("tiny")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (source / name).exists():
+            shutil.copy(source / name, folder / name)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(str(folder))
+    engine = HFEngine(folder, device="cpu", dtype="float32")
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def drive():
+    """``drive(engine, rows, joins)``: ``engine._run`` on ``rows`` (payloads: messages, seed, config) of the
+    cotune decoder, driven here, sending ``joins[k]`` (payloads) at its k-th open step; the completions."""
+    from cotune.lm.engine.batching import Open
+
+    def run(engine, rows, joins=None):
+        joins = dict(joins or {})
+        steps = engine._run((None, None, None), list(rows))
+        opened, sent = 0, None
+        try:
+            while True:
+                kind = steps.send(sent)
+                sent = None
+                if isinstance(kind, Open):
+                    sent, opened = joins.pop(opened, None), opened + 1
+        except StopIteration as done:
+            assert not joins, f"joins never sent: {joins}"  # the test must really have joined them
+            return done.value
+
+    return run

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from cotune.errors import ConfigError
-from cotune.lm.engine.batching import BatchWorker, _Job, next_job
+from cotune.lm.engine.batching import BatchWorker, Finished, Open, _Job, next_job
 
 
 class Stepper:
@@ -131,3 +131,124 @@ def test_requests_arriving_apart_while_a_job_runs_start_as_one_batch():
 def test_a_negative_busy_wait_is_refused():
     with pytest.raises(ConfigError, match="busy_wait_ms"):
         BatchWorker(lambda key, xs: xs, busy_wait_ms=-1)
+
+
+class Joinable:
+    """A generator batch function that takes joiners (continuous batching): each row runs ``steps`` steps of
+    ``step_s`` seconds from when it joined; every step yields `Open` with the rows still running."""
+
+    def __init__(self, steps: int, step_s: float = 0.002):
+        self.steps, self.step_s = steps, step_s
+        self.calls: list[list] = []  # the payloads each call started with
+        self.joins: list[list] = []  # what was sent in, in order
+        self.started = threading.Event()
+
+    def __call__(self, key, payloads):
+        self.calls.append(list(payloads))
+        rows = list(payloads)
+        left = [self.steps] * len(rows)
+        while any(left):
+            self.started.set()
+            time.sleep(self.step_s)
+            left = [max(0, n - 1) for n in left]
+            sent = yield Open(sum(n > 0 for n in left))
+            if sent:
+                self.joins.append(list(sent))
+                rows += sent
+                left += [self.steps] * len(sent)
+        return [f"{key}/{p}" for p in rows]
+
+
+def test_requests_of_a_running_jobs_key_join_it():
+    run = Joinable(steps=100)
+    worker = BatchWorker(run, wait_ms=0, busy_wait_ms=0)
+    first = worker.submit("k", ["a"])
+    assert run.started.wait(5)
+    joined = worker.submit("k", ["b", "c"])
+    assert [f.result(5) for f in joined] == ["k/b", "k/c"]
+    assert first[0].result(5) == "k/a"
+    assert run.calls == [["a"]] and run.joins == [["b", "c"]]  # one batch; the others were sent into it
+    assert worker.stats.batches == 1 and worker.stats.joined == 2 and worker.stats.largest == 3
+    worker.close()
+
+
+def test_a_full_job_or_one_of_another_key_takes_no_joiners():
+    run = Joinable(steps=60)
+    worker = BatchWorker(run, wait_ms=0, busy_wait_ms=0, max_batch_size=2)
+    running = worker.submit("k", ["a", "b"])  # full: room for none
+    assert run.started.wait(5)
+    other = worker.submit("other", ["x"])
+    more = worker.submit("k", ["c"])
+    assert more[0].result(5) == "k/c" and other[0].result(5) == "other/x"
+    assert [f.result(5) for f in running] == ["k/a", "k/b"]
+    assert sorted(map(tuple, run.calls)) == [("a", "b"), ("c",), ("x",)] and run.joins == []
+    worker.close()
+
+
+def test_a_job_that_does_not_yield_open_takes_no_joiners():
+    run = Stepper()
+    worker = BatchWorker(run, wait_ms=0, busy_wait_ms=0)
+    first = worker.submit("long:100", ["a"])
+    assert run.started.wait(5)
+    second = worker.submit("long:100", ["b"])
+    assert second[0].result(5) == "long:100/b" and first[0].result(5) == "long:100/a"
+    assert worker.stats.batches == 2 and worker.stats.joined == 0
+    worker.close()
+
+
+def test_joiners_get_the_error_of_a_step_that_fails_after_they_joined():
+    def run(key, payloads):
+        sent = yield Open(len(payloads))
+        while not sent:
+            time.sleep(0.002)
+            sent = yield Open(len(payloads))
+        raise RuntimeError("boom")
+
+    worker = BatchWorker(run, wait_ms=0, busy_wait_ms=0)
+    first = worker.submit("k", ["a"])
+    time.sleep(0.02)
+    joined = worker.submit("k", ["b"])
+    for f in first + joined:
+        with pytest.raises(RuntimeError, match="boom"):
+            f.result(5)
+    worker.close()
+
+
+def test_a_request_a_job_finishes_early_gets_its_result_at_once_a_joiner_too():
+    release = threading.Event()
+
+    def run(key, payloads):
+        rows = list(payloads)
+        yield Finished({1: "early/b"})
+        sent = None
+        while not sent:
+            time.sleep(0.002)
+            sent = yield Open(len(rows))
+        rows += sent
+        yield Finished({len(payloads): f"early/{sent[0]}"})  # the first joiner
+        release.wait(5)
+        return [f"{key}/{p}" for p in rows]
+
+    worker = BatchWorker(run, wait_ms=50, busy_wait_ms=0)
+    first = worker.submit("k", ["a", "b"])
+    assert first[1].result(5) == "early/b"
+    joined = worker.submit("k", ["c"])
+    assert joined[0].result(5) == "early/c"
+    assert not first[0].done()  # the job goes on
+    release.set()
+    assert [f.result(5) for f in first + joined] == ["k/a", "early/b", "early/c"]
+    assert (worker.stats.batches, worker.stats.requests, worker.stats.joined) == (1, 3, 1)
+    worker.close()
+
+
+def test_a_request_finished_early_keeps_its_result_when_the_job_then_fails():
+    def run(key, payloads):
+        yield Finished({0: "early"})
+        raise RuntimeError("boom")
+
+    worker = BatchWorker(run, wait_ms=50)
+    futures = worker.submit("k", ["a", "b"])
+    assert futures[0].result(5) == "early"
+    with pytest.raises(RuntimeError, match="boom"):
+        futures[1].result(5)
+    worker.close()

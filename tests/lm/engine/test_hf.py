@@ -12,7 +12,7 @@ from cotune.errors import ConfigError, LMError, UnknownChoiceError
 from cotune.lm import Completion, RequestCache
 from cotune.lm.engine.batching import BatchWorker
 from cotune.lm.engine.hf import HFLM
-from cotune.lm.engine.hf_engine import resolve_dtype
+from cotune.lm.engine.hf_engine import HFEngine, resolve_dtype
 
 
 def user(text: str) -> list[dict[str, str]]:
@@ -22,7 +22,8 @@ def user(text: str) -> list[dict[str, str]]:
 class EchoEngine:
     """Stands in for `HFEngine`: same submit/close surface, answers ``<adapter>:<last message>``."""
 
-    path, device, dtype = "/models/echo", "cpu", "float32"
+    path, device, dtype, decoder = "/models/echo", "cpu", "float32", "cotune"
+    batch_key = HFEngine.batch_key  # the real engine's grouping: it needs only ``decoder``
 
     def __init__(self, fail: Exception | None = None):
         self.batches: list[tuple[tuple, list]] = []
@@ -34,7 +35,7 @@ class EchoEngine:
         if self.fail is not None:
             raise self.fail
         adapter = key[2]
-        return [Completion(f"{adapter}:{messages[-1]['content']}", 3, 1) for messages, _seed in payloads]
+        return [Completion(f"{adapter}:{messages[-1]['content']}", 3, 1) for messages, _seed, _config in payloads]
 
     def submit(self, key, payloads):
         return self._worker.submit(key, payloads)
@@ -69,7 +70,7 @@ def test_answers_in_request_order_and_spec(echo):
 def test_a_large_batch_is_submitted_shortest_first(echo):
     echo.generate([user("x" * 50), user("x"), user("x" * 10)])
     _, payloads = echo.engine.batches[0]
-    assert [len(m[-1]["content"]) for m, _ in payloads] == [1, 10, 50]
+    assert [len(m[-1]["content"]) for m, _, _ in payloads] == [1, 10, 50]
 
 
 def test_rollouts_share_a_batch_group_but_not_a_seed(echo):
@@ -82,12 +83,31 @@ def test_rollouts_share_a_batch_group_but_not_a_seed(echo):
     assert seeds[0] != seeds[1] and seeds[0] == seeds[2]  # but it changes the sample, reproducibly
 
 
-def test_greedy_ignores_top_p_when_grouping(echo):
+def test_requests_of_any_settings_share_a_batch_group_each_with_its_own_config(echo):
+    from cotune.lm.constraint import Constraint
+
+    settings = [
+        {"max_tokens": 5},
+        {"stop": ["\n"]},
+        {"temperature": 0.7},
+        {"constraint": Constraint(grammar=(), json_schema="{}")},
+    ]
+    for config in [{}, *settings]:
+        echo.generate([user("q")], **config)
+    keys = [k for k, _ in echo.engine.batches]
+    assert len(set(keys)) == 1
+    configs = [p[0][2] for _, p in echo.engine.batches]
+    assert [configs[i].replace(rollout_id=0) for i in range(1, 5)] == [echo.config.replace(**c) for c in settings]
+
+
+def test_the_transformers_decoder_groups_by_settings_and_greedy_ignores_top_p(echo):
+    echo.engine.decoder = "transformers"  # its generate takes one config per call
     echo.generate([user("q")], top_p=0.5)
     echo.generate([user("q")], top_p=0.9)
+    echo.generate([user("q")], top_p=0.9, rollout_id=3)
     echo.generate([user("q")], max_tokens=5)
     keys = [k for k, _ in echo.engine.batches]
-    assert keys[0] == keys[1] != keys[2]
+    assert keys[0] == keys[1] == keys[2] != keys[3]
 
 
 def test_with_adapter_shares_the_engine_and_changes_the_cache_key(echo, tmp_path):
@@ -130,7 +150,9 @@ def test_an_adapter_recorded_by_base_path_matches(echo, tmp_path):
     assert echo.with_adapter(adapter).adapter == str(adapter)
 
 
-@pytest.mark.parametrize("missing, message", [("adapter_config.json", "not a LoRA adapter"), ("adapter_model.safetensors", "has no weights")])  # fmt: skip
+@pytest.mark.parametrize(
+    "missing, message", [("adapter_config.json", "not a LoRA adapter"), ("adapter_model.safetensors", "has no weights")]
+)
 def test_an_incomplete_adapter_folder_is_refused(echo, tmp_path, missing, message):
     adapter = make_adapter(tmp_path / "a")
     (adapter / missing).unlink()
@@ -167,13 +189,16 @@ def test_unknown_dtype_lists_the_choices():
     assert resolve_dtype("bf16", "cpu") == "bfloat16" and resolve_dtype("fp32", "cpu") == "float32"
 
 
-@pytest.mark.parametrize("text, fast", [
-    ("flags\t\t: fpu sse2 avx2 fma\n", False),
-    ("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n", True),
-    ("flags\t\t: fpu avx2 amx_bf16\n", True),
-    ("Features\t: fp asimd sve bf16 i8mm\n", True),
-    ("model name\t: bf16-less chip\nflags\t\t: avx2\n", False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, fast",
+    [
+        ("flags\t\t: fpu sse2 avx2 fma\n", False),
+        ("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n", True),
+        ("flags\t\t: fpu avx2 amx_bf16\n", True),
+        ("Features\t: fp asimd sve bf16 i8mm\n", True),
+        ("model name\t: bf16-less chip\nflags\t\t: avx2\n", False),
+    ],
+)
 def test_bf16_is_chosen_on_cpus_with_bf16_instructions_only(text, fast):
     from cotune.hardware import cpu_has_bf16
 

@@ -132,3 +132,21 @@ def test_the_slice_is_counted_in_decoding_steps_and_prefill_steps_do_not_count()
     assert 0.02 <= timer.pass_seconds < 0.15 and timer.slice == BATCH_PASSES * timer.pass_seconds
     timer.interactive = True  # an engine answering clients: finer slices
     assert timer.slice == max(0.2, PASSES * timer.pass_seconds)
+
+
+def test_the_timer_passes_on_what_a_step_yields_and_what_is_sent_back():
+    import contextlib
+
+    from cotune.lm.engine.batching import Open
+
+    def steps():
+        first = yield Open(1)  # a batch open to joiners
+        second = yield DECODING
+        return [first, second]
+
+    run = PassTimer().run(steps(), contextlib.nullcontext)
+    assert next(run) == Open(1)
+    assert run.send(["joiner"]) == DECODING
+    with pytest.raises(StopIteration) as done:
+        run.send(None)
+    assert done.value.value[0] == [["joiner"], None]

@@ -2,10 +2,10 @@
 
 A local model is much faster per token on one batch of 8 than on 8 batches of 1, but `evaluate` runs a
 program in 8 threads that each ask for one completion at a time. `BatchWorker` sits between them: callers
-`submit` payloads under a *group key* (requests that may share one batch: same generation config, same
-adapter) and get futures; a single daemon thread takes the oldest request, waits a few milliseconds for
-more of its group, and runs them together. Nothing here knows about models, so the logic is tested
-with a plain function.
+`submit` payloads under a *group key* (requests that may share one batch: for a local model, the same
+weights, `cotune.lm.engine.hf_engine.HFEngine.batch_key`) and get futures; a single daemon thread takes the
+oldest request, waits a few milliseconds for more of its group, and runs them together. Nothing here knows
+about models, so the logic is tested with a plain function.
 
 A batch function may also be a generator function: it yields between steps (a chunk of prefill, a decoding
 step) and returns its results. Such batches are *jobs*, and several may be in progress at once (other
@@ -14,6 +14,16 @@ time so far, a time slice at a time, so a short request arriving behind a long o
 the long one's whole run (a job that has caught up keeps the thread for a slice more, so it ends instead of
 taking turns); a job left waiting ``starve_ms`` runs next whatever its time, so a stream of short jobs cannot
 stall a long one. Plain functions run to the end as before.
+
+A job that yields `Open` can take more requests of its key at that step (continuous batching): requests of
+that key that are ready to start are sent into it (``steps.send(payloads)``) instead of forming a batch of their
+own, up to ``max_batch_size`` rows in all, and it returns their results after its own, in the order they were
+sent. The job then runs next, so a joiner starts no later than a batch of its own would have; it continues
+with the model time of the least-served job (its old rows do not jump ahead of other groups' jobs, its new
+ones are not made to wait for the old rows' time).
+
+A job may also yield `Finished` with the results of some of its requests (by their place: its first requests,
+then its joiners in the order sent): their callers get them at once, not when the job's longest request ends.
 
 Example:
     >>> worker = BatchWorker(lambda key, xs: [f"{key}:{x}" for x in xs], max_batch_size=4)
@@ -45,14 +55,32 @@ class _Request:
     future: Future = field(default_factory=Future)
 
 
+@dataclass(frozen=True)
+class Open:
+    """What a job yields at a step where it can take more requests of its key: it is running ``rows`` rows."""
+
+    rows: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What a job yields when some of its requests are done before it: ``results`` by each request's place in the
+    job (its first requests, then its joiners in the order they were sent). Its return value still holds them."""
+
+    results: dict[int, Any]
+
+
 @dataclass
 class _Job:
     """A batch in progress: its requests, its steps, and the model time it has had so far."""
 
     batch: list[_Request]
-    steps: Generator[Any, None, Sequence[Any]]
+    steps: Generator[Any, Any, Sequence[Any]]
     last: float  # monotonic time its latest step ended (or it started)
     used: float = 0.0
+    key: Hashable = None
+    room: int = 0  # requests it can take at its next step (its last step yielded `Open`)
+    joining: list[_Request] = field(default_factory=list)  # sent into it at its next step
 
 
 def next_job(jobs: Sequence[_Job], now: float, starve: float, current: _Job | None = None, keep: float = 0.0) -> _Job:
@@ -73,11 +101,13 @@ def next_job(jobs: Sequence[_Job], now: float, starve: float, current: _Job | No
 
 @dataclass
 class BatchStats:
-    """What the worker did: ``batches`` runs for ``requests`` payloads; ``largest`` batch seen."""
+    """What the worker did: ``batches`` runs for ``requests`` payloads (``joined`` of them joined a batch in
+    progress); ``largest`` batch seen (joiners included)."""
 
     batches: int = 0
     requests: int = 0
     largest: int = 0
+    joined: int = 0
 
     @property
     def mean_batch_size(self) -> float:
@@ -196,6 +226,7 @@ class BatchWorker:
                 pending.append(item)
             # With jobs in progress nothing waits here: a group not ready yet is looked at again after a slice.
             stopping = (self._drain(pending) if jobs else self._gather(pending)) or stopping
+            pending = self._join(pending, jobs)
             while pending and len(jobs) < self.max_jobs and (not jobs or self._ready(pending, self.busy_wait)):
                 key = pending[0].key
                 batch = [r for r in pending if r.key == key][: self.max_batch_size]
@@ -206,9 +237,28 @@ class BatchWorker:
                     break
                 jobs.append(job)
             if jobs:
-                # A slice ends early when a waiting group may start, so it does not wait a whole slice.
-                ready_at = pending[0].arrived + self.busy_wait if pending and len(jobs) < self.max_jobs else None
-                self._advance(jobs, ready_at)
+                # A slice ends early when a waiting group may start or join, so it does not wait a whole slice.
+                times = [pending[0].arrived] if pending and len(jobs) < self.max_jobs else []
+                open_keys = {j.key for j in jobs if j.room > 0}
+                times += [r.arrived for r in pending if r.key in open_keys][:1]
+                self._advance(jobs, min(times) + self.busy_wait if times else None, pending)
+
+    def _join(self, pending: list[_Request], jobs: list[_Job]) -> list[_Request]:
+        """Move the ready requests of each open job's key from ``pending`` to its ``joining``; returns the rest.
+
+        Ready as a new batch would be: the oldest of them has waited ``busy_wait``, or they fill the job's room.
+        """
+        now = time.monotonic()
+        for job in jobs:
+            if job.room <= 0 or job.joining:
+                continue
+            mine = [r for r in pending if r.key == job.key]
+            if not mine or (len(mine) < job.room and now < mine[0].arrived + self.busy_wait):
+                continue
+            taken = {id(r) for r in mine[: job.room]}
+            pending = [r for r in pending if id(r) not in taken]
+            job.joining = [r for r in mine[: job.room] if r.future.set_running_or_notify_cancel()]
+        return pending
 
     def _gather(self, pending: list[_Request]) -> bool:
         """Move queued requests into ``pending`` until the oldest one's group is full or its wait is over.
@@ -259,19 +309,29 @@ class BatchWorker:
             self._fail(batch, e)
             return None
         if isinstance(out, Generator):
-            return _Job(batch, out, time.monotonic())
+            return _Job(batch, out, time.monotonic(), key=key)
         self._finish(batch, out)
         return None
 
-    def _advance(self, jobs: list[_Job], ready_at: float | None) -> None:
-        """Run one job (`next_job`) for a slice, or until a new request arrives or ``ready_at``."""
+    def _advance(self, jobs: list[_Job], ready_at: float | None, pending: Sequence[_Request] = ()) -> None:
+        """Run one job (one with joiners first, else `next_job`) for a slice, or until a new request arrives or
+        ``ready_at``, or it opens to joiners (``pending`` holds some of its key)."""
         t0 = time.monotonic()
-        job = self._current = next_job(jobs, t0, self.starve, self._current, keep=self.slice)
+        job = next((j for j in jobs if j.joining), None)
+        if job is not None:
+            job.used = min(j.used for j in jobs)
+        else:
+            job = next_job(jobs, t0, self.starve, self._current, keep=self.slice)
+        self._current = job
         end = t0 + self.slice if ready_at is None else min(t0 + self.slice, ready_at)
+        waiting = any(r.key == job.key for r in pending)
         while True:
             t = time.monotonic()
+            joining, job.joining = job.joining, []
+            job.batch.extend(joining)  # before the step: if it fails, the joiners get its error too
+            self.stats.joined += len(joining)
             try:
-                next(job.steps)
+                out = job.steps.send([r.payload for r in joining]) if joining else next(job.steps)
             except StopIteration as done:
                 jobs.remove(job)
                 self._finish(job.batch, done.value)
@@ -282,14 +342,21 @@ class BatchWorker:
                 return
             job.last = time.monotonic()
             job.used += job.last - t
-            if job.last >= end or not self._queue.empty():
+            if isinstance(out, Finished):
+                for i, result in out.results.items():
+                    if not job.batch[i].future.done():
+                        job.batch[i].future.set_result(result)
+            opened = isinstance(out, Open) and job.room <= 0
+            job.room = self.max_batch_size - out.rows if isinstance(out, Open) else 0
+            if job.last >= end or not self._queue.empty() or (opened and job.room > 0 and waiting):
                 return
 
     def _fail(self, batch: list[_Request], error: BaseException) -> None:
         # Every failure must reach the callers, or their threads wait forever.
         self._count(batch)
         for r in batch:
-            r.future.set_exception(error)
+            if not r.future.done():  # a request done early (`Finished`) keeps its result
+                r.future.set_exception(error)
         if not isinstance(error, Exception):
             raise error
 
@@ -303,7 +370,8 @@ class BatchWorker:
             return
         self._count(batch)
         for r, result in zip(batch, results, strict=True):
-            r.future.set_result(result)
+            if not r.future.done():
+                r.future.set_result(result)
 
     def _count(self, batch: list[_Request]) -> None:
         self.stats.batches += 1

@@ -180,6 +180,19 @@ def _masker(
             self.accepted: list[int | None] = [None] * rows  # a token the matcher took ahead of the next step
             self.first = True
 
+        def add_rows(self, n: int) -> None:
+            """``n`` rows that join the batch (`cotune.lm.engine.decode.decode_steps`' ``admit``), numbered after the
+            others (the batch's sampler, if any, is given their seeds by the caller)."""
+            self.matchers += [xgr.GrammarMatcher(compiled) for _ in range(n)]
+            self.bitmask = xgr.allocate_token_bitmask(len(self.matchers), engine.vocab_size)
+            self.done += [False] * n
+            self.generated += [0] * n
+            if self.text is not None:
+                self.text += [bytearray() for _ in range(n)]
+            self.exited += [limit is None] * n
+            self.forcing += [[] for _ in range(n)]
+            self.accepted += [None] * n
+
         def __call__(self, input_ids, scores):
             """The transformers ``generate`` interface: every row is live; the last column is each row's last token."""
             last = None if self.first else input_ids[:, -1].tolist()
@@ -188,13 +201,15 @@ def _masker(
 
         def step(self, live, last, scores):
             """Constrain ``scores`` (one row per entry of ``live``, the batch rows still decoding) after advancing
-            each live row's matcher with ``last``, the token it just chose (None on the first step)."""
+            each live row's matcher with ``last``, the token it just chose (None on the first step; an entry is None
+            for a row that joined the batch at this step)."""
             t0 = time.perf_counter()
             self.sampling_seconds = 0.0
             live = list(live)
             if last is not None:
                 for i, token in zip(live, last, strict=True):
-                    self._advance(i, token)
+                    if token is not None:
+                        self._advance(i, token)
             if optimistic:
                 scores = self._choose(live, scores)
             else:

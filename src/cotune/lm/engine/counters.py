@@ -21,6 +21,8 @@ PER_PASS = (
     "decode_steps",
     "decode_rows",
     "decode_seconds",
+    "joined_rows",
+    "join_steps",
 )
 
 
@@ -31,7 +33,10 @@ class EngineCounters:
     ``prompt_tokens``: the rows' real prompt tokens; ``prefill_tokens``: positions the prefill passes computed
     (rows × columns, padding included; a shared prefix counts once); ``reused_tokens``: prompt tokens taken
     from stored prefixes. ``decode_rows``: rows carried by decoding steps (finished rows kept in the batch
-    count too); ``new_tokens``: the tokens the rows produced.
+    count too); ``new_tokens``: the tokens the rows produced. ``joined_rows``: rows that joined a batch while it
+    decoded (counted in its batch size and prompt tokens too); ``join_steps``: decoding steps at which rows joined
+    (each a prefill of the joiners, counted in the prefill counts). ``mixed_batches``: batches whose rows had
+    different generation settings (grammar, stop strings, token limits, sampling: `cotune.lm.engine.row_settings`).
     """
 
     batches: int = 0
@@ -45,6 +50,9 @@ class EngineCounters:
     decode_rows: int = 0
     decode_seconds: float = 0.0
     new_tokens: int = 0
+    joined_rows: int = 0
+    join_steps: int = 0
+    mixed_batches: int = 0
     # per batch, the first HISTORY: (rows, real prompt tokens, widest prompt, prefill positions computed,
     # decoding steps, new tokens)
     history: list[tuple[int, ...]] = field(default_factory=list)

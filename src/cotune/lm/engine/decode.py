@@ -16,11 +16,15 @@ still live (`cotune.lm.engine.constrain`), end-of-text tokens and a token limit.
   again (the next round of rollouts, a re-run teacher) starts from its stored keys and values;
 - the KV cache grows in place (room for more steps is allocated ahead), where transformers' dynamic
   cache copies the whole cache at every step to append one token;
-- explicit position ids, so a row's positions never depend on which others share its batch.
+- explicit position ids, so a row's positions never depend on which others share its batch;
+- requests that arrive while the batch decodes may join it at a step boundary (continuous batching, ``admit``):
+  they are prefilled on their own, then their keys and values are placed beside the batch's, right-aligned, and
+  they decode with it; their tokens are the ones they would get alone.
 
 The processors see float32 logits of the live rows only and are called as
 ``step(live, last, scores) -> scores``, where ``live`` lists the original batch rows of the scores' rows
-and ``last`` the token each of them chose in the previous step (None on the first).
+and ``last`` the token each of them chose in the previous step (None on the first; an entry is None for a row
+that joined the batch at this step).
 
 torch and transformers are imported when `decode` runs, never when this module is imported.
 """
@@ -29,10 +33,12 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Generator, Hashable, Sequence
+from collections.abc import Callable, Generator, Hashable, Sequence
 from typing import Any
 
+from cotune.lm.engine.batching import Finished, Open
 from cotune.lm.engine.counters import EngineCounters
+from cotune.lm.engine.kv_cache import append_rows, growing, is_growing, trim_left_padding
 from cotune.lm.engine.prefill import DECODING, PREFILL, Chunks
 from cotune.lm.engine.prefix_groups import prefix_groups
 from cotune.lm.engine.prefix_store import KV, PrefixStore
@@ -53,7 +59,7 @@ def decode_steps(
     input_ids: Any,
     attention_mask: Any,
     *,
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     stop_ids: Sequence[int],
     processors: Sequence[Any] = (),
     share_prefix: bool = True,
@@ -61,7 +67,9 @@ def decode_steps(
     namespace: Hashable = None,
     prefill_slice: float | None = None,
     counters: EngineCounters | None = None,
-) -> Generator[str, None, list[list[int]]]:
+    admit: Callable[[Any], tuple[Any, ...]] | None = None,
+    finished: bool = False,
+) -> Generator[Any, Any, list[list[int]]]:
     """Generate up to ``max_new_tokens`` tokens for each row of a left-padded batch, yielding between steps
     (``PREFILL`` after a prefill chunk, ``DECODING`` before each decoding step's pass), so one thread can take
     turns between batches (`cotune.lm.engine.batching.BatchWorker`). Nothing here holds a context (``torch.inference_mode``) across a yield:
@@ -70,7 +78,7 @@ def decode_steps(
     Args:
         model: a transformers causal LM (called with ``past_key_values`` and ``position_ids``).
         input_ids, attention_mask: the left-padded prompts, ``[batch, length]``.
-        max_new_tokens: the most tokens per row.
+        max_new_tokens: the most tokens per row: one limit for every row, or each row's own.
         stop_ids: tokens that end a row (kept as its last token, like ``generate`` does).
         processors: objects with ``step(live, last, scores) -> scores``, applied in order.
         share_prefix: compute the tokens every prompt starts with (instruction, demos) once for the batch.
@@ -81,53 +89,54 @@ def decode_steps(
             the chunks before), with a step between them: a long prompt then holds the thread a slice at a time.
             None: one pass (each of a grouped prefill's passes).
         counters: an `EngineCounters` that adds up what this batch computes.
+        admit: takes more rows into the running batch (continuous batching): before each decoding step's pass the
+            batch yields `Open` (rows decoding) instead of ``DECODING``, and a value sent back there (the
+            driver's new requests) is given to ``admit``, which returns their prompts ``(input_ids,
+            attention_mask)``, left-padded, and each joiner's token limit as a third item where
+            ``max_new_tokens`` is not one limit for every row. They are prefilled after that step's pass and
+            decode with the batch from then on, numbered after the rows before them (``processors`` see them in ``live``, with
+            None as their ``last`` token the first time: ``admit`` extends the processors' per-row state).
+            None, or a model whose cache layers are not plain dynamic ones (sliding windows): no joiners.
+        finished: yield `Finished` with the new tokens of the rows that end while others go on (by row), so
+            their callers need not wait for the batch's longest row.
 
     Returns:
-        The new tokens of each row, in batch order (a finished row's list ends with its stop token).
+        The new tokens of each row, in batch order, joiners after (a finished row's list ends with its stop token).
     """
     import torch
-    from transformers import DynamicCache
 
     stops = set(stop_ids)
-    batch = input_ids.shape[0]
-    cache = DynamicCache(config=model.config)
-    cache.layers = [_growing(layer) for layer in cache.layers]
-    groups = prefix_groups(input_ids, attention_mask) if share_prefix and batch > 1 else [(list(range(batch)), 0)]
-    blocks = _plan(input_ids, attention_mask, groups, prefixes, namespace)
     # This batch's own counts (other batches take turns with it), added to ``counters`` when it ends.
     mine = EngineCounters() if counters is not None else None
     chunks = Chunks(prefill_slice, mine)
-    reused_before = prefixes.stats.reused_tokens if prefixes is not None else 0
-    if any(shared for _, shared, _ in blocks):
-        args = (model, input_ids, attention_mask, blocks, cache, prefixes, namespace, chunks)
-        out, mask, positions = yield from _prefill_grouped(*args)
-    else:
-        mask = attention_mask
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = yield from chunks.forward(model, input_ids, mask, positions, cache)
-    if mine is not None and prefixes is not None:
-        mine.reused_tokens += prefixes.stats.reused_tokens - reused_before
-    if prefixes is not None and prefixes.max_bytes:
-        _keep_prompts(input_ids, attention_mask, mask, cache, prefixes, namespace)
-    next_pos = positions[:, -1:] + 1
+    prefill = functools.partial(_prefill, model, share_prefix=share_prefix, prefixes=prefixes, namespace=namespace)
+    out, mask, positions, cache = yield from prefill(input_ids, attention_mask, chunks)
+    joinable = admit is not None and all(is_growing(layer) for layer in cache.layers)
+    logits, next_pos = out.logits[:, -1, :], positions[:, -1:] + 1
+    batch = input_ids.shape[0]
+    limits = [max_new_tokens] * batch if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    prompt_lengths = attention_mask.sum(dim=1).tolist()
     rows = list(range(batch))  # the prompt in each row of the cache
     alive = list(range(batch))  # the cache rows still decoding
     new: list[list[int]] = [[] for _ in range(batch)]
-    last: list[int] | None = None
-    for _ in range(max_new_tokens):
-        logits = out.logits[:, -1, :]
+    last: list[int | None] | None = None
+    while True:
         scores = (logits if len(alive) == len(rows) else logits[alive]).float()
         live = [rows[p] for p in alive]
         for p in processors:
             scores = p.step(live, last, scores)
         chosen = scores.argmax(dim=-1).tolist()
-        keep = []
+        keep, ended = [], []
         for p, row, token in zip(alive, live, chosen, strict=True):
             new[row].append(token)
-            if token not in stops and len(new[row]) < max_new_tokens:
+            if token not in stops and len(new[row]) < limits[row]:
                 keep.append(p)
+            else:
+                ended.append(row)
         if not keep:
             break
+        if finished and ended:
+            yield Finished({row: new[row] for row in ended})
         last = [new[rows[p]][-1] for p in keep]
         alive = keep
         # Finished rows stay in the batch (fed their last token, their output unread) until half of it is
@@ -138,10 +147,10 @@ def decode_steps(
             cache.batch_select_indices(index)
             mask, next_pos = mask[index], next_pos[index]
             rows, alive = [rows[p] for p in alive], list(range(len(alive)))
-            mask = _trim_left_padding(mask, cache)
+            mask = trim_left_padding(mask, cache)
         tokens = torch.tensor([new[row][-1] for row in rows], device=input_ids.device)
         mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-        yield DECODING
+        sent = yield Open(len(alive)) if joinable else DECODING
         t0 = time.perf_counter()
         out = model(
             input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True
@@ -150,10 +159,62 @@ def decode_steps(
             mine.decode_steps += 1
             mine.decode_rows += len(rows)
             mine.decode_seconds += time.perf_counter() - t0
-        next_pos = next_pos + 1
+        logits, next_pos = out.logits[:, -1, :], next_pos + 1
+        if sent:
+            ids, join_mask, *joiner_limits = admit(sent)
+            if not joiner_limits and not isinstance(max_new_tokens, int):
+                raise TypeError("admit must return the joiners' token limits where max_new_tokens is per row")
+            limits += joiner_limits[0] if joiner_limits else [max_new_tokens] * ids.shape[0]
+            prompt_lengths += join_mask.sum(dim=1).tolist()
+            join_out, join_mask, join_positions, join_cache = yield from prefill(ids, join_mask, chunks)
+            # The rows still decoding, then the joiners: their keys and values right-aligned, their own positions.
+            index = torch.tensor(alive, device=input_ids.device)
+            mask = append_rows(cache, index, mask, join_cache, join_mask)
+            logits = torch.cat([logits[index], join_out.logits[:, -1, :]])
+            next_pos = torch.cat([next_pos[index], join_positions[:, -1:] + 1])
+            rows = [rows[p] for p in alive] + list(range(len(new), len(new) + ids.shape[0]))
+            new += [[] for _ in range(ids.shape[0])]
+            alive, last = list(range(len(rows))), last + [None] * ids.shape[0]
+            if mine is not None:
+                mine.joined_rows += ids.shape[0]
+                mine.join_steps += 1
     if counters is not None:
-        counters.add_batch(mine, attention_mask.sum(dim=1).tolist(), sum(map(len, new)))
+        counters.add_batch(mine, prompt_lengths, sum(map(len, new)))
     return new
+
+
+def _prefill(
+    model: Any,
+    input_ids: Any,
+    attention_mask: Any,
+    chunks: Chunks,
+    *,
+    share_prefix: bool,
+    prefixes: PrefixStore | None,
+    namespace: Hashable,
+):
+    """Prefill a left-padded batch (grouped by shared prefixes, from stored ones where found) into a new cache;
+    returns (model output, attention mask, position ids, cache); a generator (see `decode_steps`)."""
+    from transformers import DynamicCache
+
+    batch = input_ids.shape[0]
+    cache = DynamicCache(config=model.config)
+    cache.layers = [growing(layer) for layer in cache.layers]
+    groups = prefix_groups(input_ids, attention_mask) if share_prefix and batch > 1 else [(list(range(batch)), 0)]
+    blocks = _plan(input_ids, attention_mask, groups, prefixes, namespace)
+    reused_before = prefixes.stats.reused_tokens if prefixes is not None else 0
+    if any(shared for _, shared, _ in blocks):
+        args = (model, input_ids, attention_mask, blocks, cache, prefixes, namespace, chunks)
+        out, mask, positions = yield from _prefill_grouped(*args)
+    else:
+        mask = attention_mask
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = yield from chunks.forward(model, input_ids, mask, positions, cache)
+    if chunks.counters is not None and prefixes is not None:
+        chunks.counters.reused_tokens += prefixes.stats.reused_tokens - reused_before
+    if prefixes is not None and prefixes.max_bytes:
+        _keep_prompts(input_ids, attention_mask, mask, cache, prefixes, namespace)
+    return out, mask, positions, cache
 
 
 def _plan(
@@ -286,66 +347,3 @@ def _keep_prompts(
 
 def _nbytes(kv: KV) -> int:
     return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
-
-
-def _trim_left_padding(mask: Any, cache: Any) -> Any:
-    """Drop the leading columns that are padding in every live row, from the mask and the KV cache."""
-    seen = mask.any(dim=0)
-    first = int(seen.int().argmax())
-    if first == 0:
-        return mask
-    for layer in cache.layers:
-        layer.keys = layer.keys[..., first:, :]
-        layer.values = layer.values[..., first:, :]
-    return mask[:, first:]
-
-
-def _growing(layer: Any) -> Any:
-    """``layer`` (a plain `DynamicLayer`) as a `_GrowingLayer`; other layer kinds are kept as they are."""
-    from transformers.cache_utils import DynamicLayer
-
-    return _growing_class()() if type(layer) is DynamicLayer else layer
-
-
-@functools.cache
-def _growing_class() -> type:
-    from transformers.cache_utils import DynamicLayer
-
-    class GrowingLayer(DynamicLayer):
-        """A dynamic cache layer whose keys and values are views of buffers with room to append in place.
-
-        Anything that replaces ``keys``/``values`` (row selection, trimming) is noticed at the next update
-        (they are no longer views of the buffers), and the buffers are rebuilt from them then.
-        """
-
-        buffers = None
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            n = self.keys.shape[-2] if self.keys.dim() == 4 else 0
-            add = key_states.shape[-2]
-            if not self._in_buffers(n) or n + add > self.buffers[0].shape[-2]:
-                room = n + add + max(n + add, 64)  # doubling: appends cost O(1) copies per token overall
-                shape = (*key_states.shape[:2], room, key_states.shape[-1])
-                self.buffers = (key_states.new_empty(shape), value_states.new_empty(shape))
-                if n:
-                    self.buffers[0][:, :, :n] = self.keys
-                    self.buffers[1][:, :, :n] = self.values
-            keys, values = self.buffers
-            keys[:, :, n : n + add] = key_states
-            values[:, :, n : n + add] = value_states
-            self.keys, self.values = keys[:, :, : n + add], values[:, :, : n + add]
-            return self.keys, self.values
-
-        def _in_buffers(self, n: int) -> bool:
-            if self.buffers is None or n == 0:
-                return False
-            keys, values = self.buffers
-            return (
-                self.keys.data_ptr() == keys.data_ptr()
-                and self.values.data_ptr() == values.data_ptr()
-                and self.keys.shape[0] == keys.shape[0]
-            )
-
-    return GrowingLayer

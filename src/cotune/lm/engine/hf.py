@@ -172,9 +172,9 @@ class HFLM(LM):
     def _generate(self, batch: Sequence[Messages], config: GenerationConfig) -> list[Completion]:
         # Length-sorted, so a large batch splits into chunks of similar length (less padding).
         order = sorted(range(len(batch)), key=lambda i: sum(len(m.get("content", "")) for m in batch[i]))
-        group = config.replace(rollout_id=0, **({"top_p": 1.0, "min_p": 0.0} if config.temperature == 0 else {}))
-        key = (group, self._adapter_id, self._adapter)
-        futures = self._engine.submit(key, [(batch[i], _seed(batch[i], config)) for i in order])
+        # Requests of other settings may share the batch (the engine keeps each row's own, and its own seed).
+        key = self._engine.batch_key(config, self._adapter_id, self._adapter)
+        futures = self._engine.submit(key, [(batch[i], _seed(batch[i], config), config) for i in order])
         results: list[Completion] = [None] * len(batch)  # type: ignore[list-item]
         for i, future in zip(order, futures, strict=True):
             try:

@@ -23,13 +23,13 @@ from cotune.errors import ConfigError, UnknownChoiceError
 from cotune.hardware import bf16_is_fast
 from cotune.lm.base import GenerationConfig
 from cotune.lm.completion import Completion, Messages, truncate_at_stop
-from cotune.lm.engine.batching import BatchWorker
+from cotune.lm.engine import row_settings
+from cotune.lm.engine.batching import BatchWorker, Finished
 from cotune.lm.engine.counters import EngineCounters
 from cotune.lm.engine.decode import decode_steps
 from cotune.lm.engine.head import contiguous_head_input
 from cotune.lm.engine.prefill import PassTimer
 from cotune.lm.engine.prefix_store import PrefixStore
-from cotune.lm.engine.sampling import seeded_sampler as _seeded_sampler
 from cotune.lm.engine.stops import stop_processor
 from cotune.lm.engine.weights import AdapterWeights
 
@@ -93,8 +93,9 @@ class HFEngine:
         batch_wait_ms: how long the worker waits for more requests after the first one arrives.
         busy_wait_ms: the same wait while other batches run (`BatchWorker`): larger batches for programs whose
             threads send their next calls milliseconds apart, at the cost of that much latency per batch.
-        decoder: "cotune" (`cotune.lm.engine.decode`: finished rows leave the batch, and other batches take turns
-            with this one) or "transformers" (its ``generate``, one call per batch). Greedy outputs are the same.
+        decoder: "cotune" (`cotune.lm.engine.decode`: finished rows leave the batch, requests join it as it
+            decodes, whatever their generation settings, and other adapters' batches take turns with it) or
+            "transformers" (its ``generate``, one call per batch of one config). Greedy outputs are the same.
         merge_adapters: run an adapter as a merged copy of the weights, at the base model's speed (see
             `cotune.lm.engine.weights`); False applies it as PEFT layers on the shared base model.
         prefix_cache_mb: memory for prompt prefixes' keys and values kept across calls (`PrefixStore`: a
@@ -184,76 +185,116 @@ class HFEngine:
             return fn()
         return self._worker.submit(ComputeCall(fn), [None])[0].result()
 
+    def batch_key(self, config: GenerationConfig, adapter_key: str | None, adapter_path: str | None) -> tuple:
+        """The key under which a request of ``config`` on that adapter is batched (`BatchWorker`): its weights, as
+        a forward pass runs one set of them (merged adapters are copies of the model; PEFT layers apply one
+        adapter at a time); cotune's decoder mixes rows of any settings (`cotune.lm.engine.row_settings`), while
+        transformers' ``generate`` takes one generation config per call, so there the settings are in it too."""
+        shared = row_settings.settings(config) if self.decoder == "transformers" else None
+        return shared, adapter_key, adapter_path
+
     # -- everything below runs on the worker thread, the only one that touches the model --------------
 
-    def _run(self, key: tuple, payloads: list[tuple[Messages, int]]) -> list[Completion]:
+    def _run(self, key: tuple, payloads: list[tuple[Messages, int, GenerationConfig]]) -> list[Completion]:
+        """One batch (``key``: `batch_key`; a payload: the messages, the sampling seed and the request's config)."""
         import torch
 
         if isinstance(key, ComputeCall):  # `call`: not a generation
             return [key.fn()]
-        config, adapter_key, adapter_path = key
+        shared, adapter_key, adapter_path = key
         model = self.weights.model_for(adapter_key, adapter_path)
-        texts = [self._render(messages) for messages, _ in payloads]
+        texts = [self._render(messages) for messages, _, _ in payloads]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        kwargs: dict[str, Any] = {}
-        if config.stop:
-            kwargs["tokenizer"] = self.tokenizer  # generate needs it to match stop strings
-        processors = []
-        sampler = None
-        if config.temperature > 0:
-            seeds = [seed for _, seed in payloads]
-            sampler = _seeded_sampler(seeds, config.temperature, config.top_p, self.device, config.min_p)
-        if config.constraint is not None:
-            # A plain temperature sampler draws inside the grammar's processor (a refused draw is redrawn from
-            # the masked distribution); with top-p or min-p the whole mask comes first, then the sampler.
-            plain = sampler is not None and config.top_p >= 1.0 and not config.min_p
-            processors.append(
-                self.grammar.processor(
-                    config.constraint,
-                    len(payloads),
-                    config.max_tokens,
-                    sampler=sampler if plain else None,
-                    optimistic=None if plain or sampler is None else False,
-                )
-            )
-            if plain:
-                sampler = None
-        if sampler is not None:
-            processors.append(sampler)
-        if processors:
-            from transformers import LogitsProcessorList
-
-            kwargs["logits_processor"] = LogitsProcessorList(processors)
+        configs = [config for _, _, config in payloads]
         self.generate_calls += 1
-        if self.decoder == "cotune":
-            if config.stop:  # matched a step at a time here, not in generate's one long call (cotune.lm.engine.stops)
-                processors.append(stop_processor(self.tokenizer, config.stop, min(self.eos_ids)))
+        early: dict[int, Completion] = {}  # rows that ended before the batch, answered then
+        if shared is None:
+            rows = row_settings.RowProcessors(self._settings_processors)
+            rows.add_rows(configs, [seed for _, seed, _ in payloads])
+            prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+
+            def admit(joiners: list[tuple[Messages, int, GenerationConfig]]):
+                """Requests that join the batch while it decodes (continuous batching), whatever their settings."""
+                texts = [self._render(messages) for messages, _, _ in joiners]
+                joined = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+                joined = joined.to(self.device)
+                configs.extend(config for _, _, config in joiners)
+                rows.add_rows([config for _, _, config in joiners], [seed for _, seed, _ in joiners])
+                prompt_lens.extend(joined["attention_mask"].sum(dim=1).tolist())
+                return joined["input_ids"], joined["attention_mask"], [config.max_tokens for _, _, config in joiners]
+
             steps = decode_steps(
                 model,
                 enc["input_ids"],
                 enc["attention_mask"],
-                max_new_tokens=config.max_tokens,
+                max_new_tokens=[config.max_tokens for config in configs],
                 stop_ids=sorted(self.eos_ids),
-                processors=processors,
+                processors=[rows],
                 prefixes=self.prefixes,
                 namespace=adapter_key,
                 prefill_slice=self.passes.slice,
                 counters=self.counters,
+                admit=admit,
+                finished=True,
             )
+
+            def complete(row: int, tokens: list[int], elapsed: float) -> Completion:
+                early[row] = self._completion(tokens, prompt_lens[row], configs[row], elapsed / len(configs))
+                return early[row]
+
             # Other batches run between steps (BatchWorker), so the time counted is this batch's steps only.
-            new, elapsed = yield from self.passes.run(steps, lambda: self._step_context(adapter_key, adapter_path))
-        else:  # transformers' own loop, in one step
+            new, elapsed = yield from self._decode(steps, adapter_key, adapter_path, complete)
+            if len(rows.groups) > 1:
+                self.counters.mixed_batches += 1
+        else:  # transformers' own loop, in one step, under the batch's one config
+            from transformers import LogitsProcessorList
+
+            seeds = [seed for _, seed, _ in payloads]
+            group = row_settings.settings_processors(shared, seeds, grammar=lambda: self.grammar, device=self.device)
+            kwargs: dict[str, Any] = {"logits_processor": LogitsProcessorList(group.processors)}
+            if shared.stop:
+                kwargs["tokenizer"] = self.tokenizer  # generate needs it to match stop strings
             t0 = time.perf_counter()
             with torch.inference_mode():
-                out = model.generate(**enc, generation_config=self._generation_config(config), **kwargs)
+                out = model.generate(**enc, generation_config=self._generation_config(shared), **kwargs)
             new = out[:, enc["input_ids"].shape[1] :].tolist()
             elapsed = time.perf_counter() - t0
+            prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
         self.generate_seconds += elapsed
-        seconds = elapsed / len(payloads)
-        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+        seconds = elapsed / len(new)
         return [
-            self._completion(ids, n_prompt, config, seconds) for ids, n_prompt in zip(new, prompt_lens, strict=True)
+            early[row] if row in early else self._completion(ids, n_prompt, config, seconds)
+            for row, (ids, n_prompt, config) in enumerate(zip(new, prompt_lens, configs, strict=True))
         ]
+
+    def _decode(self, steps, adapter_key: str | None, adapter_path: str | None, complete):
+        """`PassTimer.run` over a batch's ``steps``, passing up the rows that end before the batch as completions
+        (``complete(row, tokens, seconds so far)``) at once: their callers (a program's thread, a server's client)
+        go on while the batch's longest row decodes, and may send their next request into it."""
+        run = self.passes.run(steps, lambda: self._step_context(adapter_key, adapter_path))
+        sent, elapsed = None, 0.0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                kind = run.send(sent)
+            except StopIteration as done:
+                return done.value
+            elapsed += time.perf_counter() - t0
+            if isinstance(kind, Finished):
+                kind = Finished({row: complete(row, tokens, elapsed) for row, tokens in kind.results.items()})
+            sent = yield kind
+
+    def _settings_processors(self, config: GenerationConfig, seeds):
+        """The processors of a group of rows that share ``config`` in a batch of cotune's decoder."""
+        end_id = min(self.eos_ids)
+        return row_settings.settings_processors(
+            config,
+            seeds,
+            grammar=lambda: self.grammar,
+            device=self.device,
+            # matched a step at a time here, not in generate's one long call (cotune.lm.engine.stops)
+            stops=lambda stops: stop_processor(self.tokenizer, stops, end_id),
+        )
 
     @contextlib.contextmanager
     def _step_context(self, adapter_key: str | None, adapter_path: str | None):

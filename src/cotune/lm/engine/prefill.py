@@ -22,6 +22,7 @@ from collections.abc import Callable, Generator
 from contextlib import AbstractContextManager
 from typing import Any
 
+from cotune.lm.engine.batching import Open
 from cotune.lm.engine.counters import EngineCounters
 
 PASSES, BATCH_PASSES = 8, 64  # a prefill slice, in fixed costs of a pass (see the module docstring)
@@ -43,15 +44,16 @@ class PassTimer:
         cost = UNTIMED_PASS_S if self.pass_seconds is None else self.pass_seconds
         return max(MIN_SLICE_S, (PASSES if self.interactive else BATCH_PASSES) * cost)
 
-    def run(self, steps: Generator[str, None, Any], context: Callable[[], AbstractContextManager]):
+    def run(self, steps: Generator[Any, Any, Any], context: Callable[[], AbstractContextManager]):
         """Drive ``steps`` a step at a time, each inside a fresh ``context()`` (a mode entered across a yield would
-        be left by another batch's exit), yielding between steps; returns (its value, the seconds its steps took)."""
-        elapsed, quickest, kind = 0.0, None, None
+        be left by another batch's exit), yielding what each step yielded and sending it what is sent back (a batch's
+        joiners: `cotune.lm.engine.batching.Open`); returns (its value, the seconds its steps took)."""
+        elapsed, quickest, kind, sent = 0.0, None, None, None
         while True:
             t0 = time.perf_counter()
             try:
                 with context():
-                    kind, was = next(steps), kind
+                    kind, was = steps.send(sent), kind
             except StopIteration as done:
                 if quickest is not None:  # an average over batches: one unusually quick or slow step counts little
                     old = self.pass_seconds
@@ -59,9 +61,14 @@ class PassTimer:
                 return done.value, elapsed + time.perf_counter() - t0
             seconds = time.perf_counter() - t0
             elapsed += seconds
-            if kind == was == DECODING:  # the first decoding step also ran the prefill's last pass
+            # The first decoding step also ran the prefill's last pass, and a step that took joiners their prefill.
+            if _decoding(kind) and _decoding(was) and not sent:
                 quickest = seconds if quickest is None else min(quickest, seconds)
-            yield
+            sent = yield kind
+
+
+def _decoding(kind: Any) -> bool:
+    return kind == DECODING or isinstance(kind, Open)
 
 
 class Chunks:

@@ -16,6 +16,10 @@ def seeded_sampler(seeds: list[int], temperature: float, top_p: float, device: s
         def __init__(self):
             self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
 
+        def add_rows(self, row_seeds: list[int]) -> None:
+            """Rows that join the batch (`cotune.lm.engine.decode.decode_steps`' ``admit``), numbered after the others."""
+            self.generators += [torch.Generator(device=device).manual_seed(s) for s in row_seeds]
+
         def __call__(self, input_ids, scores):
             return self.step(range(len(self.generators)), None, scores)
 

@@ -29,6 +29,8 @@ def stop_processor(tokenizer: Any, stops: Sequence[str], end_id: int) -> Any:
         def step(self, live, last, scores):
             if last is not None:
                 for i, token in zip(live, last, strict=True):
+                    if token is None:  # a row that joined the batch at this step
+                        continue
                     tail = self.tails.setdefault(i, [])
                     tail.append(token)
                     del tail[:-window]
