@@ -8,7 +8,9 @@
 
 A run is a `cotune run` directory: with ``--run-dir`` it is kept, and the same command later resumes it where it
 stopped (finished nodes are not redone) and adds that sitting's wall time; its request cache lives in the run
-directory, fresh at the first sitting. Without ``--run-dir`` the run goes to a temporary folder.
+directory, fresh at the first sitting. Stop a sitting with Ctrl-C or ``kill -TERM`` (``kill -INT`` works for a job
+started in the background too): its time is recorded at once and the finished nodes are written as a partial
+table; a second signal exits without waiting for model calls in flight. Without ``--run-dir`` the run goes to a temporary folder.
 
 Writes benchmarks/results/table1-<task>.json: the table (mean ± std per strategy on test and dev; for a task with
 several metrics, each of them on test, e.g. HotPotQA's EM, F1 and retrieval recall of the gold titles), the best
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import tempfile
 import time
@@ -99,6 +102,35 @@ def sitting(t0: float, resumed: bool, started_at: dict) -> dict:
     return {"started": started, "wall_seconds": seconds, "resumed": resumed, **started_at}
 
 
+class Stop:
+    """SIGINT and SIGTERM stop a sitting: the first records the sitting at once and raises `KeyboardInterrupt`, so
+    what finished is written as a partial table; a second exits at once (the sitting is already recorded; a stop
+    can wait on model calls in flight, and ``--report-only`` writes the table later).
+
+    Installed for SIGINT too because a job started in the background by a non-interactive shell inherits
+    SIGINT ignored, and then a Ctrl-C or ``kill -INT`` would do nothing."""
+
+    def __init__(self, record):
+        self.record = record  # writes the sitting's record; called once
+        self.recorded = False
+
+    def __call__(self, signum, frame) -> None:
+        if self.recorded:
+            os._exit(128 + signum)
+        else:
+            self.finish()
+            raise KeyboardInterrupt
+
+    def finish(self) -> None:
+        if not self.recorded:
+            self.recorded = True
+            self.record()
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self)
+
+
 def finished_results(run, cfg) -> dict:
     """The run's results; for a run not finished, a partial table of the nodes finished so far."""
     from cotune.experiment.results import summarize
@@ -175,15 +207,21 @@ def main() -> None:
     sittings_file = run.path / "table1-sittings.json"
     sittings = json.loads(sittings_file.read_text()) if sittings_file.is_file() else []
     t0, started_at = time.perf_counter(), commit()  # the code this sitting runs is the code at its start
+
+    def record() -> None:  # a stopped sitting still counts its time toward the table's
+        sittings.append(sitting(t0, resumed, started_at))
+        sittings_file.write_text(json.dumps(sittings, indent=2))
+
+    stop = Stop(record)
     try:
         if not args.report_only:
+            stop.install()
             runner.run(run)
-    except KeyboardInterrupt:  # Ctrl-C: what finished is written as a partial table; the same command resumes
+    except KeyboardInterrupt:  # Ctrl-C or kill: what finished is written as a partial table; the same command resumes
         print("interrupted: writing the nodes finished so far", flush=True)
     finally:
-        if not args.report_only:  # a stopped sitting still counts its time toward the table's
-            sittings.append(sitting(t0, resumed, started_at))
-            sittings_file.write_text(json.dumps(sittings, indent=2))
+        if not args.report_only:
+            stop.finish()
     results = finished_results(run, cfg)
     table = {r["strategy"]: r for r in results["table"]}
     sizes = {k: v for k, v in (("train", cfg.train_size), ("dev", cfg.dev_size), ("test", cfg.test_size)) if v}

@@ -120,3 +120,62 @@ def test_make_run_splits_the_run_into_setup_and_nodes_from_its_event_log(tmp_pat
     events = tmp_path / "events.jsonl"
     events.write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert make_run.phases(events) == {"setup": 12.5, "zero-shot": 5.5, "w": 62.2}
+
+
+def table1_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("table1", BENCHMARKS / "table1.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table1_stop_records_the_sitting_once_and_a_second_signal_exits(monkeypatch):
+    import signal
+
+    table1 = table1_module(monkeypatch)
+    recorded, exits = [], []
+    stop = table1.Stop(lambda: recorded.append(1))
+    with pytest.raises(KeyboardInterrupt):
+        stop(signal.SIGTERM, None)
+    stop.finish()  # the run's own finally: the sitting is not counted twice
+    assert recorded == [1]
+    monkeypatch.setattr(table1.os, "_exit", exits.append)
+    stop(signal.SIGTERM, None)
+    assert exits == [128 + signal.SIGTERM] and recorded == [1]
+
+
+# A child that inherited SIGINT ignored (a background job of a non-interactive shell) installs table1's Stop and
+# waits; the parent's SIGINT must reach it, record the sitting and raise KeyboardInterrupt.
+STOP_CHILD = """
+import signal, sys, threading
+sys.path.insert(0, sys.argv[1])
+import importlib.util
+spec = importlib.util.spec_from_file_location("table1", sys.argv[1] + "/table1.py")
+table1 = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(table1)
+table1.Stop(lambda: print("recorded", flush=True)).install()
+print("ready", flush=True)
+try:
+    threading.Event().wait(30)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_table1_stop_reaches_a_job_started_with_sigint_ignored():
+    import signal
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", STOP_CHILD, str(BENCHMARKS)],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        child.send_signal(signal.SIGINT)
+        out, _ = child.communicate(timeout=20)
+    finally:
+        child.kill()
+    assert out.split() == ["recorded", "interrupted"]
