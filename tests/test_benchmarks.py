@@ -155,8 +155,8 @@ spec = importlib.util.spec_from_file_location("table1", sys.argv[1] + "/table1.p
 table1 = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(table1)
 table1.Stop(lambda: print("recorded", flush=True)).install()
-print("ready", flush=True)
 try:
+    print("ready", flush=True)  # inside the try: the signal may come before the wait begins
     threading.Event().wait(30)
 except KeyboardInterrupt:
     print("interrupted", flush=True)
