@@ -111,11 +111,38 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def looks_like_a_path(text: str) -> bool:
+    """An absolute path of this machine, not a model's text that starts with a slash: no whitespace, and it or
+    its folder exists, two levels below the root at least."""
+    if not text.startswith("/") or any(c.isspace() for c in text):
+        return False
+    path = Path(text)
+    return len(path.parts) > 2 and (path.exists() or path.parent.is_dir())
+
+
+def portable(value: Any) -> Any:
+    """``value`` with every absolute path in it (a string or a Path, nested anywhere) written relative to the
+    checkout: ``benchmarks/...`` inside it, ``../shared/data/gsm8k`` beside it, ``…/last/two`` elsewhere — a results
+    file says where its inputs were as a user would type them, not where this machine keeps them."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable(v) for v in value]
+    if isinstance(value, Path) or (isinstance(value, str) and looks_like_a_path(value)):
+        path = Path(os.path.normpath(value))
+        if not path.is_absolute():
+            return str(value)
+        if path == ROOT or ROOT in path.parents or ROOT.parent in path.parents:
+            return os.path.relpath(path, ROOT)
+        return "…/" + "/".join(path.parts[-2:])
+    return value
+
+
 def write_results(path: Path, data: dict[str, Any], *, started: float | None = None) -> Path:
     """Write ``data`` with the commit, the machine and the wall time beside it.
 
     The script's own keys win, except ``machine``: its keys (e.g. the load average before the run) are added to
-    the machine record. ``started`` is ``time.perf_counter()`` when the benchmark began; a script that counts
+    the machine record. Absolute paths are written relative to the checkout (`portable`). ``started`` is ``time.perf_counter()`` when the benchmark began; a script that counts
     its wall time itself (over several sittings) passes ``wall_seconds`` in ``data`` instead.
     """
     if "wall_seconds" not in data and started is None:
@@ -125,7 +152,7 @@ def write_results(path: Path, data: dict[str, Any], *, started: float | None = N
     if "wall_seconds" not in data:
         out["wall_seconds"] = round(time.perf_counter() - started, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(portable(out), indent=2, default=str) + "\n")
     return path
 
 
