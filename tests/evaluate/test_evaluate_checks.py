@@ -51,7 +51,19 @@ def test_an_empty_data_file_is_refused(tmp_path, text):
 
 
 def test_ctrl_c_stops_promptly_and_keeps_finished_rows():
-    lm = FakeLM(lambda m: "Answer: " + m[-1]["content"].split(": ")[1])
+    import threading
+
+    # Calls after the third wait until the Ctrl-C: an instant fake LM on a loaded machine could otherwise
+    # answer all 40 before the main thread handles the third row (the race this test once lost, 40 calls).
+    gate, answered = threading.Event(), []
+
+    def answer(m):
+        answered.append(1)
+        if len(answered) > 3:
+            gate.wait(5)
+        return "Answer: " + m[-1]["content"].split(": ")[1]
+
+    lm = FakeLM(answer)
     program = ct.Predict("question -> answer").bind(lm)
     seen = []
 
@@ -59,6 +71,7 @@ def test_ctrl_c_stops_promptly_and_keeps_finished_rows():
         if e.name == "progress.advance":
             seen.append(e)
             if len(seen) == 3:
+                gate.set()
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt) as info:
