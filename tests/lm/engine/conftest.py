@@ -31,24 +31,21 @@ def lora(tmp_path_factory):
     return Path(folder)
 
 
+def tiny_config(transformers, **settings):
+    """A two-layer Llama of width 32: ``settings`` give its vocabulary, context and special tokens."""
+    shape = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    )
+    return transformers.LlamaConfig(**(shape | {"eos_token_id": None} | settings))
+
+
 @pytest.fixture(scope="module")
 def tiny_llama():
     """A tiny randomly initialized Llama (no weights loaded; pad token 0), for decoding tests."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=96,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=0,
-    )
+    config = tiny_config(transformers, vocab_size=96, max_position_embeddings=256, bos_token_id=None, pad_token_id=0)
     return transformers.LlamaForCausalLM(config).eval()
 
 
@@ -69,13 +66,9 @@ def tiny_engine(tmp_path_factory):
             shutil.copy(source / name, folder / name)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
+    config = tiny_config(
+        transformers,
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=512,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
