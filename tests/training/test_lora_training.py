@@ -100,11 +100,11 @@ def test_refusals_that_need_no_model(tmp_path):
 def test_batches_cover_every_example_once_and_group_similar_lengths():
     import random
 
-    from cotune.training.lora import _length_grouped_batches
+    from cotune.training.lora import _batches
 
     draw = random.Random(1)
     lengths = [draw.randint(10, 500) for _ in range(37)]
-    batches = _length_grouped_batches(lengths, 4, random.Random(0))
+    batches = _batches(lengths, 4, random.Random(0), by_length=True)
     assert sorted(i for b in batches for i in b) == list(range(37))
     assert [len(b) for b in batches].count(4) == 9
     padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
@@ -112,7 +112,28 @@ def test_batches_cover_every_example_once_and_group_similar_lengths():
     random.Random(2).shuffle(shuffled)
     naive = sum(max(lengths[i] for i in shuffled[k : k + 4]) * len(shuffled[k : k + 4]) for k in range(0, 37, 4))
     assert padded < naive  # less padding than batches in random order
-    assert batches != _length_grouped_batches(lengths, 4, random.Random(1))  # the order changes with the seed
+    assert batches != _batches(lengths, 4, random.Random(1), by_length=True)  # the order changes with the seed
+
+
+def test_random_batches_mix_labels_whose_names_differ_in_length():
+    """Iris-like: 12 examples of each of three labels, each label's sequences one length. Grouped by length,
+    every batch of a set smaller than the sorting window holds one label, every epoch; random batches (the
+    default) mix them, and cover every example once."""
+    import random
+
+    from cotune.training.config import TrainingConfig
+    from cotune.training.lora import _batches
+
+    assert TrainingConfig().group_by_length is False
+    lengths = [40] * 12 + [42] * 12 + [43] * 12
+    rng = random.Random(0)
+    grouped = [_batches(lengths, 4, rng, by_length=True) for _ in range(3)]
+    assert all(len({lengths[i] for i in b}) == 1 for epoch in grouped for b in epoch)
+    mixed = [_batches(lengths, 4, rng, by_length=False) for _ in range(3)]
+    for epoch in mixed:
+        assert sorted(i for b in epoch for i in b) == list(range(36))
+    assert sum(len({lengths[i] for i in b}) > 1 for epoch in mixed for b in epoch) >= 15  # of 27 batches
+    assert mixed[0] != mixed[1]
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():

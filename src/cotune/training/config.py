@@ -181,6 +181,16 @@ class TrainingConfig(_Settings):
         },
     )
 
+    group_by_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Batch sequences of similar length together (less padding where lengths vary widely, such as "
+            "chains of thought); off: random batches every epoch. A classifier's labels often differ in length "
+            "(Iris: setosa, versicolor, virginica), so grouped batches hold one label each: on one Iris trace "
+            "set, 2 of 6 seeds trained that way ended answering one species (34%)."
+        },
+    )
+
     def trains_in_bf16(self, device: str) -> bool:
         """Whether training on ``device`` ("cpu", "cuda[:n]") uses bf16: the frozen base weights held in bf16 and
         the forward autocast to it. Only on a CUDA device that computes bf16 natively, with ``bf16`` on.

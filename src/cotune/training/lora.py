@@ -156,7 +156,7 @@ def _train(examples, base_model_path, output_dir, lora, training, base_model, in
     step_seconds: list[float] = []
     with Progress(events, "finetune", total=total_steps) as bar, MemoryWatch(device, torch) as memory:
         for _epoch in range(training.epochs):
-            batches = _length_grouped_batches([len(t) for t in tokenized], training.batch_size, rng)
+            batches = _batches([len(t) for t in tokenized], training.batch_size, rng, training.group_by_length)
             for start in range(0, len(batches), training.gradient_accumulation_steps):
                 group = batches[start : start + training.gradient_accumulation_steps]
                 t0 = time.perf_counter()
@@ -239,13 +239,18 @@ def read_adapter_metadata(path: str | Path) -> dict[str, Any]:
 
 
 # -- pieces of the recipe ---------------------------------------------------------------------------------
-def _length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Shuffle, sort by length inside windows of 16 batches, cut into batches, shuffle the batches.
+def _batches(lengths: Sequence[int], batch_size: int, rng: random.Random, by_length: bool) -> list[list[int]]:
+    """One epoch's batches of example indices: shuffled; with ``by_length``, sorted by length inside windows of
+    16 batches, cut into batches, and the batches shuffled.
 
-    Similar lengths share a batch (little padding) while the order still changes every epoch.
+    By length, similar lengths share a batch (little padding) while the order still changes every epoch; but a
+    set smaller than a window is sorted whole, so the batches are the same every epoch, and where length
+    follows the label (a classifier's label names) each batch holds one label.
     """
     order = list(range(len(lengths)))
     rng.shuffle(order)
+    if not by_length:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     window = batch_size * 16
     batches = []
     for w in range(0, len(order), window):
