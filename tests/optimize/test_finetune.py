@@ -149,14 +149,18 @@ def test_default_output_dir_is_named_by_content(trained, tmp_path, monkeypatch):
 
 def test_the_adapter_cache_key_is_the_one_from_before_lora_and_training_were_split(tmp_path, monkeypatch):
     """An adapter trained before the split is found again: both configs are hashed as the one config they were.
-    The two keys were computed by the code before the split (one LoRAConfig holding every setting)."""
+    The two keys were computed by the code before the split (one LoRAConfig holding every setting), whose
+    training batched by length: that is ``group_by_length=True`` now, and random batches (the default since)
+    train another adapter, under another key."""
     monkeypatch.setenv("COTUNE_CACHE_DIR", str(tmp_path))
     base = {"adapter": SimpleNamespace(model="HuggingFaceTB/SmolLM2-135M-Instruct", adapter_id=None)}
     tuner = BootstrapFinetune(metric)
-    default = tuner._root([], LoRAConfig(), TrainingConfig(), base)
-    assert default == tmp_path / "adapters" / "HuggingFaceTB_SmolLM2-135M-Instruct-add49f829347"
+    grouped = tuner._root([], LoRAConfig(), TrainingConfig(group_by_length=True), base)
+    assert grouped == tmp_path / "adapters" / "HuggingFaceTB_SmolLM2-135M-Instruct-add49f829347"
     lora = LoRAConfig(r=8, top_layers=4, target_modules=["q_proj", "v_proj"])
-    assert tuner._root([], lora, TrainingConfig(epochs=2, seed=5), base).name.endswith("-1f1f5037d670")
+    training = TrainingConfig(epochs=2, seed=5, group_by_length=True)
+    assert tuner._root([], lora, training, base).name.endswith("-1f1f5037d670")
+    assert tuner._root([], LoRAConfig(), TrainingConfig(), base) != grouped
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ def test_the_shape_and_the_training_settings_are_apart():
     assert [f.name for f in dataclasses.fields(TrainingConfig)] == [
         "epochs", "learning_rate", "batch_size", "gradient_accumulation_steps", "max_length", "warmup_ratio",
         "weight_decay", "max_grad_norm", "seed", "bf16", "device", "num_threads", "gradient_checkpointing",
-        "share_prefix",
+        "share_prefix", "group_by_length",
     ]  # fmt: skip
     assert TrainingConfig(batch_size=4, gradient_accumulation_steps=2).effective_batch_size == 8
 
@@ -105,7 +105,7 @@ def test_both_as_one_mapping_keep_the_order_of_the_config_before_the_split():
     assert list(flat) == [
         "r", "alpha", "dropout", "target_modules", "top_layers", "epochs", "learning_rate", "batch_size",
         "gradient_accumulation_steps", "max_length", "warmup_ratio", "weight_decay", "max_grad_norm", "seed", "bf16",
-        "device", "num_threads", "gradient_checkpointing", "share_prefix",
+        "device", "num_threads", "gradient_checkpointing", "share_prefix", "group_by_length",
     ]  # fmt: skip
     assert (flat["r"], flat["epochs"]) == (8, 2)
 

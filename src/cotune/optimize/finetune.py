@@ -27,7 +27,7 @@ from cotune.optimize.weights_target import LocalWeights, ServedWeights, weights_
 from cotune.params import Fraction, NonNegative, OpenFraction, Positive
 from cotune.program.predict import Predict
 from cotune.program.program import Program
-from cotune.training.config import LoRAConfig, TrainingConfig, flat_settings, split_lora_settings
+from cotune.training.config import LoRAConfig, TrainingConfig, key_settings, split_lora_settings
 from cotune.training.lora import TrainResult
 from cotune.training.sft_data import ChatExample, chat_examples
 from cotune.training.trainer import Trainer, resolve_trainer
@@ -296,7 +296,7 @@ class BootstrapFinetune(Optimizer):
         identity = {
             "traces": [t.key() for t in traces],
             "threshold": self.metric_threshold,
-            "lora": flat_settings(lora, training),  # both, as one config held them: earlier adapters are found again
+            "lora": key_settings(lora, training),  # both, as one config held them: earlier adapters are found again
             "bases": {g: [lm.model, lm.adapter_id if self.init == "continue" else None] for g, lm in bases.items()},
             "multitask": self.multitask,
             "keep_demos": self.keep_demos,

@@ -220,6 +220,17 @@ def flat_settings(lora: LoRAConfig, training: TrainingConfig) -> dict[str, Any]:
     return lora.to_dict() | training.to_dict()
 
 
+# Settings added after adapters were first keyed by their settings, with the value every earlier adapter was
+# trained with: at that value a setting is left out of the key, so those adapters are found again.
+KEYED_SINCE = {"group_by_length": True}
+
+
+def key_settings(lora: LoRAConfig, training: TrainingConfig) -> dict[str, Any]:
+    """`flat_settings` as an adapter's cache key holds them: a setting of `KEYED_SINCE` at its earlier value left
+    out (an adapter trained before it existed was trained that way, and keeps its key)."""
+    return {k: v for k, v in flat_settings(lora, training).items() if k not in KEYED_SINCE or KEYED_SINCE[k] != v}
+
+
 def split_lora_settings(params: Mapping[str, Any]) -> dict[str, Any]:
     """``params`` (a fine-tune's hyperparameters) with the training settings that its ``lora`` mapping holds
     moved under ``training``: how they were written before the split (``lora: {r: 8, epochs: 3}``, ``-P
