@@ -106,6 +106,16 @@ def test_job_round_trips_through_its_file_form():
     assert Job.from_dict(json.loads(json.dumps(job.to_dict()))) == job
 
 
+def test_the_trl_trainer_batches_as_the_local_one_does(tmp_path):
+    """``group_by_length`` reaches TRL's sampler: random batches by default, length-grouped when asked."""
+    pytest.importorskip("trl")
+    from cotune.training.trl_sft import _sft_config
+
+    for grouped, strategy in ((False, "random"), (True, "group_by_length")):
+        job = Job(EXAMPLES[:2], "/m", "/out", LORA, TRAINING.replace(group_by_length=grouped), "smol", None, 1, True)
+        assert _sft_config(job, "cpu", False, str(tmp_path)).train_sampling_strategy == strategy
+
+
 # -- the launch protocol, with stand-in processes instead of `accelerate launch` ------------------------------
 def _stand_in(monkeypatch, code: str) -> None:
     """Make `launch` run ``code`` (with FOLDER bound to the job folder) instead of accelerate."""

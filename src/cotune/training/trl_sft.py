@@ -120,6 +120,7 @@ def _sft_config(job: Job, device: str, bf16: bool, scratch: str) -> Any:
         optim="adamw_torch",
         seed=training.seed,
         data_seed=training.seed,
+        train_sampling_strategy="group_by_length" if training.group_by_length else "random",
         bf16=bf16,
         fp16=False,
         use_cpu=device == "cpu",
