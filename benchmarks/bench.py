@@ -142,8 +142,9 @@ def write_results(path: Path, data: dict[str, Any], *, started: float | None = N
     """Write ``data`` with the commit, the machine and the wall time beside it.
 
     The script's own keys win, except ``machine``: its keys (e.g. the load average before the run) are added to
-    the machine record. Absolute paths are written relative to the checkout (`portable`). ``started`` is ``time.perf_counter()`` when the benchmark began; a script that counts
-    its wall time itself (over several sittings) passes ``wall_seconds`` in ``data`` instead.
+    the machine record. Absolute paths are written relative to the checkout (`portable`). ``started`` is
+    ``time.perf_counter()`` when the benchmark began; a script that counts its wall time itself (over several
+    sittings) passes ``wall_seconds`` in ``data`` instead.
     """
     if "wall_seconds" not in data and started is None:
         raise ValueError(f"{path.name}: a results file says its wall time; pass started= or a wall_seconds key")
