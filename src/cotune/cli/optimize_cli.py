@@ -135,6 +135,13 @@ def finetune_cmd(
     fill_with_labels: Annotated[
         bool, typer.Option("--fill-with-labels", help="Also train on the gold labels of examples no run got right.")
     ] = False,
+    balance_classes: Annotated[
+        bool | None,
+        typer.Option(
+            "--balance-classes/--no-balance-classes",
+            help="Repeat the kept runs of the rarer answers (outputs with a fixed set of choices) until each is about as frequent as the most common, over proportionally fewer epochs. Default: the task's, else off.",
+        ),
+    ] = None,
     strip_demos: Annotated[
         bool | None,
         typer.Option(
@@ -199,6 +206,7 @@ def finetune_cmd(
         rollout_temperature=rollout_temperature,
         stop_at_first_pass=stop_at_first_pass,
         fill_with_labels=fill_with_labels,
+        balance_classes=balance_classes,
         keep_demos=None if strip_demos is None else not strip_demos,
         split_seed=split_seed,
         force=force,

@@ -194,6 +194,7 @@ def run_finetune(
     out: Console,
     rollouts: int | None = None,
     fill_with_labels: bool = False,
+    balance_classes: bool | None = None,
     keep_demos: bool | None = None,
     split_seed: int = 0,
     force: bool = False,
@@ -209,6 +210,7 @@ def run_finetune(
     neither sets (None) comes from the task's measured run defaults (``weights``), then the optimizer's own.
     ``trainer`` and ``processes`` choose what trains the adapter (`cotune.training.trainer.build_trainer`)."""
     from cotune.errors import ConfigError
+    from cotune.optimize.finetune import MULTITASK_ADAPTER
     from cotune.optimize.registry import build_optimizer, merge, upgrade_params
     from cotune.training.trainer import build_trainer
 
@@ -228,6 +230,7 @@ def run_finetune(
         "keep_demos": keep_demos,
         "metric_threshold": threshold,
         "fill_with_labels": fill_with_labels or None,  # a flag: absent is not "off"
+        "balance_classes": balance_classes,
         "lora": lora or None,
         "training": training or None,
     }
@@ -267,6 +270,10 @@ def run_finetune(
     )
     if opt.coverage_:
         out.print(f"kept traces cover {coverage_line(opt.coverage_)}")
+    if opt.balance_:
+        repeats = ", ".join(f"{c} {n} ×{opt.balance_['repeats'][c]}" for c, n in opt.balance_["counts"].items())
+        epochs = ", ".join(f"{e}" if g == MULTITASK_ADAPTER else f"{g} {e}" for g, e in opt.balance_["epochs"].items())
+        out.print(f"balanced the kept runs: {repeats} (epochs: {epochs})")
     out.print(
         f"training: {getattr(result, 'steps', '?')} steps, final loss {getattr(result, 'final_loss', float('nan')):.4f}, "
         f"{getattr(result, 'seconds', 0.0):.0f} s"

@@ -22,7 +22,15 @@ from cotune.events import EventSink, emit
 from cotune.lm.cache import default_cache_dir
 from cotune.optimize.base import Optimizer
 from cotune.optimize.rollouts import Trace, collect_traces
-from cotune.optimize.traces import count_by_predictor, coverage, labeled_traces, load_traces, passing, save_traces
+from cotune.optimize.traces import (
+    balance_classes,
+    count_by_predictor,
+    coverage,
+    labeled_traces,
+    load_traces,
+    passing,
+    save_traces,
+)
 from cotune.optimize.weights_target import LocalWeights, ServedWeights, weights_target
 from cotune.params import Fraction, NonNegative, OpenFraction, Positive
 from cotune.program.predict import Predict
@@ -67,6 +75,12 @@ class BootstrapFinetune(Optimizer):
             them). Off by default: the paper's Θ learns from the program's own successful traces only,
             which a small model may produce for only some answers (SmolLM2-135M on Iris names one or
             two species), so the adapter learns only those.
+        balance_classes: repeat the kept runs of the rarer classes (the values of the program's outputs with a
+            fixed set of choices, e.g. Iris's species) until each class is about as frequent as the most common
+            one (`cotune.optimize.traces.balance_classes`), and train for proportionally fewer epochs, so the
+            number of training steps stays about the same. A small model's own passing runs are skewed to the
+            classes it already names (SmolLM2-135M on Iris: 5 or 6 virginica among 38 runs), and an adapter
+            trained on them can learn the skew. Needs an output with a fixed set of choices.
         keep_demos: keep few-shot demos in the training prompts (default: the model learns on exactly
             what inference sends). False trains on zero-shot prompts and returns a program without demos,
             so inference still matches training. See `cotune.training.sft_data`.
@@ -88,6 +102,7 @@ class BootstrapFinetune(Optimizer):
         traces_path_: the traces file used. n_traces_: runs collected (or loaded); n_passed_: runs kept.
         n_labeled_: traces written from labels (``fill_with_labels``; also in the traces file).
         passed_by_predictor_: kept calls per predictor name.
+        balance_: with ``balance_classes``: the kept runs per class, each class's repeats and the epochs trained.
         coverage_: training examples covered by kept runs, overall and per class of each choice-typed
             output that the examples label (see `cotune.optimize.traces.coverage`).
 
@@ -121,6 +136,7 @@ class BootstrapFinetune(Optimizer):
         output_dir: str | Path | None = None,
         traces: str | Path | None = None,
         fill_with_labels: bool = False,
+        balance_classes: bool = False,
         keep_demos: bool = True,
         num_threads: Positive = 8,
         seed: int = 0,
@@ -141,6 +157,7 @@ class BootstrapFinetune(Optimizer):
         self.output_dir = output_dir
         self.traces = traces
         self.fill_with_labels = fill_with_labels
+        self.balance_classes = balance_classes
         self.keep_demos = keep_demos
         self.num_threads = num_threads
         self.seed = seed
@@ -168,6 +185,12 @@ class BootstrapFinetune(Optimizer):
         resolve_trainer(self.trainer)  # an unknown trainer fails before any trace is collected
         student = program.deepcopy() if isinstance(program, Program) else _copy_predict(program)
         named = _named(student)
+        classes = _class_fields(named.values())
+        if self.balance_classes and not classes:
+            raise ConfigError(
+                "balance_classes needs an output with a fixed set of choices (a Literal or bool field), but the "
+                f"predictors {sorted(named)} have none; leave balance_classes off"
+            )
         groups = {MULTITASK_ADAPTER: list(named)} if self.multitask else {n: [n] for n in named}
         bases = {g: self._student_lm(names, named) for g, names in groups.items()}
         # Before any trace or training step: a server that cannot take the adapter must fail now.
@@ -186,7 +209,7 @@ class BootstrapFinetune(Optimizer):
                 traces = traces + filled
         self.passed_by_predictor_ = count_by_predictor(kept, named)
         runs = [t for t in kept if t.source == "run"]
-        self.coverage_ = coverage(runs, trainset, _class_fields(named.values())) if self.traces is None else None
+        self.coverage_ = coverage(runs, trainset, classes) if self.traces is None else None
         emit(
             events,
             "finetune.traces",
@@ -205,15 +228,19 @@ class BootstrapFinetune(Optimizer):
         self.traces_path_ = str(root / "traces.jsonl")
         if not self.traces or Path(self.traces).resolve() != Path(self.traces_path_).resolve():
             save_traces(self.traces_path_, traces)
+        repeats = self._balance(kept, classes, events)
         steps = [t.steps for t in kept]
         paths: dict[str, str] = {}
         results: dict[str, TrainResult] = {}
         for group, names in groups.items():
-            examples = chat_examples(steps, keep_demos=self.keep_demos, predictors=None if self.multitask else names)
+            only = None if self.multitask else names
+            examples = chat_examples(steps, keep_demos=self.keep_demos, predictors=only, repeats=repeats)
             if not examples:  # one adapter per predictor, and this one has no successful call
                 emit(events, "finetune.skip", predictor=group, reason="no successful calls in the kept traces")
                 continue
-            results[group] = self._train(examples, targets[group], root / _slug(group), lora, training, events)
+            epochs = self._epochs(group, examples, training)
+            out = root / _slug(group)
+            results[group] = self._train(examples, targets[group], out, lora, training.replace(epochs=epochs), events)
             paths[group] = results[group].adapter_path
             tuned = targets[group].bind(paths[group], events)
             for name in names:
@@ -275,6 +302,24 @@ class BootstrapFinetune(Optimizer):
             events=events,
         )
 
+    def _balance(self, kept: list[Trace], classes: list[str], events: EventSink | None) -> list[int] | None:
+        """With ``balance_classes``: how many times to train on each kept run (None: once each)."""
+        self.balance_ = None
+        if not self.balance_classes:
+            return None
+        repeats, self.balance_ = balance_classes(kept, classes)
+        emit(events, "finetune.balance", **self.balance_)
+        self.balance_["epochs"] = {}
+        return repeats
+
+    def _epochs(self, group: str, examples: list[ChatExample], training: TrainingConfig) -> int:
+        """Balanced, the repeated examples train for proportionally fewer epochs: about the same steps."""
+        if self.balance_ is None:
+            return training.epochs
+        epochs = max(1, round(training.epochs * len(set(examples)) / len(examples)))
+        self.balance_["epochs"][group] = epochs
+        return epochs
+
     def _fill(self, program, trainset, passed, kept, events) -> list[Trace]:
         """Label traces for the training examples no kept run covers; with a traces file, the file's own."""
         if self.traces is not None:  # the file's own label traces are used as they are
@@ -293,14 +338,18 @@ class BootstrapFinetune(Optimizer):
     def _root(self, traces: list[Trace], lora: LoRAConfig, training: TrainingConfig, bases: dict[str, Any]) -> Path:
         if self.output_dir is not None:
             return Path(self.output_dir)
-        identity = {
-            "traces": [t.key() for t in traces],
-            "threshold": self.metric_threshold,
-            "lora": key_settings(lora, training),  # both, as one config held them: earlier adapters are found again
-            "bases": {g: [lm.model, lm.adapter_id if self.init == "continue" else None] for g, lm in bases.items()},
-            "multitask": self.multitask,
-            "keep_demos": self.keep_demos,
-        } | ({"trainer": resolve_trainer(self.trainer).name} if self.trainer != "local" else {})
+        identity = (
+            {
+                "traces": [t.key() for t in traces],
+                "threshold": self.metric_threshold,
+                "lora": key_settings(lora, training),  # both, as one config held them: earlier adapters are found again
+                "bases": {g: [lm.model, lm.adapter_id if self.init == "continue" else None] for g, lm in bases.items()},
+                "multitask": self.multitask,
+                "keep_demos": self.keep_demos,
+            }
+            | ({"balance_classes": True} if self.balance_classes else {})
+            | ({"trainer": resolve_trainer(self.trainer).name} if self.trainer != "local" else {})
+        )
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
         model = _slug(next(iter(bases.values())).model)
         return default_cache_dir() / "adapters" / f"{model}-{digest}"

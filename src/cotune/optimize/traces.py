@@ -134,6 +134,37 @@ def coverage(traces: Iterable[Trace], examples: Sequence[Example], fields: Itera
     return out
 
 
+def balance_classes(traces: Sequence[Trace], fields: Sequence[str]) -> tuple[list[int], dict[str, Any]]:
+    """How many times to train on each of ``traces`` so each class of their predictions is about as frequent
+    as the most common one.
+
+    A trace's class is the values of ``fields`` in its prediction (e.g. Iris's species); a class seen ``n`` times
+    gets ``round(top / n)`` repeats, ``top`` the most common class's count. A trace without those fields is its
+    own class ``"-"``, trained on once. Returns the repeats, one per trace, and
+    ``{"fields": [...], "counts": {class: n}, "repeats": {class: k}}``.
+
+    Example:
+        >>> t = lambda i, y: Trace(i, {"q": str(i)}, {"y": y}, {"y": y}, 1.0, [])
+        >>> repeats, report = balance_classes([t(0, "a"), t(1, "a"), t(2, "a"), t(3, "b")], ["y"])
+        >>> repeats, report["repeats"]
+        ([1, 1, 1, 3], {'a': 1, 'b': 3})
+    """
+    names = list(fields)
+
+    def label(t: Trace) -> str:
+        values = [str(t.prediction[f]) for f in names if t.prediction and f in t.prediction]
+        return " / ".join(values) if values else "-"
+
+    labels = [label(t) for t in traces]
+    counts: dict[str, int] = {}
+    for c in labels:
+        counts[c] = counts.get(c, 0) + 1
+    top = max((n for c, n in counts.items() if c != "-"), default=1)
+    repeats = {c: 1 if c == "-" else max(1, round(top / n)) for c, n in counts.items()}
+    report = {"fields": names, "counts": dict(sorted(counts.items())), "repeats": dict(sorted(repeats.items()))}
+    return [repeats[c] for c in labels], report
+
+
 def count_by_predictor(traces: Iterable[Trace], names: Iterable[str] = ()) -> dict[str, int]:
     """Successful calls per predictor name; every name in ``names`` appears, with 0 when it has none."""
     counts = dict.fromkeys(names, 0)
@@ -187,6 +218,7 @@ def load_traces(path: str | Path) -> list[Trace]:
 
 __all__ = [
     "Trace",
+    "balance_classes",
     "collect_traces",
     "count_by_predictor",
     "coverage",

@@ -66,6 +66,7 @@ def chat_examples(
     *,
     keep_demos: bool = True,
     predictors: Iterable[str] | None = None,
+    repeats: Sequence[int] | None = None,
 ) -> list[ChatExample]:
     """One `ChatExample` per successful predictor call, deduplicated, in first-seen order.
 
@@ -73,11 +74,13 @@ def chat_examples(
         traces: the steps of each kept trace.
         keep_demos: keep the demo turns in the prompt (see the module docstring for why this is the default).
         predictors: only calls of these predictors (one adapter per predictor); None keeps all (multitask).
+        repeats: one count per trace: each call is listed that many times in a row (the count of the trace
+            where the call is first seen), e.g. to balance classes (`cotune.optimize.traces.balance_classes`).
     """
     wanted = None if predictors is None else set(predictors)
     seen: set[ChatExample] = set()
     out: list[ChatExample] = []
-    for steps in traces:
+    for i, steps in enumerate(traces):
         for step in steps:
             if step.error is not None or (wanted is not None and step.predictor not in wanted):
                 continue
@@ -85,7 +88,7 @@ def chat_examples(
             ex = ChatExample.create(messages, step.completion, step.predictor)
             if ex not in seen:
                 seen.add(ex)
-                out.append(ex)
+                out += [ex] * (1 if repeats is None else repeats[i])
     return out
 
 
