@@ -155,7 +155,7 @@ def open_run(args, cfg_data: dict):
     resumed = (run_dir / RunDir.CONFIG).is_file()
     if resumed:
         run = RunDir.open(run_dir)
-        runner = Runner(ExperimentConfig.from_dict(run.config()), events=progress)
+        runner = Runner(ExperimentConfig.saved(run.config()), events=progress)
     else:
         runner = Runner(ExperimentConfig.from_dict(cfg_data | {"out_dir": str(run_dir.parent)}), events=progress)
         run = RunDir.create(run_dir.parent, run_dir.name, runner.config.to_dict())

@@ -162,7 +162,7 @@ def run_experiment(
                 "`--resume` continues a run with its saved config; don't combine it with --config or other options"
             )
         saved = RunDir.open(resume).config()
-        cfg = ExperimentConfig.from_dict(saved | {"ray": ray} if ray else saved)
+        cfg = ExperimentConfig.saved(saved | {"ray": ray} if ray else saved)
     else:
         cfg = experiment_config(config_path, overrides | ({"ray": ray} if ray else {}))
         check_out_dir(Path(cfg.out_dir), flag="--out-dir")  # before the model loads

@@ -253,8 +253,17 @@ class ExperimentConfig:
     def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
         """A validated config from nested fields; fields ``data`` leaves out take the task's measured
         ``run_defaults`` (`cotune.tasks.TaskInfo`), then the defaults above. The saved run config holds them all."""
+        return cls._build(_with_task_defaults(_seeds_as_list(data)))
+
+    @classmethod
+    def saved(cls, data: dict[str, Any]) -> ExperimentConfig:
+        """A run's saved config (`to_dict`), to resume it: the task's run defaults it started with are in it, and
+        today's are not merged in again, so a run resumed after a task's defaults changed goes on as it began."""
+        return cls._build(steps_with_params(_seeds_as_list(data)))
+
+    @classmethod
+    def _build(cls, data: dict[str, Any]) -> ExperimentConfig:
         errors: list[str] = []
-        data = _with_task_defaults(_seeds_as_list(data))
         cfg = build_dataclass(cls, data, "", errors)
         if cfg is not None:
             errors += cfg.check()

@@ -203,7 +203,7 @@ def _run_node(
     """A Ray task: one node of one seed, on a task and LM built from ``config`` in this worker."""
     import ray
 
-    cfg = ExperimentConfig.from_dict({**config, "ray": None})  # in here, the node runs in this process
+    cfg = ExperimentConfig.saved({**config, "ray": None})  # in here, the node runs in this process
     key = json.dumps([config.get(k) for k in _BUILD_FIELDS] + [ray.get_gpu_ids()], default=str)
     if key not in _HELD:
         _HELD.clear()

@@ -67,7 +67,7 @@ class Runner:
     @classmethod
     def resume(cls, path: str | Path, **kwargs: Any) -> tuple[Runner, RunDir]:
         run = RunDir.open(path)
-        runner = cls(ExperimentConfig.from_dict(run.config()), **kwargs)
+        runner = cls(ExperimentConfig.saved(run.config()), **kwargs)
         runner.run(run)
         return runner, run
 

@@ -34,12 +34,15 @@ INFO = TaskInfo(
     # Θ from the model's own samples (no gold labels), measured with SmolLM2-135M on seed 0
     # (benchmarks/configs/iris.yaml says how): up to 16 constrained runs per flower, the later ones sampled at
     # temperature 2 until one passes, so the kept runs reach all three species; LoRA on the top 8 layers,
-    # 10 epochs at lr 3e-3, on prompts without the demos → 92% on test from 34% zero-shot.
+    # 10 epochs at lr 3e-3, on prompts without the demos → 92% on test from 34% zero-shot. The kept runs are
+    # balanced by species (5 or 6 virginica among ~39): on one trace set over training seeds 0-5, 92% on all six
+    # balanced, 80% on seed 0 as kept (benchmarks/results/theta_balance.json).
     run_defaults={
         "weights": {
             "num_rollouts": 16,
             "rollout_temperature": 2.0,
             "stop_at_first_pass": True,
+            "balance_classes": True,
             "keep_demos": False,
             "lora": {"top_layers": 8},
             "training": {"epochs": 10, "learning_rate": 3e-3},
