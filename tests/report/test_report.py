@@ -177,6 +177,18 @@ def test_theta_steps_show_the_coverage_of_their_kept_traces(tmp_path):
     assert "| p-w-p |" not in text.split("## What the Θ steps learned from")[1].split("## ")[0]  # ends in p
 
 
+def test_balanced_theta_steps_say_which_classes_were_repeated(tmp_path):
+    cov = {"examples": {"covered": 39, "total": 50}, "by_class": {}}
+    balance = {"fields": ["species"], "counts": {"setosa": 16, "versicolor": 17, "virginica": 6},
+               "repeats": {"setosa": 1, "versicolor": 1, "virginica": 3}, "epochs": {"adapter": 8}}  # fmt: skip
+    even = balance | {"repeats": {"setosa": 1, "versicolor": 1, "virginica": 1}}
+    info = {"w": {"coverage_": cov, "n_passed_": 39, "balance_": balance}, "p-w": {"coverage_": cov, "n_passed_": 50,
+                                                                                  "balance_": even}}  # fmt: skip
+    text = write_report(make_run(tmp_path, "a", THREE_SEEDS, info=info))[0].read_text()
+    assert "| w | 0 | 39 | 39/50 | – | virginica ×3 |" in text
+    assert "| p-w | 0 | 50 | 39/50 | – | none repeated |" in text
+
+
 def test_table_cells_are_mean_pm_std_over_seeds_with_best_in_bold(tmp_path):
     md_path, html_path = write_report(make_run(tmp_path, "a", THREE_SEEDS))
     md = md_path.read_text()

@@ -177,10 +177,16 @@ def theta_coverage(run: adv.RunData) -> Table | None:
         )
         ex = cov["examples"]
         kept = n.info.get("n_passed_", "?")
-        rows.append([n.strategy, str(n.seed), str(kept), f"{ex['covered']}/{ex['total']}", classes or "–"])
+        balance = n.info.get("balance_")
+        repeated = ", ".join(f"{c} ×{k}" for c, k in balance["repeats"].items() if k > 1) if balance else ""
+        row = [n.strategy, str(n.seed), str(kept), f"{ex['covered']}/{ex['total']}", classes or "–"]
+        rows.append(row + [repeated or ("none repeated" if balance else "off")])
     if not rows:
         return None
-    return Table([f"{run.label}: strategy", "seed", "kept runs", "examples covered", "per class"], rows, css="coverage")
+    header = [f"{run.label}: strategy", "seed", "kept runs", "examples covered", "per class", "balanced"]
+    if all(r[-1] == "off" for r in rows):  # a run without class balancing: no column of "off"
+        header, rows = header[:-1], [r[:-1] for r in rows]
+    return Table(header, rows, css="coverage")
 
 
 def accuracy_matrix(runs: list[adv.RunData], strategies: list[str], tables: dict[str, dict[str, dict]]) -> Table:
