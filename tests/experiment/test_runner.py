@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 
 from cotune.errors import ConfigError
-from cotune.experiment.config import ExperimentConfig
+from cotune.experiment.config import ExperimentConfig, WeightStep
 from cotune.experiment.rundir import RunDir
 from cotune.experiment.runner import Runner
 from cotune.optimize.strategy import node_prefixes, parse_strategies, parse_strategy, strategy_name
@@ -246,3 +246,14 @@ def test_a_prompt_steps_handoff_is_saved_and_a_resumed_weight_step_builds_on_it(
     config_file.write_text(json.dumps(saved | {"strategies": ["p", "p-w"]}))
     _, resumed = Runner.resume(run.path, lm=fake_lm(), task=FakeTask(), optimizer_factory=make)
     assert "[p]" in (resumed.path / "seed-0" / "p-w" / "program.json").read_text()
+
+
+def test_a_setting_the_program_cannot_take_stops_the_run_before_any_node(tmp_path):
+    """`balance_classes` on a program without a choice-typed output: refused by `Runner.check` (which `run` calls)
+    before the zero-shot and Π nodes spend their model calls, with no node written."""
+    cfg = config(tmp_path, strategies=["zero-shot", "p", "p-w"], weights=WeightStep(balance_classes=True))
+    lm = fake_lm()
+    with pytest.raises(ConfigError, match="balance_classes needs an output with a fixed set of choices"):
+        Runner(cfg, lm=lm, task=FakeTask()).start()
+    assert lm.calls == []
+    assert not any((tmp_path / "run").glob("seed-*"))

@@ -168,6 +168,8 @@ def run_experiment(
         check_out_dir(Path(cfg.out_dir), flag="--out-dir")  # before the model loads
 
     events = RichEvents(console)
+    runner = Runner(cfg, events=events)
+    runner.check()  # the task's data, and each step's settings against its program, before the model loads
     console.print(
         f"[bold]cotune run[/] {cfg.task} · {cfg.model} · strategies {', '.join(cfg.strategies)} · seeds {cfg.seeds}"
     )
@@ -181,12 +183,12 @@ def run_experiment(
         lm = None
     else:
         lm = load_model(cfg.model, cache=cfg.cache, console=console)
+    runner.lm = lm  # loaded after the checks: a bad setting costs no model load
     try:
         if resume is not None:
             run = RunDir.open(resume)
-            results = Runner(cfg, lm=lm, events=events).run(run)
+            results = runner.run(run)
         else:
-            runner = Runner(cfg, lm=lm, events=events)
             run = RunDir.create(cfg.out_dir, cfg.name or RunDir.default_name(cfg.task, cfg.model), cfg.to_dict())
             console.print(f"run directory: {run.path}  (resume with: cotune run --resume {run.path})")
             results = runner.run(run)

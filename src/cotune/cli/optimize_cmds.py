@@ -67,6 +67,7 @@ def run_optimize(
     check_out_file(out_path, force=force)  # before any LM call: the path, its folder, the overwrite rule
     the_task = _task(task, data_dir, split_seed)
     opt = build_optimizer(optimizer, the_task.metric, num_threads=threads, seed=seed, **params)  # before the model
+    opt.check_program(the_task.program())
     evalset = the_task.split(evaluate_on) if evaluate_on else []  # an unknown split fails before the model loads
     program = _bind(the_task, model, cache, console)
     say_how_long(opt, program, the_task.train, evalset, evaluate_on, threads, console)
@@ -246,6 +247,7 @@ def run_finetune(
     if (trainer, processes) != ("local", 1):
         named["trainer"] = built
     opt = build_optimizer("finetune", the_task.metric, **merge(named, upgrade_params("finetune", params or {})))
+    opt.check_program(the_task.program())
     program = _bind(the_task, model, cache, console, base_url)  # hyperparameters checked before the model loads
     events = RichEvents(console)
     try:

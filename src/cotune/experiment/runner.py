@@ -76,6 +76,21 @@ class Runner:
         with run.lock():
             return self._run(run)
 
+    def check(self) -> Any:
+        """The config's task, loaded, and each step's optimizer checked against its program
+        (`Optimizer.check_program`): a setting the program cannot take fails before the model loads (call this
+        first) or any node runs, not after the nodes before that step. Returns the task."""
+        cfg = self.config
+        task = self.task or task_from_config(cfg)
+        if not cfg.ray:  # Ray workers load their own
+            self.task = task
+        factory = self.optimizer_factory or default_optimizer_factory(cfg, task.metric)
+        program = task.program()
+        kinds = {kind for steps in parse_strategies(cfg.strategies) for kind in steps}
+        for kind in sorted(kinds, key=lambda k: k.value):
+            factory(kind, cfg.seeds[0], Path(cfg.out_dir)).check_program(program)
+        return task
+
     def _run(self, run: RunDir) -> dict[str, Any]:
         cfg = self.config
 
@@ -85,9 +100,7 @@ class Runner:
             if self.user_events is not None:
                 self.user_events(e)
 
-        task = self.task or task_from_config(cfg)
-        if not cfg.ray:  # Ray workers load their own
-            self.task = task
+        task = self.check()
         check_data(run, task, cfg.task)  # a resume on other data than the run started with stops here
         strategies = parse_strategies(cfg.strategies)
         tree = StrategyTree(strategies)

@@ -81,6 +81,11 @@ class Optimizer(ABC):
         """Constraints between hyperparameters that no single annotation states (override where needed)."""
         return None
 
+    def check_program(self, program: Program) -> None:
+        """Raise `cotune.errors.ConfigError` when these hyperparameters cannot work on ``program`` (bound or not);
+        a run checks each step's optimizer against its task's program before the first model call."""
+        return None
+
     @abstractmethod
     def compile(
         self, program: Program, *, trainset: Examples, valset: Examples | None = None, events: Events = None

@@ -183,14 +183,10 @@ class BootstrapFinetune(Optimizer):
         """
         lora, training = self.lora or LoRAConfig(), (self.training or TrainingConfig()).replace(seed=self.seed)
         resolve_trainer(self.trainer)  # an unknown trainer fails before any trace is collected
+        self.check_program(program)
         student = program.deepcopy() if isinstance(program, Program) else _copy_predict(program)
         named = _named(student)
         classes = _class_fields(named.values())
-        if self.balance_classes and not classes:
-            raise ConfigError(
-                "balance_classes needs an output with a fixed set of choices (a Literal or bool field), but the "
-                f"predictors {sorted(named)} have none; leave balance_classes off"
-            )
         groups = {MULTITASK_ADAPTER: list(named)} if self.multitask else {n: [n] for n in named}
         bases = {g: self._student_lm(names, named) for g, names in groups.items()}
         # Before any trace or training step: a server that cannot take the adapter must fail now.
@@ -261,6 +257,16 @@ class BootstrapFinetune(Optimizer):
     def upgrade_params(cls, params: dict[str, Any]) -> dict[str, Any]:
         """Training keys under ``lora`` (before `TrainingConfig` was split from `LoRAConfig`) move to ``training``."""
         return split_lora_settings(params)
+
+    def check_program(self, program: Program | Predict) -> None:
+        """``balance_classes`` needs an output with a fixed set of choices to balance."""
+        named = _named(program)
+        if self.balance_classes and not _class_fields(named.values()):
+            outputs = "; ".join(f"{n}: {', '.join(f.name for f in p.signature.outputs)}" for n, p in named.items())
+            raise ConfigError(
+                "balance_classes needs an output with a fixed set of choices (a Literal or bool field), but no "
+                f"predictor's output has one ({outputs}); leave balance_classes off"
+            )
 
     # -- steps ----------------------------------------------------------------------------------------
     def _student_lm(self, names: list[str], named: dict[str, Predict]) -> Any:
