@@ -103,6 +103,37 @@ def test_plain_progress_time_left_weighs_each_node_by_its_kind(monkeypatch):
     assert "[4/5 nodes, about 1m40s left]" in node("zero-shot", 10, seed=1)
 
 
+def test_plain_output_says_how_far_a_long_phase_got_once_a_minute(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from cotune.cli import render
+    from cotune.events import Event
+
+    clock = [0.0]
+    monkeypatch.setattr(render.time, "monotonic", lambda: clock[0])
+    buf = io.StringIO()
+    sink = render.RichEvents(Console(file=buf, force_terminal=False, width=200))
+    sink(Event("progress.start", {"id": 1, "description": "finetune", "total": 63}))
+    sink(Event("progress.start", {"id": 2, "description": "seed 0 p dev", "total": 50}))
+    for step in range(1, 64):
+        clock[0] += 20.0  # a 20 s training step
+        sink(Event("progress.advance", {"id": 1, "done": step, "total": 63, "advance": 1, "loss": 0.5}))
+    sink(Event("progress.advance", {"id": 2, "done": 50, "total": 50, "advance": 1}))  # after 21 min: one line
+    sink(Event("progress.end", {"id": 1, "done": 63, "total": 63}))
+    sink(Event("progress.end", {"id": 2, "done": 50, "total": 50}))
+    lines = buf.getvalue().splitlines()
+    training = [line for line in lines if line.startswith("  finetune:")]
+    assert training[0] == "  finetune: 3/63  loss=0.500  (1m00s)" and len(training) == 21  # every third step
+    assert training[-1] == "  finetune: 63/63  loss=0.500  (21m00s)"
+    assert [line for line in lines if line.startswith("  seed 0 p dev:")] == ["  seed 0 p dev: 50/50  (21m00s)"]
+    sink(Event("progress.start", {"id": 3, "description": "quick", "total": 2}))
+    sink(Event("progress.advance", {"id": 3, "done": 2, "total": 2, "advance": 2}))
+    sink(Event("progress.end", {"id": 3, "done": 2, "total": 2}))
+    assert "  quick:" not in buf.getvalue()  # a phase within its first minute prints no progress line
+
+
 def test_an_old_config_spelling_is_one_warning_line_a_user_sees():
     """A training setting written under ``lora`` (before LoRAConfig and TrainingConfig were split) still loads;
     the CLI says its new spelling as one line, not as Python's two-line warning with a source path."""

@@ -21,8 +21,11 @@ class RichEvents:
 
     Without a terminal (a log file, CI, nohup) bars show nothing until the end, so each finished or failed
     run node is also printed as one plain line: seed, strategy, scores, elapsed time and an estimate of
-    the time left.
+    the time left; and a phase that runs longer than a minute (a Θ step's rollouts or training, an
+    evaluation) prints how far it got once a minute, so a long run is never silent for long.
     """
+
+    HEARTBEAT_S = 60.0
 
     def __init__(self, console: Console):
         self.console = console
@@ -45,6 +48,7 @@ class RichEvents:
             transient=False,
         )
         self._tasks: dict[int, Any] = {}
+        self._phases: dict[int, list[Any]] = {}  # plain: description, start, last line's time
         self._lock = threading.Lock()
         self._open = 0
 
@@ -52,6 +56,8 @@ class RichEvents:
         f = event.fields
         if self._plain and event.name in ("run.start", "node.start", "node.done", "node.failed", "node.skipped"):
             self._plain_line(event.name, f)
+        if self._plain and event.name.startswith("progress."):
+            self._heartbeat(event.name, f)
         with self._lock:
             if event.name == "progress.start":
                 if self._open == 0:
@@ -74,6 +80,22 @@ class RichEvents:
         with self._lock:
             if self._open:
                 self._progress.stop()
+
+    def _heartbeat(self, name: str, f: dict[str, Any]) -> None:
+        """Plain output: a phase's progress once a minute (none for a phase that ends within its first)."""
+        now = time.monotonic()
+        with self._lock:
+            if name == "progress.start":
+                self._phases[f["id"]] = [f["description"], now, now]
+                return
+            phase = self._phases.pop(f["id"], None) if name == "progress.end" else self._phases.get(f["id"])
+            if phase is None or name == "progress.end" or now - phase[2] < self.HEARTBEAT_S:
+                return
+            phase[2] = now
+        total = f"/{f['total']}" if f.get("total") else ""
+        postfix = "  ".join(_fmt(k, v) for k, v in f.items() if k not in {"id", "done", "total", "advance"})
+        line = f"  {phase[0]}: {f.get('done')}{total}{'  ' + postfix if postfix else ''}  ({_clock(now - phase[1])})"
+        self.console.print(line, highlight=False, markup=False)
 
     def _plain_line(self, name: str, f: dict[str, Any]) -> None:
         if name == "run.start":
