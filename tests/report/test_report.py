@@ -187,6 +187,21 @@ def test_balanced_theta_steps_say_which_classes_were_repeated(tmp_path):
     text = write_report(make_run(tmp_path, "a", THREE_SEEDS, info=info))[0].read_text()
     assert "| w | 0 | 39 | 39/50 | – | virginica ×3 |" in text
     assert "| p-w | 0 | 50 | 39/50 | – | none repeated |" in text
+    assert "are skewed" not in text  # balanced steps need no hint
+
+
+def test_skewed_unbalanced_theta_steps_get_a_hint(tmp_path):
+    def cov(virginica):
+        by = {"setosa": 16, "versicolor": 17, "virginica": virginica}
+        return {"examples": {"covered": 33 + virginica, "total": 50},
+                "by_class": {"species": {c: {"covered": n, "total": 17} for c, n in by.items()}}}  # fmt: skip
+
+    info = {"w": {"coverage_": cov(5), "n_passed_": 38}, "p-w": {"coverage_": cov(17), "n_passed_": 50}}
+    text = write_report(make_run(tmp_path, "a", THREE_SEEDS, info=info))[0].read_text()
+    assert "the kept runs of some Θ steps are skewed (w (seed 0): species virginica 5 against versicolor 17;" in text
+    assert "weights.balance\\_classes: true repeats" in text and "p-w (seed" not in text
+    info = {"w": {"coverage_": cov(6), "n_passed_": 39}}  # 6 × 3 > 17: not skewed enough to say so
+    assert "are skewed" not in write_report(make_run(tmp_path / "b", "a", THREE_SEEDS, info=info))[0].read_text()
 
 
 def test_table_cells_are_mean_pm_std_over_seeds_with_best_in_bold(tmp_path):
