@@ -31,6 +31,7 @@ from cotune.errors import TrainingError
 from cotune.events import EventSink, Progress, emit
 from cotune.lm.adapters import METADATA_FILE
 from cotune.training.adapter_folder import check_output_dir, library_versions, save_adapter
+from cotune.training.checkpoint import Checkpoint
 from cotune.training.config import LoRAConfig, TrainingConfig, flat_settings
 from cotune.training.forward import batch_logits, checked_trunk, sharing_holds
 from cotune.training.memory import MemoryWatch
@@ -137,6 +138,9 @@ def _train(examples, base_model_path, output_dir, lora, training, base_model, in
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(total_steps, training.warmup_ratio))
     trunk = checked_trunk(model, tokenized, pad_id, training, device)
     share = sharing_holds(model, tokenized, trunk, pad_id, training, device)
+    hashed = data_hash(examples)
+    checkpoint = Checkpoint(output_dir, _checkpoint_key(hashed, lora, training, base_model_path, init_adapter))
+    losses, step_seconds = checkpoint.resume(model, optimizer, scheduler)
     emit(
         events,
         "finetune.start",
@@ -147,17 +151,22 @@ def _train(examples, base_model_path, output_dir, lora, training, base_model, in
         trainable_params=sum(p.numel() for p in trainable),
         frozen_trunk_layers=trunk.first if trunk else 0,
         shared_prefix=share,
+        resumed_at_step=len(losses),
     )
 
     # -- train ----------------------------------------------------------------------------------------
     model.train()
     rng = random.Random(training.seed)
-    losses: list[float] = []
-    step_seconds: list[float] = []
+    done, step = len(losses), 0
     with Progress(events, "finetune", total=total_steps) as bar, MemoryWatch(device, torch) as memory:
+        if done:
+            bar.advance(done, loss=round(losses[-1], 4))
         for _epoch in range(training.epochs):
             batches = _batches([len(t) for t in tokenized], training.batch_size, rng, training.group_by_length)
             for start in range(0, len(batches), training.gradient_accumulation_steps):
+                step += 1
+                if step <= done:  # done before a stop: the batch order is drawn again, the step skipped
+                    continue
                 group = batches[start : start + training.gradient_accumulation_steps]
                 t0 = time.perf_counter()
                 loss = _optimizer_step(
@@ -171,10 +180,11 @@ def _train(examples, base_model_path, output_dir, lora, training, base_model, in
                     )
                 losses.append(loss)
                 bar.advance(loss=round(loss, 4), lr=scheduler.get_last_lr()[0])
+                if len(losses) < total_steps:
+                    checkpoint.save_if_due(model, optimizer, scheduler, losses, step_seconds)
 
     # -- save -----------------------------------------------------------------------------------------
     final_loss = sum(losses[-steps_per_epoch:]) / len(losses[-steps_per_epoch:])
-    hashed = data_hash(examples)
     result = TrainResult(
         adapter_path=str(output_dir),
         losses=losses,
@@ -194,6 +204,7 @@ def _train(examples, base_model_path, output_dir, lora, training, base_model, in
         result, lora, training, base_model_path=base_model_path, base_model=base_model, init_adapter=init_adapter
     )
     save_adapter(model, metadata, output_dir)
+    checkpoint.remove()
     emit(events, "finetune.done", adapter=str(output_dir), final_loss=final_loss, steps=result.steps)
     # ---- cleanup: drop the training copy of the model now rather than whenever the caller lets go.
     del model, optimizer
@@ -239,6 +250,16 @@ def read_adapter_metadata(path: str | Path) -> dict[str, Any]:
 
 
 # -- pieces of the recipe ---------------------------------------------------------------------------------
+def _checkpoint_key(hashed: str, lora, training, base_model_path: Path, init_adapter) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the examples, every setting, the base model, the start."""
+    return {
+        "data_hash": hashed,
+        "settings": flat_settings(lora, training),
+        "base_model_path": str(base_model_path),
+        "init_adapter": str(init_adapter) if init_adapter else None,
+    }
+
+
 def _batches(lengths: Sequence[int], batch_size: int, rng: random.Random, by_length: bool) -> list[list[int]]:
     """One epoch's batches of example indices: shuffled; with ``by_length``, sorted by length inside windows of
     16 batches, cut into batches, and the batches shuffled.
