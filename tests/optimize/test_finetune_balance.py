@@ -78,7 +78,9 @@ def test_a_program_without_a_choice_output_is_refused_before_any_run(trained, tm
     lm = FakeLM(lambda messages, config: "Answer: 4")
     lm.model_path = "/models/qa"
     qa = ct.Predict("question -> answer").bind(lm)
-    with pytest.raises(ConfigError, match=r"balance_classes needs an output with a fixed set of choices .* \(self: answer\)"):
+    with pytest.raises(
+        ConfigError, match=r"balance_classes needs an output with a fixed set of choices .* \(self: answer\)"
+    ):
         BootstrapFinetune(metric, balance_classes=True, output_dir=tmp_path).compile(
             qa, trainset=[ct.Example(question="2+2?", answer="4").with_inputs("question")]
         )
