@@ -77,3 +77,22 @@ def test_a_checkpoint_of_other_settings_is_not_taken_up(tiny_model, tmp_path, mo
                         training=TRAINING.replace(learning_rate=1e-3), events=events.append)  # fmt: skip
     assert next(e for e in events if e.name == "finetune.start").fields["resumed_at_step"] == 0
     assert result.steps == 8 and not checkpoint_path(out).exists()
+
+
+@pytest.mark.integration
+def test_a_finished_adapter_of_the_same_training_is_not_trained_again(tiny_model, tmp_path):
+    """A stop after the adapter was saved but before its step finished (the evaluation after a Θ step): the
+    resumed run finds the adapter this training produced and takes its result; other settings train anew."""
+    folder = tiny_model()
+    out = tmp_path / "ad"
+    first = train_lora(EXAMPLES, base_model_path=folder, output_dir=out, lora=LORA, training=TRAINING)
+    written = (out / "adapter_model.safetensors").stat().st_mtime_ns
+    events = []
+    again = train_lora(EXAMPLES, base_model_path=folder, output_dir=out, lora=LORA, training=TRAINING,
+                       events=events.append)  # fmt: skip
+    assert [e.name for e in events] == ["finetune.reused"]
+    assert again == first and (out / "adapter_model.safetensors").stat().st_mtime_ns == written
+    events.clear()
+    other = train_lora(EXAMPLES[:6], base_model_path=folder, output_dir=out, lora=LORA, training=TRAINING,
+                       events=events.append)  # fmt: skip
+    assert "finetune.start" in [e.name for e in events] and other.n_examples == 6 and other.steps == 6

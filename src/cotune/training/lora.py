@@ -113,6 +113,12 @@ def _train(examples, base_model_path, output_dir, lora, training, base_model, in
 
     device = training_device(training, torch)
     check_output_dir(output_dir)
+    hashed = data_hash(examples)
+    key = _checkpoint_key(hashed, lora, training, base_model_path, init_adapter)
+    done = _finished(output_dir, key)
+    if done is not None:  # trained to the end before a stop that came before its step finished: not again
+        emit(events, "finetune.reused", adapter=str(output_dir), steps=done.steps)
+        return done
     t_start = time.perf_counter()
 
     # -- setup ----------------------------------------------------------------------------------------
@@ -138,8 +144,7 @@ def _train(examples, base_model_path, output_dir, lora, training, base_model, in
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(total_steps, training.warmup_ratio))
     trunk = checked_trunk(model, tokenized, pad_id, training, device)
     share = sharing_holds(model, tokenized, trunk, pad_id, training, device)
-    hashed = data_hash(examples)
-    checkpoint = Checkpoint(output_dir, _checkpoint_key(hashed, lora, training, base_model_path, init_adapter))
+    checkpoint = Checkpoint(output_dir, key)
     losses, step_seconds = checkpoint.resume(model, optimizer, scheduler)
     emit(
         events,
@@ -201,7 +206,14 @@ def _train(examples, base_model_path, output_dir, lora, training, base_model, in
         step_seconds=step_seconds,
     )
     metadata = adapter_metadata(
-        result, lora, training, base_model_path=base_model_path, base_model=base_model, init_adapter=init_adapter
+        result,
+        lora,
+        training,
+        base_model_path=base_model_path,
+        base_model=base_model,
+        init_adapter=init_adapter,
+        training_key=key,
+        train_result=result.to_dict(),
     )
     save_adapter(model, metadata, output_dir)
     checkpoint.remove()
@@ -251,13 +263,30 @@ def read_adapter_metadata(path: str | Path) -> dict[str, Any]:
 
 # -- pieces of the recipe ---------------------------------------------------------------------------------
 def _checkpoint_key(hashed: str, lora, training, base_model_path: Path, init_adapter) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the examples, every setting, the base model, the start."""
-    return {
+    """What a checkpoint, or a finished adapter, must match to be taken up: the examples, every setting, the
+    base model, the start (as JSON reads it back)."""
+    key = {
         "data_hash": hashed,
         "settings": flat_settings(lora, training),
         "base_model_path": str(base_model_path),
         "init_adapter": str(init_adapter) if init_adapter else None,
     }
+    return json.loads(json.dumps(key, default=str))
+
+
+def _finished(output_dir: Path, key: dict[str, Any]) -> TrainResult | None:
+    """The result of an adapter in ``output_dir`` that this training already produced (its saved key matches)."""
+    meta = output_dir / METADATA_FILE
+    if not (output_dir / "adapter_config.json").is_file() or not meta.is_file():
+        return None
+    try:
+        saved = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    if saved.get("training_key") != key or not isinstance(saved.get("train_result"), dict):
+        return None
+    fields = {k: v for k, v in saved["train_result"].items() if k != "seconds_per_step"}
+    return TrainResult(**(fields | {"adapter_path": str(output_dir)}))
 
 
 def _batches(lengths: Sequence[int], batch_size: int, rng: random.Random, by_length: bool) -> list[list[int]]:
