@@ -4,21 +4,12 @@ training that never stopped, and a checkpoint of another training is not taken u
 from __future__ import annotations
 
 import pytest
+from test_lora_training import EXAMPLES  # eight Iris-like chat examples
 
-from cotune.training import ChatExample, LoRAConfig, TrainingConfig, train_lora
+from cotune.training import LoRAConfig, TrainingConfig, train_lora
 from cotune.training import checkpoint as checkpoint_mod
 from cotune.training.checkpoint import checkpoint_path
 
-SYSTEM = "Given the petal length of an iris flower in cm, name its species.\n\nReply in exactly this format:\nSpecies: <name>"
-
-
-def example(length: float) -> ChatExample:
-    species = "setosa" if length < 2.5 else ("versicolor" if length < 4.9 else "virginica")
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Petal Length: {length}"}]
-    return ChatExample.create(messages, f"Species: {species}", "classify")
-
-
-EXAMPLES = [example(x) for x in (1.4, 1.5, 4.0, 4.5, 5.6, 6.1, 1.3, 5.1)]
 TRAINING = TrainingConfig(epochs=2, batch_size=2, learning_rate=5e-3, warmup_ratio=0.25, bf16=False)  # 8 steps
 LORA = LoRAConfig(r=4, alpha=8)
 
