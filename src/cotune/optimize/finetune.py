@@ -21,11 +21,13 @@ from cotune.evaluate.metrics import Metric
 from cotune.events import EventSink, emit
 from cotune.lm.cache import default_cache_dir
 from cotune.optimize.base import Optimizer
+from cotune.optimize.predictors import class_fields, copy_predict, named_predictors
 from cotune.optimize.rollouts import Trace, collect_traces
 from cotune.optimize.traces import (
     balance_classes,
     count_by_predictor,
     coverage,
+    failure_detail,
     labeled_traces,
     load_traces,
     passing,
@@ -184,9 +186,9 @@ class BootstrapFinetune(Optimizer):
         lora, training = self.lora or LoRAConfig(), (self.training or TrainingConfig()).replace(seed=self.seed)
         resolve_trainer(self.trainer)  # an unknown trainer fails before any trace is collected
         self.check_program(program)
-        student = program.deepcopy() if isinstance(program, Program) else _copy_predict(program)
-        named = _named(student)
-        classes = _class_fields(named.values())
+        student = program.deepcopy() if isinstance(program, Program) else copy_predict(program)
+        named = named_predictors(student)
+        classes = class_fields(named.values())
         groups = {MULTITASK_ADAPTER: list(named)} if self.multitask else {n: [n] for n in named}
         bases = {g: self._student_lm(names, named) for g, names in groups.items()}
         # Before any trace or training step: a server that cannot take the adapter must fail now.
@@ -217,7 +219,7 @@ class BootstrapFinetune(Optimizer):
         if not kept:
             raise TrainingError(
                 f"0 of {len(traces)} traces passed the metric; try a prompt step first or lower the threshold"
-                + _failure_detail(traces, self.metric_threshold)
+                + failure_detail(traces, self.metric_threshold)
             )
 
         root = self._root(traces, lora, training, bases)
@@ -260,8 +262,8 @@ class BootstrapFinetune(Optimizer):
 
     def check_program(self, program: Program | Predict) -> None:
         """``balance_classes`` needs an output with a fixed set of choices to balance."""
-        named = _named(program)
-        if self.balance_classes and not _class_fields(named.values()):
+        named = named_predictors(program)
+        if self.balance_classes and not class_fields(named.values()):
             outputs = "; ".join(f"{n}: {', '.join(f.name for f in p.signature.outputs)}" for n, p in named.items())
             raise ConfigError(
                 "balance_classes needs an output with a fixed set of choices (a Literal or bool field), but no "
@@ -386,37 +388,6 @@ class BootstrapFinetune(Optimizer):
                 events=events,
             )
         )
-
-
-def _class_fields(predictors: Any) -> list[str]:
-    """Output fields with a fixed set of choices: the classes whose coverage is worth reporting."""
-    return sorted({f.name for p in predictors for f in p.signature.outputs if f.type.kind in ("choice", "bool")})
-
-
-def _named(student: Program | Predict) -> dict[str, Predict]:
-    if isinstance(student, Predict):
-        return {"self": student}
-    named = dict(student.named_predictors())
-    if not named:
-        raise ConfigError(f"{type(student).__name__} has no predictors to fine-tune")
-    return named
-
-
-def _copy_predict(p: Predict) -> Predict:
-    import copy
-
-    new = copy.copy(p)
-    new.demos, new.config = list(p.demos), dict(p.config)
-    return new
-
-
-def _failure_detail(traces: list[Trace], threshold: float | None) -> str:
-    if not traces:
-        return " (no traces: the trainset or traces file is empty)"
-    parse = sum(1 for t in traces if t.prediction is None and t.error)
-    best = max(t.score for t in traces)
-    need = 1.0 if threshold is None else threshold
-    return f" (best score {best:g}, threshold {need:g}; {parse} runs failed to produce a prediction)"
 
 
 def _slug(name: str) -> str:

@@ -175,6 +175,16 @@ def count_by_predictor(traces: Iterable[Trace], names: Iterable[str] = ()) -> di
     return counts
 
 
+def failure_detail(traces: list[Trace], threshold: float | None) -> str:
+    """Why no trace passed, for an error message: the best score against the threshold, and the parse failures."""
+    if not traces:
+        return " (no traces: the trainset or traces file is empty)"
+    parse = sum(1 for t in traces if t.prediction is None and t.error)
+    best = max(t.score for t in traces)
+    need = 1.0 if threshold is None else threshold
+    return f" (best score {best:g}, threshold {need:g}; {parse} runs failed to produce a prediction)"
+
+
 def save_traces(path: str | Path, traces: Iterable[Trace]) -> Path:
     """Write one trace per line (JSON), atomically."""
     path = Path(path)
