@@ -147,10 +147,16 @@ def finished_results(run, cfg) -> dict:
 
 def open_run(args, cfg_data: dict):
     """(runner, run dir, whether it resumed): a new run, or the one in ``--run-dir`` resumed."""
+    from rich.console import Console
+
+    from cotune.cli.render import RichEvents
     from cotune.experiment.config import ExperimentConfig
     from cotune.experiment.rundir import RunDir
     from cotune.experiment.runner import Runner
 
+    # Progress as `cotune run` shows it: bars on a terminal; in a log, a line per node with the time left and,
+    # for a phase past its first minute (a Θ step's training, an evaluation), how far it got once a minute.
+    progress = RichEvents(Console())
     run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="cotune-table1-runs-")) / "run"
     resumed = (run_dir / RunDir.CONFIG).is_file()
     if resumed:
@@ -162,13 +168,6 @@ def open_run(args, cfg_data: dict):
     if not args.keep_cache:  # fresh at the first sitting, then the run's own across sittings
         os.environ["COTUNE_REQUEST_CACHE"] = str(run.path.resolve() / "requests.sqlite")
     return runner, run, resumed
-
-
-def progress(event) -> None:
-    """One line per finished or failed node: a run of hours is not silent."""
-    if event.name in ("node.done", "node.failed", "node.skipped"):
-        fields = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in event.fields.items())
-        print(f"{time.strftime('%H:%M:%S')} {event.name} {fields}", flush=True)
 
 
 def main() -> None:
