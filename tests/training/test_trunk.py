@@ -13,7 +13,8 @@ import pytest
 from cotune.errors import ConfigError, TrainingError
 from cotune.training import ChatExample, LoRAConfig, TrainingConfig, train_lora
 from cotune.training import lora as lora_mod
-from cotune.training.trunk import TrunkCache, decoder_layers, first_trained_layer, top_only
+from cotune.training import trunk as trunk_mod
+from cotune.training.trunk import TrunkCache, decoder_layers, first_trained_layer, top_only, trunk_states
 
 SYSTEM = "Given the petal length of an iris flower in cm, name its species.\n\nReply in exactly this format:\nSpecies: <name>"
 
@@ -101,6 +102,36 @@ def test_layer_list_and_first_trained_layer(tmp_path, tiny_model):
     assert TrunkCache.build(peft, 3, tokenized, 0, "cpu", 4, max_bytes=1000) is None  # over the memory budget
     cache = TrunkCache.build(peft, 3, tokenized, 0, "cpu", 4)
     assert [s.shape for s in cache.states] == [torch.Size([len(t), 32]) for t in tokenized]
+
+
+@pytest.mark.integration
+def test_the_trunk_runs_a_shared_prefix_once_and_gets_each_sequences_own_states(tmp_path, tiny_model, monkeypatch):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cotune.training.sft_data import tokenize
+    from cotune.training.shared_prefix import shared_length
+
+    folder = tiny_model()
+    peft = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(folder),
+        LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[3]),
+    )
+    tokenized = [tokenize(e, AutoTokenizer.from_pretrained(folder), 256) for e in EXAMPLES]
+    assert shared_length(tokenized) > 16  # the system prompt: one batch of all ten runs it once
+    calls = []
+
+    def spy(model, ids, mask, shared, torch):
+        calls.append((len(ids), shared))
+        return trunk_states(model, ids, mask, shared, torch)
+
+    monkeypatch.setattr(trunk_mod, "trunk_states", spy)
+    batched = TrunkCache.build(peft, 3, tokenized, 0, "cpu", 4)
+    assert calls == [(10, shared_length(tokenized))]  # one batch, its prefix shared, no fallback
+    alone = [TrunkCache.build(peft, 3, [t], 0, "cpu", 4).states[0] for t in tokenized]  # no prefix, no padding
+    assert [s.shape for s in batched.states] == [s.shape for s in alone]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(batched.states, alone, strict=True))
 
 
 @pytest.mark.integration

@@ -21,9 +21,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from cotune.training.sft_data import TokenizedExample
-from cotune.training.shared_prefix import prefix_logits
+from cotune.training.shared_prefix import prefix_logits, shared_length
 
 DEFAULT_MAX_BYTES = 2 << 30
+BUILD_BATCH = 16  # sequences a trunk forward runs at once (no gradients: larger products, one prefix per batch)
+GROUP_TOKENS = 64  # leading tokens that group sequences for the trunk's batches
 
 
 class _Stop(Exception):
@@ -117,21 +119,25 @@ class TrunkCache:
         def stop(_module: Any, args: tuple, kwargs: dict) -> None:
             raise _Stop(args[0] if args else kwargs["hidden_states"])
 
-        states: list[Any] = []
+        # Sequences that start alike (one predictor's calls share its rendered instruction) sit together, shortest
+        # first, so each batch runs its shared prefix once (`trunk_states`) and pads little.
+        order = sorted(range(len(examples)), key=lambda i: (examples[i].input_ids[:GROUP_TOKENS], len(examples[i])))
+        states: list[Any] = [None] * len(examples)
         handle = layers[first].register_forward_pre_hook(stop, with_kwargs=True)
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                for start in range(0, len(examples), batch_size):
-                    batch = examples[start : start + batch_size]
+                for start in range(0, len(order), max(batch_size, BUILD_BATCH)):
+                    rows = order[start : start + max(batch_size, BUILD_BATCH)]
+                    batch = [examples[i] for i in rows]
                     ids, mask = collate_ids(batch, pad_id, device, torch)
                     try:
-                        model(input_ids=ids, attention_mask=mask)
-                    except _Stop as s:
-                        states += [s.hidden[row, : len(t)].float() for row, t in enumerate(batch)]
-                    else:  # pragma: no cover - the hook always fires
-                        raise RuntimeError("the trunk hook did not fire")
+                        caught = trunk_states(model, ids, mask, shared_length(batch), torch)
+                    except (TypeError, ValueError, RuntimeError):  # a forward that takes no cache or positions
+                        caught = trunk_states(model, ids, mask, 0, torch)
+                    for row, i in enumerate(rows):
+                        states[i] = caught[row, : len(examples[i])].float()
         finally:
             handle.remove()
             model.train(was_training)
@@ -160,6 +166,44 @@ class TrunkCache:
                 )
             logits = self.model(inputs_embeds=states, attention_mask=mask, logits_to_keep=keep).logits
         return kept_logits(logits, keep)
+
+
+def trunk_states(model: Any, ids: Any, mask: Any, shared: int, torch: Any) -> Any:
+    """The hidden states entering the first trained layer, for a right-padded batch whose first ``shared``
+    tokens are the same in every row (0: none), those run once: the prefix through the frozen layers with a KV
+    cache of its own, then every row's own tokens on it, positions continuing from the prefix (as
+    `cotune.training.shared_prefix.prefix_logits` does for the trained layers). The model must carry the
+    `_Stop` hook on that layer, which ends each forward there."""
+    if not shared:
+        return _stopped(model, input_ids=ids, attention_mask=mask)
+    from transformers import DynamicCache
+
+    rows, width = mask.shape
+    cache = DynamicCache(config=model.config)  # the layers below the hook fill it before the forward stops
+    head = _stopped(
+        model, input_ids=ids[:1, :shared], attention_mask=mask[:1, :shared], past_key_values=cache, use_cache=True
+    )
+    cache.batch_repeat_interleave(rows)
+    positions = torch.arange(shared, width, device=mask.device)
+    tail = _stopped(
+        model,
+        input_ids=ids[:, shared:],
+        attention_mask=mask,
+        position_ids=positions[None].expand(rows, -1),
+        cache_position=positions,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return torch.cat([head.expand(rows, -1, -1), tail], dim=1)
+
+
+def _stopped(model: Any, **inputs: Any) -> Any:
+    """The hidden states the `_Stop` hook caught in ``model(**inputs)``."""
+    try:
+        model(**inputs)
+    except _Stop as s:
+        return s.hidden
+    raise RuntimeError("the trunk hook did not fire")  # pragma: no cover - the hook always fires
 
 
 def kept_logits(logits: Any, keep: Any) -> Any:
