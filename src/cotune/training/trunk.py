@@ -2,9 +2,11 @@
 
 When the adapter touches only the last N of a model's L decoder layers (``LoRAConfig.top_layers``), the hidden
 state entering layer L-N depends on frozen weights alone, so it is the same in every epoch. `TrunkCache`
-computes it once per training sequence (the forward stops at that layer) and each training step runs only the
-top N layers on the cached states: the model's own forward, given the states as ``inputs_embeds`` with its
-layer list cut to the top N, so rotary positions, masks and the output head are the model's.
+computes it once per training sequence (the forward stops at that layer; sequences that start with the same
+prompt run that prefix once per batch, as training does, `cotune.training.shared_prefix`) and each training
+step runs only the top N layers on the cached states: the model's own forward, given the states as
+``inputs_embeds`` with its layer list cut to the top N, so rotary positions, masks and the output head are the
+model's.
 
 Exact, and checked rather than assumed: before training, the first batch's completion logits through the
 cached path are compared with the full forward; a model whose forward transforms ``inputs_embeds`` (some scale
