@@ -119,14 +119,14 @@ def test_plain_output_says_how_far_a_long_phase_got_once_a_minute(monkeypatch):
     sink(Event("progress.start", {"id": 2, "description": "seed 0 p dev", "total": 50}))
     for step in range(1, 64):
         clock[0] += 20.0  # a 20 s training step
-        sink(Event("progress.advance", {"id": 1, "done": step, "total": 63, "advance": 1, "loss": 0.5}))
+        sink(Event("progress.advance", {"id": 1, "done": step, "total": 63, "advance": 1, "loss": 0.5, "lr": 1.5e-4}))
     sink(Event("progress.advance", {"id": 2, "done": 50, "total": 50, "advance": 1}))  # after 21 min: one line
     sink(Event("progress.end", {"id": 1, "done": 63, "total": 63}))
     sink(Event("progress.end", {"id": 2, "done": 50, "total": 50}))
     lines = buf.getvalue().splitlines()
     training = [line for line in lines if line.startswith("  finetune:")]
-    assert training[0] == "  finetune: 3/63  loss=0.500  (1m00s)" and len(training) == 21  # every third step
-    assert training[-1] == "  finetune: 63/63  loss=0.500  (21m00s)"
+    assert training[0] == "  finetune: 3/63  loss=0.500  lr=1.50e-04  (1m00s)" and len(training) == 21  # every third
+    assert training[-1] == "  finetune: 63/63  loss=0.500  lr=1.50e-04  (21m00s)"
     assert [line for line in lines if line.startswith("  seed 0 p dev:")] == ["  seed 0 p dev: 50/50  (21m00s)"]
     sink(Event("progress.start", {"id": 3, "description": "quick", "total": 2}))
     sink(Event("progress.advance", {"id": 3, "done": 2, "total": 2, "advance": 2}))

@@ -158,8 +158,10 @@ def _fresh(old: Progress, console: Console) -> Progress:
 
 
 def _fmt(key: str, value: Any) -> str:
+    """``key=value``, a float to 3 decimals, or in 3 significant digits where it is too small for them (a
+    learning rate of 1.5e-4 is not 0.000)."""
     if isinstance(value, float):
-        return f"{key}={value:.3f}"
+        return f"{key}={value:.3f}" if value == 0 or abs(value) >= 0.01 else f"{key}={value:.2e}"
     return f"{key}={value}"
 
 
