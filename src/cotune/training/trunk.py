@@ -125,13 +125,14 @@ class TrunkCache:
         # first, so each batch runs its shared prefix once (`trunk_states`) and pads little.
         order = sorted(range(len(examples)), key=lambda i: (examples[i].input_ids[:GROUP_TOKENS], len(examples[i])))
         states: list[Any] = [None] * len(examples)
+        per_batch = max(batch_size, BUILD_BATCH)
         handle = layers[first].register_forward_pre_hook(stop, with_kwargs=True)
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                for start in range(0, len(order), max(batch_size, BUILD_BATCH)):
-                    rows = order[start : start + max(batch_size, BUILD_BATCH)]
+                for start in range(0, len(order), per_batch):
+                    rows = order[start : start + per_batch]
                     batch = [examples[i] for i in rows]
                     ids, mask = collate_ids(batch, pad_id, device, torch)
                     try:
