@@ -22,7 +22,9 @@ unparsable, empty or duplicate (`GPO.rejected_`), the trajectory, and the calls 
 
 Resuming: every call goes through one request cache (``--cache``, default runs/gpo_ladder-cache.sqlite); run
 the same command again after an interruption and it continues where it stopped. The results file is rewritten
-after each phase and task, marked ``"complete": false`` until the last. Progress lines go to stderr. The empty
+after each rung, marked ``"complete": false`` until the last, each rung naming the commit that ran it. A rung
+already in the results file (same settings) is kept, not run again: committed, the file carries a run that was
+cut off to a machine without its cache (``--fresh`` runs everything). Progress lines go to stderr. The empty
 and CoT rungs of every task run first, with the task model alone; the optimizer model is loaded after them (two
 local models in one process slow each other's generations). Writes ``benchmarks/results/gpo_ladder.json``.
 
@@ -43,11 +45,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import RESULTS, ROOT, arguments, write_results
+from bench import RESULTS, ROOT, arguments, commit, write_results
 from ladder_estimate import gpo_plan, render, task_stats
 from ladders import (
     CACHE_DIR,
     default_loader,
+    earlier_run,
+    kept_rungs,
     make_embedder,
     open_cache,
     pooled,
@@ -64,6 +68,11 @@ from ladders import (
 DATA = ROOT / ".." / "shared" / "data" / "bbh"
 TASKS = ("object_counting", "date_understanding", "logical_deduction_three_objects")
 RUNGS = ("empty", "CoT", "OPRO-style", "GPO")
+# The settings a kept rung must share with this run (the others say where things are, or which tasks run).
+SAME = (
+    *("model", "optimizer_model", "seed", "train", "dev", "test", "start", "opro_retrieval", "steps", "candidates"),
+    *("minibatch", "num_confirm", "max_retries", "cot_tokens", "embedder", "dtype"),
+)
 COT_INSTRUCTION = "Let's think step by step."
 STARTS = {"cot": COT_INSTRUCTION, "empty": ""}
 
@@ -94,6 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", help="the models' dtype (cotune.lm.load)")
     p.add_argument("--estimate", action="store_true", help="print the planned calls and time, run nothing")
     p.add_argument("--quick", action="store_true", help="two tasks, 10 train / 6 dev / 8 test, 2 steps x 2 candidates")
+    p.add_argument("--fresh", action="store_true", help="run every rung, none kept from the results file")
     args = p.parse_args(argv)
     if args.quick:
         args.train, args.dev, args.test = 10, 6, 8
@@ -159,25 +169,38 @@ def rung_row(name: str, program: Any, task: Any, args: argparse.Namespace, say: 
     distance = word_edit_distance(STARTS[args.start], instruction)
     common = dict(model=args.model, num_threads=args.num_threads, say=say)
     row = score_rung(name, program, task.test, task.metric, **common, instruction=instruction, **extra)
-    return row | {"edit_distance_from_start": distance}
+    return row | {"edit_distance_from_start": distance, "commit": commit()["commit"]}
 
 
-def baselines(task: Any, lm: Any, args: argparse.Namespace, say: Callable[[str], None]) -> list[dict[str, Any]]:
-    """The empty and CoT rungs: no optimizer model needed."""
+def baselines(
+    task: Any, lm: Any, args: argparse.Namespace, say: Callable[[str], None], kept: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The empty and CoT rungs (no optimizer model needed), each kept from an earlier run where ``kept`` has it."""
     rows = []
     for i, (name, instruction) in enumerate((("empty", ""), ("CoT", COT_INSTRUCTION)), 1):
-        say(f"[gpo ladder] {task.name} rung {i}/{len(RUNGS)}: {name}")
-        rows.append(rung_row(name, program_with(task, instruction, lm, args.cot_tokens), task, args, say))
+        say(f"[gpo ladder] {task.name} rung {i}/{len(RUNGS)}: {name}{' (kept)' if name in kept else ''}")
+        row = kept.get(name) or rung_row(name, program_with(task, instruction, lm(), args.cot_tokens), task, args, say)
+        rows.append(row)
     return rows
 
 
 def optimized(
-    task: Any, lm: Any, optimizer_lm: Any, args: argparse.Namespace, embedder: Any, say: Callable[[str], None]
-) -> list[dict[str, Any]]:
-    """The OPRO-style and GPO rungs: each compiled from the start instruction, then evaluated on test."""
-    rows = []
+    task: Any,
+    lm: Any,
+    optimizer_lm: Any,
+    args: argparse.Namespace,
+    embedder: Any,
+    say: Callable[[str], None],
+    rows: list[dict[str, Any]],
+    done: Callable[[], None],
+) -> None:
+    """The OPRO-style and GPO rungs, each compiled from the start instruction, then evaluated on test, appended to
+    ``rows`` (``done()`` after each); a rung already in ``rows`` (kept from an earlier run) is not run again."""
+    have = {r["rung"] for r in rows}
     for i, name in enumerate(RUNGS[2:], 3):
-        say(f"[gpo ladder] {task.name} rung {i}/{len(RUNGS)}: {name}")
+        say(f"[gpo ladder] {task.name} rung {i}/{len(RUNGS)}: {name}{' (kept)' if name in have else ''}")
+        if name in have:
+            continue
         gpo = optimizer(name, task, args, optimizer_lm, embedder)
         task_before, opt_before = lm.usage, optimizer_lm.usage
         t0 = time.perf_counter()
@@ -194,7 +217,7 @@ def optimized(
         extra = dict(compile_seconds=compile_s, compile_usage=usage, **optimizer_record(gpo))
         rows.append(rung_row(name, best, task, args, say, **extra))
         say(f"  {name}: {rows[-1]['instruction']!r} ({rows[-1]['edit_distance_from_start']} words from the start)")
-    return rows
+        done()
 
 
 def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any] | None = None) -> int:
@@ -220,7 +243,16 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any]
     cache = open_cache(args.cache, say)
     held = len(cache)
     load = load_model or default_loader(args.dtype)
-    lm = load(args.model, cache)
+    earlier = earlier_run(args.out, args, SAME, say)
+    kept = {task.name: kept_rungs(earlier, task.name, args.model) for task in tasks}
+    loaded: list[Any] = []
+
+    def lm() -> Any:
+        """The task model, loaded when a rung first needs it (a run whose rungs are all kept loads none)."""
+        if not loaded:
+            loaded.append(load(args.model, cache))
+        return loaded[0]
+
     per_task: dict[str, dict[str, Any]] = {}
 
     def write(complete: bool) -> dict[str, Any]:
@@ -232,6 +264,7 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any]
             "start_instruction": STARTS[args.start],
             "settings": settings_of(args),
             "request_cache": {"path": str(args.cache), "calls_held_at_start": held},
+            "kept_from_earlier_run": [f"{t} {r}" for t, rows in kept.items() for r in rows],
             "summary": pooled([r for t in per_task.values() for r in t["rungs"]], RUNGS),
             "tasks": per_task,
         }
@@ -243,19 +276,25 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any]
         n = f"{len(task.train)} train / {len(task.dev)} dev / {len(task.test)} test"
         say(f"{task.name} ({kind}; {n}) [{i}/{len(tasks)}]")
         t0 = time.perf_counter()
-        per_task[task.name] = {"kind": kind, "rungs": baselines(task, lm, args, say)}
+        per_task[task.name] = {"kind": kind, "rungs": baselines(task, lm, args, say, kept[task.name])}
         per_task[task.name]["seconds"] = round(time.perf_counter() - t0, 1)
         write(complete=False)
 
-    optimizer_lm = lm if args.optimizer_model == args.model else load(args.optimizer_model, cache)
-    embedder = make_embedder(args.embedder, lm)
+    report = write(complete=False)
+    optimizer_lm = None
     for i, task in enumerate(tasks, 1):
+        rows = per_task[task.name]["rungs"]
+        rows += [kept[task.name][r] for r in RUNGS[2:] if r in kept[task.name]]
+        if optimizer_lm is None and any(r not in kept[task.name] for r in RUNGS[2:]):
+            optimizer_lm = lm() if args.optimizer_model == args.model else load(args.optimizer_model, cache)
+            embedder = make_embedder(args.embedder, lm())
         say(f"{task.name}: the optimizers [{i}/{len(tasks)}]")
         t0 = time.perf_counter()
-        per_task[task.name]["rungs"] += optimized(task, lm, optimizer_lm, args, embedder, say)
+        if optimizer_lm is not None:
+            optimized(task, lm(), optimizer_lm, args, embedder, say, rows, lambda: write(complete=False))
         per_task[task.name]["seconds"] += round(time.perf_counter() - t0, 1)
         report = write(complete=i == len(tasks))
-    if optimizer_lm is not lm:
+    if optimizer_lm is not None and loaded and optimizer_lm is not loaded[0]:
         optimizer_lm.close()
     print(table(report["summary"], f"GPO ladder ({args.model}, optimizer {args.optimizer_model})"))
     for name, t in per_task.items():

@@ -294,3 +294,45 @@ def default_loader(dtype: str = "auto") -> Callable[[str, Any], Any]:
 
 def settings_of(args: Any) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+def earlier_run(path: Path, args: Any, same: Sequence[str], say: Callable[[str], None]) -> dict[str, Any] | None:
+    """The results file at ``path`` written by an earlier run of the same ladder, if its settings ``same`` all
+    equal this run's (``--fresh``: never). Its finished ladders are kept, not run again: the results file, once
+    committed, carries a run that was cut off to another machine, where the request cache is not."""
+    if getattr(args, "fresh", False) or not path.exists():
+        return None
+    import json
+
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        say(f"{path}: not read ({exc}); every ladder runs")
+        return None
+    theirs, ours = earlier.get("settings", {}), settings_of(args)
+    differ = [k for k in same if theirs.get(k) != ours.get(k)]
+    if differ:
+        shown = ", ".join(f"{k}={theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
+        say(f"{path}: written with other settings ({shown}); every ladder runs, and the file is replaced")
+        return None
+    return earlier
+
+
+def kept_rungs(earlier: Mapping[str, Any] | None, task: str, model: str) -> dict[str, dict[str, Any]]:
+    """Task ``task``'s finished rungs on ``model`` in an earlier results file's ``tasks``, by name, each with the
+    commit that computed it."""
+    if earlier is None:
+        return {}
+    rows = (earlier.get("tasks", {}).get(task) or {}).get("rungs", [])
+    return {r["rung"]: {"commit": earlier.get("commit")} | r for r in rows if r.get("model") == model}
+
+
+def kept_ladder(earlier: Mapping[str, Any] | None, section: str, task: str, model: str) -> dict[str, Any] | None:
+    """Task ``task``'s finished ladder on ``model`` in section ``section`` of an earlier results file, with the
+    commit that computed it (the file's, where the entry does not say its own)."""
+    if earlier is None:
+        return None
+    entry = earlier.get(section, {}).get(task)
+    if not entry or entry.get("model") != model:
+        return None
+    return {"commit": earlier.get("commit")} | entry

@@ -26,7 +26,9 @@ task the share of self-generated chains that passed. Pooled over tasks per model
 
 Resuming: every call goes through one request cache (``--cache``, default runs/medprompt-cache.sqlite); run the
 same command again after an interruption and it continues where it stopped. The results file is rewritten after
-each task, marked ``"complete": false`` until the last. Progress lines go to stderr.
+each task, marked ``"complete": false`` until the last, and each ladder in it names the commit that ran it. A
+ladder already in the results file (same settings) is kept, not run again: committed, the file carries a run that
+was cut off to a machine without its cache (``--fresh`` runs everything). Progress lines go to stderr.
 Writes ``benchmarks/results/medprompt.json``.
 
 Time (``--estimate``; speeds and token counts in benchmarks/ladder_estimate.py; 2-core bf16 CPU): the zero-shot
@@ -46,7 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import RESULTS, ROOT, arguments, write_results
+from bench import RESULTS, ROOT, arguments, commit, write_results
 from ladder_estimate import medprompt_plan, render, task_stats
 from ladders import (
     CACHE_DIR,
@@ -55,6 +57,8 @@ from ladders import (
     at_chance,
     chance_level,
     default_loader,
+    earlier_run,
+    kept_ladder,
     make_embedder,
     open_cache,
     pooled,
@@ -70,6 +74,8 @@ from ladders import (
 DATA = ROOT / ".." / "shared" / "data" / "bbh"
 TASKS = ("date_understanding", "logical_deduction_three_objects", "hyperbaton")
 RUNGS = ("zero-shot", "few-shot", "+ CoT", "+ kNN", "+ ensemble")
+# The settings a kept ladder must share with this run (the others say where things are, or which ladders run).
+SAME = ("seed", "train", "test", "task_model_test", "k", "m", "cot_tokens", "direct_tokens", "embedder", "dtype")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,6 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", help="the models' dtype (cotune.lm.load)")
     p.add_argument("--estimate", action="store_true", help="print the planned calls and time, run nothing")
     p.add_argument("--quick", action="store_true", help="two tasks, 10 train / 8 test, k=3")
+    p.add_argument("--fresh", action="store_true", help="run every ladder, none kept from the results file")
     args = p.parse_args(argv)
     if args.quick:
         args.train, args.test, args.k, args.task_model_test = 10, 8, 3, 6
@@ -256,10 +263,29 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any]
     cache = open_cache(args.cache, say)
     held = len(cache)
     load = load_model or default_loader(args.dtype)
-    models = {args.model: load(args.model, cache)}
-    checks = {task.name: zero_shot_check(task, models[args.model], args, say) for task in tasks}
+    earlier = earlier_run(args.out, args, SAME, say)
+    models: dict[str, Any] = {}
+
+    def model_lm(name: str) -> Any:
+        """``name`` loaded, alone: a second local model in the process slows the first one's generations."""
+        if name not in models:
+            for lm in models.values():
+                lm.close()
+            models.clear()
+            models[name] = load(name, cache)
+        return models[name]
+
+    checks = {}
+    for task in tasks:
+        kept = (earlier or {}).get("zero_shot_check", {}).get(task.name)
+        if kept and kept.get("model") == args.model:
+            say(f"[zero-shot check] {task.name}: kept from {args.out}")
+            checks[task.name] = kept
+        else:
+            checks[task.name] = zero_shot_check(task, model_lm(args.model), args, say)
     runs = ladder_runs(tasks, checks, args)
     per_model: dict[str, dict[str, dict[str, Any]]] = {args.model: {}, args.task_model: {}}
+    kept_names: list[str] = []
 
     def write(complete: bool) -> dict[str, Any]:
         report = {
@@ -269,6 +295,7 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any]
             "task_model": args.task_model,
             "settings": settings_of(args),
             "request_cache": {"path": str(args.cache), "calls_held_at_start": held},
+            "kept_from_earlier_run": kept_names,
             "zero_shot_check": checks,
             "summary": pooled(
                 [r for ladders in per_model.values() for t in ladders.values() for r in t["rungs"]], RUNGS
@@ -283,15 +310,22 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any]
     for i, (task, model, n) in enumerate(runs, 1):
         if checks[task.name]["at_chance"] and model == args.model and not args.task_model:
             say(f"warning: {args.model} is at chance on {task.name}; --task-model NAME runs its ladder with NAME too")
-        if model not in models:
-            for lm in models.values():
-                lm.close()
-            models = {model: load(model, cache)}
+        section = "tasks" if model == args.model else "tasks_on_task_model"
+        kept = kept_ladder(earlier, section, task.name, model)
+        if kept is not None:
+            say(f"[medprompt] {task.name} on {model}: kept from {args.out} (commit {str(kept['commit'])[:7]})")
+            per_model[model][task.name] = kept
+            kept_names.append(f"{model} {task.name}")
+            report = write(complete=i == len(runs))
+            continue
         testset = task.test if n is None else task.test[:n]
         t0 = time.perf_counter()
-        rows, info = ladder(task, testset, models[model], model, args, say)
+        rows, info = ladder(task, testset, model_lm(model), model, args, say)
         done = {"model": model, "options": len(task.test[0]["options"]), "rungs": rows} | info
-        per_model[model][task.name] = done | {"seconds": round(time.perf_counter() - t0, 1)}
+        per_model[model][task.name] = done | {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "commit": commit()["commit"],
+        }
         report = write(complete=i == len(runs))
     for lm in models.values():
         lm.close()

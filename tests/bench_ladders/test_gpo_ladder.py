@@ -108,8 +108,31 @@ def test_an_interrupted_gpo_ladder_resumes_from_its_cache_to_the_same_results(be
 
     assert results(again) == results(whole)
     rerun = Models({"task": "instructed", "opt": "proposer"})
-    run_gpo(bench, tmp_path, data, rerun)  # the same command once more: all from the cache
-    assert rerun.loaded["task"].calls == [] and rerun.loaded["opt"].calls == []
+    third = run_gpo(bench, tmp_path, data, rerun)  # the same command once more: every rung kept, no model loaded
+    assert rerun.log == [] and results(third) == results(whole)
+    assert len(third["kept_from_earlier_run"]) == 2 * len(bench["gpo_ladder"].RUNGS)
+
+
+def test_a_gpo_ladder_moved_to_a_machine_without_its_cache_runs_only_the_rungs_its_results_file_lacks(bench, tmp_path):
+    data = write_bbh(tmp_path / "data")
+    whole = run_gpo(bench, tmp_path, data, Models({"task": "instructed", "opt": "proposer"}))
+    kept = json.loads((tmp_path / "gpo.json").read_text())
+    for task in kept["tasks"].values():  # as if cut off after each task's OPRO-style rung
+        task["rungs"] = task["rungs"][:3]
+    (tmp_path / "gpo.json").write_text(json.dumps(kept))
+    (tmp_path / "cache.sqlite").unlink()
+    moved = Models({"task": "instructed", "opt": "proposer"})
+    again = run_gpo(bench, tmp_path, data, moved)
+    assert [r["rung"] for t in again["tasks"].values() for r in t["rungs"]] == [
+        r["rung"] for t in whole["tasks"].values() for r in t["rungs"]
+    ]
+    assert all(r["commit"] for t in again["tasks"].values() for r in t["rungs"])
+    gpo_calls = sum(r["calls_per_question"] * r["n"] for t in whole["tasks"].values() for r in t["rungs"][3:])
+    assert 0 < len(moved.loaded["task"].calls) and moved.loaded["opt"].calls  # GPO's compile and test, only
+    assert len(moved.loaded["task"].calls) < sum(
+        r["calls_per_question"] * r["n"] for t in whole["tasks"].values() for r in t["rungs"]
+    )
+    assert len(moved.loaded["task"].calls) >= gpo_calls
 
 
 def test_a_misspelt_optimizer_model_fails_before_any_model_loads_or_any_call(bench, tmp_path, monkeypatch):

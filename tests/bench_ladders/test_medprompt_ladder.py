@@ -110,3 +110,43 @@ def test_medprompt_embeds_every_knn_and_ensemble_query_before_those_rungs_run(be
     assert len(inner.asked) == 2
     assert len(inner.asked[1]) == 10 * 3  # 10 test questions x 3 option orders
     assert report["tasks"]["bbh:date_understanding"]["rungs"][3]["test_accuracy"] == 1.0
+
+
+def test_medprompt_keeps_the_ladders_of_an_earlier_results_file_and_loads_no_model_for_them(bench, tmp_path):
+    """A run cut off and resumed on a machine without its request cache: what the results file holds is not
+    run again (each ladder names the commit that ran it); a ladder it lacks runs."""
+    data = write_bbh(tmp_path / "data")
+    tasks = ("--tasks", "date_understanding", "--task-model", "big", "--task-model-test", "4")
+    first = run_medprompt(bench, tmp_path, data, Models({"small": "never", "big": "always"}), *tasks)
+    (tmp_path / "mp.sqlite").unlink()  # a fresh machine: the results file only
+    again = Models({"small": "always", "big": "never"})  # would score otherwise, were anything rerun
+    second = run_medprompt(bench, tmp_path, data, again, *tasks)
+    assert again.log == []
+    assert second["kept_from_earlier_run"] == ["small bbh:date_understanding", "big bbh:date_understanding"]
+    assert second["zero_shot_check"] == first["zero_shot_check"]
+    for section in ("tasks", "tasks_on_task_model"):
+        kept = second[section]["bbh:date_understanding"]
+        assert kept["rungs"] == first[section]["bbh:date_understanding"]["rungs"]
+        assert kept["commit"] == first["commit"] and kept["commit"]
+    assert second["summary"] == first["summary"] and second["complete"]
+
+    wider = (*tasks[:1], "date_understanding,hyperbaton", *tasks[2:])
+    third = run_medprompt(bench, tmp_path, data, again, *wider)  # one task more: only it runs
+    assert third["kept_from_earlier_run"] == ["small bbh:date_understanding", "big bbh:date_understanding"]
+    assert third["tasks"]["bbh:hyperbaton"]["rungs"][0]["test_accuracy"] == 1.0
+    assert again.log == ["load small", "close small"]  # hyperbaton is above chance for this "small"
+
+
+def test_medprompt_runs_every_ladder_again_when_the_settings_differ_or_fresh_is_asked(bench, tmp_path, capsys):
+    data = write_bbh(tmp_path / "data")
+    run_medprompt(bench, tmp_path, data, Models({"small": "never"}))
+    (tmp_path / "mp.sqlite").unlink()  # so that a rerun ladder shows in its answers
+    again = Models({"small": "always"})
+    report = run_medprompt(bench, tmp_path, data, again, "--k", "3")
+    assert "k=2 there, 3 here" in capsys.readouterr().err
+    assert report["kept_from_earlier_run"] == [] and again.log[0] == "load small"
+    assert report["tasks"]["bbh:date_understanding"]["rungs"][0]["test_accuracy"] == 1.0
+    (tmp_path / "mp.sqlite").unlink()
+    fresh = run_medprompt(bench, tmp_path, data, Models({"small": "never"}), "--k", "3", "--fresh")
+    assert fresh["kept_from_earlier_run"] == [] and fresh["tasks"]["bbh:date_understanding"]["rungs"][0]["n"] == 10
+    assert fresh["tasks"]["bbh:date_understanding"]["rungs"][0]["test_accuracy"] == 0.0
