@@ -2,17 +2,26 @@
 
     .venv/bin/python benchmarks/make_run.py              # clone HEAD, `make` the venv, `make run` (~5-10 min)
     .venv/bin/python benchmarks/make_run.py --no-clone   # this checkout's venv, the run alone (empty cache)
+    .venv/bin/python benchmarks/make_run.py --cap-isa avx2 --out benchmarks/results/make_run-avx2cap.json
+    .venv/bin/python benchmarks/make_run.py --cap-isa avx2 --ref 38aed7c --out ...   # an older commit, the same way
 
 The run gets a cache folder of its own (``COTUNE_CACHE_DIR``): no converted model and no cached request from an
 earlier run, as on a fresh machine. Each phase's time is read from the run's event log (model load until the
 first node starts, then each node), so the JSON says where the minutes go. The install reads the machine's
 package registries and local wheels: its time depends on them more than on cotune.
+
+``--cap-isa avx2`` runs the install and the job on a bf16 CPU as if it had AVX2 only, a stand-in where no AVX2
+machine can be had (root and `unshare` needed): in a mount namespace where /proc/cpuinfo lists no AVX-512 or AMX
+flag (so cotune's dtype "auto" picks float32, as on such a CPU), with torch's kernels, oneDNN and MKL capped at
+AVX2 (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``). The same CPU's clock and
+caches remain: compare a capped run with a real AVX2 machine's only through a commit timed on both (``--ref``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -27,27 +36,57 @@ def main() -> None:
     ap = arguments(__doc__, RESULTS / "make_run.json")
     ap.add_argument("--no-clone", action="store_true", help="time the run in this checkout (its venv installed)")
     ap.add_argument("--keep", action="store_true", help="keep the clone, the cache and the run folder")
+    ap.add_argument("--ref", default=None, help="the commit to clone (default: HEAD)")
+    ap.add_argument("--cap-isa", choices=("avx2",), default=None, help="run as on a CPU with AVX2 only (see above)")
     args = ap.parse_args()
+    if args.ref and args.no_clone:
+        ap.error("--ref clones that commit; --no-clone times this checkout: give one of them")
     started = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="cotune-make-run-"))
     try:
-        result = _measure(scratch, clone=not args.no_clone)
+        wrap = capped_avx2(scratch) if args.cap_isa else []
+        result = _measure(scratch, clone=not args.no_clone, ref=args.ref, wrap=wrap)
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
+    if args.cap_isa:
+        result["isa_cap"] = {
+            "isa": args.cap_isa,
+            "how": "/proc/cpuinfo without AVX-512/AMX flags (mount namespace); " + ", ".join(CAP_ENV),
+        }
     write_results(args.out, {"benchmark": "make_run", **result}, started=started)
     print(json.dumps({k: result[k] for k in ("install_seconds", "run_seconds", "total_seconds")}, indent=2))
 
 
-def _measure(scratch: Path, *, clone: bool) -> dict[str, Any]:
+# torch's vectorized kernels, oneDNN (bf16 and float32 matmuls) and MKL (float32 GEMM), each held to AVX2.
+CAP_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def avx2_cpuinfo(text: str) -> str:
+    """``/proc/cpuinfo`` text without the AVX-512 and AMX flags."""
+    return re.sub(r" (avx512\w*|amx\w*)(?=\s)", "", text)
+
+
+def capped_avx2(scratch: Path) -> list[str]:
+    """The prefix that runs a command as on an AVX2-only CPU: /proc/cpuinfo without AVX-512 and AMX flags."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        raise SystemExit("--cap-isa needs root and `unshare` (util-linux): it mounts its own /proc/cpuinfo")
+    fake = scratch / "cpuinfo-avx2"
+    fake.write_text(avx2_cpuinfo(Path("/proc/cpuinfo").read_text()))
+    return ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /proc/cpuinfo && exec "$@"', str(fake)]
+
+
+def _measure(scratch: Path, *, clone: bool, ref: str | None = None, wrap: list[str] = ()) -> dict[str, Any]:
     checkout = scratch / "cotune" if clone else ROOT
     if clone:
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(checkout)], check=True)
-    env = {**os.environ, "COTUNE_CACHE_DIR": str(scratch / "cache")}
+        if ref:
+            subprocess.run(["git", "-C", str(checkout), "checkout", "--quiet", ref], check=True)
+    env = {**os.environ, "COTUNE_CACHE_DIR": str(scratch / "cache")} | (CAP_ENV if wrap else {})
     env.pop("COTUNE_REQUEST_CACHE", None)
-    install = _timed(["make", ".venv/.installed"], checkout, env) if clone else None
+    install = _timed([*wrap, "make", ".venv/.installed"], checkout, env) if clone else None
     before = set((checkout / "runs").glob("*")) if (checkout / "runs").is_dir() else set()
-    run_seconds = _timed(["make", "run"], checkout, env)
+    run_seconds = _timed([*wrap, "make", "run"], checkout, env)
     made = sorted(set((checkout / "runs").glob("*")) - before)
     if len(made) != 1:
         raise SystemExit(f"expected one new run folder under {checkout / 'runs'}, found {made}")
@@ -56,8 +95,10 @@ def _measure(scratch: Path, *, clone: bool) -> dict[str, Any]:
     if not clone:  # the run folder is this checkout's: moved out of the way of the user's runs
         shutil.move(str(run_dir), scratch / run_dir.name)
         run_dir = scratch / run_dir.name
+    sha = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     return {
         "clone": clone,
+        "timed_commit": sha.strip(),
         "cache": "empty: a cache folder of the run's own",
         "install_seconds": install,
         "run_seconds": run_seconds,
