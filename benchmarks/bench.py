@@ -13,6 +13,11 @@ A results file is only ever written by its script, through `write_results`: it a
 machine and the wall time.
 
     .venv/bin/python benchmarks/bench.py      # prints this machine's record and the commit
+
+Where no AVX2-only machine can be had, a benchmark with ``--cap-isa avx2`` runs on a bf16 CPU as if it had AVX2
+only (`capped_prefix`, `rerun_capped`): /proc/cpuinfo without AVX-512 and AMX flags (a mount namespace, so
+cotune's dtype "auto" picks float32 as there), torch's kernels, oneDNN and MKL held to AVX2. The same CPU's
+clock and caches remain: a stand-in, named as one in the machine record (``kind: "avx2 (capped)"``).
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ import argparse
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -33,6 +41,12 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 # The flags that decide which kernels run: bf16 (native or emulated), AVX-512 and AVX2 float32, AMX tiles.
 SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
+
+
+# torch's vectorized kernels, oneDNN (bf16 and float32 matmuls) and MKL (float32 GEMM), each held to AVX2.
+CAP_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+CAPPED = "COTUNE_BENCH_CAPPED_ISA"  # set in a capped process: its machine record says so
+CAP_HOW = "/proc/cpuinfo without AVX-512/AMX flags (mount namespace); " + ", ".join(CAP_ENV)
 
 
 def arguments(doc: str | None, out: Path | None, out_help: str | None = None) -> argparse.ArgumentParser:
@@ -72,6 +86,34 @@ def commit(where: Path = HERE) -> dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
 
 
+def avx2_cpuinfo(text: str) -> str:
+    """``/proc/cpuinfo`` text without the AVX-512 and AMX flags."""
+    return re.sub(r" (avx512\w*|amx\w*)(?=\s)", "", text)
+
+
+def capped_prefix(folder: Path) -> list[str]:
+    """The command prefix that runs a command as on an AVX2-only CPU (its environment: `capped_env`): in a mount
+    namespace whose /proc/cpuinfo, written under ``folder``, lists no AVX-512 or AMX flag."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        raise SystemExit("--cap-isa needs root and `unshare` (util-linux): it mounts its own /proc/cpuinfo")
+    fake = folder / "cpuinfo-avx2"
+    fake.write_text(avx2_cpuinfo(Path("/proc/cpuinfo").read_text()))
+    return ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /proc/cpuinfo && exec "$@"', str(fake)]
+
+
+def capped_env(env: dict[str, str]) -> dict[str, str]:
+    return {**env, **CAP_ENV, CAPPED: "avx2"}
+
+
+def rerun_capped(isa: str | None) -> None:
+    """Run this benchmark again as on a CPU with ``isa`` only ("avx2"), replacing this process, unless it already
+    runs so or ``isa`` is None. Call it before torch is imported."""
+    if isa is None or os.environ.get(CAPPED) == isa:
+        return
+    prefix = capped_prefix(Path(tempfile.mkdtemp(prefix="cotune-cap-")))
+    os.execvpe(prefix[0], [*prefix, sys.executable, *sys.argv], capped_env(dict(os.environ)))
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo, else what the platform says."""
     path = Path("/proc/cpuinfo")
@@ -96,6 +138,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_flags": [f for f in SPEED_FLAGS if f in flags],
         "bf16": cpu_has_bf16(),
         "kind": "bf16" if cpu_has_bf16() else ("avx2" if "avx2" in flags else "other"),
+        **({"kind": f"{os.environ[CAPPED]} (capped)", "isa_cap": CAP_HOW} if os.environ.get(CAPPED) else {}),
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -29,7 +29,8 @@ layers, PEFT's default initialization, so its outputs equal the base model's and
 differs) vs the base model: merged (cotune's default) and as PEFT layers (``merge_adapters=False``).
 Target: adapter ≤ 1.2× base. The ratios within a set (and within the adapter part) come from one run;
 rerunning some sets (``--sets``, ``--skip adapter``) keeps the others' rows. Writes
-``benchmarks/results/engine.json``.
+``benchmarks/results/engine.json``. ``--cap-isa avx2`` runs it as on a CPU with AVX2 only (bench.py), e.g.
+``--cap-isa avx2 --other-dtypes "" --skip llamacpp,cotune-transformers --out benchmarks/results/engine-avx2cap.json``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import HERE, RESULTS, arguments, write_results
+from bench import HERE, RESULTS, arguments, rerun_capped, write_results
 
 DATA = HERE.parent.parent / "shared" / "data"
 SETS = ("iris", "iris-demos", "gsm8k")
@@ -232,7 +233,9 @@ def main() -> dict[str, Any]:
     ap.add_argument("--other-dtypes", default="bfloat16,float32", help="dtypes to compare with the default")
     ap.add_argument("--skip", default="", help=f"comma-separated paths to leave out: {', '.join(PATHS)}")
     ap.add_argument("--data-dir", type=Path, default=DATA)
+    ap.add_argument("--cap-isa", choices=("avx2",), default=None, help="run as on an AVX2-only CPU (bench.py)")
     args = ap.parse_args()
+    rerun_capped(args.cap_isa)
     started = time.perf_counter()
     skip = {s for s in args.skip.split(",") if s}
     if unknown := skip - set(PATHS):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import RESULTS, ROOT, arguments, write_results
+from bench import CAP_HOW, RESULTS, ROOT, arguments, capped_env, capped_prefix, write_results
 
 
 def main() -> None:
@@ -44,36 +43,15 @@ def main() -> None:
     started = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="cotune-make-run-"))
     try:
-        wrap = capped_avx2(scratch) if args.cap_isa else []
+        wrap = capped_prefix(scratch) if args.cap_isa else []
         result = _measure(scratch, clone=not args.no_clone, ref=args.ref, wrap=wrap)
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
     if args.cap_isa:
-        result["isa_cap"] = {
-            "isa": args.cap_isa,
-            "how": "/proc/cpuinfo without AVX-512/AMX flags (mount namespace); " + ", ".join(CAP_ENV),
-        }
+        result["isa_cap"] = {"isa": args.cap_isa, "how": CAP_HOW}
     write_results(args.out, {"benchmark": "make_run", **result}, started=started)
     print(json.dumps({k: result[k] for k in ("install_seconds", "run_seconds", "total_seconds")}, indent=2))
-
-
-# torch's vectorized kernels, oneDNN (bf16 and float32 matmuls) and MKL (float32 GEMM), each held to AVX2.
-CAP_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
-
-
-def avx2_cpuinfo(text: str) -> str:
-    """``/proc/cpuinfo`` text without the AVX-512 and AMX flags."""
-    return re.sub(r" (avx512\w*|amx\w*)(?=\s)", "", text)
-
-
-def capped_avx2(scratch: Path) -> list[str]:
-    """The prefix that runs a command as on an AVX2-only CPU: /proc/cpuinfo without AVX-512 and AMX flags."""
-    if shutil.which("unshare") is None or os.geteuid() != 0:
-        raise SystemExit("--cap-isa needs root and `unshare` (util-linux): it mounts its own /proc/cpuinfo")
-    fake = scratch / "cpuinfo-avx2"
-    fake.write_text(avx2_cpuinfo(Path("/proc/cpuinfo").read_text()))
-    return ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /proc/cpuinfo && exec "$@"', str(fake)]
 
 
 def _measure(scratch: Path, *, clone: bool, ref: str | None = None, wrap: list[str] = ()) -> dict[str, Any]:
@@ -82,7 +60,8 @@ def _measure(scratch: Path, *, clone: bool, ref: str | None = None, wrap: list[s
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(checkout)], check=True)
         if ref:
             subprocess.run(["git", "-C", str(checkout), "checkout", "--quiet", ref], check=True)
-    env = {**os.environ, "COTUNE_CACHE_DIR": str(scratch / "cache")} | (CAP_ENV if wrap else {})
+    env = {**os.environ, "COTUNE_CACHE_DIR": str(scratch / "cache")}
+    env = capped_env(env) if wrap else env
     env.pop("COTUNE_REQUEST_CACHE", None)
     install = _timed([*wrap, "make", ".venv/.installed"], checkout, env) if clone else None
     before = set((checkout / "runs").glob("*")) if (checkout / "runs").is_dir() else set()

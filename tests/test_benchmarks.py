@@ -201,15 +201,15 @@ def test_results_write_paths_relative_to_the_checkout_and_keep_texts(tmp_path):
     assert str(root) not in json.dumps(out)
 
 
-def test_make_run_caps_a_command_to_avx2_by_a_cpuinfo_without_avx512_or_amx(tmp_path, monkeypatch):
+def test_a_benchmark_caps_a_command_to_avx2_by_a_cpuinfo_without_avx512_or_amx(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    make_run = importlib.import_module("make_run")
+    bench = importlib.import_module("bench")
     text = "processor\t: 0\nflags\t\t: fpu avx avx2 fma avx512f avx512_bf16 amx_tile amx_bf16 avx512vl\nbogomips\t: 1\n"
-    capped = make_run.avx2_cpuinfo(text)
+    capped = bench.avx2_cpuinfo(text)
     assert "flags\t\t: fpu avx avx2 fma\n" in capped and "bogomips" in capped
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("the namespace part needs root and unshare")
-    wrap = make_run.capped_avx2(tmp_path)
+    wrap = bench.capped_prefix(tmp_path)
     count = "grep -c avx512 /proc/cpuinfo; grep -c avx2 /proc/cpuinfo"
     seen = subprocess.run([*wrap, "sh", "-c", count], capture_output=True, text=True)
     if "mount" in seen.stderr or "unshare" in seen.stderr:
