@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def main() -> None:
     print(json.dumps({k: result[k] for k in ("install_seconds", "run_seconds", "total_seconds")}, indent=2))
 
 
-def _measure(scratch: Path, *, clone: bool, ref: str | None = None, wrap: list[str] = ()) -> dict[str, Any]:
+def _measure(scratch: Path, *, clone: bool, ref: str | None = None, wrap: Sequence[str] = ()) -> dict[str, Any]:
     checkout = scratch / "cotune" if clone else ROOT
     if clone:
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(checkout)], check=True)
