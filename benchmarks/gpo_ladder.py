@@ -278,9 +278,8 @@ def main(argv: list[str] | None = None, *, load_model: Callable[[str, Any], Any]
         t0 = time.perf_counter()
         per_task[task.name] = {"kind": kind, "rungs": baselines(task, lm, args, say, kept[task.name])}
         per_task[task.name]["seconds"] = round(time.perf_counter() - t0, 1)
-        write(complete=False)
+        report = write(complete=False)
 
-    report = write(complete=False)
     optimizer_lm = None
     for i, task in enumerate(tasks, 1):
         rows = per_task[task.name]["rungs"]

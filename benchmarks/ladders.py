@@ -324,7 +324,7 @@ def kept_rungs(earlier: Mapping[str, Any] | None, task: str, model: str) -> dict
     if earlier is None:
         return {}
     rows = (earlier.get("tasks", {}).get(task) or {}).get("rungs", [])
-    return {r["rung"]: {"commit": earlier.get("commit")} | r for r in rows if r.get("model") == model}
+    return {r["rung"]: with_commit(earlier, r) for r in rows if r.get("model") == model}
 
 
 def kept_ladder(earlier: Mapping[str, Any] | None, section: str, task: str, model: str) -> dict[str, Any] | None:
@@ -335,4 +335,9 @@ def kept_ladder(earlier: Mapping[str, Any] | None, section: str, task: str, mode
     entry = earlier.get(section, {}).get(task)
     if not entry or entry.get("model") != model:
         return None
+    return with_commit(earlier, entry)
+
+
+def with_commit(earlier: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
+    """``entry`` of an earlier results file with the commit that computed it: its own, else the file's."""
     return {"commit": earlier.get("commit")} | entry

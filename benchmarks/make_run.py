@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import CAP_HOW, RESULTS, ROOT, arguments, capped_env, capped_prefix, write_results
+from bench import CAP_HOW, RESULTS, ROOT, arguments, capped_env, capped_prefix, commit, write_results
 
 
 def main() -> None:
@@ -75,10 +75,9 @@ def _measure(scratch: Path, *, clone: bool, ref: str | None = None, wrap: Sequen
     if not clone:  # the run folder is this checkout's: moved out of the way of the user's runs
         shutil.move(str(run_dir), scratch / run_dir.name)
         run_dir = scratch / run_dir.name
-    sha = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     return {
         "clone": clone,
-        "timed_commit": sha.strip(),
+        "timed_commit": commit(checkout)["commit"],
         "cache": "empty: a cache folder of the run's own",
         "install_seconds": install,
         "run_seconds": run_seconds,
