@@ -175,6 +175,30 @@ def test_smollm2_converts_to_a_reused_transformers_folder():
 
 
 @pytest.mark.integration
+def test_a_gguf_converts_to_dense_weights_asked_for_as_such(tmp_path):
+    import logging
+
+    from safetensors import safe_open
+
+    from cotune.lm.convert import _convert
+
+    source = registry.MODELS["smollm2-135m"]
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        _convert(source.gguf(source.package_dirs(), tmp_path), tmp_path / "out", "bfloat16")
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    # Unpacking is asked for, not fallen back on: no "weights packed ... fastest in float32" warning.
+    assert not [w for w in warnings if "packed" in w], warnings
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        weight = f.get_tensor("model.layers.0.mlp.down_proj.weight")
+    assert weight.dtype.is_floating_point and weight.dim() == 2
+
+
+@pytest.mark.integration
 def test_load_by_name_generates_and_records_the_name():
     lm = registry.load("smollm2-135m", cache=False)
     try:

@@ -70,11 +70,18 @@ def convert_once(
 
 def _convert(gguf: Path, out: Path, dtype: str) -> None:
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # Dense weights are what is saved: transformers keeps a GGUF's weights packed wherever it finds a matmul
+    # kernel for them (its ``kernels`` package), and those layers cannot be saved as a plain checkpoint.
+    unpack = getattr(transformers, "GgufConfig", None)
+    packing = {"quantization_config": unpack(dequantize=True)} if unpack is not None else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype), **packing
+        )
     except (OSError, ValueError, KeyError) as e:
         raise ConfigError(f"cannot convert GGUF file {gguf}: {type(e).__name__}: {e}") from e
     # The dequantized weights are plain tensors now; saving must not claim they are still GGUF-quantized.
