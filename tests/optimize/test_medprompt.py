@@ -140,6 +140,8 @@ def test_medprompt_end_to_end_on_smollm2_and_bbh(tmp_path, monkeypatch):
     assert result.n == 2 and result.errors == 0
     for row in result.rows:
         assert len(row.trace) == 2  # two option orders, two calls
+        demos = [step.messages[1:-1] for step in row.trace]
+        assert demos[0] == demos[1] and demos[0]  # the options move, the question's kNN demos do not
         if row.error_kind is None:
             assert len(row.prediction["votes"]) == 2 and 0 <= row.prediction["agreement"] <= 1
             assert row.prediction["answer"] in ("", "A", "B")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -160,3 +161,48 @@ def test_deepcopy_gives_independent_inner_predictors():
     copy = ens.deepcopy()
     copy.program.choose.instruction = "changed"
     assert ens.program.choose.instruction != "changed" and copy.m == 2
+
+
+# -- demos chosen per question (kNN) ---------------------------------------------------------------------
+
+
+class FirstOptionEmbedder:
+    """Embeds a text by the first option it lists, so a kNN selector's choice follows the options' order."""
+
+    ANGLE = {"red": 0, "green": 90, "blue": 180, "yellow": 270}
+
+    def embed(self, texts):
+        import numpy as np
+
+        first = [re.search(r"\(A\) (\w+)", t).group(1) for t in texts]
+        return np.array([[math.cos(math.radians(self.ANGLE[c])), math.sin(math.radians(self.ANGLE[c]))] for c in first])
+
+
+def test_every_order_sees_the_demos_its_question_gets_only_the_options_move():
+    from cotune.optimize.knn import KNNFewShot
+
+    pool = [mc_example(f"about {c}?", [c, *(o for o in OPTIONS if o != c)], c) for c in OPTIONS]
+    lm = knows("blue")
+    inner = KNNFewShot(1, demos="labeled", embedder=FirstOptionEmbedder()).compile(
+        MultipleChoiceQA().bind(lm), trainset=pool
+    )
+    # Asked on its own, a shuffled order gets another demo: the embedder sees its first option.
+    alone = set()
+    for first in OPTIONS:
+        inner(question="?", options=[first, *(o for o in OPTIONS if o != first)])
+        alone.add(shown_demo_questions(lm.calls[-1][0])[0])
+    assert alone == {f"about {c}?" for c in OPTIONS}
+    lm.calls.clear()
+
+    pred = ChoiceShuffleEnsemble(inner, m=4)(question="Which colour?", options=OPTIONS)
+    demos_shown = [shown_demo_questions(messages) for messages, _ in lm.calls]
+    assert demos_shown == [["about red?"]] * 4  # the original order's nearest: its first option is red
+    assert len({tuple(shown_options(messages)) for messages, _ in lm.calls}) == 4 and pred.answer == "C"
+    # After the ensemble, the program ranks by the order it is given, as before.
+    inner(question="?", options=["green", "red", "blue", "yellow"])
+    assert shown_demo_questions(lm.calls[-1][0]) == ["about green?"]
+
+
+def shown_demo_questions(messages) -> list[str]:
+    """The questions of the demos in a request (user turns before the last), their first line."""
+    return [m["content"].splitlines()[0].split(": ", 1)[1] for m in messages[1:-1] if m["role"] == "user"]

@@ -10,6 +10,8 @@ Rules (documented so results can be read correctly):
 
 - Permutations are deterministic in (``seed``, the options); the first is the original order; the rest
   are distinct random orders. With fewer distinct orders than ``m`` (2 options have 2) each runs once.
+- Only the options move: demos chosen per question (kNN) are those of the original order in every run
+  (`cotune.program.demo_pins`), as in MedPrompt, so the votes differ by the options' order alone.
 - An answer that names no option (or a run whose output does not parse) casts no vote.
 - The winner has the most votes; a tie goes to the option voted for first (the original order's answer
   when it is among the tied).
@@ -35,6 +37,7 @@ from typing import Any
 
 from cotune.errors import ConfigError, ParseError
 from cotune.program.choices import LETTERS, answer_index
+from cotune.program.demo_pins import DemoPins
 from cotune.program.prediction import Prediction
 from cotune.program.program import Program, program_for_state
 
@@ -121,10 +124,12 @@ class ChoiceShuffleEnsemble(Program):
         votes: list[int | None] = []
         first_error: Any = None
         failed = 0
-        for order in self.permutations(options):
+        pins = DemoPins()  # every order sees the demos the original order (the first) is shown
+        for run, order in enumerate(self.permutations(options)):
             shown = [options[i] for i in order]
             try:
-                prediction = self.program(**{**inputs, self.options_field: shown})
+                with pins.replaying() if run else pins.recording():
+                    prediction = self.program(**{**inputs, self.options_field: shown})
             except ParseError as e:
                 first_error, failed = first_error or e, failed + 1
                 votes.append(None)

@@ -16,6 +16,7 @@ import numpy as np
 
 from cotune.data.example import Example
 from cotune.errors import ConfigError, UnknownChoiceError
+from cotune.program.demo_pins import chosen
 from cotune.program.format import render_value
 from cotune.retrieve.embed import Embedder, MiniLMEmbedder, TfidfEmbedder, minilm_package_dir
 
@@ -146,8 +147,9 @@ class KNNSelector:
         return [i for i in order if self.texts[i] != query][: self.k]
 
     def __call__(self, inputs: Mapping[str, Any]) -> list[Example]:
-        # Nearest last: the most similar demo sits right before the question.
-        return [self.pool[i] for i in reversed(self.neighbours(inputs))]
+        # Nearest last: the most similar demo sits right before the question. Within a wrapper's later runs of the
+        # same question (`cotune.program.demo_pins`), the demos its first run got.
+        return [self.pool[i] for i in reversed(chosen(id(self), lambda: self.neighbours(inputs)))]
 
     def dump_state(self) -> dict[str, Any]:
         return {
