@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
+import threading
+import time
 
 import pytest
 
@@ -11,6 +14,7 @@ from cotune.errors import ConfigError, ParseError
 from cotune.evaluate import evaluate
 from cotune.lm import FakeLM
 from cotune.lm.cache import RequestCache
+from cotune.program.choices import LETTERS
 from cotune.program.ensemble import ChoiceShuffleEnsemble, choice_permutations, program_for_state
 from cotune.program.saved import read_state
 from cotune.tasks.multiple_choice import MultipleChoiceQA, choice_match, mc_example
@@ -127,6 +131,50 @@ def test_usage_shows_m_calls_per_question_in_the_trace():
     assert result.usage.calls == 12
     assert set(result.usage_by_predictor) == {"program.choose"}
     assert all(len(row.trace) == 4 for row in result.rows)
+
+
+def test_the_original_order_runs_first_then_the_others_reach_the_lm_at_once():
+    # The original order's demos are pinned first; each later call waits until all three are in flight: run one
+    # after another, the first of them would wait in vain.
+    together = threading.Barrier(3, timeout=10)
+    seen = []
+
+    def respond(messages):
+        seen.append(shown_options(messages))
+        if len(seen) > 1:
+            together.wait()
+        return "Reasoning: -\nAnswer: (A)"
+
+    pred = ensemble(FakeLM(respond), m=4)(question="?", options=OPTIONS)
+    assert len(pred.votes) == 4 and not together.broken and seen[0] == OPTIONS
+
+
+def test_the_trace_lists_the_runs_in_order_of_the_orders_not_as_they_finished():
+    orders = ChoiceShuffleEnsemble(MultipleChoiceQA(), m=4).permutations(OPTIONS)
+    first_shown = [OPTIONS[order[0]] for order in orders]
+
+    def respond(messages):  # the later an order, the sooner its answer comes back
+        time.sleep(0.05 * (3 - first_shown.index(shown_options(messages)[0])))
+        return "Reasoning: -\nAnswer: (A)"
+
+    data = [mc_example("?", OPTIONS, "red")]
+    result = evaluate(ensemble(FakeLM(respond), m=4), data, choice_match, num_threads=1)
+    traced = [shown_options(step.messages)[0] for step in result.rows[0].trace]
+    assert traced == first_shown and result.rows[0].prediction["votes"] == [LETTERS[OPTIONS.index(o)] for o in traced]
+
+
+def test_a_failed_request_in_one_order_fails_the_question_after_every_order_ended():
+    ended, calls = [], itertools.count()
+
+    def respond(messages):
+        ended.append(shown_options(messages)[0])
+        if next(calls) == 1:  # one of the orders run together
+            raise ConnectionError("server down")
+        return "Reasoning: -\nAnswer: (A)"
+
+    with pytest.raises(ConnectionError, match="server down"):
+        ensemble(FakeLM(respond), m=4)(question="?", options=OPTIONS)
+    assert len(ended) == 4
 
 
 def test_each_run_is_its_own_cached_request(tmp_path):

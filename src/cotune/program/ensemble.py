@@ -29,10 +29,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from cotune.errors import ConfigError, ParseError
@@ -40,6 +42,7 @@ from cotune.program.choices import LETTERS, answer_index
 from cotune.program.demo_pins import DemoPins
 from cotune.program.prediction import Prediction
 from cotune.program.program import Program, program_for_state
+from cotune.program.trace import run_together
 
 # Up to this many options all orders are listed and shuffled; beyond, random orders are drawn.
 _ENUMERATE_UP_TO = 7
@@ -121,24 +124,11 @@ class ChoiceShuffleEnsemble(Program):
             )
         if len(options) > len(LETTERS):
             raise ConfigError(f"at most {len(LETTERS)} options can be lettered, got {len(options)}")
-        votes: list[int | None] = []
-        first_error: Any = None
-        failed = 0
-        pins = DemoPins()  # every order sees the demos the original order (the first) is shown
-        for run, order in enumerate(self.permutations(options)):
-            shown = [options[i] for i in order]
-            try:
-                with pins.replaying() if run else pins.recording():
-                    prediction = self.program(**{**inputs, self.options_field: shown})
-            except ParseError as e:
-                first_error, failed = first_error or e, failed + 1
-                votes.append(None)
-                continue
-            said = prediction.get(self.answer_field) if hasattr(prediction, "get") else None
-            index = answer_index(said, shown)
-            votes.append(None if index is None else order[index])
-        if failed == len(votes):
-            raise first_error  # every run failed to parse: a parse failure of the ensemble, raw text kept
+        runs = self._runs(inputs, options)
+        votes = [vote for vote, _ in runs]
+        errors = [error for _, error in runs if error is not None]
+        if len(errors) == len(runs):
+            raise errors[0]  # every run failed to parse: a parse failure of the ensemble, raw text kept
         cast = [v for v in votes if v is not None]
         winner = _winner(cast)
         return Prediction(
@@ -148,6 +138,39 @@ class ChoiceShuffleEnsemble(Program):
                 "votes": [None if v is None else LETTERS[v] for v in votes],
             }
         )
+
+    def _runs(self, inputs: dict[str, Any], options: Sequence[Any]) -> list[tuple[int | None, ParseError | None]]:
+        """Every order's run (`_vote`), in the orders' order.
+
+        The original order runs first, and its demos are pinned (`DemoPins`); the other orders then run at once, so
+        a local engine batches them and computes the prompt they share (instruction, demos, question) once.
+        """
+        orders = self.permutations(options)
+        pins = DemoPins()
+        first = self._vote(inputs, options, orders[0], pins.recording)
+        return [
+            first,
+            *run_together([functools.partial(self._vote, inputs, options, o, pins.replaying) for o in orders[1:]]),
+        ]
+
+    def _vote(
+        self,
+        inputs: dict[str, Any],
+        options: Sequence[Any],
+        order: tuple[int, ...],
+        pinning: Callable[[], AbstractContextManager[None]],
+    ) -> tuple[int | None, ParseError | None]:
+        """One run with the options in ``order``: the original index it voted for (None: no vote), and its
+        parse failure, if any."""
+        shown = [options[i] for i in order]
+        try:
+            with pinning():
+                prediction = self.program(**{**inputs, self.options_field: shown})
+        except ParseError as e:
+            return None, e
+        said = prediction.get(self.answer_field) if hasattr(prediction, "get") else None
+        index = answer_index(said, shown)
+        return (None if index is None else order[index]), None
 
     # -- state: the ensemble's settings travel with the inner program's prompts ----------------------
     def dump_state(self) -> dict[str, Any]:

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cotune.errors import DataError
+
+T = TypeVar("T")
 
 _active: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("cotune_trace", default=None)
 
@@ -109,3 +112,37 @@ def record(program: Any = None) -> Iterator[Recorder]:
 def current() -> Recorder | None:
     """The recorder of the innermost `record` block in this context, if any."""
     return _active.get()
+
+
+def run_together(calls: Sequence[Callable[[], T]]) -> list[T]:
+    """Run ``calls`` at once, each in a thread of its own, and return their results in order.
+
+    A local engine batches requests that arrive together, and computes the tokens that their prompts share
+    (an instruction, demos, a question) once; calls made one after another cannot share them. Each call runs
+    in a copy of this context, recording into a recorder of its own; their steps then join this context's
+    recorder in the calls' order, not the order they finished, so a trace is the same on every run.
+
+    Raises:
+        the first exception a call raised (in the calls' order), after every call has ended.
+    """
+    if len(calls) <= 1:
+        return [call() for call in calls]
+    parent = current()
+    recorders = [Recorder(parent.names) if parent is not None else None for _ in calls]
+
+    def run(call: Callable[[], T], recorder: Recorder | None) -> T:
+        _active.set(recorder)  # in the thread's own copy of the context
+        return call()
+
+    contexts = [contextvars.copy_context() for _ in calls]
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(c.run, run, call, r) for c, call, r in zip(contexts, calls, recorders, strict=True)]
+        errors = [f.exception() for f in futures]
+    if parent is not None:
+        for recorder in recorders:
+            for step in recorder.steps:  # type: ignore[union-attr]
+                parent.add(step)
+    failed = next((e for e in errors if e is not None), None)
+    if failed is not None:
+        raise failed
+    return [f.result() for f in futures]
