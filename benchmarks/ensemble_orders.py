@@ -6,9 +6,9 @@
 other orders at once, so the engine batches them and computes their shared prompt (instruction, demos,
 question) once. ``one after another`` is the same ensemble sending each order after the last one answered (what
 it did before): the same prompts, so the same votes. The built-in BBH program with ``--k`` nearest labeled
-demos (kNN, default embedder) on SmolLM2-135M, request cache off, ``--threads`` questions at a time, answers
-capped at ``--max-tokens`` (the prompts' prefill is what the orders share; a chain of thought's decoding is not
-shared, so a longer cap dilutes the gain). The two ways alternate, ``--rounds`` times each, in one process.
+demos (kNN, default embedder) on SmolLM2-135M, request cache off, ``--threads`` questions at a time, the
+reasoning capped at ``--reasoning-tokens`` so every run reaches its answer letter (the prompts' prefill is what
+the orders share; a chain of thought's decoding is not shared, so longer reasoning dilutes the gain). The two ways alternate, ``--rounds`` times each, in one process.
 Reported per way: wall seconds (median), prompt tokens, the prompt positions the engine computed (a prefix
 shared in a batch counts once), and whether the votes were the same. Writes
 ``benchmarks/results/ensemble_orders.json``.
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=16, help="test questions")
     parser.add_argument("--k", type=int, default=3, help="nearest labeled demos per question")
     parser.add_argument("--m", type=int, default=5, help="option orders per question")
-    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--reasoning-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
@@ -57,7 +57,8 @@ def main() -> None:
     lm = ct.lm.load(args.model, cache=False)
     program = task.program().bind(lm)
     for _, predictor in program.named_predictors():
-        predictor.config["max_tokens"] = args.max_tokens
+        predictor.reasoning_budget = args.reasoning_tokens
+        predictor.config["max_tokens"] = args.reasoning_tokens + 24  # room for the answer line
     inner = KNNFewShot(args.k, demos="labeled").compile(program, trainset=task.train)
     ways = {"one after another": OneAfterAnother, "together": ChoiceShuffleEnsemble}
     ct.evaluate(ChoiceShuffleEnsemble(inner, m=args.m), task.test[:2], task.metric, num_threads=2)  # warm-up
@@ -77,6 +78,7 @@ def main() -> None:
                     "calls": result.usage.calls,
                     "accuracy": result.score,
                     "votes": [row.prediction and row.prediction.get("votes") for row in result.rows],
+                    "parse_failures": result.parse_failures,
                 }
             )
             print(f"{name:18s} {seconds:6.1f} s  prefill computed {runs[name][-1]['prefill_computed']}", flush=True)
@@ -88,6 +90,8 @@ def main() -> None:
             "prefill_computed": [r["prefill_computed"] for r in rs],
             "calls": rs[0]["calls"],
             "accuracy": rs[0]["accuracy"],
+            "parse_failures": rs[0]["parse_failures"],
+            "votes_cast": sum(v is not None for row in rs[0]["votes"] if row for v in row),
         }
         for name, rs in runs.items()
     }
