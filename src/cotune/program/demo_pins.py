@@ -1,11 +1,11 @@
 """Demos chosen once per question, where a wrapper runs one question several times in other forms.
 
 `cotune.program.ensemble.ChoiceShuffleEnsemble` asks one question with its options in several orders. MedPrompt
-shuffles the choices, not the demos: every order should see the demos the question gets. A kNN selector embeds
-the call's inputs, options included, so a shuffled order embeds another text and, with an embedder that reads
-word order (MiniLM), often ranks other demos first. Within `DemoPins.replaying`, each selector shows, call for call, the demos it chose in the run
-recorded first (`DemoPins.recording`): the original order's. A context variable carries the pins, so the runs
-of one question in one thread see them and nothing else does.
+shuffles the choices, not the demos: every order should see the demos the question gets. A kNN selector embeds the
+call's inputs, options included, so a shuffled order embeds another text and, with an embedder that reads word order
+(MiniLM), often ranks other demos first. Within `DemoPins.replaying`, each selector shows, call for call, the demos
+it chose in the run recorded first (`DemoPins.recording`): the original order's. A context variable carries the
+pins, so the runs of one question in one thread see them and nothing else does.
 
 Example:
     >>> pins = DemoPins()

@@ -12,6 +12,8 @@ Rules (documented so results can be read correctly):
   are distinct random orders. With fewer distinct orders than ``m`` (2 options have 2) each runs once.
 - Only the options move: demos chosen per question (kNN) are those of the original order in every run
   (`cotune.program.demo_pins`), as in MedPrompt, so the votes differ by the options' order alone.
+- The original order runs first; the other orders then go out at once (`cotune.program.trace.run_together`),
+  so a local engine batches them and computes their shared prompt once. The trace lists the runs in order.
 - An answer that names no option (or a run whose output does not parse) casts no vote.
 - The winner has the most votes; a tie goes to the option voted for first (the original order's answer
   when it is among the tied).
