@@ -5,7 +5,7 @@ shuffles the choices, not the demos: every order should see the demos the questi
 call's inputs, options included, so a shuffled order embeds another text and, with an embedder that reads word order
 (MiniLM), often ranks other demos first. Within `DemoPins.replaying`, each selector shows, call for call, the demos
 it chose in the run recorded first (`DemoPins.recording`): the original order's. A context variable carries the
-pins, so the runs of one question in one thread see them and nothing else does.
+pins, so the runs of one question see them (each run enters its block in its own thread) and nothing else does.
 
 Example:
     >>> pins = DemoPins()
