@@ -162,6 +162,25 @@ def test_rows_of_several_prompts_share_their_own_prefixes_with_the_same_outputs(
         assert decode(model, ids, mask, max_new_tokens=10, stop_ids=[], share_prefix=False) == got
 
 
+LONG = list(range(70, 96)) + list(range(28, 42))  # 40 tokens alike no other prompt
+
+
+def test_a_long_row_alike_no_other_is_prefilled_alone_not_padding_every_row_to_its_length(model):
+    prompts = [SHARED + [5], SHARED + [6], SHARED + [7, 8], OTHER + [9], OTHER + [10], LONG]
+    ids, mask = left_padded(prompts)
+    assert sorted((sorted(rows), s) for rows, s in prefix_groups(ids, mask)) == [
+        ([0, 1, 2], 20),
+        ([3, 4], 18),
+        ([5], 0),
+    ]
+    got, calls = decode_recording_calls(model, ids, mask)
+    assert sorted(calls[:3]) == [(1, 18), (1, 20), (1, 39)]  # each group's prefix, and the long prompt alone
+    assert calls[3] == (6, 2)  # every row's own tokens: 2 at most, not the long prompt's 40
+    assert got == reference(model, ids, mask, 10, [])
+    with torch.inference_mode():
+        assert decode(model, ids, mask, max_new_tokens=10, stop_ids=[], share_prefix=False) == got
+
+
 def test_groups_are_cut_where_sharing_saves_tokens():
     # Alike only in 16 tokens: one group of 16 would save 16, two groups save more.
     base = list(range(100, 116))

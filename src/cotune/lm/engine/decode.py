@@ -40,7 +40,7 @@ from cotune.lm.engine.batching import Finished, Open
 from cotune.lm.engine.counters import EngineCounters
 from cotune.lm.engine.kv_cache import append_rows, growing, is_growing, trim_left_padding
 from cotune.lm.engine.prefill import DECODING, PREFILL, Chunks
-from cotune.lm.engine.prefix_groups import prefix_groups
+from cotune.lm.engine.prefix_groups import bound_own_width, prefix_groups
 from cotune.lm.engine.prefix_store import KV, PrefixStore
 
 
@@ -202,6 +202,8 @@ def _prefill(
     cache.layers = [growing(layer) for layer in cache.layers]
     groups = prefix_groups(input_ids, attention_mask) if share_prefix and batch > 1 else [(list(range(batch)), 0)]
     blocks = _plan(input_ids, attention_mask, groups, prefixes, namespace)
+    if share_prefix and batch > 1:
+        blocks = bound_own_width(blocks, attention_mask.sum(dim=1).tolist())
     reused_before = prefixes.stats.reused_tokens if prefixes is not None else 0
     if any(shared for _, shared, _ in blocks):
         args = (model, input_ids, attention_mask, blocks, cache, prefixes, namespace, chunks)
