@@ -253,6 +253,7 @@ def test_generates_text_with_real_token_counts(smol):
     assert cut.completion_tokens == 4 and cut.finish_reason == "length"
     stopped = smol(user("What is the capital of France?"), max_tokens=12, stop=["Paris"])
     assert "Paris" not in stopped.text and stopped.finish_reason == "stop"
+    assert smol.engine.model.config._attn_implementation == "cotune_grouped_sdpa"  # SmolLM2: 3 kv heads for 9
 
 
 @pytest.mark.integration

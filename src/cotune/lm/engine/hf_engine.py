@@ -24,6 +24,7 @@ from cotune.hardware import bf16_is_fast
 from cotune.lm.base import GenerationConfig
 from cotune.lm.completion import Completion, Messages, truncate_at_stop
 from cotune.lm.engine import row_settings
+from cotune.lm.engine.attention import use_grouped_sdpa
 from cotune.lm.engine.batching import BatchWorker, Finished
 from cotune.lm.engine.counters import EngineCounters
 from cotune.lm.engine.decode import decode_steps
@@ -142,7 +143,8 @@ class HFEngine:
         self.tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = contiguous_head_input(model.to(self.device).eval())  # merged adapter copies inherit it
+        model = use_grouped_sdpa(model)  # on a CPU, attention without copying the key/value heads per query head
+        model = contiguous_head_input(model.to(self.device).eval())  # merged adapter copies inherit both
         # int8: adapters merge into (a copy of) the float32 weights, which are then quantized the same way
         self.weights = AdapterWeights(model, merge=merge_adapters, prepare=_int8(self.device) if int8 else None)
         self.model = self.weights.base
