@@ -181,6 +181,13 @@ def portable(value: Any) -> Any:
     return value
 
 
+def differing_votes(votes: list, reference: list) -> int:
+    """How many ensemble votes differ from a reference run's, question by question (None: no prediction)."""
+    return sum(
+        a != b for row, ref in zip(votes, reference, strict=True) for a, b in zip(row or [], ref or [], strict=False)
+    )
+
+
 def write_results(path: Path, data: dict[str, Any], *, started: float | None = None) -> Path:
     """Write ``data`` with the commit, the machine and the wall time beside it.
 

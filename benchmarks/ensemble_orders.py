@@ -21,7 +21,7 @@ import statistics
 import time
 from typing import Any
 
-from bench import RESULTS, arguments, write_results
+from bench import RESULTS, arguments, differing_votes, write_results
 
 
 def main() -> None:
@@ -100,7 +100,7 @@ def main() -> None:
     # the first run's, per run (the same way's runs differ too, as their batches are made up by timing).
     reference = runs["one after another"][0]["votes"]
     for name, rs in runs.items():
-        summary[name]["votes_differing_from_first_run"] = [_differing(r["votes"], reference) for r in rs]
+        summary[name]["votes_differing_from_first_run"] = [differing_votes(r["votes"], reference) for r in rs]
     same_votes = all(r["votes"] == reference for rs in runs.values() for r in rs)
     speedup = summary["one after another"]["seconds_median"] / summary["together"]["seconds_median"]
     print(f"together: {speedup:.2f}x faster; same votes: {same_votes}")
@@ -114,12 +114,6 @@ def main() -> None:
             "same_votes": same_votes,
         },
         started=started,
-    )
-
-
-def _differing(votes: list, reference: list) -> int:
-    return sum(
-        a != b for row, ref in zip(votes, reference, strict=True) for a, b in zip(row or [], ref or [], strict=False)
     )
 
 
