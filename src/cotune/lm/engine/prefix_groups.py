@@ -90,9 +90,8 @@ def bound_own_width(
     makes every row compute as many as that whole prompt: a batch of 60 MedPrompt ensemble rows on
     Qwen2.5-Coder-1.5B (option orders of the same questions, groups sharing 1,200-1,300 tokens) computed 1,352
     own tokens a row. Such a row is better prefilled alone, as a block of one sharing its prompt but the last
-    token. The own pass's width
-    is chosen to minimize the tokens computed: every row times the width, plus each moved row's prompt and
-    ``pass_cost`` for its pass. Only rows of blocks computed here move (stored keys and values stay with their
+    token. The own pass's width is chosen to minimize the tokens computed: every row times the width, plus each
+    moved row's prompt and ``pass_cost`` for its pass. Only rows of blocks computed here move (stored keys and values stay with their
     rows); ``lengths``: each row's prompt tokens.
 
     Example:
