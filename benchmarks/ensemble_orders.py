@@ -17,6 +17,7 @@ float rounding, which the make-up of a batch changes). Writes
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from typing import Any
@@ -25,24 +26,13 @@ from bench import RESULTS, arguments, differing_votes, write_results
 
 
 def main() -> None:
-    parser = arguments(__doc__, RESULTS / "ensemble_orders.json")
-    parser.add_argument("--task", default="bbh:date_understanding")
-    parser.add_argument("--data-dir", default="../shared/data/bbh")
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--n", type=int, default=16, help="test questions")
-    parser.add_argument("--k", type=int, default=3, help="nearest labeled demos per question")
-    parser.add_argument("--m", type=int, default=5, help="option orders per question")
-    parser.add_argument("--reasoning-tokens", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = ensemble_arguments(arguments(__doc__, RESULTS / "ensemble_orders.json"), model="smollm2-135m", threads=8)
     args = parser.parse_args()
     started = time.perf_counter()
 
     import cotune as ct
-    from cotune.optimize.knn import KNNFewShot
     from cotune.program.demo_pins import DemoPins
     from cotune.program.ensemble import ChoiceShuffleEnsemble
-    from cotune.tasks import load_task
 
     class OneAfterAnother(ChoiceShuffleEnsemble):
         """The ensemble with each order sent after the last one answered (its demos pinned all the same)."""
@@ -54,13 +44,7 @@ def main() -> None:
                 self._vote(inputs, options, o, pins.replaying if i else pins.recording) for i, o in enumerate(orders)
             ]
 
-    task = load_task(args.task, data_dir=args.data_dir, seed=0, dev=0, test=args.n)
-    lm = ct.lm.load(args.model, cache=False)
-    program = task.program().bind(lm)
-    for _, predictor in program.named_predictors():
-        predictor.reasoning_budget = args.reasoning_tokens
-        predictor.config["max_tokens"] = args.reasoning_tokens + 24  # room for the answer line
-    inner = KNNFewShot(args.k, demos="labeled").compile(program, trainset=task.train)
+    task, lm, inner = knn_program(args)
     ways = {"one after another": OneAfterAnother, "together": ChoiceShuffleEnsemble}
     ct.evaluate(ChoiceShuffleEnsemble(inner, m=args.m), task.test[:2], task.metric, num_threads=2)  # warm-up
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ways}
@@ -115,6 +99,36 @@ def main() -> None:
         },
         started=started,
     )
+
+
+def ensemble_arguments(parser: argparse.ArgumentParser, *, model: str, threads: int) -> argparse.ArgumentParser:
+    """The settings of an ensemble run over kNN demos: task, model, questions, demos, orders, reasoning, rounds."""
+    parser.add_argument("--task", default="bbh:date_understanding")
+    parser.add_argument("--data-dir", default="../shared/data/bbh")
+    parser.add_argument("--model", default=model)
+    parser.add_argument("--n", type=int, default=16, help="test questions")
+    parser.add_argument("--k", type=int, default=3, help="nearest labeled demos per question")
+    parser.add_argument("--m", type=int, default=5, help="option orders per question")
+    parser.add_argument("--reasoning-tokens", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=threads)
+    parser.add_argument("--rounds", type=int, default=3)
+    return parser
+
+
+def knn_program(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """``(task, lm, program)``: the task's program on ``--model`` (request cache off), its reasoning capped at
+    ``--reasoning-tokens``, showing each question its ``--k`` nearest labeled demos."""
+    import cotune as ct
+    from cotune.optimize.knn import KNNFewShot
+    from cotune.tasks import load_task
+
+    task = load_task(args.task, data_dir=args.data_dir, seed=0, dev=0, test=args.n)
+    lm = ct.lm.load(args.model, cache=False)
+    program = task.program().bind(lm)
+    for _, predictor in program.named_predictors():
+        predictor.reasoning_budget = args.reasoning_tokens
+        predictor.config["max_tokens"] = args.reasoning_tokens + 24  # room for the answer line
+    return task, lm, KNNFewShot(args.k, demos="labeled").compile(program, trainset=task.train)
 
 
 if __name__ == "__main__":

@@ -21,37 +21,21 @@ import time
 from typing import Any
 
 from bench import RESULTS, arguments, differing_votes, write_results
+from ensemble_orders import ensemble_arguments, knn_program
 
 
 def main() -> None:
     parser = arguments(__doc__, RESULTS / "grouped_attention.json")
-    parser.add_argument("--task", default="bbh:date_understanding")
-    parser.add_argument("--data-dir", default="../shared/data/bbh")
-    parser.add_argument("--model", default="qwen2.5-coder-0.5b")
-    parser.add_argument("--n", type=int, default=16, help="test questions")
-    parser.add_argument("--k", type=int, default=3, help="nearest labeled demos per question")
-    parser.add_argument("--m", type=int, default=5, help="option orders per question")
-    parser.add_argument("--reasoning-tokens", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = ensemble_arguments(parser, model="qwen2.5-coder-0.5b", threads=16)
     args = parser.parse_args()
     started = time.perf_counter()
 
     import cotune as ct
     from cotune.lm.engine.attention import NAME
-    from cotune.optimize.knn import KNNFewShot
     from cotune.program.ensemble import ChoiceShuffleEnsemble
-    from cotune.tasks import load_task
 
-    task = load_task(args.task, data_dir=args.data_dir, seed=0, dev=0, test=args.n)
-    lm = ct.lm.load(args.model, cache=False)
-    program = task.program().bind(lm)
-    for _, predictor in program.named_predictors():
-        predictor.reasoning_budget = args.reasoning_tokens
-        predictor.config["max_tokens"] = args.reasoning_tokens + 24  # room for the answer line
-    ensemble = ChoiceShuffleEnsemble(
-        KNNFewShot(args.k, demos="labeled").compile(program, trainset=task.train), m=args.m
-    )
+    task, lm, inner = knn_program(args)
+    ensemble = ChoiceShuffleEnsemble(inner, m=args.m)
     model = lm.engine.model
     attentions = {"grouped (cotune)": NAME, "sdpa (transformers)": "sdpa"}
     ct.evaluate(ensemble, task.test[:2], task.metric, num_threads=2)  # warm-up
