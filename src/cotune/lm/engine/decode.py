@@ -200,10 +200,11 @@ def _prefill(
     batch = input_ids.shape[0]
     cache = DynamicCache(config=model.config)
     cache.layers = [growing(layer) for layer in cache.layers]
-    groups = prefix_groups(input_ids, attention_mask) if share_prefix and batch > 1 else [(list(range(batch)), 0)]
-    blocks = _plan(input_ids, attention_mask, groups, prefixes, namespace)
     if share_prefix and batch > 1:
+        blocks = _plan(input_ids, attention_mask, prefix_groups(input_ids, attention_mask), prefixes, namespace)
         blocks = bound_own_width(blocks, attention_mask.sum(dim=1).tolist())
+    else:
+        blocks = _plan(input_ids, attention_mask, [(list(range(batch)), 0)], prefixes, namespace)
     reused_before = prefixes.stats.reused_tokens if prefixes is not None else 0
     if any(shared for _, shared, _ in blocks):
         args = (model, input_ids, attention_mask, blocks, cache, prefixes, namespace, chunks)
