@@ -71,9 +71,10 @@ def _shown(path: Path | None) -> str:
         return str(path)
 
 
-def commit(where: Path = HERE) -> dict[str, Any]:
+def commit(where: Path = HERE, ignoring: Path | None = None) -> dict[str, Any]:
     """The commit of the checkout holding ``where`` (this one by default) and whether it had uncommitted changes
-    (None where git can't tell)."""
+    (None where git can't tell), other than to the file ``ignoring``: a results file being written (a script
+    that writes its file after each part would otherwise call its own earlier write a change)."""
 
     def git(*args: str) -> str | None:
         try:
@@ -82,7 +83,11 @@ def commit(where: Path = HERE) -> dict[str, Any]:
             return None
         return out.stdout.strip()
 
-    status = git("status", "--porcelain", "--untracked-files=no")
+    top = git("rev-parse", "--show-toplevel") if ignoring is not None else None
+    own = os.path.relpath(Path(ignoring).resolve(), top) if top else ".."
+    # A file outside the checkout is no change of it: nothing to leave out.
+    unless = [] if own.startswith("..") else [":(top)", f":(top,exclude){own}"]
+    status = git("status", "--porcelain", "--untracked-files=no", "--", *unless)
     return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
 
 
@@ -198,7 +203,7 @@ def write_results(path: Path, data: dict[str, Any], *, started: float | None = N
     """
     if "wall_seconds" not in data and started is None:
         raise ValueError(f"{path.name}: a results file says its wall time; pass started= or a wall_seconds key")
-    out: dict[str, Any] = {**commit(), "machine": machine_info() | data.get("machine", {})}
+    out: dict[str, Any] = {**commit(ignoring=path), "machine": machine_info() | data.get("machine", {})}
     out |= {k: v for k, v in data.items() if k != "machine"}
     if "wall_seconds" not in data:
         out["wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -98,6 +98,29 @@ def test_results_say_commit_machine_and_wall_time(tmp_path):
     assert data["wall_seconds"] >= 2
 
 
+def test_a_results_file_rewritten_in_parts_is_not_its_own_dirt(tmp_path):
+    """A script that writes its file after each part (the ladders) finds its earlier write uncommitted: that
+    one file does not make the checkout dirty; any other change does."""
+    bench = bench_module()
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    results, code = tmp_path / "results" / "r.json", tmp_path / "code.py"
+    results.write_text("{}\n")
+    code.write_text("x = 1\n")
+    git("add", ".")
+    git("commit", "-qm", "start")
+    results.write_text('{"part": 1}\n')
+    assert bench.commit(tmp_path, ignoring=results)["dirty"] is False
+    assert bench.commit(tmp_path)["dirty"] is True
+    assert bench.commit(tmp_path, ignoring=tmp_path.parent / "elsewhere.json")["dirty"] is True
+    code.write_text("x = 2\n")
+    assert bench.commit(tmp_path, ignoring=results)["dirty"] is True
+
+
 def test_a_results_file_without_wall_time_is_refused(tmp_path):
     bench = bench_module()
     with pytest.raises(ValueError, match="wall time"):
