@@ -149,6 +149,16 @@ def test_fixed_and_none_budgets_and_bad_values():
         ("Current Instruction: Be brief.", "Be brief."),
         ("```\nBe brief.\n```", "Be brief."),
         ("  ", ""),
+        # the reply format's placeholder copied, and a quote left open (Qwen2.5-Coder-1.5B on BBH)
+        ("<Add up all the distinct items listed.>", "Add up all the distinct items listed."),
+        (
+            '"To determine the total count, add up the quantities.',
+            "To determine the total count, add up the quantities.",
+        ),
+        ("Add the items.'", "Add the items."),
+        ("Compare <a> and <b>.", "Compare <a> and <b>."),
+        ("Answer 'yes' or 'no'.", "Answer 'yes' or 'no'."),
+        ("Don't repeat an item.", "Don't repeat an item."),
     ],
 )
 def test_clean_instruction(raw, clean):

@@ -107,10 +107,19 @@ _QUOTES = "\"'`“”‘’"
 
 def clean_instruction(text: str) -> str:
     """The instruction inside a completion: no code fences, no leading "Instruction:" label, no wrapping
-    quotes, whitespace collapsed to single spaces. Empty when nothing is left."""
+    quotes or angle brackets (the reply format shows ``<the new instruction>``, and an optimizer LM may copy
+    them: Qwen2.5-Coder-1.5B did on BBH), no quote left open at either end, whitespace collapsed to single
+    spaces. Empty when nothing is left."""
     text = _FENCE.sub("", str(text).strip())
     text = _LEAD_LABEL.sub("", text.strip())
     text = " ".join(text.split())
-    if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
+    wrapped = len(text) >= 2 and (
+        (text[0] in _QUOTES and text[-1] in _QUOTES) or (text[0] == "<" and text[-1] == ">" and text.count("<") == 1)
+    )
+    if wrapped:
         text = text[1:-1].strip()
+    if text and text[0] in _QUOTES and text.count(text[0]) == 1:  # opened, never closed
+        text = text[1:].strip()
+    if text and text[-1] in _QUOTES and text.count(text[-1]) == 1:
+        text = text[:-1].strip()
     return text
