@@ -156,6 +156,7 @@ def test_fixed_and_none_budgets_and_bad_values():
             "To determine the total count, add up the quantities.",
         ),
         ("Add the items.'", "Add the items."),
+        ("<Add the items. This helps when items repeat.", "Add the items. This helps when items repeat."),
         ("Compare <a> and <b>.", "Compare <a> and <b>."),
         ("Answer 'yes' or 'no'.", "Answer 'yes' or 'no'."),
         ("Don't repeat an item.", "Don't repeat an item."),

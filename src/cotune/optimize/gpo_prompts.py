@@ -118,7 +118,8 @@ def clean_instruction(text: str) -> str:
     )
     if wrapped:
         text = text[1:-1].strip()
-    if text and text[0] in _QUOTES and text.count(text[0]) == 1:  # opened, never closed
+    opener = text[:1]
+    if (opener in tuple(_QUOTES) and text.count(opener) == 1) or (opener == "<" and ">" not in text):  # not closed
         text = text[1:].strip()
     if text and text[-1] in _QUOTES and text.count(text[-1]) == 1:
         text = text[:-1].strip()
