@@ -21,7 +21,8 @@ since on a CPU without bf16 instructions a bf16 matrix product over many rows (a
 than a float32 one, while one row at a time (decoding) it is not.
 
 Reported: wall seconds, examples/s, completion and prompt tokens (each path's own count), completion
-tok/s and prompt tok/s, and ratios to cotune. Free-text runs write as long as the model likes (up to the
+tok/s and prompt tok/s, and ratios to cotune; for cotune's runs, the share of the wall time in the model's
+forward passes and the milliseconds per decoding step outside them (`model_time`). Free-text runs write as long as the model likes (up to the
 cap); cotune stops at the end of its output format, so compare examples/s and completion tok/s both.
 
 Adapters (``--skip adapter`` to leave out): the ``iris`` program on a LoRA adapter (rank 32, all linear
@@ -70,6 +71,11 @@ def run_cotune(lm, program, examples, metric, threads: int, max_tokens: int) -> 
     program = program.bind(lm)
     for p in program.predictors():
         p.config = {**p.config, "max_tokens": max_tokens}
+    engine = getattr(lm, "engine", None)
+    if engine is not None:
+        from cotune.lm.engine.counters import EngineCounters
+
+        engine.counters = EngineCounters()
     before = lm.usage
     t0 = time.perf_counter()
     result = ct.evaluate(program, examples, metric, num_threads=threads, max_errors=len(examples) + 1)
@@ -82,8 +88,27 @@ def run_cotune(lm, program, examples, metric, threads: int, max_tokens: int) -> 
         usage.prompt_tokens - before.prompt_tokens,
         usage.completion_tokens - before.completion_tokens,
         score=result.score,
+        model_time=model_time(engine.counters, wall) if engine is not None else None,
         texts=texts,
     )
+
+
+def model_time(counters: Any, wall: float) -> dict[str, Any] | None:
+    """How much of a run's wall time the model's forward passes took (prefill and decoding, as the engine
+    counts them), and what the rest costs per decoding step: Python, cache bookkeeping, grammar, sampling,
+    the requests' threads. None where the engine's own loop did not run (``decoder="transformers"``)."""
+    if not counters.decode_steps:
+        return None
+    inside = counters.prefill_seconds + counters.decode_seconds
+    steps = max(counters.decode_steps, 1)
+    return {
+        "prefill_seconds": round(counters.prefill_seconds, 2),
+        "decode_seconds": round(counters.decode_seconds, 2),
+        "decode_steps": counters.decode_steps,
+        "share_in_model": round(inside / wall, 3),
+        "outside_ms_per_decode_step": round(1000 * (wall - inside) / steps, 2),
+        "model_ms_per_decode_step": round(1000 * counters.decode_seconds / steps, 2),
+    }
 
 
 def run_generate(engine, messages, max_tokens: int) -> dict[str, Any]:
