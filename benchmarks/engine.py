@@ -22,8 +22,9 @@ than a float32 one, while one row at a time (decoding) it is not.
 
 Reported: wall seconds, examples/s, completion and prompt tokens (each path's own count), completion
 tok/s and prompt tok/s, and ratios to cotune; for cotune's runs, the share of the wall time in the model's
-forward passes and the milliseconds per decoding step outside them (`model_time`). Free-text runs write as long as the model likes (up to the
-cap); cotune stops at the end of its output format, so compare examples/s and completion tok/s both.
+forward passes and the milliseconds per decoding step outside them (`model_time`). Free-text runs write as
+long as the model likes (up to the cap); cotune stops at the end of its output format, so compare examples/s
+and completion tok/s both.
 
 Adapters (``--skip adapter`` to leave out): the ``iris`` program on a LoRA adapter (rank 32, all linear
 layers, PEFT's default initialization, so its outputs equal the base model's and only the engine's cost
@@ -99,8 +100,7 @@ def model_time(counters: Any, wall: float) -> dict[str, Any] | None:
     the requests' threads. None where the engine's own loop did not run (``decoder="transformers"``)."""
     if not counters.decode_steps:
         return None
-    inside = counters.prefill_seconds + counters.decode_seconds
-    steps = max(counters.decode_steps, 1)
+    inside, steps = counters.prefill_seconds + counters.decode_seconds, counters.decode_steps
     return {
         "prefill_seconds": round(counters.prefill_seconds, 2),
         "decode_seconds": round(counters.decode_seconds, 2),
