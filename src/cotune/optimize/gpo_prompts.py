@@ -118,9 +118,8 @@ def clean_instruction(text: str) -> str:
     )
     if wrapped:
         text = text[1:-1].strip()
-    opener = text[:1]
-    if (opener in tuple(_QUOTES) and text.count(opener) == 1) or (opener == "<" and ">" not in text):  # not closed
-        text = text[1:].strip()
+    if text and ((text[0] in _QUOTES and text.count(text[0]) == 1) or (text[0] == "<" and ">" not in text)):
+        text = text[1:].strip()  # opened, never closed
     if text and text[-1] in _QUOTES and text.count(text[-1]) == 1:
         text = text[:-1].strip()
     return text

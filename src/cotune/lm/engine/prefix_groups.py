@@ -91,8 +91,8 @@ def bound_own_width(
     Qwen2.5-Coder-1.5B (option orders of the same questions, groups sharing 1,200-1,300 tokens) computed 1,352
     own tokens a row. Such a row is better prefilled alone, as a block of one sharing its prompt but the last
     token. The own pass's width is chosen to minimize the tokens computed: every row times the width, plus each
-    moved row's prompt and ``pass_cost`` for its pass. Only rows of blocks computed here move (stored keys and values stay with their
-    rows); ``lengths``: each row's prompt tokens.
+    moved row's prompt and ``pass_cost`` for its pass. Only rows of blocks computed here move (stored keys and
+    values stay with their rows); ``lengths``: each row's prompt tokens.
 
     Example:
         >>> bound_own_width([([0, 1, 2], 100, None), ([3], 0, None)], [104, 103, 105, 120])
